@@ -1,0 +1,42 @@
+# otelwax: every target does its own setup (venv, Kafka jars, services).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test bench lint services stop clean wipe
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+	@scripts/kafka.sh fetch
+
+run: setup
+	@scripts/run.sh
+
+test: setup
+	@scripts/test.sh
+
+bench: setup
+	@scripts/bench.sh
+
+lint: setup
+	@$(VENV)/bin/ruff check .
+
+services: setup
+	@scripts/kafka.sh start
+
+stop:
+	@scripts/kafka.sh stop || true
+
+wipe:
+	@scripts/kafka.sh wipe || true
+	@rm -rf .data
+
+clean: wipe
+	@rm -rf $(VENV) .cache build *.egg-info

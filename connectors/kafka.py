@@ -1,0 +1,110 @@
+"""Kafka conventions shared by the shim and the flows.
+
+Topic names, record keys and encoding follow the OpenTelemetry Collector's kafkaexporter
+(``otlp_proto`` encoding) so either side can be swapped for the Collector.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from pydantic import Field
+
+from otelwax.settings import StrictModel
+
+TOPIC_SPANS = "otlp_spans"
+TOPIC_METRICS = "otlp_metrics"
+TOPIC_LOGS = "otlp_logs"
+TOPIC_DLQ = "otlp_dlq"
+DEFAULT_TOPICS = (TOPIC_SPANS, TOPIC_METRICS, TOPIC_LOGS, TOPIC_DLQ)
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+# Header names written by the shim next to each record (the Collector writes none by default,
+# so readers must treat them as optional).
+HEADER_CONTENT_TYPE = "content-type"
+HEADER_INGEST_TIME = "otelwax-ingest-time-ns"
+CONTENT_TYPE_PROTO = b"application/x-protobuf"
+
+
+class KafkaConfig(StrictModel):
+    """Connection settings shared by producers, consumers and the admin client."""
+
+    bootstrap_servers: str = Field(DEFAULT_BOOTSTRAP, min_length=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    extra: dict[str, str | int | bool] = Field(
+        default_factory=dict, description="Raw librdkafka properties merged last."
+    )
+
+    def client_conf(self) -> dict[str, str | int | bool]:
+        """librdkafka properties common to every client."""
+        conf: dict[str, str | int | bool] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        conf.update(self.extra)
+        return conf
+
+
+def wait_ready(bootstrap: str, timeout: float = 60.0) -> None:
+    """Block until the broker answers a metadata request, or raise TimeoutError."""
+    from confluent_kafka.admin import AdminClient
+
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            md = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(
+                timeout=2
+            )
+            if md.brokers:
+                return
+        except Exception as exc:
+            last = exc
+        time.sleep(0.5)
+    raise TimeoutError(f"Kafka at {bootstrap} not ready after {timeout}s: {last}")
+
+
+def create_topics(
+    bootstrap: str, topics: tuple[str, ...] | list[str], partitions: int = 4, timeout: float = 30.0
+) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    new = [
+        NewTopic(t, num_partitions=partitions, replication_factor=1)
+        for t in topics
+        if t not in existing
+    ]
+    if not new:
+        return []
+    for _name, fut in admin.create_topics(new, operation_timeout=timeout).items():
+        try:
+            fut.result()
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    # Wait until metadata shows every partition with a leader.
+    deadline = time.monotonic() + timeout
+    names = [t.topic for t in new]
+    while time.monotonic() < deadline:
+        md = admin.list_topics(timeout=timeout).topics
+        if all(n in md and len(md[n].partitions) == partitions for n in names):
+            break
+        time.sleep(0.2)
+    return names
+
+
+def delete_topics(bootstrap: str, topics: list[str], timeout: float = 30.0) -> None:
+    """Delete topics, ignoring the ones that do not exist."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for _, fut in admin.delete_topics(topics, operation_timeout=timeout).items():
+        try:
+            fut.result()
+        except Exception as exc:
+            if "UNKNOWN_TOPIC" not in str(exc):
+                raise

@@ -1,0 +1,1 @@
+"""Bytewax dataflows, one module per signal; each exposes ``flow``."""

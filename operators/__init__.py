@@ -1,0 +1,1 @@
+"""Arrow RecordBatch operators and the registry for user operator modules."""
