@@ -26,3 +26,33 @@ class DecodeResult:
     batch: pa.RecordBatch
     errors: list[tuple[int, str]] = field(default_factory=list)
     rows_per_payload: list[int] = field(default_factory=list)
+
+
+# --- Rendering rules (both implementations must follow them exactly) -----------------------
+#
+# These mirror what the Collector's clickhouseexporter writes (pdata ``Value.AsString``,
+# ``traceutil.SpanKindStr``/``StatusCodeStr``, hex ids), so rows are interchangeable.
+#
+# AnyValue → string (attribute map values, log Body, ServiceName):
+#   unset/empty AnyValue → ""             string → as is             bool → "true" / "false"
+#   int → decimal ("-42")                 bytes → base64 (standard alphabet, padded)
+#   double → shortest round-trip digits in positional notation, never an exponent, no
+#            trailing ".0": 1.0→"1", 0.1→"0.1", 1e16→"10000000000000000", 1e-7→"0.0000001",
+#            NaN→"NaN", +inf→"+Inf", -inf→"-Inf"
+#   array / kvlist → compact JSON of the raw value (Go encoding/json style):
+#            no spaces; kvlist keys sorted; strings escaped with \" \\ \n \r \t, other control
+#            chars as \u00XX, and "<" ">" "&" U+2028 U+2029 as \u003c \u003e \u0026 \u2028
+#            \u2029; non-ASCII otherwise kept as UTF-8; ints as numbers; bools; empty → null;
+#            bytes → base64 string; doubles: finite → if 1e-6 <= |x| < 1e21 or x == 0 the
+#            positional form above, else exponent form like Go ("1e-07"→"1e-7", "1e+21");
+#            NaN/±Inf → null.
+# Attribute maps keep every key/value pair in input order (no de-duplication).
+# Ids: lowercase hex; empty bytes or all-zero → "". A trace id that is not 0 or 16 bytes, or a
+#   span id that is not 0 or 8 bytes, makes the whole payload an error.
+# SpanKind: 0..5 → SPAN_KIND_UNSPECIFIED, _INTERNAL, _SERVER, _CLIENT, _PRODUCER, _CONSUMER;
+#   other numbers → "". StatusCode: 0..2 → STATUS_CODE_UNSET, _OK, _ERROR; other → "".
+# Traces: Timestamp = start_time_unix_nano; Duration = end - start, 0 when end < start.
+# Logs: Timestamp = time_unix_nano, or observed_time_unix_nano when that is 0;
+#   TraceFlags = flags & 0xFF; SeverityNumber clamped to 0..255; EventName = LogRecord.event_name;
+#   ResourceSchemaUrl / ScopeSchemaUrl from ResourceLogs / ScopeLogs.schema_url.
+# Unicode: strings that are not valid UTF-8 make the payload an error.

@@ -1,0 +1,81 @@
+"""otelwax's own metrics: the standard counters every component exports on ``/metrics``.
+
+Every component (shim front door, Kafka source, decoder, operator, sink) counts the same four
+things, so one dashboard works for all of them:
+
+    otelwax_received_total{component, unit}
+    otelwax_sent_total{component, unit}
+    otelwax_dropped_total{component, unit, reason}
+    otelwax_failed_total{component, unit}
+
+``unit`` says what was counted (spans, datapoints, logs, records, requests, rows, bytes).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
+
+RECEIVED = Counter("otelwax_received", "Items received by a component", ["component", "unit"])
+SENT = Counter("otelwax_sent", "Items a component passed on or stored", ["component", "unit"])
+DROPPED = Counter(
+    "otelwax_dropped", "Items dropped on purpose, by reason", ["component", "unit", "reason"]
+)
+FAILED = Counter("otelwax_failed", "Items a component failed to handle", ["component", "unit"])
+LATENCY = Histogram(
+    "otelwax_latency_seconds",
+    "Time spent in an operation (sink write, Kafka delivery, ...)",
+    ["component", "operation"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
+class ComponentMetrics:
+    """The standard counters bound to one component name and unit."""
+
+    __slots__ = ("_dropped", "_failed", "_received", "_sent", "component", "unit")
+
+    def __init__(self, component: str, unit: str = "items") -> None:
+        self.component = component
+        self.unit = unit
+        self._received = RECEIVED.labels(component, unit)
+        self._sent = SENT.labels(component, unit)
+        self._failed = FAILED.labels(component, unit)
+        self._dropped: dict[str, Counter] = {}
+
+    def received(self, n: int = 1) -> None:
+        if n:
+            self._received.inc(n)
+
+    def sent(self, n: int = 1) -> None:
+        if n:
+            self._sent.inc(n)
+
+    def failed(self, n: int = 1) -> None:
+        if n:
+            self._failed.inc(n)
+
+    def dropped(self, n: int = 1, reason: str = "unspecified") -> None:
+        if not n:
+            return
+        c = self._dropped.get(reason)
+        if c is None:
+            c = self._dropped[reason] = DROPPED.labels(self.component, self.unit, reason)
+        c.inc(n)
+
+    def latency(self, operation: str) -> Histogram:
+        """A latency histogram child for ``operation`` (use ``.time()`` or ``.observe(s)``)."""
+        return LATENCY.labels(self.component, operation)
+
+
+_served: dict[int, object] = {}
+_lock = threading.Lock()
+
+
+def serve_metrics(port: int, addr: str = "0.0.0.0", registry: CollectorRegistry = REGISTRY) -> None:
+    """Serve ``/metrics`` on ``addr:port`` from a daemon thread (idempotent per port)."""
+    with _lock:
+        if port in _served:
+            return
+        _served[port] = start_http_server(port, addr=addr, registry=registry)
