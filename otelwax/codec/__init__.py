@@ -16,9 +16,17 @@ failed ones), which lets a caller map rows back to Kafka offsets.
 
 from __future__ import annotations
 
+import importlib
+import logging
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+
+__all__ = ["DecodeResult", "codec_name", "decode_logs", "decode_traces"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -56,3 +64,62 @@ class DecodeResult:
 #   TraceFlags = flags & 0xFF; SeverityNumber clamped to 0..255; EventName = LogRecord.event_name;
 #   ResourceSchemaUrl / ScopeSchemaUrl from ResourceLogs / ScopeLogs.schema_url.
 # Unicode: strings that are not valid UTF-8 make the payload an error.
+# Details both implementations also follow:
+#   - AnyValue.string_value_strindex (profiles dictionary index) renders like an unset value.
+#   - kvlist JSON: when a key repeats, the last value wins (Go map semantics).
+#   - ServiceName: the first "service.name" resource attribute, rendered like any value.
+#   - Timestamps (fixed64) >= 2^63 are reinterpreted as int64 like Go's int64(ts); Duration is
+#     computed on the unsigned values.
+#   - An empty/unset scope gives ScopeName = ScopeVersion = "" (and empty ScopeAttributes).
+#   - Bytes that parse as a message with only unknown fields decode to 0 rows, no error.
+
+
+# --- Dispatch: native core when importable, pure Python otherwise ---------------------------
+
+_impl: tuple[str, Callable[..., object], Callable[..., object]] | None = None
+
+
+def _load() -> tuple[str, Callable[..., object], Callable[..., object]]:
+    """Pick the implementation once: $OTELWAX_CODEC = auto (default) | native | python."""
+    global _impl
+    if _impl is not None:
+        return _impl
+    want = os.environ.get("OTELWAX_CODEC", "auto").lower()
+    if want not in ("auto", "native", "python"):
+        raise ValueError(f"OTELWAX_CODEC={want!r}: want auto, native or python")
+    if want != "python":
+        try:
+            native = importlib.import_module("otelwax._native")
+            _impl = ("native", native.decode_traces, native.decode_logs)
+        except ImportError as exc:
+            if want == "native":
+                raise
+            log.info("codec: otelwax._native not importable (%s); using pure Python", exc)
+    if _impl is None:
+        from otelwax.codec import pydecode
+
+        _impl = ("python", pydecode.decode_traces, pydecode.decode_logs)
+    log.info("codec: using the %s OTLP decoder", _impl[0])
+    return _impl
+
+
+def _as_result(out: object) -> DecodeResult:
+    if isinstance(out, DecodeResult):
+        return out
+    batch, errors, rows = out  # type: ignore[misc]  # native may return a plain tuple
+    return DecodeResult(batch=batch, errors=list(errors), rows_per_payload=list(rows))
+
+
+def codec_name() -> str:
+    """Which decoder runs: "native" or "python"."""
+    return _load()[0]
+
+
+def decode_traces(payloads: Sequence[bytes]) -> DecodeResult:
+    """Decode ``ExportTraceServiceRequest`` payloads into one ``TRACES_SCHEMA`` batch."""
+    return _as_result(_load()[1](payloads))
+
+
+def decode_logs(payloads: Sequence[bytes]) -> DecodeResult:
+    """Decode ``ExportLogsServiceRequest`` payloads into one ``LOGS_SCHEMA`` batch."""
+    return _as_result(_load()[2](payloads))
