@@ -1,0 +1,100 @@
+"""Configuration of the OTLP ingest shim (``otelwax ingest``).
+
+Self-contained and free of side effects on import, so the top-level otelwax config can embed
+:class:`IngestConfig` under the key ``ingest``. Validation does no I/O (files named for TLS are
+opened only when the server starts).
+"""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import Field, SecretStr, model_validator
+
+from connectors.kafka import TOPIC_LOGS, TOPIC_METRICS, TOPIC_SPANS, KafkaConfig
+from connectors.kafka_producer import ProducerConfig
+from otelwax.settings import StrictModel
+
+MiB = 1024 * 1024
+TOKEN_ENV = "OTELWAX_INGEST_TOKEN"
+
+
+class EndpointConfig(StrictModel):
+    """One listening socket; ``enabled: false`` turns the front door off."""
+
+    enabled: bool = True
+    host: str = Field("0.0.0.0", min_length=1)
+    port: int = Field(0, ge=0, le=65535)
+
+
+class GrpcEndpoint(EndpointConfig):
+    """OTLP/gRPC listener."""
+
+    port: int = Field(4317, ge=0, le=65535)
+
+
+class HttpEndpoint(EndpointConfig):
+    """OTLP/HTTP listener (also serves /healthz)."""
+
+    port: int = Field(4318, ge=0, le=65535)
+
+
+class MetricsEndpoint(EndpointConfig):
+    """Prometheus /metrics and /healthz listener."""
+
+    port: int = Field(8888, ge=0, le=65535)
+
+
+class TLSConfig(StrictModel):
+    """Server TLS for both front doors (PEM files). Off when ``cert_file`` is not set."""
+
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _both(self) -> TLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be set together")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+class TopicsConfig(StrictModel):
+    """Kafka topic per signal (Collector kafkaexporter defaults)."""
+
+    traces: str = Field(TOPIC_SPANS, min_length=1)
+    metrics: str = Field(TOPIC_METRICS, min_length=1)
+    logs: str = Field(TOPIC_LOGS, min_length=1)
+
+
+class IngestConfig(StrictModel):
+    """Everything the shim needs. CLI flags override values loaded from YAML."""
+
+    grpc: GrpcEndpoint = GrpcEndpoint()
+    http: HttpEndpoint = HttpEndpoint()
+    metrics: MetricsEndpoint = MetricsEndpoint()
+    max_body_bytes: int = Field(
+        16 * MiB, gt=0, description="Limit on the request body, compressed and decompressed"
+    )
+    auth_token: SecretStr | None = Field(
+        None, description=f"Bearer token clients must send; env {TOKEN_ENV} when unset"
+    )
+    tls: TLSConfig = TLSConfig()
+    validate_payload: bool = Field(
+        True,
+        description="Fully parse every request with the OTLP schema before accepting it "
+        "(rejects malformed nested data; costs ~1 us per span).",
+    )
+    kafka: KafkaConfig = KafkaConfig()
+    topics: TopicsConfig = TopicsConfig()
+    producer: ProducerConfig = ProducerConfig()
+    shutdown_timeout_s: float = Field(30.0, gt=0)
+
+    def resolved_token(self) -> str | None:
+        """The bearer token: from config, else from ``$OTELWAX_INGEST_TOKEN``, else None."""
+        if self.auth_token is not None:
+            return self.auth_token.get_secret_value() or None
+        return os.environ.get(TOKEN_ENV) or None
