@@ -1,0 +1,436 @@
+"""OpenTelemetry → Prometheus translation (names, labels, series) for the remote-write sink.
+
+Follows the OpenTelemetry "Prometheus and OpenMetrics compatibility" specification, the way the
+Collector's ``pkg/translator/prometheus`` does it with metric suffixes enabled:
+
+- metric names: characters outside ``[a-zA-Z0-9_:]`` become ``_`` (runs collapse), a leading
+  digit gets a ``_`` prefix; the unit is appended as a word (``s`` → ``_seconds``, ``By`` →
+  ``_bytes``, ``ms`` → ``_milliseconds``, ``m/s`` → ``_meters_per_second``; ``{annotations}``
+  are dropped) unless the name already contains it; gauges with unit ``1`` get ``_ratio``;
+  monotonic sums are counters and get ``_total`` (moved to the end when already present);
+- non-monotonic sums are gauges; histograms give ``_bucket{le}`` (cumulative counts, ``+Inf``
+  last), ``_sum`` and ``_count``; summaries give the base name with a ``quantile`` label, plus
+  ``_sum`` and ``_count``;
+- label names: invalid characters → ``_``, a leading digit gets ``key_``, a single leading
+  ``_`` gets ``key``; when two attributes map to the same label their values are joined with
+  ``;`` in key order;
+- ``job`` = ``service.namespace/service.name`` (or ``service.name``), ``instance`` =
+  ``service.instance.id``; every other resource attribute goes to one ``target_info`` gauge
+  (value 1) per resource, with the same ``job``/``instance``;
+- exponential histograms have no classic-bucket form in remote-write 1.0: they are skipped and
+  counted with reason ``exponential_histogram`` (native histograms need remote-write 2.0 or
+  Prometheus' native-histogram feature flag; the rows still reach ClickHouse);
+- data points flagged "no recorded value" (``Flags & 1``) are skipped.
+
+Timestamps become milliseconds. The output is a :class:`SeriesBatch`: samples keyed by their
+sorted label set, which the remote-write sink encodes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
+
+import pyarrow as pa
+
+__all__ = [
+    "SeriesBatch",
+    "job_instance",
+    "metric_name",
+    "sanitize_label_name",
+    "tables_to_series",
+]
+
+Labels = tuple[tuple[str, str], ...]
+
+UNIT_WORDS: dict[str, str] = {
+    # time
+    "d": "days",
+    "h": "hours",
+    "min": "minutes",
+    "s": "seconds",
+    "ms": "milliseconds",
+    "us": "microseconds",
+    "ns": "nanoseconds",
+    # bytes
+    "By": "bytes",
+    "KiBy": "kibibytes",
+    "MiBy": "mebibytes",
+    "GiBy": "gibibytes",
+    "TiBy": "tibibytes",
+    "KBy": "kilobytes",
+    "MBy": "megabytes",
+    "GBy": "gigabytes",
+    "TBy": "terabytes",
+    # SI
+    "m": "meters",
+    "V": "volts",
+    "A": "amperes",
+    "J": "joules",
+    "W": "watts",
+    "g": "grams",
+    # misc
+    "Cel": "celsius",
+    "Hz": "hertz",
+    "1": "",
+    "%": "percent",
+}
+PER_UNIT_WORDS: dict[str, str] = {
+    "s": "second",
+    "m": "minute",
+    "h": "hour",
+    "d": "day",
+    "w": "week",
+    "mo": "month",
+    "y": "year",
+}
+
+_NON_NAME = re.compile(r"[^a-zA-Z0-9]+")
+_BAD_LABEL = re.compile(r"[^a-zA-Z0-9_]")
+_ANNOTATION = re.compile(r"\{[^}]*\}")
+
+KIND_GAUGE = "gauge"
+KIND_COUNTER = "counter"
+KIND_HISTOGRAM = "histogram"
+KIND_SUMMARY = "summary"
+
+RESOURCE_JOB_KEYS = ("service.name", "service.namespace", "service.instance.id")
+
+
+def _unit_tokens(unit: str) -> tuple[list[str], list[str]]:
+    """(main unit words, per-unit words) for a UCUM unit string."""
+    unit = _ANNOTATION.sub("", unit or "").strip()
+    if not unit:
+        return [], []
+    main, _, per = unit.partition("/")
+    main_words: list[str] = []
+    per_words: list[str] = []
+    main = main.strip()
+    if main:
+        word = UNIT_WORDS.get(main)
+        if word is None:
+            word = "_".join(t for t in _NON_NAME.split(main) if t)
+        if word:
+            main_words = [word]
+    per = per.strip()
+    if per:
+        word = PER_UNIT_WORDS.get(per)
+        if word is None:
+            word = "_".join(t for t in _NON_NAME.split(per) if t)
+        if word:
+            per_words = ["per", word]
+    return main_words, per_words
+
+
+@lru_cache(maxsize=65536)
+def metric_name(name: str, unit: str, kind: str) -> str:
+    """The Prometheus base metric name for an OTel metric (before ``_bucket``/``_sum``/...).
+
+    ``kind`` is one of ``gauge``, ``counter`` (monotonic sum), ``histogram``, ``summary``.
+    """
+    tokens = [t for t in _NON_NAME.split(name) if t]
+    main_words, per_words = _unit_tokens(unit)
+    for word in main_words:
+        if word not in tokens:
+            tokens.append(word)
+    if per_words and per_words[1] not in tokens:
+        tokens.extend(per_words)
+    if kind == KIND_COUNTER:
+        tokens = [t for t in tokens if t != "total"]
+        tokens.append("total")
+    if kind == KIND_GAUGE and (unit or "").strip() == "1" and "ratio" not in tokens:
+        tokens.append("ratio")
+    out = "_".join(tokens) or "_"
+    if out[0].isdigit():
+        out = "_" + out
+    return out
+
+
+@lru_cache(maxsize=65536)
+def sanitize_label_name(name: str) -> str:
+    """A valid Prometheus label name for an attribute key."""
+    if not name:
+        return "key_"
+    out = _BAD_LABEL.sub("_", name)
+    if out[0].isdigit():
+        out = "key_" + out
+    elif out.startswith("_") and not out.startswith("__"):
+        out = "key" + out
+    return out
+
+
+def _labels_from_pairs(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Sanitized label dict; colliding names have their values joined with ';' in key order."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for key, value in pairs:
+        groups.setdefault(sanitize_label_name(key), []).append((key, value))
+    out: dict[str, str] = {}
+    for label, kvs in groups.items():
+        if len(kvs) == 1:
+            out[label] = kvs[0][1]
+        else:
+            out[label] = ";".join(v for _, v in sorted(kvs))
+    return out
+
+
+def job_instance(resource: Mapping[str, str]) -> tuple[str, str]:
+    """(job, instance) from resource attributes, per the compatibility spec."""
+    svc = resource.get("service.name", "")
+    ns = resource.get("service.namespace", "")
+    job = f"{ns}/{svc}" if ns and svc else (svc or ns)
+    return job, resource.get("service.instance.id", "")
+
+
+class SeriesBatch:
+    """Samples grouped by series: ``{sorted label tuple: [(timestamp_ms, value), ...]}``.
+
+    ``skipped`` counts data points that were not translated, by reason.
+    """
+
+    __slots__ = ("series", "skipped")
+
+    def __init__(self) -> None:
+        self.series: dict[Labels, list[tuple[int, float]]] = {}
+        self.skipped: dict[str, int] = {}
+
+    def add(self, labels: Labels, ts_ms: int, value: float) -> None:
+        s = self.series.get(labels)
+        if s is None:
+            self.series[labels] = [(ts_ms, value)]
+        else:
+            s.append((ts_ms, value))
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        if n:
+            self.skipped[reason] = self.skipped.get(reason, 0) + n
+
+    def merge(self, other: SeriesBatch) -> None:
+        for labels, samples in other.series.items():
+            s = self.series.get(labels)
+            if s is None:
+                self.series[labels] = list(samples)
+            else:
+                s.extend(samples)
+        for reason, n in other.skipped.items():
+            self.skip(reason, n)
+
+    @property
+    def num_samples(self) -> int:
+        return sum(len(v) for v in self.series.values())
+
+    def __len__(self) -> int:
+        return len(self.series)
+
+
+def _fmt_float(x: float) -> str:
+    """Prometheus label value for a bound or quantile (Go ``strconv.FormatFloat(f, 'f', -1)``)."""
+    if x == float("inf"):
+        return "+Inf"
+    if x == float("-inf"):
+        return "-Inf"
+    if x != x:
+        return "NaN"
+    if x == int(x) and abs(x) < 1e21:
+        return str(int(x))
+    r = repr(x)
+    if "e" in r or "E" in r:
+        from decimal import Decimal
+
+        r = format(Decimal(r), "f")
+    return r
+
+
+class _Ctx:
+    """Per-call caches: resource → (job, instance, target_info labels), attrs → labels."""
+
+    def __init__(self, out: SeriesBatch) -> None:
+        self.out = out
+        self.resources: dict[tuple, tuple[tuple[str, str], Labels | None]] = {}
+        self.target_info: dict[Labels, int] = {}
+        self.attrs: dict[tuple, dict[str, str]] = {}
+
+    def resource(self, res_pairs: Sequence[tuple[str, str]] | None, ts_ms: int) -> tuple[str, str]:
+        key = tuple(res_pairs or ())
+        hit = self.resources.get(key)
+        if hit is None:
+            ji = job_instance(dict(key))
+            ti: Labels | None = None
+            others = [(k, v) for k, v in key if k not in RESOURCE_JOB_KEYS]
+            if others:
+                labels = _labels_from_pairs(others)
+                labels.pop("job", None)
+                labels.pop("instance", None)
+                labels["__name__"] = "target_info"
+                if ji[0]:
+                    labels["job"] = ji[0]
+                if ji[1]:
+                    labels["instance"] = ji[1]
+                ti = tuple(sorted(labels.items()))
+            hit = self.resources[key] = (ji, ti)
+        ji, ti = hit
+        if ti is not None:
+            # One target_info sample per resource, at the newest timestamp seen for it.
+            prev = self.target_info.get(ti)
+            if prev is None or ts_ms > prev:
+                self.target_info[ti] = ts_ms
+        return ji
+
+    def labels(self, attr_pairs: Sequence[tuple[str, str]] | None) -> dict[str, str]:
+        key = tuple(attr_pairs or ())
+        lab = self.attrs.get(key)
+        if lab is None:
+            lab = _labels_from_pairs(key)
+            self.attrs[key] = lab
+        return lab
+
+
+def _base_labels(ctx: _Ctx, res_pairs, attr_pairs, ts_ms: int) -> dict[str, str]:
+    job, instance = ctx.resource(res_pairs, ts_ms)
+    labels = dict(ctx.labels(attr_pairs))
+    # Resource identity wins over data point attributes of the same name.
+    if job:
+        labels["job"] = job
+    if instance:
+        labels["instance"] = instance
+    return labels
+
+
+def _col(batch: pa.RecordBatch | pa.Table, name: str) -> list:
+    return batch.column(name).to_pylist()
+
+
+def _ts_ms(col: pa.Array | pa.ChunkedArray) -> list[int]:
+    import pyarrow.compute as pc
+
+    return pc.divide(col.cast(pa.int64()), 1_000_000).to_pylist()
+
+
+def _add_scalar_rows(
+    ctx: _Ctx, batch: pa.RecordBatch | pa.Table, kind_of_row: Sequence[str], values: Sequence
+) -> None:
+    names = _col(batch, "MetricName")
+    units = _col(batch, "MetricUnit")
+    res = _col(batch, "ResourceAttributes")
+    attrs = _col(batch, "Attributes")
+    flags = _col(batch, "Flags")
+    ts = _ts_ms(batch.column("TimeUnix"))
+    out = ctx.out
+    for i in range(len(names)):
+        if flags[i] & 1:
+            out.skip("no_recorded_value")
+            continue
+        labels = _base_labels(ctx, res[i], attrs[i], ts[i])
+        labels["__name__"] = metric_name(names[i], units[i], kind_of_row[i])
+        out.add(tuple(sorted(labels.items())), ts[i], float(values[i]))
+
+
+def _add_histogram_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
+    names = _col(batch, "MetricName")
+    units = _col(batch, "MetricUnit")
+    res = _col(batch, "ResourceAttributes")
+    attrs = _col(batch, "Attributes")
+    flags = _col(batch, "Flags")
+    counts = _col(batch, "Count")
+    sums = _col(batch, "Sum")
+    bucket_counts = _col(batch, "BucketCounts")
+    bounds = _col(batch, "ExplicitBounds")
+    ts = _ts_ms(batch.column("TimeUnix"))
+    out = ctx.out
+    for i in range(len(names)):
+        if flags[i] & 1:
+            out.skip("no_recorded_value")
+            continue
+        t = ts[i]
+        base = _base_labels(ctx, res[i], attrs[i], t)
+        name = metric_name(names[i], units[i], KIND_HISTOGRAM)
+        base["__name__"] = name + "_count"
+        out.add(tuple(sorted(base.items())), t, float(counts[i]))
+        base["__name__"] = name + "_sum"
+        out.add(tuple(sorted(base.items())), t, float(sums[i]))
+        base["__name__"] = name + "_bucket"
+        cum = 0
+        bc = bucket_counts[i] or []
+        bd = bounds[i] or []
+        for j, bound in enumerate(bd):
+            cum += bc[j] if j < len(bc) else 0
+            base["le"] = _fmt_float(bound)
+            out.add(tuple(sorted(base.items())), t, float(cum))
+        base["le"] = "+Inf"
+        out.add(tuple(sorted(base.items())), t, float(counts[i]))
+
+
+def _add_summary_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
+    names = _col(batch, "MetricName")
+    units = _col(batch, "MetricUnit")
+    res = _col(batch, "ResourceAttributes")
+    attrs = _col(batch, "Attributes")
+    flags = _col(batch, "Flags")
+    counts = _col(batch, "Count")
+    sums = _col(batch, "Sum")
+    qs = _col(batch, "ValueAtQuantiles.Quantile")
+    qv = _col(batch, "ValueAtQuantiles.Value")
+    ts = _ts_ms(batch.column("TimeUnix"))
+    out = ctx.out
+    for i in range(len(names)):
+        if flags[i] & 1:
+            out.skip("no_recorded_value")
+            continue
+        t = ts[i]
+        base = _base_labels(ctx, res[i], attrs[i], t)
+        name = metric_name(names[i], units[i], KIND_SUMMARY)
+        base["__name__"] = name + "_count"
+        out.add(tuple(sorted(base.items())), t, float(counts[i]))
+        base["__name__"] = name + "_sum"
+        out.add(tuple(sorted(base.items())), t, float(sums[i]))
+        base["__name__"] = name
+        for q, v in zip(qs[i] or [], qv[i] or [], strict=False):
+            base["quantile"] = _fmt_float(q)
+            out.add(tuple(sorted(base.items())), t, float(v))
+
+
+def tables_to_series(
+    tables: Mapping[str, pa.RecordBatch | pa.Table], out: SeriesBatch | None = None
+) -> SeriesBatch:
+    """Translate metric tables (``otel_metrics_*`` rows) to Prometheus series.
+
+    Sums and histograms must already be cumulative (see ``flows.metrics``' delta→cumulative
+    step); delta rows that reach this function are skipped with reason ``delta_temporality``.
+    """
+    out = out if out is not None else SeriesBatch()
+    ctx = _Ctx(out)
+    for table, batch in tables.items():
+        if batch is None or batch.num_rows == 0:
+            continue
+        if table.endswith("_gauge"):
+            _add_scalar_rows(ctx, batch, [KIND_GAUGE] * batch.num_rows, _col(batch, "Value"))
+        elif table.endswith("_sum"):
+            temporality = batch.column("AggregationTemporality")
+            import pyarrow.compute as pc
+
+            delta = pc.equal(temporality, 1)
+            n_delta = pc.sum(delta).as_py() or 0
+            if n_delta:
+                out.skip("delta_temporality", n_delta)
+                batch = batch.filter(pc.invert(delta))
+            mono = _col(batch, "IsMonotonic")
+            kinds = [KIND_COUNTER if m else KIND_GAUGE for m in mono]
+            _add_scalar_rows(ctx, batch, kinds, _col(batch, "Value"))
+        elif table.endswith("_exponential_histogram"):
+            out.skip("exponential_histogram", batch.num_rows)
+        elif table.endswith("_histogram"):
+            import pyarrow.compute as pc
+
+            delta = pc.equal(batch.column("AggregationTemporality"), 1)
+            n_delta = pc.sum(delta).as_py() or 0
+            if n_delta:
+                out.skip("delta_temporality", n_delta)
+                batch = batch.filter(pc.invert(delta))
+            _add_histogram_rows(ctx, batch)
+        elif table.endswith("_summary"):
+            _add_summary_rows(ctx, batch)
+        else:
+            out.skip("unknown_table", batch.num_rows)
+    for labels, ts in ctx.target_info.items():
+        out.add(labels, ts, 1.0)
+    return out
