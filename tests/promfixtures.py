@@ -1,6 +1,8 @@
 """Prometheus fixtures for tests (real Prometheus from the Debian package, remote-write on).
 
-Use from a test module with ``from tests.promfixtures import prometheus_url  # noqa: F401``.
+Use from a test module with
+``from tests.promfixtures import prometheus_url_fixture  # noqa: F401`` (the fixture is named
+``prometheus_url``; the import only registers it).
 """
 
 from __future__ import annotations
@@ -77,8 +79,8 @@ def unique_job(prefix: str = "t") -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture(scope="session")
-def prometheus_url() -> Iterator[str]:
+@pytest.fixture(scope="session", name="prometheus_url")
+def prometheus_url_fixture() -> Iterator[str]:
     """Base URL of the shared test Prometheus (started if not running, left as found)."""
     svc = PrometheusService(DEFAULT_PORT)
     started = not port_open("127.0.0.1", DEFAULT_PORT)
@@ -89,8 +91,8 @@ def prometheus_url() -> Iterator[str]:
         svc.stop()
 
 
-@pytest.fixture
-def own_prometheus(tmp_path: Path) -> Iterator[PrometheusService]:
+@pytest.fixture(name="own_prometheus")
+def own_prometheus_fixture(tmp_path: Path) -> Iterator[PrometheusService]:
     """A private Prometheus on a free port that the test may stop and start."""
     svc = PrometheusService(free_port(), tmp_path / "prometheus")
     svc.start()
