@@ -1,0 +1,232 @@
+//! Append-only Arrow column builders that can roll back to a mark (a payload that fails to
+//! decode contributes no rows) and turn into arrow-rs arrays without copying or re-validating.
+
+use std::sync::Arc;
+
+use arrow_array::{
+    ArrayRef, ListArray, MapArray, PrimitiveArray, StringArray, StructArray,
+    types::{TimestampNanosecondType, UInt64Type, UInt8Type},
+};
+use arrow_buffer::{Buffer, OffsetBuffer, ScalarBuffer};
+use arrow_schema::{DataType, Field, Fields, TimeUnit};
+
+pub fn map_type() -> DataType {
+    DataType::Map(map_entries_field(), false)
+}
+
+pub fn map_entries_field() -> Arc<Field> {
+    Arc::new(Field::new(
+        "entries",
+        DataType::Struct(map_entry_fields()),
+        false,
+    ))
+}
+
+fn map_entry_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("value", DataType::Utf8, true),
+    ])
+}
+
+pub fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Nanosecond, None)
+}
+
+pub fn list_of(dt: DataType) -> DataType {
+    DataType::List(Arc::new(Field::new("item", dt, true)))
+}
+
+fn offsets(v: Vec<i32>) -> OffsetBuffer<i32> {
+    // SAFETY: offsets are pushed monotonically by the builders below, starting at 0.
+    unsafe { OffsetBuffer::new_unchecked(ScalarBuffer::from(v)) }
+}
+
+/// UTF-8 string column (all strings are validated before they are appended).
+pub struct StrCol {
+    pub offsets: Vec<i32>,
+    pub data: Vec<u8>,
+}
+
+impl StrCol {
+    pub fn new() -> Self {
+        StrCol { offsets: vec![0], data: Vec::new() }
+    }
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+    #[inline]
+    pub fn push(&mut self, s: &[u8]) {
+        self.data.extend_from_slice(s);
+        self.offsets.push(self.data.len() as i32);
+    }
+    /// Closes a value whose bytes were written straight into `data`.
+    #[inline]
+    pub fn finish(&mut self) {
+        self.offsets.push(self.data.len() as i32);
+    }
+    #[inline]
+    pub fn value(&self, i: usize) -> &[u8] {
+        &self.data[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+    }
+    /// Appends every value of `other`.
+    pub fn extend_from(&mut self, other: &StrCol) {
+        let base = self.data.len() as i32;
+        self.data.extend_from_slice(&other.data);
+        self.offsets.extend(other.offsets[1..].iter().map(|o| o + base));
+    }
+    pub fn clear(&mut self) {
+        self.offsets.truncate(1);
+        self.data.clear();
+    }
+    pub fn mark(&self) -> (usize, usize) {
+        (self.offsets.len(), self.data.len())
+    }
+    pub fn rollback(&mut self, m: (usize, usize)) {
+        self.offsets.truncate(m.0);
+        self.data.truncate(m.1);
+    }
+    pub fn too_big(&self) -> bool {
+        self.data.len() > i32::MAX as usize
+    }
+    pub fn finish_array(self) -> StringArray {
+        // SAFETY: offsets are monotonic and every appended value was valid UTF-8.
+        unsafe { StringArray::new_unchecked(offsets(self.offsets), Buffer::from(self.data), None) }
+    }
+    pub fn into_array(self) -> ArrayRef {
+        Arc::new(self.finish_array())
+    }
+}
+
+/// `map<string, string>` column.
+pub struct MapCol {
+    pub offsets: Vec<i32>,
+    pub keys: StrCol,
+    pub vals: StrCol,
+}
+
+impl MapCol {
+    pub fn new() -> Self {
+        MapCol { offsets: vec![0], keys: StrCol::new(), vals: StrCol::new() }
+    }
+    #[inline]
+    pub fn end_row(&mut self) {
+        self.offsets.push(self.keys.len() as i32);
+    }
+    pub fn mark(&self) -> (usize, (usize, usize), (usize, usize)) {
+        (self.offsets.len(), self.keys.mark(), self.vals.mark())
+    }
+    pub fn rollback(&mut self, m: (usize, (usize, usize), (usize, usize))) {
+        self.offsets.truncate(m.0);
+        self.keys.rollback(m.1);
+        self.vals.rollback(m.2);
+    }
+    pub fn too_big(&self) -> bool {
+        self.keys.too_big() || self.vals.too_big()
+    }
+    pub fn finish_array(self) -> MapArray {
+        let keys: ArrayRef = self.keys.into_array();
+        let vals: ArrayRef = self.vals.into_array();
+        // SAFETY: both children have the same length, matching the entry field types.
+        let entries = unsafe { StructArray::new_unchecked(map_entry_fields(), vec![keys, vals], None) };
+        // SAFETY: offsets are monotonic and end at the entry count.
+        unsafe { MapArray::new_unchecked(map_entries_field(), offsets(self.offsets), entries, None, false) }
+    }
+}
+
+/// `list<string>` column.
+pub struct ListStrCol {
+    pub offsets: Vec<i32>,
+    pub values: StrCol,
+}
+
+impl ListStrCol {
+    pub fn new() -> Self {
+        ListStrCol { offsets: vec![0], values: StrCol::new() }
+    }
+    #[inline]
+    pub fn end_row(&mut self) {
+        self.offsets.push(self.values.len() as i32);
+    }
+    pub fn mark(&self) -> (usize, (usize, usize)) {
+        (self.offsets.len(), self.values.mark())
+    }
+    pub fn rollback(&mut self, m: (usize, (usize, usize))) {
+        self.offsets.truncate(m.0);
+        self.values.rollback(m.1);
+    }
+    pub fn into_array(self) -> ArrayRef {
+        let field = Arc::new(Field::new("item", DataType::Utf8, true));
+        let vals: ArrayRef = self.values.into_array();
+        Arc::new(unsafe { ListArray::new_unchecked(field, offsets(self.offsets), vals, None) })
+    }
+}
+
+/// `list<timestamp[ns]>` column.
+pub struct ListTsCol {
+    pub offsets: Vec<i32>,
+    pub values: Vec<i64>,
+}
+
+impl ListTsCol {
+    pub fn new() -> Self {
+        ListTsCol { offsets: vec![0], values: Vec::new() }
+    }
+    #[inline]
+    pub fn end_row(&mut self) {
+        self.offsets.push(self.values.len() as i32);
+    }
+    pub fn mark(&self) -> (usize, usize) {
+        (self.offsets.len(), self.values.len())
+    }
+    pub fn rollback(&mut self, m: (usize, usize)) {
+        self.offsets.truncate(m.0);
+        self.values.truncate(m.1);
+    }
+    pub fn into_array(self) -> ArrayRef {
+        let field = Arc::new(Field::new("item", ts_type(), true));
+        let vals: ArrayRef = Arc::new(ts_array(self.values));
+        Arc::new(unsafe { ListArray::new_unchecked(field, offsets(self.offsets), vals, None) })
+    }
+}
+
+/// `list<map<string, string>>` column.
+pub struct ListMapCol {
+    pub offsets: Vec<i32>,
+    pub values: MapCol,
+}
+
+impl ListMapCol {
+    pub fn new() -> Self {
+        ListMapCol { offsets: vec![0], values: MapCol::new() }
+    }
+    #[inline]
+    pub fn end_row(&mut self) {
+        self.offsets.push((self.values.offsets.len() - 1) as i32);
+    }
+    pub fn mark(&self) -> (usize, (usize, (usize, usize), (usize, usize))) {
+        (self.offsets.len(), self.values.mark())
+    }
+    pub fn rollback(&mut self, m: (usize, (usize, (usize, usize), (usize, usize)))) {
+        self.offsets.truncate(m.0);
+        self.values.rollback(m.1);
+    }
+    pub fn into_array(self) -> ArrayRef {
+        let field = Arc::new(Field::new("item", map_type(), true));
+        let vals: ArrayRef = Arc::new(self.values.finish_array());
+        Arc::new(unsafe { ListArray::new_unchecked(field, offsets(self.offsets), vals, None) })
+    }
+}
+
+pub fn ts_array(v: Vec<i64>) -> PrimitiveArray<TimestampNanosecondType> {
+    PrimitiveArray::<TimestampNanosecondType>::new(ScalarBuffer::from(v), None)
+}
+
+pub fn u64_array(v: Vec<u64>) -> ArrayRef {
+    Arc::new(PrimitiveArray::<UInt64Type>::new(ScalarBuffer::from(v), None))
+}
+
+pub fn u8_array(v: Vec<u8>) -> ArrayRef {
+    Arc::new(PrimitiveArray::<UInt8Type>::new(ScalarBuffer::from(v), None))
+}

@@ -1,0 +1,218 @@
+//! otelwax._native: OTLP protobuf ⇄ Arrow codec.
+//!
+//! Python interface (wrapped by otelwax/codec/native.py):
+//!   decode_traces(payloads: list[bytes]) -> (pyarrow.RecordBatch, errors, rows)
+//!   decode_logs(payloads: list[bytes])   -> same
+//!   encode_traces(schema_capsule, array_capsule) -> bytes   (ExportTraceServiceRequest)
+//! The batch is handed over through the Arrow C data interface (no copy) with the exact
+//! otelwax.schemas schema; errors is a list of (index, reason) and rows the row count each
+//! payload contributed. encode_traces takes the capsules of `batch.__arrow_c_array__()`.
+
+pub mod cols;
+pub mod encode;
+pub mod logs;
+pub mod render;
+pub mod traces;
+pub mod wire;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use arrow_array::{ffi::FFI_ArrowArray, ffi::FFI_ArrowSchema, Array, StructArray};
+use arrow_data::ArrayData;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyCapsule};
+use std::collections::HashMap;
+use arrow_schema::Field;
+
+pub type DecodeOut = (StructArray, Vec<(usize, String)>, Vec<usize>);
+
+/// A table builder that can checkpoint and roll back per payload.
+pub trait Table {
+    type Mark;
+    fn mark(&self) -> Self::Mark;
+    fn rollback(&mut self, m: &Self::Mark);
+    fn rows(&self) -> usize;
+    fn too_big(&self) -> bool;
+    fn decode(&mut self, buf: &[u8]) -> wire::Res<()>;
+    fn finish(self) -> StructArray;
+}
+
+impl Table for traces::Traces {
+    type Mark = traces::TracesMark;
+    fn mark(&self) -> Self::Mark {
+        traces::Traces::mark(self)
+    }
+    fn rollback(&mut self, m: &Self::Mark) {
+        traces::Traces::rollback(self, m)
+    }
+    fn rows(&self) -> usize {
+        traces::Traces::rows(self)
+    }
+    fn too_big(&self) -> bool {
+        traces::Traces::too_big(self)
+    }
+    fn decode(&mut self, buf: &[u8]) -> wire::Res<()> {
+        traces::Traces::decode(self, buf)
+    }
+    fn finish(self) -> StructArray {
+        traces::Traces::finish(self)
+    }
+}
+
+impl Table for logs::Logs {
+    type Mark = logs::LogsMark;
+    fn mark(&self) -> Self::Mark {
+        logs::Logs::mark(self)
+    }
+    fn rollback(&mut self, m: &Self::Mark) {
+        logs::Logs::rollback(self, m)
+    }
+    fn rows(&self) -> usize {
+        logs::Logs::rows(self)
+    }
+    fn too_big(&self) -> bool {
+        logs::Logs::too_big(self)
+    }
+    fn decode(&mut self, buf: &[u8]) -> wire::Res<()> {
+        logs::Logs::decode(self, buf)
+    }
+    fn finish(self) -> StructArray {
+        logs::Logs::finish(self)
+    }
+}
+
+/// Decodes every payload into `t`; a payload that fails (or panics) is rolled back and
+/// reported, the others keep their rows.
+pub fn decode_all<T: Table, B: AsRef<[u8]>>(mut t: T, payloads: &[B]) -> DecodeOut {
+    let mut errors = Vec::new();
+    let mut rows = Vec::with_capacity(payloads.len());
+    for (i, p) in payloads.iter().enumerate() {
+        let mark = t.mark();
+        let before = t.rows();
+        let res = catch_unwind(AssertUnwindSafe(|| t.decode(p.as_ref())));
+        let res = match res {
+            Ok(Ok(())) if t.too_big() => Err("batch exceeds 2 GiB of string data".to_string()),
+            Ok(r) => r,
+            Err(_) => Err("internal decoder error (panic)".to_string()),
+        };
+        match res {
+            Ok(()) => rows.push(t.rows() - before),
+            Err(e) => {
+                t.rollback(&mark);
+                errors.push((i, e));
+                rows.push(0);
+            }
+        }
+    }
+    (t.finish(), errors, rows)
+}
+
+/// One-shot holder of an exported struct array, handed to `pyarrow.record_batch` through the
+/// Arrow PyCapsule interface (`__arrow_c_array__`).
+#[pyclass(module = "otelwax._native")]
+struct CArray {
+    capsules: Option<(Py<PyCapsule>, Py<PyCapsule>)>,
+}
+
+#[pymethods]
+impl CArray {
+    #[pyo3(signature = (requested_schema=None))]
+    fn __arrow_c_array__<'py>(
+        &mut self,
+        py: Python<'py>,
+        requested_schema: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<(Py<PyCapsule>, Py<PyCapsule>)> {
+        let _ = requested_schema;
+        let _ = py;
+        self.capsules.take().ok_or_else(|| PyRuntimeError::new_err("array already exported"))
+    }
+}
+
+static RECORD_BATCH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// Exports a struct array as a `pyarrow.RecordBatch` without copying (C data interface); the
+/// schema carries the table name as metadata, like otelwax.schemas.
+fn to_record_batch<'py>(py: Python<'py>, arr: StructArray, table: &str) -> PyResult<Bound<'py, PyAny>> {
+    let field = Field::new("", arr.data_type().clone(), false)
+        .with_metadata(HashMap::from([("otelwax.table".to_string(), table.to_string())]));
+    let schema = FFI_ArrowSchema::try_from(&field).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    let data: ArrayData = arr.into_data();
+    let array = FFI_ArrowArray::new(&data);
+    let s = PyCapsule::new_with_value(py, schema, c"arrow_schema")?.unbind();
+    let a = PyCapsule::new_with_value(py, array, c"arrow_array")?.unbind();
+    let holder = Py::new(py, CArray { capsules: Some((s, a)) })?;
+    let rb = RECORD_BATCH.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+        Ok(py.import("pyarrow")?.getattr("record_batch")?.unbind())
+    })?;
+    rb.bind(py).call1((holder,))
+}
+
+type PyDecodeOut<'py> = (Bound<'py, PyAny>, Vec<(usize, String)>, Vec<usize>);
+
+fn run_decode<'py, T: Table + Send>(
+    py: Python<'py>,
+    payloads: Vec<PyBackedBytes>,
+    make: fn() -> T,
+    table: &str,
+) -> PyResult<PyDecodeOut<'py>> {
+    let out = py.detach(|| catch_unwind(AssertUnwindSafe(|| decode_all(make(), &payloads))));
+    let (arr, errors, rows) =
+        out.map_err(|_| PyRuntimeError::new_err("internal decoder error (panic)"))?;
+    Ok((to_record_batch(py, arr, table)?, errors, rows))
+}
+
+/// Decodes serialized ExportTraceServiceRequest payloads into otel_traces columns.
+#[pyfunction]
+fn decode_traces<'py>(py: Python<'py>, payloads: Vec<PyBackedBytes>) -> PyResult<PyDecodeOut<'py>> {
+    run_decode(py, payloads, traces::Traces::new, "otel_traces")
+}
+
+/// Decodes serialized ExportLogsServiceRequest payloads into otel_logs columns.
+#[pyfunction]
+fn decode_logs<'py>(py: Python<'py>, payloads: Vec<PyBackedBytes>) -> PyResult<PyDecodeOut<'py>> {
+    run_decode(py, payloads, logs::Logs::new, "otel_logs")
+}
+
+/// Encodes otel_traces rows (Arrow PyCapsules of a struct array / record batch) as one
+/// serialized ExportTraceServiceRequest.
+#[pyfunction]
+fn encode_traces<'py>(
+    py: Python<'py>,
+    schema: Bound<'py, PyCapsule>,
+    array: Bound<'py, PyCapsule>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let sp = schema.pointer_checked(Some(c"arrow_schema"))?;
+    let ap = array.pointer_checked(Some(c"arrow_array"))?;
+    // SAFETY: the capsules follow the Arrow PyCapsule interface; from_raw moves the array out
+    // (marking the capsule's copy released) and the schema is only borrowed.
+    let data = unsafe {
+        let ffi_array = FFI_ArrowArray::from_raw(ap.as_ptr() as *mut FFI_ArrowArray);
+        let ffi_schema = &*(sp.as_ptr() as *const FFI_ArrowSchema);
+        arrow_array::ffi::from_ffi(ffi_array, ffi_schema)
+    }
+    .map_err(|e| PyValueError::new_err(format!("cannot import Arrow array: {e}")))?;
+    let bytes = py.detach(|| {
+        catch_unwind(AssertUnwindSafe(|| {
+            let arr = StructArray::from(data);
+            encode::encode_traces(&arr)
+        }))
+    });
+    match bytes {
+        Ok(Ok(b)) => Ok(PyBytes::new(py, &b)),
+        Ok(Err(e)) => Err(PyValueError::new_err(e)),
+        Err(_) => Err(PyRuntimeError::new_err("internal encoder error (panic)")),
+    }
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<CArray>()?;
+    m.add_function(wrap_pyfunction!(decode_traces, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_logs, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_traces, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
