@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
-	@$(PY) -m pip install -q -e '.[dev]'
+	@CARGO_TARGET_DIR=$(CURDIR)/.cache/cargo-target $(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
 setup: $(STAMP)
