@@ -1,0 +1,390 @@
+"""A partitioned Kafka source that cuts each partition into replayable offset *ranges*.
+
+Why not ``bytewax.connectors.kafka.KafkaSource``: it emits single messages (or whatever one
+``consume`` call returned), so where batches start and end depends on timing. Exactly-once
+inserts need a replay to cut the *same* ranges as the first run, so that each insert carries the
+same deduplication token. This source therefore
+
+- owns one confluent-kafka consumer per Kafka partition, ``assign()``-ed to an exact offset (no
+  consumer-group rebalancing, no commits: the position lives in bytewax's recovery snapshot);
+- buffers messages and cuts a :class:`KafkaRange` when ``max_records``, ``max_bytes`` or
+  ``max_delay_s`` is reached;
+- on (re)start asks an :class:`IntentReader` (ranges the sink recorded before inserting them)
+  for ranges at or after its resume offset, and re-cuts the replayed messages at exactly those
+  boundaries (``KafkaRange.replay = True``).
+
+The snapshot of a partition is the offset after the last emitted range; messages buffered but not
+yet emitted are simply read again after a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal, Protocol
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from prometheus_client import Gauge
+from pydantic import Field
+
+from connectors.kafka import TOPIC_SPANS, KafkaConfig
+from otelwax.settings import StrictModel
+from otelwax.telemetry import ComponentMetrics
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "IntentReader",
+    "KafkaRange",
+    "KafkaSourceConfig",
+    "PartitionedKafkaSource",
+    "RangeCutConfig",
+    "plan_start",
+]
+
+CONSUMER_LAG = Gauge(
+    "otelwax_kafka_consumer_lag",
+    "Messages between the partition's high watermark and the next offset to read",
+    ["topic", "partition"],
+)
+
+
+class RangeCutConfig(StrictModel):
+    """When a partition's buffered messages become one range (= one ClickHouse insert).
+
+    A range is cut at whichever comes first. Defaults suit ClickHouse (few, big inserts):
+    ~4 MiB of OTLP protobuf is ~9 000 spans; 1 s bounds the added latency.
+    """
+
+    max_records: int = Field(20_000, gt=0, description="Kafka records per range")
+    max_bytes: int = Field(4 * 1024 * 1024, gt=0, description="payload bytes per range")
+    max_delay_s: float = Field(1.0, gt=0, le=3600, description="oldest buffered record's age")
+
+
+class KafkaSourceConfig(StrictModel):
+    """Which topic/partitions to read, where to start and how to cut ranges."""
+
+    topic: str = Field(TOPIC_SPANS, min_length=1)
+    partitions: list[int] | None = Field(
+        None, description="Kafka partitions to read (default: all of the topic)"
+    )
+    start: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a partition with no snapshot and no intents starts"
+    )
+    batch: RangeCutConfig = Field(default_factory=RangeCutConfig)
+    group_id: str = Field(
+        "otelwax-flows", min_length=1, description="librdkafka needs one; nothing is committed"
+    )
+    poll_max_messages: int = Field(5_000, gt=0, description="messages per consume() call")
+    idle_poll_s: float = Field(0.02, gt=0, le=5, description="sleep between empty polls")
+    stop_at_end: bool = Field(
+        False, description="Finish when every partition reached its end (tests, backfills)"
+    )
+    extra: dict[str, str | int | bool] = Field(
+        default_factory=dict, description="Raw librdkafka consumer properties merged last."
+    )
+
+
+@dataclass(slots=True)
+class KafkaRange:
+    """Consecutive records ``first..last`` (inclusive) of one partition, emitted as one item."""
+
+    topic: str
+    partition: int
+    first: int
+    last: int
+    values: list[bytes]
+    offsets: list[int]
+    replay: bool = False
+    """True when the boundaries come from a recorded intent (a replay after a restart)."""
+    first_timestamp_ms: int = 0
+    """Kafka timestamp of the first record (producer/ingest time), for latency metrics."""
+    nbytes: int = 0
+
+    @property
+    def token(self) -> str:
+        """Deterministic id of the range: ``topic:partition:first:last``."""
+        return f"{self.topic}:{self.partition}:{self.first}:{self.last}"
+
+
+class IntentReader(Protocol):
+    """Read side of the sink's intent log (see ``connectors.clickhouse_sink.IntentLog``)."""
+
+    def ranges_from(self, topic: str, partition: int, offset: int) -> list[tuple[int, int]]:
+        """Recorded ranges ``(first, last)`` of the partition with ``last >= offset``, sorted."""
+        ...
+
+    def pending_from(self, topic: str, partition: int) -> int | None:
+        """First offset of the oldest range that may not be stored yet, or None."""
+        ...
+
+
+def plan_start(
+    resume: int | None,
+    pending: int | None,
+    ranges: Callable[[int], list[tuple[int, int]]],
+    default: int,
+) -> tuple[int, list[tuple[int, int]]]:
+    """Decide where a partition starts and which recorded ranges it must re-cut.
+
+    ``resume`` is bytewax's snapshot (offset after the last emitted range), ``pending`` the start
+    of the oldest range the sink may not have finished (everything before it is stored, because
+    the sink records a group of intents only after the previous group is stored). Starting at
+    the larger of the two replays the least; with neither, ``default`` (earliest/latest).
+    Returns the start offset and the recorded ranges at or after it, non-overlapping.
+    """
+    candidates = [x for x in (resume, pending) if x is not None]
+    start = max(candidates) if candidates else default
+    planned: list[tuple[int, int]] = []
+    for first, last in ranges(start):
+        if planned and first <= planned[-1][1]:
+            continue  # overlapping leftovers of an inconsistent history: keep the earlier one
+        planned.append((first, last))
+    if planned and planned[0][0] < start:
+        # A fresh start landed inside a recorded range: replay all of it with its token.
+        start = planned[0][0]
+    return start, planned
+
+
+class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        cfg: KafkaSourceConfig,
+        partition: int,
+        resume_state: int | None,
+        intents: IntentReader | None,
+        metrics: ComponentMetrics,
+        bytes_metrics: ComponentMetrics,
+    ) -> None:
+        from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+
+        self._cfg = cfg
+        self._topic = cfg.topic
+        self._partition = partition
+        self._metrics = metrics
+        self._bytes_metrics = bytes_metrics
+        conf = kafka.client_conf()
+        conf.update(
+            {
+                "group.id": cfg.group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",
+                "fetch.max.bytes": max(cfg.batch.max_bytes * 2, 52_428_800),
+                "max.partition.fetch.bytes": max(cfg.batch.max_bytes, 1_048_576),
+                "queued.max.messages.kbytes": 65_536,
+            }
+        )
+        conf.update(cfg.extra)
+        self._consumer = Consumer(conf)
+        tp = TopicPartition(self._topic, partition)
+        low, high = self._consumer.get_watermark_offsets(tp, timeout=30)
+        default = low if cfg.start == "earliest" else high
+        pending = None
+        if intents is not None:
+            pending = intents.pending_from(self._topic, partition)
+        start, planned = plan_start(
+            resume_state,
+            pending,
+            (lambda off: intents.ranges_from(self._topic, partition, off)) if intents else list,
+            default,
+        )
+        if start == OFFSET_END:  # pragma: no cover - defensive
+            start = high
+        self._planned = planned
+        self._next = start  # snapshot: offset after the last emitted range
+        self._tp = TopicPartition(self._topic, partition)
+        self._consumer.assign([TopicPartition(self._topic, partition, start)])
+        log.info(
+            "kafka %s[%d]: start at %d (snapshot=%s, pending intent=%s, watermarks=%d..%d), "
+            "%d recorded range(s) to re-cut",
+            self._topic,
+            partition,
+            start,
+            resume_state,
+            pending,
+            low,
+            high,
+            len(planned),
+        )
+        self._values: list[bytes] = []
+        self._offsets: list[int] = []
+        self._nbytes = 0
+        self._ts0 = 0
+        self._since = 0.0
+        self._eof = False
+        self._done = False
+        self._last_got = False
+        self._lag_label = CONSUMER_LAG.labels(self._topic, str(partition))
+        self._lag_at = 0.0
+
+    # --- cutting ---------------------------------------------------------------------------
+    def _emit(self, out: list[KafkaRange], bounds: tuple[int, int] | None) -> None:
+        if not self._values and bounds is None:
+            return
+        if bounds is None:
+            first, last, replay = self._offsets[0], self._offsets[-1], False
+        else:
+            first, last, replay = bounds[0], bounds[1], True
+        rng = KafkaRange(
+            self._topic,
+            self._partition,
+            first,
+            last,
+            self._values,
+            self._offsets,
+            replay,
+            self._ts0,
+            self._nbytes,
+        )
+        self._values, self._offsets, self._nbytes = [], [], 0
+        self._next = last + 1
+        if rng.values:
+            out.append(rng)
+            self._metrics.sent(len(rng.values))
+
+    def _in_planned(self) -> bool:
+        return bool(self._planned and self._offsets and self._offsets[0] >= self._planned[0][0])
+
+    def _add(self, out: list[KafkaRange], offset: int, value: bytes, ts_ms: int) -> None:
+        planned = self._planned
+        # Passed the end of a recorded range (offset gaps): close it with its own bounds.
+        while planned and offset > planned[0][1]:
+            if not self._values:
+                planned.pop(0)  # none of its records are left (compaction/retention)
+            elif self._in_planned():
+                self._emit(out, planned.pop(0))
+            else:
+                self._emit(out, None)
+        if planned and offset >= planned[0][0] and self._values and not self._in_planned():
+            self._emit(out, None)  # unrecorded messages before a recorded range
+        if not self._values:
+            self._since = time.monotonic()
+            self._ts0 = ts_ms
+        self._values.append(value)
+        self._offsets.append(offset)
+        self._nbytes += len(value)
+        if planned and offset >= planned[0][0]:
+            if offset == planned[0][1]:
+                self._emit(out, planned.pop(0))
+            return
+        b = self._cfg.batch
+        if len(self._values) >= b.max_records or self._nbytes >= b.max_bytes:
+            self._emit(out, None)
+
+    def next_batch(self) -> list[KafkaRange]:
+        from confluent_kafka import KafkaError
+
+        if self._done:
+            raise StopIteration
+        msgs = self._consumer.consume(self._cfg.poll_max_messages, 0)
+        out: list[KafkaRange] = []
+        got = 0
+        nbytes = 0
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self._eof = True
+                    continue
+                if err.fatal():
+                    raise RuntimeError(f"kafka {self._topic}[{self._partition}]: {err}")
+                log.warning("kafka %s[%d]: %s", self._topic, self._partition, err)
+                self._metrics.failed()
+                continue
+            off = m.offset()
+            if off < self._next or (self._offsets and off <= self._offsets[-1]):
+                continue  # re-delivered after a seek; never emit an offset twice
+            value = m.value() or b""
+            self._eof = False
+            got += 1
+            nbytes += len(value)
+            self._add(out, off, value, m.timestamp()[1])
+        if got:
+            self._metrics.received(got)
+            self._bytes_metrics.received(nbytes)
+        self._last_got = bool(got)
+        if self._values and not self._in_planned():
+            if time.monotonic() - self._since >= self._cfg.batch.max_delay_s:
+                self._emit(out, None)
+        if self._eof and self._cfg.stop_at_end and not got:
+            if self._in_planned():
+                self._emit(out, self._planned.pop(0))
+            self._emit(out, None)
+            self._done = True
+        now = time.monotonic()
+        if now - self._lag_at >= 2.0:
+            self._lag_at = now
+            try:
+                _low, high = self._consumer.get_watermark_offsets(self._tp, cached=True)
+                if high >= 0:
+                    self._lag_label.set(max(0, high - self._next))
+            except Exception:  # lag is best effort
+                pass
+        return out
+
+    def next_awake(self) -> datetime | None:
+        if self._last_got or self._done:
+            return None
+        wait = self._cfg.idle_poll_s
+        if self._values and not self._in_planned():
+            left = self._cfg.batch.max_delay_s - (time.monotonic() - self._since)
+            wait = max(0.0, min(wait, left))
+        return datetime.now(UTC) + timedelta(seconds=wait)
+
+    def snapshot(self) -> int:
+        return self._next
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+@dataclass
+class PartitionedKafkaSource(FixedPartitionedSource[KafkaRange, int]):
+    """One bytewax partition per Kafka partition; emits :class:`KafkaRange` items.
+
+    Holds configuration only; consumers are created in ``build_part``. ``intents`` is a
+    zero-argument factory for the sink's intent log (None disables range replay), called once
+    per built partition. ``on_start`` runs once per process before the first partition is
+    built (e.g. to serve ``/metrics``).
+    """
+
+    kafka: KafkaConfig
+    config: KafkaSourceConfig
+    intents: Callable[[], IntentReader] | None = None
+    on_start: Callable[[], None] | None = None
+    _started: bool = field(default=False, init=False, repr=False)
+
+    def list_parts(self) -> list[str]:
+        if self.config.partitions is not None:
+            return [str(p) for p in self.config.partitions]
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(self.kafka.client_conf())
+        md = admin.list_topics(self.config.topic, timeout=30)
+        topic = md.topics.get(self.config.topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            raise RuntimeError(
+                f"kafka topic {self.config.topic!r} not found at {self.kafka.bootstrap_servers}"
+                + (f": {topic.error}" if topic is not None and topic.error else "")
+            )
+        return [str(p) for p in sorted(topic.partitions)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _RangePartition:
+        if not self._started and self.on_start is not None:
+            self._started = True
+            self.on_start()
+        return _RangePartition(
+            self.kafka,
+            self.config,
+            int(for_part),
+            resume_state,
+            self.intents() if self.intents is not None else None,
+            ComponentMetrics("kafka_source", "records"),
+            ComponentMetrics("kafka_source", "bytes"),
+        )

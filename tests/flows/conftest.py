@@ -1,0 +1,217 @@
+"""Fixtures for the flow tests: real Kafka, real chdb, real clickhouse-server, real processes.
+
+A flow under test always runs as its own ``python -m bytewax.run`` process (through
+``tests/flows/run_flow.py``) so it can be SIGKILLed, and because chdb allows one data folder
+per process. The test process reads ClickHouse only after the flow process exited.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tests.flows.standin_install  # noqa: F401  TEMPORARY
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNNER = Path(__file__).with_name("run_flow.py")
+
+
+def produce(
+    bootstrap: str,
+    topic: str,
+    values: Sequence[bytes],
+    keys: Sequence[bytes | None] | None = None,
+    partition: int | None = None,
+) -> None:
+    """Write records the way the shim does (value = OTLP request, key = trace id hex)."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    for i, v in enumerate(values):
+        kw: dict[str, Any] = {}
+        if partition is not None:
+            kw["partition"] = partition
+        key = keys[i] if keys is not None else uuid.uuid4().hex.encode()
+        while True:
+            try:
+                p.produce(topic, value=v, key=key, **kw)
+                break
+            except BufferError:
+                p.poll(0.1)
+    assert p.flush(30) == 0
+
+
+def consume_all(bootstrap: str, topic: str, timeout: float = 15.0) -> list[Any]:
+    """Every record of ``topic`` (from the beginning) as confluent-kafka messages."""
+    from confluent_kafka import Consumer
+
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"t-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+        }
+    )
+    c.subscribe([topic])
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout
+    idle = 0
+    while time.monotonic() < deadline:
+        msgs = c.consume(500, 0.5)
+        real = [m for m in msgs if m.error() is None]
+        out.extend(real)
+        idle = 0 if real else idle + 1
+        if out and idle >= 3:
+            break
+    c.close()
+    return out
+
+
+@dataclass
+class FlowRun:
+    """One flow deployment under test: its config file, data folders and processes."""
+
+    tmp: Path
+    bootstrap: str
+    topic: str
+    settings: dict[str, Any]
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    @property
+    def config_path(self) -> Path:
+        return self.tmp / "flow.yaml"
+
+    @property
+    def recovery_dir(self) -> Path:
+        return self.tmp / "recovery"
+
+    def write_config(self, **changes: Any) -> Path:
+        data = dict(self.settings)
+        for k, v in changes.items():
+            cur = data
+            parts = k.split("__")
+            for part in parts[:-1]:
+                cur[part] = dict(cur.get(part) or {})
+                cur = cur[part]
+            cur[parts[-1]] = v
+        self.settings = data
+        self.config_path.write_text(yaml.safe_dump(data))
+        return self.config_path
+
+    def init_recovery(self, partitions: int = 1) -> None:
+        self.recovery_dir.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "bytewax.recovery", str(self.recovery_dir), str(partitions)],
+            check=True,
+            cwd=ROOT,
+        )
+
+    def start(
+        self,
+        *,
+        recovery: bool = False,
+        snapshot_s: float = 1.0,
+        extra: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``python -m bytewax.run "flows.traces:build('<config>')"`` in the background."""
+        self.write_config()
+        args = [
+            sys.executable,
+            "-X",
+            "faulthandler",
+            str(RUNNER),
+            f"flows.traces:build({str(self.config_path)!r})",
+        ]
+        if recovery:
+            args += ["-r", str(self.recovery_dir), "-s", str(snapshot_s), "-b", "0"]
+        args += list(extra)
+        log = self.tmp / f"flow-{len(self.logs)}.log"
+        self.logs.append(log)
+        penv = dict(os.environ, PYTHONPATH=str(ROOT), OTELWAX_METRICS_PORT="none")
+        penv.pop("OTELWAX_CONFIG", None)
+        penv.update(env or {})
+        with open(log, "wb") as fh:
+            p = subprocess.Popen(args, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=penv)
+        self.procs.append(p)
+        return p
+
+    def wait(self, p: subprocess.Popen[bytes], timeout: float = 120.0) -> int:
+        try:
+            return p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            raise AssertionError(f"flow did not finish in {timeout}s; log:\n{self.log_text()}")
+
+    def run_to_end(self, timeout: float = 120.0, **kw: Any) -> None:
+        """Run with ``stop_at_end`` until every partition is drained; assert a clean exit."""
+        self.write_config(source__stop_at_end=True)
+        p = self.start(**kw)
+        rc = self.wait(p, timeout)
+        assert rc == 0, f"flow exited with {rc}; log:\n{self.log_text()}"
+
+    def log_text(self, last: int = 6000) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-last:]}" for p in self.logs
+        )
+
+    def kill_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+
+
+def chdb_rows(path: Path | str, sql: str) -> list[tuple[Any, ...]]:
+    """Run a query on an embedded chdb folder from the test process (flow must be stopped)."""
+    from connectors import clickhouse
+
+    client = clickhouse.open_client(clickhouse.ClickHouseConfig(mode="embedded", path=str(path)))
+    try:
+        return list(client.execute(sql))
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def flow_run(
+    tmp_path: Path, kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> Iterator[Callable[..., FlowRun]]:
+    """Factory: a fresh topic + DLQ topic and a flow config writing to embedded chdb."""
+    runs: list[FlowRun] = []
+
+    def _make(partitions: int = 4, **settings: Any) -> FlowRun:
+        topic = make_topic("spans", partitions=partitions)
+        dlq = make_topic("dlq", partitions=1)
+        base: dict[str, Any] = {
+            "kafka": {"bootstrap_servers": kafka_bootstrap},
+            "source": {"topic": topic, "batch": {"max_records": 50, "max_delay_s": 0.3}},
+            "dead_letters": {"topic": dlq},
+            "clickhouse": {"mode": "embedded", "path": str(tmp_path / f"chdb{len(runs)}")},
+            "metrics_port": None,
+        }
+        for k, v in settings.items():
+            base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
+        d = tmp_path / f"run{len(runs)}"
+        d.mkdir()
+        run = FlowRun(d, kafka_bootstrap, topic, base)
+        runs.append(run)
+        return run
+
+    yield _make
+    for r in runs:
+        r.kill_all()

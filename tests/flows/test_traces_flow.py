@@ -1,0 +1,138 @@
+"""flows.traces end to end: Kafka → flow process → embedded ClickHouse (chdb)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from connectors.dlq import H_ERROR, H_OFFSET, H_PARTITION, H_TOPIC
+from tests import otlpgen
+from tests.flows.conftest import chdb_rows, consume_all, produce
+
+SMALL = {"n_resources": 2, "spans_per_resource": 10}  # 20 spans per request
+
+
+def _expected(payloads: list[bytes]) -> dict[str, tuple]:
+    """SpanId → fields computed from the protobuf itself (independent of the decoder)."""
+    out = {}
+    for raw in payloads:
+        req = ExportTraceServiceRequest.FromString(raw)
+        for rs in req.resource_spans:
+            svc = next(
+                (a.value.string_value for a in rs.resource.attributes if a.key == "service.name"),
+                "",
+            )
+            for ss in rs.scope_spans:
+                for s in ss.spans:
+                    attrs = {
+                        a.key: a.value.string_value
+                        for a in s.attributes
+                        if a.value.WhichOneof("value") == "string_value"
+                    }
+                    out[s.span_id.hex()] = (
+                        s.trace_id.hex(),
+                        s.name,
+                        Span.SpanKind.Name(s.kind),
+                        svc,
+                        s.start_time_unix_nano,
+                        s.end_time_unix_nano - s.start_time_unix_nano,
+                        Status.StatusCode.Name(s.status.code),
+                        attrs,
+                        [e.name for e in s.events],
+                        ss.scope.name,
+                    )
+    return out
+
+
+def test_every_span_stored_once_with_equal_fields(flow_run) -> None:
+    run = flow_run(partitions=3)
+    payloads = otlpgen.trace_payloads(60, seed=11, **SMALL)
+    produce(run.bootstrap, run.topic, payloads)
+    run.run_to_end()
+
+    path = run.settings["clickhouse"]["path"]
+    rows = chdb_rows(
+        path,
+        "SELECT SpanId, TraceId, SpanName, SpanKind, ServiceName, toUnixTimestamp64Nano(Timestamp),"
+        " Duration, StatusCode, SpanAttributes, Events.Name, ScopeName FROM otel_traces",
+    )
+    expected = _expected(payloads)
+    assert len(rows) == len(expected) == 60 * 20
+    got = {}
+    for r in rows:
+        assert r[0] not in got, f"span {r[0]} stored twice"
+        attrs = dict(r[8])
+        got[r[0]] = (*r[1:8], {k: attrs.get(k) for k in expected[r[0]][7]}, list(r[9]), r[10])
+    assert got == expected
+    # Every range was recorded as an intent before its insert.
+    (n_intents,) = chdb_rows(path, "SELECT count() FROM otelwax_intents")[0]
+    assert n_intents >= 3
+
+
+def test_poison_records_go_to_the_dlq_and_good_ones_are_stored(flow_run) -> None:
+    run = flow_run(partitions=1)
+    good = otlpgen.trace_payloads(30, seed=12, **SMALL)
+    truncated = good[0][: len(good[0]) // 2]
+    garbage = b"\xff\xfe not protobuf \x00\x01"
+    values = [*good[:10], garbage, *good[10:20], truncated, *good[20:]]
+    produce(run.bootstrap, run.topic, values, partition=0)
+    run.run_to_end()
+
+    (n, uniq) = chdb_rows(
+        run.settings["clickhouse"]["path"], "SELECT count(), uniqExact(SpanId) FROM otel_traces"
+    )[0]
+    assert n == uniq == 30 * 20
+    dead = consume_all(run.bootstrap, run.settings["dead_letters"]["topic"])
+    by_offset = {int(dict(m.headers())[H_OFFSET]): m for m in dead}
+    assert set(by_offset) == {10, 21}
+    assert by_offset[10].value() == garbage
+    assert by_offset[21].value() == truncated
+    for m in dead:
+        h = dict(m.headers())
+        assert h[H_TOPIC].decode() == run.topic
+        assert h[H_PARTITION] == b"0"
+        assert h[H_ERROR]
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_stores_every_span_exactly_once(flow_run) -> None:
+    """THE test: kill -9 the flow while it consumes, restart with recovery, repeat."""
+    rnd = random.Random()
+    seed = rnd.randrange(1 << 30)
+    run = flow_run(
+        partitions=4,
+        source={"batch": {"max_records": 8, "max_delay_s": 0.2}},
+    )
+    run.init_recovery()
+    n_requests = 400
+    payloads = otlpgen.trace_payloads(n_requests, seed=seed, **SMALL)
+
+    # Records keep arriving while the flow is being killed.
+    def slow_produce() -> None:
+        for i in range(0, n_requests, 20):
+            produce(run.bootstrap, run.topic, payloads[i : i + 20])
+            time.sleep(0.25)
+
+    producer = threading.Thread(target=slow_produce, daemon=True)
+    producer.start()
+    kills = 0
+    for _ in range(4):
+        p = run.start(recovery=True, snapshot_s=1.0)
+        time.sleep(rnd.uniform(2.0, 5.0))
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+            kills += 1
+    producer.join(120)
+    run.run_to_end(recovery=True, snapshot_s=1.0, timeout=180)
+
+    path = run.settings["clickhouse"]["path"]
+    n, uniq = chdb_rows(path, "SELECT count(), uniqExact(SpanId) FROM otel_traces")[0]
+    sent = n_requests * 20
+    assert (n, uniq) == (sent, sent), f"seed={seed} kills={kills}\n{run.log_text(3000)}"
+    assert kills >= 3
