@@ -164,9 +164,10 @@ def consume(
     done_at: float | None = None
     try:
         while time.monotonic() < deadline:
-            m = c.poll(0.2)
-            if m is not None and not m.error():
-                out.append(Rec(m.key(), m.value(), dict(m.headers() or []), m.partition()))
+            batch = c.consume(num_messages=1000, timeout=0.2)
+            for m in batch:
+                if not m.error():
+                    out.append(Rec(m.key(), m.value(), dict(m.headers() or []), m.partition()))
             if done_at is None and until(out):
                 done_at = time.monotonic()
             if done_at is not None and time.monotonic() - done_at >= settle:
