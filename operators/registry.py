@@ -68,6 +68,7 @@ __all__ = [
     "Pipeline",
     "build_operator",
     "build_pipeline",
+    "parse_spec",
     "parse_specs",
     "spec_problems",
 ]
@@ -266,11 +267,17 @@ OperatorSpec = Annotated[
 """One operator entry of a flow's ``operators:`` list (validated without I/O)."""
 
 _SPECS = TypeAdapter(list[OperatorSpec])
+_SPEC = TypeAdapter(OperatorSpec)
 
 
 def parse_specs(raw: Sequence[Any]) -> list[Any]:
     """Validate raw YAML entries into specs; raises pydantic.ValidationError."""
     return _SPECS.validate_python(list(raw))
+
+
+def parse_spec(raw: Any) -> Any:
+    """Validate one raw YAML entry; raises pydantic.ValidationError."""
+    return _SPEC.validate_python(raw)
 
 
 def spec_problems(specs: Sequence[Any], signal: str) -> list[tuple[str, str]]:

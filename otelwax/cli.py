@@ -13,6 +13,7 @@ import sys
 # name -> (module, one-line help). Later components add their own line here.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("connectors.ingest.cli", "run the OTLP ingest shim (gRPC :4317, HTTP :4318)"),
+    "validate": ("otelwax.validate_cli", "check a config file and print every problem"),
 }
 
 

@@ -1,0 +1,565 @@
+"""The deployment configuration: one YAML file, validated completely before any I/O.
+
+    from otelwax.config import load_config
+    cfg = load_config()              # $OTELWAX_CONFIG, or defaults when unset
+    cfg = load_config("configs/otelwax.yaml")
+    cfg.flows.traces                 # the traces flow settings (flows.settings)
+    cfg.operator_specs("traces")     # validated operator specs for operators.registry
+
+Layout (Collector-like; every section optional, see ``configs/otelwax.yaml``)::
+
+    kafka:      connectors.kafka.KafkaConfig          shared by the shim and every flow
+    clickhouse: connectors.clickhouse.ClickHouseConfig shared by every flow
+    ingest:     connectors.ingest.config.IngestConfig
+    flows:      {traces: ..., metrics: ..., logs: ...}  each with ``operators: [...]``
+    sinks:      {remote_write: ..., jaeger: ...}
+
+The top-level ``kafka`` and ``clickhouse`` sections are copied into ``ingest`` and each flow
+unless that section sets its own.
+
+Loading, in order, collecting every problem before reporting:
+
+1. YAML is parsed (duplicate keys are errors);
+2. ``${env:VAR}`` and ``${env:VAR:-default}`` are replaced in string values (``$$`` is a
+   literal ``$``); an unset variable without a default is a problem at that key;
+3. the typed models validate (unknown keys rejected with a "did you mean");
+4. operator specs validate against their flow's signal (columns, regexes, expressions);
+5. secret fields (``SecretStr``) must come from the environment: a literal in the file is a
+   problem (write ``password: ${env:CLICKHOUSE_PASSWORD}``).
+
+``ConfigError.problems`` holds the lines ``dotted.key.path: message``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+
+from connectors.kafka import KafkaConfig
+from otelwax.settings import StrictModel, format_errors
+
+__all__ = [
+    "ENV_CONFIG",
+    "ConfigError",
+    "OtelwaxConfig",
+    "load_config",
+    "substitute_env",
+    "validate_data",
+]
+
+ENV_CONFIG = "OTELWAX_CONFIG"
+SIGNALS = ("traces", "metrics", "logs")
+
+# --- component models (the real ones when they are importable) --------------------------------
+
+try:
+    from connectors.ingest.config import IngestConfig
+except ImportError:  # pragma: no cover - the ingest component is part of the repo
+
+    class IngestConfig(StrictModel):  # type: ignore[no-redef]
+        """Placeholder until connectors.ingest.config is importable."""
+
+        kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+
+
+try:
+    from connectors.clickhouse import ClickHouseConfig
+except ImportError:  # pragma: no cover - until connectors/clickhouse.py lands
+
+    class ClickHouseConfig(StrictModel):  # type: ignore[no-redef]
+        """Placeholder: embedded chdb by default, or a server."""
+
+        mode: Literal["embedded", "server"] = "embedded"
+        path: str = ".data/chdb"
+        host: str = "127.0.0.1"
+        port: int = Field(9000, gt=0, lt=65536)
+        user: str = "default"
+        password: SecretStr = SecretStr("")
+        database: str = "otel"
+
+
+try:
+    from flows.settings import TracesFlowSettings
+except ImportError:  # pragma: no cover - until flows/settings.py imports cleanly
+
+    class TracesFlowSettings(StrictModel):  # type: ignore[no-redef]
+        """Placeholder for flows.settings.TracesFlowSettings."""
+
+        kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+        clickhouse: ClickHouseConfig = Field(default_factory=ClickHouseConfig)
+        operators: list[dict[str, Any]] = Field(default_factory=list)
+        metrics_port: int | None = Field(9464, ge=0, le=65535)
+
+
+class _SignalFlowSettings(StrictModel):
+    """Settings shared by the metrics and logs flows until their own models land."""
+
+    enabled: bool = True
+    topic: str = Field(min_length=1)
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    clickhouse: ClickHouseConfig = Field(default_factory=ClickHouseConfig)
+    operators: list[dict[str, Any]] = Field(default_factory=list)
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+
+
+class LogsFlowSettings(_SignalFlowSettings):
+    """``flows.logs`` (placeholder for the logs flow's own model)."""
+
+    topic: str = Field("otlp_logs", min_length=1)
+
+
+class MetricsFlowSettings(_SignalFlowSettings):
+    """``flows.metrics`` (placeholder for the metrics flow's own model)."""
+
+    topic: str = Field("otlp_metrics", min_length=1)
+
+
+class FlowsConfig(StrictModel):
+    """The dataflows and their operator pipelines."""
+
+    traces: TracesFlowSettings = Field(default_factory=TracesFlowSettings)
+    metrics: MetricsFlowSettings = Field(default_factory=MetricsFlowSettings)
+    logs: LogsFlowSettings = Field(default_factory=LogsFlowSettings)
+
+
+try:
+    from connectors.remote_write import RemoteWriteConfig
+except ImportError:  # pragma: no cover
+
+    class RemoteWriteConfig(StrictModel):  # type: ignore[no-redef]
+        url: str = "http://127.0.0.1:19090/api/v1/write"
+
+
+class JaegerSinkConfig(StrictModel):
+    """OTLP export of spans to Jaeger (placeholder until the Jaeger sink lands)."""
+
+    enabled: bool = False
+    endpoint: str = Field("127.0.0.1:4317", min_length=1)
+    insecure: bool = True
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class SinksConfig(StrictModel):
+    """Sinks besides ClickHouse (off unless configured)."""
+
+    remote_write: RemoteWriteConfig | None = None
+    jaeger: JaegerSinkConfig | None = None
+
+
+def _inherit(section: Any, key: str, value: Any) -> Any:
+    if isinstance(section, dict) and key not in section:
+        return {**section, key: value}
+    return section
+
+
+class OtelwaxConfig(StrictModel):
+    """The whole deployment. Every section has defaults: no file runs embedded chdb and a
+    local Kafka."""
+
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    clickhouse: ClickHouseConfig = Field(default_factory=ClickHouseConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    flows: FlowsConfig = Field(default_factory=FlowsConfig)
+    sinks: SinksConfig = Field(default_factory=SinksConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _share_sections(cls, data: Any) -> Any:
+        """Copy top-level kafka/clickhouse into ingest and each flow unless they set their own."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        kafka, ch = data.get("kafka"), data.get("clickhouse")
+        if kafka is not None:
+            data["ingest"] = _inherit(data.get("ingest", {}), "kafka", kafka)
+        flows = data.get("flows")
+        if flows is None and (kafka is not None or ch is not None):
+            flows = {s: {} for s in SIGNALS}
+        if isinstance(flows, dict):
+            flows = dict(flows)
+            for sig in SIGNALS:
+                sec = flows.get(sig, {} if (kafka is not None or ch is not None) else None)
+                if sec is None:
+                    continue
+                if kafka is not None:
+                    sec = _inherit(sec, "kafka", kafka)
+                if ch is not None:
+                    sec = _inherit(sec, "clickhouse", ch)
+                flows[sig] = sec
+            data["flows"] = flows
+        return data
+
+    def operator_specs(self, signal: str) -> list[Any]:
+        """The validated operator specs of one flow (``operators.registry.OperatorSpec``)."""
+        from operators.registry import parse_specs
+
+        flow = getattr(self.flows, signal)
+        return parse_specs(flow.operators)
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+class ConfigError(ValueError):
+    """The configuration has problems; ``problems`` lists ``key.path: message`` lines."""
+
+    def __init__(self, problems: list[str], source: str | None = None) -> None:
+        self.problems = problems
+        self.source = source
+        head = f"{source}: " if source else ""
+        n = len(problems)
+        super().__init__(
+            f"{head}{n} configuration problem{'s' if n != 1 else ''}:\n  " + "\n  ".join(problems)
+        )
+
+
+# --- env substitution -------------------------------------------------------------------------
+
+_ENV_RE = re.compile(r"\$\$|\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{([^}]*)\}")
+
+
+def _sub_str(s: str, env: Mapping[str, str], path: str, problems: list[str]) -> tuple[str, bool]:
+    used_env = False
+
+    def repl(m: re.Match[str]) -> str:
+        nonlocal used_env
+        if m.group(0) == "$$":
+            return "$"
+        if m.group(3) is not None:
+            problems.append(
+                f"{path}: bad reference ${{{m.group(3)}}}; use ${{env:NAME}} or "
+                "${env:NAME:-default}"
+            )
+            return m.group(0)
+        name, default = m.group(1), m.group(2)
+        used_env = True
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        problems.append(f"{path}: environment variable {name} is not set")
+        return ""
+
+    return _ENV_RE.sub(repl, s), used_env
+
+
+def substitute_env(
+    data: Any, env: Mapping[str, str], path: str = "", problems: list[str] | None = None,
+    from_env: set[str] | None = None,
+) -> Any:  # fmt: skip
+    """Replace ``${env:...}`` in every string of ``data`` (keys untouched).
+
+    Appends a problem per unset variable; adds the dotted path of each value that used the
+    environment to ``from_env``.
+    """
+    problems = [] if problems is None else problems
+    if isinstance(data, str):
+        out, used = _sub_str(data, env, path, problems)
+        if used and from_env is not None:
+            from_env.add(path)
+        return out
+    if isinstance(data, dict):
+        return {
+            k: substitute_env(v, env, f"{path}.{k}" if path else str(k), problems, from_env)
+            for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [
+            substitute_env(v, env, f"{path}.{i}" if path else str(i), problems, from_env)
+            for i, v in enumerate(data)
+        ]
+    return data
+
+
+# --- YAML -------------------------------------------------------------------------------------
+
+
+def _yaml_loader() -> type:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader: Any, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                mark = key_node.start_mark
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
+            seen[key] = True
+        return loader.construct_mapping(node, deep=deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return Loader
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse a config file; raises ConfigError for unreadable files and YAML syntax errors."""
+    import yaml
+
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError([f"cannot read the file: {exc.strerror or exc}"], str(p)) from None
+    try:
+        data = yaml.load(text, Loader=_yaml_loader())  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{where}YAML syntax error: {problem}"], str(p)) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(["the top level must be a mapping of sections"], str(p))
+    return data
+
+
+# --- error rendering --------------------------------------------------------------------------
+
+
+def _unwrap(tp: Any) -> list[Any]:
+    """The candidate types inside Optional/Union/Annotated."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(tp)[0])
+    if origin in (typing.Union, types.UnionType):
+        out: list[Any] = []
+        for a in typing.get_args(tp):
+            out.extend(_unwrap(a))
+        return out
+    return [tp]
+
+
+def _model_at(model: Any, loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class that owns the last element of ``loc`` (for "did you mean")."""
+    cur: list[Any] = [model]
+    for part in loc[:-1]:
+        nxt: list[Any] = []
+        for tp in cur:
+            for t in _unwrap(tp):
+                origin = typing.get_origin(t)
+                if isinstance(t, type) and issubclass(t, BaseModel) and isinstance(part, str):
+                    f = t.model_fields.get(part)
+                    if f is None:
+                        f = next((x for x in t.model_fields.values() if x.alias == part), None)
+                    if f is not None:
+                        nxt.append(f.annotation)
+                elif origin is list and isinstance(part, int):
+                    nxt.append(typing.get_args(t)[0])
+                elif origin is dict and isinstance(part, str):
+                    nxt.append(typing.get_args(t)[1])
+        # Discriminated unions put the tag in the path: keep the member with that tag.
+        if not nxt and isinstance(part, str):
+            for tp in cur:
+                for t in _unwrap(tp):
+                    if isinstance(t, type) and issubclass(t, BaseModel):
+                        tag = _tag_of(t)
+                        if tag == part:
+                            nxt.append(t)
+        cur = nxt or []
+        if not cur:
+            return None
+    models = [
+        t for tp in cur for t in _unwrap(tp) if isinstance(t, type) and issubclass(t, BaseModel)
+    ]
+    return models[0] if len(models) == 1 else None
+
+
+def _tag_of(model: type[BaseModel]) -> str | None:
+    for name in ("type", "action"):
+        f = model.model_fields.get(name)
+        if f is not None and typing.get_origin(f.annotation) is Literal:
+            return typing.get_args(f.annotation)[0]
+    return None
+
+
+def _suggestion(model: Any, loc: tuple[Any, ...]) -> str:
+    import difflib
+
+    owner = _model_at(model, loc)
+    if owner is None or not loc:
+        return ""
+    names = [f.alias or n for n, f in owner.model_fields.items()]
+    match = difflib.get_close_matches(str(loc[-1]), names, n=1)
+    return f' (did you mean "{match[0]}"?)' if match else ""
+
+
+def _render(exc: ValidationError, prefix: str, model: Any, drop_tags: bool = False) -> list[str]:
+    """``format_errors`` plus: suggestions through lists/unions, no "Value error," noise, and
+    discriminator tags removed from paths (``operators.0.keep``, not ``operators.0.filter.keep``).
+    """
+    base = format_errors(exc, prefix=prefix)
+    lines = []
+    for err, line in zip(exc.errors(), base, strict=True):
+        loc = tuple(err["loc"])
+        shown = loc
+        if drop_tags:
+            shown = tuple(
+                p
+                for i, p in enumerate(loc)
+                if not (
+                    isinstance(p, str)
+                    and p in _ALL_TAGS
+                    and (i == 0 or isinstance(loc[i - 1], int))
+                )
+            )
+        path = ".".join(str(p) for p in shown)
+        path = f"{prefix}.{path}" if prefix and path else (prefix or path)
+        msg = line.split(": ", 1)[1] if ": " in line else line
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key" + _suggestion(model, loc)
+        msg = msg.removeprefix("Value error, ")
+        lines.append(f"{path}: {msg}")
+    return lines
+
+
+def _all_tags() -> set[str]:
+    from operators.registry import OPERATOR_TYPES
+
+    return {*OPERATOR_TYPES, "set", "copy", "rename", "delete", "hash", "truncate"}
+
+
+_ALL_TAGS: set[str] = set()
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+def _secret_problems(tp: Any, raw: Any, path: str, from_env: set[str], out: list[str]) -> None:
+    """Walk raw data along the model types: a SecretStr given literally in the file is a problem.
+
+    Works on raw data, so it also reports when other parts of the file are invalid.
+    """
+    cands = _unwrap(tp)
+    if any(c is SecretStr for c in cands):
+        if isinstance(raw, str) and raw and path not in from_env:
+            out.append(f"{path}: secrets must come from the environment; write ${{env:VARIABLE}}")
+        return
+    models = [c for c in cands if isinstance(c, type) and issubclass(c, BaseModel)]
+    if isinstance(raw, dict) and models:
+        if len(models) > 1:  # a tagged union: pick the member by its tag
+            tag = raw.get("type") or raw.get("action") or ("module" if "module" in raw else None)
+            models = [m for m in models if _tag_of(m) == tag] or models[:1]
+        model = models[0]
+        for name, field in model.model_fields.items():
+            key = field.alias or name
+            if key in raw:
+                sub = f"{path}.{key}" if path else key
+                _secret_problems(field.annotation, raw[key], sub, from_env, out)
+        return
+    for c in cands:
+        origin = typing.get_origin(c)
+        if origin is list and isinstance(raw, list):
+            for i, r in enumerate(raw):
+                _secret_problems(typing.get_args(c)[0], r, f"{path}.{i}", from_env, out)
+            return
+        if origin is dict and isinstance(raw, dict):
+            for k, r in raw.items():
+                _secret_problems(typing.get_args(c)[1], r, f"{path}.{k}", from_env, out)
+            return
+
+
+def _operator_problems(data: dict[str, Any], problems: list[str], from_env: set[str]) -> None:
+    """Validate every flow's operator entries one by one (so all problems are found)."""
+    from operators.registry import SIGNAL_SCHEMAS, OperatorSpec, parse_spec
+
+    global _ALL_TAGS
+    if not _ALL_TAGS:
+        _ALL_TAGS = _all_tags()
+    flows = data.get("flows")
+    if not isinstance(flows, dict):
+        return
+    for sig in SIGNALS:
+        sec = flows.get(sig)
+        if not isinstance(sec, dict) or not isinstance(sec.get("operators"), list):
+            continue
+        prefix = f"flows.{sig}.operators"
+        schema = SIGNAL_SCHEMAS.get(sig)
+        names: dict[str, int] = {}
+        tails: list[int] = []
+        for i, raw in enumerate(sec["operators"]):
+            where = f"{prefix}.{i}"
+            _secret_problems(OperatorSpec, raw, where, from_env, problems)
+            try:
+                spec = parse_spec(raw)
+            except ValidationError as exc:
+                problems.extend(_render(exc, where, OperatorSpec, drop_tags=True))
+                continue
+            if schema is None:
+                problems.append(f"{where}: the {sig} flow takes no operators yet")
+                continue
+            problems.extend(f"{where}.{f}: {m}" for f, m in spec.problems(schema))
+            name = spec.name or f"{spec.type}.{i}"
+            if name in names:
+                problems.append(
+                    f"{where}.name: duplicate operator name {name!r} (also step {names[name]})"
+                )
+            names[name] = i
+            if spec.type == "tail_sampling":
+                tails.append(i)
+        if len(tails) > 1:
+            problems.append(f"{prefix}.{tails[1]}.type: only one tail_sampling step per flow")
+
+
+def _shared_paths(data: Mapping[str, Any]) -> list[str]:
+    """Paths the top-level kafka/clickhouse sections are copied to (their errors repeat)."""
+    out: list[str] = []
+    kafka, ch = data.get("kafka"), data.get("clickhouse")
+    ingest = data.get("ingest")
+    if kafka is not None and not (isinstance(ingest, dict) and "kafka" in ingest):
+        out.append("ingest.kafka")
+    flows = data.get("flows") if isinstance(data.get("flows"), dict) else {}
+    for sig in SIGNALS:
+        sec = flows.get(sig) if isinstance(flows, dict) else None
+        for key, val in (("kafka", kafka), ("clickhouse", ch)):
+            if val is not None and not (isinstance(sec, dict) and key in sec):
+                out.append(f"flows.{sig}.{key}")
+    return out
+
+
+def validate_data(
+    data: Mapping[str, Any], env: Mapping[str, str] | None = None
+) -> tuple[OtelwaxConfig | None, list[str]]:
+    """Validate raw (parsed YAML) data; returns (config or None, every problem found)."""
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    from_env: set[str] = set()
+    subst = substitute_env(dict(data), env, "", problems, from_env)
+    cfg: OtelwaxConfig | None = None
+    shared = tuple(p + "." for p in _shared_paths(subst))
+    try:
+        cfg = OtelwaxConfig.model_validate(subst)
+    except ValidationError as exc:
+        problems.extend(p for p in _render(exc, "", OtelwaxConfig) if not p.startswith(shared))
+    _secret_problems(OtelwaxConfig, subst, "", from_env, problems)
+    _operator_problems(subst, problems, from_env)
+    # One line per problem, in file order is not knowable here: keep pydantic's, de-duplicated.
+    seen: set[str] = set()
+    unique = [p for p in problems if not (p in seen or seen.add(p))]
+    return (cfg if not unique else None), unique
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> OtelwaxConfig:
+    """Load the deployment config from ``path``, else ``$OTELWAX_CONFIG``, else defaults.
+
+    Raises ConfigError listing every problem (no I/O happens before this returns).
+    """
+    env = os.environ if env is None else env
+    source = str(path) if path else env.get(ENV_CONFIG) or None
+    data = read_yaml(source) if source else {}
+    cfg, problems = validate_data(data, env)
+    if problems or cfg is None:
+        raise ConfigError(problems, source)
+    return cfg
