@@ -82,11 +82,12 @@ class KafkaUnavailable(Backpressure):
 class _Batch:
     """Counts down delivery reports of one request; resolves its future on the loop."""
 
-    __slots__ = ("error", "fut", "loop", "remaining", "t0")
+    __slots__ = ("error", "fut", "loop", "n", "remaining", "t0")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, n: int) -> None:
         self.loop = loop
         self.fut: asyncio.Future[None] = loop.create_future()
+        self.n = n
         self.remaining = n
         self.error: Any = None
         self.t0 = time.perf_counter()
@@ -242,8 +243,9 @@ class AsyncProducer:
 
     def _on_batch_done(self, batch: _Batch, fut: asyncio.Future[None]) -> None:
         if fut.cancelled() or fut.exception() is not None:
-            self.metrics.failed(1)
+            self.metrics.failed(batch.n)
             return
+        self.metrics.sent(batch.n)
         self._latency.observe(time.perf_counter() - batch.t0)
 
     # -- poll thread ---------------------------------------------------------------------------
