@@ -1,0 +1,368 @@
+"""ClickHouse DDL for the otelwax tables, compatible with the Collector's clickhouseexporter.
+
+Two variants:
+
+``modern`` (ClickHouse ≥ 23, chdb): the clickhouseexporter tables column for column —
+``otel_traces`` (+ ``otel_traces_trace_id_ts`` lookup table and ``otel_traces_trace_id_ts_mv``
+materialized view) and ``otel_logs`` — with configurable codecs, bloom-filter/skip indexes,
+partitioning and TTL, plus ``non_replicated_deduplication_window`` on the MergeTree so
+``insert_deduplication_token`` makes a replayed insert a no-op (the exactly-once basis).
+
+``legacy`` (ClickHouse 18.16, Debian's package): no DateTime64, Map, LowCardinality, codecs,
+skip indexes, TTL or insert tokens. The table keeps the same column names where it can:
+
+- ``Timestamp DateTime`` (seconds, UTC) plus ``TimestampNs Int64`` (exact nanoseconds);
+- a map column ``M`` becomes two parallel columns ``M.keys Array(String)`` and
+  ``M.values Array(String)`` (the names of a modern Map's own subcolumns, so ``M.keys`` /
+  ``M.values`` queries work on both; ClickHouse checks they have equal sizes per row);
+- nested ``Events.*`` / ``Links.*`` stay flattened ``Array`` columns; their timestamps are
+  ``Array(Int64)`` nanoseconds; their attribute maps become ``Events.Attributes.keys`` /
+  ``Events.Attributes.values`` of type ``Array(Array(String))``;
+- ``InsertToken String``: the sink stores the insert's deduplication token there and, before
+  inserting a token, checks whether rows with it already exist — token deduplication emulated
+  on a server that has none (an insert of one block is atomic, so "present" means "complete").
+- no trace-id lookup table (its SimpleAggregateFunction columns need ClickHouse ≥ 19.8).
+
+Identifiers (database, table names) are validated against ``IDENT_RE`` and back-quoted. DDL
+runs only through ``create_schema()`` (``otelwax clickhouse init`` or ``create_schema: true``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Literal, Protocol
+
+from pydantic import Field, field_validator
+
+from otelwax.settings import StrictModel
+
+__all__ = [
+    "IDENT_RE",
+    "TableOptions",
+    "create_schema",
+    "logs_ddl",
+    "quote_ident",
+    "schema_ddl",
+    "traces_ddl",
+    "variant_for_version",
+]
+
+log = logging.getLogger(__name__)
+
+IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+PARTITIONS = {
+    "day": "toDate({ts})",
+    "week": "toMonday({ts})",
+    "month": "toYYYYMM({ts})",
+    "none": "tuple()",
+}
+
+
+def quote_ident(name: str) -> str:
+    """Back-quote a database/table identifier after checking it against ``IDENT_RE``."""
+    if not isinstance(name, str) or not IDENT_RE.match(name):
+        raise ValueError(f"invalid ClickHouse identifier {name!r}: want {IDENT_RE.pattern}")
+    return f"`{name}`"
+
+
+def qualified(database: str, table: str) -> str:
+    """```db`.`table``` with both parts validated."""
+    return f"{quote_ident(database)}.{quote_ident(table)}"
+
+
+class TableOptions(StrictModel):
+    """How the tables are created (no I/O: a pure description)."""
+
+    variant: Literal["auto", "modern", "legacy"] = Field(
+        "auto", description="auto = legacy for servers older than 20.1, else modern"
+    )
+    ttl_days: int = Field(0, ge=0, description="delete rows after N days; 0 keeps them forever")
+    partition_by: Literal["day", "week", "month", "none"] = "day"
+    skip_indexes: bool = Field(True, description="bloom-filter/minmax/tokenbf indexes (modern)")
+    codecs: bool = Field(True, description="column CODECs as in clickhouseexporter (modern)")
+    dedup_window: int = Field(
+        1000,
+        ge=0,
+        description="non_replicated_deduplication_window: how many recent insert tokens "
+        "a MergeTree remembers (0 disables token deduplication)",
+    )
+    trace_lookup: bool = Field(True, description="create the trace-id/timestamp lookup + MV")
+    index_granularity: int = Field(8192, gt=0)
+
+    @field_validator("ttl_days")
+    @classmethod
+    def _ttl_reasonable(cls, v: int) -> int:
+        if v > 36500:
+            raise ValueError("must be <= 36500 (100 years)")
+        return v
+
+
+def variant_for_version(version: str) -> Literal["modern", "legacy"]:
+    """ "legacy" for ClickHouse versions before 20.1 (no Map/DateTime64), else "modern"."""
+    try:
+        major = int(version.split(".", 1)[0])
+    except ValueError:
+        return "modern"
+    return "legacy" if major < 20 else "modern"
+
+
+def _c(opts: TableOptions, codec: str) -> str:
+    return f" CODEC({codec})" if opts.codecs else ""
+
+
+def _ttl(opts: TableOptions, expr: str) -> str:
+    return f"TTL {expr} + toIntervalDay({int(opts.ttl_days)})\n" if opts.ttl_days else ""
+
+
+def _settings(opts: TableOptions, *, dedup: bool = True, ttl: bool = True) -> str:
+    s = [f"index_granularity = {int(opts.index_granularity)}"]
+    if ttl and opts.ttl_days:
+        s.append("ttl_only_drop_parts = 1")
+    if dedup and opts.dedup_window:
+        s.append(f"non_replicated_deduplication_window = {int(opts.dedup_window)}")
+    return "SETTINGS " + ", ".join(s)
+
+
+def traces_ddl(database: str, table: str, opts: TableOptions, *, legacy: bool = False) -> list[str]:
+    """CREATE statements for the traces table (and, modern only, its trace-id lookup + MV)."""
+    if legacy:
+        return [_legacy_traces(database, table, opts)]
+    t = qualified(database, table)
+    z = _c(opts, "ZSTD(1)")
+    idx = ""
+    if opts.skip_indexes:
+        idx = """
+    INDEX idx_trace_id TraceId TYPE bloom_filter(0.001) GRANULARITY 1,
+    INDEX idx_res_attr_key mapKeys(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_res_attr_value mapValues(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_span_attr_key mapKeys(SpanAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_span_attr_value mapValues(SpanAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_duration Duration TYPE minmax GRANULARITY 1,
+    INDEX idx_lower_span_name lower(SpanName) TYPE tokenbf_v1(32768, 3, 0) GRANULARITY 8,"""
+    part = PARTITIONS[opts.partition_by].format(ts="Timestamp")
+    attrs = "Map(LowCardinality(String), String)"
+    main = f"""CREATE TABLE IF NOT EXISTS {t} (
+    Timestamp DateTime64(9){_c(opts, "Delta(8), ZSTD(1)")},
+    TraceId String{z},
+    SpanId String{z},
+    ParentSpanId String{z},
+    TraceState String{z},
+    SpanName LowCardinality(String){z},
+    SpanKind LowCardinality(String){z},
+    ServiceName LowCardinality(String){z},
+    ResourceAttributes {attrs}{z},
+    ScopeName String{z},
+    ScopeVersion String{z},
+    SpanAttributes {attrs}{z},
+    Duration UInt64{_c(opts, "T64, ZSTD(1)")},
+    StatusCode LowCardinality(String){z},
+    StatusMessage String{z},
+    Events Nested (
+        Timestamp DateTime64(9),
+        Name LowCardinality(String),
+        Attributes {attrs}
+    ){z},
+    Links Nested (
+        TraceId String,
+        SpanId String,
+        TraceState String,
+        Attributes {attrs}
+    ){z},{idx}
+    ResourceAttributeItems Array(String) ALIAS arrayMap(kv -> concat(kv.1, '=', kv.2),
+        CAST(ResourceAttributes, 'Array(Tuple(String, String))')),
+    SpanAttributeItems Array(String) ALIAS arrayMap(kv -> concat(kv.1, '=', kv.2),
+        CAST(SpanAttributes, 'Array(Tuple(String, String))'))
+) ENGINE = MergeTree
+PARTITION BY {part}
+PRIMARY KEY (ServiceName, SpanName, toDateTime(Timestamp))
+ORDER BY (ServiceName, SpanName, toDateTime(Timestamp), Timestamp)
+{_ttl(opts, "toDateTime(Timestamp)")}{_settings(opts)}"""
+    out = [main]
+    if opts.trace_lookup:
+        lk = qualified(database, f"{table}_trace_id_ts")
+        mv = qualified(database, f"{table}_trace_id_ts_mv")
+        lpart = "toStartOfWeek(Start)" if opts.partition_by != "none" else "tuple()"
+        out.append(f"""CREATE TABLE IF NOT EXISTS {lk} (
+    TraceId String{z},
+    Start SimpleAggregateFunction(min, DateTime){z},
+    End SimpleAggregateFunction(max, DateTime){z}
+) ENGINE = AggregatingMergeTree
+PARTITION BY {lpart}
+ORDER BY (TraceId)
+{_ttl(opts, "toDateTime(Start)")}{_settings(opts, dedup=False)}""")
+        out.append(f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {mv}
+TO {lk}
+AS SELECT
+    TraceId,
+    min(Timestamp) AS Start,
+    max(Timestamp) AS End
+FROM {t}
+WHERE TraceId != ''
+GROUP BY TraceId""")
+    return out
+
+
+def logs_ddl(database: str, table: str, opts: TableOptions, *, legacy: bool = False) -> list[str]:
+    """CREATE statement for the logs table."""
+    if legacy:
+        return [_legacy_logs(database, table, opts)]
+    t = qualified(database, table)
+    z = _c(opts, "ZSTD(1)")
+    attrs = "Map(LowCardinality(String), String)"
+    idx = ""
+    if opts.skip_indexes:
+        idx = """
+    INDEX idx_trace_id TraceId TYPE bloom_filter(0.001) GRANULARITY 1,
+    INDEX idx_res_attr_key mapKeys(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_res_attr_value mapValues(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_scope_attr_key mapKeys(ScopeAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_scope_attr_value mapValues(ScopeAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_log_attr_key mapKeys(LogAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_log_attr_value mapValues(LogAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_body Body TYPE tokenbf_v1(32768, 3, 0) GRANULARITY 8"""
+    part = PARTITIONS[opts.partition_by].format(ts="TimestampTime")
+    cols = f"""    Timestamp DateTime64(9){_c(opts, "Delta(8), ZSTD(1)")},
+    TimestampTime DateTime DEFAULT toDateTime(Timestamp),
+    TraceId String{z},
+    SpanId String{z},
+    TraceFlags UInt8,
+    SeverityText LowCardinality(String){z},
+    SeverityNumber UInt8,
+    ServiceName LowCardinality(String){z},
+    Body String{z},
+    ResourceSchemaUrl LowCardinality(String){z},
+    ResourceAttributes {attrs}{z},
+    ScopeSchemaUrl LowCardinality(String){z},
+    ScopeName String{z},
+    ScopeVersion LowCardinality(String){z},
+    ScopeAttributes {attrs}{z},
+    LogAttributes {attrs}{z},
+    EventName String{z}"""
+    body = cols + ("," + idx if idx else "")
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {t} (
+{body}
+) ENGINE = MergeTree
+PARTITION BY {part}
+PRIMARY KEY (ServiceName, TimestampTime)
+ORDER BY (ServiceName, TimestampTime, Timestamp)
+{_ttl(opts, "TimestampTime")}{_settings(opts)}"""
+    ]
+
+
+def _legacy_part(opts: TableOptions, ts: str) -> str:
+    return PARTITIONS[opts.partition_by].format(ts=ts)
+
+
+def _legacy_traces(database: str, table: str, opts: TableOptions) -> str:
+    if opts.ttl_days:
+        log.warning("legacy ClickHouse has no TTL: ttl_days=%d ignored", opts.ttl_days)
+    return f"""CREATE TABLE IF NOT EXISTS {qualified(database, table)} (
+    Timestamp DateTime,
+    TimestampNs Int64,
+    TraceId String,
+    SpanId String,
+    ParentSpanId String,
+    TraceState String,
+    SpanName String,
+    SpanKind String,
+    ServiceName String,
+    `ResourceAttributes.keys` Array(String),
+    `ResourceAttributes.values` Array(String),
+    ScopeName String,
+    ScopeVersion String,
+    `SpanAttributes.keys` Array(String),
+    `SpanAttributes.values` Array(String),
+    Duration UInt64,
+    StatusCode String,
+    StatusMessage String,
+    `Events.Timestamp` Array(Int64),
+    `Events.Name` Array(String),
+    `Events.Attributes.keys` Array(Array(String)),
+    `Events.Attributes.values` Array(Array(String)),
+    `Links.TraceId` Array(String),
+    `Links.SpanId` Array(String),
+    `Links.TraceState` Array(String),
+    `Links.Attributes.keys` Array(Array(String)),
+    `Links.Attributes.values` Array(Array(String)),
+    InsertToken String
+) ENGINE = MergeTree
+PARTITION BY {_legacy_part(opts, "Timestamp")}
+ORDER BY (ServiceName, SpanName, Timestamp)
+SETTINGS index_granularity = {int(opts.index_granularity)}"""
+
+
+def _legacy_logs(database: str, table: str, opts: TableOptions) -> str:
+    if opts.ttl_days:
+        log.warning("legacy ClickHouse has no TTL: ttl_days=%d ignored", opts.ttl_days)
+    return f"""CREATE TABLE IF NOT EXISTS {qualified(database, table)} (
+    Timestamp DateTime,
+    TimestampNs Int64,
+    TraceId String,
+    SpanId String,
+    TraceFlags UInt8,
+    SeverityText String,
+    SeverityNumber UInt8,
+    ServiceName String,
+    Body String,
+    ResourceSchemaUrl String,
+    `ResourceAttributes.keys` Array(String),
+    `ResourceAttributes.values` Array(String),
+    ScopeSchemaUrl String,
+    ScopeName String,
+    ScopeVersion String,
+    `ScopeAttributes.keys` Array(String),
+    `ScopeAttributes.values` Array(String),
+    `LogAttributes.keys` Array(String),
+    `LogAttributes.values` Array(String),
+    EventName String,
+    InsertToken String
+) ENGINE = MergeTree
+PARTITION BY {_legacy_part(opts, "Timestamp")}
+ORDER BY (ServiceName, Timestamp)
+SETTINGS index_granularity = {int(opts.index_granularity)}"""
+
+
+def schema_ddl(
+    database: str,
+    traces_table: str | None,
+    logs_table: str | None,
+    opts: TableOptions,
+    *,
+    legacy: bool = False,
+) -> list[str]:
+    """Every statement to create the database and the tables (None skips a table)."""
+    out = [f"CREATE DATABASE IF NOT EXISTS {quote_ident(database)}"]
+    if traces_table:
+        out += traces_ddl(database, traces_table, opts, legacy=legacy)
+    if logs_table:
+        out += logs_ddl(database, logs_table, opts, legacy=legacy)
+    return out
+
+
+class _Executes(Protocol):
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]: ...
+
+
+def create_schema(
+    client: _Executes,
+    database: str,
+    traces_table: str | None,
+    logs_table: str | None,
+    opts: TableOptions,
+) -> list[str]:
+    """Create the database and tables (idempotent: IF NOT EXISTS). Returns the statements run.
+
+    With ``variant="auto"`` the server version decides between modern and legacy DDL.
+    """
+    variant = opts.variant
+    if variant == "auto":
+        version = str(client.execute("SELECT version()")[0][0])
+        variant = variant_for_version(version)
+        log.info("ClickHouse %s: using the %s table layout", version, variant)
+    stmts = schema_ddl(database, traces_table, logs_table, opts, legacy=variant == "legacy")
+    for sql in stmts:
+        client.execute(sql)
+    return stmts
