@@ -13,7 +13,8 @@ The protobuf messages are small and fixed, so they are hand-encoded here (no gen
     Sample       { double value = 1; int64 timestamp = 2; }   // timestamp in ms
 
 Behaviour, as the spec asks:
-- labels sorted by name, samples sorted by timestamp within a series; a series' samples older
+- labels sorted by name, samples sorted by timestamp within a series (for equal timestamps the
+  last sample wins, reason ``duplicate_timestamp``); a series' samples older
   than the newest one this sink already sent are dropped before sending (reason
   ``out_of_order``), because one out-of-order sample makes Prometheus reject the whole request;
 - requests are bounded by ``max_samples_per_request`` (series are split when needed);
@@ -202,6 +203,12 @@ class RemoteWriteClient:
         for labels, samples in batch.series.items():
             if len(samples) > 1:
                 samples = sorted(samples, key=lambda s: s[0])
+                if len({s[0] for s in samples}) != len(samples):
+                    # Same timestamp twice: Prometheus rejects the request; keep the last.
+                    collapsed = dict(samples)
+                    dropped_dups = len(samples) - len(collapsed)
+                    self.metrics.dropped(dropped_dups, "duplicate_timestamp")
+                    samples = sorted(collapsed.items())
             if self.cfg.drop_out_of_order:
                 last = self._last_ts.get(labels)
                 if last is not None and samples[0][0] < last:

@@ -1,0 +1,107 @@
+"""ClickHouse DDL for the metrics tables, column for column the clickhouseexporter's
+``otel_metrics_gauge/sum/histogram/exponential_histogram/summary`` (modern ClickHouse / chdb).
+
+The columns come from ``otelwax.metric_schemas`` (the single definition of the columns), so
+DDL and Arrow batches cannot drift apart: ``Nested`` groups (``Exemplars.*``,
+``ValueAtQuantiles.*``) are written as ``Nested(...)`` and read back as the flattened
+``Array`` columns the Arrow schemas use. Timestamps are ``DateTime64(9)``.
+
+Tables are MergeTree with ``non_replicated_deduplication_window`` so an insert carrying
+``insert_deduplication_token`` is skipped when replayed. Identifiers are validated and
+back-quoted; there are no values in DDL.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+
+from otelwax.metric_schemas import METRIC_SCHEMAS
+
+__all__ = ["metrics_ddl", "quote_ident"]
+
+IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+_LOW_CARD = {"ServiceName"}
+_DELTA = {"StartTimeUnix", "TimeUnix", "Count"}
+
+
+def quote_ident(name: str) -> str:
+    """Back-quote an identifier after checking it against ``IDENT_RE``."""
+    if not isinstance(name, str) or not IDENT_RE.match(name):
+        raise ValueError(f"invalid ClickHouse identifier {name!r}: want {IDENT_RE.pattern}")
+    return f"`{name}`"
+
+
+def _ch_type(t: pa.DataType, name: str) -> str:
+    if pa.types.is_map(t):
+        return "Map(LowCardinality(String), String)"
+    if pa.types.is_list(t):
+        return f"Array({_ch_type(t.value_type, name)})"
+    if pa.types.is_timestamp(t):
+        return "DateTime64(9)"
+    if pa.types.is_string(t):
+        return "LowCardinality(String)" if name in _LOW_CARD else "String"
+    return {
+        pa.float64(): "Float64",
+        pa.uint64(): "UInt64",
+        pa.uint32(): "UInt32",
+        pa.int32(): "Int32",
+        pa.bool_(): "Bool",
+    }[t]
+
+
+def _columns(schema: pa.Schema) -> list[str]:
+    out: list[str] = []
+    nested: dict[str, list[str]] = {}
+    for f in schema:
+        if "." in f.name:
+            group, sub = f.name.split(".", 1)
+            if group not in nested:
+                nested[group] = []
+                out.append(group)  # placeholder, keeps column order
+            nested[group].append(f"{sub} {_ch_type(f.type.value_type, sub)}")
+            continue
+        codec = "CODEC(Delta, ZSTD(1))" if f.name in _DELTA else "CODEC(ZSTD(1))"
+        out.append(f"{f.name} {_ch_type(f.type, f.name)} {codec}")
+    return [f"{c} Nested({', '.join(nested[c])}) CODEC(ZSTD(1))" if c in nested else c for c in out]
+
+
+def metrics_ddl(
+    database: str,
+    tables: dict[str, str] | None = None,
+    ttl_days: int = 0,
+    dedup_window: int = 1000,
+    skip_indexes: bool = True,
+) -> list[str]:
+    """``CREATE DATABASE`` + ``CREATE TABLE IF NOT EXISTS`` for every metrics table.
+
+    ``tables`` maps the canonical names (``otel_metrics_gauge``, ...) to the names to create.
+    """
+    db = quote_ident(database)
+    stmts = [f"CREATE DATABASE IF NOT EXISTS {db}"]
+    for canonical, schema in METRIC_SCHEMAS.items():
+        name = quote_ident((tables or {}).get(canonical, canonical))
+        cols = _columns(schema)
+        if skip_indexes:
+            for col in ("ResourceAttributes", "ScopeAttributes", "Attributes"):
+                short = {"ResourceAttributes": "res", "ScopeAttributes": "scope"}.get(col, "")
+                prefix = f"idx_{short}_attr" if short else "idx_attr"
+                cols.append(
+                    f"INDEX {prefix}_key mapKeys({col}) TYPE bloom_filter(0.01) GRANULARITY 1"
+                )
+                cols.append(
+                    f"INDEX {prefix}_value mapValues({col}) TYPE bloom_filter(0.01) GRANULARITY 1"
+                )
+        body = ",\n    ".join(cols)
+        ttl = f"TTL toDateTime(TimeUnix) + toIntervalDay({int(ttl_days)})\n" if ttl_days else ""
+        stmts.append(
+            f"CREATE TABLE IF NOT EXISTS {db}.{name} (\n    {body}\n) ENGINE = MergeTree\n"
+            "PARTITION BY toDate(TimeUnix)\n"
+            "ORDER BY (ServiceName, MetricName, Attributes, toUnixTimestamp64Nano(TimeUnix))\n"
+            f"{ttl}"
+            f"SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1, "
+            f"non_replicated_deduplication_window = {int(dedup_window)}"
+        )
+    return stmts

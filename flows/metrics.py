@@ -1,0 +1,462 @@
+"""The metrics dataflow: Kafka ``otlp_metrics`` → Arrow → ClickHouse + Prometheus remote-write.
+
+    python -m bytewax.run flows.metrics                    # defaults / $OTELWAX_METRICS_CONFIG
+    python -m bytewax.run "flows.metrics:build('configs/metrics.yaml')"
+
+Steps::
+
+    kafka (bytewax KafkaSource, otlp_metrics)
+      → decode            one MetricChunk per source batch: {otel_metrics_*: RecordBatch}
+      ├→ clickhouse       every data point as stored by the clickhouseexporter (delta as is)
+      └→ remote-write branch
+           split          gauges / cumulative sums+histograms / summaries go straight on;
+                          delta sums+histograms are split into shards by series
+           delta_to_cumulative  stateful_map keyed by shard: per series running totals, so
+                          bytewax recovery snapshots them with the source offsets; a restart
+                          resumes the totals exactly where the offsets resume
+           to_series      OTel → Prometheus names/labels (connectors.prom_translate)
+           remote_write   connectors.remote_write sink
+
+Delta→cumulative rules: the first point of a series starts it (StartTimeUnix = its start time,
+or its time when unset); later points add up; a histogram whose bounds change starts over.
+A point not newer than the last one of its series (Kafka partitions interleave, so points of one
+series can arrive out of order) is still added — sums commute — and the new total is reported
+1 ms after the series' last sample, so Prometheus sees a monotonic history and no total is lost
+(counted under component ``delta_to_cumulative_late_merged``). Unlike the Collector's
+deltatocumulative processor, which drops such points, this keeps totals exact; the price is a
+timestamp skew of the late point only.
+
+Importing this module does no network I/O: ``flow`` is built from ``$OTELWAX_METRICS_CONFIG``
+(or defaults) with ``$OTELWAX_KAFKA_BOOTSTRAP``; Kafka, chdb and HTTP open when the flow runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from bytewax import operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from pydantic import Field
+
+from connectors.kafka import TOPIC_METRICS, KafkaConfig
+from connectors.prom_translate import SeriesBatch, tables_to_series
+from connectors.remote_write import RemoteWriteConfig, RemoteWriteSink
+from otelwax.metric_schemas import HISTOGRAM, METRIC_SCHEMAS, SUM
+from otelwax.settings import StrictModel, ValidationError, format_errors
+from otelwax.telemetry import ComponentMetrics
+
+__all__ = [
+    "MetricChunk",
+    "MetricsClickHouseConfig",
+    "MetricsFlowSettings",
+    "build",
+    "build_from_settings",
+    "delta_to_cumulative",
+    "flow",
+    "load_settings",
+]
+
+log = logging.getLogger(__name__)
+
+ENV_CONFIG = "OTELWAX_METRICS_CONFIG"
+DELTA = 1
+CUMULATIVE = 2
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+class MetricsClickHouseConfig(StrictModel):
+    """Where metric rows are stored (embedded chdb)."""
+
+    path: str = Field(".data/chdb", min_length=1, description="chdb data folder")
+    database: str = Field("otel", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+    create_schema: bool = True
+    ttl_days: int = Field(0, ge=0)
+
+
+class MetricsFlowSettings(StrictModel):
+    """Everything ``flows.metrics`` needs."""
+
+    flow_id: str = Field("otelwax_metrics", min_length=1)
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    topic: str = Field(TOPIC_METRICS, min_length=1)
+    tail: bool = Field(True, description="keep waiting for records at the end of the topic")
+    source_batch_size: int = Field(1000, gt=0, description="Kafka records per poll")
+    clickhouse: MetricsClickHouseConfig | None = Field(default_factory=MetricsClickHouseConfig)
+    remote_write: RemoteWriteConfig | None = Field(default_factory=RemoteWriteConfig)
+    delta_shards: int = Field(
+        64, gt=0, le=65536, description="state keys for delta→cumulative (spread over workers)"
+    )
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="serve /metrics here")
+
+
+def load_settings(
+    config_path: str | os.PathLike[str] | None = None, **overrides: Any
+) -> MetricsFlowSettings:
+    """Settings from a YAML file (this model, or a full config with ``flows.metrics``) and
+    keyword overrides nested with ``__``; raises ``ValueError`` listing every problem."""
+    import yaml
+
+    path = config_path or os.environ.get(ENV_CONFIG)
+    data: dict[str, Any] = {}
+    if path:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+        flows = loaded.get("flows")
+        if isinstance(flows, dict) and isinstance(flows.get("metrics"), dict):
+            loaded = flows["metrics"]
+        data = loaded
+    if os.environ.get("OTELWAX_KAFKA_BOOTSTRAP"):
+        data.setdefault("kafka", {})["bootstrap_servers"] = os.environ["OTELWAX_KAFKA_BOOTSTRAP"]
+    for key, value in overrides.items():
+        cur = data
+        parts = key.split("__")
+        for part in parts[:-1]:
+            cur = cur.setdefault(part, {})
+        cur[parts[-1]] = value
+    try:
+        return MetricsFlowSettings.model_validate(data)
+    except ValidationError as exc:
+        lines = format_errors(exc, model=MetricsFlowSettings)
+        where = f"{path}: " if path else ""
+        raise ValueError(where + "invalid metrics flow settings:\n  " + "\n  ".join(lines)) from exc
+
+
+# --- decode -----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class MetricChunk:
+    """Decoded rows of some Kafka records, with a deterministic id of those records."""
+
+    tables: dict[str, pa.RecordBatch]
+    token: str = ""
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+
+class _Decode:
+    """flat_map_batch mapper: a list of KafkaSourceMessage → one MetricChunk."""
+
+    def __init__(self) -> None:
+        self.metrics = ComponentMetrics("metrics_decode", "datapoints")
+        self.records = ComponentMetrics("metrics_decode", "records")
+
+    def __call__(self, msgs: list[Any]) -> list[MetricChunk]:
+        from otelwax.codec.pymetrics import decode_metrics
+
+        values = [m.value for m in msgs if m.value is not None]
+        self.records.received(len(msgs))
+        if not values:
+            return []
+        spans: dict[tuple[str, int], list[int]] = {}
+        for m in msgs:
+            r = spans.setdefault((m.topic, m.partition), [m.offset, m.offset])
+            r[0] = min(r[0], m.offset)
+            r[1] = max(r[1], m.offset)
+        token = ",".join(f"{t}:{p}:{a}:{b}" for (t, p), (a, b) in sorted(spans.items()))
+        res = decode_metrics(values)
+        if res.errors:
+            self.records.dropped(len(res.errors), "decode_error")
+            for idx, reason in res.errors[:5]:
+                log.warning("metrics decode: record %d dropped: %s", idx, reason)
+        self.metrics.received(res.num_rows)
+        return [MetricChunk(res.tables, token, res.errors)]
+
+
+# --- delta → cumulative -----------------------------------------------------------------------
+
+
+def _series_keys(batch: pa.RecordBatch) -> list[tuple]:
+    cols = [
+        batch.column("ResourceAttributes").to_pylist(),
+        batch.column("ScopeName").to_pylist(),
+        batch.column("MetricName").to_pylist(),
+        batch.column("MetricUnit").to_pylist(),
+        batch.column("Attributes").to_pylist(),
+    ]
+    if "IsMonotonic" in batch.schema.names:
+        cols.append(batch.column("IsMonotonic").to_pylist())
+    return [
+        tuple(tuple(v) if isinstance(v, list) else v for v in row)
+        for row in zip(*cols, strict=True)
+    ]
+
+
+def _shard_of(key: tuple, shards: int) -> str:
+    return str(zlib.crc32(repr(key).encode()) % shards)
+
+
+def split_deltas(chunk: MetricChunk, shards: int) -> list[tuple[str, dict[str, tuple]]]:
+    """Delta sum/histogram rows grouped by shard: ``[(shard, {table: (batch, keys)})]``."""
+    out: dict[str, dict[str, tuple]] = {}
+    for table in (SUM, HISTOGRAM):
+        batch = chunk.tables.get(table)
+        if batch is None or batch.num_rows == 0:
+            continue
+        mask = pc.equal(batch.column("AggregationTemporality"), DELTA)
+        if not pc.any(mask).as_py():
+            continue
+        deltas = batch.filter(mask)
+        keys = _series_keys(deltas)
+        by_shard: dict[str, list[int]] = {}
+        for i, k in enumerate(keys):
+            by_shard.setdefault(_shard_of(k, shards), []).append(i)
+        for shard, idx in by_shard.items():
+            out.setdefault(shard, {})[table] = (
+                deltas.take(pa.array(idx, pa.int64())),
+                [keys[i] for i in idx],
+            )
+    return list(out.items())
+
+
+def without_deltas(chunk: MetricChunk) -> dict[str, pa.RecordBatch]:
+    """The chunk's tables minus delta sum/histogram rows (those go through the state)."""
+    out = dict(chunk.tables)
+    for table in (SUM, HISTOGRAM):
+        batch = out.get(table)
+        if batch is not None and batch.num_rows:
+            out[table] = batch.filter(pc.not_equal(batch.column("AggregationTemporality"), DELTA))
+    return out
+
+
+_dtc_metrics = ComponentMetrics("delta_to_cumulative", "datapoints")
+# Late points are merged, not dropped: counted as "received" by their own component name.
+_late_merged = ComponentMetrics("delta_to_cumulative_late_merged", "datapoints")
+
+
+def delta_to_cumulative(
+    state: dict[tuple, list] | None, value: dict[str, tuple]
+) -> tuple[dict[tuple, list], dict[str, pa.RecordBatch]]:
+    """stateful_map mapper: running totals per series (state) → cumulative rows.
+
+    State entries: sums ``[start_ns, last_ns, total]``; histograms
+    ``[start_ns, last_ns, count, sum, bucket_counts, bounds]``.
+    """
+    state = {} if state is None else state
+    out: dict[str, pa.RecordBatch] = {}
+    late = 0
+    for table, (batch, keys) in value.items():
+        order = pc.sort_indices(batch.column("TimeUnix")).to_pylist()
+        starts = batch.column("StartTimeUnix").cast(pa.int64()).to_pylist()
+        times = batch.column("TimeUnix").cast(pa.int64()).to_pylist()
+        keep: list[int] = []
+        new_start: list[int] = []
+        new_time: list[int] = []
+        if table == SUM:
+            values = batch.column("Value").to_pylist()
+            new_val: list[float] = []
+            for i in order:
+                k, t = keys[i], times[i]
+                e = state.get(k)
+                if e is None:
+                    e = state[k] = [starts[i] or t, t, values[i]]
+                else:
+                    if t <= e[1]:
+                        late += 1
+                        t = e[1] + 1_000_000
+                    e[1] = t
+                    e[2] += values[i]
+                keep.append(i)
+                new_time.append(t)
+                new_start.append(e[0])
+                new_val.append(e[2])
+            rows = batch.take(pa.array(keep, pa.int64()))
+            rows = _set(rows, "Value", pa.array(new_val, pa.float64()))
+        else:
+            counts = batch.column("Count").to_pylist()
+            sums = batch.column("Sum").to_pylist()
+            bcs = batch.column("BucketCounts").to_pylist()
+            bounds = batch.column("ExplicitBounds").to_pylist()
+            n_count: list[int] = []
+            n_sum: list[float] = []
+            n_bc: list[list[int]] = []
+            for i in order:
+                k, t = keys[i], times[i]
+                e = state.get(k)
+                b = tuple(bounds[i])
+                if e is None or e[5] != b or len(e[4]) != len(bcs[i]):
+                    e = state[k] = [starts[i] or t, t, counts[i], sums[i], list(bcs[i]), b]
+                else:
+                    if t <= e[1]:
+                        late += 1
+                        t = e[1] + 1_000_000
+                    e[1] = t
+                    e[2] += counts[i]
+                    e[3] += sums[i]
+                    e[4] = [x + y for x, y in zip(e[4], bcs[i], strict=True)]
+                keep.append(i)
+                new_time.append(t)
+                new_start.append(e[0])
+                n_count.append(e[2])
+                n_sum.append(e[3])
+                n_bc.append(list(e[4]))
+            rows = batch.take(pa.array(keep, pa.int64()))
+            rows = _set(rows, "Count", pa.array(n_count, pa.uint64()))
+            rows = _set(rows, "Sum", pa.array(n_sum, pa.float64()))
+            rows = _set(rows, "BucketCounts", pa.array(n_bc, pa.list_(pa.uint64())))
+        rows = _set(rows, "StartTimeUnix", pa.array(new_start, pa.int64()).cast(pa.timestamp("ns")))
+        rows = _set(rows, "TimeUnix", pa.array(new_time, pa.int64()).cast(pa.timestamp("ns")))
+        rows = _set(rows, "AggregationTemporality", pa.array([CUMULATIVE] * len(keep), pa.int32()))
+        out[table] = rows
+    _dtc_metrics.received(sum(b.num_rows for b, _ in value.values()))
+    if late:
+        _late_merged.received(late)
+    return state, out
+
+
+def _set(batch: pa.RecordBatch, name: str, arr: pa.Array) -> pa.RecordBatch:
+    i = batch.schema.get_field_index(name)
+    return batch.set_column(i, batch.schema.field(i), arr)
+
+
+# --- ClickHouse (chdb) sink -------------------------------------------------------------------
+
+_sessions: dict[str, list[Any]] = {}
+_sessions_lock = threading.RLock()
+
+
+def _chdb_acquire(path: str) -> Any:
+    """One chdb session per data folder per process (chdb allows one folder per process),
+    reference-counted: the last release closes it (an unclosed chdb crashes at exit)."""
+    with _sessions_lock:
+        entry = _sessions.get(path)
+        if entry is None:
+            import chdb.session
+
+            Path(path).mkdir(parents=True, exist_ok=True)
+            entry = _sessions[path] = [chdb.session.Session(path), 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def _chdb_release(path: str) -> None:
+    with _sessions_lock:
+        entry = _sessions.get(path)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _sessions[path]
+            entry[0].close()
+
+
+class _ClickHousePartition(StatelessSinkPartition[MetricChunk]):
+    def __init__(self, cfg: MetricsClickHouseConfig) -> None:
+        from connectors.clickhouse_metrics_schema import metrics_ddl, quote_ident
+
+        self.cfg = cfg
+        self.session = _chdb_acquire(cfg.path)
+        self._open = True
+        self.metrics = ComponentMetrics("clickhouse_metrics", "rows")
+        self._db = quote_ident(cfg.database)
+        self._q = quote_ident
+        if cfg.create_schema:
+            with _sessions_lock:
+                for stmt in metrics_ddl(cfg.database, ttl_days=cfg.ttl_days):
+                    self.session.query(stmt)
+
+    def write_batch(self, items: list[MetricChunk]) -> None:
+        token_base = hashlib.sha1("|".join(c.token for c in items).encode()).hexdigest()
+        for table in METRIC_SCHEMAS:
+            batches = [
+                c.tables[table] for c in items if table in c.tables and c.tables[table].num_rows
+            ]
+            if not batches:
+                continue
+            tbl = pa.Table.from_batches(batches)  # read by chdb's Python(tbl)
+            token = f"{token_base}:{table}" if all(c.token for c in items) else ""
+            settings = f" SETTINGS insert_deduplication_token = '{token}'" if token else ""
+            sql = f"INSERT INTO {self._db}.{self._q(table)}{settings} SELECT * FROM Python(tbl)"
+            timer = self.metrics.latency("insert")
+            try:
+                with _sessions_lock, timer.time():
+                    self.session.query(sql)
+            except Exception:
+                self.metrics.failed(tbl.num_rows)
+                raise
+            self.metrics.sent(tbl.num_rows)
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            _chdb_release(self.cfg.path)
+
+
+class MetricsClickHouseSink(DynamicSink[MetricChunk]):
+    """Writes every metrics table of each chunk into chdb (one insert per table per batch)."""
+
+    def __init__(self, cfg: MetricsClickHouseConfig) -> None:
+        self.cfg = cfg
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ClickHousePartition:
+        return _ClickHousePartition(self.cfg)
+
+
+# --- wiring -----------------------------------------------------------------------------------
+
+
+def _to_series(tables: dict[str, pa.RecordBatch]) -> SeriesBatch:
+    return tables_to_series(tables)
+
+
+def build_from_settings(settings: MetricsFlowSettings) -> Dataflow:
+    """Wire the dataflow from validated settings (no I/O)."""
+    from bytewax.connectors.kafka import KafkaSource
+
+    if settings.metrics_port:
+        from otelwax.telemetry import serve_metrics
+
+        port = settings.metrics_port
+
+        class _Serve(_Decode):
+            def __call__(self, msgs: list[Any]) -> list[MetricChunk]:
+                serve_metrics(port)
+                return super().__call__(msgs)
+
+        decoder: _Decode = _Serve()
+    else:
+        decoder = _Decode()
+
+    flow = Dataflow(settings.flow_id)
+    conf = {k: str(v) for k, v in settings.kafka.client_conf().items() if k != "bootstrap.servers"}
+    source = KafkaSource(
+        [settings.kafka.bootstrap_servers],
+        [settings.topic],
+        tail=settings.tail,
+        add_config=conf,
+        batch_size=settings.source_batch_size,
+    )
+    msgs = op.input("kafka", flow, source)
+    chunks = op.flat_map_batch("decode", msgs, decoder)
+    if settings.clickhouse is not None:
+        op.output("clickhouse", chunks, MetricsClickHouseSink(settings.clickhouse))
+    if settings.remote_write is not None:
+        shards = settings.delta_shards
+        direct = op.map("cumulative_as_is", chunks, without_deltas)
+        keyed = op.flat_map("split_deltas", chunks, lambda c: split_deltas(c, shards))
+        cum = op.stateful_map("delta_to_cumulative", keyed, delta_to_cumulative)
+        cum_tables = op.map("unkey", cum, lambda kv: kv[1])
+        tables = op.merge("all_cumulative", direct, cum_tables)
+        series = op.map("to_series", tables, _to_series)
+        op.output("remote_write", series, RemoteWriteSink(settings.remote_write))
+    return flow
+
+
+def build(config_path: str | os.PathLike[str] | None = None, **overrides: Any) -> Dataflow:
+    """Build the flow from a YAML file (or ``$OTELWAX_METRICS_CONFIG``/defaults) + overrides."""
+    return build_from_settings(load_settings(config_path, **overrides))
+
+
+flow = build()

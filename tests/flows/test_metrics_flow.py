@@ -1,0 +1,246 @@
+"""flows.metrics end to end: real Kafka → flow → real Prometheus (query API) and chdb."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+from bytewax.testing import run_main
+
+from flows.metrics import build_from_settings, load_settings
+from tests.promfixtures import (  # noqa: F401
+    counter,
+    gauge,
+    histogram,
+    metrics_request,
+    prom_values,
+    prometheus_url_fixture,
+    summary,
+    unique_job,
+    wait_for,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _produce(bootstrap: str, topic: str, values: list[bytes], partition: int | None = None):
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for v in values:
+        kw = {"partition": partition} if partition is not None else {}
+        p.produce(topic, value=v, key=uuid.uuid4().hex.encode(), **kw)
+    assert p.flush(30) == 0
+
+
+def _settings(bootstrap: str, topic: str, prom: str | None, **kw):
+    return load_settings(
+        None,
+        kafka={"bootstrap_servers": bootstrap},
+        topic=topic,
+        tail=False,
+        clickhouse=None,
+        remote_write={"url": f"{prom}/api/v1/write"} if prom else None,
+        delta_shards=8,
+        **kw,
+    )
+
+
+def _v(url: str, q: str) -> dict:
+    return {dict(k).get("__name__", "") + str(dict(k)): v for k, v in prom_values(url, q).items()}
+
+
+def test_counters_gauges_histograms_reach_prometheus(
+    kafka_bootstrap: str, make_topic, prometheus_url: str
+) -> None:
+    topic = make_topic("mflow", partitions=2)
+    job = unique_job("mflow")
+    now = time.time_ns()
+    res = {"service.name": job, "service.instance.id": "i-1", "deployment.environment": "test"}
+    reqs = []
+    for i in range(3):  # three scrapes, 1 s apart
+        t = now - (3 - i) * 10**9
+        reqs.append(
+            metrics_request(
+                res,
+                [
+                    gauge("queue.depth", [(t, 10.0 + i, {"queue": "q1"})]),
+                    counter("http.requests", [(t, 100.0 * (i + 1), {"code": "200"})]),
+                    counter("bytes.sent", [(t, 5.0, {})], unit="By", delta=True),
+                    histogram(
+                        "http.duration",
+                        [(t, [1 + i, 2, 0], 1.5 + i, {})],
+                        [0.1, 1.0],
+                        unit="s",
+                        delta=True,
+                    ),
+                    summary("rpc.time", [(t, 4 * (i + 1), 2.0 * (i + 1), {0.5: 0.2})], unit="s"),
+                ],
+            )
+        )
+    _produce(kafka_bootstrap, topic, reqs, partition=0)
+    run_main(build_from_settings(_settings(kafka_bootstrap, topic, prometheus_url)))
+
+    sel = f'{{job="{job}"}}'
+    wait_for(prometheus_url, sel, 5)
+    base = {"job": job, "instance": "i-1"}
+
+    def one(name: str, **labels: str) -> float:
+        want = {"__name__": name, **base, **labels}
+        q = "{" + ",".join(f'{k}="{v}"' for k, v in want.items()) + "}"
+        vals = prom_values(prometheus_url, q)
+        assert len(vals) == 1, (q, vals)
+        return next(iter(vals.values()))
+
+    assert one("queue_depth", queue="q1") == 12.0
+    assert one("http_requests_total", code="200") == 300.0
+    assert one("bytes_sent_total") == 15.0  # delta 5 x 3 → cumulative; "bytes" not repeated
+    assert one("http_duration_seconds_count") == 1 + 2 + 3 + 3 * 2
+    assert one("http_duration_seconds_sum") == 1.5 + 2.5 + 3.5
+    assert one("http_duration_seconds_bucket", le="0.1") == 1 + 2 + 3
+    assert one("http_duration_seconds_bucket", le="1") == 6 + 6
+    assert one("http_duration_seconds_bucket", le="+Inf") == 12
+    assert one("rpc_time_seconds", quantile="0.5") == 0.2
+    assert one("rpc_time_seconds_count") == 12
+    assert one("target_info", deployment_environment="test") == 1.0
+    # every scrape landed, in order (counter history is monotonic)
+    hist = prom_values(prometheus_url, f'count_over_time(bytes_sent_total{{job="{job}"}}[5m])')
+    assert list(hist.values()) == [3.0]
+
+
+def _delta_requests(job: str, n: int) -> list[bytes]:
+    t0 = time.time_ns() - 120 * 10**9
+    out = []
+    for i in range(n):
+        t = t0 + i * 10**9
+        out.append(
+            metrics_request(
+                {"service.name": job},
+                [
+                    counter(
+                        "jobs.done",
+                        [(t, float(i % 7 + 1), {"k": str(k)}) for k in range(3)],
+                        delta=True,
+                    )
+                ],
+            )
+        )
+    return out
+
+
+def test_delta_to_cumulative_restart_with_recovery_equals_uninterrupted(
+    kafka_bootstrap: str, make_topic, prometheus_url: str, tmp_path: Path
+) -> None:
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+
+    n = 40
+    expected = float(sum(i % 7 + 1 for i in range(n)))
+    # uninterrupted run
+    job_a = unique_job("uninterrupted")
+    topic_a = make_topic("dtc_a", partitions=2)
+    _produce(kafka_bootstrap, topic_a, _delta_requests(job_a, n))
+    run_main(build_from_settings(_settings(kafka_bootstrap, topic_a, prometheus_url)))
+    # the same data, read in two runs with recovery in between
+    job_b = unique_job("restarted")
+    topic_b = make_topic("dtc_b", partitions=2)
+    reqs = _delta_requests(job_b, n)
+    rec = tmp_path / "recovery"
+    rec.mkdir()
+    init_db_dir(rec, 1)
+    settings = _settings(kafka_bootstrap, topic_b, prometheus_url)
+    _produce(kafka_bootstrap, topic_b, reqs[: n // 2])
+    run_main(
+        build_from_settings(settings),
+        epoch_interval=timedelta(milliseconds=200),
+        recovery_config=RecoveryConfig(str(rec)),
+    )
+    mid = prom_values(prometheus_url, f'jobs_done_total{{job="{job_b}"}}')
+    assert sorted(mid.values()) == [float(sum(i % 7 + 1 for i in range(n // 2)))] * 3
+    _produce(kafka_bootstrap, topic_b, reqs[n // 2 :])
+    run_main(
+        build_from_settings(settings),
+        epoch_interval=timedelta(milliseconds=200),
+        recovery_config=RecoveryConfig(str(rec)),
+    )
+    a = prom_values(prometheus_url, f'jobs_done_total{{job="{job_a}"}}')
+    b = prom_values(prometheus_url, f'jobs_done_total{{job="{job_b}"}}')
+    assert sorted(a.values()) == [expected] * 3
+    assert sorted(b.values()) == sorted(a.values())
+
+
+@pytest.mark.slow
+def test_metrics_tables_in_chdb_hold_every_point_once(
+    kafka_bootstrap: str, make_topic, tmp_path: Path
+) -> None:
+    topic = make_topic("mch", partitions=2)
+    now = time.time_ns()
+    reqs = []
+    for i in range(20):
+        t = now + i * 1000
+        reqs.append(
+            metrics_request(
+                {"service.name": "svc"},
+                [
+                    gauge("g", [(t, float(i), {"p": str(p)}) for p in range(5)]),
+                    counter("c", [(t, float(i), {"p": "x"})], delta=bool(i % 2)),
+                    histogram("h", [(t, [1, 2], 3.0, {})], [1.0]),
+                    summary("s", [(t, 2, 1.0, {0.9: 0.5})]),
+                ],
+            )
+        )
+    _produce(kafka_bootstrap, topic, reqs)
+    chdb_path = tmp_path / "chdb"
+    cfg = tmp_path / "metrics.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "kafka": {"bootstrap_servers": kafka_bootstrap},
+                "topic": topic,
+                "tail": False,
+                "remote_write": None,
+                "clickhouse": {"path": str(chdb_path), "database": "otel"},
+            }
+        )
+    )
+    env = dict(os.environ, OTELWAX_METRICS_CONFIG=str(cfg), PYTHONPATH=str(ROOT))
+    subprocess.run(
+        [sys.executable, "-m", "bytewax.run", "flows.metrics"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=120,
+    )
+    script = (
+        "import chdb.session, json, sys\n"
+        "s = chdb.session.Session(sys.argv[1])\n"
+        "out = {}\n"
+        "for t in ('gauge', 'sum', 'histogram', 'summary', 'exponential_histogram'):\n"
+        "    q = ('SELECT count(), uniqExact(MetricName, Attributes, TimeUnix) '\n"
+        "         f'FROM otel.otel_metrics_{t}')\n"
+        "    out[t] = [int(x) for x in s.query(q, 'CSV').data().strip().split(',')]\n"
+        "print(json.dumps(out))\n"
+    )
+    got = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", script, str(chdb_path)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout.strip()
+    )
+    assert got == {
+        "gauge": [100, 100],
+        "sum": [20, 20],
+        "histogram": [20, 20],
+        "summary": [20, 20],
+        "exponential_histogram": [0, 0],
+    }
