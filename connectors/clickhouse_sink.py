@@ -31,13 +31,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from pydantic import Field
 
+from otelwax.resilience import CircuitBreaker, CircuitOpenError, RetryPolicy
+from otelwax.schemas import TRACES_SCHEMA
 from otelwax.settings import StrictModel
 from otelwax.telemetry import ComponentMetrics
 
@@ -47,7 +49,6 @@ __all__ = [
     "ClickHouseSink",
     "ClickHouseSinkConfig",
     "IntentLog",
-    "RetryConfig",
     "StoredRange",
 ]
 
@@ -67,91 +68,71 @@ INTENT_SCHEMA = pa.schema(
 )
 
 
-class RetryConfig(StrictModel):
-    """Backoff between attempts and a circuit breaker; the sink never gives up on a batch."""
-
-    attempts: int = Field(3, gt=0, description="tries per round before the breaker counts")
-    initial_backoff_s: float = Field(0.2, gt=0, le=60)
-    max_backoff_s: float = Field(5.0, gt=0, le=300)
-    breaker_failures: int = Field(5, gt=0, description="failed rounds that open the breaker")
-    breaker_open_s: float = Field(30.0, gt=0, le=3600, description="how long it stays open")
-
-
 class ClickHouseSinkConfig(StrictModel):
-    """What the traces sink writes and how it records intents."""
+    """How the traces sink records intents and deduplicates (connection, table, retries and
+    the circuit breaker come from ``connectors.clickhouse.ClickHouseConfig``)."""
 
-    table: str = Field("otel_traces", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     intents_table: str = Field("otelwax_intents", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     flow: str = Field("traces", min_length=1, description="namespace of this flow's intents")
-    create_tables: bool = Field(
-        True, description="create the data table (and its lookup view) if missing at start"
-    )
-    dedup: str = Field(
+    dedup: Literal["auto", "token", "lookup"] = Field(
         "auto",
-        pattern=r"^(auto|token|lookup)$",
-        description="auto: tokens when the server has them, else look up existing rows",
+        description="token: insert tokens (native, or emulated by the client on 18.16 tables "
+        "with InsertToken); lookup: skip rows whose (TraceId, SpanId) exist; auto: token "
+        "when the table supports it, else lookup",
     )
-    retry: RetryConfig = Field(default_factory=RetryConfig)
 
 
 # --- retries ----------------------------------------------------------------------------------
 
 
 class _Blocking:
-    """Retry a call until it succeeds: backoff inside a round, breaker between rounds."""
+    """Call until it succeeds: ``RetryPolicy`` tries, the ``CircuitBreaker`` paces rounds.
 
-    def __init__(self, cfg: RetryConfig, what: str, metrics: ComponentMetrics) -> None:
-        self._cfg = cfg
+    Transient errors are retried forever (the worker blocks, holding its partitions back);
+    permanent ones (bad SQL, missing table) are raised so the flow stops with a clear error
+    and, after a fix, resumes from its snapshot/intents: nothing is dropped either way.
+    """
+
+    def __init__(self, conn: Any, what: str, metrics: ComponentMetrics) -> None:
+        from connectors.clickhouse import is_transient
+
+        self._policy = RetryPolicy(conn.retry, retry_on=is_transient)
+        self._breaker = CircuitBreaker(conn.breaker, name=what)
+        self._is_transient = is_transient
         self._what = what
         self._metrics = metrics
-        self._failed_rounds = 0
 
     def call(self, fn: Callable[[], T], on_failure: Callable[[], None] | None = None) -> T:
-        cfg = self._cfg
-        delay = cfg.initial_backoff_s
-        attempt = 0
-        while True:
+        def once() -> T:
             try:
-                out = fn()
-                self._failed_rounds = 0
-                return out
-            except Exception as exc:
-                attempt += 1
+                return fn()
+            except Exception:
                 self._metrics.failed()
                 if on_failure is not None:
                     on_failure()
-                if attempt % cfg.attempts == 0:
-                    self._failed_rounds += 1
-                    if self._failed_rounds >= cfg.breaker_failures:
-                        log.error(
-                            "%s failed %d times (%s); circuit open for %.0f s, holding input",
-                            self._what,
-                            attempt,
-                            exc,
-                            cfg.breaker_open_s,
-                        )
-                        time.sleep(cfg.breaker_open_s)
-                        self._failed_rounds = cfg.breaker_failures - 1  # half-open: one round
-                        delay = cfg.initial_backoff_s
-                        continue
-                log.warning(
-                    "%s failed (attempt %d): %s; retry in %.2f s", self._what, attempt, exc, delay
-                )
-                time.sleep(delay)
-                delay = min(delay * 2, cfg.max_backoff_s)
+                raise
+
+        while True:
+            try:
+                return self._policy.call(once, breaker=self._breaker)
+            except CircuitOpenError as exc:
+                wait = max(0.05, min(exc.retry_after, 5.0))
+                log.warning("%s: circuit open, holding input for %.1f s", self._what, wait)
+                time.sleep(wait)
+            except Exception as exc:
+                if not self._is_transient(exc):
+                    raise
+                log.warning("%s: still failing (%s), retrying", self._what, exc)
+                time.sleep(self._policy.cfg.max_backoff_s)
 
 
 # --- intents ----------------------------------------------------------------------------------
 
 
-def _q(name: str) -> str:
-    return "`" + name.replace("`", "") + "`"
-
-
-def intents_ddl(table: str) -> str:
+def intents_ddl(qualified_table: str) -> str:
     """DDL of the intent table (works on ClickHouse 18.16 and current versions)."""
     return (
-        f"CREATE TABLE IF NOT EXISTS {_q(table)} (flow String, topic String, "
+        f"CREATE TABLE IF NOT EXISTS {qualified_table} (flow String, topic String, "
         "kafka_partition UInt32, first_offset UInt64, last_offset UInt64, target String, "
         "group_id UInt64, records UInt32, written_at DateTime DEFAULT now()) "
         "ENGINE = MergeTree() PARTITION BY toYYYYMM(written_at) "
@@ -159,41 +140,50 @@ def intents_ddl(table: str) -> str:
     )
 
 
-@dataclass
+_WHERE = "flow = {flow:String} AND topic = {topic:String} AND kafka_partition = {p:UInt32}"
+
+
 class IntentLog:
-    """Read/write access to the intent table for one flow (thread-safe via the client)."""
+    """Read/write access to the intent table of one flow (``database.intents_table``)."""
 
-    client: Any
-    table: str
-    flow: str
-    retry: RetryConfig
-    metrics: ComponentMetrics = field(default_factory=lambda: ComponentMetrics("intents", "ranges"))
+    def __init__(self, client: Any, conn: Any, cfg: ClickHouseSinkConfig) -> None:
+        from connectors.clickhouse_schema import quote_ident
 
-    def __post_init__(self) -> None:
-        self._blocking = _Blocking(self.retry, f"clickhouse intents ({self.table})", self.metrics)
+        self.client = client
+        self.database = conn.database
+        self.table = f"{conn.database}.{cfg.intents_table}"
+        self._qt = f"{quote_ident(conn.database)}.{quote_ident(cfg.intents_table)}"
+        self._qdb = quote_ident(conn.database)
+        self.flow = cfg.flow
+        self.metrics = ComponentMetrics("intents", "ranges")
+        self._blocking = _Blocking(conn, f"clickhouse intents ({self.table})", self.metrics)
 
     def create(self) -> None:
-        self._blocking.call(lambda: self.client.execute(intents_ddl(self.table)))
+        """Create the database and the intent table if missing (idempotent)."""
+        self._blocking.call(
+            lambda: self.client.execute(f"CREATE DATABASE IF NOT EXISTS {self._qdb}")
+        )
+        self._blocking.call(lambda: self.client.execute(intents_ddl(self._qt)))
 
     def _rows(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         return list(self._blocking.call(lambda: self.client.execute(sql, params)) or [])
 
     def ranges_from(self, topic: str, partition: int, offset: int) -> list[tuple[int, int]]:
+        """Recorded ranges with ``last >= offset``, sorted by first offset."""
         rows = self._rows(
-            f"SELECT first_offset, last_offset FROM {_q(self.table)} "
-            "WHERE flow = %(flow)s AND topic = %(topic)s AND kafka_partition = %(p)s "
-            "AND last_offset >= %(off)s GROUP BY first_offset, last_offset "
+            f"SELECT first_offset, last_offset FROM {self._qt} WHERE {_WHERE} "
+            "AND last_offset >= {off:UInt64} GROUP BY first_offset, last_offset "
             "ORDER BY first_offset, last_offset",
             {"flow": self.flow, "topic": topic, "p": partition, "off": max(offset, 0)},
         )
         return [(int(a), int(b)) for a, b in rows]
 
     def pending_from(self, topic: str, partition: int) -> int | None:
+        """First offset of the partition's latest intent group (everything before is stored)."""
         rows = self._rows(
-            f"SELECT count(), min(first_offset) FROM {_q(self.table)} "
-            "WHERE flow = %(flow)s AND topic = %(topic)s AND kafka_partition = %(p)s "
-            f"AND group_id = (SELECT argMax(group_id, first_offset) FROM {_q(self.table)} "
-            "WHERE flow = %(flow)s AND topic = %(topic)s AND kafka_partition = %(p)s)",
+            f"SELECT count(), min(first_offset) FROM {self._qt} WHERE {_WHERE} "
+            f"AND group_id = (SELECT argMax(group_id, first_offset) FROM {self._qt} "
+            f"WHERE {_WHERE})",
             {"flow": self.flow, "topic": topic, "p": partition},
         )
         if not rows or not int(rows[0][0]):
@@ -201,24 +191,26 @@ class IntentLog:
         return int(rows[0][1])
 
     def record(self, ranges: Sequence[StoredRange], target: str) -> None:
+        """Durably note that these ranges are about to be inserted into ``target``."""
         if not ranges:
             return
         group = time.time_ns()
+        n = len(ranges)
         batch = pa.record_batch(
             [
-                pa.array([self.flow] * len(ranges), pa.string()),
+                pa.array([self.flow] * n, pa.string()),
                 pa.array([r.topic for r in ranges], pa.string()),
                 pa.array([r.partition for r in ranges], pa.uint32()),
                 pa.array([r.first for r in ranges], pa.uint64()),
                 pa.array([r.last for r in ranges], pa.uint64()),
-                pa.array([target] * len(ranges), pa.string()),
-                pa.array([group] * len(ranges), pa.uint64()),
+                pa.array([target] * n, pa.string()),
+                pa.array([group] * n, pa.uint64()),
                 pa.array([r.records for r in ranges], pa.uint32()),
             ],
             schema=INTENT_SCHEMA,
         )
         self._blocking.call(lambda: self.client.insert_arrow(self.table, batch))
-        self.metrics.sent(len(ranges))
+        self.metrics.sent(n)
 
 
 # --- the sink ---------------------------------------------------------------------------------
@@ -243,68 +235,79 @@ class StoredRange:
 
 
 class _ClientHolder:
-    """One client per process, shared by all worker threads (chdb allows one session)."""
+    """One client per process and connection, shared by the worker threads.
+
+    Sink partitions hold references; the last one to close closes the client (chdb must be
+    closed before the interpreter exits, or its exit handlers may crash the process).
+    """
 
     _lock = threading.Lock()
     _clients: dict[str, Any] = {}
+    _refs: dict[str, int] = {}
 
     @classmethod
-    def get(cls, key: str, factory: Callable[[], Any]) -> Any:
+    def get(cls, key: str, factory: Callable[[], Any], hold: bool = False) -> Any:
         with cls._lock:
             c = cls._clients.get(key)
             if c is None:
                 c = cls._clients[key] = factory()
+            if hold:
+                cls._refs[key] = cls._refs.get(key, 0) + 1
             return c
+
+    @classmethod
+    def release(cls, key: str) -> None:
+        with cls._lock:
+            cls._refs[key] = cls._refs.get(key, 0) - 1
+            if cls._refs[key] <= 0 and key in cls._clients:
+                cls._clients.pop(key).close()
 
 
 class _SinkPartition(StatelessSinkPartition[StoredRange]):
     def __init__(self, sink: ClickHouseSink, worker_index: int) -> None:
+        from connectors.clickhouse_schema import quote_ident
+
+        conn = sink.connection
         self._cfg = sink.config
-        self._client = sink.client()
+        self._table = f"{conn.database}.{conn.traces_table}"
+        self._qt = f"{quote_ident(conn.database)}.{quote_ident(conn.traces_table)}"
+        self._key = sink.client_key()
+        self._client = sink.client(hold=True)
         self._intents = sink.intent_log(self._client)
         self._metrics = ComponentMetrics("clickhouse_sink", "rows")
         self._latency = self._metrics.latency("insert")
         self._e2e = self._metrics.latency("event_to_stored")
-        self._blocking = _Blocking(
-            self._cfg.retry, f"clickhouse insert ({self._cfg.table})", self._metrics
-        )
+        self._blocking = _Blocking(conn, f"clickhouse insert ({self._table})", self._metrics)
         mode = self._cfg.dedup
         if mode == "auto":
-            mode = "token" if self._client.supports_dedup_token() else "lookup"
+            supported = self._blocking.call(lambda: self._client.supports_dedup_token(self._table))
+            mode = "token" if supported else "lookup"
         self._mode = mode
-        self._columns: list[str] | None = None
-        self._worker = worker_index
-
-    def _table_columns(self) -> list[str]:
-        if self._columns is None:
-            cols = self._blocking.call(lambda: self._client.table_columns(self._cfg.table))
-            self._columns = [c[0] if isinstance(c, tuple | list) else c for c in cols]
-        return self._columns
+        log.info("clickhouse sink (worker %d): %s, dedup by %s", worker_index, self._table, mode)
 
     def _missing_rows(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Rows of ``batch`` whose (TraceId, SpanId) is not in the table yet (lookup mode)."""
         span_ids = pc.unique(batch.column("SpanId")).to_pylist()
         rows = self._client.execute(
-            f"SELECT TraceId, SpanId FROM {_q(self._cfg.table)} WHERE SpanId IN %(ids)s",
-            {"ids": tuple(span_ids)},
+            f"SELECT TraceId, SpanId FROM {self._qt} WHERE SpanId IN {{ids:Array(String)}}",
+            {"ids": span_ids},
         )
         if not rows:
             return batch
         have = pa.array([f"{t}:{s}" for t, s in rows], pa.string())
         keys = pc.binary_join_element_wise(batch.column("TraceId"), batch.column("SpanId"), ":")
-        keep = pc.invert(pc.is_in(keys, value_set=have))
-        return batch.filter(keep)
+        return batch.filter(pc.invert(pc.is_in(keys, value_set=have)))
 
-    def _insert(self, r: StoredRange) -> int:
+    def _insert(self, r: StoredRange) -> None:
         batch = r.batch
         if batch.num_rows == 0:
-            return 0
+            return
         state = {"check": r.replay}
 
         def attempt() -> int:
-            b = batch
             if self._mode == "token":
-                return int(self._client.insert_arrow(self._cfg.table, b, dedup_token=r.token))
+                return int(self._client.insert_arrow(self._table, batch, dedup_token=r.token))
+            b = batch
             if state["check"]:
                 b = self._missing_rows(b)
                 if b.num_rows < batch.num_rows:
@@ -314,67 +317,67 @@ class _SinkPartition(StatelessSinkPartition[StoredRange]):
                         batch.num_rows - b.num_rows,
                         batch.num_rows,
                     )
-                if b.num_rows == 0:
-                    return 0
-            return int(self._client.insert_arrow(self._cfg.table, b))
+            return int(self._client.insert_arrow(self._table, b)) if b.num_rows else 0
 
         def failed() -> None:
             state["check"] = True  # a failed insert may still have been applied
 
         with self._latency.time():
-            n = self._blocking.call(attempt, failed)
-        return n
+            self._blocking.call(attempt, failed)
 
     def write_batch(self, items: list[StoredRange]) -> None:
-        new = [r for r in items if not r.replay]
-        self._intents.record(new, self._cfg.table)
+        # 1. intents of the new ranges, in one insert, before any of their rows.
+        self._intents.record([r for r in items if not r.replay], self._table)
+        # 2. rows, one deduplicated insert per range, in order.
         for r in items:
             rows = r.batch.num_rows
             self._metrics.received(rows)
             self._insert(r)
-            # Rows skipped by ClickHouse's dedup are stored (by the earlier attempt).
+            # Rows ClickHouse skipped as duplicates were stored by an earlier attempt.
             self._metrics.sent(rows)
             if r.first_timestamp_ms > 0:
                 self._e2e.observe(max(0.0, time.time() - r.first_timestamp_ms / 1000))
 
     def close(self) -> None:
-        return
+        _ClientHolder.release(self._key)
 
 
 @dataclass
 class ClickHouseSink(DynamicSink[StoredRange]):
     """Exactly-once ClickHouse sink for :class:`StoredRange` items (one per Kafka range).
 
-    ``connection`` is ``connectors.clickhouse.ClickHouseConfig``; the client is opened in
-    ``build`` and shared by the worker threads of the process.
+    ``connection`` is ``connectors.clickhouse.ClickHouseConfig`` (rows go to its
+    ``database.traces_table``); the client is opened in ``build`` and shared by the worker
+    threads of the process. The intent table is created at start if missing.
     """
 
     connection: Any
     config: ClickHouseSinkConfig = field(default_factory=ClickHouseSinkConfig)
 
-    def client(self) -> Any:
-        from connectors import clickhouse
+    def client_key(self) -> str:
+        return repr(self.connection)
 
-        key = repr(self.connection)
+    def client(self, hold: bool = False) -> Any:
+        """The process's client for ``connection`` (opened and prepared on first use)."""
+        from connectors import clickhouse
 
         def _open() -> Any:
             c = clickhouse.open_client(self.connection)
-            self._prepare(c)
+            self.intent_log(c).create()
+            problems = clickhouse.check_table(
+                c, f"{self.connection.database}.{self.connection.traces_table}", TRACES_SCHEMA
+            )
+            for p in problems:
+                if "does not exist" in p:
+                    c.close()
+                    raise RuntimeError(f"clickhouse health check: {p}")
+                log.warning("clickhouse health check: %s", p)
             return c
 
-        return _ClientHolder.get(key, _open)
-
-    def _prepare(self, client: Any) -> None:
-        """Create the intent table (and the data table when configured); check the columns."""
-        log_ = self.intent_log(client)
-        log_.create()
-        if self.config.create_tables:
-            from connectors import clickhouse_schema
-
-            clickhouse_schema.ensure_traces_table(client, self.connection, self.config.table)
+        return _ClientHolder.get(self.client_key(), _open, hold)
 
     def intent_log(self, client: Any) -> IntentLog:
-        return IntentLog(client, self.config.intents_table, self.config.flow, self.config.retry)
+        return IntentLog(client, self.connection, self.config)
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _SinkPartition:
         return _SinkPartition(self, worker_index)

@@ -52,7 +52,10 @@ class TracesFlowSettings(StrictModel):
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     source: KafkaSourceConfig = Field(default_factory=KafkaSourceConfig)
     dead_letters: DeadLetterConfig = Field(default_factory=DeadLetterConfig)
-    clickhouse: ClickHouseConfig = Field(default_factory=ClickHouseConfig)
+    clickhouse: ClickHouseConfig = Field(
+        default_factory=lambda: ClickHouseConfig(create_schema=True),
+        description="connection + table; the flow's default creates the schema in chdb",
+    )
     sink: ClickHouseSinkConfig = Field(default_factory=ClickHouseSinkConfig)
     operators: list[dict[str, Any]] = Field(
         default_factory=list,

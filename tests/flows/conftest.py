@@ -1,8 +1,8 @@
 """Fixtures for the flow tests: real Kafka, real chdb, real clickhouse-server, real processes.
 
-A flow under test always runs as its own ``python -m bytewax.run`` process (through
-``tests/flows/run_flow.py``) so it can be SIGKILLed, and because chdb allows one data folder
-per process. The test process reads ClickHouse only after the flow process exited.
+A flow under test always runs as its own ``python -m bytewax.run`` process, so it can be
+SIGKILLed and because chdb allows one data folder per process.
+The test process reads ClickHouse only after the flow process exited.
 """
 
 from __future__ import annotations
@@ -19,12 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-import tests.flows.standin_install  # noqa: F401  TEMPORARY
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNNER = Path(__file__).with_name("run_flow.py")
 
 
 def produce(
@@ -123,7 +120,7 @@ class FlowRun:
         self,
         *,
         recovery: bool = False,
-        snapshot_s: float = 1.0,
+        snapshot_s: int = 1,
         extra: Sequence[str] = (),
         env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
@@ -133,11 +130,12 @@ class FlowRun:
             sys.executable,
             "-X",
             "faulthandler",
-            str(RUNNER),
+            "-m",
+            "bytewax.run",
             f"flows.traces:build({str(self.config_path)!r})",
         ]
         if recovery:
-            args += ["-r", str(self.recovery_dir), "-s", str(snapshot_s), "-b", "0"]
+            args += ["-r", str(self.recovery_dir), "-s", str(int(snapshot_s)), "-b", "0"]
         args += list(extra)
         log = self.tmp / f"flow-{len(self.logs)}.log"
         self.logs.append(log)
@@ -155,7 +153,8 @@ class FlowRun:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
-            raise AssertionError(f"flow did not finish in {timeout}s; log:\n{self.log_text()}")
+            msg = f"flow did not finish in {timeout}s; log:\n{self.log_text()}"
+            raise AssertionError(msg) from None
 
     def run_to_end(self, timeout: float = 120.0, **kw: Any) -> None:
         """Run with ``stop_at_end`` until every partition is drained; assert a clean exit."""
@@ -201,7 +200,11 @@ def flow_run(
             "kafka": {"bootstrap_servers": kafka_bootstrap},
             "source": {"topic": topic, "batch": {"max_records": 50, "max_delay_s": 0.3}},
             "dead_letters": {"topic": dlq},
-            "clickhouse": {"mode": "embedded", "path": str(tmp_path / f"chdb{len(runs)}")},
+            "clickhouse": {
+                "mode": "embedded",
+                "path": str(tmp_path / f"chdb{len(runs)}"),
+                "create_schema": True,
+            },
             "metrics_port": None,
         }
         for k, v in settings.items():

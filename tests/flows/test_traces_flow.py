@@ -59,7 +59,7 @@ def test_every_span_stored_once_with_equal_fields(flow_run) -> None:
     rows = chdb_rows(
         path,
         "SELECT SpanId, TraceId, SpanName, SpanKind, ServiceName, toUnixTimestamp64Nano(Timestamp),"
-        " Duration, StatusCode, SpanAttributes, Events.Name, ScopeName FROM otel_traces",
+        " Duration, StatusCode, SpanAttributes, Events.Name, ScopeName FROM otel.otel_traces",
     )
     expected = _expected(payloads)
     assert len(rows) == len(expected) == 60 * 20
@@ -70,7 +70,7 @@ def test_every_span_stored_once_with_equal_fields(flow_run) -> None:
         got[r[0]] = (*r[1:8], {k: attrs.get(k) for k in expected[r[0]][7]}, list(r[9]), r[10])
     assert got == expected
     # Every range was recorded as an intent before its insert.
-    (n_intents,) = chdb_rows(path, "SELECT count() FROM otelwax_intents")[0]
+    (n_intents,) = chdb_rows(path, "SELECT count() FROM otel.otelwax_intents")[0]
     assert n_intents >= 3
 
 
@@ -83,9 +83,8 @@ def test_poison_records_go_to_the_dlq_and_good_ones_are_stored(flow_run) -> None
     produce(run.bootstrap, run.topic, values, partition=0)
     run.run_to_end()
 
-    (n, uniq) = chdb_rows(
-        run.settings["clickhouse"]["path"], "SELECT count(), uniqExact(SpanId) FROM otel_traces"
-    )[0]
+    path = run.settings["clickhouse"]["path"]
+    (n, uniq) = chdb_rows(path, "SELECT count(), uniqExact(SpanId) FROM otel.otel_traces")[0]
     assert n == uniq == 30 * 20
     dead = consume_all(run.bootstrap, run.settings["dead_letters"]["topic"])
     by_offset = {int(dict(m.headers())[H_OFFSET]): m for m in dead}
@@ -122,17 +121,17 @@ def test_sigkill_at_random_moments_stores_every_span_exactly_once(flow_run) -> N
     producer.start()
     kills = 0
     for _ in range(4):
-        p = run.start(recovery=True, snapshot_s=1.0)
+        p = run.start(recovery=True, snapshot_s=1)
         time.sleep(rnd.uniform(2.0, 5.0))
         if p.poll() is None:
             p.kill()
             p.wait()
             kills += 1
     producer.join(120)
-    run.run_to_end(recovery=True, snapshot_s=1.0, timeout=180)
+    run.run_to_end(recovery=True, snapshot_s=1, timeout=180)
 
     path = run.settings["clickhouse"]["path"]
-    n, uniq = chdb_rows(path, "SELECT count(), uniqExact(SpanId) FROM otel_traces")[0]
+    n, uniq = chdb_rows(path, "SELECT count(), uniqExact(SpanId) FROM otel.otel_traces")[0]
     sent = n_requests * 20
     assert (n, uniq) == (sent, sent), f"seed={seed} kills={kills}\n{run.log_text(3000)}"
     assert kills >= 3
