@@ -1,0 +1,175 @@
+"""Operating the shim: configuration errors, /metrics and /healthz, graceful shutdown."""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from prometheus_client.parser import text_string_to_metric_families
+
+from connectors.ingest import IngestConfig
+from connectors.ingest.cli import add_arguments, build_config
+from otelwax.settings import ValidationError, format_errors
+from tests.conftest import ROOT
+from tests.otlpgen import trace_request
+
+from .conftest import Shim, consume, start_shim
+
+PROTO = {"content-type": "application/x-protobuf"}
+
+
+def _errors(data: dict) -> list[str]:
+    with pytest.raises(ValidationError) as ei:
+        IngestConfig.model_validate(data)
+    return format_errors(ei.value, "ingest", IngestConfig)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"grpc": {"prot": 1}}, 'ingest.grpc.prot: unknown key (did you mean "port"?)'),
+        ({"http": {"port": 70000}}, "ingest.http.port: Input should be less than or equal"),
+        ({"max_body_bytes": 0}, "ingest.max_body_bytes: Input should be greater than 0"),
+        ({"tls": {"cert_file": "c.pem"}}, "cert_file and key_file must be set together"),
+        ({"producer": {"compression": "brotli"}}, "ingest.producer.compression: Input should be"),
+        ({"producer": {"max_message_bytes": 10}}, "ingest.producer.max_message_bytes"),
+    ],
+)
+def test_invalid_config_names_the_key(data: dict, expected: str) -> None:
+    assert any(expected in line for line in _errors(data)), _errors(data)
+
+
+def test_defaults_and_yaml_with_flag_overrides(tmp_path: Path) -> None:
+    cfg = IngestConfig()
+    assert (cfg.grpc.port, cfg.http.port, cfg.max_body_bytes) == (4317, 4318, 16 * 2**20)
+    assert (cfg.topics.traces, cfg.topics.metrics, cfg.topics.logs) == (
+        "otlp_spans",
+        "otlp_metrics",
+        "otlp_logs",
+    )
+    assert cfg.producer.compression in ("lz4", "zstd")
+    f = tmp_path / "otelwax.yaml"
+    f.write_text(
+        "ingest:\n  http: {port: 9999}\n  auth_token: hunter2\n  producer: {linger_ms: 20}\n"
+    )
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    cfg = build_config(p.parse_args(["--config", str(f), "--grpc-port", "5555", "--host", "::1"]))
+    assert (cfg.http.port, cfg.grpc.port, cfg.producer.linger_ms) == (9999, 5555, 20)
+    assert cfg.http.host == cfg.grpc.host == "::1"
+    assert cfg.resolved_token() == "hunter2"
+    assert "hunter2" not in repr(cfg) and "hunter2" not in str(cfg.model_dump())
+
+
+def test_cli_reports_config_errors(tmp_path: Path) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text("grpc: {prot: 1}\nproducer: {linger_ms: -1}\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "otelwax", "ingest", "--config", str(f)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2
+    assert 'ingest.grpc.prot: unknown key (did you mean "port"?)' in r.stderr
+    assert "ingest.producer.linger_ms" in r.stderr
+
+
+def _metrics(shim: Shim) -> dict[tuple[str, tuple], float]:
+    text = httpx.get(f"http://127.0.0.1:{shim.metrics_port}/metrics").text
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_metrics_and_healthz_on_metrics_port(shim: Shim) -> None:
+    h = httpx.get(f"http://127.0.0.1:{shim.metrics_port}/healthz")
+    assert h.status_code == 200 and h.json() == {"status": "ok", "kafka": "up"}
+    before = _metrics(shim)
+    req = trace_request(2, 10, seed=31)
+    for _ in range(3):
+        r = httpx.post(shim.http_url + "/v1/traces", content=req.SerializeToString(), headers=PROTO)
+        assert r.status_code == 200
+    bad = httpx.post(shim.http_url + "/v1/traces", content=b"\xff\xff", headers=PROTO)
+    assert bad.status_code == 400
+    after = _metrics(shim)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    spans = {"component": "ingest_traces", "unit": "spans"}
+    assert delta("otelwax_received_total", **spans) == 60
+    assert delta("otelwax_sent_total", **spans) == 60
+    assert (
+        delta("otelwax_dropped_total", component="ingest", unit="requests", reason="malformed") == 1
+    )
+    assert delta("otelwax_received_total", component="ingest", unit="bytes") >= 3 * len(
+        req.SerializeToString()
+    )
+    assert (
+        delta("otelwax_latency_seconds_count", component="ingest_kafka", operation="kafka_delivery")
+        == 3
+    )
+
+
+def test_sigterm_finishes_in_flight_requests_and_flushes(
+    kafka_bootstrap: str, fresh_topics: dict[str, str], tmp_path: Path
+) -> None:
+    # A long linger keeps records in the producer when SIGTERM arrives.
+    shim = start_shim(kafka_bootstrap, fresh_topics, tmp_path, ["--linger-ms", "400"])
+    reqs = [trace_request(1, 20, seed=100 + i) for i in range(16)]
+
+    def post(req: ExportTraceServiceRequest) -> int:
+        try:
+            r = httpx.post(
+                shim.http_url + "/v1/traces",
+                content=req.SerializeToString(),
+                headers=PROTO,
+                timeout=30,
+            )
+            return r.status_code
+        except httpx.HTTPError:
+            return 0
+
+    with cf.ThreadPoolExecutor(16) as pool:
+        futs = [pool.submit(post, r) for r in reqs]
+        # SIGTERM once the shim holds several requests waiting for their Kafka acks.
+        deadline = time.monotonic() + 10
+        key = ("otelwax_received_total", (("component", "ingest"), ("unit", "requests")))
+        while time.monotonic() < deadline and _metrics(shim).get(key, 0) < 8:
+            time.sleep(0.02)
+        shim.proc.send_signal(signal.SIGTERM)
+        codes = [f.result() for f in futs]
+    assert shim.proc.wait(timeout=40) == 0, shim.log()
+    acked = {
+        sp.span_id
+        for req, code in zip(reqs, codes, strict=True)
+        if code == 200
+        for sp in req.resource_spans[0].scope_spans[0].spans
+    }
+    assert codes.count(200) >= 8, f"in-flight requests were not finished: {codes}"
+    assert "0 records unflushed" in shim.log()
+
+    def ids(recs):
+        return {
+            sp.span_id
+            for rec in recs
+            for rs in ExportTraceServiceRequest.FromString(rec.value).resource_spans
+            for ss in rs.scope_spans
+            for sp in ss.spans
+        }
+
+    recs = consume(kafka_bootstrap, fresh_topics["traces"], until=lambda rs: acked <= ids(rs))
+    assert acked <= ids(recs)
