@@ -66,6 +66,7 @@ __all__ = [
     "OperatorError",
     "OperatorSpec",
     "Pipeline",
+    "build_batch_operator",
     "build_operator",
     "build_pipeline",
     "parse_spec",
@@ -466,3 +467,15 @@ def run_pipeline(ops: Sequence[BatchOperator], batch: pa.RecordBatch) -> pa.Reco
     for op in ops:
         batch = op(batch)
     return batch
+
+
+def build_batch_operator(spec: Any, signal: str = "traces", index: int = 0) -> BatchOperator:
+    """One operator from a raw dict or a spec (what ``flows.traces.resolve_operators`` calls)."""
+    if isinstance(spec, dict):
+        spec = parse_spec(spec)
+    problems = spec_problems([spec], signal)
+    if problems:
+        raise ValueError(
+            "; ".join(f"operators.{index}.{f.split('.', 1)[1]}: {m}" for f, m in problems)
+        )
+    return build_operator(spec, signal, index)

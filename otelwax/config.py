@@ -537,10 +537,16 @@ def validate_data(
     subst = substitute_env(dict(data), env, "", problems, from_env)
     cfg: OtelwaxConfig | None = None
     shared = tuple(p + "." for p in _shared_paths(subst))
+    # A value whose variable is unset is reported once, not again as an invalid value.
+    unset = tuple(p.split(": ", 1)[0] + ": " for p in problems)
     try:
         cfg = OtelwaxConfig.model_validate(subst)
     except ValidationError as exc:
-        problems.extend(p for p in _render(exc, "", OtelwaxConfig) if not p.startswith(shared))
+        problems.extend(
+            p
+            for p in _render(exc, "", OtelwaxConfig)
+            if not p.startswith(shared) and not p.startswith(unset)
+        )
     _secret_problems(OtelwaxConfig, subst, "", from_env, problems)
     _operator_problems(subst, problems, from_env)
     # One line per problem, in file order is not knowable here: keep pydantic's, de-duplicated.
