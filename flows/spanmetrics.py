@@ -1,0 +1,171 @@
+"""Span metrics (RED) flow: Kafka ``otlp_spans`` → event-time windows → Prometheus (+ chdb).
+
+    python -m bytewax.run flows.spanmetrics          # $OTELWAX_SPANMETRICS_CONFIG or defaults
+
+Why a flow of its own rather than a branch of ``flows.traces``: the trace flow's job is to store
+every span exactly once, and its batching is driven by that (offset ranges, intents, inserts);
+span metrics need event-time state that must not be replayed into ClickHouse semantics, can run
+with a different parallelism, and can be restarted (or lag) without holding up span storage. Both
+read the same topic with their own offsets, so neither waits for the other. The windowing itself
+lives in ``operators.windows.span_metrics`` and takes any span batch stream, so it can be wired
+into ``flows.traces`` too, if one consumer is preferred.
+
+Steps: kafka → decode (``otelwax.codec.decode_traces``, one batch per poll) → ``span_metrics``
+(tumbling windows on span end time, cumulative totals, cardinality limit, late spans counted)
+→ Prometheus remote-write (and, optionally, the ``otel_metrics_sum/histogram`` tables in chdb);
+late spans are dropped (counted) or, with ``late_policy: route``, written to ``late_topic`` as
+Arrow IPC streams.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from bytewax import operators as op
+from bytewax.dataflow import Dataflow
+from pydantic import Field
+
+from connectors.kafka import TOPIC_SPANS, KafkaConfig
+from connectors.prom_translate import tables_to_series
+from connectors.remote_write import RemoteWriteConfig, RemoteWriteSink
+from flows.metrics import MetricChunk, MetricsClickHouseConfig, MetricsClickHouseSink
+from operators.windows import SpanMetricsConfig, span_metrics
+from otelwax.settings import StrictModel, ValidationError, format_errors
+from otelwax.telemetry import ComponentMetrics
+
+__all__ = ["SpanMetricsFlowSettings", "build", "build_from_settings", "flow", "load_settings"]
+
+log = logging.getLogger(__name__)
+
+ENV_CONFIG = "OTELWAX_SPANMETRICS_CONFIG"
+
+
+class SpanMetricsFlowSettings(StrictModel):
+    """Everything ``flows.spanmetrics`` needs."""
+
+    flow_id: str = Field("otelwax_spanmetrics", min_length=1)
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    topic: str = Field(TOPIC_SPANS, min_length=1)
+    tail: bool = True
+    source_batch_size: int = Field(1000, gt=0)
+    spanmetrics: SpanMetricsConfig = Field(default_factory=SpanMetricsConfig)
+    remote_write: RemoteWriteConfig | None = Field(default_factory=RemoteWriteConfig)
+    clickhouse: MetricsClickHouseConfig | None = None
+    late_topic: str | None = Field(None, description="late spans (late_policy: route)")
+
+
+def load_settings(
+    config_path: str | os.PathLike[str] | None = None, **overrides: Any
+) -> SpanMetricsFlowSettings:
+    """Settings from YAML (this model or ``flows.spanmetrics`` of a full config) + overrides."""
+    import yaml
+
+    path = config_path or os.environ.get(ENV_CONFIG)
+    data: dict[str, Any] = {}
+    if path:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+        flows = loaded.get("flows")
+        if isinstance(flows, dict) and isinstance(flows.get("spanmetrics"), dict):
+            loaded = flows["spanmetrics"]
+        data = loaded
+    if os.environ.get("OTELWAX_KAFKA_BOOTSTRAP"):
+        data.setdefault("kafka", {})["bootstrap_servers"] = os.environ["OTELWAX_KAFKA_BOOTSTRAP"]
+    for key, value in overrides.items():
+        cur = data
+        parts = key.split("__")
+        for part in parts[:-1]:
+            cur = cur.setdefault(part, {})
+        cur[parts[-1]] = value
+    try:
+        return SpanMetricsFlowSettings.model_validate(data)
+    except ValidationError as exc:
+        lines = format_errors(exc, model=SpanMetricsFlowSettings)
+        where = f"{path}: " if path else ""
+        raise ValueError(where + "invalid spanmetrics settings:\n  " + "\n  ".join(lines)) from exc
+
+
+_SPAN_COLUMNS = [
+    "Timestamp",
+    "Duration",
+    "ServiceName",
+    "SpanName",
+    "SpanKind",
+    "StatusCode",
+    "SpanAttributes",
+    "ResourceAttributes",
+]
+
+
+class _Decode:
+    def __init__(self) -> None:
+        self.metrics = ComponentMetrics("spanmetrics_decode", "records")
+
+    def __call__(self, msgs: list[Any]) -> list[pa.RecordBatch]:
+        from otelwax.codec import decode_traces
+
+        values = [m.value for m in msgs if m.value is not None]
+        self.metrics.received(len(msgs))
+        if not values:
+            return []
+        res = decode_traces(values)
+        if res.errors:
+            self.metrics.dropped(len(res.errors), "decode_error")
+        batch = res.batch
+        if batch.num_rows == 0:
+            return []
+        return [batch.select(_SPAN_COLUMNS)]
+
+
+def _late_to_kafka(batch: pa.RecordBatch | pa.Table) -> Any:
+    from bytewax.connectors.kafka import KafkaSinkMessage
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as w:
+        w.write(batch)
+    return KafkaSinkMessage(key=None, value=sink.getvalue().to_pybytes())
+
+
+def build_from_settings(settings: SpanMetricsFlowSettings) -> Dataflow:
+    """Wire the dataflow from validated settings (no I/O)."""
+    from bytewax.connectors.kafka import KafkaSink, KafkaSource
+
+    flow = Dataflow(settings.flow_id)
+    conf = {k: str(v) for k, v in settings.kafka.client_conf().items() if k != "bootstrap.servers"}
+    source = KafkaSource(
+        [settings.kafka.bootstrap_servers],
+        [settings.topic],
+        tail=settings.tail,
+        add_config=conf,
+        batch_size=settings.source_batch_size,
+    )
+    msgs = op.input("kafka", flow, source)
+    spans = op.flat_map_batch("decode", msgs, _Decode())
+    out = span_metrics("span_metrics", spans, settings.spanmetrics)
+    if settings.remote_write is not None:
+        series = op.map("to_series", out.metrics, tables_to_series)
+        op.output("remote_write", series, RemoteWriteSink(settings.remote_write, "spanmetrics"))
+    if settings.clickhouse is not None:
+        chunks = op.map("to_chunk", out.metrics, lambda t: MetricChunk(t))
+        op.output("clickhouse", chunks, MetricsClickHouseSink(settings.clickhouse))
+    if settings.spanmetrics.late_policy == "route" and settings.late_topic:
+        late = op.map("late_to_kafka", out.late, _late_to_kafka)
+        op.output(
+            "late_spans",
+            late,
+            KafkaSink([settings.kafka.bootstrap_servers], settings.late_topic, add_config=conf),
+        )
+    return flow
+
+
+def build(config_path: str | os.PathLike[str] | None = None, **overrides: Any) -> Dataflow:
+    """Build from YAML (or ``$OTELWAX_SPANMETRICS_CONFIG``/defaults) plus overrides."""
+    return build_from_settings(load_settings(config_path, **overrides))
+
+
+flow = build()

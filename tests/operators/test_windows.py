@@ -1,0 +1,214 @@
+"""Event-time span-metrics windows: assignment by end time, lateness, overflow, recovery."""
+
+from __future__ import annotations
+
+import pickle
+
+import pyarrow as pa
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, TestingSource, run_main
+
+from connectors.prom_translate import tables_to_series
+from operators.windows import (
+    DEFAULT_BUCKETS_MS,
+    Dimension,
+    SpanMetricsAggregator,
+    SpanMetricsConfig,
+    span_metrics,
+)
+from otelwax.schemas import TRACES_SCHEMA
+
+S = 10**9
+T0 = 1_700_000_000  # a window boundary for 10 s windows
+
+
+def spans(rows: list[tuple]) -> pa.RecordBatch:
+    """rows: (end_s, dur_ms, service, name[, status[, span_attrs]])."""
+    d: dict[str, list] = {f.name: [] for f in TRACES_SCHEMA}
+    for row in rows:
+        end_s, dur_ms, svc, name = row[:4]
+        status = row[4] if len(row) > 4 else "STATUS_CODE_UNSET"
+        attrs = row[5] if len(row) > 5 else {}
+        dur = round(dur_ms * 1e6)
+        d["Timestamp"].append(round(end_s * S) - dur)
+        d["Duration"].append(dur)
+        d["ServiceName"].append(svc)
+        d["SpanName"].append(name)
+        d["SpanKind"].append("SPAN_KIND_SERVER")
+        d["StatusCode"].append(status)
+        d["SpanAttributes"].append(list(attrs.items()))
+        d["ResourceAttributes"].append([("service.name", svc), ("deployment", "prod")])
+    n = len(rows)
+    for f in TRACES_SCHEMA:
+        if not d[f.name]:
+            nested = pa.types.is_list(f.type) or pa.types.is_map(f.type)
+            d[f.name] = [[]] * n if nested else [""] * n
+    return pa.RecordBatch.from_pydict(d, schema=TRACES_SCHEMA)
+
+
+def calls(tables_list: list[dict]) -> dict[tuple, list[tuple[int, float]]]:
+    """{(service, span, status, ...extra labels): [(ts_ms, cumulative calls)]}."""
+    out: dict[tuple, list] = {}
+    for tables in tables_list:
+        for labels, samples in tables_to_series(tables).series.items():
+            lab = dict(labels)
+            if lab["__name__"] != "traces_span_metrics_calls_total":
+                continue
+            key = tuple(
+                v for k, v in sorted(lab.items()) if k not in ("__name__", "job", "span_kind")
+            )
+            out.setdefault(key, []).extend(samples)
+    return out
+
+
+def cfg(**kw) -> SpanMetricsConfig:
+    kw.setdefault("window_s", 10)
+    kw.setdefault("allowed_lateness_s", 5)
+    return SpanMetricsConfig(**kw)
+
+
+def test_windows_by_end_time_out_of_order_and_late() -> None:
+    agg = SpanMetricsAggregator(cfg())
+    emitted: list[dict] = []
+    # a span that starts in window 0 but ends in window 1 counts in window 1
+    out, _ = agg.add(spans([(T0 + 1, 5, "a", "op"), (T0 + 11, 3000, "a", "op")]))
+    emitted += out
+    assert out == [] and sorted(agg.windows) == [T0 * S, (T0 + 10) * S]
+    # out of order but within lateness: still counted in window 0
+    out, _ = agg.add(spans([(T0 + 14, 1, "a", "op"), (T0 + 2, 1, "a", "op")]))
+    emitted += out
+    assert len(out) == 0  # watermark T0+9: nothing closed yet
+    out, _ = agg.add(spans([(T0 + 16, 1, "a", "op")]))  # watermark T0+11 closes window 0
+    emitted += out
+    assert len(out) == 1
+    # late: window 0 is closed
+    out, late = agg.add(spans([(T0 + 3, 1, "a", "op"), (T0 + 9, 1, "b", "op")]))
+    emitted += out
+    assert late is None  # policy drop
+    assert agg.late_total == 2
+    emitted += agg.close_all()
+    got = calls(emitted)
+    key = ("a", "op", "STATUS_CODE_UNSET")
+    # window 0: 2 spans (T0+1, T0+2); window 1: 3 spans (T0+11, T0+14, T0+16) → cumulative
+    assert got[key] == [((T0 + 10) * 1000, 2.0), ((T0 + 20) * 1000, 5.0)]
+    assert ("b", "op", "STATUS_CODE_UNSET") not in got
+
+
+def test_late_spans_routed_when_configured() -> None:
+    agg = SpanMetricsAggregator(cfg(late_policy="route", allowed_lateness_s=0))
+    agg.add(spans([(T0 + 25, 1, "a", "op")]))  # closes everything before T0+20
+    _, late = agg.add(spans([(T0 + 3, 1, "a", "x"), (T0 + 26, 1, "a", "y")]))
+    assert late is not None and late.column("SpanName").to_pylist() == ["x"]
+
+
+def test_duration_histogram_uses_connector_buckets() -> None:
+    assert DEFAULT_BUCKETS_MS[:3] == (2.0, 4.0, 6.0) and DEFAULT_BUCKETS_MS[-1] == 15000.0
+    agg = SpanMetricsAggregator(cfg())
+    # 2 ms is in le=2 (upper bounds are inclusive), 2.5 in le=4, 20 s only in +Inf
+    agg.add(spans([(T0 + 1, 2, "a", "op"), (T0 + 1, 2.5, "a", "op"), (T0 + 1, 20000, "a", "op")]))
+    (tables,) = agg.close_all()
+    series = tables_to_series(tables).series
+    buckets = {
+        dict(k)["le"]: v[0][1]
+        for k, v in series.items()
+        if dict(k)["__name__"] == "traces_span_metrics_duration_milliseconds_bucket"
+    }
+    assert buckets["2"] == 1 and buckets["4"] == 2 and buckets["15000"] == 2
+    assert buckets["+Inf"] == 3
+    sums = [
+        v[0][1]
+        for k, v in series.items()
+        if dict(k)["__name__"] == "traces_span_metrics_duration_milliseconds_sum"
+    ]
+    assert sums == [pytest.approx(20004.5)]
+
+
+def test_dimensions_from_span_then_resource_then_default() -> None:
+    c = cfg(
+        dimensions=[
+            Dimension(name="http.method"),
+            Dimension(name="deployment"),
+            Dimension(name="region", default="eu"),
+        ]
+    )
+    agg = SpanMetricsAggregator(c)
+    agg.add(spans([(T0 + 1, 1, "a", "op", "STATUS_CODE_OK", {"http.method": "GET"})]))
+    agg.add(spans([(T0 + 1, 1, "a", "op", "STATUS_CODE_OK", {})]))
+    (tables,) = agg.close_all()
+    attrs = [dict(a) for a in tables["otel_metrics_sum"].column("Attributes").to_pylist()]
+    assert {"http.method": "GET", "deployment": "prod", "region": "eu"}.items() <= attrs[0].items()
+    # no value and no default: the dimension is absent, like the Collector's connector
+    assert "http.method" not in attrs[1]
+    assert attrs[1]["span.kind"] == "SPAN_KIND_SERVER"
+    assert attrs[1]["status.code"] == "STATUS_CODE_OK"
+
+
+def test_cardinality_limit_folds_into_overflow_series() -> None:
+    agg = SpanMetricsAggregator(cfg(cardinality_limit=3))
+    rows = [(T0 + 1, 1, "a", f"op{i}") for i in range(10)] + [(T0 + 1, 1, "a", "op0")] * 5
+    agg.add(spans(rows))
+    (tables,) = agg.close_all()
+    got = calls([tables])
+    overflow = [v for k, v in got.items() if "true" in k]
+    assert overflow == [[((T0 + 10) * 1000, 7.0)]]  # 10 series - 3 kept = 7 calls folded
+    assert got[("a", "op0", "STATUS_CODE_UNSET")][0][1] == 6.0  # busiest kept
+    assert sum(v[0][1] for v in got.values()) == 15
+
+
+def test_snapshot_restore_equals_uninterrupted() -> None:
+    batches = [
+        spans([(T0 + i + j * 0.1, 1 + j, "a", f"op{j % 3}") for j in range(10)])
+        for i in range(0, 60, 3)
+    ]
+    a = SpanMetricsAggregator(cfg())
+    out_a: list[dict] = []
+    for b in batches:
+        out_a += a.add(b)[0]
+    out_a += a.close_all()
+    b_agg = SpanMetricsAggregator(cfg())
+    out_b: list[dict] = []
+    for i, b in enumerate(batches):
+        if i == 7:  # "crash": continue from a pickled snapshot
+            b_agg = SpanMetricsAggregator(cfg(), pickle.loads(pickle.dumps(b_agg.snapshot())))
+        out_b += b_agg.add(b)[0]
+    out_b += b_agg.close_all()
+    assert calls(out_a) == calls(out_b)
+
+
+def test_operator_in_a_dataflow_closes_windows_at_eof() -> None:
+    flow = Dataflow("sm_test")
+    from bytewax import operators as op
+
+    src = op.input(
+        "in",
+        flow,
+        TestingSource(
+            [
+                spans([(T0 + 1, 1, "a", "op"), (T0 + 12, 1, "a", "op")]),
+                spans([(T0 + 2, 1, "a", "op")]),  # out of order, within lateness
+                spans([(T0 + 30, 1, "a", "op")]),  # watermark T0+25: closes 0 and 10
+                spans([(T0 + 4, 1, "a", "op")]),  # late
+            ]
+        ),
+    )
+    out = span_metrics("sm", src, cfg(late_policy="route"))
+    got: list = []
+    late: list = []
+    op.output("out", out.metrics, TestingSink(got))
+    op.output("late", out.late, TestingSink(late))
+    run_main(flow)
+    key = ("a", "op", "STATUS_CODE_UNSET")
+    assert calls(got)[key] == [
+        ((T0 + 10) * 1000, 2.0),
+        ((T0 + 20) * 1000, 3.0),
+        ((T0 + 40) * 1000, 4.0),  # closed at EOF
+    ]
+    assert [b.num_rows for b in late] == [1]
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="increasing"):
+        SpanMetricsConfig(buckets_ms=[5, 2])
+    with pytest.raises(ValueError):
+        SpanMetricsConfig(window_s=0)
