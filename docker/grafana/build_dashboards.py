@@ -612,9 +612,25 @@ def health() -> dict[str, Any]:
                 (
                     "histogram_quantile(0.99, sum by (component, operation, le)"
                     " (rate(otelwax_latency_seconds_bucket"
-                    f'{{operation!="kafka_delivery"}}{rate})))',
+                    f'{{operation=~"insert|write"}}{rate})))',
                     "{{component}} {{operation}}",
                 )
+            ],
+            "s",
+        ),
+        ts(
+            "Event → stored latency (span end to row in ClickHouse)",
+            [
+                (
+                    "histogram_quantile(0.99, sum by (le) (rate(otelwax_latency_seconds_bucket"
+                    f'{{operation="event_to_stored"}}{rate})))',
+                    "p99",
+                ),
+                (
+                    "histogram_quantile(0.5, sum by (le) (rate(otelwax_latency_seconds_bucket"
+                    f'{{operation="event_to_stored"}}{rate})))',
+                    "p50",
+                ),
             ],
             "s",
         ),
@@ -632,7 +648,7 @@ def health() -> dict[str, Any]:
             "Dead-letter queue rate",
             [
                 (
-                    f'sum by (component) (rate(otelwax_sent_total{{component=~".*dlq.*"}}{rate}))',
+                    f'sum by (component) (rate(otelwax_sent_total{{component="dlq"}}{rate}))',
                     "{{component}}",
                 )
             ],

@@ -172,3 +172,31 @@ def check_promql(expr: str, recorded: set[str], where: str) -> list[str]:
                         f"{where}: {label}{op}{value!r} matches nothing the code emits ({pats})"
                     )
     return problems
+
+
+# --- config files ---------------------------------------------------------------------------
+
+SIGNALS = ("traces", "metrics", "logs")
+
+
+def flow_module_exists(signal: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(f"flows.{signal}") is not None
+
+
+def load_flow_settings(signal: str, path: Path):
+    """The flow's settings from ``path`` through the flow module's own ``load_settings``."""
+    mod = importlib.import_module(f"flows.{signal}")
+    return mod.load_settings(path)
+
+
+def load_ingest_config(path: Path):
+    """IngestConfig from ``path`` exactly as ``otelwax ingest --config path`` builds it."""
+    import argparse
+
+    from connectors.ingest.cli import add_arguments, build_config
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return build_config(p.parse_args(["--config", str(path)]))

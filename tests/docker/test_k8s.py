@@ -19,9 +19,9 @@ import yaml
 
 from connectors.ingest.config import IngestConfig
 
+from .codefacts import SIGNALS, flow_module_exists, load_flow_settings, load_ingest_config
 from .conftest import K8S, ROOT, find_k8s, k8s_documents
 
-SIGNALS = ("traces", "metrics", "logs")
 K8S_VERSIONS = ("1.30", None)  # oldest supported here, and the validator's latest
 
 kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (dev extra) missing")
@@ -194,18 +194,19 @@ def test_secret_refs_and_config_maps_exist_and_secrets_are_placeholders() -> Non
 
 
 def test_configmap_config_loads_with_the_code(tmp_path: Path) -> None:
-    from connectors.ingest.cli import add_arguments, build_config
-    from flows.settings import load_settings
-
     cm = find_k8s(k8s_documents(), "ConfigMap", "otelwax-config")
     path = tmp_path / "otelwax.yaml"
     path.write_text(cm["data"]["otelwax.yaml"])
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    ingest = build_config(p.parse_args(["--config", str(path)]))
+    ingest = load_ingest_config(path)
     assert ingest.grpc.port == 4317 and ingest.http.port == 4318
-    traces = load_settings(path, env={})
-    assert traces.clickhouse.mode == "server" and traces.metrics_port == 9464
+    assert ingest.kafka.bootstrap_servers == "kafka-bootstrap.kafka.svc:9092"
+    loaded = {s: load_flow_settings(s, path) for s in SIGNALS if flow_module_exists(s)}
+    assert "traces" in loaded
+    for signal, settings in loaded.items():
+        assert settings.kafka.bootstrap_servers == ingest.kafka.bootstrap_servers, signal
+        assert settings.metrics_port == 9464, signal
+    traces = loaded["traces"]
+    assert traces.clickhouse.mode == "server"
     assert traces.clickhouse.password.get_secret_value() == ""  # secrets come from the Secret
 
 
