@@ -1,0 +1,334 @@
+"""ClickHouse sink layer against real chdb and a real clickhouse-server (18.16, legacy layout)."""
+
+from __future__ import annotations
+
+import threading
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from pydantic import ValidationError
+
+from connectors.clickhouse import (
+    ClickHouseConfig,
+    ClickHouseError,
+    check_table,
+    init_schema,
+    parse_type,
+)
+from connectors.clickhouse_schema import TableOptions, logs_ddl, quote_ident, traces_ddl
+from otelwax.codec.pydecode import decode_logs, decode_traces
+from otelwax.schemas import LOGS_SCHEMA, TRACES_SCHEMA
+from otelwax.settings import format_errors
+from tests.otlpgen import logs_payloads, trace_payloads
+
+# --- config and DDL (no I/O) -------------------------------------------------------------------
+
+
+def test_config_defaults_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTELWAX_CLICKHOUSE_PASSWORD", "s3cret")
+    cfg = ClickHouseConfig()
+    assert (cfg.mode, cfg.path, cfg.database, cfg.traces_table) == (
+        "embedded",
+        ".data/chdb",
+        "otel",
+        "otel_traces",
+    )
+    assert cfg.password.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(cfg)
+    with pytest.raises(ValidationError) as ei:
+        ClickHouseConfig.model_validate(
+            {"mode": "server", "databse": "x", "traces_table": "a;DROP", "batch": {"max_rows": 0}}
+        )
+    msgs = format_errors(ei.value, "clickhouse", ClickHouseConfig)
+    assert 'clickhouse.databse: unknown key (did you mean "database"?)' in msgs
+    assert any(m.startswith("clickhouse.traces_table: Value error, must match") for m in msgs)
+    assert any(m.startswith("clickhouse.batch.max_rows:") for m in msgs)
+
+
+@pytest.mark.parametrize("bad", ["a b", "x`y", "1abc", "", "t;DROP TABLE x", "a.b"])
+def test_identifiers_are_whitelisted(bad: str) -> None:
+    with pytest.raises(ValueError, match="invalid ClickHouse identifier"):
+        quote_ident(bad)
+    assert quote_ident("otel_traces") == "`otel_traces`"
+
+
+def test_ddl_options() -> None:
+    full = "\n".join(traces_ddl("otel", "otel_traces", TableOptions(ttl_days=7)))
+    assert "bloom_filter(0.001)" in full and "CODEC(ZSTD(1))" in full
+    assert "TTL toDateTime(Timestamp) + toIntervalDay(7)" in full
+    assert "non_replicated_deduplication_window = 1000" in full
+    assert "CREATE MATERIALIZED VIEW IF NOT EXISTS `otel`.`otel_traces_trace_id_ts_mv`" in full
+    bare = "\n".join(
+        traces_ddl(
+            "otel",
+            "t",
+            TableOptions(
+                skip_indexes=False, codecs=False, dedup_window=0, trace_lookup=False,
+                partition_by="month",
+            ),
+        )
+    )  # fmt: skip
+    assert "INDEX" not in bare and "CODEC" not in bare and "TTL" not in bare
+    assert "deduplication" not in bare and "VIEW" not in bare
+    assert "PARTITION BY toYYYYMM(Timestamp)" in bare
+    legacy = "\n".join(logs_ddl("otel", "otel_logs", TableOptions(), legacy=True))
+    assert "Map(" not in legacy and "DateTime64" not in legacy
+    assert "`LogAttributes.keys` Array(String)" in legacy and "InsertToken String" in legacy
+
+
+def test_parse_type() -> None:
+    t = parse_type("Array(Map(LowCardinality(String), String))")
+    assert t.render() == "Array(Map(String, String))"
+    assert parse_type("DateTime64(9, 'UTC')").args == (9, "'UTC'")
+
+
+# --- embedded chdb, full modern schema ---------------------------------------------------------
+
+
+def _cfg(client) -> ClickHouseConfig:
+    return client.cfg
+
+
+def test_chdb_roundtrip_every_field(chdb_client) -> None:
+    cfg = _cfg(chdb_client)
+    init_schema(chdb_client, cfg)
+    assert check_table(chdb_client, cfg.traces_table, TRACES_SCHEMA) == []
+    batch = decode_traces(
+        trace_payloads(3, links_per_span=2, events_per_span=2, all_value_types=True, unicode=True)
+    ).batch
+    assert chdb_client.insert_arrow(cfg.traces_table, batch) == batch.num_rows
+    cols = ", ".join(f"`{n}`" for n in TRACES_SCHEMA.names)
+    rows = chdb_client.execute(
+        f"SELECT {cols} FROM {cfg.database}.{cfg.traces_table} ORDER BY SpanId"
+    )
+    order = pc.sort_indices(batch.column("SpanId"))
+    want = batch.take(order).to_pylist()
+    assert len(rows) == len(want) == 300
+    for got_row, exp in zip(rows, want, strict=True):
+        got = dict(zip(TRACES_SCHEMA.names, got_row, strict=True))
+        for k in ("TraceId", "SpanId", "ParentSpanId", "TraceState", "SpanName", "SpanKind"):
+            assert got[k] == exp[k], k
+        for k in ("ServiceName", "ScopeName", "ScopeVersion", "Duration", "StatusCode"):
+            assert got[k] == exp[k], k
+        assert got["StatusMessage"] == exp["StatusMessage"]
+        # Map columns keep every pair in order (ClickHouse stores Map as an array of pairs).
+        assert got["SpanAttributes"] == exp["SpanAttributes"]
+        assert got["ResourceAttributes"] == exp["ResourceAttributes"]
+        assert got["Timestamp"].value == exp["Timestamp"].value  # pandas Timestamps, ns
+        assert [t.value for t in got["Events.Timestamp"]] == [
+            t.value for t in exp["Events.Timestamp"]
+        ]
+        assert got["Events.Name"] == exp["Events.Name"]
+        assert got["Events.Attributes"] == exp["Events.Attributes"]
+        for k in ("Links.TraceId", "Links.SpanId", "Links.TraceState"):
+            assert got[k] == exp[k], k
+        assert got["Links.Attributes"] == exp["Links.Attributes"]
+    lookup = chdb_client.execute(
+        f"SELECT count() FROM {cfg.database}.{cfg.traces_table}_trace_id_ts"
+    )[0][0]
+    assert lookup > 0
+
+
+def test_chdb_dedup_token_skips_repeat(chdb_client) -> None:
+    cfg = _cfg(chdb_client)
+    init_schema(chdb_client, cfg)
+    assert chdb_client.supports_dedup_token(cfg.traces_table)
+    batch = decode_traces(trace_payloads(2, seed=7)).batch
+    t = cfg.traces_table
+    chdb_client.insert_arrow(t, batch, dedup_token="otlp_spans:0:0-1")
+    chdb_client.insert_arrow(t, batch, dedup_token="otlp_spans:0:0-1")
+    q = f"SELECT count(), uniqExact(SpanId) FROM {cfg.database}.{t}"
+    assert chdb_client.execute(q) == [(200, 200)]
+    chdb_client.insert_arrow(t, batch, dedup_token="otlp_spans:0:2-3")
+    assert chdb_client.execute(q) == [(400, 200)]
+    with pytest.raises(ValueError, match="dedup token"):
+        chdb_client.insert_arrow(t, batch, dedup_token="x'; DROP TABLE y")
+
+
+def test_chdb_logs_roundtrip(chdb_client) -> None:
+    cfg = _cfg(chdb_client)
+    init_schema(chdb_client, cfg)
+    assert check_table(chdb_client, cfg.logs_table, LOGS_SCHEMA) == []
+    batch = decode_logs(logs_payloads(2, all_value_types=True, unicode=True)).batch
+    chdb_client.insert_arrow(cfg.logs_table, batch)
+    rows = chdb_client.execute(
+        f"SELECT Body, LogAttributes, toUnixTimestamp64Nano(Timestamp), SeverityNumber, "
+        f"EventName, ScopeAttributes FROM {cfg.database}.{cfg.logs_table} "
+        "ORDER BY toUnixTimestamp64Nano(Timestamp), Body"
+    )
+    exp = sorted(
+        (
+            r["Body"],
+            r["LogAttributes"],
+            r["Timestamp"].value,
+            r["SeverityNumber"],
+            r["EventName"],
+            r["ScopeAttributes"],
+        )
+        for r in batch.to_pylist()
+    )
+    assert sorted(rows, key=lambda r: (r[2], r[0])) == sorted(exp, key=lambda r: (r[2], r[0]))
+
+
+def test_health_check_messages(chdb_client) -> None:
+    cfg = _cfg(chdb_client)
+    db = cfg.database
+    assert check_table(chdb_client, "otel_traces", TRACES_SCHEMA) == [
+        "table otel_traces does not exist (create it with `otelwax clickhouse init`)"
+    ]
+    chdb_client.execute(
+        f"CREATE TABLE {db}.partial (Timestamp DateTime64(9), TraceId UInt64, SpanName String) "
+        "ENGINE = MergeTree ORDER BY Timestamp"
+    )
+    problems = check_table(chdb_client, "partial", TRACES_SCHEMA)
+    assert (
+        "partial: column 'TraceId' has type UInt64, incompatible with the string written: "
+        "string cannot be stored as UInt64"
+    ) in problems
+    assert "partial: column 'SpanId' (string) is missing" in problems
+    assert (
+        "partial: column 'SpanAttributes' (map<string, string>) is missing "
+        "(or 'SpanAttributes.keys' + 'SpanAttributes.values' Array columns)"
+    ) in problems
+    assert not any("SpanName" in p or "'Timestamp'" in p for p in problems)
+
+
+def test_chdb_concurrent_inserts_share_one_engine(chdb_client) -> None:
+    from connectors.clickhouse import open_client
+
+    cfg = _cfg(chdb_client)
+    init_schema(chdb_client, cfg)
+    batches = [decode_traces(trace_payloads(1, seed=100 + i)).batch for i in range(8)]
+    clients = [open_client(cfg) for _ in range(2)]  # same process: same engine
+
+    def work(i: int) -> None:
+        clients[i % 2].insert_arrow(cfg.traces_table, batches[i], dedup_token=f"w:{i}")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for c in clients:
+        c.close()
+    q = f"SELECT count(), uniqExact(SpanId) FROM {cfg.database}.{cfg.traces_table}"
+    assert chdb_client.execute(q) == [(800, 800)]
+
+
+def test_chdb_one_data_path_per_process(chdb_client, tmp_path) -> None:
+    from connectors.clickhouse import open_client
+
+    with pytest.raises(ClickHouseError, match="one embedded data path per process"):
+        open_client(ClickHouseConfig(path=str(tmp_path / "other")))
+
+
+# --- clickhouse-server 18.16, legacy layout ----------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["native_http", "driver"])
+def test_server_legacy_insert_and_read_back(ch_server, fmt: str) -> None:
+    cfg = ch_server.cfg.model_copy(update={"insert_format": fmt})
+    ch_server.cfg = cfg
+    stmts = init_schema(ch_server, cfg)
+    assert any("`SpanAttributes.keys` Array(String)" in s for s in stmts)  # auto → legacy
+    assert check_table(ch_server, cfg.traces_table, TRACES_SCHEMA) == []
+    batch = decode_traces(
+        trace_payloads(2, links_per_span=1, events_per_span=2, all_value_types=True, unicode=True)
+    ).batch
+    batch = batch.slice(3, 150)  # sliced buffers must encode correctly too
+    assert ch_server.insert_arrow(cfg.traces_table, batch) == 150
+    rows = ch_server._driver.execute(
+        f"SELECT * FROM {cfg.database}.{cfg.traces_table} ORDER BY SpanId", with_column_types=True
+    )
+    names = [c[0] for c in rows[1]]
+    got = [dict(zip(names, r, strict=True)) for r in rows[0]]
+    want = batch.take(pc.sort_indices(batch.column("SpanId"))).to_pylist()
+    assert len(got) == len(want) == 150
+    for g, e in zip(got, want, strict=True):
+        assert g["TimestampNs"] == e["Timestamp"].value
+        assert int(g["Timestamp"].timestamp()) == e["Timestamp"].value // 10**9
+        for k in ("TraceId", "SpanId", "ParentSpanId", "SpanName", "SpanKind", "ServiceName"):
+            assert g[k] == e[k], k
+        assert (g["Duration"], g["StatusCode"], g["StatusMessage"]) == (
+            e["Duration"],
+            e["StatusCode"],
+            e["StatusMessage"],
+        )
+        assert (
+            list(zip(g["SpanAttributes.keys"], g["SpanAttributes.values"], strict=True))
+            == (e["SpanAttributes"])
+        )
+        assert (
+            list(zip(g["ResourceAttributes.keys"], g["ResourceAttributes.values"], strict=True))
+            == (e["ResourceAttributes"])
+        )
+        assert g["Events.Timestamp"] == [t.value for t in e["Events.Timestamp"]]
+        assert g["Events.Name"] == e["Events.Name"]
+        assert [
+            list(zip(k, v, strict=True))
+            for k, v in zip(g["Events.Attributes.keys"], g["Events.Attributes.values"], strict=True)
+        ] == e["Events.Attributes"]
+        assert g["Links.SpanId"] == e["Links.SpanId"]
+        assert [
+            list(zip(k, v, strict=True))
+            for k, v in zip(g["Links.Attributes.keys"], g["Links.Attributes.values"], strict=True)
+        ] == e["Links.Attributes"]
+
+
+def test_server_emulated_dedup_token(ch_server) -> None:
+    cfg = ch_server.cfg
+    init_schema(ch_server, cfg)
+    assert ch_server.supports_dedup_token(cfg.traces_table)
+    batch = decode_traces(trace_payloads(2, seed=11)).batch
+    assert ch_server.insert_arrow(cfg.traces_table, batch, dedup_token="p:1:0-9") == 200
+    assert ch_server.insert_arrow(cfg.traces_table, batch, dedup_token="p:1:0-9") == 0
+    q = f"SELECT count(), uniqExact(SpanId) FROM {cfg.database}.{cfg.traces_table}"
+    assert ch_server.execute(q) == [(200, 200)]
+    # A table without the InsertToken column cannot deduplicate on this server.
+    ch_server.execute(
+        f"CREATE TABLE {cfg.database}.plain (Timestamp DateTime, SpanId String) "
+        "ENGINE = MergeTree ORDER BY Timestamp"
+    )
+    assert not ch_server.supports_dedup_token("plain")
+    with pytest.raises(ClickHouseError, match="no InsertToken column"):
+        ch_server.insert_arrow("plain", batch.select(["Timestamp", "SpanId"]), dedup_token="x")
+
+
+def test_server_long_strings_and_logs(ch_server) -> None:
+    cfg = ch_server.cfg
+    init_schema(ch_server, cfg)
+    assert check_table(ch_server, cfg.logs_table, LOGS_SCHEMA) == []
+    batch = decode_logs(logs_payloads(1, all_value_types=True, unicode=True)).batch
+    bodies = ["x" * 200, "é" * 9000, "", "🚀" * 5000] * (batch.num_rows // 4)
+    batch = batch.set_column(
+        LOGS_SCHEMA.get_field_index("Body"), LOGS_SCHEMA.field("Body"), pa.array(bodies)
+    )
+    ch_server.insert_arrow(cfg.logs_table, batch)
+    got = ch_server.execute(
+        f"SELECT Body, count() FROM {cfg.database}.{cfg.logs_table} GROUP BY Body ORDER BY Body"
+    )
+    assert sorted(got) == sorted((b, batch.num_rows // 4) for b in set(bodies))
+
+
+def test_server_params_are_escaped(ch_server) -> None:
+    evil = "x' OR 1=1 --\\"
+    assert ch_server.execute("SELECT {v:String}", {"v": evil}) == [(evil,)]
+    assert ch_server.execute("SELECT length({a:Array(String)})", {"a": ["a", "b'"]}) == [(2,)]
+
+
+def test_cli_init_and_check(clickhouse_server, ch_server, capsys: pytest.CaptureFixture) -> None:
+    from otelwax.cli import main
+
+    conn = [
+        "--mode", "server", "--port", str(clickhouse_server.port),
+        "--http-port", str(clickhouse_server.http_port), "--database", ch_server.cfg.database,
+    ]  # fmt: skip
+    assert main(["clickhouse", "check", *conn]) == 1
+    out = capsys.readouterr().out
+    assert f"problem: table {ch_server.cfg.database}.otel_traces does not exist" in out
+    assert main(["clickhouse", "init", *conn]) == 0
+    assert main(["clickhouse", "check", *conn]) == 0
+    assert "accept every column; insert deduplication tokens supported" in capsys.readouterr().out
+    assert main(["clickhouse", "init", "--dry-run", "--variant", "modern", *conn]) == 0
+    assert "Map(LowCardinality(String), String)" in capsys.readouterr().out
