@@ -1,0 +1,132 @@
+"""flows.spanmetrics end to end: spans in Kafka → event-time windows → real Prometheus."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+from bytewax.testing import run_main
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+from prometheus_client import REGISTRY
+
+from flows.spanmetrics import build_from_settings, load_settings
+from tests.promfixtures import (  # noqa: F401
+    prom_values,
+    prometheus_url_fixture,
+    unique_job,
+    wait_for,
+)
+
+S = 10**9
+
+
+def _request(service: str, spans: list[tuple[float, float, str, int]]) -> bytes:
+    """spans: (end_s, duration_ms, name, status_code)."""
+    out = []
+    for end_s, dur_ms, name, status in spans:
+        end = int(end_s * S)
+        out.append(
+            Span(
+                trace_id=os.urandom(16),
+                span_id=os.urandom(8),
+                name=name,
+                kind=Span.SPAN_KIND_SERVER,
+                start_time_unix_nano=end - int(dur_ms * 1e6),
+                end_time_unix_nano=end,
+                status=Status(code=status),
+            )
+        )
+    req = ExportTraceServiceRequest(
+        resource_spans=[
+            ResourceSpans(
+                resource=Resource(
+                    attributes=[KeyValue(key="service.name", value=AnyValue(string_value=service))]
+                ),
+                scope_spans=[ScopeSpans(spans=out)],
+            )
+        ]
+    )
+    return req.SerializeToString()
+
+
+def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap})
+    for v in values:
+        p.produce(topic, value=v, key=uuid.uuid4().hex.encode(), partition=0)
+    assert p.flush(30) == 0
+
+
+def test_span_metrics_reach_prometheus_with_out_of_order_and_late_spans(
+    kafka_bootstrap: str, make_topic, prometheus_url: str
+) -> None:
+    topic = make_topic("spans", partitions=1)
+    svc = unique_job("sm")
+    base = (int(time.time()) - 120) // 10 * 10
+    ok, err = 1, 2
+    records = [
+        _request(svc, [(base + 1, 5, "GET", ok), (base + 2, 50, "GET", ok)]),
+        _request(svc, [(base + 3, 500, "GET", err)]),
+        _request(svc, [(base + 12, 1, "GET", ok)]),
+        _request(svc, [(base + 4, 3, "GET", ok)]),  # out of order, within lateness
+        _request(svc, [(base + 30, 7, "GET", ok)]),  # watermark base+25: closes 2 windows
+        _request(svc, [(base + 5, 9, "GET", ok), (base + 8, 9, "GET", err)]),  # late: dropped
+    ]
+    _produce(kafka_bootstrap, topic, records)
+    late_before = (
+        REGISTRY.get_sample_value(
+            "otelwax_dropped_total",
+            {"component": "span_metrics", "unit": "spans", "reason": "late"},
+        )
+        or 0
+    )
+    settings = load_settings(
+        None,
+        kafka={"bootstrap_servers": kafka_bootstrap},
+        topic=topic,
+        tail=False,
+        source_batch_size=1,  # one record per batch: arrival order = produce order
+        spanmetrics={"window_s": 10, "allowed_lateness_s": 5},
+        remote_write={"url": f"{prometheus_url}/api/v1/write"},
+    )
+    run_main(build_from_settings(settings))
+    late_after = REGISTRY.get_sample_value(
+        "otelwax_dropped_total", {"component": "span_metrics", "unit": "spans", "reason": "late"}
+    )
+    assert late_after - late_before == 2
+
+    sel = f'service_name="{svc}",span_name="GET",span_kind="SPAN_KIND_SERVER"'
+    wait_for(prometheus_url, f"traces_span_metrics_calls_total{{{sel}}}", 2)
+
+    def by_status(metric: str, extra: str = "") -> dict[str, float]:
+        vals = prom_values(prometheus_url, f"{metric}{{{sel}{extra}}}")
+        return {dict(k)["status_code"]: v for k, v in vals.items()}
+
+    assert by_status("traces_span_metrics_calls_total") == {
+        "STATUS_CODE_OK": 5.0,  # base+1, +2, +4 (late but in bound), +12, +30
+        "STATUS_CODE_ERROR": 1.0,
+    }
+    assert by_status("traces_span_metrics_duration_milliseconds_count") == {
+        "STATUS_CODE_OK": 5.0,
+        "STATUS_CODE_ERROR": 1.0,
+    }
+    assert by_status("traces_span_metrics_duration_milliseconds_sum")["STATUS_CODE_OK"] == (
+        5 + 50 + 1 + 3 + 7
+    )
+    le = by_status("traces_span_metrics_duration_milliseconds_bucket", ',le="6"')
+    assert le == {"STATUS_CODE_OK": 3.0, "STATUS_CODE_ERROR": 0.0}  # 5, 1, 3 ms
+    inf = by_status("traces_span_metrics_duration_milliseconds_bucket", ',le="+Inf"')
+    assert inf == {"STATUS_CODE_OK": 5.0, "STATUS_CODE_ERROR": 1.0}
+    # history: one cumulative sample per closed window, each at the window end
+    hist = prom_values(
+        prometheus_url,
+        f'count_over_time(traces_span_metrics_calls_total{{{sel},status_code="STATUS_CODE_OK"}}[10m])',
+    )
+    assert list(hist.values()) == [3.0]  # windows base, base+10, base+30
+    job = prom_values(prometheus_url, f'traces_span_metrics_calls_total{{job="{svc}"}}')
+    assert len(job) == 2  # job label from the resource's service.name
