@@ -18,32 +18,29 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported (``otelwax validate`` must not pay
+    for grpc or chdb), so ``otelwax COMMAND --help`` shows that command's own options."""
     parser = argparse.ArgumentParser(prog="otelwax", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
-        # Modules are imported lazily: `otelwax validate` must not pay for grpc or chdb.
-        p.set_defaults(_lazy_args=True)
+        if name == command:
+            importlib.import_module(module).add_arguments(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    # First pass finds the subcommand; its module then adds its own arguments.
-    ns, _ = parser.parse_known_args(argv)
-    mod = importlib.import_module(ns._module)
-    sub_parser = parser._subparsers._group_actions[0].choices[ns.command]  # type: ignore[union-attr]
-    mod.add_arguments(sub_parser)
-    args = parser.parse_args(argv)
+    command = next((a for a in argv if a in SUBCOMMANDS), None)
+    args = build_parser(command).parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return int(mod.run(args) or 0)
+    return int(importlib.import_module(args._module).run(args) or 0)
 
 
 if __name__ == "__main__":
