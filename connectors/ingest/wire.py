@@ -155,20 +155,35 @@ def _walk(buf: bytes, traces: bool) -> list[_Resource]:
             tids: list[bytes] | None = [] if traces else None
             # Inlined item loop: this is the per-span hot path.
             pos = svs
+            append = items.append
             while pos < sve:
                 tag_start = pos
-                tag, pos = _read_varint(buf, pos)
-                wt = tag & 7
+                tag = buf[pos]
                 if tag == 0x12:
-                    ln, pos = _read_varint(buf, pos)
-                    vs = pos
-                    pos += ln
+                    # Item: 1-byte tag, then a length that is 1 or 2 bytes for most items.
+                    b1 = buf[pos + 1]
+                    if b1 < 0x80:
+                        vs = pos + 2
+                        ln = b1
+                    else:
+                        b2 = buf[pos + 2]
+                        if b2 < 0x80:
+                            vs = pos + 3
+                            ln = (b1 & 0x7F) | (b2 << 7)
+                        else:
+                            ln, vs = _read_varint(buf, pos + 1)
+                    pos = vs + ln
                     if pos > sve:
                         raise WireError(f"item at byte {tag_start} overruns its scope")
-                    items.append(buf[tag_start:pos])
+                    append(buf[tag_start:pos])
                     if tids is not None:
-                        tids.append(_trace_id(buf, vs, pos) if ln else b"")
+                        if ln >= 18 and buf[vs] == 0x0A and buf[vs + 1] == 0x10:
+                            tids.append(buf[vs + 2 : vs + 18])
+                        else:
+                            tids.append(_trace_id(buf, vs, pos) if ln else b"")
                     continue
+                tag, pos = _read_varint(buf, pos)
+                wt = tag & 7
                 if tag >> 3 == 0:
                     raise WireError(f"invalid field number 0 at byte {tag_start}")
                 if wt == 2:
@@ -352,19 +367,36 @@ def _split(payload: bytes, signal: str, limit: int) -> SplitResult:
             for si, sc in enumerate(res.scopes):
                 items = sc.items
                 tids = sc.tids or []
-                n += len(items)
-                for i, tid in enumerate(tids):
+                cnt = len(items)
+                n += cnt
+                # Spans of one trace are usually adjacent: handle runs, not single spans.
+                i = 0
+                while i < cnt:
+                    tid = tids[i]
+                    j = i + 1
+                    while j < cnt and tids[j] == tid:
+                        j += 1
                     g = by_trace.get(tid)
                     if g is None:
                         g = by_trace[tid] = {}
                     lst = g.get((ri, si))
                     if lst is None:
-                        g[(ri, si)] = [items[i]]
+                        g[(ri, si)] = items[i:j]
                     else:
-                        lst.append(items[i])
+                        lst.extend(items[i:j])
+                    i = j
         for tid, g in by_trace.items():
-            groups = [(ri, si, items) for (ri, si), items in g.items()]
             key = tid.hex().encode() if tid else None
+            if len(g) == 1:
+                # Fast path: the whole trace sits under one resource and scope.
+                ((ri, si), its) = next(iter(g.items()))
+                res = resources[ri]
+                sc_head = res.scopes[si].head
+                if sum(map(len, its)) + len(sc_head) + len(res.head) + 2 * _HDR <= limit:
+                    scope = _wrap(0x12, sc_head + b"".join(its))
+                    records.append((key, _wrap(0x0A, res.head + scope)))
+                    continue
+            groups = [(ri, si, items) for (ri, si), items in g.items()]
             if _size(resources, groups) <= limit:
                 records.append((key, _encode(resources, groups)))
                 continue
