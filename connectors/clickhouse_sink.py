@@ -326,17 +326,30 @@ class _SinkPartition(StatelessSinkPartition[StoredRange]):
             self._blocking.call(attempt, failed)
 
     def write_batch(self, items: list[StoredRange]) -> None:
-        # 1. intents of the new ranges, in one insert, before any of their rows.
-        self._intents.record([r for r in items if not r.replay], self._table)
-        # 2. rows, one deduplicated insert per range, in order.
-        for r in items:
-            rows = r.batch.num_rows
-            self._metrics.received(rows)
-            self._insert(r)
-            # Rows ClickHouse skipped as duplicates were stored by an earlier attempt.
-            self._metrics.sent(rows)
-            if r.first_timestamp_ms > 0:
-                self._e2e.observe(max(0.0, time.time() - r.first_timestamp_ms / 1000))
+        # Items arrive in the order the sources emitted them. A run of new ranges gets its
+        # intents in one insert, written only after every earlier item (replays included) is
+        # stored: so everything before a partition's latest intent group is known stored.
+        i = 0
+        while i < len(items):
+            j = i
+            while j < len(items) and not items[j].replay:
+                j += 1
+            if j > i:
+                self._intents.record(items[i:j], self._table)
+            else:
+                j = i + 1  # a replayed range: its intent is already recorded
+            for r in items[i:j]:
+                self._store(r)
+            i = j
+
+    def _store(self, r: StoredRange) -> None:
+        rows = r.batch.num_rows
+        self._metrics.received(rows)
+        self._insert(r)
+        # Rows ClickHouse skipped as duplicates were stored by an earlier attempt.
+        self._metrics.sent(rows)
+        if r.first_timestamp_ms > 0:
+            self._e2e.observe(max(0.0, time.time() - r.first_timestamp_ms / 1000))
 
     def close(self) -> None:
         _ClientHolder.release(self._key)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +47,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from pydantic import Field
 
+from connectors.clickhouse import ClickHouseConfig
 from connectors.kafka import TOPIC_METRICS, KafkaConfig
 from connectors.prom_translate import SeriesBatch, tables_to_series
 from connectors.remote_write import RemoteWriteConfig, RemoteWriteSink
@@ -76,13 +76,14 @@ CUMULATIVE = 2
 # --- settings ---------------------------------------------------------------------------------
 
 
-class MetricsClickHouseConfig(StrictModel):
-    """Where metric rows are stored (embedded chdb)."""
+def _default_clickhouse() -> ClickHouseConfig:
+    return ClickHouseConfig(create_schema=True)
 
-    path: str = Field(".data/chdb", min_length=1, description="chdb data folder")
-    database: str = Field("otel", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-    create_schema: bool = True
-    ttl_days: int = Field(0, ge=0)
+
+# The metrics tables' store: ``connectors.clickhouse``'s config (embedded chdb by default, or a
+# server with ``mode: server``); ``create_schema: true`` also creates the ``otel_metrics_*``
+# tables (modern ClickHouse only: they need Map and DateTime64).
+MetricsClickHouseConfig = ClickHouseConfig
 
 
 class MetricsFlowSettings(StrictModel):
@@ -93,7 +94,7 @@ class MetricsFlowSettings(StrictModel):
     topic: str = Field(TOPIC_METRICS, min_length=1)
     tail: bool = Field(True, description="keep waiting for records at the end of the topic")
     source_batch_size: int = Field(1000, gt=0, description="Kafka records per poll")
-    clickhouse: MetricsClickHouseConfig | None = Field(default_factory=MetricsClickHouseConfig)
+    clickhouse: ClickHouseConfig | None = Field(default_factory=_default_clickhouse)
     remote_write: RemoteWriteConfig | None = Field(default_factory=RemoteWriteConfig)
     delta_shards: int = Field(
         64, gt=0, le=65536, description="state keys for delta→cumulative (spread over workers)"
@@ -321,83 +322,62 @@ def _set(batch: pa.RecordBatch, name: str, arr: pa.Array) -> pa.RecordBatch:
     return batch.set_column(i, batch.schema.field(i), arr)
 
 
-# --- ClickHouse (chdb) sink -------------------------------------------------------------------
-
-_sessions: dict[str, list[Any]] = {}
-_sessions_lock = threading.RLock()
-
-
-def _chdb_acquire(path: str) -> Any:
-    """One chdb session per data folder per process (chdb allows one folder per process),
-    reference-counted: the last release closes it (an unclosed chdb crashes at exit)."""
-    with _sessions_lock:
-        entry = _sessions.get(path)
-        if entry is None:
-            import chdb.session
-
-            Path(path).mkdir(parents=True, exist_ok=True)
-            entry = _sessions[path] = [chdb.session.Session(path), 0]
-        entry[1] += 1
-        return entry[0]
-
-
-def _chdb_release(path: str) -> None:
-    with _sessions_lock:
-        entry = _sessions.get(path)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] <= 0:
-            del _sessions[path]
-            entry[0].close()
+# --- ClickHouse sink -----------------------------------------------------------------------
 
 
 class _ClickHousePartition(StatelessSinkPartition[MetricChunk]):
-    def __init__(self, cfg: MetricsClickHouseConfig) -> None:
-        from connectors.clickhouse_metrics_schema import metrics_ddl, quote_ident
+    def __init__(self, cfg: ClickHouseConfig) -> None:
+        from connectors.clickhouse import is_transient, open_client
+        from connectors.clickhouse_metrics_schema import metrics_ddl
+        from otelwax.resilience import CircuitBreaker, RetryPolicy
 
         self.cfg = cfg
-        self.session = _chdb_acquire(cfg.path)
-        self._open = True
+        self.client = open_client(cfg)
         self.metrics = ComponentMetrics("clickhouse_metrics", "rows")
-        self._db = quote_ident(cfg.database)
-        self._q = quote_ident
+        self.retry = RetryPolicy(cfg.retry, retry_on=is_transient)
+        self.breaker = CircuitBreaker(cfg.breaker, name="clickhouse_metrics")
         if cfg.create_schema:
-            with _sessions_lock:
-                for stmt in metrics_ddl(cfg.database, ttl_days=cfg.ttl_days):
-                    self.session.query(stmt)
+            for stmt in metrics_ddl(cfg.database, ttl_days=cfg.tables.ttl_days):
+                self.client.execute(stmt)
 
     def write_batch(self, items: list[MetricChunk]) -> None:
         token_base = hashlib.sha1("|".join(c.token for c in items).encode()).hexdigest()
+        with_token = all(c.token for c in items)
         for table in METRIC_SCHEMAS:
             batches = [
                 c.tables[table] for c in items if table in c.tables and c.tables[table].num_rows
             ]
             if not batches:
                 continue
-            tbl = pa.Table.from_batches(batches)  # read by chdb's Python(tbl)
-            token = f"{token_base}:{table}" if all(c.token for c in items) else ""
-            settings = f" SETTINGS insert_deduplication_token = '{token}'" if token else ""
-            sql = f"INSERT INTO {self._db}.{self._q(table)}{settings} SELECT * FROM Python(tbl)"
+            batch = pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
+            token = f"{token_base}:{table}" if with_token else None
             timer = self.metrics.latency("insert")
             try:
-                with _sessions_lock, timer.time():
-                    self.session.query(sql)
+                with timer.time():
+                    self.retry.call(
+                        self.client.insert_arrow,
+                        f"{self.cfg.database}.{table}",
+                        batch,
+                        dedup_token=token,
+                        breaker=self.breaker,
+                    )
             except Exception:
-                self.metrics.failed(tbl.num_rows)
+                self.metrics.failed(batch.num_rows)
                 raise
-            self.metrics.sent(tbl.num_rows)
+            self.metrics.sent(batch.num_rows)
 
     def close(self) -> None:
-        if self._open:
-            self._open = False
-            _chdb_release(self.cfg.path)
+        self.client.close()
 
 
 class MetricsClickHouseSink(DynamicSink[MetricChunk]):
-    """Writes every metrics table of each chunk into chdb (one insert per table per batch)."""
+    """Writes every metrics table of each chunk (one insert per table per batch).
 
-    def __init__(self, cfg: MetricsClickHouseConfig) -> None:
+    Uses ``connectors.clickhouse`` (embedded chdb or a server) with its retry policy and circuit
+    breaker; each insert carries a deduplication token derived from the Kafka offsets.
+    """
+
+    def __init__(self, cfg: ClickHouseConfig) -> None:
         self.cfg = cfg
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ClickHousePartition:

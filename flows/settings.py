@@ -67,6 +67,11 @@ class TracesFlowSettings(StrictModel):
         9464, ge=0, le=65535, description="serve /metrics here (None: do not serve)"
     )
     metrics_addr: str = "0.0.0.0"
+    log_level: str = Field(
+        "INFO",
+        pattern=r"^(DEBUG|INFO|WARNING|ERROR)$",
+        description="logging level set up when the flow starts (if nothing configured it)",
+    )
 
 
 def _set_nested(d: dict[str, Any], path: list[str], value: Any) -> None:
@@ -85,6 +90,8 @@ def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if env.get("OTELWAX_KAFKA_BOOTSTRAP"):
         _set_nested(out, ["kafka", "bootstrap_servers"], env["OTELWAX_KAFKA_BOOTSTRAP"])
+    if env.get("OTELWAX_LOG_LEVEL"):
+        _set_nested(out, ["log_level"], env["OTELWAX_LOG_LEVEL"].upper())
     if env.get("OTELWAX_METRICS_PORT"):
         port = env["OTELWAX_METRICS_PORT"]
         _set_nested(out, ["metrics_port"], None if port.lower() == "none" else int(port))

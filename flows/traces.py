@@ -151,6 +151,11 @@ def build_from_settings(
     addr = settings.metrics_addr
 
     def on_start() -> None:
+        if not logging.getLogger().handlers:
+            logging.basicConfig(
+                level=settings.log_level,
+                format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
+            )
         if port is not None:
             serve_metrics(port, addr)
 

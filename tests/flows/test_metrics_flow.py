@@ -206,7 +206,7 @@ def test_metrics_tables_in_chdb_hold_every_point_once(
                 "topic": topic,
                 "tail": False,
                 "remote_write": None,
-                "clickhouse": {"path": str(chdb_path), "database": "otel"},
+                "clickhouse": {"path": str(chdb_path), "database": "otel", "create_schema": True},
             }
         )
     )
