@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use arrow_array::{
-    ArrayRef, ListArray, MapArray, PrimitiveArray, StringArray, StructArray,
     types::{TimestampNanosecondType, UInt64Type, UInt8Type},
+    ArrayRef, ListArray, MapArray, PrimitiveArray, StringArray, StructArray,
 };
 use arrow_buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Fields, TimeUnit};
@@ -50,7 +50,10 @@ pub struct StrCol {
 
 impl StrCol {
     pub fn new() -> Self {
-        StrCol { offsets: vec![0], data: Vec::new() }
+        StrCol {
+            offsets: vec![0],
+            data: Vec::new(),
+        }
     }
     #[inline]
     pub fn len(&self) -> usize {
@@ -74,7 +77,8 @@ impl StrCol {
     pub fn extend_from(&mut self, other: &StrCol) {
         let base = self.data.len() as i32;
         self.data.extend_from_slice(&other.data);
-        self.offsets.extend(other.offsets[1..].iter().map(|o| o + base));
+        self.offsets
+            .extend(other.offsets[1..].iter().map(|o| o + base));
     }
     pub fn clear(&mut self) {
         self.offsets.truncate(1);
@@ -108,7 +112,11 @@ pub struct MapCol {
 
 impl MapCol {
     pub fn new() -> Self {
-        MapCol { offsets: vec![0], keys: StrCol::new(), vals: StrCol::new() }
+        MapCol {
+            offsets: vec![0],
+            keys: StrCol::new(),
+            vals: StrCol::new(),
+        }
     }
     #[inline]
     pub fn end_row(&mut self) {
@@ -129,9 +137,18 @@ impl MapCol {
         let keys: ArrayRef = self.keys.into_array();
         let vals: ArrayRef = self.vals.into_array();
         // SAFETY: both children have the same length, matching the entry field types.
-        let entries = unsafe { StructArray::new_unchecked(map_entry_fields(), vec![keys, vals], None) };
+        let entries =
+            unsafe { StructArray::new_unchecked(map_entry_fields(), vec![keys, vals], None) };
         // SAFETY: offsets are monotonic and end at the entry count.
-        unsafe { MapArray::new_unchecked(map_entries_field(), offsets(self.offsets), entries, None, false) }
+        unsafe {
+            MapArray::new_unchecked(
+                map_entries_field(),
+                offsets(self.offsets),
+                entries,
+                None,
+                false,
+            )
+        }
     }
 }
 
@@ -143,7 +160,10 @@ pub struct ListStrCol {
 
 impl ListStrCol {
     pub fn new() -> Self {
-        ListStrCol { offsets: vec![0], values: StrCol::new() }
+        ListStrCol {
+            offsets: vec![0],
+            values: StrCol::new(),
+        }
     }
     #[inline]
     pub fn end_row(&mut self) {
@@ -171,7 +191,10 @@ pub struct ListTsCol {
 
 impl ListTsCol {
     pub fn new() -> Self {
-        ListTsCol { offsets: vec![0], values: Vec::new() }
+        ListTsCol {
+            offsets: vec![0],
+            values: Vec::new(),
+        }
     }
     #[inline]
     pub fn end_row(&mut self) {
@@ -199,7 +222,10 @@ pub struct ListMapCol {
 
 impl ListMapCol {
     pub fn new() -> Self {
-        ListMapCol { offsets: vec![0], values: MapCol::new() }
+        ListMapCol {
+            offsets: vec![0],
+            values: MapCol::new(),
+        }
     }
     #[inline]
     pub fn end_row(&mut self) {
@@ -224,9 +250,15 @@ pub fn ts_array(v: Vec<i64>) -> PrimitiveArray<TimestampNanosecondType> {
 }
 
 pub fn u64_array(v: Vec<u64>) -> ArrayRef {
-    Arc::new(PrimitiveArray::<UInt64Type>::new(ScalarBuffer::from(v), None))
+    Arc::new(PrimitiveArray::<UInt64Type>::new(
+        ScalarBuffer::from(v),
+        None,
+    ))
 }
 
 pub fn u8_array(v: Vec<u8>) -> ArrayRef {
-    Arc::new(PrimitiveArray::<UInt8Type>::new(ScalarBuffer::from(v), None))
+    Arc::new(PrimitiveArray::<UInt8Type>::new(
+        ScalarBuffer::from(v),
+        None,
+    ))
 }

@@ -17,19 +17,27 @@ use crate::traces::{SPAN_KINDS, STATUS_CODES};
 use crate::wire::*;
 
 fn col<'a>(s: &'a StructArray, name: &str) -> Result<&'a dyn Array, String> {
-    s.column_by_name(name).map(|a| a.as_ref()).ok_or_else(|| format!("missing column {name}"))
+    s.column_by_name(name)
+        .map(|a| a.as_ref())
+        .ok_or_else(|| format!("missing column {name}"))
 }
 
 fn strs<'a>(s: &'a StructArray, name: &str) -> Result<&'a StringArray, String> {
-    col(s, name)?.as_string_opt::<i32>().ok_or_else(|| format!("column {name} is not string"))
+    col(s, name)?
+        .as_string_opt::<i32>()
+        .ok_or_else(|| format!("column {name} is not string"))
 }
 
 fn lists<'a>(s: &'a StructArray, name: &str) -> Result<&'a ListArray, String> {
-    col(s, name)?.as_list_opt::<i32>().ok_or_else(|| format!("column {name} is not list"))
+    col(s, name)?
+        .as_list_opt::<i32>()
+        .ok_or_else(|| format!("column {name} is not list"))
 }
 
 fn maps<'a>(s: &'a StructArray, name: &str) -> Result<&'a MapArray, String> {
-    col(s, name)?.as_map_opt().ok_or_else(|| format!("column {name} is not map<string,string>"))
+    col(s, name)?
+        .as_map_opt()
+        .ok_or_else(|| format!("column {name} is not map<string,string>"))
 }
 
 /// Key/value string views of a map<string,string> array.
@@ -41,8 +49,14 @@ struct MapView<'a> {
 
 impl<'a> MapView<'a> {
     fn new(m: &'a MapArray, name: &str) -> Result<Self, String> {
-        let k = m.keys().as_string_opt::<i32>().ok_or_else(|| format!("{name} keys not string"))?;
-        let v = m.values().as_string_opt::<i32>().ok_or_else(|| format!("{name} values not string"))?;
+        let k = m
+            .keys()
+            .as_string_opt::<i32>()
+            .ok_or_else(|| format!("{name} keys not string"))?;
+        let v = m
+            .values()
+            .as_string_opt::<i32>()
+            .ok_or_else(|| format!("{name} values not string"))?;
         Ok(MapView { m, k, v })
     }
     fn range(&self, row: usize) -> std::ops::Range<usize> {
@@ -53,10 +67,18 @@ impl<'a> MapView<'a> {
         o[row] as usize..o[row + 1] as usize
     }
     fn key(&self, i: usize) -> &'a str {
-        if self.k.is_null(i) { "" } else { self.k.value(i) }
+        if self.k.is_null(i) {
+            ""
+        } else {
+            self.k.value(i)
+        }
     }
     fn val(&self, i: usize) -> &'a str {
-        if self.v.is_null(i) { "" } else { self.v.value(i) }
+        if self.v.is_null(i) {
+            ""
+        } else {
+            self.v.value(i)
+        }
     }
     fn write(&self, out: &mut Vec<u8>, field: u32, range: std::ops::Range<usize>) {
         for i in range {
@@ -75,7 +97,11 @@ impl<'a> MapView<'a> {
 
 #[inline]
 fn s<'a>(a: &'a StringArray, i: usize) -> &'a str {
-    if a.is_null(i) { "" } else { a.value(i) }
+    if a.is_null(i) {
+        ""
+    } else {
+        a.value(i)
+    }
 }
 
 fn list_range(l: &ListArray, row: usize) -> std::ops::Range<usize> {
@@ -91,7 +117,9 @@ pub fn encode_traces(batch: &StructArray) -> Result<Vec<u8>, String> {
     let ts = col(batch, "Timestamp")?
         .as_primitive_opt::<TimestampNanosecondType>()
         .ok_or("column Timestamp is not timestamp[ns]")?;
-    let dur = col(batch, "Duration")?.as_primitive_opt::<UInt64Type>().ok_or("column Duration is not uint64")?;
+    let dur = col(batch, "Duration")?
+        .as_primitive_opt::<UInt64Type>()
+        .ok_or("column Duration is not uint64")?;
     let trace_id = strs(batch, "TraceId")?;
     let span_id = strs(batch, "SpanId")?;
     let parent = strs(batch, "ParentSpanId")?;
@@ -111,30 +139,55 @@ pub fn encode_traces(batch: &StructArray) -> Result<Vec<u8>, String> {
         .as_primitive_opt::<TimestampNanosecondType>()
         .ok_or("Events.Timestamp items are not timestamp[ns]")?;
     let ev_name_l = lists(batch, "Events.Name")?;
-    let ev_name = ev_name_l.values().as_string_opt::<i32>().ok_or("Events.Name items are not string")?;
+    let ev_name = ev_name_l
+        .values()
+        .as_string_opt::<i32>()
+        .ok_or("Events.Name items are not string")?;
     let ev_attrs_l = lists(batch, "Events.Attributes")?;
     let ev_attrs = MapView::new(
-        ev_attrs_l.values().as_map_opt().ok_or("Events.Attributes items are not map")?,
+        ev_attrs_l
+            .values()
+            .as_map_opt()
+            .ok_or("Events.Attributes items are not map")?,
         "Events.Attributes",
     )?;
     let l_trace_l = lists(batch, "Links.TraceId")?;
-    let l_trace = l_trace_l.values().as_string_opt::<i32>().ok_or("Links.TraceId items are not string")?;
+    let l_trace = l_trace_l
+        .values()
+        .as_string_opt::<i32>()
+        .ok_or("Links.TraceId items are not string")?;
     let l_span_l = lists(batch, "Links.SpanId")?;
-    let l_span = l_span_l.values().as_string_opt::<i32>().ok_or("Links.SpanId items are not string")?;
+    let l_span = l_span_l
+        .values()
+        .as_string_opt::<i32>()
+        .ok_or("Links.SpanId items are not string")?;
     let l_state_l = lists(batch, "Links.TraceState")?;
-    let l_state = l_state_l.values().as_string_opt::<i32>().ok_or("Links.TraceState items are not string")?;
+    let l_state = l_state_l
+        .values()
+        .as_string_opt::<i32>()
+        .ok_or("Links.TraceState items are not string")?;
     let l_attrs_l = lists(batch, "Links.Attributes")?;
     let l_attrs = MapView::new(
-        l_attrs_l.values().as_map_opt().ok_or("Links.Attributes items are not map")?,
+        l_attrs_l
+            .values()
+            .as_map_opt()
+            .ok_or("Links.Attributes items are not map")?,
         "Links.Attributes",
     )?;
 
     // Group rows: resource key → (scope key → rows), first-appearance order.
     type ResKey<'a> = (Vec<(&'a str, &'a str)>, &'a str);
     let mut res_index: HashMap<ResKey, usize> = HashMap::new();
-    let mut groups: Vec<(usize, Vec<((&str, &str), Vec<usize>)>, HashMap<(&str, &str), usize>)> = Vec::new();
+    let mut groups: Vec<(
+        usize,
+        Vec<((&str, &str), Vec<usize>)>,
+        HashMap<(&str, &str), usize>,
+    )> = Vec::new();
     for row in 0..n {
-        let kv: Vec<(&str, &str)> = res_attrs.range(row).map(|i| (res_attrs.key(i), res_attrs.val(i))).collect();
+        let kv: Vec<(&str, &str)> = res_attrs
+            .range(row)
+            .map(|i| (res_attrs.key(i), res_attrs.val(i)))
+            .collect();
         let key = (kv, s(service, row));
         let gi = *res_index.entry(key).or_insert_with(|| {
             groups.push((row, Vec::new(), HashMap::new()));
@@ -151,13 +204,17 @@ pub fn encode_traces(batch: &StructArray) -> Result<Vec<u8>, String> {
 
     let mut out: Vec<u8> = Vec::with_capacity(n * 400);
     let mut idbuf: Vec<u8> = Vec::with_capacity(16);
-    let id = |idbuf: &mut Vec<u8>, v: &str, len: usize, what: &str, row: usize| -> Result<(), String> {
-        unhex(v.as_bytes(), idbuf).map_err(|e| format!("row {row}: {what}: {e}"))?;
-        if !idbuf.is_empty() && idbuf.len() != len {
-            return Err(format!("row {row}: {what} must be {len} bytes, got {}", idbuf.len()));
-        }
-        Ok(())
-    };
+    let id =
+        |idbuf: &mut Vec<u8>, v: &str, len: usize, what: &str, row: usize| -> Result<(), String> {
+            unhex(v.as_bytes(), idbuf).map_err(|e| format!("row {row}: {what}: {e}"))?;
+            if !idbuf.is_empty() && idbuf.len() != len {
+                return Err(format!(
+                    "row {row}: {what} must be {len} bytes, got {}",
+                    idbuf.len()
+                ));
+            }
+            Ok(())
+        };
     for (first_row, scopes, _) in &groups {
         let rs = begin_msg(&mut out, 1);
         // Resource
@@ -191,11 +248,19 @@ pub fn encode_traces(batch: &StructArray) -> Result<Vec<u8>, String> {
                 id(&mut idbuf, s(parent, row), 8, "ParentSpanId", row)?;
                 put_nonempty(&mut out, 4, &idbuf);
                 put_nonempty(&mut out, 5, s(name, row).as_bytes());
+                // An unknown kind (rendered "") goes out as a number outside the enum, so it
+                // decodes back to "" (lossless round trip).
                 let k = s(kind, row);
-                if let Some(ki) = SPAN_KINDS.iter().position(|x| *x == k) {
-                    put_varint_field(&mut out, 6, ki as u64);
-                }
-                let start = if ts.is_null(row) { 0 } else { ts.value(row) as u64 };
+                let ki = SPAN_KINDS
+                    .iter()
+                    .position(|x| *x == k)
+                    .unwrap_or(SPAN_KINDS.len());
+                put_varint_field(&mut out, 6, ki as u64);
+                let start = if ts.is_null(row) {
+                    0
+                } else {
+                    ts.value(row) as u64
+                };
                 let d = if dur.is_null(row) { 0 } else { dur.value(row) };
                 put_fixed64(&mut out, 7, start);
                 put_fixed64(&mut out, 8, start.wrapping_add(d));
@@ -209,7 +274,15 @@ pub fn encode_traces(batch: &StructArray) -> Result<Vec<u8>, String> {
                 for j in 0..er.len() {
                     let ev = begin_msg(&mut out, 11);
                     let ti = er.start + j;
-                    put_fixed64(&mut out, 1, if ev_ts.is_null(ti) { 0 } else { ev_ts.value(ti) as u64 });
+                    put_fixed64(
+                        &mut out,
+                        1,
+                        if ev_ts.is_null(ti) {
+                            0
+                        } else {
+                            ev_ts.value(ti) as u64
+                        },
+                    );
                     put_nonempty(&mut out, 2, s(ev_name, nr.start + j).as_bytes());
                     let ai = ar.start + j;
                     ev_attrs.write(&mut out, 3, ev_attrs.range(ai));
@@ -224,7 +297,13 @@ pub fn encode_traces(batch: &StructArray) -> Result<Vec<u8>, String> {
                 }
                 for j in 0..tr.len() {
                     let l = begin_msg(&mut out, 13);
-                    id(&mut idbuf, s(l_trace, tr.start + j), 16, "Links.TraceId", row)?;
+                    id(
+                        &mut idbuf,
+                        s(l_trace, tr.start + j),
+                        16,
+                        "Links.TraceId",
+                        row,
+                    )?;
                     put_nonempty(&mut out, 1, &idbuf);
                     id(&mut idbuf, s(l_span, sr.start + j), 8, "Links.SpanId", row)?;
                     put_nonempty(&mut out, 2, &idbuf);
@@ -232,7 +311,10 @@ pub fn encode_traces(batch: &StructArray) -> Result<Vec<u8>, String> {
                     l_attrs.write(&mut out, 4, l_attrs.range(lar.start + j));
                     end_msg(&mut out, l);
                 }
-                let code = STATUS_CODES.iter().position(|x| *x == s(status_code, row)).unwrap_or(0);
+                let code = STATUS_CODES
+                    .iter()
+                    .position(|x| *x == s(status_code, row))
+                    .unwrap_or(STATUS_CODES.len());
                 let msg = s(status_msg, row);
                 if code != 0 || !msg.is_empty() {
                     let st = begin_msg(&mut out, 15);

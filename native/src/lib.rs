@@ -19,13 +19,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use arrow_array::{ffi::FFI_ArrowArray, ffi::FFI_ArrowSchema, Array, StructArray};
 use arrow_data::ArrayData;
+use arrow_schema::Field;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyCapsule};
 use std::collections::HashMap;
-use arrow_schema::Field;
 
 pub type DecodeOut = (StructArray, Vec<(usize, String)>, Vec<usize>);
 
@@ -127,7 +127,9 @@ impl CArray {
     ) -> PyResult<(Py<PyCapsule>, Py<PyCapsule>)> {
         let _ = requested_schema;
         let _ = py;
-        self.capsules.take().ok_or_else(|| PyRuntimeError::new_err("array already exported"))
+        self.capsules
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("array already exported"))
     }
 }
 
@@ -135,15 +137,27 @@ static RECORD_BATCH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// Exports a struct array as a `pyarrow.RecordBatch` without copying (C data interface); the
 /// schema carries the table name as metadata, like otelwax.schemas.
-fn to_record_batch<'py>(py: Python<'py>, arr: StructArray, table: &str) -> PyResult<Bound<'py, PyAny>> {
-    let field = Field::new("", arr.data_type().clone(), false)
-        .with_metadata(HashMap::from([("otelwax.table".to_string(), table.to_string())]));
-    let schema = FFI_ArrowSchema::try_from(&field).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+fn to_record_batch<'py>(
+    py: Python<'py>,
+    arr: StructArray,
+    table: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    let field = Field::new("", arr.data_type().clone(), false).with_metadata(HashMap::from([(
+        "otelwax.table".to_string(),
+        table.to_string(),
+    )]));
+    let schema =
+        FFI_ArrowSchema::try_from(&field).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
     let data: ArrayData = arr.into_data();
     let array = FFI_ArrowArray::new(&data);
     let s = PyCapsule::new_with_value(py, schema, c"arrow_schema")?.unbind();
     let a = PyCapsule::new_with_value(py, array, c"arrow_array")?.unbind();
-    let holder = Py::new(py, CArray { capsules: Some((s, a)) })?;
+    let holder = Py::new(
+        py,
+        CArray {
+            capsules: Some((s, a)),
+        },
+    )?;
     let rb = RECORD_BATCH.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
         Ok(py.import("pyarrow")?.getattr("record_batch")?.unbind())
     })?;

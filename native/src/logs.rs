@@ -34,8 +34,20 @@ pub struct Logs {
 macro_rules! all_cols {
     ($m:ident, $self:ident) => {
         $m!(
-            $self, trace_id, span_id, sev_text, service, body, res_schema, res_attrs, scope_schema,
-            scope_name, scope_version, scope_attrs, log_attrs, event_name
+            $self,
+            trace_id,
+            span_id,
+            sev_text,
+            service,
+            body,
+            res_schema,
+            res_attrs,
+            scope_schema,
+            scope_name,
+            scope_version,
+            scope_attrs,
+            log_attrs,
+            event_name
         )
     };
 }
@@ -141,7 +153,10 @@ impl Logs {
     }
 
     fn scope_logs(&mut self, buf: &[u8], res: &ResourceScratch, res_schema: &[u8]) -> Res<()> {
-        let mut scope = Scope { name: &[], version: &[] };
+        let mut scope = Scope {
+            name: &[],
+            version: &[],
+        };
         let mut records: Vec<&[u8]> = Vec::new();
         let mut schema_url: &[u8] = &[];
         let mut sattrs = std::mem::replace(&mut self.scope_scratch, MapCol::new());

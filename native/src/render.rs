@@ -184,8 +184,15 @@ fn json_str(s: &[u8], out: &mut Vec<u8>) {
             b'<' => Some(b"\\u003c"),
             b'>' => Some(b"\\u003e"),
             b'&' => Some(b"\\u0026"),
-            0xE2 if i + 2 < s.len() && s[i + 1] == 0x80 && (s[i + 2] == 0xA8 || s[i + 2] == 0xA9) => {
-                Some(if s[i + 2] == 0xA8 { b"\\u2028" } else { b"\\u2029" })
+            0xE2 if i + 2 < s.len()
+                && s[i + 1] == 0x80
+                && (s[i + 2] == 0xA8 || s[i + 2] == 0xA9) =>
+            {
+                Some(if s[i + 2] == 0xA8 {
+                    b"\\u2028"
+                } else {
+                    b"\\u2029"
+                })
             }
             _ if c < 0x20 => None,
             _ => {
@@ -300,7 +307,12 @@ pub fn base64(b: &[u8], out: &mut Vec<u8>) {
     match rem.len() {
         1 => {
             let n = (rem[0] as u32) << 16;
-            out.extend_from_slice(&[B64[(n >> 18) as usize & 63], B64[(n >> 12) as usize & 63], b'=', b'=']);
+            out.extend_from_slice(&[
+                B64[(n >> 18) as usize & 63],
+                B64[(n >> 12) as usize & 63],
+                b'=',
+                b'=',
+            ]);
         }
         2 => {
             let n = ((rem[0] as u32) << 16) | ((rem[1] as u32) << 8);
@@ -350,7 +362,10 @@ pub fn push_id(col: &mut StrCol, id: &[u8], len: usize, what: &str) -> Res<()> {
 pub fn unhex(s: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     out.clear();
     if s.len() % 2 != 0 {
-        return Err(format!("odd-length hex id {:?}", String::from_utf8_lossy(s)));
+        return Err(format!(
+            "odd-length hex id {:?}",
+            String::from_utf8_lossy(s)
+        ));
     }
     fn nib(c: u8) -> Option<u8> {
         match c {

@@ -28,7 +28,11 @@ pub struct ResourceScratch {
 
 impl ResourceScratch {
     pub fn new() -> Self {
-        ResourceScratch { keys: StrCol::new(), vals: StrCol::new(), service: None }
+        ResourceScratch {
+            keys: StrCol::new(),
+            vals: StrCol::new(),
+            service: None,
+        }
     }
 
     /// Parses one `Resource` message occurrence (repeated occurrences merge: attributes append).
@@ -37,7 +41,11 @@ impl ResourceScratch {
         while let Some((f, v)) = r.next()? {
             match (f, v) {
                 (1, Val::Bytes(kv)) => {
-                    let mut tmp = MapCol { offsets: Vec::new(), keys: StrCol::new(), vals: StrCol::new() };
+                    let mut tmp = MapCol {
+                        offsets: Vec::new(),
+                        keys: StrCol::new(),
+                        vals: StrCol::new(),
+                    };
                     std::mem::swap(&mut tmp.keys, &mut self.keys);
                     std::mem::swap(&mut tmp.vals, &mut self.vals);
                     let res = push_attr(kv, &mut tmp);
@@ -90,7 +98,11 @@ pub struct Scope<'a> {
     pub version: &'a [u8],
 }
 
-pub fn parse_scope<'a>(buf: &'a [u8], scope: &mut Scope<'a>, attrs: Option<&mut MapCol>) -> Res<()> {
+pub fn parse_scope<'a>(
+    buf: &'a [u8],
+    scope: &mut Scope<'a>,
+    attrs: Option<&mut MapCol>,
+) -> Res<()> {
     let mut r = Reader::new(buf);
     let mut attrs = attrs;
     while let Some((f, v)) = r.next()? {
@@ -142,9 +154,27 @@ pub struct Traces {
 macro_rules! all_cols {
     ($m:ident, $self:ident) => {
         $m!(
-            $self, trace_id, span_id, parent, trace_state, name, kind, service, res_attrs,
-            scope_name, scope_version, span_attrs, status_code, status_msg, ev_ts, ev_name,
-            ev_attrs, link_trace, link_span, link_state, link_attrs
+            $self,
+            trace_id,
+            span_id,
+            parent,
+            trace_state,
+            name,
+            kind,
+            service,
+            res_attrs,
+            scope_name,
+            scope_version,
+            span_attrs,
+            status_code,
+            status_msg,
+            ev_ts,
+            ev_name,
+            ev_attrs,
+            link_trace,
+            link_span,
+            link_state,
+            link_attrs
         )
     };
 }
@@ -251,7 +281,10 @@ impl Traces {
     }
 
     fn scope_spans(&mut self, buf: &[u8], res: &ResourceScratch) -> Res<()> {
-        let mut scope = Scope { name: &[], version: &[] };
+        let mut scope = Scope {
+            name: &[],
+            version: &[],
+        };
         let mut spans: Vec<&[u8]> = Vec::new();
         let mut r = Reader::new(buf);
         while let Some((f, v)) = r.next()? {
@@ -321,7 +354,10 @@ impl Traces {
         self.trace_state.push(state);
         self.name.push(name);
         self.kind.push(
-            usize::try_from(kind).ok().and_then(|k| SPAN_KINDS.get(k)).map_or(b"" as &[u8], |s| s.as_bytes()),
+            usize::try_from(kind)
+                .ok()
+                .and_then(|k| SPAN_KINDS.get(k))
+                .map_or(b"" as &[u8], |s| s.as_bytes()),
         );
         self.span_attrs.end_row();
         self.duration.push(end.saturating_sub(start));

@@ -15,7 +15,9 @@ decode or encode.
 in order of first appearance. Attribute values were rendered to strings on decode, so they go
 back as string AnyValues: decoding the result gives the same rows (grouped), but typed OTLP
 values (ints, doubles, arrays, ...) come back as strings. Span flags, dropped counts and schema
-URLs are not in the table and are not written.
+URLs are not in the table and are not written. A SpanKind/StatusCode that is not one of the enum
+names (decoded from an out-of-range number as "") is written as a number outside the enum, so it
+decodes back to "".
 """
 
 from __future__ import annotations
