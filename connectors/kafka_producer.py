@@ -189,6 +189,11 @@ class AsyncProducer:
             log.error("kafka producer: %d records not delivered at shutdown", left)
         return int(left)
 
+    def check_topics(self, topics: Sequence[str], timeout: float = 5.0) -> list[str]:
+        """Health check: the topics missing on the broker (raises when Kafka does not answer)."""
+        md = self._producer.list_topics(timeout=timeout)
+        return [t for t in topics if t not in md.topics or md.topics[t].error is not None]
+
     # -- state ---------------------------------------------------------------------------------
     @property
     def available(self) -> bool:

@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("--config", type=Path, help="YAML file (IngestConfig, or a config with an ingest: key)")
     a("--host", help="listen address for gRPC and HTTP (default 0.0.0.0)")
-    a("--grpc-port", type=int, help="OTLP/gRPC port (default 4317; 0 disables... use --no-grpc)")
+    a("--grpc-port", type=int, help="OTLP/gRPC port (default 4317)")
     a("--http-port", type=int, help="OTLP/HTTP port (default 4318)")
     a("--metrics-port", type=int, help="/metrics and /healthz port (default 8888)")
     a("--no-grpc", action="store_true", help="do not serve OTLP/gRPC")

@@ -75,6 +75,7 @@ class IngestServer:
         cfg = self.config
         token = cfg.resolved_token()
         self.producer.start()
+        asyncio.get_running_loop().run_in_executor(None, self._health_check)
         if cfg.grpc.enabled:
             self._grpc, self.grpc_port = build_server(
                 self.handler,
@@ -106,6 +107,25 @@ class IngestServer:
                     raise RuntimeError(f"{what} server did not start")
                 await asyncio.sleep(0.02)
             log.info("ingest: %s on %s:%d", what, srv.config.host, srv.config.port)
+
+    def _health_check(self) -> None:
+        """Say clearly at startup when Kafka is unreachable or a topic is missing."""
+        topics = list(self.handler.topics.values())
+        try:
+            missing = self.producer.check_topics(topics)
+        except Exception as exc:
+            log.error(
+                "ingest: Kafka at %s does not answer (%s); requests get 503 until it does",
+                self.config.kafka.bootstrap_servers,
+                exc,
+            )
+            return
+        if missing:
+            log.error(
+                "ingest: topic(s) %s do not exist on %s; their requests will fail with 503",
+                ", ".join(missing),
+                self.config.kafka.bootstrap_servers,
+            )
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight requests, flush the producer (idempotent)."""

@@ -173,3 +173,38 @@ def test_sigterm_finishes_in_flight_requests_and_flushes(
 
     recs = consume(kafka_bootstrap, fresh_topics["traces"], until=lambda rs: acked <= ids(rs))
     assert acked <= ids(recs)
+
+
+def test_queue_full_is_429_and_resource_exhausted_with_retry_info(
+    kafka_bootstrap: str, fresh_topics: dict[str, str], tmp_path: Path
+) -> None:
+    import grpc
+    from google.rpc import error_details_pb2, status_pb2
+
+    cfg = tmp_path / "ingest.yaml"
+    cfg.write_text("producer:\n  queue_max_messages: 5\n  retry_after_s: 3\n")
+    shim = start_shim(kafka_bootstrap, fresh_topics, tmp_path, ["--config", str(cfg)])
+    try:
+        big = trace_request(2, 10, seed=41, spans_per_trace=1).SerializeToString()  # 20 records
+        r = httpx.post(shim.http_url + "/v1/traces", content=big, headers=PROTO)
+        assert r.status_code == 429
+        assert r.headers["retry-after"] == "3"
+        st = status_pb2.Status.FromString(r.content)
+        assert "queue is full" in st.message
+        with grpc.insecure_channel(shim.grpc_target) as ch:
+            call = ch.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+            with pytest.raises(grpc.RpcError) as ei:
+                call(big, timeout=10)
+        assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        details = dict(ei.value.trailing_metadata())["grpc-status-details-bin"]
+        info = error_details_pb2.RetryInfo()
+        assert status_pb2.Status.FromString(details).details[0].Unpack(info)
+        assert info.retry_delay.seconds == 3
+        # A request that fits is accepted.
+        small = trace_request(1, 3, seed=42, spans_per_trace=3).SerializeToString()
+        assert (
+            httpx.post(shim.http_url + "/v1/traces", content=small, headers=PROTO).status_code
+            == 200
+        )
+    finally:
+        assert shim.stop() == 0
