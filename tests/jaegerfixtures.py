@@ -1,0 +1,133 @@
+"""A real Jaeger v2 (memory storage) for tests, run by ``scripts/services/jaeger.sh``.
+
+    from tests.jaegerfixtures import jaeger  # noqa: F401  (session fixture)
+
+    def test_x(jaeger):               # JaegerService: .otlp_endpoint, .trace(id), .wait_spans(...)
+        ...
+
+The session instance listens on OTLP gRPC 14317 and query HTTP 16686 unless
+``$OTELWAX_TEST_JAEGER_OTLP`` / ``$OTELWAX_TEST_JAEGER_QUERY`` name a running one; it is reused
+when already running and stopped at the end only if this session started it. Fault tests start
+their own instance on free ports with ``JaegerService.start_new`` and stop it themselves.
+The first start builds the binary from the Go module proxy (minutes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, free_port, port_open
+
+SCRIPT = ROOT / "scripts" / "services" / "jaeger.sh"
+
+
+@dataclass
+class JaegerService:
+    otlp_port: int
+    query_port: int
+    grpc_port: int = 16685
+    health_port: int = 13133
+    data: Path | None = None
+
+    @property
+    def otlp_endpoint(self) -> str:
+        return f"127.0.0.1:{self.otlp_port}"
+
+    @property
+    def query_grpc_endpoint(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def _env(self) -> dict[str, str]:
+        env = dict(
+            os.environ,
+            JAEGER_OTLP_PORT=str(self.otlp_port),
+            JAEGER_QUERY_PORT=str(self.query_port),
+            JAEGER_QUERY_GRPC_PORT=str(self.grpc_port),
+            JAEGER_HEALTH_PORT=str(self.health_port),
+        )
+        if self.data is not None:
+            env["JAEGER_DATA"] = str(self.data)
+        return env
+
+    def start(self) -> None:
+        # The first call may build Jaeger from source: allow it the time.
+        subprocess.run([str(SCRIPT), "start"], env=self._env(), check=True, timeout=3600)
+
+    def stop(self) -> None:
+        subprocess.run([str(SCRIPT), "stop"], env=self._env(), check=True, timeout=120)
+
+    @classmethod
+    def start_new(cls, data: Path, otlp_port: int | None = None) -> JaegerService:
+        """Another instance on free ports (its own data dir), started."""
+        svc = cls(
+            otlp_port=otlp_port or free_port(),
+            query_port=free_port(),
+            grpc_port=free_port(),
+            health_port=free_port(),
+            data=data,
+        )
+        svc.start()
+        return svc
+
+    # --- query API ------------------------------------------------------------------------
+
+    def get(self, path: str) -> Any:
+        """GET a query API path; JSON body, or None on 404."""
+        url = f"http://127.0.0.1:{self.query_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    def trace(self, trace_id: str) -> dict[str, Any] | None:
+        """``/api/traces/{id}`` (Jaeger's JSON model): the trace, or None when unknown."""
+        body = self.get(f"/api/traces/{trace_id}")
+        if not body or not body.get("data"):
+            return None
+        return body["data"][0]
+
+    def wait_spans(
+        self, trace_ids: set[str], n_spans: int, timeout: float = 30.0
+    ) -> dict[str, dict[str, Any]]:
+        """Poll until the traces hold ``n_spans`` spans in total; {trace id: trace}."""
+        deadline = time.monotonic() + timeout
+        got: dict[str, dict[str, Any]] = {}
+        while True:
+            for tid in trace_ids:
+                t = self.trace(tid)
+                if t is not None:
+                    got[tid] = t
+            total = sum(len(t["spans"]) for t in got.values())
+            if total >= n_spans or time.monotonic() > deadline:
+                return got
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def jaeger() -> Iterator[JaegerService]:
+    """The session's Jaeger (started if not running; stopped only if started here)."""
+    otlp = int(os.environ.get("OTELWAX_TEST_JAEGER_OTLP", "14317"))
+    query = int(os.environ.get("OTELWAX_TEST_JAEGER_QUERY", "16686"))
+    svc = JaegerService(otlp_port=otlp, query_port=query)
+    if port_open("127.0.0.1", otlp) and port_open("127.0.0.1", query):
+        yield svc
+        return
+    svc.start()
+    try:
+        yield svc
+    finally:
+        svc.stop()
