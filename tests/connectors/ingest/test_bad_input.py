@@ -217,3 +217,13 @@ def test_tls_and_bearer_token(
         assert "s3cret" not in s.log()
     finally:
         assert s.stop() == 0
+
+
+def test_grpc_gzip_bomb_is_refused(small_shim: Shim) -> None:
+    bomb = b"\x0a\x00" * (4 * MAX_BODY)  # 8 MiB of empty resources, gzips to a few KB
+    with grpc.insecure_channel(small_shim.grpc_target, compression=grpc.Compression.Gzip) as ch:
+        call = ch.unary_unary(f"/{TRACE_SVC}/Export")
+        with pytest.raises(grpc.RpcError) as ei:
+            call(bomb, timeout=10)
+        assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert call(GOOD, timeout=10) == b""
