@@ -19,7 +19,7 @@ Order: allow-list removal, deny-list masking, then pattern masking of the remain
 finds the few values that need work and only those go through ``replace_substring_regex``.
 
 Built-in patterns (RE2; documented trade-offs):
-- ``email``: ``local@domain.tld``.
+- ``email``: ``local@domain.tld`` (Unicode letters allowed, as in internationalised addresses).
 - ``credit_card``: 13-16 digit numbers of the major brands (Visa 4…, Mastercard 51-55/22-27,
   Amex 34/37, Discover 6011/65), optionally grouped by spaces or dashes. No Luhn check (not
   expressible in a regex): a random number with such a prefix is masked too.
@@ -42,6 +42,7 @@ from operators.transform import (
     is_map_column,
     map_parts,
     rebuild_map,
+    replace_column,
 )
 from otelwax.settings import StrictModel
 
@@ -49,7 +50,10 @@ __all__ = ["BUILTIN_PATTERNS", "RedactConfig", "RedactPattern", "build"]
 
 # name -> (regex, replacement template; "{mask}" is replaced by the configured mask)
 BUILTIN_PATTERNS: dict[str, tuple[str, str]] = {
-    "email": (r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}", "{mask}"),
+    "email": (
+        r"[\p{L}\p{N}._%+-]+@[\p{L}\p{N}-]+(?:\.[\p{L}\p{N}-]+)*\.\p{L}{2,}",
+        "{mask}",
+    ),
     "credit_card": (
         r"\b(?:(?:4\d{3}|5[1-5]\d{2}|2[2-7]\d{2}|6011|65\d{2})(?:[ -]?\d{4}){2}[ -]?\d{1,4}"
         r"|3[47]\d{2}[ -]?\d{6}[ -]?\d{5})\b",
@@ -168,11 +172,11 @@ class RedactKernel:
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         if batch.num_rows == 0:
             return batch
-        for i, field in self._maps:
-            batch = batch.set_column(i, field, apply_to_maps(batch.column(i), self._map))
+        for i, _ in self._maps:
+            batch = replace_column(batch, i, apply_to_maps(batch.column(i), self._map))
         if self._body is not None:
-            i, field = self._body
-            batch = batch.set_column(i, field, self._scrub(batch.column(i)))
+            i = self._body[0]
+            batch = replace_column(batch, i, self._scrub(batch.column(i)))
         return batch
 
 

@@ -72,6 +72,7 @@ __all__ = [
     "parse_spec",
     "parse_specs",
     "spec_problems",
+    "stateful_pipeline",
 ]
 
 log = logging.getLogger(__name__)
@@ -479,3 +480,44 @@ def build_batch_operator(spec: Any, signal: str = "traces", index: int = 0) -> B
             "; ".join(f"operators.{index}.{f.split('.', 1)[1]}: {m}" for f, m in problems)
         )
     return build_operator(spec, signal, index)
+
+
+def stateful_pipeline(step_id: str, up: Any, specs: Sequence[Any], signal: str) -> Any:
+    """Run a pipeline with stateful operators in a bytewax flow (keyed stream → keyed stream).
+
+    ``up`` is a ``KeyedStream[pa.RecordBatch]``; key it by something that keeps traces together
+    (the Kafka partition: records are keyed by trace id). Each key gets its own ``Pipeline``;
+    bytewax's ``notify_at`` drives decisions when no data arrives; end of input flushes. The
+    buffered state is not snapshotted (see ``operators.sampling``). Stateless pipelines do not
+    need this: ``op.map(step_id, stream, lambda b: run_pipeline(ops, b))`` is enough.
+    """
+    from datetime import UTC, datetime
+
+    from bytewax import operators as bop
+    from bytewax.operators import StatefulLogic
+
+    if any(isinstance(s, dict) for s in specs):
+        specs = parse_specs(specs)
+    build_pipeline(specs, signal)  # validate once, at flow build time
+
+    class _Logic(StatefulLogic):
+        def __init__(self) -> None:
+            self.pipe = Pipeline(build_pipeline(specs, signal))
+
+        def on_item(self, value: pa.RecordBatch) -> tuple[list[pa.RecordBatch], bool]:
+            return self.pipe.process(value), False
+
+        def on_notify(self) -> tuple[list[pa.RecordBatch], bool]:
+            return self.pipe.tick(), False
+
+        def on_eof(self) -> tuple[list[pa.RecordBatch], bool]:
+            return self.pipe.flush(), False
+
+        def notify_at(self) -> datetime | None:
+            t = self.pipe.next_deadline()
+            return None if t is None else datetime.fromtimestamp(t, tz=UTC)
+
+        def snapshot(self) -> None:
+            return None
+
+    return bop.stateful(step_id, up, lambda _resume: _Logic())

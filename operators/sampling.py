@@ -192,6 +192,7 @@ class TailSampler:
         self._kept_ids: list[pa.Array] = []
         self._dropped_ids: list[pa.Array] = []
         self.dropped_rows = 0  # rows dropped since the last call (read by the registry wrapper)
+        self._in_schema: pa.Schema | None = None  # the input batches' own schema
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -213,7 +214,7 @@ class TailSampler:
     def _strip(self, tbl: pa.Table) -> list[pa.RecordBatch]:
         if tbl.num_rows == 0:
             return []
-        tbl = tbl.drop_columns([_ARRIVAL]).cast(self.schema)
+        tbl = tbl.drop_columns([_ARRIVAL]).cast(self._in_schema or self.schema)
         return [tbl.combine_chunks().to_batches()[0]]
 
     # -- protocol -------------------------------------------------------------------------
@@ -228,6 +229,7 @@ class TailSampler:
         out: list[pa.RecordBatch] = []
         self.dropped_rows = 0
         if batch.num_rows:
+            self._in_schema = batch.schema
             tid = batch.column("TraceId")
             kept_late = self._in(tid, self._kept_ids)
             dropped_late = self._in(tid, self._dropped_ids)

@@ -182,6 +182,11 @@ def map_value_apply(
     return rebuild_map(arr, off, keys, new_items, keep_nulls=True)
 
 
+def replace_column(batch: pa.RecordBatch, i: int, arr: pa.Array) -> pa.RecordBatch:
+    """``batch`` with column ``i`` replaced, keeping the batch's own field (name, nullability)."""
+    return batch.set_column(i, batch.schema.field(i), arr)
+
+
 def is_map_column(t: pa.DataType) -> bool:
     """True for map<string,string> and list<map<string,string>> columns."""
     if pa.types.is_list(t):
@@ -410,7 +415,7 @@ def _writer(
                 new = pa.repeat(pa.scalar(val.as_py(), field.type), len(cur))
             else:
                 new = pc.if_else(cond, val, cur)
-            return b.set_column(i, field, new.cast(field.type))
+            return b.set_column(i, b.schema.field(i), new.cast(field.type))
 
         return write_col
     i = schema.get_field_index(ref.column)
@@ -421,7 +426,7 @@ def _writer(
         if not isinstance(val, pa.Scalar):
             where = np.asarray(pc.is_valid(val).to_numpy(zero_copy_only=False), dtype=bool)
         new = set_map_key(b.column(i), ref.key, val, where, only_if_missing)
-        return b.set_column(i, field, new)
+        return b.set_column(i, b.schema.field(i), new)
 
     return write_map
 
@@ -437,13 +442,11 @@ def _compile_action(a: _Action, schema: pa.Schema) -> BatchFn:
         return lambda b: write(b, read(b))
     if isinstance(a, TruncateAction) and a.column is not None:
         i = schema.get_field_index(a.column)
-        f = schema.field(i)
         n = a.max_length
-        return lambda b: b.set_column(i, f, pc.utf8_slice_codeunits(b.column(i), 0, n))
+        return lambda b: replace_column(b, i, pc.utf8_slice_codeunits(b.column(i), 0, n))
 
     name = a.map  # type: ignore[attr-defined]
     i = schema.get_field_index(name)
-    field = schema.field(i)
     map_fn: Callable[[pa.MapArray], pa.MapArray]
     if isinstance(a, RenameAction):
         old, new = a.key, a.to
@@ -495,7 +498,7 @@ def _compile_action(a: _Action, schema: pa.Schema) -> BatchFn:
         )
     else:  # pragma: no cover - the union is closed
         raise TypeError(f"unknown action {a!r}")
-    return lambda b: b.set_column(i, field, apply_to_maps(b.column(i), map_fn))
+    return lambda b: replace_column(b, i, apply_to_maps(b.column(i), map_fn))
 
 
 class TransformKernel:
