@@ -177,6 +177,26 @@ def check_promql(expr: str, recorded: set[str], where: str) -> list[str]:
 # --- config files ---------------------------------------------------------------------------
 
 SIGNALS = ("traces", "metrics", "logs")
+FLOWS = (*SIGNALS, "spanmetrics")
+# Which file of docker/config (and key of the k8s ConfigMap) each flow reads.
+FLOW_CONFIG_FILE = {
+    "traces": "otelwax.yaml",
+    "logs": "otelwax.yaml",
+    "metrics": "metrics.yaml",
+    "spanmetrics": "spanmetrics.yaml",
+}
+# Flows that serve /metrics (and so /healthz) on their metrics_port.
+SERVES_METRICS = ("traces", "metrics", "logs")
+
+
+def flow_config_env(signal: str) -> str:
+    """The environment variable naming the flow's config file, as the flow module reads it."""
+    names = [f"flows.{signal}"] if flow_module_exists(signal) else []
+    for name in [*names, "flows.settings"]:
+        mod = importlib.import_module(name)
+        if hasattr(mod, "ENV_CONFIG"):
+            return mod.ENV_CONFIG
+    return "OTELWAX_CONFIG"
 
 
 def flow_module_exists(signal: str) -> bool:

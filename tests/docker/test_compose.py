@@ -15,10 +15,18 @@ import yaml
 from connectors.ingest.config import IngestConfig
 from connectors.kafka import DEFAULT_TOPICS
 
-from .codefacts import SIGNALS, flow_module_exists, load_flow_settings, load_ingest_config
+from .codefacts import (
+    FLOW_CONFIG_FILE,
+    FLOWS,
+    SERVES_METRICS,
+    flow_config_env,
+    flow_module_exists,
+    load_flow_settings,
+    load_ingest_config,
+)
 from .conftest import DOCKER, K8S, ROOT
 
-FLOWS = [f"flow-{s}" for s in SIGNALS]
+FLOW_SERVICES = [f"flow-{s}" for s in FLOWS]
 
 # OTELWAX_* variables set by the deployment files but read by them, not by the Python code.
 DEPLOYMENT_VARS = {
@@ -49,7 +57,7 @@ def test_compose_go_accepts_the_file(compose_project: dict[str, Any]) -> None:
         "jaeger",
         "grafana",
         "ingest",
-        *FLOWS,
+        *FLOW_SERVICES,
     }
 
 
@@ -84,8 +92,8 @@ def test_every_long_running_service_is_health_checked(compose_project: dict[str,
     dockerfile = (DOCKER / "Dockerfile").read_text()
     assert "HEALTHCHECK" in dockerfile  # the otelwax services inherit the image's check
     for name, svc in compose_project["services"].items():
-        if name == "topic-init":
-            assert svc["healthcheck"]["disable"] is True
+        if name == "topic-init" or name.removeprefix("flow-") in set(FLOWS) - set(SERVES_METRICS):
+            assert svc["healthcheck"]["disable"] is True  # a job, or a flow without /healthz
             continue
         built = svc.get("build") is not None
         assert built or svc.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
@@ -94,10 +102,10 @@ def test_every_long_running_service_is_health_checked(compose_project: dict[str,
 def test_start_order(compose_project: dict[str, Any]) -> None:
     deps = {n: s.get("depends_on", {}) for n, s in compose_project["services"].items()}
     assert deps["topic-init"]["kafka"]["condition"] == "service_healthy"
-    for name in ["ingest", *FLOWS]:
+    for name in ["ingest", *FLOW_SERVICES]:
         assert deps[name]["topic-init"]["condition"] == "service_completed_successfully"
         assert deps[name]["kafka"]["condition"] == "service_healthy"
-    for name in FLOWS:
+    for name in FLOW_SERVICES:
         assert deps[name]["clickhouse"]["condition"] == "service_healthy"
         assert deps[name]["prometheus"]["condition"] == "service_healthy"
     assert deps["flow-traces"]["jaeger"]["condition"] == "service_healthy"
@@ -126,11 +134,12 @@ def test_topic_init_runs_the_real_admin_command(
 
 
 def test_flow_services(compose_project: dict[str, Any]) -> None:
-    for signal, name in zip(SIGNALS, FLOWS, strict=True):
+    for signal, name in zip(FLOWS, FLOW_SERVICES, strict=True):
         svc = _svc(compose_project, name)
         env = svc["environment"]
         assert env["OTELWAX_FLOW"] == f"flows.{signal}"
-        assert env["OTELWAX_HEALTH_PORT"] == "9464"
+        if signal in SERVES_METRICS:
+            assert env["OTELWAX_HEALTH_PORT"] == "9464"
         assert svc["entrypoint"] == ["/bin/sh", "-c"]
         script = svc["command"][0]
         # compose turned $$ into $: the shell sees the variable, and the script parses.
@@ -140,7 +149,9 @@ def test_flow_services(compose_project: dict[str, Any]) -> None:
         assert "python -m bytewax.recovery /var/lib/otelwax/recovery 1" in script
         vols = {v["target"]: v for v in svc["volumes"]}
         assert vols["/var/lib/otelwax/recovery"]["type"] == "volume"
-        assert vols[env["OTELWAX_CONFIG"]]["source"] == str(DOCKER / "otelwax.yaml")
+        assert vols["/etc/otelwax"]["source"] == str(DOCKER / "config")
+        # The flow module finds its config file through the variable it reads.
+        assert env[flow_config_env(signal)] == f"/etc/otelwax/{FLOW_CONFIG_FILE[signal]}"
 
 
 def test_flow_recovery_init_command_runs(compose_project: dict[str, Any], tmp_path: Path) -> None:
@@ -154,37 +165,44 @@ def test_flow_recovery_init_command_runs(compose_project: dict[str, Any], tmp_pa
     assert [p.name for p in tmp_path.iterdir()] == ["part-0.sqlite3"]
 
 
-@pytest.mark.parametrize("signal", SIGNALS)
+@pytest.mark.parametrize("signal", FLOWS)
 def test_flow_modules_exist(signal: str) -> None:
     if not flow_module_exists(signal):
         pytest.xfail(f"flows.{signal} is referenced by docker/ but not in the code yet")
 
 
 def test_compose_config_loads_with_the_code(compose_project: dict[str, Any]) -> None:
-    path = DOCKER / "otelwax.yaml"
-    ingest = load_ingest_config(path)
+    from otelwax.config import load_config
+
+    conf = DOCKER / "config"
+    assert load_config(conf / "otelwax.yaml").flows.traces.clickhouse.host == "clickhouse"
+    ingest = load_ingest_config(conf / "otelwax.yaml")
     kafka = _svc(compose_project, "kafka")["environment"]
     assert f"PLAINTEXT://{ingest.kafka.bootstrap_servers}" in kafka["KAFKA_ADVERTISED_LISTENERS"]
     assert ingest.grpc.port == 4317 and ingest.http.port == 4318
-    loaded = {s: load_flow_settings(s, path) for s in SIGNALS if flow_module_exists(s)}
+    loaded = {
+        s: load_flow_settings(s, conf / FLOW_CONFIG_FILE[s]) for s in FLOWS if flow_module_exists(s)
+    }
     for signal, settings in loaded.items():
         assert settings.kafka.bootstrap_servers == ingest.kafka.bootstrap_servers, signal
-        assert settings.metrics_port == 9464, signal
+        if signal in SERVES_METRICS:
+            assert settings.metrics_port == 9464, signal
     ch = _svc(compose_project, "clickhouse")["environment"]
     traces = loaded["traces"]
     assert (traces.clickhouse.host, traces.clickhouse.user) == ("clickhouse", ch["CLICKHOUSE_USER"])
     assert traces.clickhouse.database == ch["CLICKHOUSE_DB"]
-    grafana_ch = yaml.safe_load(
+    datasources = yaml.safe_load(
         (DOCKER / "grafana/provisioning/datasources/datasources.yaml").read_text()
-    )["datasources"][1]["jsonData"]
+    )["datasources"]
+    grafana_ch = next(d for d in datasources if d["uid"] == "clickhouse")["jsonData"]
     assert (grafana_ch["username"], grafana_ch["defaultDatabase"]) == (
         ch["CLICKHOUSE_USER"],
         ch["CLICKHOUSE_DB"],
     )
-    if "metrics" in loaded and loaded["metrics"].remote_write is not None:
-        assert loaded["metrics"].remote_write.url == "http://prometheus:9090/api/v1/write"
-    prom = _svc(compose_project, "prometheus")["command"]
-    assert "--web.enable-remote-write-receiver" in prom
+    for signal in ("metrics", "spanmetrics"):
+        if signal in loaded:
+            assert loaded[signal].remote_write.url == "http://prometheus:9090/api/v1/write"
+    assert "--web.enable-remote-write-receiver" in _svc(compose_project, "prometheus")["command"]
 
 
 def test_every_otelwax_env_var_is_read_by_something() -> None:

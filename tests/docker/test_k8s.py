@@ -19,8 +19,16 @@ import yaml
 
 from connectors.ingest.config import IngestConfig
 
-from .codefacts import SIGNALS, flow_module_exists, load_flow_settings, load_ingest_config
-from .conftest import K8S, ROOT, find_k8s, k8s_documents
+from .codefacts import (
+    FLOW_CONFIG_FILE,
+    FLOWS,
+    SERVES_METRICS,
+    flow_config_env,
+    flow_module_exists,
+    load_flow_settings,
+    load_ingest_config,
+)
+from .conftest import DOCKER, K8S, ROOT, find_k8s, k8s_documents
 
 K8S_VERSIONS = ("1.30", None)  # oldest supported here, and the validator's latest
 
@@ -130,7 +138,7 @@ def test_ingest_args_parse_with_the_real_cli() -> None:
     assert str(args.config).startswith(mount + "/")
 
 
-@pytest.mark.parametrize("signal", SIGNALS)
+@pytest.mark.parametrize("signal", FLOWS)
 def test_flow_statefulset_forms_a_bytewax_cluster(signal: str) -> None:
     docs = k8s_documents()
     name = f"otelwax-flow-{signal}"
@@ -149,24 +157,28 @@ def test_flow_statefulset_forms_a_bytewax_cluster(signal: str) -> None:
     assert ienv["BYTEWAX_RECOVERY_DIRECTORY"] == fenv["BYTEWAX_RECOVERY_DIRECTORY"]
     assert fenv["BYTEWAX_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert int(ienv["OTELWAX_CLUSTER_PORT"]) == _port(flow, "bytewax")
-    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {
-        "bytewax": _port(flow, "bytewax"),
-        "metrics": _port(flow, "metrics"),
-    }
     assert flow["command"] == ["python", "-m", "bytewax.run", f"flows.{signal}"]
+    # The config file the flow module reads, through the variable it reads.
+    mount = next(m for m in flow["volumeMounts"] if m["name"] == "config")["mountPath"]
+    assert fenv[flow_config_env(signal)] == f"{mount}/{FLOW_CONFIG_FILE[signal]}"
     # The recovery volume claim is mounted where bytewax looks for partitions.
     claims = {t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]}
     rec = next(m for m in flow["volumeMounts"] if m["name"] in claims)
     assert rec["mountPath"] == fenv["BYTEWAX_RECOVERY_DIRECTORY"]
-    # Metrics and probes on the port the flow serves /metrics on.
-    from flows.settings import TracesFlowSettings
-
-    assert _port(flow, "metrics") == int(fenv["OTELWAX_METRICS_PORT"])
-    assert _port(flow, "metrics") == TracesFlowSettings().metrics_port
+    ports = {p["name"]: p["port"] for p in svc["spec"]["ports"]}
+    if signal not in SERVES_METRICS:
+        assert ports == {"bytewax": _port(flow, "bytewax")}
+        assert "livenessProbe" not in flow and "readinessProbe" not in flow
+        return
+    assert ports == {"bytewax": _port(flow, "bytewax"), "metrics": _port(flow, "metrics")}
+    # Metrics and probes on the port the flow serves /metrics on (set in its config file).
+    assert _port(flow, "metrics") == int(fenv["OTELWAX_HEALTH_PORT"]) == 9464
     assert flow["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    annotations = sts["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(_port(flow, "metrics"))
 
 
-@pytest.mark.parametrize("signal", SIGNALS)
+@pytest.mark.parametrize("signal", FLOWS)
 def test_flow_module_exists(signal: str) -> None:
     module = f"flows.{signal}"
     if importlib.util.find_spec(module) is None:
@@ -193,21 +205,38 @@ def test_secret_refs_and_config_maps_exist_and_secrets_are_placeholders() -> Non
                 find_k8s(docs, "ConfigMap", v["configMap"]["name"])
 
 
+def test_configmap_holds_the_compose_config_files(tmp_path: Path) -> None:
+    cm = find_k8s(k8s_documents(), "ConfigMap", "otelwax-config")
+    assert set(cm["data"]) == {p.name for p in (DOCKER / "config").glob("*.yaml")}
+
+
 def test_configmap_config_loads_with_the_code(tmp_path: Path) -> None:
     cm = find_k8s(k8s_documents(), "ConfigMap", "otelwax-config")
-    path = tmp_path / "otelwax.yaml"
-    path.write_text(cm["data"]["otelwax.yaml"])
-    ingest = load_ingest_config(path)
+    for name, text in cm["data"].items():
+        (tmp_path / name).write_text(text)
+    main = tmp_path / "otelwax.yaml"
+    from otelwax.config import load_config
+
+    load_config(main)  # what `otelwax validate` checks
+    ingest = load_ingest_config(main)
     assert ingest.grpc.port == 4317 and ingest.http.port == 4318
     assert ingest.kafka.bootstrap_servers == "kafka-bootstrap.kafka.svc:9092"
-    loaded = {s: load_flow_settings(s, path) for s in SIGNALS if flow_module_exists(s)}
-    assert "traces" in loaded
+    loaded = {
+        s: load_flow_settings(s, tmp_path / FLOW_CONFIG_FILE[s])
+        for s in FLOWS
+        if flow_module_exists(s)
+    }
+    assert {"traces", "metrics", "spanmetrics"} <= set(loaded)
     for signal, settings in loaded.items():
         assert settings.kafka.bootstrap_servers == ingest.kafka.bootstrap_servers, signal
-        assert settings.metrics_port == 9464, signal
+        if signal in SERVES_METRICS:
+            assert settings.metrics_port == 9464, signal
     traces = loaded["traces"]
     assert traces.clickhouse.mode == "server"
+    assert traces.clickhouse.host == "clickhouse.clickhouse.svc"
     assert traces.clickhouse.password.get_secret_value() == ""  # secrets come from the Secret
+    for signal in ("metrics", "spanmetrics"):
+        assert loaded[signal].remote_write.url.startswith("http://prometheus.monitoring.svc:9090/")
 
 
 def _init_script(signal: str) -> tuple[str, dict[str, Any], dict[str, Any]]:

@@ -9,7 +9,13 @@ import yaml
 
 from connectors.ingest.config import IngestConfig
 
-from .codefacts import check_promql
+from .codefacts import (
+    FLOW_CONFIG_FILE,
+    SERVES_METRICS,
+    check_promql,
+    flow_module_exists,
+    load_flow_settings,
+)
 from .conftest import DOCKER, PROM
 
 
@@ -85,10 +91,11 @@ def test_scrape_targets_match_the_code_ports() -> None:
     ingest = [t for sc in jobs["otelwax-ingest"]["static_configs"] for t in sc["targets"]]
     assert ingest == [f"ingest:{IngestConfig().metrics.port}"]
     flows = [t for sc in jobs["otelwax-flows"]["static_configs"] for t in sc["targets"]]
-    from flows.settings import TracesFlowSettings
-
-    port = TracesFlowSettings().metrics_port
-    assert flows == [f"flow-{s}:{port}" for s in ("traces", "metrics", "logs")]
+    assert flows == [f"flow-{s}:9464" for s in SERVES_METRICS]
+    for s in SERVES_METRICS:
+        if flow_module_exists(s):
+            settings = load_flow_settings(s, DOCKER / "config" / FLOW_CONFIG_FILE[s])
+            assert settings.metrics_port == 9464
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     for target in ingest + flows:
         assert target.split(":")[0] in compose["services"], target
