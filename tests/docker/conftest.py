@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,8 +120,3 @@ def find_k8s(docs: list[tuple[str, dict[str, Any]]], kind: str, name: str) -> di
         if d["kind"] == kind and d["metadata"]["name"] == name:
             return d
     raise AssertionError(f"no {kind} {name} in docker/k8s")
-
-
-@pytest.fixture
-def tmp_env(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path
