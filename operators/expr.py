@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -389,6 +390,36 @@ def columns_of(node: Node) -> set[str]:
     return set()
 
 
+def map_get(arr: pa.Array, key: str) -> pa.Array:
+    """Value of the first ``key`` entry of each map (null when absent or the map is null).
+
+    Same result as ``pc.map_lookup(arr, key, "first")`` but several times faster on wide maps:
+    one vectorised key comparison over all entries, then a take of the matching values.
+    """
+    n = len(arr)
+    off = arr.offsets.to_numpy(zero_copy_only=False)
+    start, end = int(off[0]), int(off[-1])
+    keys = arr.keys.slice(start, end - start)
+    items = arr.items.slice(start, end - start)
+    hit = pc.equal(keys, pa.scalar(key, keys.type))
+    if hit.null_count:
+        hit = pc.fill_null(hit, False)
+    idx = np.flatnonzero(hit.to_numpy(zero_copy_only=False))
+    if len(idx) == 0:
+        return pa.nulls(n, items.type)
+    rows = np.searchsorted(off - start, idx, side="right") - 1
+    first = np.ones(len(rows), dtype=bool)
+    first[1:] = rows[1:] != rows[:-1]
+    rows, idx = rows[first], idx[first]
+    take = np.zeros(n, dtype=np.int64)
+    take[rows] = idx
+    missing = np.ones(n, dtype=bool)
+    missing[rows] = False
+    if arr.null_count:
+        missing |= np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    return items.take(pa.array(take, mask=missing))
+
+
 # --- compilation ------------------------------------------------------------------------------
 
 BoolFn = Callable[[pa.RecordBatch], pa.Array]
@@ -454,8 +485,7 @@ def _compile_operand(node: Node, schema: pa.Schema) -> _Val:
         t = schema.field(idx).type
         if not (pa.types.is_map(t) and _kind_of(t.item_type) == "string"):
             raise ExprError(f"column {node.column!r} is not an attribute map", node.pos)
-        key = pa.scalar(node.key, t.key_type)
-        return _Val("string", lambda b, i=idx, k=key: pc.map_lookup(b.column(i), k, "first"))
+        return _Val("string", lambda b, i=idx, k=node.key: map_get(b.column(i), k))
     raise ExprError("expected a value", getattr(node, "pos", None))
 
 

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, SecretStr, field_validator
 
-from operators.expr import Column, ExprError, MapLookup, _Parser, check_regex
+from operators.expr import Column, ExprError, MapLookup, _Parser, check_regex, map_get
 from otelwax.settings import StrictModel
 
 __all__ = [
@@ -101,37 +101,45 @@ def set_map_key(
 ) -> pa.MapArray:
     """Set ``key`` to ``values`` (scalar or one per row) in the rows where ``where`` is true.
 
-    An existing entry for ``key`` is replaced (removed, then the new entry appended at the end of
-    the row); with ``only_if_missing`` rows that already have the key are left alone.
+    An existing entry for ``key`` gets the new value in place; rows without it get a new entry
+    at the end; with ``only_if_missing`` rows that already have the key are left alone.
     """
     n = len(arr)
     off, keys, items = map_parts(arr)
-    is_key = np.asarray(
-        pc.fill_null(pc.equal(keys, key), False).to_numpy(zero_copy_only=False), dtype=bool
-    )
-    rows = entry_rows(off)
-    has = np.zeros(n, dtype=bool)
-    has[rows[is_key]] = True
+    hit = pc.equal(keys, pa.scalar(key, keys.type))
+    key_idx = np.flatnonzero(pc.fill_null(hit, False).to_numpy(zero_copy_only=False))
+    key_rows = np.searchsorted(off, key_idx, side="right") - 1  # row of each existing entry
     sel = np.ones(n, dtype=bool) if where is None else where.copy()
-    if only_if_missing:
-        sel &= ~has
+    if only_if_missing and len(key_rows):
+        sel[key_rows] = False
     if not sel.any():
         return arr
-    # Drop the old entries of `key` in the selected rows.
-    keep = ~(is_key & sel[rows])
-    cum = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))
-    kept_off = cum[off]
-    kmask = pa.array(keep, pa.bool_())
-    keys, items = keys.filter(kmask), items.filter(kmask)
-    # Append one entry to each selected row: old entry j of row r moves to j + (#selected < r).
+    if len(key_idx):
+        # Rows that have the key: replace the value in place (every occurrence of the key).
+        upd = sel[key_rows]
+        if upd.any():
+            pos = key_idx[upd]
+            if isinstance(values, pa.Scalar):
+                repl = pa.repeat(pa.scalar(values.as_py(), items.type), len(pos))
+            else:
+                repl = values.take(pa.array(key_rows[upd])).cast(items.type)
+            mask = np.zeros(len(items), dtype=bool)
+            mask[pos] = True
+            items = pc.replace_with_mask(items, pa.array(mask), repl)
+        sel[key_rows] = False
+    if not sel.any():
+        return rebuild_map(arr, off, keys, items, keep_nulls=True)
+    kept_off = off
+    # Append one entry at the end of each selected row; old entries keep their order.
     add_before = np.concatenate(([0], np.cumsum(sel, dtype=np.int64)))
     new_off = kept_off + add_before
     total_old = len(keys)
-    krows = entry_rows(kept_off)
-    take = np.empty(total_old + int(sel.sum()), dtype=np.int64)
-    take[np.arange(total_old) + add_before[krows]] = np.arange(total_old)
-    sel_rows = np.nonzero(sel)[0]
-    take[new_off[sel_rows + 1] - 1] = total_old + np.arange(len(sel_rows))
+    sel_rows = np.flatnonzero(sel)
+    is_new = np.zeros(total_old + len(sel_rows), dtype=bool)
+    is_new[new_off[sel_rows + 1] - 1] = True
+    take = np.empty(len(is_new), dtype=np.int64)
+    take[~is_new] = np.arange(total_old)
+    take[is_new] = total_old + np.arange(len(sel_rows))
     if isinstance(values, pa.Scalar):
         new_vals = pa.repeat(pa.scalar(values.as_py(), items.type), len(sel_rows))
     else:
@@ -391,8 +399,7 @@ def _ref_reader(text: str, schema: pa.Schema) -> Callable[[pa.RecordBatch], pa.A
         i = schema.get_field_index(ref.name)
         return lambda b: pc.cast(b.column(i), pa.string())
     i = schema.get_field_index(ref.column)
-    key = pa.scalar(ref.key, pa.string())
-    return lambda b: pc.map_lookup(b.column(i), key, "first")
+    return lambda b: map_get(b.column(i), ref.key)
 
 
 def _writer(
