@@ -28,9 +28,11 @@ sorted label set, which the remote-write sink encodes.
 
 from __future__ import annotations
 
+import gc
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
+from typing import Any
 
 import pyarrow as pa
 
@@ -241,17 +243,37 @@ def _fmt_float(x: float) -> str:
     return r
 
 
+_CACHE_MAX = 200_000
+
+
+class _Caches:
+    """Caches that live across calls (series repeat every scrape), cleared when too big."""
+
+    def __init__(self) -> None:
+        self.resources: dict[tuple, tuple[tuple[str, str], Labels | None]] = {}
+        self.attrs: dict[tuple, dict[str, str]] = {}
+        self.series: dict[tuple, Any] = {}
+
+    def trim(self) -> None:
+        for d in (self.resources, self.attrs, self.series):
+            if len(d) > _CACHE_MAX:
+                d.clear()
+
+
+_caches = _Caches()
+
+
 class _Ctx:
-    """Per-call caches: resource → (job, instance, target_info labels), attrs → labels."""
+    """Per-call state (target_info timestamps) over the shared caches."""
 
     def __init__(self, out: SeriesBatch) -> None:
         self.out = out
-        self.resources: dict[tuple, tuple[tuple[str, str], Labels | None]] = {}
+        self.resources = _caches.resources
+        self.attrs = _caches.attrs
+        self.series = _caches.series
         self.target_info: dict[Labels, int] = {}
-        self.attrs: dict[tuple, dict[str, str]] = {}
 
-    def resource(self, res_pairs: Sequence[tuple[str, str]] | None, ts_ms: int) -> tuple[str, str]:
-        key = tuple(res_pairs or ())
+    def resource(self, key: tuple, ts_ms: int) -> tuple[str, str]:
         hit = self.resources.get(key)
         if hit is None:
             ji = job_instance(dict(key))
@@ -276,8 +298,7 @@ class _Ctx:
                 self.target_info[ti] = ts_ms
         return ji
 
-    def labels(self, attr_pairs: Sequence[tuple[str, str]] | None) -> dict[str, str]:
-        key = tuple(attr_pairs or ())
+    def labels(self, key: tuple) -> dict[str, str]:
         lab = self.attrs.get(key)
         if lab is None:
             lab = _labels_from_pairs(key)
@@ -285,9 +306,9 @@ class _Ctx:
         return lab
 
 
-def _base_labels(ctx: _Ctx, res_pairs, attr_pairs, ts_ms: int) -> dict[str, str]:
-    job, instance = ctx.resource(res_pairs, ts_ms)
-    labels = dict(ctx.labels(attr_pairs))
+def _base_labels(ctx: _Ctx, res_key: tuple, attr_key: tuple) -> dict[str, str]:
+    job, instance = ctx.resources[res_key][0]
+    labels = dict(ctx.labels(attr_key))
     # Resource identity wins over data point attributes of the same name.
     if job:
         labels["job"] = job
@@ -298,6 +319,32 @@ def _base_labels(ctx: _Ctx, res_pairs, attr_pairs, ts_ms: int) -> dict[str, str]
 
 def _col(batch: pa.RecordBatch | pa.Table, name: str) -> list:
     return batch.column(name).to_pylist()
+
+
+def _map_rows(batch: pa.RecordBatch | pa.Table, name: str) -> list[tuple]:
+    """A map column as one tuple of (key, value) pairs per row (faster than to_pylist)."""
+    col = batch.column(name)
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    offs = col.offsets.to_pylist()
+    base = offs[0]
+    # offsets index the (unsliced) child struct array: take exactly the rows' part of it
+    child = col.values.slice(base, offs[-1] - base)
+    keys, vals = (a.to_pylist() for a in child.flatten())
+    if base:
+        offs = [o - base for o in offs]
+    out = []
+    prev_a = prev_b = -1
+    prev: tuple = ()
+    for i in range(len(offs) - 1):
+        a, b = offs[i], offs[i + 1]
+        if a == prev_a and b == prev_b:
+            out.append(prev)
+            continue
+        prev = tuple(zip(keys[a:b], vals[a:b], strict=True)) if b > a else ()
+        prev_a, prev_b = a, b
+        out.append(prev)
+    return out
 
 
 def _ts_ms(col: pa.Array | pa.ChunkedArray) -> list[int]:
@@ -311,25 +358,50 @@ def _add_scalar_rows(
 ) -> None:
     names = _col(batch, "MetricName")
     units = _col(batch, "MetricUnit")
-    res = _col(batch, "ResourceAttributes")
-    attrs = _col(batch, "Attributes")
+    res = _map_rows(batch, "ResourceAttributes")
+    attrs = _map_rows(batch, "Attributes")
     flags = _col(batch, "Flags")
     ts = _ts_ms(batch.column("TimeUnix"))
     out = ctx.out
+    cache = ctx.series
+    add = out.add
     for i in range(len(names)):
         if flags[i] & 1:
             out.skip("no_recorded_value")
             continue
-        labels = _base_labels(ctx, res[i], attrs[i], ts[i])
-        labels["__name__"] = metric_name(names[i], units[i], kind_of_row[i])
-        out.add(tuple(sorted(labels.items())), ts[i], float(values[i]))
+        t = ts[i]
+        ctx.resource(res[i], t)
+        key = (res[i], attrs[i], names[i], units[i], kind_of_row[i])
+        labels = cache.get(key)
+        if labels is None:
+            lab = _base_labels(ctx, res[i], attrs[i])
+            lab["__name__"] = metric_name(names[i], units[i], kind_of_row[i])
+            labels = cache[key] = tuple(sorted(lab.items()))
+        add(labels, t, float(values[i]))
+
+
+def _histogram_labels(ctx: _Ctx, res: tuple, attrs: tuple, name: str, unit: str, bounds: tuple):
+    base = _base_labels(ctx, res, attrs)
+    pname = metric_name(name, unit, KIND_HISTOGRAM)
+    base["__name__"] = pname + "_count"
+    count = tuple(sorted(base.items()))
+    base["__name__"] = pname + "_sum"
+    total = tuple(sorted(base.items()))
+    base["__name__"] = pname + "_bucket"
+    buckets = []
+    for bound in bounds:
+        base["le"] = _fmt_float(bound)
+        buckets.append(tuple(sorted(base.items())))
+    base["le"] = "+Inf"
+    inf = tuple(sorted(base.items()))
+    return count, total, buckets, inf
 
 
 def _add_histogram_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
     names = _col(batch, "MetricName")
     units = _col(batch, "MetricUnit")
-    res = _col(batch, "ResourceAttributes")
-    attrs = _col(batch, "Attributes")
+    res = _map_rows(batch, "ResourceAttributes")
+    attrs = _map_rows(batch, "Attributes")
     flags = _col(batch, "Flags")
     counts = _col(batch, "Count")
     sums = _col(batch, "Sum")
@@ -337,34 +409,36 @@ def _add_histogram_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
     bounds = _col(batch, "ExplicitBounds")
     ts = _ts_ms(batch.column("TimeUnix"))
     out = ctx.out
+    cache = ctx.series
+    add = out.add
     for i in range(len(names)):
         if flags[i] & 1:
             out.skip("no_recorded_value")
             continue
         t = ts[i]
-        base = _base_labels(ctx, res[i], attrs[i], t)
-        name = metric_name(names[i], units[i], KIND_HISTOGRAM)
-        base["__name__"] = name + "_count"
-        out.add(tuple(sorted(base.items())), t, float(counts[i]))
-        base["__name__"] = name + "_sum"
-        out.add(tuple(sorted(base.items())), t, float(sums[i]))
-        base["__name__"] = name + "_bucket"
+        ctx.resource(res[i], t)
+        bd = tuple(bounds[i] or ())
+        key = (res[i], attrs[i], names[i], units[i], KIND_HISTOGRAM, bd)
+        hit = cache.get(key)
+        if hit is None:
+            hit = cache[key] = _histogram_labels(ctx, res[i], attrs[i], names[i], units[i], bd)
+        count_l, sum_l, bucket_l, inf_l = hit
+        add(count_l, t, float(counts[i]))
+        add(sum_l, t, float(sums[i]))
         cum = 0
         bc = bucket_counts[i] or []
-        bd = bounds[i] or []
-        for j, bound in enumerate(bd):
-            cum += bc[j] if j < len(bc) else 0
-            base["le"] = _fmt_float(bound)
-            out.add(tuple(sorted(base.items())), t, float(cum))
-        base["le"] = "+Inf"
-        out.add(tuple(sorted(base.items())), t, float(counts[i]))
+        nbc = len(bc)
+        for j, lab in enumerate(bucket_l):
+            cum += bc[j] if j < nbc else 0
+            add(lab, t, float(cum))
+        add(inf_l, t, float(counts[i]))
 
 
 def _add_summary_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
     names = _col(batch, "MetricName")
     units = _col(batch, "MetricUnit")
-    res = _col(batch, "ResourceAttributes")
-    attrs = _col(batch, "Attributes")
+    res = _map_rows(batch, "ResourceAttributes")
+    attrs = _map_rows(batch, "Attributes")
     flags = _col(batch, "Flags")
     counts = _col(batch, "Count")
     sums = _col(batch, "Sum")
@@ -377,7 +451,8 @@ def _add_summary_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
             out.skip("no_recorded_value")
             continue
         t = ts[i]
-        base = _base_labels(ctx, res[i], attrs[i], t)
+        ctx.resource(res[i], t)
+        base = _base_labels(ctx, res[i], attrs[i])
         name = metric_name(names[i], units[i], KIND_SUMMARY)
         base["__name__"] = name + "_count"
         out.add(tuple(sorted(base.items())), t, float(counts[i]))
@@ -397,7 +472,20 @@ def tables_to_series(
     Sums and histograms must already be cumulative (see ``flows.metrics``' delta→cumulative
     step); delta rows that reach this function are skipped with reason ``delta_temporality``.
     """
-    out = out if out is not None else SeriesBatch()
+    # Many short-lived tuples over large long-lived caches: GC passes would dominate.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _tables_to_series(tables, out if out is not None else SeriesBatch())
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _tables_to_series(
+    tables: Mapping[str, pa.RecordBatch | pa.Table], out: SeriesBatch
+) -> SeriesBatch:
+    _caches.trim()
     ctx = _Ctx(out)
     for table, batch in tables.items():
         if batch is None or batch.num_rows == 0:

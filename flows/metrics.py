@@ -32,6 +32,7 @@ Importing this module does no network I/O: ``flow`` is built from ``$OTELWAX_MET
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
@@ -245,7 +246,18 @@ def delta_to_cumulative(
     State entries: sums ``[start_ns, last_ns, total]``; histograms
     ``[start_ns, last_ns, count, sum, bucket_counts, bounds]``.
     """
-    state = {} if state is None else state
+    enabled = gc.isenabled()
+    gc.disable()  # the per-series state is large and long-lived: avoid full GC passes
+    try:
+        return _delta_to_cumulative({} if state is None else state, value)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _delta_to_cumulative(
+    state: dict[tuple, list], value: dict[str, tuple]
+) -> tuple[dict[tuple, list], dict[str, pa.RecordBatch]]:
     out: dict[str, pa.RecordBatch] = {}
     late = 0
     for table, (batch, keys) in value.items():

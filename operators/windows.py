@@ -33,11 +33,13 @@ recovery.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import itertools
 import logging
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -130,6 +132,7 @@ class SpanMetricsAggregator:
         self.windows: dict[int, dict[tuple, list]] = s.get("windows", {})
         self.cum: dict[tuple, list] = s.get("cum", {})
         self.late_total: int = s.get("late_total", 0)
+        self._attr_cache: dict[tuple, tuple[list, list]] = {}
 
     def snapshot(self) -> dict[str, Any]:
         return copy.deepcopy(
@@ -156,6 +159,13 @@ class SpanMetricsAggregator:
         return pc.coalesce(*parts)
 
     def add(
+        self, batch: pa.RecordBatch | pa.Table
+    ) -> tuple[list[dict[str, pa.RecordBatch]], pa.RecordBatch | pa.Table | None]:
+        """Aggregate one batch; returns the tables of windows it closed and its late rows."""
+        with _no_gc():
+            return self._add(batch)
+
+    def _add(
         self, batch: pa.RecordBatch | pa.Table
     ) -> tuple[list[dict[str, pa.RecordBatch]], pa.RecordBatch | pa.Table | None]:
         n = batch.num_rows
@@ -231,7 +241,8 @@ class SpanMetricsAggregator:
     def close_all(self) -> list[dict[str, pa.RecordBatch]]:
         """Close every open window (end of input, or idle)."""
         ready = sorted(self.windows)
-        out = [self._close(w) for w in ready]
+        with _no_gc():
+            out = [self._close(w) for w in ready]
         if ready:
             last_end = ready[-1] + self.window_ns
             self.closed_upto = max(self.closed_upto or last_end, last_end)
@@ -265,6 +276,14 @@ class SpanMetricsAggregator:
         return self._tables(rows, end)
 
     def _attrs(self, key: tuple) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        hit = self._attr_cache.get(key)
+        if hit is None:
+            if len(self._attr_cache) > 100_000:
+                self._attr_cache.clear()
+            hit = self._attr_cache[key] = self._make_attrs(key)
+        return hit
+
+    def _make_attrs(self, key: tuple) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         if key == _OVERFLOW_KEY:
             return [], [(OVERFLOW_ATTR, "true")]
         attrs = list(zip(_ATTR_NAMES, key[:4], strict=True))
@@ -298,6 +317,18 @@ class SpanMetricsAggregator:
         hist["BucketCounts"] = pa.array([list(c[3]) for _, c in rows], pa.list_(pa.uint64()))
         hist["ExplicitBounds"] = pa.array([list(self.cfg.buckets_ms)] * n, pa.list_(pa.float64()))
         return {SUM: _fill(SUM_SCHEMA, calls, n), HISTOGRAM: _fill(HISTOGRAM_SCHEMA, hist, n)}
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """Pause the cyclic GC: many short-lived tuples over large state would trigger full passes."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _fill(schema: pa.Schema, cols: dict[str, pa.Array], n: int) -> pa.RecordBatch:
