@@ -46,7 +46,7 @@ def own_kafka() -> Iterator[str]:
     """A broker this module may stop and restart."""
     _kafka("start")
     yield BOOTSTRAP
-    _kafka("stop")
+    _kafka("wipe")  # stops it and removes its data
 
 
 @pytest.mark.slow

@@ -75,12 +75,21 @@ def test_big_trace_request_arrives_complete_in_pieces(split_shim: Shim) -> None:
         assert len(resources) == 1
 
 
-@pytest.mark.parametrize("as_json", [False, True], ids=["proto", "json"])
-def test_single_oversized_span_is_partial_success(split_shim: Shim, as_json: bool) -> None:
-    req = trace_request(1, 6, seed=22 + as_json, spans_per_trace=1)
+@pytest.mark.parametrize("door", ["proto", "json", "grpc"])
+def test_single_oversized_span_is_partial_success(split_shim: Shim, door: str) -> None:
+    req = trace_request(1, 6, seed={"proto": 22, "json": 23, "grpc": 24}[door], spans_per_trace=1)
     big = req.resource_spans[0].scope_spans[0].spans[2]
     big.attributes.append(KeyValue(key="blob", value=any_value("x" * (2 * LIMIT))))
-    if as_json:
+    if door == "grpc":
+        import grpc
+
+        with grpc.insecure_channel(split_shim.grpc_target) as ch:
+            call = ch.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+            out = call(req.SerializeToString(), timeout=10)
+        ps = ExportTraceServiceResponse.FromString(out).partial_success
+        assert ps.rejected_spans == 1
+        msg = ps.error_message
+    elif door == "json":
         r = httpx.post(
             split_shim.http_url + "/v1/traces",
             content=to_otlp_json(req),
