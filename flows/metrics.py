@@ -403,35 +403,49 @@ def _to_series(tables: dict[str, pa.RecordBatch]) -> SeriesBatch:
     return tables_to_series(tables)
 
 
-def build_from_settings(settings: MetricsFlowSettings) -> Dataflow:
-    """Wire the dataflow from validated settings (no I/O)."""
+def _serving_source_cls() -> type:
     from bytewax.connectors.kafka import KafkaSource
 
-    if settings.metrics_port:
-        from otelwax.telemetry import serve_metrics
+    class ServingKafkaSource(KafkaSource):
+        """bytewax's KafkaSource that serves ``/metrics`` when it builds its first partition."""
 
-        port = settings.metrics_port
+        metrics_port: int | None = None
 
-        class _Serve(_Decode):
-            def __call__(self, msgs: list[Any]) -> list[MetricChunk]:
-                serve_metrics(port)
-                return super().__call__(msgs)
+        def build_part(self, step_id: str, for_part: str, resume_state: Any) -> Any:
+            if self.metrics_port:
+                from otelwax.telemetry import serve_metrics
 
-        decoder: _Decode = _Serve()
-    else:
-        decoder = _Decode()
+                serve_metrics(self.metrics_port)
+            return super().build_part(step_id, for_part, resume_state)
 
+    return ServingKafkaSource
+
+
+def kafka_source(
+    kafka: KafkaConfig, topic: str, tail: bool, batch_size: int, metrics_port: int | None
+) -> Any:
+    """bytewax's KafkaSource for ``topic``; serves ``/metrics`` on ``metrics_port`` (when set)
+    as soon as the flow builds its first partition, so an idle flow is still observable."""
+    conf = {k: str(v) for k, v in kafka.client_conf().items() if k != "bootstrap.servers"}
+    src = _serving_source_cls()(
+        [kafka.bootstrap_servers], [topic], tail=tail, add_config=conf, batch_size=batch_size
+    )
+    src.metrics_port = metrics_port
+    return src
+
+
+def build_from_settings(settings: MetricsFlowSettings) -> Dataflow:
+    """Wire the dataflow from validated settings (no I/O)."""
     flow = Dataflow(settings.flow_id)
-    conf = {k: str(v) for k, v in settings.kafka.client_conf().items() if k != "bootstrap.servers"}
-    source = KafkaSource(
-        [settings.kafka.bootstrap_servers],
-        [settings.topic],
-        tail=settings.tail,
-        add_config=conf,
-        batch_size=settings.source_batch_size,
+    source = kafka_source(
+        settings.kafka,
+        settings.topic,
+        settings.tail,
+        settings.source_batch_size,
+        settings.metrics_port,
     )
     msgs = op.input("kafka", flow, source)
-    chunks = op.flat_map_batch("decode", msgs, decoder)
+    chunks = op.flat_map_batch("decode", msgs, _Decode())
     if settings.clickhouse is not None:
         op.output("clickhouse", chunks, MetricsClickHouseSink(settings.clickhouse))
     if settings.remote_write is not None:

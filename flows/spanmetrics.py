@@ -32,7 +32,7 @@ from pydantic import Field
 from connectors.kafka import TOPIC_SPANS, KafkaConfig
 from connectors.prom_translate import tables_to_series
 from connectors.remote_write import RemoteWriteConfig, RemoteWriteSink
-from flows.metrics import MetricChunk, MetricsClickHouseConfig, MetricsClickHouseSink
+from flows.metrics import MetricChunk, MetricsClickHouseConfig, MetricsClickHouseSink, kafka_source
 from operators.windows import SpanMetricsConfig, span_metrics
 from otelwax.settings import StrictModel, ValidationError, format_errors
 from otelwax.telemetry import ComponentMetrics
@@ -56,6 +56,7 @@ class SpanMetricsFlowSettings(StrictModel):
     remote_write: RemoteWriteConfig | None = Field(default_factory=RemoteWriteConfig)
     clickhouse: MetricsClickHouseConfig | None = None
     late_topic: str | None = Field(None, description="late spans (late_policy: route)")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="serve /metrics here")
 
 
 def load_settings(
@@ -133,16 +134,15 @@ def _late_to_kafka(batch: pa.RecordBatch | pa.Table) -> Any:
 
 def build_from_settings(settings: SpanMetricsFlowSettings) -> Dataflow:
     """Wire the dataflow from validated settings (no I/O)."""
-    from bytewax.connectors.kafka import KafkaSink, KafkaSource
+    from bytewax.connectors.kafka import KafkaSink
 
     flow = Dataflow(settings.flow_id)
-    conf = {k: str(v) for k, v in settings.kafka.client_conf().items() if k != "bootstrap.servers"}
-    source = KafkaSource(
-        [settings.kafka.bootstrap_servers],
-        [settings.topic],
-        tail=settings.tail,
-        add_config=conf,
-        batch_size=settings.source_batch_size,
+    source = kafka_source(
+        settings.kafka,
+        settings.topic,
+        settings.tail,
+        settings.source_batch_size,
+        settings.metrics_port,
     )
     msgs = op.input("kafka", flow, source)
     spans = op.flat_map_batch("decode", msgs, _Decode())
@@ -158,7 +158,15 @@ def build_from_settings(settings: SpanMetricsFlowSettings) -> Dataflow:
         op.output(
             "late_spans",
             late,
-            KafkaSink([settings.kafka.bootstrap_servers], settings.late_topic, add_config=conf),
+            KafkaSink(
+                [settings.kafka.bootstrap_servers],
+                settings.late_topic,
+                add_config={
+                    k: str(v)
+                    for k, v in settings.kafka.client_conf().items()
+                    if k != "bootstrap.servers"
+                },
+            ),
         )
     return flow
 

@@ -12,10 +12,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 from bytewax.testing import run_main
 
 from flows.metrics import build_from_settings, load_settings
+from tests.conftest import free_port
 from tests.promfixtures import (  # noqa: F401
     counter,
     gauge,
@@ -87,7 +89,13 @@ def test_counters_gauges_histograms_reach_prometheus(
             )
         )
     _produce(kafka_bootstrap, topic, reqs, partition=0)
-    run_main(build_from_settings(_settings(kafka_bootstrap, topic, prometheus_url)))
+    port = free_port()
+    run_main(
+        build_from_settings(_settings(kafka_bootstrap, topic, prometheus_url, metrics_port=port))
+    )
+    own = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert 'otelwax_received_total{component="metrics_decode",unit="datapoints"}' in own
+    assert 'otelwax_sent_total{component="remote_write",unit="samples"}' in own
 
     sel = f'{{job="{job}"}}'
     wait_for(prometheus_url, sel, 5)
