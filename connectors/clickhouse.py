@@ -7,8 +7,8 @@
 
 Embedded (``mode: embedded``, the default): chdb in-process, data under ``path``. chdb allows one
 engine (one data path) per process, so every ``EmbeddedClient`` of a process shares one session
-behind a lock (bytewax worker threads may insert concurrently). Arrow goes in as an
-``ArrowStream`` body of ``INSERT ... FORMAT`` (no per-row Python).
+behind a lock (bytewax worker threads may insert concurrently). Arrow goes in through chdb's
+``Python()`` table function, which reads the Arrow buffers (no per-row Python).
 
 Server (``mode: server``): queries go over the native protocol (clickhouse-driver, port 9000);
 inserts are encoded from the Arrow buffers straight into ClickHouse's ``Native`` format with
@@ -321,25 +321,24 @@ class EmbeddedClient:
         names = [n for n in batch.schema.names if n in cols]
         if len(names) != batch.num_columns:
             batch = batch.select(names)
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, batch.schema) as w:
-            w.write_batch(batch)
-        body = sink.getvalue()
         collist = ", ".join(f"`{n}`" for n in names)
         settings = ""
         if dedup_token is not None:
             settings = f" SETTINGS insert_deduplication_token = '{dedup_token}'"
-        sql = f"INSERT INTO {quote_ident(db)}.{quote_ident(name)} ({collist}){settings}"
+        # chdb's Python() table function finds ``otelwax_batch`` in this frame by name; it
+        # reads the Arrow buffers directly (measured ~2x faster than an ArrowStream body at
+        # 100K rows: bench/clickhouse_bench.py).
+        otelwax_batch = batch  # noqa: F841
+        sql = (
+            f"INSERT INTO {quote_ident(db)}.{quote_ident(name)} ({collist}){settings} "
+            "SELECT * FROM Python(otelwax_batch)"
+        )
         with self._engine.lock:
             try:
-                with self._engine.session.send_insert(sql, "ArrowStream") as ins:
-                    ins.append(body.to_pybytes())
-                    res = ins.finish()
+                self._engine.session.query(sql)
             except Exception as exc:
                 raise _chdb_error(exc) from exc
-        # rows_written also counts materialized-view rows and cannot tell a deduplicated
-        # insert apart, so report the rows handed over.
-        log.debug("chdb insert %s: %s", key, getattr(res, "rows_written", "?"))
+        # chdb cannot tell a deduplicated insert apart: report the rows handed over.
         return batch.num_rows
 
     def close(self) -> None:
