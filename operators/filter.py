@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import field_validator, model_validator
 
-from operators.expr import ExprError, columns_of, compile_expr, parse
+from operators.expr import ExprError, columns_of, compile_expr, filter_batch, parse
 from otelwax.settings import StrictModel
 
 __all__ = ["FilterConfig", "build"]
@@ -83,7 +83,7 @@ class FilterKernel:
         mask = self._cond(batch)
         if not self._keep:
             mask = pc.invert(mask)
-        return batch.filter(mask)
+        return filter_batch(batch, mask)
 
 
 def build(cfg: FilterConfig, schema: pa.Schema) -> FilterKernel:

@@ -131,9 +131,23 @@ class RedactKernel:
         self._ignore = pa.array(cfg.ignore_keys, pa.string()) if cfg.ignore_keys else None
 
     def _scrub(self, values: pa.Array) -> pa.Array:
-        """Apply every pattern to the values that match any of them."""
+        """Apply every pattern to the values that match any of them.
+
+        Attribute values repeat a lot (routes, methods, hosts): when at most half of them are
+        distinct, the regexes run on the distinct values only and the result is taken back.
+        """
         if self._any is None or len(values) == 0:
             return values
+        if len(values) >= 1024:
+            enc = pc.dictionary_encode(values)
+            if len(enc.dictionary) <= len(values) // 2:
+                scrubbed = self._scrub_values(enc.dictionary)
+                if scrubbed is enc.dictionary:
+                    return values
+                return scrubbed.take(enc.indices)
+        return self._scrub_values(values)
+
+    def _scrub_values(self, values: pa.Array) -> pa.Array:
         hit = pc.fill_null(pc.match_substring_regex(values, self._any), False)
         n_hit = pc.sum(hit).as_py() or 0
         if not n_hit:

@@ -46,6 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
+from operators.expr import filter_batch
 from otelwax.settings import StrictModel
 
 __all__ = [
@@ -169,7 +170,7 @@ class HeadSampler:
         if batch.num_rows == 0 or self._pct >= 100:
             return batch
         mask = head_keep_mask(batch.column(self._i), self._pct, self._keep_invalid)
-        return batch.filter(pa.array(mask, pa.bool_()))
+        return filter_batch(batch, pa.array(mask, pa.bool_()))
 
 
 _ARRIVAL = "__otelwax_arrival"
