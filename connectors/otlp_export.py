@@ -325,7 +325,8 @@ class JaegerExporter:
             if k > 1:  # bisect down to the bad rows; the good ones still go out
                 done = self._export_rows(rows.slice(0, k // 2), done)
                 return self._export_rows(rows.slice(k // 2), done)
-            return done + self._reject(k, "unencodable", f"cannot encode a span: {exc}", done)
+            msg = f"cannot encode the span at batch row {done}: {exc}"
+            return done + self._reject(k, "unencodable", msg, done)
         if len(payload) > self.cfg.max_request_bytes and k > 1:
             done = self._export_rows(rows.slice(0, k // 2), done)
             return self._export_rows(rows.slice(k // 2), done)

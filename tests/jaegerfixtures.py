@@ -1,6 +1,6 @@
 """A real Jaeger v2 (memory storage) for tests, run by ``scripts/services/jaeger.sh``.
 
-    from tests.jaegerfixtures import jaeger  # noqa: F401  (session fixture)
+    from tests.jaegerfixtures import jaeger_fixture  # noqa: F401  (registers fixture "jaeger")
 
     def test_x(jaeger):               # JaegerService: .otlp_endpoint, .trace(id), .wait_spans(...)
         ...
@@ -117,8 +117,8 @@ class JaegerService:
             time.sleep(0.2)
 
 
-@pytest.fixture(scope="session")
-def jaeger() -> Iterator[JaegerService]:
+@pytest.fixture(scope="session", name="jaeger")
+def jaeger_fixture() -> Iterator[JaegerService]:
     """The session's Jaeger (started if not running; stopped only if started here)."""
     otlp = int(os.environ.get("OTELWAX_TEST_JAEGER_OTLP", "14317"))
     query = int(os.environ.get("OTELWAX_TEST_JAEGER_QUERY", "16686"))

@@ -1,0 +1,438 @@
+"""Jaeger sink: spans exported over OTLP/gRPC to a real Jaeger v2 come back from its query API
+unchanged; outages are retried (nothing lost), a dead endpoint opens the circuit breaker."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from bytewax import operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSource, run_main
+from prometheus_client import REGISTRY
+
+from connectors.otlp_export import (
+    JaegerExporter,
+    JaegerExporterConfig,
+    JaegerExportError,
+    JaegerSink,
+    JaegerUnavailableError,
+)
+from otelwax.codec import native
+from otelwax.codec.pydecode import decode_traces
+from otelwax.resilience import BreakerConfig, RetryConfig
+from otelwax.settings import ValidationError, format_errors
+from tests.conftest import free_port
+from tests.jaegerfixtures import JaegerService, jaeger_fixture  # noqa: F401  (fixture jaeger)
+from tests.otlpgen import trace_payloads
+
+_seq = iter(range(1_000_000))
+
+FAST_RETRY = RetryConfig(attempts=2, initial_backoff_s=0.05, max_backoff_s=0.2, jitter=0.0)
+
+
+def component() -> str:
+    return f"sink.jaeger.test{next(_seq)}"
+
+
+def counter(name: str, comp: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, {"component": comp, "unit": "spans", **labels}) or 0.0
+
+
+def spans_batch(seed: int, n_requests: int = 1, **kw) -> pa.RecordBatch:
+    res = decode_traces(trace_payloads(n_requests, seed=seed, **kw))
+    assert res.errors == []
+    return res.batch
+
+
+def cfg(endpoint: str, **kw) -> JaegerExporterConfig:
+    kw.setdefault("retry", FAST_RETRY)
+    return JaegerExporterConfig(enabled=True, endpoint=endpoint, **kw)
+
+
+def closed_endpoint() -> str:
+    return f"127.0.0.1:{free_port()}"  # nothing listens there: connection refused
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+def test_config_defaults_and_validation():
+    c = JaegerExporterConfig()
+    assert (c.enabled, c.endpoint, c.insecure, c.when_unavailable) == (
+        False,
+        "127.0.0.1:4317",
+        True,
+        "block",
+    )
+    with pytest.raises(ValidationError) as exc:
+        JaegerExporterConfig.model_validate(
+            {
+                "endpoint": "http://jaeger:4317",
+                "timeout_s": 0,
+                "max_spans_per_requst": 5,
+                "retry": {"attempts": 0},
+                "when_unavailable": "drop",
+            }
+        )
+    lines = format_errors(exc.value, "sinks.jaeger", JaegerExporterConfig)
+    text = "\n".join(lines)
+    assert "sinks.jaeger.endpoint: Value error, use host:port without a scheme" in text
+    assert "sinks.jaeger.timeout_s: Input should be greater than 0" in text
+    assert (
+        'sinks.jaeger.max_spans_per_requst: unknown key (did you mean "max_spans_per_request"?)'
+        in text
+    )
+    assert "sinks.jaeger.retry.attempts" in text
+    assert "sinks.jaeger.when_unavailable" in text
+    for bad in ("jaeger", "jaeger:0", "jaeger:99999", "a b:1"):
+        with pytest.raises(ValidationError):
+            JaegerExporterConfig(endpoint=bad)
+    for good in ("jaeger:4317", "10.0.0.1:14317", "[::1]:4317", "jaeger-collector.obs.svc:4317"):
+        assert JaegerExporterConfig(endpoint=good).endpoint == good
+    secret = JaegerExporterConfig(headers={"authorization": "Bearer s3cr3t"})
+    assert "s3cr3t" not in repr(secret) and "s3cr3t" not in str(secret.model_dump())
+
+
+def test_export_needs_open_and_disabled_counts_drops():
+    comp = component()
+    exp = JaegerExporter(JaegerExporterConfig(enabled=True), component=comp)
+    with pytest.raises(RuntimeError, match="not open"):
+        exp.export(spans_batch(1))
+    off = JaegerExporter(JaegerExporterConfig(enabled=False), component=comp)
+    off.export(spans_batch(1))  # no I/O at all
+    assert counter("otelwax_dropped_total", comp, reason="disabled") == 100
+
+
+# --- failures against a closed port ----------------------------------------------------------
+
+
+def test_breaker_opens_after_repeated_failures_on_a_closed_port():
+    comp = component()
+    batch = spans_batch(2)
+    c = cfg(
+        closed_endpoint(),
+        when_unavailable="raise",
+        breaker=BreakerConfig(failure_threshold=4, open_seconds=1.0),
+    )
+    with JaegerExporter(c, component=comp) as exp:
+        # Round 1: two attempts fail (connection refused) → retries exhausted, breaker closed.
+        with pytest.raises(JaegerUnavailableError, match="retries exhausted") as e1:
+            exp.export(batch)
+        assert e1.value.done_rows == 0
+        assert exp.breaker.state == "closed"
+        # Round 2: two more failures reach the threshold → breaker open.
+        with pytest.raises(JaegerUnavailableError, match="UNAVAILABLE"):
+            exp.export(batch)
+        assert exp.breaker.state == "open"
+        # Open: fails fast without a call, says when to come back.
+        t0 = time.monotonic()
+        with pytest.raises(JaegerUnavailableError, match=r"circuit .* is open") as e3:
+            exp.export(batch)
+        fast = time.monotonic() - t0
+        assert fast < 0.1
+        assert 0.5 < e3.value.retry_after <= 1.0
+        # After open_seconds one probe goes through; it fails, the breaker re-opens at once
+        # (the retry after the probe meets the open breaker).
+        time.sleep(1.05)
+        assert exp.breaker.state == "half_open"
+        with pytest.raises(JaegerUnavailableError, match=r"circuit .* is open"):
+            exp.export(batch)
+        assert exp.breaker.state == "open"
+        assert exp.breaker.retry_after() > 0.8
+    assert counter("otelwax_failed_total", comp) == 4 * batch.num_rows
+    assert counter("otelwax_sent_total", comp) == 0
+    print(f"\nbreaker open: export failed fast in {fast * 1000:.1f} ms")
+
+
+def test_block_mode_gives_up_after_max_block_s():
+    comp = component()
+    c = cfg(
+        closed_endpoint(),
+        max_block_s=1.0,
+        breaker=BreakerConfig(failure_threshold=2, open_seconds=0.3),
+    )
+    with JaegerExporter(c, component=comp) as exp:
+        t0 = time.monotonic()
+        with pytest.raises(JaegerUnavailableError, match=r"gave up after max_block_s=1\.0"):
+            exp.export(spans_batch(3))
+        took = time.monotonic() - t0
+    assert 0.6 < took < 3.0
+    assert counter("otelwax_failed_total", comp) == 100
+
+
+def test_close_wakes_a_blocked_export():
+    c = cfg(closed_endpoint(), breaker=BreakerConfig(failure_threshold=1, open_seconds=60))
+    exp = JaegerExporter(c, component=component()).open()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            exp.export(spans_batch(4))
+        except BaseException as exc:
+            errors.append(exc)
+
+    th = threading.Thread(target=run)
+    th.start()
+    time.sleep(0.5)
+    assert th.is_alive()  # blocked on the open breaker, spans kept
+    exp.close()
+    th.join(5)
+    assert not th.is_alive()
+    assert isinstance(errors[0], JaegerUnavailableError)
+
+
+# --- against a real Jaeger v2 ----------------------------------------------------------------
+
+_KINDS = [
+    "SPAN_KIND_UNSPECIFIED",
+    "SPAN_KIND_INTERNAL",
+    "SPAN_KIND_SERVER",
+    "SPAN_KIND_CLIENT",
+    "SPAN_KIND_PRODUCER",
+    "SPAN_KIND_CONSUMER",
+]
+_CODES = ["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"]
+
+
+def _attrs(kvs: list[dict]) -> list[tuple[str, str]]:
+    # "@jaeger@warnings" is Jaeger's own annotation (e.g. "clock skew adjustment disabled"
+    # for otlpgen's children that do not nest in their parents' time): not our data.
+    return sorted(
+        (a["key"], a.get("value", {}).get("stringValue", ""))
+        for a in kvs or []
+        if a["key"] != "@jaeger@warnings"
+    )
+
+
+def v3_rows(svc: JaegerService, trace_ids: set[str]) -> dict[str, dict]:
+    """Spans of the traces as Jaeger's v3 API (OTLP JSON) returns them, in our row shape with
+    attribute lists sorted (Jaeger sorts them); keyed by SpanId."""
+    out: dict[str, dict] = {}
+    for tid in trace_ids:
+        body = svc.get(f"/api/v3/traces/{tid}")
+        for rs in (body or {}).get("result", {}).get("resourceSpans", []):
+            res = _attrs(rs.get("resource", {}).get("attributes"))
+            for ss in rs.get("scopeSpans", []):
+                scope = ss.get("scope", {})
+                for sp in ss.get("spans", []):
+                    start, end = int(sp["startTimeUnixNano"]), int(sp["endTimeUnixNano"])
+                    status = sp.get("status", {})
+                    events = sp.get("events", [])
+                    links = sp.get("links", [])
+                    out[sp["spanId"]] = {
+                        "Timestamp": start,
+                        "TraceId": sp["traceId"],
+                        "SpanId": sp["spanId"],
+                        "ParentSpanId": sp.get("parentSpanId", ""),
+                        "TraceState": sp.get("traceState", ""),
+                        "SpanName": sp.get("name", ""),
+                        "SpanKind": _KINDS[sp.get("kind", 0)],
+                        "ServiceName": dict(res).get("service.name", ""),
+                        "ResourceAttributes": res,
+                        "ScopeName": scope.get("name", ""),
+                        "ScopeVersion": scope.get("version", ""),
+                        "SpanAttributes": _attrs(sp.get("attributes")),
+                        "Duration": end - start,
+                        "StatusCode": _CODES[status.get("code", 0)],
+                        "StatusMessage": status.get("message", ""),
+                        "Events.Timestamp": [int(e["timeUnixNano"]) for e in events],
+                        "Events.Name": [e.get("name", "") for e in events],
+                        "Events.Attributes": [_attrs(e.get("attributes")) for e in events],
+                        "Links.TraceId": [lk["traceId"] for lk in links],
+                        "Links.SpanId": [lk["spanId"] for lk in links],
+                        "Links.TraceState": [lk.get("traceState", "") for lk in links],
+                        "Links.Attributes": [_attrs(lk.get("attributes")) for lk in links],
+                    }
+    return out
+
+
+def expected_rows(batch: pa.RecordBatch) -> dict[str, dict]:
+    """Our rows in the shape of ``v3_rows`` (ns integers, sorted attribute lists)."""
+    ints = batch.set_column(0, "Timestamp", batch.column("Timestamp").cast(pa.int64())).set_column(
+        batch.schema.get_field_index("Events.Timestamp"),
+        "Events.Timestamp",
+        batch.column("Events.Timestamp").cast(pa.list_(pa.int64())),
+    )
+    out = {}
+    for r in ints.to_pylist():
+        for k in ("ResourceAttributes", "SpanAttributes"):
+            r[k] = sorted(r[k])
+        for k in ("Events.Attributes", "Links.Attributes"):
+            r[k] = [sorted(a) for a in r[k]]
+        out[r["SpanId"]] = r
+    return out
+
+
+def wait_for(svc: JaegerService, batch: pa.RecordBatch, timeout: float = 30.0) -> dict:
+    trace_ids = set(batch.column("TraceId").to_pylist())
+    deadline = time.monotonic() + timeout
+    while True:
+        got = v3_rows(svc, trace_ids)
+        if len(got) >= batch.num_rows or time.monotonic() > deadline:
+            return got
+        time.sleep(0.25)
+
+
+@pytest.mark.parametrize("encoder", ["python", "native"])
+def test_spans_come_back_from_jaeger_unchanged(jaeger, encoder):
+    if encoder == "native" and not native.AVAILABLE:
+        pytest.skip("native codec not built")
+    comp = component()
+    seed = 100 if encoder == "python" else 101
+    batch = spans_batch(seed, 3, events_per_span=2, links_per_span=1, unicode=True)
+    # As after operators: health checks filtered out, span names rewritten.
+    batch = batch.filter(pc.invert(pc.match_substring(batch.column("SpanName"), "/healthz")))
+    name_i = batch.schema.get_field_index("SpanName")
+    batch = batch.set_column(name_i, "SpanName", pc.utf8_upper(batch.column(name_i)))
+    n = batch.num_rows
+    assert 150 < n < 300
+    c = cfg(jaeger.otlp_endpoint, max_spans_per_request=37, encoder=encoder)  # several requests
+    with JaegerExporter(c, component=comp) as exp:
+        assert exp.encoder_name == encoder
+        exp.export(batch)
+    assert counter("otelwax_sent_total", comp) == n
+    assert counter("otelwax_received_total", comp) == n
+
+    got = wait_for(jaeger, batch)
+    want = expected_rows(batch)
+    assert set(got) == set(want)
+    for span_id, row in want.items():
+        assert got[span_id] == row, span_id
+
+    # Jaeger's own model (v1 API, what its UI shows): parents, tags, status, process.
+    some_error = next(r for r in want.values() if r["StatusCode"] == "STATUS_CODE_ERROR")
+    trace = jaeger.trace(some_error["TraceId"])
+    spans = {s["spanID"]: s for s in trace["spans"]}
+    for s in spans.values():
+        parent = want[s["spanID"]]["ParentSpanId"]
+        child_of = [r["spanID"] for r in s["references"] if r["refType"] == "CHILD_OF"]
+        assert child_of == ([parent] if parent else [])
+        assert trace["processes"][s["processID"]]["serviceName"] == want[s["spanID"]]["ServiceName"]
+    tags = {t["key"]: t["value"] for t in spans[some_error["SpanId"]]["tags"]}
+    assert tags["error"] is True
+    assert tags["otel.status_code"] == "ERROR"
+    assert tags["otel.status_description"] == "boom: upstream failed"
+    assert tags["otel.scope.name"] == some_error["ScopeName"]
+    for k, v in some_error["SpanAttributes"]:
+        assert tags[k] == v
+
+
+def test_jaeger_down_for_a_while_then_up_nothing_lost(tmp_path):
+    comp = component()
+    port = free_port()
+    batch = spans_batch(200, 2)
+    c = cfg(
+        f"127.0.0.1:{port}",
+        max_spans_per_request=30,
+        breaker=BreakerConfig(failure_threshold=3, open_seconds=0.5),
+    )
+    exp = JaegerExporter(c, component=comp).open()
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            exp.export(batch)  # blocks through the outage
+        except BaseException as exc:
+            errors.append(exc)
+        done.set()
+
+    th = threading.Thread(target=run)
+    th.start()
+    states = set()
+    t_end = time.monotonic() + 2.0
+    while time.monotonic() < t_end:
+        states.add(exp.breaker.state)
+        time.sleep(0.05)
+    assert not done.is_set()  # still holding the spans
+    assert "open" in states
+    svc = JaegerService.start_new(tmp_path / "jaeger", otlp_port=port)
+    try:
+        th.join(60)
+        assert done.is_set() and errors == []
+        got = wait_for(svc, batch)
+    finally:
+        exp.close()
+        svc.stop()
+    assert set(got) == set(batch.column("SpanId").to_pylist())
+    assert counter("otelwax_sent_total", comp) == batch.num_rows
+    assert counter("otelwax_failed_total", comp) == 0
+    assert exp.breaker.state == "closed"
+
+
+def test_bad_rows_are_isolated_raised_or_dropped(jaeger):
+    def with_bad_row(seed: int) -> pa.RecordBatch:
+        b = spans_batch(seed, 1).slice(0, 30)
+        ids = b.column("SpanId").to_pylist()
+        ids[25] = "zz"
+        return b.set_column(2, "SpanId", pa.array(ids, pa.string()))
+
+    comp = component()
+    bad = with_bad_row(300)
+    c = cfg(jaeger.otlp_endpoint, max_spans_per_request=10, on_rejected="raise")
+    with JaegerExporter(c, component=comp) as exp:
+        with pytest.raises(JaegerExportError, match=r"span at batch row 25: .*SpanId.*zz") as exc:
+            exp.export(bad)
+    # Rows before the bad one went out; the caller can resume at batch.slice(done_rows).
+    assert exc.value.done_rows == 25
+    assert len(wait_for(jaeger, bad.slice(0, 25))) == 25
+    assert counter("otelwax_sent_total", comp) == 25
+    assert counter("otelwax_failed_total", comp) == 5
+
+    comp = component()
+    bad = with_bad_row(301)
+    c = cfg(jaeger.otlp_endpoint, max_spans_per_request=10)  # on_rejected="drop"
+    with JaegerExporter(c, component=comp) as exp:
+        exp.export(bad)
+    good = pa.Table.from_batches([bad.slice(0, 25), bad.slice(26)]).combine_chunks()
+    assert len(wait_for(jaeger, good.to_batches()[0])) == 29
+    assert counter("otelwax_sent_total", comp) == 29
+    assert counter("otelwax_dropped_total", comp, reason="unencodable") == 1
+
+
+def test_wrong_endpoint_is_not_retried(jaeger):
+    """Jaeger's query gRPC port speaks gRPC but not OTLP: UNIMPLEMENTED, raised at once."""
+    comp = component()
+    c = cfg(jaeger.query_grpc_endpoint, retry=RetryConfig(attempts=5, initial_backoff_s=1.0))
+    with JaegerExporter(c, component=comp) as exp:
+        t0 = time.monotonic()
+        with pytest.raises(JaegerExportError, match="non-retryable error: UNIMPLEMENTED"):
+            exp.export(spans_batch(400))
+        assert time.monotonic() - t0 < 1.0
+        assert exp.breaker.state == "closed"
+        with pytest.raises(JaegerExportError, match="UNIMPLEMENTED"):
+            exp.health_check(timeout_s=2)
+    assert counter("otelwax_failed_total", comp) == 100
+
+
+def test_health_check(jaeger):
+    with JaegerExporter(cfg(jaeger.otlp_endpoint)) as exp:
+        exp.health_check()
+    with JaegerExporter(cfg(closed_endpoint())) as exp:
+        with pytest.raises(JaegerUnavailableError, match="failed a health check"):
+            exp.health_check(timeout_s=0.5)
+
+
+def test_bytewax_sink_gzip_and_headers(jaeger):
+    from connectors.clickhouse_sink import StoredRange
+
+    comp = component()
+    b1, b2 = spans_batch(500, 1), spans_batch(501, 1)
+    items = [b1, StoredRange("otlp_spans", 0, 0, 9, b2, 10)]  # batches or flow ranges
+    c = cfg(
+        jaeger.otlp_endpoint,
+        compression="gzip",
+        headers={"x-tenant": "otelwax-test"},
+        max_spans_per_request=64,
+    )
+    flow = Dataflow("jaeger_sink_test")
+    op.output("jaeger", op.input("in", flow, TestingSource(items)), JaegerSink(c, component=comp))
+    run_main(flow)
+    both = pa.Table.from_batches([b1, b2]).combine_chunks().to_batches()[0]
+    got = wait_for(jaeger, both)
+    assert set(got) == set(both.column("SpanId").to_pylist())
+    assert counter("otelwax_sent_total", comp) == 200
