@@ -36,6 +36,7 @@ pub trait Table {
     fn rollback(&mut self, m: &Self::Mark);
     fn rows(&self) -> usize;
     fn too_big(&self) -> bool;
+    fn grow(&mut self, num: usize, den: usize);
     fn decode(&mut self, buf: &[u8]) -> wire::Res<()>;
     fn finish(self) -> StructArray;
 }
@@ -53,6 +54,9 @@ impl Table for traces::Traces {
     }
     fn too_big(&self) -> bool {
         traces::Traces::too_big(self)
+    }
+    fn grow(&mut self, num: usize, den: usize) {
+        traces::Traces::grow(self, num, den)
     }
     fn decode(&mut self, buf: &[u8]) -> wire::Res<()> {
         traces::Traces::decode(self, buf)
@@ -76,6 +80,9 @@ impl Table for logs::Logs {
     fn too_big(&self) -> bool {
         logs::Logs::too_big(self)
     }
+    fn grow(&mut self, num: usize, den: usize) {
+        logs::Logs::grow(self, num, den)
+    }
     fn decode(&mut self, buf: &[u8]) -> wire::Res<()> {
         logs::Logs::decode(self, buf)
     }
@@ -89,7 +96,14 @@ impl Table for logs::Logs {
 pub fn decode_all<T: Table, B: AsRef<[u8]>>(mut t: T, payloads: &[B]) -> DecodeOut {
     let mut errors = Vec::new();
     let mut rows = Vec::with_capacity(payloads.len());
+    let total: usize = payloads.iter().map(|p| p.as_ref().len()).sum();
+    let mut seen = 0usize;
     for (i, p) in payloads.iter().enumerate() {
+        if i == 1 && seen > 0 {
+            // Plan capacity from the first payload: the rest is likely alike.
+            t.grow(total - seen, seen);
+        }
+        seen += p.as_ref().len();
         let mark = t.mark();
         let before = t.rows();
         let res = catch_unwind(AssertUnwindSafe(|| t.decode(p.as_ref())));

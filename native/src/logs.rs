@@ -7,7 +7,9 @@ use arrow_schema::{DataType, Field, Fields};
 
 use crate::cols::*;
 use crate::render::{push_attr, push_id, render_value};
-use crate::traces::{col_too_big, parse_scope, pop_mark, push_mark, ResourceScratch, Scope};
+use crate::traces::{
+    col_too_big, grow, parse_scope, pop_mark, push_mark, Markable, ResourceScratch, Scope,
+};
 use crate::wire::{utf8, Reader, Res, Val};
 
 pub struct Logs {
@@ -100,6 +102,16 @@ impl Logs {
             ($s:ident, $($c:ident),*) => { $( pop_mark(&mut it, &mut $s.$c); )* };
         }
         all_cols!(r, self);
+    }
+
+    pub fn grow(&mut self, num: usize, den: usize) {
+        grow(&mut self.ts, num, den);
+        grow(&mut self.flags, num, den);
+        grow(&mut self.sev_num, num, den);
+        macro_rules! g {
+            ($s:ident, $($c:ident),*) => { $( Markable::grow(&mut $s.$c, num, den); )* };
+        }
+        all_cols!(g, self);
     }
 
     pub fn too_big(&self) -> bool {

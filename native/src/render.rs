@@ -75,9 +75,7 @@ pub fn render_value(val: Option<&[u8]>, out: &mut Vec<u8>) -> Res<()> {
         Any::Empty => {}
         Any::Str(s) => out.extend_from_slice(s),
         Any::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
-        Any::Int(i) => {
-            let _ = write!(out, "{i}");
-        }
+        Any::Int(i) => push_i64(out, i),
         Any::Double(d) => write_double(d, out),
         Any::Bytes(b) => base64(b, out),
         Any::Array(_) | Any::KvList(_) => json_any(any, out, 1)?,
@@ -131,6 +129,26 @@ fn validate_any(a: Any<'_>, depth: u32) -> Res<()> {
         _ => {}
     }
     Ok(())
+}
+
+/// Decimal integer.
+#[inline]
+pub fn push_i64(out: &mut Vec<u8>, v: i64) {
+    let mut buf = [0u8; 20];
+    let mut u = v.unsigned_abs();
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (u % 10) as u8;
+        u /= 10;
+        if u == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&buf[i..]);
 }
 
 /// Double in positional notation, shortest round-trip digits (Go 'f', -1).
@@ -227,9 +245,7 @@ fn json_any(a: Any<'_>, out: &mut Vec<u8>, depth: u32) -> Res<()> {
         Any::Empty => out.extend_from_slice(b"null"),
         Any::Str(s) => json_str(s, out),
         Any::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
-        Any::Int(i) => {
-            let _ = write!(out, "{i}");
-        }
+        Any::Int(i) => push_i64(out, i),
         Any::Double(d) => json_double(d, out),
         Any::Bytes(b) => {
             out.push(b'"');

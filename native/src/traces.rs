@@ -233,6 +233,15 @@ impl Traces {
         all_cols!(r, self);
     }
 
+    pub fn grow(&mut self, num: usize, den: usize) {
+        grow(&mut self.ts, num, den);
+        grow(&mut self.duration, num, den);
+        macro_rules! g {
+            ($s:ident, $($c:ident),*) => { $( Markable::grow(&mut $s.$c, num, den); )* };
+        }
+        all_cols!(g, self);
+    }
+
     pub fn too_big(&self) -> bool {
         let mut big = false;
         macro_rules! b {
@@ -481,13 +490,25 @@ pub fn traces_fields() -> Fields {
 
 // ---- generic mark helpers over the column kinds --------------------------------------------
 
+/// Reserves room for `len * num / den` more elements (capacity planning after a first payload).
+#[inline]
+pub fn grow<T>(v: &mut Vec<T>, num: usize, den: usize) {
+    let more = (v.len() as u128 * num as u128 / den.max(1) as u128).min(1 << 31) as usize;
+    v.reserve(more);
+}
+
 pub trait Markable {
+    fn grow(&mut self, num: usize, den: usize);
     fn marks(&self, v: &mut Vec<usize>);
     fn restore(&mut self, it: &mut dyn Iterator<Item = usize>);
     fn big(&self) -> bool;
 }
 
 impl Markable for StrCol {
+    fn grow(&mut self, num: usize, den: usize) {
+        grow(&mut self.offsets, num, den);
+        grow(&mut self.data, num, den);
+    }
     fn marks(&self, v: &mut Vec<usize>) {
         let m = self.mark();
         v.extend([m.0, m.1]);
@@ -503,6 +524,11 @@ impl Markable for StrCol {
 }
 
 impl Markable for MapCol {
+    fn grow(&mut self, num: usize, den: usize) {
+        grow(&mut self.offsets, num, den);
+        self.keys.grow(num, den);
+        self.vals.grow(num, den);
+    }
     fn marks(&self, v: &mut Vec<usize>) {
         v.push(self.offsets.len());
         self.keys.marks(v);
@@ -519,6 +545,10 @@ impl Markable for MapCol {
 }
 
 impl Markable for ListStrCol {
+    fn grow(&mut self, num: usize, den: usize) {
+        grow(&mut self.offsets, num, den);
+        self.values.grow(num, den);
+    }
     fn marks(&self, v: &mut Vec<usize>) {
         v.push(self.offsets.len());
         self.values.marks(v);
@@ -533,6 +563,10 @@ impl Markable for ListStrCol {
 }
 
 impl Markable for ListTsCol {
+    fn grow(&mut self, num: usize, den: usize) {
+        grow(&mut self.offsets, num, den);
+        grow(&mut self.values, num, den);
+    }
     fn marks(&self, v: &mut Vec<usize>) {
         v.extend([self.offsets.len(), self.values.len()]);
     }
@@ -546,6 +580,10 @@ impl Markable for ListTsCol {
 }
 
 impl Markable for ListMapCol {
+    fn grow(&mut self, num: usize, den: usize) {
+        grow(&mut self.offsets, num, den);
+        self.values.grow(num, den);
+    }
     fn marks(&self, v: &mut Vec<usize>) {
         v.push(self.offsets.len());
         self.values.marks(v);

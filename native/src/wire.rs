@@ -12,6 +12,18 @@ pub enum Val<'a> {
     Bytes(&'a [u8]),
 }
 
+#[cold]
+#[inline(never)]
+fn err(msg: &str) -> String {
+    msg.to_string()
+}
+
+#[cold]
+#[inline(never)]
+fn err_len(n: usize, rem: usize) -> String {
+    format!("length {n} exceeds the {rem} remaining bytes")
+}
+
 pub struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -25,19 +37,34 @@ impl<'a> Reader<'a> {
         Reader { buf, pos: 0 }
     }
 
-    #[inline]
+    #[inline(always)]
     fn varint(&mut self) -> Res<u64> {
         let buf = self.buf;
-        let mut pos = self.pos;
-        if pos < buf.len() && buf[pos] < 0x80 {
-            self.pos = pos + 1;
-            return Ok(buf[pos] as u64);
+        let pos = self.pos;
+        if let Some(&b) = buf.get(pos) {
+            if b < 0x80 {
+                self.pos = pos + 1;
+                return Ok(b as u64);
+            }
+            if let Some(&b2) = buf.get(pos + 1) {
+                if b2 < 0x80 {
+                    self.pos = pos + 2;
+                    return Ok((b & 0x7f) as u64 | (b2 as u64) << 7);
+                }
+            }
         }
+        self.varint_slow()
+    }
+
+    #[inline(never)]
+    fn varint_slow(&mut self) -> Res<u64> {
+        let buf = self.buf;
+        let mut pos = self.pos;
         let mut result: u64 = 0;
         let mut shift = 0u32;
         loop {
             if pos >= buf.len() {
-                return Err("truncated varint".into());
+                return Err(err("truncated varint"));
             }
             let b = buf[pos];
             pos += 1;
@@ -47,18 +74,15 @@ impl<'a> Reader<'a> {
                 return Ok(result);
             }
             shift += 7;
-            if shift >= 70 {
-                return Err("varint longer than 10 bytes".into());
-            }
             if shift == 63 {
                 // the 10th byte may carry only the top bit
                 if pos >= buf.len() {
-                    return Err("truncated varint".into());
+                    return Err(err("truncated varint"));
                 }
                 let last = buf[pos];
                 pos += 1;
                 if last >= 0x80 {
-                    return Err("varint longer than 10 bytes".into());
+                    return Err(err("varint longer than 10 bytes"));
                 }
                 result |= ((last & 0x01) as u64) << 63;
                 self.pos = pos;
@@ -67,14 +91,11 @@ impl<'a> Reader<'a> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn take(&mut self, n: usize) -> Res<&'a [u8]> {
-        if n > self.buf.len() - self.pos {
-            return Err(format!(
-                "length {} exceeds the {} remaining bytes",
-                n,
-                self.buf.len() - self.pos
-            ));
+        let rem = self.buf.len() - self.pos;
+        if n > rem {
+            return Err(err_len(n, rem));
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -122,7 +143,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Next (field number, value), or None at the end of the buffer.
-    #[inline]
+    #[inline(always)]
     pub fn next(&mut self) -> Res<Option<(u32, Val<'a>)>> {
         loop {
             if self.pos >= self.buf.len() {
@@ -130,7 +151,7 @@ impl<'a> Reader<'a> {
             }
             let tag = self.varint()?;
             if tag >> 3 > (u32::MAX >> 3) as u64 || tag >> 3 == 0 {
-                return Err("invalid field number".into());
+                return Err(err("invalid field number"));
             }
             let f = (tag >> 3) as u32;
             let v = match tag & 7 {
@@ -141,19 +162,21 @@ impl<'a> Reader<'a> {
                 }
                 2 => {
                     let n = self.varint()?;
-                    let n = usize::try_from(n).map_err(|_| "length overflow".to_string())?;
-                    Val::Bytes(self.take(n)?)
+                    if n > (self.buf.len() - self.pos) as u64 {
+                        return Err(err_len(n as usize, self.buf.len() - self.pos));
+                    }
+                    Val::Bytes(self.take(n as usize)?)
                 }
                 3 => {
                     self.skip_group(f, 1)?;
                     continue;
                 }
-                4 => return Err("unexpected end group".into()),
+                4 => return Err(err("unexpected end group")),
                 5 => {
                     let b = self.take(4)?;
                     Val::Fixed32(u32::from_le_bytes(b.try_into().unwrap()))
                 }
-                wt => return Err(format!("invalid wire type {wt}")),
+                _ => return Err(err("invalid wire type")),
             };
             return Ok(Some((f, v)));
         }
