@@ -21,9 +21,10 @@ Behaviour, as the spec asks:
 - 5xx, 429 and connection errors are retried with exponential backoff (honouring
   ``Retry-After`` on 429, capped at ``retry.max_backoff_s``) until ``retry.max_elapsed_s``;
 - other 4xx are never retried: logged and counted as dropped with reason ``http_<status>``.
-  With ``split_on_bad_request`` a rejected request with several series is bisected once per
-  level (at most log2(n) extra requests) so the good series still land and only the bad ones
-  are dropped.
+  With ``split_on_bad_request`` a rejected request is bisected (by series, then by samples of
+  one series; O(log n) extra requests per bad sample) so the good samples still land and only
+  the rejected ones are dropped. This matters after a crash: a replay re-sends samples that
+  Prometheus already holds, which it rejects as out of order unless they are the newest.
 
 ``RemoteWriteSink`` is the bytewax sink (items are :class:`~connectors.prom_translate.SeriesBatch`);
 ``RemoteWriteClient`` does the I/O and is usable on its own.
@@ -272,15 +273,24 @@ class RemoteWriteClient:
                     self._last_ts[labels] = last
             return n
         # Non-retryable 4xx.
-        if self.cfg.split_on_bad_request and len(chunk) > 1:
-            mid = len(chunk) // 2
+        if self.cfg.split_on_bad_request and (len(chunk) > 1 or len(chunk[0][1]) > 1):
             log.info(
-                "remote-write: %d on a %d-series request, bisecting (%s)",
+                "remote-write: %d on a request of %d series / %d samples, bisecting (%s)",
                 status,
                 len(chunk),
+                n,
                 text.strip()[:200],
             )
-            return self._send_chunk(chunk[:mid]) + self._send_chunk(chunk[mid:])
+            if len(chunk) > 1:
+                mid = len(chunk) // 2
+                return self._send_chunk(chunk[:mid]) + self._send_chunk(chunk[mid:])
+            # One series: its older samples may be replays Prometheus already has (it accepts
+            # only the newest as a duplicate), so split the samples and keep the newer ones.
+            labels, samples = chunk[0]
+            mid = len(samples) // 2
+            return self._send_chunk([(labels, samples[:mid])]) + self._send_chunk(
+                [(labels, samples[mid:])]
+            )
         log.warning(
             "remote-write: dropped %d samples, HTTP %d (not retried): %s",
             n,

@@ -99,6 +99,27 @@ def test_400_is_not_retried_and_good_series_still_land(prometheus_url: str) -> N
     assert list(prom_values(prometheus_url, f'rw_ooo{{job="{job}"}}').values()) == [1.0]
 
 
+def test_replayed_older_samples_do_not_block_newer_ones(prometheus_url: str) -> None:
+    """A crash replay re-sends samples Prometheus has: only those are rejected, not the new."""
+    job = unique_job("rwreplay")
+    comp = unique_job("rwc")
+    now = int(time.time() * 1000)
+    cfg = RemoteWriteConfig(url=f"{prometheus_url}/api/v1/write", drop_out_of_order=False)
+    client = RemoteWriteClient(cfg, component=comp)
+    first = SeriesBatch()
+    for i in range(3):
+        first.add(_labels("rw_replay", job), now - 30_000 + i * 1000, float(i))
+    assert client.send(first) == 3
+    replay = SeriesBatch()
+    for i in range(3):  # already stored: rejected (except the newest, an exact duplicate)
+        replay.add(_labels("rw_replay", job), now - 30_000 + i * 1000, float(i))
+    replay.add(_labels("rw_replay", job), now, 7.0)  # new
+    assert client.send(replay) >= 1
+    assert list(prom_values(prometheus_url, f'rw_replay{{job="{job}"}}').values()) == [7.0]
+    res = prom_values(prometheus_url, f'count_over_time(rw_replay{{job="{job}"}}[5m])')
+    assert list(res.values()) == [4.0]
+
+
 def test_out_of_order_samples_are_dropped_before_sending(prometheus_url: str) -> None:
     job = unique_job("rwo")
     comp = unique_job("rwc")
