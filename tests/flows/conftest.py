@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.connectors.conftest import clickhouse_server  # noqa: F401  (shared fixture)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
