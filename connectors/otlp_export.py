@@ -69,7 +69,7 @@ from otelwax.resilience import (
     RetryConfig,
     RetryPolicy,
 )
-from otelwax.settings import SecretStr, StrictModel
+from otelwax.settings import SecretStr, StrictModel, ValidationError, format_errors
 from otelwax.telemetry import ComponentMetrics
 
 __all__ = [
@@ -79,6 +79,7 @@ __all__ = [
     "JaegerSink",
     "JaegerUnavailableError",
     "OtlpTlsConfig",
+    "jaeger_tee",
 ]
 
 log = logging.getLogger(__name__)
@@ -192,8 +193,11 @@ class _Transient(Exception):
 
 
 class JaegerExporter:
-    """Exports ``TRACES_SCHEMA`` batches to Jaeger over OTLP/gRPC. Not thread-safe: one per
-    worker (bytewax builds one per sink partition)."""
+    """Exports ``TRACES_SCHEMA`` batches to Jaeger over OTLP/gRPC.
+
+    ``export`` may be called from several threads (the gRPC channel, breaker and counters are
+    thread-safe); the bytewax sink still builds one exporter per worker.
+    """
 
     def __init__(
         self,
@@ -207,6 +211,7 @@ class JaegerExporter:
         self.breaker = CircuitBreaker(cfg.breaker, name=component, clock=clock)
         self._clock = clock
         self._closed = threading.Event()
+        self._open_lock = threading.Lock()
         self._retry = RetryPolicy(cfg.retry, retry_on=(_Transient,), sleep=self._sleep)
         self._channel: grpc.Channel | None = None
         self._call: grpc.UnaryUnaryMultiCallable | None = None
@@ -219,8 +224,12 @@ class JaegerExporter:
 
     def open(self) -> JaegerExporter:
         """Create the gRPC channel (it connects lazily) and pick the encoder. Idempotent."""
-        if self._call is not None:
-            return self
+        with self._open_lock:
+            if self._call is None:
+                self._open()
+        return self
+
+    def _open(self) -> None:
         from otelwax.codec.pyencode import traces_encoder
 
         cfg = self.cfg
@@ -263,7 +272,6 @@ class JaegerExporter:
             "plaintext" if cfg.insecure else "TLS",
             self.encoder_name,
         )
-        return self
 
     def close(self) -> None:
         """Close the channel; wakes an ``export`` blocked on an outage. Safe to call twice."""
@@ -414,6 +422,37 @@ def _describe(exc: grpc.RpcError) -> str:
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
     return f"{code.name if code else 'UNKNOWN'}: {details}"
+
+
+def jaeger_tee(params: dict[str, Any]) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
+    """Factory of a pass-through batch operator that exports every batch to Jaeger.
+
+    Lets a flow whose sinks are fixed send spans to Jaeger through its operator list (the
+    user-module hook of ``operators.registry``), after the operators listed before it::
+
+        operators:
+          - {type: filter, drop: "SpanAttributes['http.route'] in ['/healthz']"}
+          - module: "connectors.otlp_export:jaeger_tee"
+            factory: true
+            config: {endpoint: "jaeger:4317"}        # JaegerExporterConfig keys
+
+    ``enabled`` defaults to true here. The exporter opens on the first batch (in the worker),
+    so building the flow does no I/O. A dedicated sink step (``JaegerSink``) is preferable when
+    the flow offers one: it is not counted as an operator.
+    """
+    try:
+        cfg = JaegerExporterConfig.model_validate({"enabled": True, **params})
+    except ValidationError as exc:
+        lines = format_errors(exc, "config", JaegerExporterConfig)
+        raise ValueError("invalid jaeger_tee config: " + "; ".join(lines)) from None
+    exporter = JaegerExporter(cfg)
+
+    def jaeger_tee_op(batch: pa.RecordBatch) -> pa.RecordBatch:
+        exporter.open()
+        exporter.export(batch)
+        return batch
+
+    return jaeger_tee_op
 
 
 # --- bytewax sink ------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from otelwax.codec.pydecode import decode_traces
 from otelwax.resilience import BreakerConfig, RetryConfig
 from otelwax.settings import ValidationError, format_errors
 from tests.conftest import free_port
+from tests.flows.conftest import chdb_rows, flow_run, produce  # noqa: F401  (fixture flow_run)
 from tests.jaegerfixtures import JaegerService, jaeger_fixture  # noqa: F401  (fixture jaeger)
 from tests.otlpgen import trace_payloads
 
@@ -436,3 +437,45 @@ def test_bytewax_sink_gzip_and_headers(jaeger):
     got = wait_for(jaeger, both)
     assert set(got) == set(both.column("SpanId").to_pylist())
     assert counter("otelwax_sent_total", comp) == 200
+
+
+# --- through the traces flow (Kafka → flow process → operators → Jaeger + ClickHouse) --------
+
+
+@pytest.mark.parametrize("hook", ["operator", "sink"])
+def test_trace_flow_exports_to_jaeger(jaeger, request, hook):
+    """Spans produced to Kafka come out of Jaeger equal to the rows the flow stored, after the
+    flow's operators ran. ``operator``: the ``jaeger_tee`` user operator (works with any flow
+    today); ``sink``: the flow's own ``jaeger:`` sink setting, once flows.traces has it."""
+    from flows.settings import TracesFlowSettings
+
+    if hook == "sink" and "jaeger" not in TracesFlowSettings.model_fields:
+        pytest.skip("flows.traces has no `jaeger:` sink setting yet")
+    make_run = request.getfixturevalue("flow_run")  # from tests/flows/conftest.py
+    jcfg = {"endpoint": jaeger.otlp_endpoint, "max_spans_per_request": 50}
+    ops: list[dict] = [{"type": "filter", "drop": "SpanAttributes['http.route'] in ['/healthz']"}]
+    if hook == "operator":
+        ops.append({"module": "connectors.otlp_export:jaeger_tee", "factory": True, "config": jcfg})
+        run = make_run(partitions=2, operators=ops)
+    else:
+        run = make_run(partitions=2, operators=ops, jaeger={"enabled": True, **jcfg})
+    seed = 600 if hook == "operator" else 601
+    payloads = trace_payloads(
+        12, seed=seed, n_resources=2, spans_per_resource=10, events_per_span=1, links_per_span=1
+    )
+    produce(run.bootstrap, run.topic, payloads)
+    run.run_to_end()
+
+    batch = decode_traces(payloads).batch
+    route = pc.map_lookup(batch.column("SpanAttributes"), "http.route", "first")
+    batch = batch.filter(pc.fill_null(pc.not_equal(route, "/healthz"), True))
+    assert 120 < batch.num_rows < 240
+    got = wait_for(jaeger, batch)
+    want = expected_rows(batch)
+    assert set(got) == set(want)
+    for span_id, row in want.items():
+        assert got[span_id] == row, span_id
+    # The ClickHouse sink stored the same spans.
+    path = run.settings["clickhouse"]["path"]
+    stored = {r[0] for r in chdb_rows(path, "SELECT SpanId FROM otel.otel_traces")}
+    assert stored == set(want)
