@@ -128,7 +128,7 @@ def _delta_requests(job: str, n: int) -> list[bytes]:
     t0 = time.time_ns() - 120 * 10**9
     out = []
     for i in range(n):
-        t = t0 + i * 10**9
+        t = t0 + i * 10**7  # 10 ms apart: every sample is in the past when queried
         out.append(
             metrics_request(
                 {"service.name": job},
