@@ -32,15 +32,23 @@ Loading, in order, collecting every problem before reporting:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 from connectors.kafka import KafkaConfig
 from otelwax.settings import StrictModel, format_errors
@@ -55,7 +63,8 @@ __all__ = [
 ]
 
 ENV_CONFIG = "OTELWAX_CONFIG"
-SIGNALS = ("traces", "metrics", "logs")
+log = logging.getLogger(__name__)
+SIGNALS = ("traces", "metrics", "logs", "spanmetrics")
 
 # --- component models (the real ones when they are importable) --------------------------------
 
@@ -98,35 +107,83 @@ except ImportError:  # pragma: no cover - until flows/settings.py imports cleanl
         metrics_port: int | None = Field(9464, ge=0, le=65535)
 
 
-class _SignalFlowSettings(StrictModel):
-    """Settings shared by the metrics and logs flows until their own models land."""
+try:
+    from flows.settings import LogsFlowSettings  # type: ignore[attr-defined]
+except ImportError:  # until the logs flow lands
 
-    enabled: bool = True
-    topic: str = Field(min_length=1)
-    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
-    clickhouse: ClickHouseConfig = Field(default_factory=ClickHouseConfig)
-    operators: list[dict[str, Any]] = Field(default_factory=list)
-    metrics_port: int | None = Field(None, ge=0, le=65535)
+    class LogsFlowSettings(StrictModel):  # type: ignore[no-redef]
+        """``flows.logs`` (placeholder for the logs flow's own model)."""
 
-
-class LogsFlowSettings(_SignalFlowSettings):
-    """``flows.logs`` (placeholder for the logs flow's own model)."""
-
-    topic: str = Field("otlp_logs", min_length=1)
+        topic: str = Field("otlp_logs", min_length=1)
+        kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+        clickhouse: ClickHouseConfig = Field(default_factory=ClickHouseConfig)
+        operators: list[dict[str, Any]] = Field(default_factory=list)
+        metrics_port: int | None = Field(None, ge=0, le=65535)
 
 
-class MetricsFlowSettings(_SignalFlowSettings):
-    """``flows.metrics`` (placeholder for the metrics flow's own model)."""
+# Flows whose settings model lives in the flow module itself, which builds a dataflow when
+# imported: they are kept as raw mappings here and validated with the real model (imported
+# lazily, only when validating) — see ``flow_model``.
+_LAZY_FLOWS: dict[str, tuple[tuple[str, str], ...]] = {
+    "metrics": (
+        ("flows.settings", "MetricsFlowSettings"),
+        ("flows.metrics", "MetricsFlowSettings"),
+    ),
+    "spanmetrics": (
+        ("flows.settings", "SpanMetricsFlowSettings"),
+        ("flows.spanmetrics", "SpanMetricsFlowSettings"),
+    ),
+}
 
-    topic: str = Field("otlp_metrics", min_length=1)
+
+def flow_model(name: str) -> type[BaseModel] | None:
+    """The settings model of a lazily validated flow (None when it cannot be imported)."""
+    import importlib
+
+    for mod, attr in _LAZY_FLOWS.get(name, ()):
+        try:
+            model = getattr(importlib.import_module(mod), attr, None)
+        except Exception as exc:  # an import error in that flow must not break validation
+            log.warning("cannot import %s to check flows.%s: %s", mod, name, exc)
+            continue
+        if model is not None:
+            return model
+    return None
+
+
+def _lazy_flow(name: str) -> Any:
+    """A validator turning a raw flow section into its flow's model (when importable).
+
+    An invalid section stays a mapping here; ``validate_data`` reports its problems with their
+    key paths.
+    """
+
+    def validate(raw: Any) -> Any:
+        if isinstance(raw, BaseModel):
+            return raw
+        if not isinstance(raw, dict):
+            raise ValueError("must be a mapping")
+        model = flow_model(name)
+        if model is None:
+            return raw
+        try:
+            return model.model_validate(raw)
+        except ValidationError:
+            return raw
+
+    return validate
 
 
 class FlowsConfig(StrictModel):
-    """The dataflows and their operator pipelines."""
+    """The dataflows: ``traces`` and ``logs`` with their operator pipelines, ``metrics`` and
+    ``spanmetrics`` (validated with their flow's model, see ``OtelwaxConfig.flow_settings``)."""
 
     traces: TracesFlowSettings = Field(default_factory=TracesFlowSettings)
-    metrics: MetricsFlowSettings = Field(default_factory=MetricsFlowSettings)
     logs: LogsFlowSettings = Field(default_factory=LogsFlowSettings)
+    metrics: Annotated[Any, BeforeValidator(_lazy_flow("metrics"))] = Field(default_factory=dict)
+    spanmetrics: Annotated[Any, BeforeValidator(_lazy_flow("spanmetrics"))] = Field(
+        default_factory=dict
+    )
 
 
 try:
@@ -137,13 +194,15 @@ except ImportError:  # pragma: no cover
         url: str = "http://127.0.0.1:19090/api/v1/write"
 
 
-class JaegerSinkConfig(StrictModel):
-    """OTLP export of spans to Jaeger (placeholder until the Jaeger sink lands)."""
+try:
+    from connectors.otlp_export import JaegerExporterConfig as JaegerSinkConfig
+except ImportError:  # pragma: no cover - until the Jaeger sink lands
 
-    enabled: bool = False
-    endpoint: str = Field("127.0.0.1:4317", min_length=1)
-    insecure: bool = True
-    headers: dict[str, str] = Field(default_factory=dict)
+    class JaegerSinkConfig(StrictModel):  # type: ignore[no-redef]
+        """OTLP export of spans to Jaeger."""
+
+        enabled: bool = False
+        endpoint: str = Field("127.0.0.1:4317", min_length=1)
 
 
 class SinksConfig(StrictModel):
@@ -196,12 +255,19 @@ class OtelwaxConfig(StrictModel):
             data["flows"] = flows
         return data
 
+    def flow_settings(self, name: str) -> Any:
+        """The validated settings of one flow (``traces``, ``logs``, ``metrics``, ...)."""
+        value = getattr(self.flows, name)
+        if isinstance(value, dict):
+            raise ConfigError([f"flows.{name}: the {name} flow's settings model is not available"])
+        return value
+
     def operator_specs(self, signal: str) -> list[Any]:
         """The validated operator specs of one flow (``operators.registry.OperatorSpec``)."""
         from operators.registry import parse_specs
 
         flow = getattr(self.flows, signal)
-        return parse_specs(flow.operators)
+        return parse_specs(getattr(flow, "operators", None) or [])
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -479,12 +545,12 @@ def _operator_problems(data: dict[str, Any], problems: list[str], from_env: set[
     flows = data.get("flows")
     if not isinstance(flows, dict):
         return
-    for sig in SIGNALS:
+    for sig in SIGNAL_SCHEMAS:
         sec = flows.get(sig)
         if not isinstance(sec, dict) or not isinstance(sec.get("operators"), list):
             continue
         prefix = f"flows.{sig}.operators"
-        schema = SIGNAL_SCHEMAS.get(sig)
+        schema = SIGNAL_SCHEMAS[sig]
         names: dict[str, int] = {}
         tails: list[int] = []
         for i, raw in enumerate(sec["operators"]):
@@ -494,9 +560,6 @@ def _operator_problems(data: dict[str, Any], problems: list[str], from_env: set[
                 spec = parse_spec(raw)
             except ValidationError as exc:
                 problems.extend(_render(exc, where, OperatorSpec, drop_tags=True))
-                continue
-            if schema is None:
-                problems.append(f"{where}: the {sig} flow takes no operators yet")
                 continue
             problems.extend(f"{where}.{f}: {m}" for f, m in spec.problems(schema))
             name = spec.name or f"{spec.type}.{i}"
@@ -549,6 +612,26 @@ def validate_data(
         )
     _secret_problems(OtelwaxConfig, subst, "", from_env, problems)
     _operator_problems(subst, problems, from_env)
+    shared_data = OtelwaxConfig._share_sections(subst)
+    flows = shared_data.get("flows") if isinstance(shared_data, dict) else None
+    for name in _LAZY_FLOWS:
+        raw = flows.get(name) if isinstance(flows, dict) else None
+        if not isinstance(raw, dict) or not raw:
+            continue
+        model = flow_model(name)
+        if model is None:
+            continue
+        own = subst.get("flows", {}).get(name) if isinstance(subst.get("flows"), dict) else None
+        if isinstance(own, dict):  # shared sections were checked where they are written
+            _secret_problems(model, own, f"flows.{name}", from_env, problems)
+        try:
+            model.model_validate(raw)
+        except ValidationError as exc:
+            problems.extend(
+                p
+                for p in _render(exc, f"flows.{name}", model)
+                if not p.startswith(shared) and not p.startswith(unset)
+            )
     # One line per problem, in file order is not knowable here: keep pydantic's, de-duplicated.
     seen: set[str] = set()
     unique = [p for p in problems if not (p in seen or seen.add(p))]

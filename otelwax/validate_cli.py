@@ -56,7 +56,7 @@ def _summary(cfg: OtelwaxConfig) -> str:
     ch = cfg.clickhouse
     store = f"embedded chdb ({ch.path})" if ch.mode == "embedded" else f"{ch.host}:{ch.port}"
     parts = [f"kafka {cfg.kafka.bootstrap_servers}", f"clickhouse {store}"]
-    for sig in ("traces", "metrics", "logs"):
+    for sig in ("traces", "logs"):
         specs = cfg.operator_specs(sig)
         kinds = ", ".join(s.name or s.type for s in specs)
         parts.append(f"{sig}: {len(specs)} operator{'s' if len(specs) != 1 else ''}"

@@ -80,6 +80,10 @@ def test_env_substitution_and_shared_sections(tmp_path: Path) -> None:
     assert cfg.flows.traces.kafka.bootstrap_servers == "k1:9092,k2:9092"
     assert cfg.flows.logs.kafka.bootstrap_servers == "own:9092"  # a flow's own section wins
     assert cfg.flows.traces.clickhouse.host == "ch"
+    metrics = cfg.flow_settings("metrics")  # the metrics flow's own model
+    assert type(metrics).__name__ == "MetricsFlowSettings"
+    assert metrics.kafka.bootstrap_servers == "k1:9092,k2:9092"
+    assert cfg.flow_settings("traces") is cfg.flows.traces
     assert cfg.clickhouse.password.get_secret_value() == "s3cret"
     assert "s3cret" not in repr(cfg)
 
