@@ -487,3 +487,31 @@ def test_rows_equal_spans_and_batches_compose(
     assert pa.Table.from_batches(parts, TRACES_SCHEMA).equals(
         pa.Table.from_batches([res.batch], TRACES_SCHEMA)
     )
+
+
+# --- dispatch and agreement with the native core -----------------------------------------------
+
+
+def test_dispatch_picks_an_implementation_and_agrees_with_python() -> None:
+    from otelwax import codec
+
+    name = codec.codec_name()
+    assert name in ("native", "python")
+    payloads = [*trace_payloads(3, seed=5, all_value_types=True, links_per_span=1), b"\xff"]
+    got = codec.decode_traces(payloads)
+    want = decode_traces(payloads)
+    assert got.batch.equals(want.batch)
+    assert got.rows_per_payload == want.rows_per_payload
+    assert [i for i, _ in got.errors] == [i for i, _ in want.errors] == [3]
+
+
+@PROPS
+@given(seed=st.integers(0, 10_000), flags=st.booleans(), links=st.integers(0, 2))
+def test_native_core_equals_reference(seed: int, flags: bool, links: int) -> None:
+    native = pytest.importorskip("otelwax._native")
+    from otelwax.codec import _as_result
+
+    tp = trace_payloads(2, seed=seed, all_value_types=flags, unicode=flags, links_per_span=links)
+    assert _as_result(native.decode_traces(tp)).batch.equals(decode_traces(tp).batch)
+    lp = logs_payloads(2, seed=seed, all_value_types=flags, unicode=flags)
+    assert _as_result(native.decode_logs(lp)).batch.equals(decode_logs(lp).batch)
