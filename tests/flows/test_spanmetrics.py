@@ -130,3 +130,61 @@ def test_span_metrics_reach_prometheus_with_out_of_order_and_late_spans(
     assert list(hist.values()) == [3.0]  # windows base, base+10, base+30
     job = prom_values(prometheus_url, f'traces_span_metrics_calls_total{{job="{svc}"}}')
     assert len(job) == 2  # job label from the resource's service.name
+
+
+def test_late_spans_routed_to_a_topic(kafka_bootstrap: str, make_topic) -> None:
+    import pyarrow as pa
+    from confluent_kafka import Consumer
+
+    topic = make_topic("spans", partitions=1)
+    late_topic = make_topic("late", partitions=1)
+    svc = unique_job("smlate")
+    base = (int(time.time()) - 120) // 10 * 10
+    _produce(
+        kafka_bootstrap,
+        topic,
+        [
+            _request(svc, [(base + 30, 1, "GET", 1)]),
+            _request(svc, [(base + 2, 1, "early", 1), (base + 3, 1, "early2", 1)]),  # late
+        ],
+    )
+    settings = load_settings(
+        None,
+        kafka={"bootstrap_servers": kafka_bootstrap},
+        topic=topic,
+        tail=False,
+        source_batch_size=1,
+        spanmetrics={"window_s": 10, "allowed_lateness_s": 5, "late_policy": "route"},
+        remote_write=None,
+        late_topic=late_topic,
+    )
+    run_main(build_from_settings(settings))
+    c = Consumer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "group.id": uuid.uuid4().hex,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    c.subscribe([late_topic])
+    rows: list[str] = []
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and len(rows) < 2:
+        m = c.poll(0.5)
+        if m is None or m.error():
+            continue
+        table = pa.ipc.open_stream(m.value()).read_all()
+        rows += table.column("SpanName").to_pylist()
+    c.close()
+    assert sorted(rows) == ["early", "early2"]
+
+
+def test_settings_report_every_problem_with_its_key_path() -> None:
+    import pytest
+
+    with pytest.raises(ValueError) as err:
+        load_settings(None, spanmetrics={"window_s": 0, "lateness": 3}, topik="x")
+    msg = str(err.value)
+    assert "spanmetrics.window_s" in msg
+    assert "spanmetrics.lateness: unknown key" in msg
+    assert 'topik: unknown key (did you mean "topic"?)' in msg
