@@ -267,6 +267,8 @@ class RemoteWriteClient:
             return 0
         if 200 <= status < 300:
             self.metrics.sent(n)
+            if len(self._last_ts) > 1_000_000:
+                self._last_ts.clear()  # bound memory; the guard restarts from what comes next
             for labels, samples in chunk:
                 last = samples[-1][0]
                 if self._last_ts.get(labels, -(2**63)) < last:

@@ -7,7 +7,9 @@ Steps::
 
     kafka (bytewax KafkaSource, otlp_metrics)
       → decode            one MetricChunk per source batch: {otel_metrics_*: RecordBatch}
-      ├→ clickhouse       every data point as stored by the clickhouseexporter (delta as is)
+      ├→ clickhouse       every data point as stored by the clickhouseexporter (delta as is),
+                          through connectors.clickhouse (embedded chdb by default, or a server;
+                          the otel_metrics_* tables need a modern ClickHouse: Map, DateTime64)
       └→ remote-write branch
            split          gauges / cumulative sums+histograms / summaries go straight on;
                           delta sums+histograms are split into shards by series
@@ -25,6 +27,13 @@ series can arrive out of order) is still added — sums commute — and the new 
 (counted under component ``delta_to_cumulative_late_merged``). Unlike the Collector's
 deltatocumulative processor, which drops such points, this keeps totals exact; the price is a
 timestamp skew of the late point only.
+
+Delivery: ClickHouse inserts carry a dedup token made from the Kafka offsets of their poll
+batch. bytewax's KafkaSource does not cut replayed batches at the same offsets, so after a crash
+the rows between the last snapshot and the crash may be stored twice (at-least-once); a clean
+run stores every point once. Remote-write replays are harmless: the delta state is restored
+with the offsets, so replayed samples equal the stored ones and Prometheus refuses or ignores
+them (the sink bisects rejected requests so newer samples still land).
 
 Importing this module does no network I/O: ``flow`` is built from ``$OTELWAX_METRICS_CONFIG``
 (or defaults) with ``$OTELWAX_KAFKA_BOOTSTRAP``; Kafka, chdb and HTTP open when the flow runs.
