@@ -145,9 +145,17 @@ class TailSamplingConfig(StrictModel):
     latency_threshold: float | None = Field(None, gt=0, description="seconds; None = off")
     base_percentage: float = Field(0.0, ge=0, le=100)
     max_buffered_spans: int = Field(1_000_000, gt=0)
+    decision_interval: float = Field(
+        1.0,
+        gt=0,
+        description="seconds between decision rounds (a trace waits up to "
+        "decision_wait + decision_interval)",
+    )
     decided_cache: int = Field(200_000, ge=0)
 
-    _secs = field_validator("decision_wait", "latency_threshold", mode="before")(_seconds)
+    _secs = field_validator(
+        "decision_wait", "latency_threshold", "decision_interval", mode="before"
+    )(_seconds)
 
     def problems(self, schema: pa.Schema) -> list[tuple[str, str]]:
         need = ("TraceId", "StatusCode", "Timestamp", "Duration")
@@ -173,11 +181,14 @@ class HeadSampler:
         return filter_batch(batch, pa.array(mask, pa.bool_()))
 
 
-_ARRIVAL = "__otelwax_arrival"
-
-
 class TailSampler:
-    """Stateful kernel for ``tail_sampling``: ``process``/``flush``/``next_deadline``."""
+    """Stateful kernel for ``tail_sampling``: ``process``/``flush``/``next_deadline``.
+
+    The buffer is a list of (arrival time, batch) in arrival order. A trace is due when the
+    first batch holding it is ``decision_wait`` old; decisions run at most every
+    ``decision_interval`` and touch the due batches' trace ids, a hash probe of the buffer and
+    an aggregation over the due rows only.
+    """
 
     drop_reason = "sampled"
     stateful = True
@@ -186,14 +197,14 @@ class TailSampler:
         self.cfg = cfg
         self.schema = schema
         self._wait_ns = int(cfg.decision_wait * 1e9)
+        self._interval_ns = int(cfg.decision_interval * 1e9)
         self._lat_ns = None if cfg.latency_threshold is None else int(cfg.latency_threshold * 1e9)
-        self._buf: list[pa.RecordBatch] = []  # each with the arrival column appended
+        self._buf: list[tuple[int, pa.RecordBatch]] = []
         self._buffered = 0
-        self._oldest: int | None = None  # earliest arrival among buffered rows (ns)
+        self._last_decision = 0
         self._kept_ids: list[pa.Array] = []
         self._dropped_ids: list[pa.Array] = []
-        self.dropped_rows = 0  # rows dropped since the last call (read by the registry wrapper)
-        self._in_schema: pa.Schema | None = None  # the input batches' own schema
+        self.dropped_rows = 0  # rows dropped by the last call (read by the registry wrapper)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -212,17 +223,21 @@ class TailSampler:
         value_set = pa.concat_arrays(chunks) if len(chunks) > 1 else chunks[0]
         return pc.is_in(ids, value_set=value_set)
 
-    def _strip(self, tbl: pa.Table) -> list[pa.RecordBatch]:
-        if tbl.num_rows == 0:
-            return []
-        tbl = tbl.drop_columns([_ARRIVAL]).cast(self._in_schema or self.schema)
-        return [tbl.combine_chunks().to_batches()[0]]
-
     # -- protocol -------------------------------------------------------------------------
+
+    @property
+    def buffered_rows(self) -> int:
+        return self._buffered
+
+    def _due_ns(self) -> int | None:
+        if not self._buf:
+            return None
+        return max(self._buf[0][0] + self._wait_ns, self._last_decision + self._interval_ns)
 
     def next_deadline(self) -> float | None:
         """Wall-clock time (seconds) when buffered traces are next due, or None when empty."""
-        return None if self._oldest is None else (self._oldest + self._wait_ns) / 1e9
+        due = self._due_ns()
+        return None if due is None else due / 1e9
 
     def process(self, batch: pa.RecordBatch, now: float | None = None) -> list[pa.RecordBatch]:
         """Buffer ``batch`` and return the rows of the traces decided to keep now."""
@@ -230,13 +245,12 @@ class TailSampler:
         out: list[pa.RecordBatch] = []
         self.dropped_rows = 0
         if batch.num_rows:
-            self._in_schema = batch.schema
             tid = batch.column("TraceId")
             kept_late = self._in(tid, self._kept_ids)
             dropped_late = self._in(tid, self._dropped_ids)
             fresh = None
             if kept_late is not None:
-                late = batch.filter(kept_late)
+                late = filter_batch(batch, kept_late)
                 if late.num_rows:
                     out.append(late)
                 fresh = pc.invert(kept_late)
@@ -245,15 +259,12 @@ class TailSampler:
                 nd = pc.invert(dropped_late)
                 fresh = nd if fresh is None else pc.and_(fresh, nd)
             if fresh is not None:
-                batch = batch.filter(fresh)
+                batch = filter_batch(batch, fresh)
             if batch.num_rows:
-                arrival = pa.repeat(pa.scalar(now_ns, pa.int64()), batch.num_rows)
-                self._buf.append(batch.append_column(_ARRIVAL, arrival))
+                self._buf.append((now_ns, batch))
                 self._buffered += batch.num_rows
-                if self._oldest is None:
-                    self._oldest = now_ns
-        due = self._oldest is not None and now_ns >= self._oldest + self._wait_ns
-        if due or self._buffered > self.cfg.max_buffered_spans:
+        due = self._due_ns()
+        if due is not None and (self._buffered > self.cfg.max_buffered_spans or now_ns >= due):
             out.extend(self._decide(now_ns, force=False))
         return out
 
@@ -265,50 +276,47 @@ class TailSampler:
     def _decide(self, now_ns: int, force: bool) -> list[pa.RecordBatch]:
         if not self._buf:
             return []
-        tbl = pa.Table.from_batches(self._buf)
-        start = pc.cast(tbl.column("Timestamp"), pa.int64())
-        end = pc.add(start, pc.cast(tbl.column("Duration"), pa.int64()))
-        err = pc.equal(tbl.column("StatusCode"), "STATUS_CODE_ERROR")
-        work = pa.table(
-            {
-                "TraceId": tbl.column("TraceId"),
-                "a": tbl.column(_ARRIVAL),
-                "s": start,
-                "e": end,
-                "err": err,
-            }
-        )
-        agg = work.group_by("TraceId", use_threads=False).aggregate(
-            [("a", "min"), ("s", "min"), ("e", "max"), ("err", "any"), ("a", "count")]
-        )
-        first = agg.column("a_min").to_numpy()
-        if force:
-            due = np.ones(len(agg), dtype=bool)
-        else:
-            due = first <= now_ns - self._wait_ns
-            counts = agg.column("a_count").to_numpy()
-            remaining = self._buffered - int(counts[due].sum())
-            if remaining > self.cfg.max_buffered_spans:
-                # Over the memory bound: decide the oldest traces early, down to 90 %.
-                order = np.argsort(first, kind="stable")
-                order = order[~due[order]]
-                excess = remaining - int(self.cfg.max_buffered_spans * 0.9)
-                n_early = int(np.searchsorted(np.cumsum(counts[order]), excess) + 1)
-                due[order[:n_early]] = True
-                log.warning(
-                    "tail_sampling: buffer over %d spans, deciding %d traces early",
-                    self.cfg.max_buffered_spans,
-                    n_early,
-                )
-        if not due.any():
+        self._last_decision = now_ns
+        cut = now_ns - self._wait_ns
+        n_old = len(self._buf) if force else sum(1 for t, _ in self._buf if t <= cut)
+        if not force and self._buffered > self.cfg.max_buffered_spans:
+            # Over the memory bound: decide the oldest batches' traces early, down to 90 %.
+            target = int(self.cfg.max_buffered_spans * 0.9)
+            left = self._buffered - sum(b.num_rows for _, b in self._buf[:n_old])
+            while n_old < len(self._buf) and left > target:
+                left -= self._buf[n_old][1].num_rows
+                n_old += 1
+            log.warning("tail_sampling: over %d buffered spans, deciding early",
+                        self.cfg.max_buffered_spans)  # fmt: skip
+        if n_old == 0:
             return []
-        dagg = agg.filter(pa.array(due))
-        ids = dagg.column("TraceId").combine_chunks()
-        keep = np.zeros(len(dagg), dtype=bool)
+        old_ids = [b.column("TraceId") for _, b in self._buf[:n_old]]
+        due_ids = pc.unique(pa.concat_arrays(old_ids) if n_old > 1 else old_ids[0])
+        due_parts: list[pa.RecordBatch] = []
+        rest: list[tuple[int, pa.RecordBatch]] = []
+        for t, b in self._buf:
+            m = pc.is_in(b.column("TraceId"), value_set=due_ids)
+            d = filter_batch(b, m)
+            if d.num_rows:
+                due_parts.append(d)
+            if d.num_rows < b.num_rows:
+                rest.append((t, filter_batch(b, pc.invert(m))))
+        self._buf = rest
+        self._buffered = sum(b.num_rows for _, b in rest)
+        due = pa.Table.from_batches(due_parts)
+        start = pc.cast(due.column("Timestamp"), pa.int64())
+        end = pc.add(start, pc.cast(due.column("Duration"), pa.int64()))
+        err = pc.equal(due.column("StatusCode"), "STATUS_CODE_ERROR")
+        work = pa.table({"TraceId": due.column("TraceId"), "s": start, "e": end, "err": err})
+        agg = work.group_by("TraceId", use_threads=False).aggregate(
+            [("s", "min"), ("e", "max"), ("err", "any")]
+        )
+        ids = agg.column("TraceId").combine_chunks()
+        keep = np.zeros(len(agg), dtype=bool)
         if self.cfg.keep_errors:
-            keep |= np.asarray(dagg.column("err_any").to_numpy(), dtype=bool)
+            keep |= np.asarray(agg.column("err_any").to_numpy(), dtype=bool)
         if self._lat_ns is not None:
-            lat = dagg.column("e_max").to_numpy() - dagg.column("s_min").to_numpy()
+            lat = agg.column("e_max").to_numpy() - agg.column("s_min").to_numpy()
             keep |= lat >= self._lat_ns
         if self.cfg.base_percentage > 0:
             keep |= head_keep_mask(ids, self.cfg.base_percentage, keep_invalid=False)
@@ -316,15 +324,11 @@ class TailSampler:
         kept_ids, dropped_ids = ids.filter(kmask), ids.filter(pc.invert(kmask))
         self._cache(self._kept_ids, kept_ids)
         self._cache(self._dropped_ids, dropped_ids)
-        tid = tbl.column("TraceId")
-        is_due = pc.is_in(tid, value_set=ids)
-        out_tbl = tbl.filter(pc.is_in(tid, value_set=kept_ids)) if len(kept_ids) else tbl[:0]
-        rest = tbl.filter(pc.invert(is_due))
-        self.dropped_rows += (tbl.num_rows - rest.num_rows) - out_tbl.num_rows
-        self._buf = rest.combine_chunks().to_batches() if rest.num_rows else []
-        self._buffered = rest.num_rows
-        self._oldest = pc.min(rest.column(_ARRIVAL)).as_py() if rest.num_rows else None
-        return self._strip(out_tbl)
+        out_tbl = due.filter(pc.is_in(due.column("TraceId"), value_set=kept_ids))
+        self.dropped_rows += due.num_rows - out_tbl.num_rows
+        if out_tbl.num_rows == 0:
+            return []
+        return [out_tbl.combine_chunks().to_batches()[0]]
 
 
 def build_head(cfg: ProbabilisticSamplerConfig, schema: pa.Schema) -> HeadSampler:

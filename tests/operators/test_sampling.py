@@ -205,3 +205,16 @@ def test_head_sampler_uses_vectorised_decode() -> None:
     assert (trace_randomness(upper)[0] == trace_randomness(ids)[0]).all()
     assert (trace_randomness(ids.slice(3))[0] == trace_randomness(ids)[0][3:]).all()
     assert np.issubdtype(trace_randomness(ids)[0].dtype, np.uint64)
+
+
+def test_tail_decisions_are_rate_limited_by_the_interval() -> None:
+    op = tail(decision_wait=2, decision_interval=1, keep_errors=True)
+    err = {"StatusCode": "STATUS_CODE_ERROR"}
+    op.process(spans_batch([span("err", "a", **err)]), now=T0)
+    assert sids(op.process(spans_batch([span("x", "b", **err)]), now=T0 + 1.5)) == []
+    assert sids(op.process(spans_batch([]), now=T0 + 2)) == ["a"]  # first trace due
+    # trace x is due at T0 + 3.5, and the last round was at T0 + 2: next round at 3.5
+    assert op.next_deadline() == pytest.approx(T0 + 3.5)
+    assert sids(op.process(spans_batch([]), now=T0 + 3.4)) == []
+    assert sids(op.process(spans_batch([]), now=T0 + 3.5)) == ["b"]
+    assert op.next_deadline() is None
