@@ -479,3 +479,75 @@ def test_trace_flow_exports_to_jaeger(jaeger, request, hook):
     path = run.settings["clickhouse"]["path"]
     stored = {r[0] for r in chdb_rows(path, "SELECT SpanId FROM otel.otel_traces")}
     assert stored == set(want)
+
+
+def test_sdk_trace_through_the_whole_pipeline_reaches_jaeger(jaeger, request, make_topic, tmp_path):
+    """OTel SDK → ingest shim (gRPC) → Kafka → flows.traces (filter, jaeger_tee) → Jaeger: the
+    trace comes back with its spans, parents, attributes (as strings), events and status."""
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    from tests.connectors.ingest.conftest import start_shim
+
+    make_run = request.getfixturevalue("flow_run")
+    ops = [
+        {"type": "filter", "drop": "SpanName == 'GET /healthz'"},
+        {
+            "module": "connectors.otlp_export:jaeger_tee",
+            "factory": True,
+            "config": {"endpoint": jaeger.otlp_endpoint},
+        },
+    ]
+    run = make_run(partitions=2, operators=ops)
+    topics = {"traces": run.topic, "metrics": make_topic("m"), "logs": make_topic("l")}
+    shim = start_shim(run.bootstrap, topics, tmp_path)
+    service = f"checkout-{next(_seq)}-{time.time_ns()}"
+    try:
+        provider = TracerProvider(resource=Resource.create({"service.name": service}))
+        provider.add_span_processor(
+            SimpleSpanProcessor(OTLPSpanExporter(endpoint=shim.grpc_target, insecure=True))
+        )
+        tracer = provider.get_tracer("shop.checkout", "2.1.0")
+        with tracer.start_as_current_span(
+            "POST /api/checkout",
+            kind=SpanKind.SERVER,
+            attributes={"http.route": "/api/checkout", "app.items": 3},
+        ) as root:
+            with tracer.start_as_current_span("charge card", kind=SpanKind.CLIENT) as charge:
+                charge.add_event("retry", {"attempt": 1})
+                charge.set_status(Status(StatusCode.ERROR, "card declined"))
+            with tracer.start_as_current_span("GET /healthz"):
+                pass  # dropped by the flow's filter
+        trace_id = format(root.get_span_context().trace_id, "032x")
+        root_id = format(root.get_span_context().span_id, "016x")
+        charge_id = format(charge.get_span_context().span_id, "016x")
+        provider.shutdown()
+    finally:
+        assert shim.stop() == 0, shim.log()
+    run.run_to_end()
+
+    found = jaeger.wait_spans({trace_id}, 2)
+    trace = found[trace_id]
+    spans = {s["spanID"]: s for s in trace["spans"]}
+    assert set(spans) == {root_id, charge_id}  # the health check span was filtered out
+    assert trace["processes"][spans[root_id]["processID"]]["serviceName"] == service
+    assert spans[root_id]["operationName"] == "POST /api/checkout"
+    assert spans[root_id]["references"] == []
+    assert spans[charge_id]["references"] == [
+        {"refType": "CHILD_OF", "traceID": trace_id, "spanID": root_id}
+    ]
+    root_tags = {t["key"]: t["value"] for t in spans[root_id]["tags"]}
+    assert root_tags["http.route"] == "/api/checkout"
+    assert root_tags["app.items"] == "3"  # typed values come back as strings (documented)
+    assert root_tags["span.kind"] == "server"
+    assert root_tags["otel.scope.name"] == "shop.checkout"
+    charge_tags = {t["key"]: t["value"] for t in spans[charge_id]["tags"]}
+    assert charge_tags["span.kind"] == "client"
+    assert charge_tags["error"] is True
+    assert charge_tags["otel.status_code"] == "ERROR"
+    assert charge_tags["otel.status_description"] == "card declined"
+    (log,) = spans[charge_id]["logs"]
+    assert {f["key"]: f["value"] for f in log["fields"]} == {"event": "retry", "attempt": "1"}
