@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 _OVERRIDES = {
     "host": ("grpc.host", "http.host"),
     "grpc_port": ("grpc.port",),
+    "grpc_threads": ("grpc.threads",),
     "http_port": ("http.port",),
     "metrics_port": ("metrics.port",),
     "kafka_bootstrap": ("kafka.bootstrap_servers",),
@@ -43,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--config", type=Path, help="YAML file (IngestConfig, or a config with an ingest: key)")
     a("--host", help="listen address for gRPC and HTTP (default 0.0.0.0)")
     a("--grpc-port", type=int, help="OTLP/gRPC port (default 4317)")
+    a("--grpc-threads", type=int, help="grpcio server threads (default 16; 0 = grpc.aio)")
     a("--http-port", type=int, help="OTLP/HTTP port (default 4318)")
     a("--metrics-port", type=int, help="/metrics and /healthz port (default 8888)")
     a("--no-grpc", action="store_true", help="do not serve OTLP/gRPC")

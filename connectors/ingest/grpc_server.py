@@ -1,13 +1,19 @@
-"""OTLP/gRPC front door (grpc.aio): TraceService, MetricsService and LogsService ``Export``.
+"""OTLP/gRPC front door: TraceService, MetricsService and LogsService ``Export``.
 
 Methods are registered as generic handlers without a request deserializer, so the handler gets
-the raw request bytes (grpc decompresses gzip itself) and never builds a message it does not
-need. Errors map to gRPC codes: INVALID_ARGUMENT, UNAUTHENTICATED, RESOURCE_EXHAUSTED (queue
-full, with ``google.rpc.RetryInfo``) and UNAVAILABLE (Kafka unreachable, with RetryInfo).
+the raw request bytes (grpc decompresses gzip itself and enforces the size limit after
+decompression) and never builds a message it does not need. Errors map to gRPC codes:
+INVALID_ARGUMENT, UNAUTHENTICATED, RESOURCE_EXHAUSTED (queue full, with
+``google.rpc.RetryInfo``) and UNAVAILABLE (Kafka unreachable, with RetryInfo).
+
+Two servers: by default a synchronous grpcio server whose threads hand each request to the
+shared asyncio loop (measured ~1.4x cheaper per request than grpc.aio under load:
+~200 K vs ~140 K spans per CPU-second end to end), or grpc.aio on the loop (``threads: 0``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from pathlib import Path
@@ -28,9 +34,15 @@ def _identity(b: bytes) -> bytes:
 class OtlpGrpcService:
     """Builds the generic handlers for the three OTLP services."""
 
-    def __init__(self, handler: RequestHandler, token: str | None = None) -> None:
+    def __init__(
+        self,
+        handler: RequestHandler,
+        token: str | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self.handler = handler
         self._auth = f"Bearer {token}" if token else None
+        self.loop = loop  # set: synchronous grpcio server whose threads hand off to ``loop``
 
     def _method(self, signal: Signal) -> Any:
         handler = self.handler
@@ -58,8 +70,38 @@ class OtlpGrpcService:
                 await context.abort(exc.grpc_code, exc.message, trailing_metadata=trailing)
             return handler.response_message(signal, result).SerializeToString()
 
+        if self.loop is None:
+            return grpc.unary_unary_rpc_method_handler(
+                export, request_deserializer=None, response_serializer=None
+            )
+        loop = self.loop
+        auth_expected = self._auth.encode() if self._auth is not None else None
+
+        def export_threaded(request: bytes, context: grpc.ServicerContext) -> bytes:
+            if auth_expected is not None:
+                auth = b""
+                for k, v in context.invocation_metadata() or ():
+                    if k == "authorization":
+                        auth = v.encode() if isinstance(v, str) else v
+                        break
+                if not hmac.compare_digest(auth, auth_expected):
+                    context.abort(
+                        grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token"
+                    )
+            fut = asyncio.run_coroutine_threadsafe(handler.export(signal, request), loop)
+            try:
+                result = fut.result()
+            except IngestError as exc:
+                if exc.retry_after is not None:
+                    status = rpc_status(exc.grpc_code.value[0], exc.message, exc.retry_after)
+                    context.set_trailing_metadata((("grpc-status-details-bin", status),))
+                if exc.grpc_code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL):
+                    log.warning("ingest grpc: %s %s", exc.grpc_code.name, exc.message)
+                context.abort(exc.grpc_code, exc.message)
+            return handler.response_message(signal, result).SerializeToString()
+
         return grpc.unary_unary_rpc_method_handler(
-            export, request_deserializer=None, response_serializer=None
+            export_threaded, request_deserializer=None, response_serializer=None
         )
 
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
@@ -69,6 +111,29 @@ class OtlpGrpcService:
         ]
 
 
+class _ThreadedServer:
+    """A synchronous grpcio server behind the same async start/stop API as grpc.aio's."""
+
+    def __init__(self, server: grpc.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: list[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_insecure_port(self, addr: str) -> int:
+        return self._server.add_insecure_port(addr)
+
+    def add_secure_port(self, addr: str, creds: grpc.ServerCredentials) -> int:
+        return self._server.add_secure_port(addr, creds)
+
+    async def start(self) -> None:
+        self._server.start()
+
+    async def stop(self, grace: float | None) -> None:
+        done = self._server.stop(grace)
+        await asyncio.to_thread(done.wait)
+
+
 def build_server(
     handler: RequestHandler,
     host: str,
@@ -76,17 +141,35 @@ def build_server(
     token: str | None,
     cert_file: str | None,
     key_file: str | None,
-) -> tuple[aio.Server, int]:
-    """Create (not start) the grpc.aio server; returns it and the bound port."""
+    threads: int = 0,
+) -> tuple[Any, int]:
+    """Create (not start) the gRPC server; returns it and the bound port.
+
+    ``threads > 0``: a synchronous grpcio server with that many threads, each handing its
+    request to the running asyncio loop (cheaper per request than grpc.aio); ``0``: grpc.aio.
+    Must be called from the event loop.
+    """
     limit = handler.config.max_body_bytes
-    server = aio.server(
-        options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", 4 * 1024 * 1024),
-            ("grpc.so_reuseport", 0),
-        ]
-    )
-    server.add_generic_rpc_handlers(OtlpGrpcService(handler, token).generic_handlers())
+    options = [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", 4 * 1024 * 1024),
+        ("grpc.so_reuseport", 0),
+    ]
+    server: Any
+    if threads > 0:
+        from concurrent.futures import ThreadPoolExecutor
+
+        server = _ThreadedServer(
+            grpc.server(
+                ThreadPoolExecutor(threads, thread_name_prefix="grpc"),
+                options=options,
+            )
+        )
+        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    else:
+        server = aio.server(options=options)
+        loop = None
+    server.add_generic_rpc_handlers(OtlpGrpcService(handler, token, loop).generic_handlers())
     addr = f"{host}:{port}"
     if cert_file and key_file:
         creds = grpc.ssl_server_credentials(

@@ -84,6 +84,7 @@ class IngestServer:
                 token,
                 cfg.tls.cert_file,
                 cfg.tls.key_file,
+                cfg.grpc.threads,
             )
             await self._grpc.start()
             log.info("ingest: OTLP/gRPC on %s:%d", cfg.grpc.host, self.grpc_port)

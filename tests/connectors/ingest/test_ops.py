@@ -208,3 +208,36 @@ def test_queue_full_is_429_and_resource_exhausted_with_retry_info(
         )
     finally:
         assert shim.stop() == 0
+
+
+def test_grpc_aio_mode(kafka_bootstrap: str, fresh_topics: dict[str, str], tmp_path: Path) -> None:
+    import grpc
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceResponse,
+    )
+
+    shim = start_shim(kafka_bootstrap, fresh_topics, tmp_path, ["--grpc-threads", "0"])
+    try:
+        req = trace_request(1, 4, seed=51, spans_per_trace=2)
+        with grpc.insecure_channel(shim.grpc_target) as ch:
+            call = ch.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+            out = call(req.SerializeToString(), timeout=10)
+            assert ExportTraceServiceResponse.FromString(out) == ExportTraceServiceResponse()
+            with pytest.raises(grpc.RpcError) as ei:
+                call(b"\xff\xff", timeout=10)
+            assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        want = {sp.span_id for sp in req.resource_spans[0].scope_spans[0].spans}
+
+        def got(recs):
+            return {
+                sp.span_id
+                for rec in recs
+                for rs in ExportTraceServiceRequest.FromString(rec.value).resource_spans
+                for ss in rs.scope_spans
+                for sp in ss.spans
+            }
+
+        recs = consume(kafka_bootstrap, fresh_topics["traces"], until=lambda rs: want <= got(rs))
+        assert got(recs) == want
+    finally:
+        assert shim.stop() == 0
