@@ -39,6 +39,7 @@ class JaegerService:
     grpc_port: int = 16685
     health_port: int = 13133
     data: Path | None = None
+    tls: tuple[Path, Path] | None = None  # (cert, key): the OTLP receiver requires TLS
 
     @property
     def otlp_endpoint(self) -> str:
@@ -58,6 +59,8 @@ class JaegerService:
         )
         if self.data is not None:
             env["JAEGER_DATA"] = str(self.data)
+        if self.tls is not None:
+            env["JAEGER_TLS_CERT"], env["JAEGER_TLS_KEY"] = map(str, self.tls)
         return env
 
     def start(self) -> None:
@@ -68,7 +71,9 @@ class JaegerService:
         subprocess.run([str(SCRIPT), "stop"], env=self._env(), check=True, timeout=120)
 
     @classmethod
-    def start_new(cls, data: Path, otlp_port: int | None = None) -> JaegerService:
+    def start_new(
+        cls, data: Path, otlp_port: int | None = None, tls: tuple[Path, Path] | None = None
+    ) -> JaegerService:
         """Another instance on free ports (its own data dir), started."""
         svc = cls(
             otlp_port=otlp_port or free_port(),
@@ -76,6 +81,7 @@ class JaegerService:
             grpc_port=free_port(),
             health_port=free_port(),
             data=data,
+            tls=tls,
         )
         svc.start()
         return svc
@@ -115,6 +121,29 @@ class JaegerService:
             if total >= n_spans or time.monotonic() > deadline:
                 return got
             time.sleep(0.2)
+
+
+# fmt: off
+def make_tls_files(d: Path, server_name: str) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for ``server_name`` (openssl): PEM paths
+    ``ca``, ``cert``, ``key``."""
+    d.mkdir(parents=True, exist_ok=True)
+    p = {k: d / f"{k}.pem" for k in ("ca", "ca_key", "cert", "key", "csr")}
+
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    key_opts = "-newkey rsa:2048 -nodes".split()
+    ssl("req", "-x509", *key_opts, "-days", "2", "-subj", "/CN=otelwax test CA",
+        "-keyout", str(p["ca_key"]), "-out", str(p["ca"]))
+    ssl("req", *key_opts, "-subj", f"/CN={server_name}",
+        "-keyout", str(p["key"]), "-out", str(p["csr"]))
+    ext = d / "ext.cnf"
+    ext.write_text(f"subjectAltName=DNS:{server_name}\n")
+    ssl("x509", "-req", "-in", str(p["csr"]), "-CA", str(p["ca"]), "-CAkey", str(p["ca_key"]),
+        "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(p["cert"]))
+    return {"ca": p["ca"], "cert": p["cert"], "key": p["key"]}
+# fmt: on
 
 
 @pytest.fixture(scope="session", name="jaeger")

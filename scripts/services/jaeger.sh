@@ -4,7 +4,8 @@
 # Env: JAEGER_OTLP_PORT (14317, OTLP gRPC receiver — not 4317, which is otelwax's own shim),
 #      JAEGER_QUERY_PORT (16686, query HTTP: /api/traces/{id}, /api/v3/traces/{id}),
 #      JAEGER_QUERY_GRPC_PORT (16685), JAEGER_HEALTH_PORT (13133),
-#      JAEGER_DATA (.data/jaeger[-OTLP_PORT when OTLP_PORT != 14317]).
+#      JAEGER_DATA (.data/jaeger[-OTLP_PORT when OTLP_PORT != 14317]),
+#      JAEGER_TLS_CERT / JAEGER_TLS_KEY (PEM files: the OTLP receiver then requires TLS).
 # The binary is built once from the Go module proxy into .cache/bin/jaeger. `go install
 # module@version` refuses Jaeger (its go.mod has a replace directive), so when
 # scripts/go-tools.sh cannot build it we download the module and `go build` inside it, which
@@ -47,6 +48,13 @@ ready() {
 }
 
 write_config() {
+  local tls=""
+  if [[ -n "${JAEGER_TLS_CERT:-}" ]]; then
+    tls="
+        tls:
+          cert_file: $JAEGER_TLS_CERT
+          key_file: $JAEGER_TLS_KEY"
+  fi
   cat >"$CONF" <<YAML
 service:
   extensions: [jaeger_storage, jaeger_query, healthcheckv2]
@@ -83,7 +91,7 @@ receivers:
   otlp:
     protocols:
       grpc:
-        endpoint: 127.0.0.1:$OTLP_PORT
+        endpoint: 127.0.0.1:$OTLP_PORT$tls
 
 exporters:
   jaeger_storage_exporter:

@@ -27,7 +27,11 @@ from otelwax.resilience import BreakerConfig, RetryConfig
 from otelwax.settings import ValidationError, format_errors
 from tests.conftest import free_port
 from tests.flows.conftest import chdb_rows, flow_run, produce  # noqa: F401  (fixture flow_run)
-from tests.jaegerfixtures import JaegerService, jaeger_fixture  # noqa: F401  (fixture jaeger)
+from tests.jaegerfixtures import (  # noqa: F401  (fixture jaeger)
+    JaegerService,
+    jaeger_fixture,
+    make_tls_files,
+)
 from tests.otlpgen import trace_payloads
 
 _seq = iter(range(1_000_000))
@@ -551,3 +555,21 @@ def test_sdk_trace_through_the_whole_pipeline_reaches_jaeger(jaeger, request, ma
     assert charge_tags["otel.status_description"] == "card declined"
     (log,) = spans[charge_id]["logs"]
     assert {f["key"]: f["value"] for f in log["fields"]} == {"event": "retry", "attempt": "1"}
+
+
+def test_tls_with_a_private_ca(tmp_path):
+    files = make_tls_files(tmp_path / "tls", "jaeger.otelwax.test")
+    svc = JaegerService.start_new(tmp_path / "jaeger", tls=(files["cert"], files["key"]))
+    try:
+        batch = spans_batch(700, 1)
+        tls = {"ca_file": str(files["ca"]), "server_name_override": "jaeger.otelwax.test"}
+        with JaegerExporter(cfg(svc.otlp_endpoint, insecure=False, tls=tls)) as exp:
+            exp.export(batch)
+        assert len(wait_for(svc, batch)) == batch.num_rows
+        # Not trusting the CA, or speaking plaintext to a TLS port: unavailable, not sent.
+        for bad in ({"insecure": False}, {"insecure": True}):
+            c = cfg(svc.otlp_endpoint, when_unavailable="raise", timeout_s=2, **bad)
+            with JaegerExporter(c) as exp, pytest.raises(JaegerUnavailableError):
+                exp.export(spans_batch(701, 1))
+    finally:
+        svc.stop()
