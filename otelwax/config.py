@@ -212,10 +212,75 @@ class SinksConfig(StrictModel):
     jaeger: JaegerSinkConfig | None = None
 
 
-def _inherit(section: Any, key: str, value: Any) -> Any:
-    if isinstance(section, dict) and key not in section:
-        return {**section, key: value}
-    return section
+def _section_model(name: str) -> type[BaseModel] | None:
+    """The settings model of ``ingest`` or of one flow (None when not available)."""
+    if name == "ingest":
+        return IngestConfig
+    if name == "traces":
+        return TracesFlowSettings
+    if name == "logs":
+        return LogsFlowSettings
+    return flow_model(name)
+
+
+def _inherit(section: dict[str, Any], key: str, value: Any, model: Any) -> dict[str, Any] | None:
+    """``section`` with the shared ``key`` section added, or None when it must not be added.
+
+    Not added when the section sets its own, when its model has no such field, or when the
+    field is off by default (``None``, e.g. ClickHouse for spanmetrics). The shared values are
+    laid over the field's own default settings (e.g. ``create_schema: true`` of a flow).
+    """
+    if key in section or model is None:
+        return None
+    field = model.model_fields.get(key)
+    if field is None:
+        return None
+    default = field.get_default(call_default_factory=True)
+    if default is None:
+        return None
+    if isinstance(default, BaseModel) and isinstance(value, dict):
+        value = {**default.model_dump(exclude_defaults=True, by_alias=True), **value}
+    return {**section, key: value}
+
+
+def share_sections(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Copy top-level ``kafka``/``clickhouse`` into ``ingest`` and the flows (see _inherit).
+
+    Returns the new data and the dotted paths that received a copy.
+    """
+    data = dict(data)
+    copied: list[str] = []
+    shared = {k: data[k] for k in ("kafka", "clickhouse") if data.get(k) is not None}
+    if not shared:
+        return data, copied
+    targets: list[tuple[str, dict[str, Any], str]] = []
+    ingest = data.get("ingest", {})
+    if isinstance(ingest, dict):
+        targets.append(("ingest", ingest, "ingest"))
+    flows = data.get("flows", {})
+    if not isinstance(flows, dict):
+        return data, copied
+    flows = dict(flows)
+    for sig in SIGNALS:
+        sec = flows.get(sig, {})
+        if isinstance(sec, dict):
+            targets.append((sig, sec, f"flows.{sig}"))
+    for name, sec, path in targets:
+        model = _section_model(name)
+        for key, value in shared.items():
+            if name == "ingest" and key != "kafka":
+                continue
+            new = _inherit(sec, key, value, model)
+            if new is not None:
+                sec = new
+                copied.append(f"{path}.{key}")
+        if name == "ingest":
+            if sec or "ingest" in data:
+                data["ingest"] = sec
+        elif sec or name in flows:
+            flows[name] = sec
+    data["flows"] = flows
+    return data, copied
 
 
 class OtelwaxConfig(StrictModel):
@@ -234,26 +299,7 @@ class OtelwaxConfig(StrictModel):
         """Copy top-level kafka/clickhouse into ingest and each flow unless they set their own."""
         if not isinstance(data, dict):
             return data
-        data = dict(data)
-        kafka, ch = data.get("kafka"), data.get("clickhouse")
-        if kafka is not None:
-            data["ingest"] = _inherit(data.get("ingest", {}), "kafka", kafka)
-        flows = data.get("flows")
-        if flows is None and (kafka is not None or ch is not None):
-            flows = {s: {} for s in SIGNALS}
-        if isinstance(flows, dict):
-            flows = dict(flows)
-            for sig in SIGNALS:
-                sec = flows.get(sig, {} if (kafka is not None or ch is not None) else None)
-                if sec is None:
-                    continue
-                if kafka is not None:
-                    sec = _inherit(sec, "kafka", kafka)
-                if ch is not None:
-                    sec = _inherit(sec, "clickhouse", ch)
-                flows[sig] = sec
-            data["flows"] = flows
-        return data
+        return share_sections(data)[0]
 
     def flow_settings(self, name: str) -> Any:
         """The validated settings of one flow (``traces``, ``logs``, ``metrics``, ...)."""
@@ -574,22 +620,6 @@ def _operator_problems(data: dict[str, Any], problems: list[str], from_env: set[
             problems.append(f"{prefix}.{tails[1]}.type: only one tail_sampling step per flow")
 
 
-def _shared_paths(data: Mapping[str, Any]) -> list[str]:
-    """Paths the top-level kafka/clickhouse sections are copied to (their errors repeat)."""
-    out: list[str] = []
-    kafka, ch = data.get("kafka"), data.get("clickhouse")
-    ingest = data.get("ingest")
-    if kafka is not None and not (isinstance(ingest, dict) and "kafka" in ingest):
-        out.append("ingest.kafka")
-    flows = data.get("flows") if isinstance(data.get("flows"), dict) else {}
-    for sig in SIGNALS:
-        sec = flows.get(sig) if isinstance(flows, dict) else None
-        for key, val in (("kafka", kafka), ("clickhouse", ch)):
-            if val is not None and not (isinstance(sec, dict) and key in sec):
-                out.append(f"flows.{sig}.{key}")
-    return out
-
-
 def validate_data(
     data: Mapping[str, Any], env: Mapping[str, str] | None = None
 ) -> tuple[OtelwaxConfig | None, list[str]]:
@@ -599,7 +629,8 @@ def validate_data(
     from_env: set[str] = set()
     subst = substitute_env(dict(data), env, "", problems, from_env)
     cfg: OtelwaxConfig | None = None
-    shared = tuple(p + "." for p in _shared_paths(subst))
+    shared_data, copied = share_sections(subst)
+    shared = tuple(p + "." for p in copied)
     # A value whose variable is unset is reported once, not again as an invalid value.
     unset = tuple(p.split(": ", 1)[0] + ": " for p in problems)
     try:
@@ -612,8 +643,7 @@ def validate_data(
         )
     _secret_problems(OtelwaxConfig, subst, "", from_env, problems)
     _operator_problems(subst, problems, from_env)
-    shared_data = OtelwaxConfig._share_sections(subst)
-    flows = shared_data.get("flows") if isinstance(shared_data, dict) else None
+    flows = shared_data.get("flows")
     for name in _LAZY_FLOWS:
         raw = flows.get(name) if isinstance(flows, dict) else None
         if not isinstance(raw, dict) or not raw:

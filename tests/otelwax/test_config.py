@@ -84,6 +84,10 @@ def test_env_substitution_and_shared_sections(tmp_path: Path) -> None:
     assert type(metrics).__name__ == "MetricsFlowSettings"
     assert metrics.kafka.bootstrap_servers == "k1:9092,k2:9092"
     assert cfg.flow_settings("traces") is cfg.flows.traces
+    # shared values are laid over a flow's own defaults, and off-by-default sinks stay off
+    assert cfg.flows.traces.clickhouse.create_schema is True
+    assert cfg.clickhouse.create_schema is False
+    assert cfg.flow_settings("spanmetrics").clickhouse is None
     assert cfg.clickhouse.password.get_secret_value() == "s3cret"
     assert "s3cret" not in repr(cfg)
 
