@@ -7,8 +7,10 @@ status and the gRPC status code, so each front door only renders them.
 
 Counters (``otelwax.telemetry``), per signal ``component=ingest_{traces,metrics,logs}`` with
 unit spans / datapoints / logs: ``received`` = items in well-formed requests = ``sent``
-(acknowledged by Kafka) + ``failed`` (refused with 429/503, the client retries) + ``dropped``
-(reason ``too_large``: rejected in a partial success). Per request (``component=ingest``,
+(acknowledged by Kafka) + ``dropped{reason}`` where reason is ``queue_full`` or
+``kafka_unavailable`` (refused with 429/503, the client retries) or ``too_large`` (rejected in
+a partial success). The Kafka producer counts records on ``component=ingest_kafka``
+(received = queued, sent = acknowledged, failed = not delivered). Per request (``component=ingest``,
 unit requests): received, sent, dropped{reason=malformed|queue_full|kafka_unavailable}; bytes
 received (unit bytes, after decompression); Kafka delivery latency per request
 (``otelwax_latency_seconds{component=ingest_kafka, operation=kafka_delivery}``).
@@ -200,7 +202,7 @@ class RequestHandler:
                 await self.producer.produce_batch(records)
             except Backpressure as exc:
                 reason = "queue_full" if isinstance(exc, QueueFull) else "kafka_unavailable"
-                m.failed(accepted)
+                m.dropped(accepted, reason=reason)
                 self.requests.dropped(reason=reason)
                 cls = Overloaded if isinstance(exc, QueueFull) else Unavailable
                 raise cls(str(exc), exc.retry_after) from exc

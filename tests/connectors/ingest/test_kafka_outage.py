@@ -17,6 +17,7 @@ import grpc
 import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ROOT, port_open
 from tests.otlpgen import trace_request
@@ -108,6 +109,17 @@ def test_kafka_outage_backpressure_and_no_loss(own_kafka: str, tmp_path: Path) -
                     call(trace_request(1, 2, seed=99).SerializeToString(), timeout=10)
                 grpc_codes.add(ei.value.code())
             assert httpx.get(shim.http_url + "/healthz").json()["kafka"] == "down"
+            # Refusals are counted (the alerts in docker/prometheus rely on these series).
+            text = httpx.get(f"http://127.0.0.1:{shim.metrics_port}/metrics").text
+            refused_spans = sum(
+                smp.value
+                for fam in text_string_to_metric_families(text)
+                for smp in fam.samples
+                if smp.name == "otelwax_dropped_total"
+                and smp.labels
+                == {"component": "ingest_traces", "unit": "spans", "reason": "kafka_unavailable"}
+            )
+            assert refused_spans >= 10
 
             _kafka("start")
             # The shim recovers by itself.
