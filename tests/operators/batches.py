@@ -199,3 +199,72 @@ def random_spans(n: int, seed: int = 0, spans_per_trace: int = 10) -> pa.RecordB
     return pa.RecordBatch.from_arrays(
         [cols[f.name].cast(f.type) for f in TRACES_SCHEMA], schema=TRACES_SCHEMA
     )
+
+
+# --- OTLP payloads for end-to-end operator tests (flows) ----------------------------------------
+
+PII_VALUES = (
+    "alice.smith@example.com",
+    "4111 1111 1111 1111",
+    "Bearer s3cr3t-t0k3n",
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+)
+"""Values that must never be found in stored rows after ``{type: redact}``."""
+
+
+def pii_trace_payloads(n_traces: int = 20, spans_per_trace: int = 5, seed: int = 0) -> list[bytes]:
+    """Serialized ExportTraceServiceRequests (one per trace, service ``pii-test``) whose spans
+    carry ``PII_VALUES`` in attributes, event attributes and the status message, and where the
+    first span of every even trace has ``http.route = /health``.
+
+    For a flow test: produce them to ``otlp_spans`` keyed by trace id, run ``flows.traces``
+    with ``configs/examples/pii-and-sampling.yaml``-like operators, then search the stored rows
+    for ``PII_VALUES`` and ``/health`` (none may be found).
+    """
+    import random
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+    from tests.otlpgen import kv
+
+    rng = random.Random(seed)
+    out = []
+    for t in range(n_traces):
+        trace_id = rng.randbytes(16)
+        spans = []
+        for i in range(spans_per_trace):
+            route = "/health" if (t % 2 == 0 and i == 0) else f"/api/orders/{i}"
+            span = Span(
+                trace_id=trace_id,
+                span_id=rng.randbytes(8),
+                name=f"GET {route}",
+                kind=Span.SPAN_KIND_SERVER,
+                start_time_unix_nano=BASE_NS + t * 1_000_000_000 + i,
+                end_time_unix_nano=BASE_NS + t * 1_000_000_000 + i + 5_000_000,
+                attributes=[
+                    kv("http.route", route),
+                    kv("user.email", PII_VALUES[0]),
+                    kv("payment.card", f"card {PII_VALUES[1]}"),
+                    kv("http.request.header.authorization", PII_VALUES[2]),
+                    kv("session", PII_VALUES[3]),
+                ],
+            )
+            span.events.add(
+                time_unix_nano=BASE_NS + t, name="log",
+                attributes=[kv("message", f"mail to {PII_VALUES[0]}")],
+            )  # fmt: skip
+            spans.append(span)
+        req = ExportTraceServiceRequest(
+            resource_spans=[
+                ResourceSpans(
+                    resource=Resource(attributes=[kv("service.name", "pii-test")]),
+                    scope_spans=[ScopeSpans(spans=spans)],
+                )
+            ]
+        )
+        out.append(req.SerializeToString())
+    return out

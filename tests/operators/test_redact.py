@@ -136,3 +136,21 @@ def test_bad_config() -> None:
         build_pipeline([{"type": "redact", "patterns": [{"regex": "(x"}]}], "traces")
     with pytest.raises(ValueError, match="unknown attribute map 'LogAttributes'"):
         build_pipeline([{"type": "redact", "maps": ["LogAttributes"]}], "traces")
+
+
+def test_decoded_otlp_through_the_example_pipeline_leaves_no_pii() -> None:
+    """OTLP requests → the flows' decoder → the operators of configs/examples/pii-and-sampling."""
+    from operators.registry import run_pipeline
+    from otelwax.codec import decode_traces
+    from otelwax.config import load_config
+    from tests.operators.batches import PII_VALUES, pii_trace_payloads
+
+    batch = decode_traces(pii_trace_payloads(10, 4)).batch
+    assert any(v in str(batch.to_pylist()) for v in PII_VALUES)
+    specs = load_config("configs/examples/pii-and-sampling.yaml", env={}).operator_specs("traces")
+    out = run_pipeline(build_pipeline(specs[:3], "traces"), batch)  # without the sampler
+    text = str(out.to_pylist())
+    assert out.num_rows == 40 - 5  # the /health spans are gone
+    assert [v for v in PII_VALUES if v in text] == [] and "/health" not in text
+    assert all(dict(m)["deployment.environment"] == "prod"
+               for m in out.column("SpanAttributes").to_pylist())  # fmt: skip
