@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 import pytest
 
@@ -147,7 +149,9 @@ def test_decoded_otlp_through_the_example_pipeline_leaves_no_pii() -> None:
 
     batch = decode_traces(pii_trace_payloads(10, 4)).batch
     assert any(v in str(batch.to_pylist()) for v in PII_VALUES)
-    specs = load_config("configs/examples/pii-and-sampling.yaml", env={}).operator_specs("traces")
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "configs" / "examples" / "pii-and-sampling.yaml", env={})
+    specs = cfg.operator_specs("traces")
     out = run_pipeline(build_pipeline(specs[:3], "traces"), batch)  # without the sampler
     text = str(out.to_pylist())
     assert out.num_rows == 40 - 5  # the /health spans are gone
