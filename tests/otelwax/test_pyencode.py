@@ -5,6 +5,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
@@ -305,3 +307,33 @@ def test_encoder_choice():
 def test_native_encoder_gives_the_same_rows():
     batch = decoded(trace_payloads(3, seed=11, events_per_span=2, links_per_span=1, unicode=True))
     assert decoded([native.encode_traces(batch)]).equals(roundtrip(batch))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32),
+    n_resources=st.integers(1, 4),
+    spans=st.integers(1, 8),
+    events=st.integers(0, 3),
+    links=st.integers(0, 2),
+    attrs=st.integers(0, 12),
+    typed=st.booleans(),
+    uni=st.booleans(),
+    cut=st.tuples(st.integers(0, 40), st.integers(0, 40)),
+)
+def test_roundtrip_property(seed, n_resources, spans, events, links, attrs, typed, uni, cut):
+    req = trace_request(
+        n_resources,
+        spans,
+        seed=seed,
+        events_per_span=events,
+        links_per_span=links,
+        attrs_per_span=attrs,
+        all_value_types=typed,
+        unicode=uni,
+    )
+    batch = decoded([req.SerializeToString()])
+    lo, hi = sorted(cut)
+    part = batch.slice(lo, hi - lo)
+    assert roundtrip(batch).equals(batch)
+    assert by_span(roundtrip(part)).equals(by_span(part))
