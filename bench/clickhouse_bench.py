@@ -12,7 +12,8 @@ Arrow → Python lists, and the client-side conversion cost of each alone.
     .venv/bin/python bench/clickhouse_bench.py --rows 100000 --skip-server   # quick, chdb only
 
 The server is started with scripts/services/clickhouse.sh when it is not running. Prints a
-table and writes ``bench/results/clickhouse.json``. Not a test: no thresholds.
+table and writes ``bench/results/clickhouse.json`` and ``clickhouse.txt``.
+Not a test: no thresholds.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ from otelwax.codec import decode_traces  # noqa: E402
 from tests.otlpgen import trace_payloads  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
+LINES: list[str] = []
+
+
+def out(line: str) -> None:
+    print(line)
+    LINES.append(line)
 
 
 def make_batches(rows: int, batch_rows: int, seed: int) -> list[pa.RecordBatch]:
@@ -160,7 +167,7 @@ def bench_server(args: argparse.Namespace, results: list[dict]) -> None:
 
 def report(row: dict) -> None:
     conv = row.get("client_conversion_rows_per_s")
-    print(
+    out(
         f"{row['target']:<28} {row['path']:<42} {row['batch_rows']:>8} "
         f"{'yes' if row['skip_indexes'] else 'no':>7} {row['rows_per_s']:>12,.0f} "
         f"{(f'{conv:,.0f}' if conv else '-'):>14}"
@@ -177,7 +184,7 @@ def main() -> int:
     ap.add_argument("--skip-chdb", action="store_true")
     args = ap.parse_args()
     results: list[dict] = []
-    print(
+    out(
         f"{'target':<28} {'path':<42} {'batch':>8} {'indexes':>7} {'rows/s':>12} "
         f"{'convert rows/s':>14}"
     )
@@ -189,7 +196,8 @@ def main() -> int:
     (RESULTS / "clickhouse.json").write_text(
         json.dumps({"bench": "clickhouse", "results": results}, indent=2)
     )
-    print(f"wrote {RESULTS / 'clickhouse.json'}")
+    (RESULTS / "clickhouse.txt").write_text("\n".join(LINES) + "\n")
+    print(f"wrote {RESULTS / 'clickhouse.json'} and clickhouse.txt")
     return 0
 
 

@@ -9,7 +9,8 @@ and the best rate per CPU second (the machine is shared: CPU time is the steadie
     .venv/bin/python bench/decode_bench.py                     # pinned to core 1
     .venv/bin/python bench/decode_bench.py --requests 100 --repeat 3 --core -1   # quick
 
-Prints a table and writes ``bench/results/decode.json``. Not a test: no thresholds.
+Prints a table and writes ``bench/results/decode.json`` and ``decode.txt``.
+Not a test: no thresholds.
 """
 
 from __future__ import annotations
@@ -87,18 +88,24 @@ def main() -> int:
         pass
 
     results = []
-    print(f"payloads: {len(traces)} x 100 spans, {per_span:.0f} B/span, batch {args.batch} req")
-    print(f"{'case':<44} {'rows':>8} {'best rows/s':>12} {'median':>12} {'rows/CPU-s':>12}")
+    lines: list[str] = []
+
+    def out(line: str) -> None:
+        print(line)
+        lines.append(line)
+
+    out(f"payloads: {len(traces)} x 100 spans, {per_span:.0f} B/span, batch {args.batch} req")
+    out(f"{'case':<44} {'rows':>8} {'best rows/s':>12} {'median':>12} {'rows/CPU-s':>12}")
     for name, fn, payloads in cases:
         r = measure(fn, batched(payloads), args.repeat)
         r["case"] = name
         results.append(r)
-        print(
+        out(
             f"{name:<44} {r['rows']:>8} {r['best_rows_per_s']:>12,.0f} "
             f"{r['median_rows_per_s']:>12,.0f} {r['best_rows_per_cpu_s']:>12,.0f}"
         )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = {
+    summary = {
         "bench": "decode",
         "python": platform.python_version(),
         "core": args.core,
@@ -107,7 +114,8 @@ def main() -> int:
         "bytes_per_span": per_span,
         "results": results,
     }
-    (RESULTS / "decode.json").write_text(json.dumps(out, indent=2))
+    (RESULTS / "decode.json").write_text(json.dumps(summary, indent=2))
+    (RESULTS / "decode.txt").write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS / 'decode.json'}")
     return 0
 
