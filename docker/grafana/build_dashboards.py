@@ -664,7 +664,7 @@ def health() -> dict[str, Any]:
                 (
                     "histogram_quantile(0.99, sum by (component, operation, le)"
                     " (rate(otelwax_latency_seconds_bucket"
-                    f'{{operation=~"insert|write"}}{rate})))',
+                    f'{{operation=~"insert|write|export"}}{rate})))',
                     "{{component}} {{operation}}",
                 )
             ],

@@ -179,12 +179,7 @@ def check_promql(expr: str, recorded: set[str], where: str) -> list[str]:
 SIGNALS = ("traces", "metrics", "logs")
 FLOWS = (*SIGNALS, "spanmetrics")
 # Which file of docker/config (and key of the k8s ConfigMap) each flow reads.
-FLOW_CONFIG_FILE = {
-    "traces": "otelwax.yaml",
-    "logs": "otelwax.yaml",
-    "metrics": "metrics.yaml",
-    "spanmetrics": "spanmetrics.yaml",
-}
+FLOW_CONFIG_FILE = dict.fromkeys(FLOWS, "otelwax.yaml")
 # Flows that serve /metrics (and so /healthz) on their metrics_port.
 SERVES_METRICS = ("traces", "metrics", "logs")
 

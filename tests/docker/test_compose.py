@@ -203,6 +203,15 @@ def test_compose_config_loads_with_the_code(compose_project: dict[str, Any]) -> 
         if signal in loaded:
             assert loaded[signal].remote_write.url == "http://prometheus:9090/api/v1/write"
     assert "--web.enable-remote-write-receiver" in _svc(compose_project, "prometheus")["command"]
+    # Spans also go to the compose Jaeger, through the traces flow's jaeger_tee operator, which
+    # the operator registry builds without I/O.
+    from operators.registry import build_pipeline
+
+    cfg = load_config(conf / "otelwax.yaml")
+    specs = cfg.operator_specs("traces")
+    assert [s.config["endpoint"] for s in specs] == ["jaeger:4317"]
+    assert len(build_pipeline(specs, "traces")) == 1
+    assert "jaeger" in compose_project["services"]
 
 
 def test_every_otelwax_env_var_is_read_by_something() -> None:

@@ -205,9 +205,20 @@ def test_secret_refs_and_config_maps_exist_and_secrets_are_placeholders() -> Non
                 find_k8s(docs, "ConfigMap", v["configMap"]["name"])
 
 
-def test_configmap_holds_the_compose_config_files(tmp_path: Path) -> None:
+def test_configmap_is_the_compose_config_with_cluster_addresses() -> None:
+    sys.path.insert(0, str(K8S))
+    try:
+        import build_configmap
+    finally:
+        sys.path.remove(str(K8S))
+    assert (K8S / "configmap.yaml").read_text() == build_configmap.render(), (
+        "configmap.yaml is stale: run python docker/k8s/build_configmap.py"
+    )
     cm = find_k8s(k8s_documents(), "ConfigMap", "otelwax-config")
     assert set(cm["data"]) == {p.name for p in (DOCKER / "config").glob("*.yaml")}
+    text = cm["data"]["otelwax.yaml"]
+    assert "kafka:9092" not in text.replace("kafka-bootstrap.kafka.svc:9092", "")
+    assert "jaeger" not in yaml.safe_load(text)["flows"]["traces"].get("operators", [])
 
 
 def test_configmap_config_loads_with_the_code(tmp_path: Path) -> None:

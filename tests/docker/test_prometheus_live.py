@@ -28,8 +28,6 @@ from tests.conftest import free_port
 
 from .conftest import GRAFANA, PROM
 
-NOW_S = time.time()
-
 
 @pytest.fixture(scope="module")
 def prometheus(promtool: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -180,7 +178,7 @@ def fed(prometheus: str) -> str:
     from operators.windows import SpanMetricsAggregator, SpanMetricsConfig
 
     minutes = 15
-    start = NOW_S - minutes * 60 - 30
+    start = time.time() - minutes * 60 - 30
     agg = SpanMetricsAggregator(SpanMetricsConfig(window_s=15, allowed_lateness_s=0))
     out = SeriesBatch()
     for table in _spans(start, minutes):
