@@ -107,24 +107,21 @@ except ImportError:  # pragma: no cover - until flows/settings.py imports cleanl
         metrics_port: int | None = Field(9464, ge=0, le=65535)
 
 
-try:
-    from flows.settings import LogsFlowSettings  # type: ignore[attr-defined]
-except ImportError:  # until the logs flow lands
+class PlaceholderLogsFlowSettings(StrictModel):
+    """``flows.logs`` until the logs flow's own settings model is importable."""
 
-    class LogsFlowSettings(StrictModel):  # type: ignore[no-redef]
-        """``flows.logs`` (placeholder for the logs flow's own model)."""
-
-        topic: str = Field("otlp_logs", min_length=1)
-        kafka: KafkaConfig = Field(default_factory=KafkaConfig)
-        clickhouse: ClickHouseConfig = Field(default_factory=ClickHouseConfig)
-        operators: list[dict[str, Any]] = Field(default_factory=list)
-        metrics_port: int | None = Field(None, ge=0, le=65535)
+    topic: str = Field("otlp_logs", min_length=1)
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    clickhouse: ClickHouseConfig = Field(default_factory=ClickHouseConfig)
+    operators: list[dict[str, Any]] = Field(default_factory=list)
+    metrics_port: int | None = Field(None, ge=0, le=65535)
 
 
 # Flows whose settings model lives in the flow module itself, which builds a dataflow when
 # imported: they are kept as raw mappings here and validated with the real model (imported
 # lazily, only when validating) — see ``flow_model``.
 _LAZY_FLOWS: dict[str, tuple[tuple[str, str], ...]] = {
+    "logs": (("flows.settings", "LogsFlowSettings"), ("flows.logs", "LogsFlowSettings")),
     "metrics": (
         ("flows.settings", "MetricsFlowSettings"),
         ("flows.metrics", "MetricsFlowSettings"),
@@ -148,7 +145,7 @@ def flow_model(name: str) -> type[BaseModel] | None:
             continue
         if model is not None:
             return model
-    return None
+    return PlaceholderLogsFlowSettings if name == "logs" else None
 
 
 def _lazy_flow(name: str) -> Any:
@@ -176,10 +173,11 @@ def _lazy_flow(name: str) -> Any:
 
 class FlowsConfig(StrictModel):
     """The dataflows: ``traces`` and ``logs`` with their operator pipelines, ``metrics`` and
-    ``spanmetrics`` (validated with their flow's model, see ``OtelwaxConfig.flow_settings``)."""
+    ``spanmetrics``. All but ``traces`` are validated with their flow's own model, imported
+    when validating (see ``flow_model`` and ``OtelwaxConfig.flow_settings``)."""
 
     traces: TracesFlowSettings = Field(default_factory=TracesFlowSettings)
-    logs: LogsFlowSettings = Field(default_factory=LogsFlowSettings)
+    logs: Annotated[Any, BeforeValidator(_lazy_flow("logs"))] = Field(default_factory=dict)
     metrics: Annotated[Any, BeforeValidator(_lazy_flow("metrics"))] = Field(default_factory=dict)
     spanmetrics: Annotated[Any, BeforeValidator(_lazy_flow("spanmetrics"))] = Field(
         default_factory=dict
@@ -218,8 +216,6 @@ def _section_model(name: str) -> type[BaseModel] | None:
         return IngestConfig
     if name == "traces":
         return TracesFlowSettings
-    if name == "logs":
-        return LogsFlowSettings
     return flow_model(name)
 
 
