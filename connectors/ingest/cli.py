@@ -74,19 +74,43 @@ def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
     d[parts[-1]] = value
 
 
+def load_section(path: Path) -> dict[str, Any]:
+    """The ingest settings from a YAML file, as raw data.
+
+    A full otelwax config (it has an ``ingest:`` section) gets the same treatment as
+    ``otelwax validate`` gives it: ``${env:VAR}`` substitution and the top-level ``kafka``
+    section copied into ``ingest`` unless it sets its own. Any other mapping is read as an
+    IngestConfig (with ``${env:VAR}`` substitution too). Raises ValueError listing problems.
+    """
+    import os
+
+    from otelwax.config import ConfigError, read_yaml, share_sections, substitute_env
+
+    try:
+        raw = read_yaml(path)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    problems: list[str] = []
+    full = "ingest" in raw
+    subset = {k: raw[k] for k in ("kafka", "ingest") if k in raw} if full else raw
+    data = substitute_env(subset, os.environ, "" if full else "ingest", problems)
+    if problems:
+        raise ValueError("; ".join(problems))
+    if full:
+        data, _copied = share_sections(data)
+        data = data.get("ingest") or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the ingest section must be a mapping")
+    return dict(data)
+
+
 def build_config(args: argparse.Namespace) -> Any:
     """IngestConfig from the YAML file and flags; raises ValidationError/ValueError."""
     from connectors.ingest.config import IngestConfig
 
     data: dict[str, Any] = {}
     if args.config is not None:
-        import yaml
-
-        loaded = yaml.safe_load(args.config.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{args.config}: expected a mapping at the top level")
-        data = loaded.get("ingest", loaded) if "ingest" in loaded else loaded
-        data = dict(data or {})
+        data = load_section(args.config)
     for dest, keys in _OVERRIDES.items():
         value = getattr(args, dest, None)
         if value is not None:

@@ -47,7 +47,9 @@ def test_invalid_config_names_the_key(data: dict, expected: str) -> None:
     assert any(expected in line for line in _errors(data)), _errors(data)
 
 
-def test_defaults_and_yaml_with_flag_overrides(tmp_path: Path) -> None:
+def test_defaults_and_yaml_with_flag_overrides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = IngestConfig()
     assert (cfg.grpc.port, cfg.http.port, cfg.max_body_bytes) == (4317, 4318, 16 * 2**20)
     assert (cfg.topics.traces, cfg.topics.metrics, cfg.topics.logs) == (
@@ -56,17 +58,33 @@ def test_defaults_and_yaml_with_flag_overrides(tmp_path: Path) -> None:
         "otlp_logs",
     )
     assert cfg.producer.compression in ("lz4", "zstd")
+    monkeypatch.setenv("TEST_INGEST_TOKEN", "hunter2")
     f = tmp_path / "otelwax.yaml"
     f.write_text(
-        "ingest:\n  http: {port: 9999}\n  auth_token: hunter2\n  producer: {linger_ms: 20}\n"
+        "kafka: {bootstrap_servers: 'shared:9092'}\n"
+        "flows: {traces: {whatever: 1}}\n"  # other sections are not the shim's business
+        "ingest:\n"
+        "  http: {port: 9999}\n"
+        "  auth_token: ${env:TEST_INGEST_TOKEN}\n"
+        "  producer: {linger_ms: 20}\n"
     )
     p = argparse.ArgumentParser()
     add_arguments(p)
     cfg = build_config(p.parse_args(["--config", str(f), "--grpc-port", "5555", "--host", "::1"]))
     assert (cfg.http.port, cfg.grpc.port, cfg.producer.linger_ms) == (9999, 5555, 20)
     assert cfg.http.host == cfg.grpc.host == "::1"
+    assert cfg.kafka.bootstrap_servers == "shared:9092", "top-level kafka is shared"
     assert cfg.resolved_token() == "hunter2"
     assert "hunter2" not in repr(cfg) and "hunter2" not in str(cfg.model_dump())
+    # A bare IngestConfig mapping works too; flags win over the file.
+    bare = tmp_path / "ingest.yaml"
+    bare.write_text("kafka: {bootstrap_servers: 'own:9092'}\ntopics: {traces: t1}\n")
+    cfg = build_config(p.parse_args(["--config", str(bare), "--topic-traces", "t2"]))
+    assert (cfg.kafka.bootstrap_servers, cfg.topics.traces) == ("own:9092", "t2")
+    # The project's shipped configs load.
+    for shipped in ("configs/otelwax.yaml", "docker/config/otelwax.yaml"):
+        if (ROOT / shipped).exists():
+            build_config(p.parse_args(["--config", str(ROOT / shipped)]))
 
 
 def test_cli_reports_config_errors(tmp_path: Path) -> None:
