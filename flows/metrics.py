@@ -48,7 +48,7 @@ import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -59,6 +59,7 @@ from pydantic import Field
 
 from connectors.clickhouse import ClickHouseConfig
 from connectors.kafka import TOPIC_METRICS, KafkaConfig
+from connectors.kafka_source import KafkaSourceConfig, PartitionedKafkaSource, RangeCutConfig
 from connectors.prom_translate import SeriesBatch, tables_to_series
 from connectors.remote_write import RemoteWriteConfig, RemoteWriteSink
 from otelwax.metric_schemas import HISTOGRAM, METRIC_SCHEMAS, SUM
@@ -103,7 +104,16 @@ class MetricsFlowSettings(StrictModel):
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     topic: str = Field(TOPIC_METRICS, min_length=1)
     tail: bool = Field(True, description="keep waiting for records at the end of the topic")
-    source_batch_size: int = Field(1000, gt=0, description="Kafka records per poll")
+    source: Literal["ranges", "bytewax"] = Field(
+        "ranges",
+        description="ranges: connectors.kafka_source (replays re-cut at recorded offsets, so "
+        "ClickHouse inserts are exactly once); bytewax: bytewax's KafkaSource (at-least-once)",
+    )
+    ranges: RangeCutConfig = Field(
+        default_factory=RangeCutConfig, description="ranges source: when a range is cut"
+    )
+    intents_table: str = Field("otelwax_intents", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    source_batch_size: int = Field(1000, gt=0, description="bytewax source: records per poll")
     clickhouse: ClickHouseConfig | None = Field(default_factory=_default_clickhouse)
     remote_write: RemoteWriteConfig | None = Field(default_factory=RemoteWriteConfig)
     delta_shards: int = Field(
@@ -155,6 +165,10 @@ class MetricChunk:
     tables: dict[str, pa.RecordBatch]
     token: str = ""
     errors: list[tuple[int, str]] = field(default_factory=list)
+    range: tuple[str, int, int, int, int] | None = None
+    """(topic, partition, first, last, records) when the chunk is one source range."""
+    replay: bool = False
+    """The range's boundaries come from a recorded intent (do not record it again)."""
 
 
 class _Decode:
@@ -164,25 +178,39 @@ class _Decode:
         self.metrics = ComponentMetrics("metrics_decode", "datapoints")
         self.records = ComponentMetrics("metrics_decode", "records")
 
-    def __call__(self, msgs: list[Any]) -> list[MetricChunk]:
+    def _decode(self, values: list[bytes]) -> Any:
         from otelwax.codec.pymetrics import decode_metrics
 
-        values = [m.value for m in msgs if m.value is not None]
-        self.records.received(len(msgs))
-        if not values:
-            return []
-        spans: dict[tuple[str, int], list[int]] = {}
-        for m in msgs:
-            r = spans.setdefault((m.topic, m.partition), [m.offset, m.offset])
-            r[0] = min(r[0], m.offset)
-            r[1] = max(r[1], m.offset)
-        token = ",".join(f"{t}:{p}:{a}:{b}" for (t, p), (a, b) in sorted(spans.items()))
         res = decode_metrics(values)
         if res.errors:
             self.records.dropped(len(res.errors), "decode_error")
             for idx, reason in res.errors[:5]:
                 log.warning("metrics decode: record %d dropped: %s", idx, reason)
         self.metrics.received(res.num_rows)
+        return res
+
+    def __call__(self, items: list[Any]) -> list[MetricChunk]:
+        from connectors.kafka_source import KafkaRange
+
+        if items and isinstance(items[0], KafkaRange):
+            out = []
+            for r in items:
+                self.records.received(len(r.values))
+                res = self._decode(r.values)
+                rng = (r.topic, r.partition, r.first, r.last, len(r.values))
+                out.append(MetricChunk(res.tables, r.token, res.errors, rng, r.replay))
+            return out
+        values = [m.value for m in items if m.value is not None]
+        self.records.received(len(items))
+        if not values:
+            return []
+        spans: dict[tuple[str, int], list[int]] = {}
+        for m in items:
+            r = spans.setdefault((m.topic, m.partition), [m.offset, m.offset])
+            r[0] = min(r[0], m.offset)
+            r[1] = max(r[1], m.offset)
+        token = ",".join(f"{t}:{p}:{a}:{b}" for (t, p), (a, b) in sorted(spans.items()))
+        res = self._decode(values)
         return [MetricChunk(res.tables, token, res.errors)]
 
 
@@ -347,7 +375,7 @@ def _set(batch: pa.RecordBatch, name: str, arr: pa.Array) -> pa.RecordBatch:
 
 
 class _ClickHousePartition(StatelessSinkPartition[MetricChunk]):
-    def __init__(self, cfg: ClickHouseConfig) -> None:
+    def __init__(self, cfg: ClickHouseConfig, intents_table: str | None) -> None:
         from connectors.clickhouse import is_transient, open_client
         from connectors.clickhouse_metrics_schema import metrics_ddl
         from otelwax.resilience import CircuitBreaker, RetryPolicy
@@ -360,35 +388,104 @@ class _ClickHousePartition(StatelessSinkPartition[MetricChunk]):
         if cfg.create_schema:
             for stmt in metrics_ddl(cfg.database, ttl_days=cfg.tables.ttl_days):
                 self.client.execute(stmt)
+        self.intents = _intent_log(self.client, cfg, intents_table) if intents_table else None
+
+    def _insert(self, table: str, batch: pa.RecordBatch, token: str | None) -> None:
+        timer = self.metrics.latency("insert")
+        try:
+            with timer.time():
+                self.retry.call(
+                    self.client.insert_arrow,
+                    f"{self.cfg.database}.{table}",
+                    batch,
+                    dedup_token=token,
+                    breaker=self.breaker,
+                )
+        except Exception:
+            self.metrics.failed(batch.num_rows)
+            raise
+        self.metrics.sent(batch.num_rows)
 
     def write_batch(self, items: list[MetricChunk]) -> None:
-        token_base = hashlib.sha1("|".join(c.token for c in items).encode()).hexdigest()
-        with_token = all(c.token for c in items)
+        ranged = [c for c in items if c.range is not None]
+        if ranged:
+            # Exactly once: note the new ranges durably, then insert each range's rows with a
+            # token of its offsets; a replay re-cuts the same ranges, so ClickHouse skips them.
+            new = [c for c in ranged if not c.replay]
+            if new and self.intents is not None:
+                from connectors.clickhouse_sink import StoredRange
+
+                self.intents.record(
+                    [
+                        StoredRange(t, p, a, b, pa.record_batch([]), records=n)
+                        for t, p, a, b, n in (c.range for c in new if c.range is not None)
+                    ],
+                    "otel_metrics",
+                )
+            for c in ranged:
+                for table, batch in c.tables.items():
+                    if batch.num_rows:
+                        self._insert(table, batch, f"{c.token}/{table}")
+        loose = [c for c in items if c.range is None]
+        if not loose:
+            return
+        token_base = hashlib.sha1("|".join(c.token for c in loose).encode()).hexdigest()
+        with_token = all(c.token for c in loose)
         for table in METRIC_SCHEMAS:
             batches = [
-                c.tables[table] for c in items if table in c.tables and c.tables[table].num_rows
+                c.tables[table] for c in loose if table in c.tables and c.tables[table].num_rows
             ]
-            if not batches:
-                continue
-            batch = pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
-            token = f"{token_base}:{table}" if with_token else None
-            timer = self.metrics.latency("insert")
-            try:
-                with timer.time():
-                    self.retry.call(
-                        self.client.insert_arrow,
-                        f"{self.cfg.database}.{table}",
-                        batch,
-                        dedup_token=token,
-                        breaker=self.breaker,
-                    )
-            except Exception:
-                self.metrics.failed(batch.num_rows)
-                raise
-            self.metrics.sent(batch.num_rows)
+            if batches:
+                batch = pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
+                self._insert(table, batch, f"{token_base}:{table}" if with_token else None)
 
     def close(self) -> None:
         self.client.close()
+
+
+class _NoIntents:
+    """Intent reader with no recorded ranges."""
+
+    def ranges_from(self, topic: str, partition: int, offset: int) -> list[tuple[int, int]]:
+        return []
+
+    def pending_from(self, topic: str, partition: int) -> int | None:
+        return None
+
+
+def _intent_log(client: Any, cfg: ClickHouseConfig, table: str) -> Any:
+    from connectors.clickhouse_sink import ClickHouseSinkConfig, IntentLog
+
+    log_ = IntentLog(client, cfg, ClickHouseSinkConfig(intents_table=table, flow="metrics"))
+    log_.create()
+    return log_
+
+
+class _ReplayOnly:
+    """Intent reader for the ranges source that never starts past bytewax's snapshot.
+
+    The traces flow may skip ranges already stored (``pending_from``); here the delta→cumulative
+    state is restored from the snapshot, so every range after it must flow again (ClickHouse
+    skips the stored ones by token), re-cut at the recorded boundaries (``ranges_from``).
+    """
+
+    def __init__(self, cfg: ClickHouseConfig, table: str) -> None:
+        self.cfg = cfg
+        self.table = table
+
+    def ranges_from(self, topic: str, partition: int, offset: int) -> list[tuple[int, int]]:
+        # Read once at partition start; the client is closed right away (an embedded chdb left
+        # open crashes the interpreter at exit).
+        from connectors.clickhouse import open_client
+
+        client = open_client(self.cfg)
+        try:
+            return _intent_log(client, self.cfg, self.table).ranges_from(topic, partition, offset)
+        finally:
+            client.close()
+
+    def pending_from(self, topic: str, partition: int) -> int | None:
+        return None
 
 
 class MetricsClickHouseSink(DynamicSink[MetricChunk]):
@@ -398,11 +495,12 @@ class MetricsClickHouseSink(DynamicSink[MetricChunk]):
     breaker; each insert carries a deduplication token derived from the Kafka offsets.
     """
 
-    def __init__(self, cfg: ClickHouseConfig) -> None:
+    def __init__(self, cfg: ClickHouseConfig, intents_table: str | None = None) -> None:
         self.cfg = cfg
+        self.intents_table = intents_table
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ClickHousePartition:
-        return _ClickHousePartition(self.cfg)
+        return _ClickHousePartition(self.cfg, self.intents_table)
 
 
 # --- wiring -----------------------------------------------------------------------------------
@@ -443,20 +541,48 @@ def kafka_source(
     return src
 
 
+def ranges_source(settings: MetricsFlowSettings) -> PartitionedKafkaSource:
+    """connectors.kafka_source over ``topic``, re-cutting replays at the recorded intents."""
+    cfg = KafkaSourceConfig(
+        topic=settings.topic,
+        batch=settings.ranges,
+        stop_at_end=not settings.tail,
+        group_id=settings.flow_id,
+    )
+    ch = settings.clickhouse
+    table = settings.intents_table
+    port = settings.metrics_port
+
+    def on_start() -> None:
+        if port:
+            from otelwax.telemetry import serve_metrics
+
+            serve_metrics(port)
+
+    # Without ClickHouse there is nothing to re-cut for: an empty reader (also sidesteps
+    # kafka_source's intents=None path, which calls list(offset)).
+    intents = (lambda: _ReplayOnly(ch, table)) if ch is not None else _NoIntents
+    return PartitionedKafkaSource(settings.kafka, cfg, intents, on_start)
+
+
 def build_from_settings(settings: MetricsFlowSettings) -> Dataflow:
     """Wire the dataflow from validated settings (no I/O)."""
     flow = Dataflow(settings.flow_id)
-    source = kafka_source(
-        settings.kafka,
-        settings.topic,
-        settings.tail,
-        settings.source_batch_size,
-        settings.metrics_port,
-    )
+    if settings.source == "ranges":
+        source = ranges_source(settings)
+    else:
+        source = kafka_source(
+            settings.kafka,
+            settings.topic,
+            settings.tail,
+            settings.source_batch_size,
+            settings.metrics_port,
+        )
     msgs = op.input("kafka", flow, source)
     chunks = op.flat_map_batch("decode", msgs, _Decode())
     if settings.clickhouse is not None:
-        op.output("clickhouse", chunks, MetricsClickHouseSink(settings.clickhouse))
+        intents = settings.intents_table if settings.source == "ranges" else None
+        op.output("clickhouse", chunks, MetricsClickHouseSink(settings.clickhouse, intents))
     if settings.remote_write is not None:
         shards = settings.delta_shards
         direct = op.map("cumulative_as_is", chunks, without_deltas)
