@@ -5,8 +5,8 @@
 
 Steps::
 
-    kafka (bytewax KafkaSource, otlp_metrics)
-      → decode            one MetricChunk per source batch: {otel_metrics_*: RecordBatch}
+    kafka (connectors.kafka_source ranges, or bytewax's KafkaSource), otlp_metrics
+      → decode            one MetricChunk per range/batch: {otel_metrics_*: RecordBatch}
       ├→ clickhouse       every data point as stored by the clickhouseexporter (delta as is),
                           through connectors.clickhouse (embedded chdb by default, or a server;
                           the otel_metrics_* tables need a modern ClickHouse: Map, DateTime64)
@@ -28,12 +28,17 @@ series can arrive out of order) is still added — sums commute — and the new 
 deltatocumulative processor, which drops such points, this keeps totals exact; the price is a
 timestamp skew of the late point only.
 
-Delivery: ClickHouse inserts carry a dedup token made from the Kafka offsets of their poll
-batch. bytewax's KafkaSource does not cut replayed batches at the same offsets, so after a crash
-the rows between the last snapshot and the crash may be stored twice (at-least-once); a clean
-run stores every point once. Remote-write replays are harmless: the delta state is restored
-with the offsets, so replayed samples equal the stored ones and Prometheus refuses or ignores
-them (the sink bisects rejected requests so newer samples still land).
+Delivery (``source: ranges``, the default): connectors.kafka_source cuts each partition into
+offset ranges; before inserting, the sink records each new range as an intent (the traces
+flow's ``otelwax_intents`` table, under flow ``metrics``) and inserts every table of the range
+with the token ``topic:partition:first:last/table``. After a crash the source resumes at
+bytewax's snapshot and re-cuts the replayed records at the recorded boundaries, so ClickHouse
+skips the ranges it already has: every data point is stored once. Unlike the traces flow it
+never starts *past* the snapshot (``pending_from``), because the delta→cumulative state is
+restored from that snapshot and must see every later range again. Remote-write replays are
+harmless: the restored state recomputes identical samples, which Prometheus refuses (older) or
+ignores (newest duplicate); the sink bisects rejected requests so newer samples still land.
+``source: bytewax`` uses bytewax's KafkaSource instead (at-least-once into ClickHouse).
 
 Importing this module does no network I/O: ``flow`` is built from ``$OTELWAX_METRICS_CONFIG``
 (or defaults) with ``$OTELWAX_KAFKA_BOOTSTRAP``; Kafka, chdb and HTTP open when the flow runs.
