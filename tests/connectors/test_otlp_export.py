@@ -573,3 +573,35 @@ def test_tls_with_a_private_ca(tmp_path):
                 exp.export(spans_batch(701, 1))
     finally:
         svc.stop()
+
+
+def test_trace_flow_waits_for_jaeger_and_loses_nothing(request, tmp_path):
+    """Jaeger down when the flow starts: the flow holds its batches (retrying, breaker open),
+    Jaeger comes up, every span arrives in Jaeger and in ClickHouse; the flow exits cleanly."""
+    make_run = request.getfixturevalue("flow_run")
+    port = free_port()
+    jcfg = {
+        "endpoint": f"127.0.0.1:{port}",
+        "retry": {"attempts": 2, "initial_backoff_s": 0.05, "max_backoff_s": 0.2},
+        "breaker": {"failure_threshold": 2, "open_seconds": 0.5},
+    }
+    ops = [{"module": "connectors.otlp_export:jaeger_tee", "factory": True, "config": jcfg}]
+    run = make_run(partitions=2, operators=ops)
+    payloads = trace_payloads(8, seed=800, n_resources=2, spans_per_resource=10)
+    produce(run.bootstrap, run.topic, payloads)
+    run.write_config(source__stop_at_end=True)
+    proc = run.start()
+    time.sleep(3.0)
+    assert proc.poll() is None, run.log_text()  # blocked on Jaeger, not crashed
+    svc = JaegerService.start_new(tmp_path / "jaeger", otlp_port=port)
+    try:
+        assert run.wait(proc, 120) == 0, run.log_text()
+        batch = decode_traces(payloads).batch
+        got = wait_for(svc, batch)
+    finally:
+        svc.stop()
+    assert set(got) == set(batch.column("SpanId").to_pylist())
+    path = run.settings["clickhouse"]["path"]
+    (n,) = chdb_rows(path, "SELECT count() FROM otel.otel_traces")[0]
+    assert n == batch.num_rows
+    assert "unavailable" in run.log_text()  # the outage was logged
