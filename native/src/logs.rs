@@ -6,7 +6,7 @@ use arrow_array::{ArrayRef, StructArray};
 use arrow_schema::{DataType, Field, Fields};
 
 use crate::cols::*;
-use crate::render::{push_attr, push_id, render_value};
+use crate::render::{push_attr, push_id, render_value, Parts};
 use crate::traces::{
     col_too_big, grow, parse_scope, pop_mark, push_mark, Markable, ResourceScratch, Scope,
 };
@@ -209,7 +209,7 @@ impl Logs {
         let mut observed = 0u64;
         let mut sev_num: i64 = 0;
         let mut sev_text: &[u8] = &[];
-        let mut body: Option<&[u8]> = None;
+        let mut body = Parts::Absent;
         let mut flags = 0u32;
         let mut trace_id: &[u8] = &[];
         let mut span_id: &[u8] = &[];
@@ -220,21 +220,25 @@ impl Logs {
                 (1, Val::Fixed64(x)) => time = x,
                 (11, Val::Fixed64(x)) => observed = x,
                 (2, Val::Varint(x)) => sev_num = x as i32 as i64,
-                (3, Val::Bytes(b)) => sev_text = b,
-                (5, Val::Bytes(b)) => body = Some(b),
+                (3, Val::Bytes(b)) => {
+                    utf8(b, "LogRecord.severity_text")?;
+                    sev_text = b;
+                }
+                (5, Val::Bytes(b)) => body.push(b),
                 (6, Val::Bytes(kv)) => push_attr(kv, &mut self.log_attrs)?,
                 (8, Val::Fixed32(x)) => flags = x,
                 (9, Val::Bytes(b)) => trace_id = b,
                 (10, Val::Bytes(b)) => span_id = b,
-                (12, Val::Bytes(b)) => event_name = b,
+                (12, Val::Bytes(b)) => {
+                    utf8(b, "LogRecord.event_name")?;
+                    event_name = b;
+                }
                 _ => {}
             }
         }
-        utf8(sev_text, "LogRecord.severity_text")?;
-        utf8(event_name, "LogRecord.event_name")?;
         push_id(&mut self.trace_id, trace_id, 16, "trace_id")?;
         push_id(&mut self.span_id, span_id, 8, "span_id")?;
-        render_value(body, &mut self.body.data)?;
+        render_value(&body, &mut self.body.data)?;
         self.body.finish();
         self.ts.push(if time != 0 { time } else { observed } as i64);
         self.flags.push((flags & 0xFF) as u8);

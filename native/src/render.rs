@@ -1,76 +1,125 @@
 //! AnyValue → string rendering (pdata `AsString` rules, see otelwax/codec/__init__.py),
 //! hex ids and base64.
 
-use std::io::Write;
-
 use crate::cols::{MapCol, StrCol};
 use crate::wire::{utf8, Reader, Res, Val};
 
 /// Maximum AnyValue nesting (arrays / kvlists inside each other).
 pub const MAX_DEPTH: u32 = 64;
 
-/// A parsed AnyValue (oneof: the last field present wins, as in protobuf).
-#[derive(Clone, Copy)]
+/// The occurrences of a singular message field. Protobuf merges repeated occurrences, which
+/// is the same as parsing their concatenation, so they are kept in order.
+#[derive(Clone, Default)]
+pub enum Parts<'a> {
+    #[default]
+    Absent,
+    One(&'a [u8]),
+    Many(Vec<&'a [u8]>),
+}
+
+impl<'a> Parts<'a> {
+    #[inline]
+    pub fn push(&mut self, b: &'a [u8]) {
+        *self = match std::mem::take(self) {
+            Parts::Absent => Parts::One(b),
+            Parts::One(a) => Parts::Many(vec![a, b]),
+            Parts::Many(mut v) => {
+                v.push(b);
+                Parts::Many(v)
+            }
+        };
+    }
+    #[inline]
+    pub fn slices(&self) -> &[&'a [u8]] {
+        match self {
+            Parts::Absent => &[],
+            Parts::One(a) => std::slice::from_ref(a),
+            Parts::Many(v) => v,
+        }
+    }
+}
+
+/// A parsed AnyValue (oneof: the last member present wins, consecutive occurrences of the same
+/// message member merge, as in protobuf).
+#[derive(Clone)]
 pub enum Any<'a> {
     Empty,
     Str(&'a [u8]),
     Bool(bool),
     Int(i64),
     Double(f64),
-    Array(&'a [u8]),
-    KvList(&'a [u8]),
+    Array(Parts<'a>),
+    KvList(Parts<'a>),
     Bytes(&'a [u8]),
 }
 
-/// Parses one AnyValue message. Arrays and kvlists are kept as raw bytes (validated later,
-/// when rendered).
+/// Parses one AnyValue (all occurrences of the field). Arrays and kvlists are kept as raw
+/// bytes, validated when rendered; a member replaced by a later one is validated here, since a
+/// full protobuf parse would reject it when malformed.
 #[inline]
-pub fn parse_any(buf: &[u8]) -> Res<Any<'_>> {
-    let mut r = Reader::new(buf);
+pub fn parse_any<'a>(parts: &Parts<'a>, depth: u32) -> Res<Any<'a>> {
     let mut v = Any::Empty;
-    while let Some((f, val)) = r.next()? {
-        match (f, val) {
-            (1, Val::Bytes(b)) => {
-                utf8(b, "AnyValue.string_value")?;
-                v = Any::Str(b);
+    for buf in parts.slices() {
+        let mut r = Reader::new(buf);
+        while let Some((f, val)) = r.next()? {
+            let new = match (f, val) {
+                (1, Val::Bytes(b)) => {
+                    utf8(b, "AnyValue.string_value")?;
+                    Any::Str(b)
+                }
+                (2, Val::Varint(x)) => Any::Bool(x != 0),
+                (3, Val::Varint(x)) => Any::Int(x as i64),
+                (4, Val::Fixed64(x)) => Any::Double(f64::from_bits(x)),
+                (5, Val::Bytes(b)) => {
+                    if let Any::Array(p) = &mut v {
+                        p.push(b);
+                        continue;
+                    }
+                    Any::Array(Parts::One(b))
+                }
+                (6, Val::Bytes(b)) => {
+                    if let Any::KvList(p) = &mut v {
+                        p.push(b);
+                        continue;
+                    }
+                    Any::KvList(Parts::One(b))
+                }
+                (7, Val::Bytes(b)) => Any::Bytes(b),
+                // string_value_strindex (profiles dictionary): rendered like an unset value
+                (8, Val::Varint(_)) => Any::Empty,
+                _ => continue,
+            };
+            let old = std::mem::replace(&mut v, new);
+            if matches!(old, Any::Array(_) | Any::KvList(_)) {
+                validate_any(&old, depth)?;
             }
-            (2, Val::Varint(x)) => v = Any::Bool(x != 0),
-            (3, Val::Varint(x)) => v = Any::Int(x as i64),
-            (4, Val::Fixed64(x)) => v = Any::Double(f64::from_bits(x)),
-            (5, Val::Bytes(b)) => v = Any::Array(b),
-            (6, Val::Bytes(b)) => v = Any::KvList(b),
-            (7, Val::Bytes(b)) => v = Any::Bytes(b),
-            // string_value_strindex (profiles dictionary): rendered like an unset value
-            (8, Val::Varint(_)) => v = Any::Empty,
-            _ => {}
         }
     }
     Ok(v)
 }
 
-/// Parses a KeyValue message into (key, value bytes); value bytes are empty when absent.
+/// Parses a KeyValue message into (key, value occurrences).
 #[inline]
-pub fn parse_kv(buf: &[u8]) -> Res<(&[u8], Option<&[u8]>)> {
+pub fn parse_kv(buf: &[u8]) -> Res<(&[u8], Parts<'_>)> {
     let mut r = Reader::new(buf);
     let mut key: &[u8] = &[];
-    let mut val: Option<&[u8]> = None;
+    let mut val = Parts::Absent;
     while let Some((f, v)) = r.next()? {
         match (f, v) {
-            (1, Val::Bytes(b)) => key = b,
-            (2, Val::Bytes(b)) => val = Some(b),
+            (1, Val::Bytes(b)) => {
+                utf8(b, "KeyValue.key")?;
+                key = b;
+            }
+            (2, Val::Bytes(b)) => val.push(b),
             _ => {}
         }
     }
-    utf8(key, "KeyValue.key")?;
     Ok((key, val))
 }
 
-/// Renders one AnyValue (raw message bytes, or None when absent) as a string into `out`.
-pub fn render_value(val: Option<&[u8]>, out: &mut Vec<u8>) -> Res<()> {
-    let any = match val {
-        Some(b) => parse_any(b)?,
-        None => Any::Empty,
-    };
+/// Renders one AnyValue (its field occurrences; none when absent) as a string into `out`.
+pub fn render_value(val: &Parts<'_>, out: &mut Vec<u8>) -> Res<()> {
+    let any = parse_any(val, 1)?;
     match any {
         Any::Empty => {}
         Any::Str(s) => out.extend_from_slice(s),
@@ -78,17 +127,17 @@ pub fn render_value(val: Option<&[u8]>, out: &mut Vec<u8>) -> Res<()> {
         Any::Int(i) => push_i64(out, i),
         Any::Double(d) => write_double(d, out),
         Any::Bytes(b) => base64(b, out),
-        Any::Array(_) | Any::KvList(_) => json_any(any, out, 1)?,
+        Any::Array(_) | Any::KvList(_) => json_any(&any, out, 1)?,
     }
     Ok(())
 }
 
-/// Appends every KeyValue of an attribute list to a map column (the caller ends the row).
+/// Appends one KeyValue of an attribute list to a map column (the caller ends the row).
 #[inline]
 pub fn push_attr(kv: &[u8], map: &mut MapCol) -> Res<()> {
     let (k, v) = parse_kv(kv)?;
     map.keys.push(k);
-    render_value(v, &mut map.vals.data)?;
+    render_value(&v, &mut map.vals.data)?;
     map.vals.finish();
     Ok(())
 }
@@ -96,32 +145,31 @@ pub fn push_attr(kv: &[u8], map: &mut MapCol) -> Res<()> {
 /// Validates a KeyValue (for attribute lists we do not store) the way a full parse would.
 pub fn validate_kv(kv: &[u8]) -> Res<()> {
     let (_, v) = parse_kv(kv)?;
-    if let Some(b) = v {
-        validate_any(parse_any(b)?, 1)?;
-    }
-    Ok(())
+    validate_any(&parse_any(&v, 1)?, 1)
 }
 
-fn validate_any(a: Any<'_>, depth: u32) -> Res<()> {
+fn validate_any(a: &Any<'_>, depth: u32) -> Res<()> {
     if depth > MAX_DEPTH {
         return Err("AnyValue nested too deeply".into());
     }
     match a {
-        Any::Array(b) => {
-            let mut r = Reader::new(b);
-            while let Some((f, v)) = r.next()? {
-                if let (1, Val::Bytes(x)) = (f, v) {
-                    validate_any(parse_any(x)?, depth + 1)?;
+        Any::Array(parts) => {
+            for b in parts.slices() {
+                let mut r = Reader::new(b);
+                while let Some((f, v)) = r.next()? {
+                    if let (1, Val::Bytes(x)) = (f, v) {
+                        validate_any(&parse_any(&Parts::One(x), depth + 1)?, depth + 1)?;
+                    }
                 }
             }
         }
-        Any::KvList(b) => {
-            let mut r = Reader::new(b);
-            while let Some((f, v)) = r.next()? {
-                if let (1, Val::Bytes(x)) = (f, v) {
-                    let (_, val) = parse_kv(x)?;
-                    if let Some(vb) = val {
-                        validate_any(parse_any(vb)?, depth + 1)?;
+        Any::KvList(parts) => {
+            for b in parts.slices() {
+                let mut r = Reader::new(b);
+                while let Some((f, v)) = r.next()? {
+                    if let (1, Val::Bytes(x)) = (f, v) {
+                        let (_, val) = parse_kv(x)?;
+                        validate_any(&parse_any(&val, depth + 1)?, depth + 1)?;
                     }
                 }
             }
@@ -151,6 +199,71 @@ pub fn push_i64(out: &mut Vec<u8>, v: i64) {
     out.extend_from_slice(&buf[i..]);
 }
 
+/// Shortest round-trip decimal digits of a finite, non-zero |d| (round-half-even on ties, like
+/// Go and Python) and the decimal point position: |d| = 0.DIGITS × 10^point.
+fn shortest_digits(d: f64, digits: &mut [u8; 32]) -> (usize, i32) {
+    let mut buf = ryu::Buffer::new();
+    let s = buf.format_finite(d.abs()).as_bytes();
+    let (mant, exp) = match s.iter().position(|&c| c == b'e' || c == b'E') {
+        Some(i) => {
+            let e = std::str::from_utf8(&s[i + 1..])
+                .ok()
+                .and_then(|x| x.parse::<i32>().ok());
+            (&s[..i], e.unwrap_or(0))
+        }
+        None => (s, 0),
+    };
+    let mut n = 0;
+    let mut point: i32 = 0;
+    let mut seen_dot = false;
+    for &c in mant {
+        if c == b'.' {
+            seen_dot = true;
+            continue;
+        }
+        if n == 0 && c == b'0' {
+            if seen_dot {
+                point -= 1;
+            }
+            continue;
+        }
+        digits[n] = c;
+        n += 1;
+        if !seen_dot {
+            point += 1;
+        }
+    }
+    while n > 1 && digits[n - 1] == b'0' {
+        n -= 1;
+    }
+    (n, point + exp)
+}
+
+fn positional(d: f64, out: &mut Vec<u8>) {
+    if d == 0.0 {
+        out.extend_from_slice(if d.is_sign_negative() { b"-0" } else { b"0" });
+        return;
+    }
+    if d < 0.0 {
+        out.push(b'-');
+    }
+    let mut digits = [0u8; 32];
+    let (n, point) = shortest_digits(d, &mut digits);
+    let digits = &digits[..n];
+    if point <= 0 {
+        out.extend_from_slice(b"0.");
+        out.resize(out.len() + (-point) as usize, b'0');
+        out.extend_from_slice(digits);
+    } else if point as usize >= n {
+        out.extend_from_slice(digits);
+        out.resize(out.len() + (point as usize - n), b'0');
+    } else {
+        out.extend_from_slice(&digits[..point as usize]);
+        out.push(b'.');
+        out.extend_from_slice(&digits[point as usize..]);
+    }
+}
+
 /// Double in positional notation, shortest round-trip digits (Go 'f', -1).
 #[inline]
 pub fn write_double(d: f64, out: &mut Vec<u8>) {
@@ -159,10 +272,12 @@ pub fn write_double(d: f64, out: &mut Vec<u8>) {
     } else if d.is_infinite() {
         out.extend_from_slice(if d > 0.0 { b"+Inf" } else { b"-Inf" });
     } else {
-        let _ = write!(out, "{d}");
+        positional(d, out);
     }
 }
 
+/// Go encoding/json float64: positional in [1e-6, 1e21), else exponent form ("1e-7",
+/// "1.5e+21"); NaN/Inf → null.
 fn json_double(d: f64, out: &mut Vec<u8>) {
     if !d.is_finite() {
         out.extend_from_slice(b"null");
@@ -170,18 +285,26 @@ fn json_double(d: f64, out: &mut Vec<u8>) {
     }
     let a = d.abs();
     if a == 0.0 || (1e-6..1e21).contains(&a) {
-        let _ = write!(out, "{d}");
-    } else {
-        let start = out.len();
-        let _ = write!(out, "{d:e}");
-        // Go writes an explicit sign on positive exponents: 1e+21.
-        if let Some(p) = out[start..].iter().position(|&c| c == b'e') {
-            let p = start + p;
-            if out.get(p + 1) != Some(&b'-') {
-                out.insert(p + 1, b'+');
-            }
-        }
+        positional(d, out);
+        return;
     }
+    if d < 0.0 {
+        out.push(b'-');
+    }
+    let mut digits = [0u8; 32];
+    let (n, point) = shortest_digits(d, &mut digits);
+    out.push(digits[0]);
+    if n > 1 {
+        out.push(b'.');
+        out.extend_from_slice(&digits[1..n]);
+    }
+    let e = point - 1;
+    out.push(b'e');
+    out.push(if e < 0 { b'-' } else { b'+' });
+    if e >= 0 && e < 10 {
+        out.push(b'0'); // Go keeps two exponent digits after "+"
+    }
+    push_i64(out, e.unsigned_abs() as i64);
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -237,42 +360,46 @@ fn json_str(s: &[u8], out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
-fn json_any(a: Any<'_>, out: &mut Vec<u8>, depth: u32) -> Res<()> {
+fn json_any(a: &Any<'_>, out: &mut Vec<u8>, depth: u32) -> Res<()> {
     if depth > MAX_DEPTH {
         return Err("AnyValue nested too deeply".into());
     }
     match a {
         Any::Empty => out.extend_from_slice(b"null"),
         Any::Str(s) => json_str(s, out),
-        Any::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
-        Any::Int(i) => push_i64(out, i),
-        Any::Double(d) => json_double(d, out),
+        Any::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Any::Int(i) => push_i64(out, *i),
+        Any::Double(d) => json_double(*d, out),
         Any::Bytes(b) => {
             out.push(b'"');
             base64(b, out);
             out.push(b'"');
         }
-        Any::Array(b) => {
+        Any::Array(parts) => {
             out.push(b'[');
-            let mut r = Reader::new(b);
             let mut first = true;
-            while let Some((f, v)) = r.next()? {
-                if let (1, Val::Bytes(x)) = (f, v) {
-                    if !first {
-                        out.push(b',');
+            for b in parts.slices() {
+                let mut r = Reader::new(b);
+                while let Some((f, v)) = r.next()? {
+                    if let (1, Val::Bytes(x)) = (f, v) {
+                        if !first {
+                            out.push(b',');
+                        }
+                        first = false;
+                        json_any(&parse_any(&Parts::One(x), depth + 1)?, out, depth + 1)?;
                     }
-                    first = false;
-                    json_any(parse_any(x)?, out, depth + 1)?;
                 }
             }
             out.push(b']');
         }
-        Any::KvList(b) => {
-            let mut items: Vec<(&[u8], Option<&[u8]>)> = Vec::new();
-            let mut r = Reader::new(b);
-            while let Some((f, v)) = r.next()? {
-                if let (1, Val::Bytes(x)) = (f, v) {
-                    items.push(parse_kv(x)?);
+        Any::KvList(parts) => {
+            let mut items: Vec<(&[u8], Parts<'_>)> = Vec::new();
+            for b in parts.slices() {
+                let mut r = Reader::new(b);
+                while let Some((f, v)) = r.next()? {
+                    if let (1, Val::Bytes(x)) = (f, v) {
+                        items.push(parse_kv(x)?);
+                    }
                 }
             }
             // Go marshals a map: keys sorted bytewise, the last duplicate wins.
@@ -280,11 +407,9 @@ fn json_any(a: Any<'_>, out: &mut Vec<u8>, depth: u32) -> Res<()> {
             out.push(b'{');
             let mut first = true;
             for i in 0..items.len() {
+                let v = parse_any(&items[i].1, depth + 1)?;
                 if i + 1 < items.len() && items[i + 1].0 == items[i].0 {
-                    // still validate the shadowed value
-                    if let Some(vb) = items[i].1 {
-                        validate_any(parse_any(vb)?, depth + 1)?;
-                    }
+                    validate_any(&v, depth + 1)?; // shadowed, but still parsed
                     continue;
                 }
                 if !first {
@@ -293,11 +418,7 @@ fn json_any(a: Any<'_>, out: &mut Vec<u8>, depth: u32) -> Res<()> {
                 first = false;
                 json_str(items[i].0, out);
                 out.push(b':');
-                let v = match items[i].1 {
-                    Some(vb) => parse_any(vb)?,
-                    None => Any::Empty,
-                };
-                json_any(v, out, depth + 1)?;
+                json_any(&v, out, depth + 1)?;
             }
             out.push(b'}');
         }

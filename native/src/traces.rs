@@ -329,9 +329,15 @@ impl Traces {
             match (f, v) {
                 (1, Val::Bytes(b)) => trace_id = b,
                 (2, Val::Bytes(b)) => span_id = b,
-                (3, Val::Bytes(b)) => state = b,
+                (3, Val::Bytes(b)) => {
+                    utf8(b, "Span.trace_state")?;
+                    state = b;
+                }
                 (4, Val::Bytes(b)) => parent = b,
-                (5, Val::Bytes(b)) => name = b,
+                (5, Val::Bytes(b)) => {
+                    utf8(b, "Span.name")?;
+                    name = b;
+                }
                 (6, Val::Varint(x)) => kind = x as i32 as i64,
                 (7, Val::Fixed64(x)) => start = x,
                 (8, Val::Fixed64(x)) => end = x,
@@ -354,8 +360,6 @@ impl Traces {
                 _ => {}
             }
         }
-        utf8(state, "Span.trace_state")?;
-        utf8(name, "Span.name")?;
         push_id(&mut self.trace_id, trace_id, 16, "trace_id")?;
         push_id(&mut self.span_id, span_id, 8, "span_id")?;
         push_id(&mut self.parent, parent, 8, "parent_span_id")?;
@@ -395,12 +399,14 @@ impl Traces {
         while let Some((f, v)) = r.next()? {
             match (f, v) {
                 (1, Val::Fixed64(x)) => time = x,
-                (2, Val::Bytes(b)) => name = b,
+                (2, Val::Bytes(b)) => {
+                    utf8(b, "Event.name")?;
+                    name = b;
+                }
                 (3, Val::Bytes(kv)) => push_attr(kv, attrs)?,
                 _ => {}
             }
         }
-        utf8(name, "Event.name")?;
         attrs.end_row();
         self.ev_ts.values.push(time as i64);
         self.ev_name.values.push(name);
@@ -417,12 +423,14 @@ impl Traces {
             match (f, v) {
                 (1, Val::Bytes(b)) => trace_id = b,
                 (2, Val::Bytes(b)) => span_id = b,
-                (3, Val::Bytes(b)) => state = b,
+                (3, Val::Bytes(b)) => {
+                    utf8(b, "Link.trace_state")?;
+                    state = b;
+                }
                 (4, Val::Bytes(kv)) => push_attr(kv, attrs)?,
                 _ => {}
             }
         }
-        utf8(state, "Link.trace_state")?;
         attrs.end_row();
         push_id(&mut self.link_trace.values, trace_id, 16, "link trace_id")?;
         push_id(&mut self.link_span.values, span_id, 8, "link span_id")?;

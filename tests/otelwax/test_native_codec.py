@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import struct
 import time
 
 import pyarrow as pa
@@ -145,6 +146,16 @@ def test_every_scalar_and_nested_value_renders_like_reference():
     assert got.rows_per_payload == [1, 1]
     rendered = dict(got.batch.column("SpanAttributes")[0].as_py())
     assert rendered["k0"] == ""  # unset AnyValue
+
+
+def test_random_doubles_render_like_reference():
+    # Shortest round-trip digits with round-half-even ties (2.50000762939453125 → ...312).
+    rng = random.Random(5)
+    vals = [struct.unpack("<d", rng.randbytes(8))[0] for _ in range(1500)]
+    vals += [rng.random() * 10 ** rng.randint(-30, 30) for _ in range(1500)]
+    vals += [2.50000762939453125, 2.0**70, 2.0**-30, 1e100, 1e-100, 3e21, 4.4e-7, 1e-6 * 0.999999]
+    vals = [v for v in vals if not math.isnan(v)]
+    same_traces([one_span(attributes=[kv("d", v), kv("j", [v])]) for v in vals])
 
 
 def test_log_bodies_of_every_type():
