@@ -753,20 +753,36 @@ class ServerClient:
                     "inserts (recreate the table with `otelwax clickhouse init`)",
                     transient=False,
                 )
-            if self._token_seen(qt, dedup_token):
+            seen = self._token_rows(qt, dedup_token)
+            if seen >= batch.num_rows:
                 log.info("%s: token %s already stored, insert skipped", qt, dedup_token)
                 return 0
+            if seen:
+                # Part of an earlier try landed (a batch spanning partitions is written as one
+                # part per partition). Remove it, then insert the whole batch again: a mutation
+                # only touches parts that exist when it is created, never the new insert.
+                log.warning(
+                    "%s: token %s partly stored (%d of %d rows); replacing it",
+                    qt,
+                    dedup_token,
+                    seen,
+                    batch.num_rows,
+                )
+                self.execute(
+                    f"ALTER TABLE {qt} DELETE WHERE {TOKEN_COLUMN} = {{tok:String}}",
+                    {"tok": dedup_token},
+                )
         if self.cfg.insert_format == "driver":
             self._insert_driver(qt, batch, plan, dedup_token)
         else:
             self._insert_http(qt, batch, plan, dedup_token)
         return batch.num_rows
 
-    def _token_seen(self, qt: str, token: str) -> bool:
+    def _token_rows(self, qt: str, token: str) -> int:
         rows = self.execute(
             f"SELECT count() FROM {qt} WHERE {TOKEN_COLUMN} = {{tok:String}}", {"tok": token}
         )
-        return bool(rows and rows[0][0])
+        return int(rows[0][0]) if rows else 0
 
     def _http_conn(self) -> http.client.HTTPConnection:
         if self._http is None:

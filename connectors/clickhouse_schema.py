@@ -19,8 +19,9 @@ skip indexes, TTL or insert tokens. The table keeps the same column names where 
   ``Array(Int64)`` nanoseconds; their attribute maps become ``Events.Attributes.keys`` /
   ``Events.Attributes.values`` of type ``Array(Array(String))``;
 - ``InsertToken String``: the sink stores the insert's deduplication token there and, before
-  inserting a token, checks whether rows with it already exist — token deduplication emulated
-  on a server that has none (an insert of one block is atomic, so "present" means "complete").
+  inserting a token, counts the rows already stored with it — token deduplication emulated on
+  a server that has none: all rows there → skip; none → insert; some (a crash between the
+  per-partition parts of one insert) → ``ALTER TABLE ... DELETE`` them, then insert again.
 - no trace-id lookup table (its SimpleAggregateFunction columns need ClickHouse ≥ 19.8).
 
 Identifiers (database, table names) are validated against ``IDENT_RE`` and back-quoted. DDL

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -332,3 +333,20 @@ def test_cli_init_and_check(clickhouse_server, ch_server, capsys: pytest.Capture
     assert "accept every column; insert deduplication tokens supported" in capsys.readouterr().out
     assert main(["clickhouse", "init", "--dry-run", "--variant", "modern", *conn]) == 0
     assert "Map(LowCardinality(String), String)" in capsys.readouterr().out
+
+
+def test_server_partly_stored_token_is_replaced(ch_server) -> None:
+    cfg = ch_server.cfg
+    init_schema(ch_server, cfg)
+    batch = decode_traces(trace_payloads(2, seed=12)).batch
+    t = cfg.traces_table
+    # Simulate a crash after the first part of an insert: half the rows carry the token.
+    ch_server.insert_arrow(t, batch.slice(0, 80), dedup_token="p:2:0-1")
+    assert ch_server.insert_arrow(t, batch, dedup_token="p:2:0-1") == 200
+    q = f"SELECT count(), uniqExact(SpanId) FROM {cfg.database}.{t}"
+    for _ in range(50):  # the DELETE mutation of 18.16 runs in the background
+        if ch_server.execute(q) == [(200, 200)]:
+            break
+        time.sleep(0.1)
+    assert ch_server.execute(q) == [(200, 200)]
+    assert ch_server.insert_arrow(t, batch, dedup_token="p:2:0-1") == 0
