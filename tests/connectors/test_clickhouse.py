@@ -350,3 +350,41 @@ def test_server_partly_stored_token_is_replaced(ch_server) -> None:
         time.sleep(0.1)
     assert ch_server.execute(q) == [(200, 200)]
     assert ch_server.insert_arrow(t, batch, dedup_token="p:2:0-1") == 0
+
+
+def test_native_encoding_of_modern_types_read_by_chdb(chdb_client) -> None:
+    """The server path's Native encoder (DateTime64, Map, LowCardinality, nested Arrays) as a
+    modern ClickHouse reads it — chdb is a modern ClickHouse, so it stands in for one."""
+    from connectors.clickhouse import encode_native, plan_columns
+
+    cfg = _cfg(chdb_client)
+    init_schema(chdb_client, cfg)
+    batch = decode_traces(
+        trace_payloads(2, links_per_span=1, all_value_types=True, unicode=True)
+    ).batch.slice(7, 120)
+    plan = plan_columns(batch.schema, chdb_client.table_columns(cfg.traces_table))
+    assert plan.problems == ()
+    body = encode_native(batch, plan)
+    cols = ", ".join(f"`{c.name}`" for c in plan.cols)
+    eng = chdb_client._engine
+    with (
+        eng.lock,
+        eng.session.send_insert(
+            f"INSERT INTO {cfg.database}.{cfg.traces_table} ({cols})", "Native"
+        ) as ins,
+    ):
+        ins.append(bytes(body))
+        ins.finish()
+    names = ", ".join(f"`{n}`" for n in TRACES_SCHEMA.names)
+    got = chdb_client.execute(
+        f"SELECT {names} FROM {cfg.database}.{cfg.traces_table} ORDER BY SpanId"
+    )
+    want = batch.take(pc.sort_indices(batch.column("SpanId"))).to_pylist()
+    assert len(got) == len(want) == 120
+    for g, e in zip(got, want, strict=True):
+        g = dict(zip(TRACES_SCHEMA.names, g, strict=True))
+        assert g["Timestamp"].value == e["Timestamp"].value
+        assert [t.value for t in g["Events.Timestamp"]] == [t.value for t in e["Events.Timestamp"]]
+        for k in TRACES_SCHEMA.names:
+            if "Timestamp" not in k:
+                assert g[k] == e[k], k
