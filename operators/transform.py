@@ -119,13 +119,13 @@ def set_map_key(
         upd = sel[key_rows]
         if upd.any():
             pos = key_idx[upd]
-            if isinstance(values, pa.Scalar):
-                repl = pa.repeat(pa.scalar(values.as_py(), items.type), len(pos))
-            else:
-                repl = values.take(pa.array(key_rows[upd])).cast(items.type)
             mask = np.zeros(len(items), dtype=bool)
             mask[pos] = True
-            items = pc.replace_with_mask(items, pa.array(mask), repl)
+            if isinstance(values, pa.Scalar):  # if_else is ~4x faster than replace_with_mask
+                items = pc.if_else(pa.array(mask), pa.scalar(values.as_py(), items.type), items)
+            else:
+                repl = values.take(pa.array(key_rows[upd])).cast(items.type)
+                items = pc.replace_with_mask(items, pa.array(mask), repl)
         sel[key_rows] = False
     if not sel.any():
         return rebuild_map(arr, off, keys, items, keep_nulls=True)
@@ -460,20 +460,27 @@ def _compile_action(a: _Action, schema: pa.Schema) -> BatchFn:
 
         def rename(m: pa.MapArray) -> pa.MapArray:
             off, keys, items = map_parts(m)
-            is_old = np.asarray(
-                pc.fill_null(pc.equal(keys, old), False).to_numpy(zero_copy_only=False), dtype=bool
+            old_idx = np.flatnonzero(
+                pc.fill_null(pc.equal(keys, old), False).to_numpy(zero_copy_only=False)
             )
-            if not is_old.any():
+            if not len(old_idx):
                 return m
-            rows = entry_rows(off)
-            has_old = np.zeros(len(m), dtype=bool)
-            has_old[rows[is_old]] = True
-            is_new = np.asarray(
-                pc.fill_null(pc.equal(keys, new), False).to_numpy(zero_copy_only=False), dtype=bool
-            )
-            renamed = pc.if_else(pa.array(is_old), pa.scalar(new), keys)
+            is_old = np.zeros(len(keys), dtype=bool)
+            is_old[old_idx] = True
+            renamed = pc.if_else(pa.array(is_old), pa.scalar(new, keys.type), keys)
             m2 = rebuild_map(m, off, renamed, items, keep_nulls=True)
-            return filter_map_entries(m2, ~(is_new & has_old[rows]))
+            new_idx = np.flatnonzero(
+                pc.fill_null(pc.equal(keys, new), False).to_numpy(zero_copy_only=False)
+            )
+            if not len(new_idx):
+                return m2
+            # Rows that had both keys: the renamed entry replaces the old target entry.
+            has_old = np.zeros(len(m), dtype=bool)
+            has_old[np.searchsorted(off, old_idx, side="right") - 1] = True
+            new_rows = np.searchsorted(off, new_idx, side="right") - 1
+            keep = np.ones(len(keys), dtype=bool)
+            keep[new_idx[has_old[new_rows]]] = False
+            return filter_map_entries(m2, keep)
 
         map_fn = rename
     elif isinstance(a, DeleteAction):
