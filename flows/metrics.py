@@ -33,9 +33,11 @@ offset ranges; before inserting, the sink records each new range as an intent (t
 flow's ``otelwax_intents`` table, under flow ``metrics``) and inserts every table of the range
 with the token ``topic:partition:first:last/table``. After a crash the source resumes at
 bytewax's snapshot and re-cuts the replayed records at the recorded boundaries, so ClickHouse
-skips the ranges it already has: every data point is stored once. Unlike the traces flow it
-never starts *past* the snapshot (``pending_from``), because the delta→cumulative state is
-restored from that snapshot and must see every later range again. Remote-write replays are
+skips the ranges it already has: every data point is stored once. With bytewax recovery it never
+starts *past* the snapshot (as the traces flow may, via ``pending_from``), because the
+delta→cumulative state is restored from that snapshot and must see every later range again;
+without recovery (no state to keep consistent) it skips the ranges already stored
+(``resume: auto``). Remote-write replays are
 harmless: the restored state recomputes identical samples, which Prometheus refuses (older) or
 ignores (newest duplicate); the sink bisects rejected requests so newer samples still land.
 ``source: bytewax`` uses bytewax's KafkaSource instead (at-least-once into ClickHouse).
@@ -118,6 +120,13 @@ class MetricsFlowSettings(StrictModel):
         default_factory=RangeCutConfig, description="ranges source: when a range is cut"
     )
     intents_table: str = Field("otelwax_intents", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    resume: Literal["auto", "snapshot", "stored"] = Field(
+        "auto",
+        description="ranges source after a restart: snapshot = from bytewax's snapshot (keeps "
+        "delta→cumulative exact; needs recovery); stored = past the ranges ClickHouse already "
+        "has (like flows.traces; without recovery); auto = snapshot when the process runs with "
+        "bytewax recovery (-r or $BYTEWAX_RECOVERY_DIRECTORY), else stored",
+    )
     source_batch_size: int = Field(1000, gt=0, description="bytewax source: records per poll")
     clickhouse: ClickHouseConfig | None = Field(default_factory=_default_clickhouse)
     remote_write: RemoteWriteConfig | None = Field(default_factory=RemoteWriteConfig)
@@ -474,9 +483,10 @@ class _ReplayOnly:
     skips the stored ones by token), re-cut at the recorded boundaries (``ranges_from``).
     """
 
-    def __init__(self, cfg: ClickHouseConfig, table: str) -> None:
+    def __init__(self, cfg: ClickHouseConfig, table: str, skip_stored: bool = False) -> None:
         self.cfg = cfg
         self.table = table
+        self.skip_stored = skip_stored
 
     def ranges_from(self, topic: str, partition: int, offset: int) -> list[tuple[int, int]]:
         # Read once at partition start; the client is closed right away (an embedded chdb left
@@ -490,7 +500,25 @@ class _ReplayOnly:
             client.close()
 
     def pending_from(self, topic: str, partition: int) -> int | None:
-        return None
+        if not self.skip_stored:
+            return None
+        from connectors.clickhouse import open_client
+
+        client = open_client(self.cfg)
+        try:
+            return _intent_log(client, self.cfg, self.table).pending_from(topic, partition)
+        finally:
+            client.close()
+
+
+def _runs_with_recovery() -> bool:
+    """Whether this process was started by ``bytewax.run`` with a recovery directory."""
+    import sys
+
+    argv = sys.argv
+    return bool(os.environ.get("BYTEWAX_RECOVERY_DIRECTORY")) or any(
+        a in ("-r", "--recovery-directory") or a.startswith("--recovery-directory=") for a in argv
+    )
 
 
 class MetricsClickHouseSink(DynamicSink[MetricChunk]):
@@ -566,7 +594,8 @@ def ranges_source(settings: MetricsFlowSettings) -> PartitionedKafkaSource:
 
     # Without ClickHouse there is nothing to re-cut for: an empty reader (also sidesteps
     # kafka_source's intents=None path, which calls list(offset)).
-    intents = (lambda: _ReplayOnly(ch, table)) if ch is not None else _NoIntents
+    skip = settings.resume == "stored" or (settings.resume == "auto" and not _runs_with_recovery())
+    intents = (lambda: _ReplayOnly(ch, table, skip)) if ch is not None else _NoIntents
     return PartitionedKafkaSource(settings.kafka, cfg, intents, on_start)
 
 
