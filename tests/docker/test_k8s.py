@@ -191,7 +191,7 @@ def test_secret_refs_and_config_maps_exist_and_secrets_are_placeholders() -> Non
     secret = find_k8s(docs, "Secret", "otelwax-credentials")
     assert set(secret["stringData"].values()) == {"CHANGE_ME"}
     for _, d in docs:
-        if d["kind"] not in ("Deployment", "StatefulSet"):
+        if d["kind"] not in ("Deployment", "StatefulSet", "Job"):
             continue
         spec = d["spec"]["template"]["spec"]
         for c in spec["containers"] + spec.get("initContainers", []):
@@ -338,3 +338,41 @@ def test_readme_explains_scaling() -> None:
     text = (ROOT / "docker" / "README.md").read_text()
     assert "## Scaling the flows" in text
     assert "partition" in text and "OTELWAX_REPLICAS" in text
+
+
+def test_init_job_commands_work_with_the_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The topic step parses with otelwax.kafka_admin; the table step runs `otelwax clickhouse
+    init --dry-run` for real on the ConfigMap's file and prints the DDL of both tables."""
+    import otelwax.kafka_admin as ka
+    from connectors.kafka import DEFAULT_TOPICS
+
+    job = find_k8s(k8s_documents(), "Job", "otelwax-init")
+    spec = job["spec"]["template"]["spec"]
+    topics = spec["initContainers"][0]["command"]
+    assert topics[:3] == ["python", "-m", "otelwax.kafka_admin"]
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(ka, "create_topics", lambda b, t, p: seen.update(b=b, t=t, p=p) or [])
+    assert ka.main(topics[3:]) == 0
+    assert tuple(seen["t"]) == DEFAULT_TOPICS and seen["p"] == 12
+    cm = find_k8s(k8s_documents(), "ConfigMap", "otelwax-config")
+    assert seen["b"] == yaml.safe_load(cm["data"]["otelwax.yaml"])["kafka"]["bootstrap_servers"]
+
+    tables = spec["containers"][0]
+    mount = next(m for m in tables["volumeMounts"] if m["name"] == "config")["mountPath"]
+    assert tables["args"][:2] == ["clickhouse", "init"]
+    assert tables["args"][3] == f"{mount}/otelwax.yaml"
+    (tmp_path / "otelwax.yaml").write_text(cm["data"]["otelwax.yaml"])
+    args = [*tables["args"][:3], str(tmp_path / "otelwax.yaml"), "--dry-run"]
+    res = subprocess.run(
+        [sys.executable, "-m", "otelwax", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "OTELWAX_CLICKHOUSE_PASSWORD": "x"},
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "CREATE TABLE IF NOT EXISTS `otel`.`otel_traces`" in res.stdout
+    assert "CREATE TABLE IF NOT EXISTS `otel`.`otel_logs`" in res.stdout
