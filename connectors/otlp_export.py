@@ -69,6 +69,7 @@ from otelwax.resilience import (
     RetryConfig,
     RetryPolicy,
 )
+from otelwax.schemas import TRACES_SCHEMA
 from otelwax.settings import SecretStr, StrictModel, ValidationError, format_errors
 from otelwax.telemetry import ComponentMetrics
 
@@ -314,6 +315,10 @@ class JaegerExporter:
         if isinstance(batch, pa.Table):
             batch = batch.combine_chunks().to_batches()[0]
         self._require_open()
+        missing = [c for c in TRACES_SCHEMA.names if c not in batch.schema.names]
+        if missing:  # a flow/operator bug, not bad data: never drop row by row for it
+            self.metrics.failed(n)
+            raise JaegerExportError(f"jaeger sink: batch lacks traces columns: {missing}")
         step = self.cfg.max_spans_per_request
         done = 0
         try:
@@ -335,6 +340,8 @@ class JaegerExporter:
                 return self._export_rows(rows.slice(k // 2), done)
             msg = f"cannot encode the span at batch row {done}: {exc}"
             return done + self._reject(k, "unencodable", msg, done)
+        except Exception as exc:  # wrong column types etc.: the batch, not a row, is bad
+            raise JaegerExportError(f"jaeger sink: cannot encode spans: {exc!r}", done) from exc
         if len(payload) > self.cfg.max_request_bytes and k > 1:
             done = self._export_rows(rows.slice(0, k // 2), done)
             return self._export_rows(rows.slice(k // 2), done)

@@ -112,6 +112,20 @@ def test_export_needs_open_and_disabled_counts_drops():
     assert counter("otelwax_dropped_total", comp, reason="disabled") == 100
 
 
+def test_batches_of_the_wrong_shape_fail_whole_not_row_by_row():
+    comp = component()
+    batch = spans_batch(5)
+    with JaegerExporter(cfg(closed_endpoint()), component=comp) as exp:
+        with pytest.raises(JaegerExportError, match=r"lacks traces columns: \['SpanId'\]"):
+            exp.export(batch.drop_columns(["SpanId"]))
+        i = batch.schema.get_field_index("SpanAttributes")
+        wrong = batch.set_column(i, "SpanAttributes", pa.array(["x"] * batch.num_rows))
+        with pytest.raises(JaegerExportError, match="cannot encode spans"):
+            exp.export(wrong)
+    assert counter("otelwax_failed_total", comp) == 2 * batch.num_rows
+    assert counter("otelwax_dropped_total", comp, reason="unencodable") == 0
+
+
 # --- failures against a closed port ----------------------------------------------------------
 
 
