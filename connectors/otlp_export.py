@@ -193,6 +193,10 @@ class _Transient(Exception):
         self.err = err
 
 
+class _Closed(Exception):
+    """The exporter was closed (from another thread) while a request was pending."""
+
+
 class JaegerExporter:
     """Exports ``TRACES_SCHEMA`` batches to Jaeger over OTLP/gRPC.
 
@@ -365,6 +369,10 @@ class JaegerExporter:
             try:
                 with self._latency.time():
                     resp = self._retry.call(self._rpc, payload, breaker=self.breaker)
+            except _Closed:
+                raise JaegerUnavailableError(
+                    "jaeger sink: closed while exporting", 0.0, done
+                ) from None
             except CircuitOpenError as exc:
                 wait, why = exc.retry_after, f"circuit open ({exc})"
             except _Transient as exc:
@@ -408,12 +416,18 @@ class JaegerExporter:
             self._sleep(max(wait, 0.05))
 
     def _rpc(self, payload: bytes) -> ExportTraceServiceResponse:
-        call = self._require_open()
+        call = self._call
+        if call is None or self._closed.is_set():
+            raise _Closed
         try:
             return call(payload, timeout=self.cfg.timeout_s, metadata=self._metadata)
         except grpc.RpcError as exc:
             if exc.code() in RETRYABLE_CODES:
                 raise _Transient(exc) from exc
+            raise
+        except ValueError as exc:  # "Cannot invoke RPC on closed channel!"
+            if self._closed.is_set():
+                raise _Closed from exc
             raise
 
     def _sleep(self, seconds: float) -> None:
