@@ -42,6 +42,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import cramjam
+import numpy as np
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from pydantic import Field
 
@@ -125,9 +126,43 @@ def encode_samples(samples: Iterable[tuple[int, float]]) -> bytes:
     return b"".join(parts)
 
 
+_TS_MIN = 1 << 35  # ms timestamps in [2^35, 2^42) (1971..2109) are 6-byte varints
+_TS_MAX = 1 << 42
+_SAMPLE_LEN = 18  # 0x12 len | 0x09 double(8) | 0x10 varint(6)
+
+
+def _encode_samples_fixed(ts: np.ndarray, vals: np.ndarray) -> bytes:
+    """Every sample's field bytes at once (numpy), for timestamps with 6-byte varints."""
+    buf = np.empty((len(ts), _SAMPLE_LEN), np.uint8)
+    buf[:, 0] = 0x12
+    buf[:, 1] = _SAMPLE_LEN - 2
+    buf[:, 2] = 0x09
+    buf[:, 3:11] = vals.astype("<f8").view(np.uint8).reshape(-1, 8)
+    buf[:, 11] = 0x10
+    for k in range(5):
+        buf[:, 12 + k] = ((ts >> (7 * k)) & 0x7F) | 0x80
+    buf[:, 17] = ts >> 35
+    return buf.tobytes()
+
+
 def encode_write_request(series: Iterable[tuple[bytes, list[tuple[int, float]]]]) -> bytes:
     """A serialized WriteRequest from (encoded labels, samples) pairs."""
-    return b"".join(_ld(0x0A, lab + encode_samples(samples)) for lab, samples in series)
+    series = list(series)
+    total = sum(len(s) for _, s in series)
+    if total < 64:
+        return b"".join(_ld(0x0A, lab + encode_samples(samples)) for lab, samples in series)
+    ts = np.fromiter((t for _, s in series for t, _ in s), np.int64, total)
+    if int(ts.min()) < _TS_MIN or int(ts.max()) >= _TS_MAX:
+        return b"".join(_ld(0x0A, lab + encode_samples(samples)) for lab, samples in series)
+    vals = np.fromiter((v for _, s in series for _, v in s), np.float64, total)
+    raw = _encode_samples_fixed(ts, vals)
+    parts = []
+    pos = 0
+    for lab, samples in series:
+        end = pos + len(samples) * _SAMPLE_LEN
+        parts.append(_ld(0x0A, lab + raw[pos:end]))
+        pos = end
+    return b"".join(parts)
 
 
 # --- client -----------------------------------------------------------------------------------

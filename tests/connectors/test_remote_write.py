@@ -178,3 +178,25 @@ def test_gives_up_after_max_elapsed(own_prometheus) -> None:
     assert RemoteWriteClient(cfg, component=comp).send(sb) == 0
     assert time.monotonic() - t0 < 5
     assert _counter("dropped", comp, reason="retries_exhausted") == 1
+
+
+def test_vectorized_encoding_equals_field_by_field() -> None:
+    import random
+
+    from connectors.remote_write import _ld, encode_samples
+
+    rng = random.Random(7)
+    now = int(time.time() * 1000)
+    series = [
+        (
+            encode_labels(_labels(f"m{i}", "j", k=str(i))),
+            [(now + j * 1000 + rng.randint(0, 999), rng.uniform(-1e9, 1e9)) for j in range(4)],
+        )
+        for i in range(100)
+    ]
+    plain = b"".join(_ld(0x0A, lab + encode_samples(s)) for lab, s in series)
+    assert encode_write_request(series) == plain
+    old = [(lab, [(5, 1.0)] * 70) for lab, _ in series[:1]]  # tiny timestamps: generic path
+    assert encode_write_request(old) == b"".join(
+        _ld(0x0A, lab + encode_samples(s)) for lab, s in old
+    )
