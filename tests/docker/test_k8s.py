@@ -7,6 +7,7 @@ import argparse
 import copy
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -376,3 +377,89 @@ def test_init_job_commands_work_with_the_code(
     assert res.returncode == 0, res.stderr
     assert "CREATE TABLE IF NOT EXISTS `otel`.`otel_traces`" in res.stdout
     assert "CREATE TABLE IF NOT EXISTS `otel`.`otel_logs`" in res.stdout
+
+
+def _run_cluster(
+    env_base: dict[str, str], pods: dict[int, Path], hostfile: Path
+) -> list[subprocess.CompletedProcess[str]]:
+    procs = []
+    for ordinal, d in pods.items():
+        env = {
+            **os.environ,
+            **env_base,
+            "BYTEWAX_POD_NAME": f"{env_base['BYTEWAX_STATEFULSET_NAME']}-{ordinal}",
+            "BYTEWAX_HOSTFILE_PATH": str(hostfile),
+            "BYTEWAX_RECOVERY_DIRECTORY": str(d / "recovery"),
+        }
+        env.pop("BYTEWAX_PROCESS_ID", None)
+        env.pop("BYTEWAX_ADDRESSES", None)
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "bytewax.run", "tests.docker.tinyflow"],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    out = []
+    for p in procs:
+        try:
+            stdout, stderr = p.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+    return out
+
+
+def test_two_pods_run_one_bytewax_cluster_with_recovery_on_pod_0(tmp_path: Path) -> None:
+    """Two processes started the way the StatefulSet starts them (init script, then
+    bytewax.run with the container's environment) form one cluster: the process id comes from
+    the pod name, the recovery partitions exist on pod 0 only, and a second run resumes from
+    the snapshot (nothing is processed twice)."""
+    from tests.conftest import free_port
+
+    script, ienv, fenv = _init_script("traces")
+    env_base = {k: v for k, v in fenv.items() if isinstance(v, str)}
+    pods: dict[int, Path] = {}
+    for ordinal in range(int(ienv["OTELWAX_REPLICAS"])):
+        d = tmp_path / f"pod{ordinal}"
+        (d / "recovery").mkdir(parents=True)
+        env = {k: v for k, v in ienv.items() if isinstance(v, str)}
+        env |= {
+            "BYTEWAX_POD_NAME": f"otelwax-flow-traces-{ordinal}",
+            "POD_NAMESPACE": "otelwax",
+            "BYTEWAX_HOSTFILE_PATH": str(d / "hostfile"),
+            "BYTEWAX_RECOVERY_DIRECTORY": str(d / "recovery"),
+        }
+        res = _run_init(script, env)
+        assert res.returncode == 0, res.stderr
+        pods[ordinal] = d
+    # The stable DNS names only resolve inside a cluster: same layout, loopback addresses.
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("".join(f"127.0.0.1:{free_port()}\n" for _ in pods))
+
+    first = _run_cluster(env_base, pods, hostfile)
+    for r in first:
+        assert r.returncode == 0, r.stderr[-2000:]
+
+    def outputs(runs: list[subprocess.CompletedProcess[str]]) -> list[str]:
+        # bytewax also prints connection retries while the processes find each other
+        return [ln for r in runs for ln in r.stdout.splitlines() if re.fullmatch(r"\d=\d+", ln)]
+
+    lines = outputs(first)
+    assert len(lines) == 200
+    finals = {}
+    for ln in lines:
+        k, v = ln.split("=")
+        finals[k] = max(finals.get(k, 0), int(v))
+    assert finals == {str(k): sum(range(k, 200, 4)) for k in range(4)}
+    assert list((pods[1] / "recovery").iterdir()) == []
+
+    second = _run_cluster(env_base, pods, hostfile)
+    for r in second:
+        assert r.returncode == 0, r.stderr[-2000:]
+    assert outputs(second) == []
