@@ -18,7 +18,8 @@ What comes back, and what does not (the table is lossy by design, see ``otelwax.
   code is not UNSET or the message is not empty.
 - ``end_time_unix_nano = Timestamp + Duration`` (unsigned, wrapping like the decoder's reading).
 - **Every attribute value is written as a string ``AnyValue``** (``string_value``, also for
-  ""): the decoder rendered ints, bools, doubles, bytes, arrays and maps to strings, and they are
+  ""; the native encoder leaves "" values unset, which decodes and shows in Jaeger the same
+  way): the decoder rendered ints, bools, doubles, bytes, arrays and maps to strings, and they are
   not guessed back (``"42"`` may have been a string). So Arrow → OTLP → Arrow is lossless, while
   OTLP → Arrow → OTLP turns typed values into their string renderings (Jaeger shows an int tag
   ``http.response.status_code=200`` as the string ``"200"``).
