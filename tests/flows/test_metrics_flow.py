@@ -283,7 +283,11 @@ def test_delta_to_cumulative_after_sigkill_with_recovery(
                 "tail": False,
                 "ranges": {"max_records": 3, "max_delay_s": 0.05},
                 "clickhouse": None,
-                "remote_write": {"url": f"{prometheus_url}/api/v1/write"},
+                # tiny requests keep the flow busy long enough to be killed mid-way
+                "remote_write": {
+                    "url": f"{prometheus_url}/api/v1/write",
+                    "max_samples_per_request": 2,
+                },
                 "delta_shards": 4,
             }
         )
