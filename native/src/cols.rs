@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use arrow_array::{
-    types::{TimestampNanosecondType, UInt64Type, UInt8Type},
-    ArrayRef, ListArray, MapArray, PrimitiveArray, StringArray, StructArray,
+    types::{Float64Type, Int32Type, TimestampNanosecondType, UInt32Type, UInt64Type, UInt8Type},
+    ArrayRef, BooleanArray, ListArray, MapArray, PrimitiveArray, StringArray, StructArray,
 };
 use arrow_buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Fields, TimeUnit};
@@ -214,6 +214,47 @@ impl ListTsCol {
     }
 }
 
+/// `list<primitive>` column (uint64, float64).
+pub struct ListPrimCol<T> {
+    pub offsets: Vec<i32>,
+    pub values: Vec<T>,
+}
+
+impl<T: Copy> ListPrimCol<T> {
+    pub fn new() -> Self {
+        ListPrimCol {
+            offsets: vec![0],
+            values: Vec::new(),
+        }
+    }
+    #[inline]
+    pub fn end_row(&mut self) {
+        self.offsets.push(self.values.len() as i32);
+    }
+}
+
+impl ListPrimCol<u64> {
+    pub fn into_array(self) -> ArrayRef {
+        let field = Arc::new(Field::new("item", DataType::UInt64, true));
+        let vals: ArrayRef = Arc::new(PrimitiveArray::<UInt64Type>::new(
+            ScalarBuffer::from(self.values),
+            None,
+        ));
+        Arc::new(unsafe { ListArray::new_unchecked(field, offsets(self.offsets), vals, None) })
+    }
+}
+
+impl ListPrimCol<f64> {
+    pub fn into_array(self) -> ArrayRef {
+        let field = Arc::new(Field::new("item", DataType::Float64, true));
+        let vals: ArrayRef = Arc::new(PrimitiveArray::<Float64Type>::new(
+            ScalarBuffer::from(self.values),
+            None,
+        ));
+        Arc::new(unsafe { ListArray::new_unchecked(field, offsets(self.offsets), vals, None) })
+    }
+}
+
 /// `list<map<string, string>>` column.
 pub struct ListMapCol {
     pub offsets: Vec<i32>,
@@ -261,4 +302,29 @@ pub fn u8_array(v: Vec<u8>) -> ArrayRef {
         ScalarBuffer::from(v),
         None,
     ))
+}
+
+pub fn f64_array(v: Vec<f64>) -> ArrayRef {
+    Arc::new(PrimitiveArray::<Float64Type>::new(
+        ScalarBuffer::from(v),
+        None,
+    ))
+}
+
+pub fn u32_array(v: Vec<u32>) -> ArrayRef {
+    Arc::new(PrimitiveArray::<UInt32Type>::new(
+        ScalarBuffer::from(v),
+        None,
+    ))
+}
+
+pub fn i32_array(v: Vec<i32>) -> ArrayRef {
+    Arc::new(PrimitiveArray::<Int32Type>::new(
+        ScalarBuffer::from(v),
+        None,
+    ))
+}
+
+pub fn bool_array(v: Vec<bool>) -> ArrayRef {
+    Arc::new(BooleanArray::from(v))
 }

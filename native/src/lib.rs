@@ -3,6 +3,7 @@
 //! Python interface (wrapped by otelwax/codec/native.py):
 //!   decode_traces(payloads: list[bytes]) -> (pyarrow.RecordBatch, errors, rows)
 //!   decode_logs(payloads: list[bytes])   -> same
+//!   decode_metrics(payloads: list[bytes]) -> ({table: pyarrow.RecordBatch}, errors, rows)
 //!   encode_traces(schema_capsule, array_capsule) -> bytes   (ExportTraceServiceRequest)
 //! The batch is handed over through the Arrow C data interface (no copy) with the exact
 //! otelwax.schemas schema; errors is a list of (index, reason) and rows the row count each
@@ -11,6 +12,7 @@
 pub mod cols;
 pub mod encode;
 pub mod logs;
+pub mod metrics;
 pub mod render;
 pub mod traces;
 pub mod wire;
@@ -24,25 +26,27 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyCapsule};
+use pyo3::types::{PyBytes, PyCapsule, PyDict};
 use std::collections::HashMap;
 
-pub type DecodeOut = (StructArray, Vec<(usize, String)>, Vec<usize>);
+pub type DecodeOut<O> = (O, Vec<(usize, String)>, Vec<usize>);
 
 /// A table builder that can checkpoint and roll back per payload.
 pub trait Table {
     type Mark;
+    type Out;
     fn mark(&self) -> Self::Mark;
     fn rollback(&mut self, m: &Self::Mark);
     fn rows(&self) -> usize;
     fn too_big(&self) -> bool;
     fn grow(&mut self, num: usize, den: usize);
     fn decode(&mut self, buf: &[u8]) -> wire::Res<()>;
-    fn finish(self) -> StructArray;
+    fn finish(self) -> Self::Out;
 }
 
 impl Table for traces::Traces {
     type Mark = traces::TracesMark;
+    type Out = StructArray;
     fn mark(&self) -> Self::Mark {
         traces::Traces::mark(self)
     }
@@ -66,8 +70,35 @@ impl Table for traces::Traces {
     }
 }
 
+impl Table for metrics::Metrics {
+    type Mark = metrics::MetricsMark;
+    type Out = Vec<StructArray>;
+    fn mark(&self) -> Self::Mark {
+        metrics::Metrics::mark(self)
+    }
+    fn rollback(&mut self, m: &Self::Mark) {
+        metrics::Metrics::rollback(self, m)
+    }
+    fn rows(&self) -> usize {
+        metrics::Metrics::rows(self)
+    }
+    fn too_big(&self) -> bool {
+        metrics::Metrics::too_big(self)
+    }
+    fn grow(&mut self, num: usize, den: usize) {
+        metrics::Metrics::grow(self, num, den)
+    }
+    fn decode(&mut self, buf: &[u8]) -> wire::Res<()> {
+        metrics::Metrics::decode(self, buf)
+    }
+    fn finish(self) -> Self::Out {
+        metrics::Metrics::finish(self)
+    }
+}
+
 impl Table for logs::Logs {
     type Mark = logs::LogsMark;
+    type Out = StructArray;
     fn mark(&self) -> Self::Mark {
         logs::Logs::mark(self)
     }
@@ -93,7 +124,7 @@ impl Table for logs::Logs {
 
 /// Decodes every payload into `t`; a payload that fails (or panics) is rolled back and
 /// reported, the others keep their rows.
-pub fn decode_all<T: Table, B: AsRef<[u8]>>(mut t: T, payloads: &[B]) -> DecodeOut {
+pub fn decode_all<T: Table, B: AsRef<[u8]>>(mut t: T, payloads: &[B]) -> DecodeOut<T::Out> {
     let mut errors = Vec::new();
     let mut rows = Vec::with_capacity(payloads.len());
     let total: usize = payloads.iter().map(|p| p.as_ref().len()).sum();
@@ -180,7 +211,7 @@ fn to_record_batch<'py>(
 
 type PyDecodeOut<'py> = (Bound<'py, PyAny>, Vec<(usize, String)>, Vec<usize>);
 
-fn run_decode<'py, T: Table + Send>(
+fn run_decode<'py, T: Table<Out = StructArray> + Send>(
     py: Python<'py>,
     payloads: Vec<PyBackedBytes>,
     make: fn() -> T,
@@ -235,11 +266,33 @@ fn encode_traces<'py>(
     }
 }
 
+/// Decodes serialized ExportMetricsServiceRequest payloads into one batch per metrics table:
+/// returns ({table name: pyarrow.RecordBatch}, errors, data points per payload).
+#[pyfunction]
+fn decode_metrics<'py>(
+    py: Python<'py>,
+    payloads: Vec<PyBackedBytes>,
+) -> PyResult<(Bound<'py, PyDict>, Vec<(usize, String)>, Vec<usize>)> {
+    let out = py.detach(|| {
+        catch_unwind(AssertUnwindSafe(|| {
+            decode_all(metrics::Metrics::new(), &payloads)
+        }))
+    });
+    let (arrs, errors, rows) =
+        out.map_err(|_| PyRuntimeError::new_err("internal decoder error (panic)"))?;
+    let d = PyDict::new(py);
+    for (name, arr) in metrics::TABLES.iter().zip(arrs) {
+        d.set_item(*name, to_record_batch(py, arr, name)?)?;
+    }
+    Ok((d, errors, rows))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<CArray>()?;
     m.add_function(wrap_pyfunction!(decode_traces, m)?)?;
     m.add_function(wrap_pyfunction!(decode_logs, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_metrics, m)?)?;
     m.add_function(wrap_pyfunction!(encode_traces, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -570,6 +570,38 @@ impl Markable for ListStrCol {
     }
 }
 
+impl<T: Copy> Markable for Vec<T> {
+    fn grow(&mut self, num: usize, den: usize) {
+        grow(self, num, den);
+    }
+    fn marks(&self, v: &mut Vec<usize>) {
+        v.push(self.len());
+    }
+    fn restore(&mut self, it: &mut dyn Iterator<Item = usize>) {
+        self.truncate(it.next().unwrap());
+    }
+    fn big(&self) -> bool {
+        false
+    }
+}
+
+impl<T: Copy> Markable for ListPrimCol<T> {
+    fn grow(&mut self, num: usize, den: usize) {
+        grow(&mut self.offsets, num, den);
+        grow(&mut self.values, num, den);
+    }
+    fn marks(&self, v: &mut Vec<usize>) {
+        v.extend([self.offsets.len(), self.values.len()]);
+    }
+    fn restore(&mut self, it: &mut dyn Iterator<Item = usize>) {
+        self.offsets.truncate(it.next().unwrap());
+        self.values.truncate(it.next().unwrap());
+    }
+    fn big(&self) -> bool {
+        self.values.len() > i32::MAX as usize
+    }
+}
+
 impl Markable for ListTsCol {
     fn grow(&mut self, num: usize, den: usize) {
         grow(&mut self.offsets, num, den);

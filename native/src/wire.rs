@@ -142,6 +142,16 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline]
+    pub fn at_end(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    #[inline]
+    pub fn read_varint(&mut self) -> Res<u64> {
+        self.varint()
+    }
+
     /// Next (field number, value), or None at the end of the buffer.
     #[inline(always)]
     pub fn next(&mut self) -> Res<Option<(u32, Val<'a>)>> {

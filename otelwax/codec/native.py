@@ -5,6 +5,7 @@ follow the contract in ``otelwax.codec`` exactly like ``otelwax.codec.pydecode``
 
     decode_traces(payloads) -> DecodeResult     # TRACES_SCHEMA batch
     decode_logs(payloads) -> DecodeResult       # LOGS_SCHEMA batch
+    decode_metrics(payloads) -> MetricsDecodeResult   # one batch per otel_metrics_* table
     encode_traces(batch) -> bytes               # serialized ExportTraceServiceRequest
 
 The raw extension functions return ``(pyarrow.RecordBatch, errors, rows_per_payload)`` tuples
@@ -29,9 +30,17 @@ from types import ModuleType
 import pyarrow as pa
 
 from otelwax.codec import DecodeResult
+from otelwax.codec.pymetrics import MetricsDecodeResult
 from otelwax.schemas import TRACES_SCHEMA
 
-__all__ = ["AVAILABLE", "IMPORT_ERROR", "decode_logs", "decode_traces", "encode_traces"]
+__all__ = [
+    "AVAILABLE",
+    "IMPORT_ERROR",
+    "decode_logs",
+    "decode_metrics",
+    "decode_traces",
+    "encode_traces",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +76,16 @@ def decode_logs(payloads: Sequence[bytes]) -> DecodeResult:
     """Decode serialized ``ExportLogsServiceRequest`` payloads into one ``LOGS_SCHEMA`` batch."""
     batch, errors, rows = _mod().decode_logs(_payload_list(payloads))
     return DecodeResult(batch=batch, errors=errors, rows_per_payload=rows)
+
+
+def decode_metrics(payloads: Sequence[bytes]) -> MetricsDecodeResult:
+    """Decode ``ExportMetricsServiceRequest`` payloads into one batch per metrics table.
+
+    Same result as ``otelwax.codec.pymetrics.decode_metrics``; ``rows_per_payload`` counts
+    data points over all tables.
+    """
+    tables, errors, rows = _mod().decode_metrics(_payload_list(payloads))
+    return MetricsDecodeResult(tables=tables, errors=errors, rows_per_payload=rows)
 
 
 def encode_traces(data: pa.RecordBatch | pa.Table) -> bytes:

@@ -1,0 +1,870 @@
+//! ExportMetricsServiceRequest → one table per metric type (otel_metrics_*).
+
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, StructArray};
+use arrow_schema::{DataType, Field, Fields};
+
+use crate::cols::*;
+use crate::render::{push_attr, push_id, validate_kv, Parts};
+use crate::traces::{Markable, ResourceScratch};
+use crate::wire::{utf8, Reader, Res, Val};
+
+pub const TABLES: [&str; 5] = [
+    "otel_metrics_gauge",
+    "otel_metrics_sum",
+    "otel_metrics_histogram",
+    "otel_metrics_exponential_histogram",
+    "otel_metrics_summary",
+];
+
+const GAUGE: usize = 0;
+const SUM: usize = 1;
+const HIST: usize = 2;
+const EXP: usize = 3;
+const SUMMARY: usize = 4;
+
+/// Every column any metrics table has; each table fills the ones of its schema.
+pub struct MetricTable {
+    kind: usize,
+    res_attrs: MapCol,
+    res_schema: StrCol,
+    scope_name: StrCol,
+    scope_version: StrCol,
+    scope_attrs: MapCol,
+    scope_dropped: Vec<u32>,
+    scope_schema: StrCol,
+    service: StrCol,
+    name: StrCol,
+    desc: StrCol,
+    unit: StrCol,
+    attrs: MapCol,
+    start: Vec<i64>,
+    time: Vec<i64>,
+    ex_attrs: ListMapCol,
+    ex_time: ListTsCol,
+    ex_value: ListPrimCol<f64>,
+    ex_span: ListStrCol,
+    ex_trace: ListStrCol,
+    value: Vec<f64>,
+    flags: Vec<u32>,
+    temporality: Vec<i32>,
+    monotonic: Vec<bool>,
+    count: Vec<u64>,
+    sum: Vec<f64>,
+    buckets: ListPrimCol<u64>,
+    bounds: ListPrimCol<f64>,
+    scale: Vec<i32>,
+    zero_count: Vec<u64>,
+    pos_offset: Vec<i32>,
+    pos: ListPrimCol<u64>,
+    neg_offset: Vec<i32>,
+    neg: ListPrimCol<u64>,
+    min: Vec<f64>,
+    max: Vec<f64>,
+    quantile: ListPrimCol<f64>,
+    qvalue: ListPrimCol<f64>,
+}
+
+macro_rules! metric_cols {
+    ($m:ident, $self:ident) => {
+        $m!(
+            $self,
+            res_attrs,
+            res_schema,
+            scope_name,
+            scope_version,
+            scope_attrs,
+            scope_dropped,
+            scope_schema,
+            service,
+            name,
+            desc,
+            unit,
+            attrs,
+            start,
+            time,
+            ex_attrs,
+            ex_time,
+            ex_value,
+            ex_span,
+            ex_trace,
+            value,
+            flags,
+            temporality,
+            monotonic,
+            count,
+            sum,
+            buckets,
+            bounds,
+            scale,
+            zero_count,
+            pos_offset,
+            pos,
+            neg_offset,
+            neg,
+            min,
+            max,
+            quantile,
+            qvalue
+        )
+    };
+}
+
+/// Per-scope / per-metric values copied into every data point row.
+struct Ctx<'a, 'b> {
+    res: &'b ResourceScratch,
+    res_schema: &'a [u8],
+    scope_name: &'a [u8],
+    scope_version: &'a [u8],
+    scope_attrs: &'b MapCol,
+    scope_dropped: u32,
+    scope_schema: &'a [u8],
+    name: &'a [u8],
+    desc: &'a [u8],
+    unit: &'a [u8],
+}
+
+#[inline]
+fn zigzag32(x: u64) -> i32 {
+    let n = x as u32;
+    ((n >> 1) as i32) ^ -((n & 1) as i32)
+}
+
+/// Appends a repeated fixed64/double field (packed or not).
+#[inline]
+fn push_fixed64s(v: Val<'_>, out: &mut Vec<u64>) -> Res<()> {
+    match v {
+        Val::Fixed64(x) => out.push(x),
+        Val::Bytes(b) => {
+            if b.len() % 8 != 0 {
+                return Err("packed fixed64 field length is not a multiple of 8".into());
+            }
+            out.extend(
+                b.chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().unwrap())),
+            );
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[inline]
+fn push_doubles(v: Val<'_>, out: &mut Vec<f64>) -> Res<()> {
+    match v {
+        Val::Fixed64(x) => out.push(f64::from_bits(x)),
+        Val::Bytes(b) => {
+            if b.len() % 8 != 0 {
+                return Err("packed double field length is not a multiple of 8".into());
+            }
+            out.extend(
+                b.chunks_exact(8)
+                    .map(|c| f64::from_bits(u64::from_le_bytes(c.try_into().unwrap()))),
+            );
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Appends a repeated uint64 varint field (packed or not).
+#[inline]
+fn push_varints(v: Val<'_>, out: &mut Vec<u64>) -> Res<()> {
+    match v {
+        Val::Varint(x) => out.push(x),
+        Val::Bytes(b) => {
+            let mut r = Reader::new(b);
+            while !r.at_end() {
+                out.push(r.read_varint()?);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+impl MetricTable {
+    fn new(kind: usize) -> Self {
+        MetricTable {
+            kind,
+            res_attrs: MapCol::new(),
+            res_schema: StrCol::new(),
+            scope_name: StrCol::new(),
+            scope_version: StrCol::new(),
+            scope_attrs: MapCol::new(),
+            scope_dropped: Vec::new(),
+            scope_schema: StrCol::new(),
+            service: StrCol::new(),
+            name: StrCol::new(),
+            desc: StrCol::new(),
+            unit: StrCol::new(),
+            attrs: MapCol::new(),
+            start: Vec::new(),
+            time: Vec::new(),
+            ex_attrs: ListMapCol::new(),
+            ex_time: ListTsCol::new(),
+            ex_value: ListPrimCol::new(),
+            ex_span: ListStrCol::new(),
+            ex_trace: ListStrCol::new(),
+            value: Vec::new(),
+            flags: Vec::new(),
+            temporality: Vec::new(),
+            monotonic: Vec::new(),
+            count: Vec::new(),
+            sum: Vec::new(),
+            buckets: ListPrimCol::new(),
+            bounds: ListPrimCol::new(),
+            scale: Vec::new(),
+            zero_count: Vec::new(),
+            pos_offset: Vec::new(),
+            pos: ListPrimCol::new(),
+            neg_offset: Vec::new(),
+            neg: ListPrimCol::new(),
+            min: Vec::new(),
+            max: Vec::new(),
+            quantile: ListPrimCol::new(),
+            qvalue: ListPrimCol::new(),
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.time.len()
+    }
+
+    fn marks(&self, v: &mut Vec<usize>) {
+        macro_rules! m {
+            ($s:ident, $($c:ident),*) => { $( Markable::marks(&$s.$c, v); )* };
+        }
+        metric_cols!(m, self);
+    }
+
+    fn restore(&mut self, it: &mut dyn Iterator<Item = usize>) {
+        macro_rules! r {
+            ($s:ident, $($c:ident),*) => { $( Markable::restore(&mut $s.$c, it); )* };
+        }
+        metric_cols!(r, self);
+    }
+
+    fn grow(&mut self, num: usize, den: usize) {
+        macro_rules! g {
+            ($s:ident, $($c:ident),*) => { $( Markable::grow(&mut $s.$c, num, den); )* };
+        }
+        metric_cols!(g, self);
+    }
+
+    fn too_big(&self) -> bool {
+        let mut big = false;
+        macro_rules! b {
+            ($s:ident, $($c:ident),*) => { $( big |= Markable::big(&$s.$c); )* };
+        }
+        metric_cols!(b, self);
+        big
+    }
+
+    /// Common columns of a finished data point row.
+    fn common(&mut self, c: &Ctx<'_, '_>, start: u64, time: u64) {
+        c.res.emit(&mut self.res_attrs, &mut self.service);
+        self.res_schema.push(c.res_schema);
+        self.scope_name.push(c.scope_name);
+        self.scope_version.push(c.scope_version);
+        self.scope_attrs.keys.extend_from(&c.scope_attrs.keys);
+        self.scope_attrs.vals.extend_from(&c.scope_attrs.vals);
+        self.scope_attrs.end_row();
+        self.scope_dropped.push(c.scope_dropped);
+        self.scope_schema.push(c.scope_schema);
+        self.name.push(c.name);
+        self.desc.push(c.desc);
+        self.unit.push(c.unit);
+        self.attrs.end_row();
+        self.start.push(start as i64);
+        self.time.push(time as i64);
+        self.ex_attrs.end_row();
+        self.ex_time.end_row();
+        self.ex_value.end_row();
+        self.ex_span.end_row();
+        self.ex_trace.end_row();
+    }
+
+    fn exemplar(&mut self, buf: &[u8]) -> Res<()> {
+        let mut time = 0u64;
+        let mut value = 0f64;
+        let mut span: &[u8] = &[];
+        let mut trace: &[u8] = &[];
+        let mut r = Reader::new(buf);
+        while let Some((f, v)) = r.next()? {
+            match (f, v) {
+                (7, Val::Bytes(kv)) => push_attr(kv, &mut self.ex_attrs.values)?,
+                (2, Val::Fixed64(x)) => time = x,
+                (3, Val::Fixed64(x)) => value = f64::from_bits(x),
+                (6, Val::Fixed64(x)) => value = x as i64 as f64,
+                (4, Val::Bytes(b)) => span = b,
+                (5, Val::Bytes(b)) => trace = b,
+                _ => {}
+            }
+        }
+        self.ex_attrs.values.end_row();
+        self.ex_time.values.push(time as i64);
+        self.ex_value.values.push(value);
+        push_id(&mut self.ex_span.values, span, 8, "exemplar span_id")?;
+        push_id(&mut self.ex_trace.values, trace, 16, "exemplar trace_id")?;
+        Ok(())
+    }
+
+    fn number_point(&mut self, buf: &[u8], c: &Ctx<'_, '_>, temp: i32, mono: bool) -> Res<()> {
+        let (mut start, mut time, mut value, mut flags) = (0u64, 0u64, 0f64, 0u32);
+        let mut r = Reader::new(buf);
+        while let Some((f, v)) = r.next()? {
+            match (f, v) {
+                (7, Val::Bytes(kv)) => push_attr(kv, &mut self.attrs)?,
+                (2, Val::Fixed64(x)) => start = x,
+                (3, Val::Fixed64(x)) => time = x,
+                (4, Val::Fixed64(x)) => value = f64::from_bits(x),
+                (6, Val::Fixed64(x)) => value = x as i64 as f64,
+                (5, Val::Bytes(b)) => self.exemplar(b)?,
+                (8, Val::Varint(x)) => flags = x as u32,
+                _ => {}
+            }
+        }
+        self.value.push(value);
+        self.flags.push(flags);
+        if self.kind == SUM {
+            self.temporality.push(temp);
+            self.monotonic.push(mono);
+        }
+        self.common(c, start, time);
+        Ok(())
+    }
+
+    fn histogram_point(&mut self, buf: &[u8], c: &Ctx<'_, '_>, temp: i32) -> Res<()> {
+        let (mut start, mut time, mut count, mut sum, mut flags) = (0u64, 0u64, 0u64, 0f64, 0u32);
+        let (mut min, mut max) = (0f64, 0f64);
+        let mut r = Reader::new(buf);
+        while let Some((f, v)) = r.next()? {
+            match (f, v) {
+                (9, Val::Bytes(kv)) => push_attr(kv, &mut self.attrs)?,
+                (2, Val::Fixed64(x)) => start = x,
+                (3, Val::Fixed64(x)) => time = x,
+                (4, Val::Fixed64(x)) => count = x,
+                (5, Val::Fixed64(x)) => sum = f64::from_bits(x),
+                (6, v @ (Val::Fixed64(_) | Val::Bytes(_))) => {
+                    push_fixed64s(v, &mut self.buckets.values)?
+                }
+                (7, v @ (Val::Fixed64(_) | Val::Bytes(_))) => {
+                    push_doubles(v, &mut self.bounds.values)?
+                }
+                (8, Val::Bytes(b)) => self.exemplar(b)?,
+                (10, Val::Varint(x)) => flags = x as u32,
+                (11, Val::Fixed64(x)) => min = f64::from_bits(x),
+                (12, Val::Fixed64(x)) => max = f64::from_bits(x),
+                _ => {}
+            }
+        }
+        self.count.push(count);
+        self.sum.push(sum);
+        self.buckets.end_row();
+        self.bounds.end_row();
+        self.flags.push(flags);
+        self.min.push(min);
+        self.max.push(max);
+        self.temporality.push(temp);
+        self.common(c, start, time);
+        Ok(())
+    }
+
+    fn buckets(buf: &Parts<'_>, out: &mut ListPrimCol<u64>) -> Res<i32> {
+        let mut offset = 0i32;
+        for b in buf.slices() {
+            let mut r = Reader::new(b);
+            while let Some((f, v)) = r.next()? {
+                match (f, v) {
+                    (1, Val::Varint(x)) => offset = zigzag32(x),
+                    (2, v @ (Val::Varint(_) | Val::Bytes(_))) => push_varints(v, &mut out.values)?,
+                    _ => {}
+                }
+            }
+        }
+        out.end_row();
+        Ok(offset)
+    }
+
+    fn exp_histogram_point(&mut self, buf: &[u8], c: &Ctx<'_, '_>, temp: i32) -> Res<()> {
+        let (mut start, mut time, mut count, mut sum, mut flags) = (0u64, 0u64, 0u64, 0f64, 0u32);
+        let (mut min, mut max, mut scale, mut zero) = (0f64, 0f64, 0i32, 0u64);
+        let (mut pos, mut neg) = (Parts::Absent, Parts::Absent);
+        let mut r = Reader::new(buf);
+        while let Some((f, v)) = r.next()? {
+            match (f, v) {
+                (1, Val::Bytes(kv)) => push_attr(kv, &mut self.attrs)?,
+                (2, Val::Fixed64(x)) => start = x,
+                (3, Val::Fixed64(x)) => time = x,
+                (4, Val::Fixed64(x)) => count = x,
+                (5, Val::Fixed64(x)) => sum = f64::from_bits(x),
+                (6, Val::Varint(x)) => scale = zigzag32(x),
+                (7, Val::Fixed64(x)) => zero = x,
+                (8, Val::Bytes(b)) => pos.push(b),
+                (9, Val::Bytes(b)) => neg.push(b),
+                (10, Val::Varint(x)) => flags = x as u32,
+                (11, Val::Bytes(b)) => self.exemplar(b)?,
+                (12, Val::Fixed64(x)) => min = f64::from_bits(x),
+                (13, Val::Fixed64(x)) => max = f64::from_bits(x),
+                _ => {}
+            }
+        }
+        self.count.push(count);
+        self.sum.push(sum);
+        self.scale.push(scale);
+        self.zero_count.push(zero);
+        let po = Self::buckets(&pos, &mut self.pos)?;
+        self.pos_offset.push(po);
+        let no = Self::buckets(&neg, &mut self.neg)?;
+        self.neg_offset.push(no);
+        self.flags.push(flags);
+        self.min.push(min);
+        self.max.push(max);
+        self.temporality.push(temp);
+        self.common(c, start, time);
+        Ok(())
+    }
+
+    fn summary_point(&mut self, buf: &[u8], c: &Ctx<'_, '_>) -> Res<()> {
+        let (mut start, mut time, mut count, mut sum, mut flags) = (0u64, 0u64, 0u64, 0f64, 0u32);
+        let mut r = Reader::new(buf);
+        while let Some((f, v)) = r.next()? {
+            match (f, v) {
+                (7, Val::Bytes(kv)) => push_attr(kv, &mut self.attrs)?,
+                (2, Val::Fixed64(x)) => start = x,
+                (3, Val::Fixed64(x)) => time = x,
+                (4, Val::Fixed64(x)) => count = x,
+                (5, Val::Fixed64(x)) => sum = f64::from_bits(x),
+                (6, Val::Bytes(b)) => {
+                    let (mut q, mut qv) = (0f64, 0f64);
+                    let mut qr = Reader::new(b);
+                    while let Some((qf, v)) = qr.next()? {
+                        match (qf, v) {
+                            (1, Val::Fixed64(x)) => q = f64::from_bits(x),
+                            (2, Val::Fixed64(x)) => qv = f64::from_bits(x),
+                            _ => {}
+                        }
+                    }
+                    self.quantile.values.push(q);
+                    self.qvalue.values.push(qv);
+                }
+                (8, Val::Varint(x)) => flags = x as u32,
+                _ => {}
+            }
+        }
+        self.count.push(count);
+        self.sum.push(sum);
+        self.quantile.end_row();
+        self.qvalue.end_row();
+        self.flags.push(flags);
+        self.common(c, start, time);
+        Ok(())
+    }
+
+    /// Decodes the data points of one metric data member (all its merged occurrences).
+    fn data(&mut self, parts: &Parts<'_>, c: &Ctx<'_, '_>) -> Res<()> {
+        let mut points: Vec<&[u8]> = Vec::new();
+        let mut temp = 0i32;
+        let mut mono = false;
+        for b in parts.slices() {
+            let mut r = Reader::new(b);
+            while let Some((f, v)) = r.next()? {
+                match (f, v) {
+                    (1, Val::Bytes(p)) => points.push(p),
+                    (2, Val::Varint(x)) if self.kind != GAUGE && self.kind != SUMMARY => {
+                        temp = x as i32
+                    }
+                    (3, Val::Varint(x)) if self.kind == SUM => mono = x != 0,
+                    _ => {}
+                }
+            }
+        }
+        for p in points {
+            match self.kind {
+                GAUGE | SUM => self.number_point(p, c, temp, mono)?,
+                HIST => self.histogram_point(p, c, temp)?,
+                EXP => self.exp_histogram_point(p, c, temp)?,
+                _ => self.summary_point(p, c)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> StructArray {
+        let kind = self.kind;
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(self.res_attrs.finish_array()),
+            self.res_schema.into_array(),
+            self.scope_name.into_array(),
+            self.scope_version.into_array(),
+            Arc::new(self.scope_attrs.finish_array()),
+            u32_array(self.scope_dropped),
+            self.scope_schema.into_array(),
+            self.service.into_array(),
+            self.name.into_array(),
+            self.desc.into_array(),
+            self.unit.into_array(),
+            Arc::new(self.attrs.finish_array()),
+            Arc::new(ts_array(self.start)),
+            Arc::new(ts_array(self.time)),
+        ];
+        let exemplars: Vec<ArrayRef> = vec![
+            self.ex_attrs.into_array(),
+            self.ex_time.into_array(),
+            self.ex_value.into_array(),
+            self.ex_span.into_array(),
+            self.ex_trace.into_array(),
+        ];
+        match kind {
+            GAUGE => {
+                cols.extend([f64_array(self.value), u32_array(self.flags)]);
+                cols.extend(exemplars);
+            }
+            SUM => {
+                cols.extend([f64_array(self.value), u32_array(self.flags)]);
+                cols.extend(exemplars);
+                cols.extend([i32_array(self.temporality), bool_array(self.monotonic)]);
+            }
+            HIST => {
+                cols.extend([
+                    u64_array(self.count),
+                    f64_array(self.sum),
+                    self.buckets.into_array(),
+                    self.bounds.into_array(),
+                ]);
+                cols.extend(exemplars);
+                cols.extend([
+                    u32_array(self.flags),
+                    f64_array(self.min),
+                    f64_array(self.max),
+                    i32_array(self.temporality),
+                ]);
+            }
+            EXP => {
+                cols.extend([
+                    u64_array(self.count),
+                    f64_array(self.sum),
+                    i32_array(self.scale),
+                    u64_array(self.zero_count),
+                    i32_array(self.pos_offset),
+                    self.pos.into_array(),
+                    i32_array(self.neg_offset),
+                    self.neg.into_array(),
+                ]);
+                cols.extend(exemplars);
+                cols.extend([
+                    u32_array(self.flags),
+                    f64_array(self.min),
+                    f64_array(self.max),
+                    i32_array(self.temporality),
+                ]);
+            }
+            _ => {
+                cols.extend([
+                    u64_array(self.count),
+                    f64_array(self.sum),
+                    self.quantile.into_array(),
+                    self.qvalue.into_array(),
+                    u32_array(self.flags),
+                ]);
+            }
+        }
+        StructArray::new(metric_fields(kind), cols, None)
+    }
+}
+
+pub fn metric_fields(kind: usize) -> Fields {
+    let s = || DataType::Utf8;
+    let f = |n: &str, t: DataType| Field::new(n, t, false);
+    let mut v = vec![
+        f("ResourceAttributes", map_type()),
+        f("ResourceSchemaUrl", s()),
+        f("ScopeName", s()),
+        f("ScopeVersion", s()),
+        f("ScopeAttributes", map_type()),
+        f("ScopeDroppedAttrCount", DataType::UInt32),
+        f("ScopeSchemaUrl", s()),
+        f("ServiceName", s()),
+        f("MetricName", s()),
+        f("MetricDescription", s()),
+        f("MetricUnit", s()),
+        f("Attributes", map_type()),
+        f("StartTimeUnix", ts_type()),
+        f("TimeUnix", ts_type()),
+    ];
+    let ex = || {
+        vec![
+            f("Exemplars.FilteredAttributes", list_of(map_type())),
+            f("Exemplars.TimeUnix", list_of(ts_type())),
+            f("Exemplars.Value", list_of(DataType::Float64)),
+            f("Exemplars.SpanId", list_of(s())),
+            f("Exemplars.TraceId", list_of(s())),
+        ]
+    };
+    let tail = || {
+        vec![
+            f("Flags", DataType::UInt32),
+            f("Min", DataType::Float64),
+            f("Max", DataType::Float64),
+            f("AggregationTemporality", DataType::Int32),
+        ]
+    };
+    match kind {
+        GAUGE => {
+            v.extend([f("Value", DataType::Float64), f("Flags", DataType::UInt32)]);
+            v.extend(ex());
+        }
+        SUM => {
+            v.extend([f("Value", DataType::Float64), f("Flags", DataType::UInt32)]);
+            v.extend(ex());
+            v.extend([
+                f("AggregationTemporality", DataType::Int32),
+                f("IsMonotonic", DataType::Boolean),
+            ]);
+        }
+        HIST => {
+            v.extend([
+                f("Count", DataType::UInt64),
+                f("Sum", DataType::Float64),
+                f("BucketCounts", list_of(DataType::UInt64)),
+                f("ExplicitBounds", list_of(DataType::Float64)),
+            ]);
+            v.extend(ex());
+            v.extend(tail());
+        }
+        EXP => {
+            v.extend([
+                f("Count", DataType::UInt64),
+                f("Sum", DataType::Float64),
+                f("Scale", DataType::Int32),
+                f("ZeroCount", DataType::UInt64),
+                f("PositiveOffset", DataType::Int32),
+                f("PositiveBucketCounts", list_of(DataType::UInt64)),
+                f("NegativeOffset", DataType::Int32),
+                f("NegativeBucketCounts", list_of(DataType::UInt64)),
+            ]);
+            v.extend(ex());
+            v.extend(tail());
+        }
+        _ => {
+            v.extend([
+                f("Count", DataType::UInt64),
+                f("Sum", DataType::Float64),
+                f("ValueAtQuantiles.Quantile", list_of(DataType::Float64)),
+                f("ValueAtQuantiles.Value", list_of(DataType::Float64)),
+                f("Flags", DataType::UInt32),
+            ]);
+        }
+    }
+    Fields::from(v)
+}
+
+/// The five metrics tables, decoded together.
+pub struct Metrics {
+    tables: Vec<MetricTable>,
+    scratch: ResourceScratch,
+    scope_attrs: MapCol,
+    /// Throw-away table for data members replaced by a later oneof member (still validated).
+    trash: Option<Box<Metrics>>,
+}
+
+pub struct MetricsMark(Vec<usize>);
+
+impl Metrics {
+    pub fn new() -> Self {
+        Metrics {
+            tables: (0..5).map(MetricTable::new).collect(),
+            scratch: ResourceScratch::new(),
+            scope_attrs: MapCol::new(),
+            trash: None,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.tables.iter().map(|t| t.rows()).sum()
+    }
+
+    pub fn mark(&self) -> MetricsMark {
+        let mut v = Vec::new();
+        for t in &self.tables {
+            t.marks(&mut v);
+        }
+        MetricsMark(v)
+    }
+
+    pub fn rollback(&mut self, m: &MetricsMark) {
+        let mut it = m.0.iter().copied();
+        for t in &mut self.tables {
+            t.restore(&mut it);
+        }
+    }
+
+    pub fn grow(&mut self, num: usize, den: usize) {
+        for t in &mut self.tables {
+            t.grow(num, den);
+        }
+    }
+
+    pub fn too_big(&self) -> bool {
+        self.tables.iter().any(|t| t.too_big())
+    }
+
+    pub fn decode(&mut self, buf: &[u8]) -> Res<()> {
+        let mut r = Reader::new(buf);
+        while let Some((f, v)) = r.next()? {
+            if let (1, Val::Bytes(rm)) = (f, v) {
+                self.resource_metrics(rm)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn resource_metrics(&mut self, buf: &[u8]) -> Res<()> {
+        let mut resources: Vec<&[u8]> = Vec::new();
+        let mut scopes: Vec<&[u8]> = Vec::new();
+        let mut schema_url: &[u8] = &[];
+        let mut r = Reader::new(buf);
+        while let Some((f, v)) = r.next()? {
+            match (f, v) {
+                (1, Val::Bytes(b)) => resources.push(b),
+                (2, Val::Bytes(b)) => scopes.push(b),
+                (3, Val::Bytes(b)) => {
+                    utf8(b, "ResourceMetrics.schema_url")?;
+                    schema_url = b;
+                }
+                _ => {}
+            }
+        }
+        let mut scratch = std::mem::replace(&mut self.scratch, ResourceScratch::new());
+        scratch.clear();
+        let res = (|| {
+            for b in resources {
+                scratch.add_resource(b)?;
+            }
+            for s in scopes {
+                self.scope_metrics(s, &scratch, schema_url)?;
+            }
+            Ok(())
+        })();
+        self.scratch = scratch;
+        res
+    }
+
+    fn scope_metrics(&mut self, buf: &[u8], res: &ResourceScratch, res_schema: &[u8]) -> Res<()> {
+        let mut metrics: Vec<&[u8]> = Vec::new();
+        let mut scope_parts: Vec<&[u8]> = Vec::new();
+        let mut schema_url: &[u8] = &[];
+        let mut r = Reader::new(buf);
+        while let Some((f, v)) = r.next()? {
+            match (f, v) {
+                (1, Val::Bytes(b)) => scope_parts.push(b),
+                (2, Val::Bytes(b)) => metrics.push(b),
+                (3, Val::Bytes(b)) => {
+                    utf8(b, "ScopeMetrics.schema_url")?;
+                    schema_url = b;
+                }
+                _ => {}
+            }
+        }
+        let mut sattrs = std::mem::replace(&mut self.scope_attrs, MapCol::new());
+        sattrs.keys.clear();
+        sattrs.vals.clear();
+        let out = (|| {
+            let (mut name, mut version, mut dropped): (&[u8], &[u8], u32) = (&[], &[], 0);
+            for b in scope_parts {
+                let mut sr = Reader::new(b);
+                while let Some((f, v)) = sr.next()? {
+                    match (f, v) {
+                        (1, Val::Bytes(x)) => {
+                            utf8(x, "InstrumentationScope.name")?;
+                            name = x;
+                        }
+                        (2, Val::Bytes(x)) => {
+                            utf8(x, "InstrumentationScope.version")?;
+                            version = x;
+                        }
+                        (3, Val::Bytes(kv)) => push_attr(kv, &mut sattrs)?,
+                        (4, Val::Varint(x)) => dropped = x as u32,
+                        _ => {}
+                    }
+                }
+            }
+            for m in metrics {
+                let mut ctx = Ctx {
+                    res,
+                    res_schema,
+                    scope_name: name,
+                    scope_version: version,
+                    scope_attrs: &sattrs,
+                    scope_dropped: dropped,
+                    scope_schema: schema_url,
+                    name: &[],
+                    desc: &[],
+                    unit: &[],
+                };
+                self.metric(m, &mut ctx)?;
+            }
+            Ok(())
+        })();
+        self.scope_attrs = sattrs;
+        out
+    }
+
+    fn metric<'a>(&mut self, buf: &'a [u8], ctx: &mut Ctx<'a, '_>) -> Res<()> {
+        // data oneof: members in order; consecutive occurrences of one member merge.
+        let mut members: Vec<(usize, Parts<'a>)> = Vec::new();
+        let mut r = Reader::new(buf);
+        while let Some((f, v)) = r.next()? {
+            let kind = match (f, v) {
+                (1, Val::Bytes(b)) => {
+                    utf8(b, "Metric.name")?;
+                    ctx.name = b;
+                    continue;
+                }
+                (2, Val::Bytes(b)) => {
+                    utf8(b, "Metric.description")?;
+                    ctx.desc = b;
+                    continue;
+                }
+                (3, Val::Bytes(b)) => {
+                    utf8(b, "Metric.unit")?;
+                    ctx.unit = b;
+                    continue;
+                }
+                (12, Val::Bytes(kv)) => {
+                    validate_kv(kv)?;
+                    continue;
+                }
+                (5, Val::Bytes(_)) => GAUGE,
+                (7, Val::Bytes(_)) => SUM,
+                (9, Val::Bytes(_)) => HIST,
+                (10, Val::Bytes(_)) => EXP,
+                (11, Val::Bytes(_)) => SUMMARY,
+                _ => continue,
+            };
+            let Val::Bytes(b) = v else { continue };
+            match members.last_mut() {
+                Some((k, p)) if *k == kind => p.push(b),
+                _ => members.push((kind, Parts::One(b))),
+            }
+        }
+        let Some((kind, parts)) = members.pop() else {
+            return Ok(());
+        };
+        for (k, p) in &members {
+            // replaced by a later member: a full protobuf parse still validates it
+            let trash = self.trash.get_or_insert_with(|| Box::new(Metrics::new()));
+            let mark = trash.mark();
+            let res = trash.tables[*k].data(p, ctx);
+            trash.rollback(&mark);
+            res?;
+        }
+        self.tables[kind].data(&parts, ctx)
+    }
+
+    pub fn finish(self) -> Vec<StructArray> {
+        self.tables.into_iter().map(|t| t.finish()).collect()
+    }
+}
