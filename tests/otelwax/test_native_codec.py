@@ -17,6 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import (
     AnyValue,
@@ -25,11 +28,14 @@ from opentelemetry.proto.common.v1.common_pb2 import (
     KeyValueList,
 )
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+from opentelemetry.proto.metrics.v1 import metrics_pb2 as m_pb
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-from otelwax.codec import DecodeResult, native, pydecode
+from otelwax.codec import DecodeResult, native, pydecode, pymetrics
+from otelwax.metric_schemas import METRIC_SCHEMAS
 from otelwax.schemas import LOGS_SCHEMA, TRACES_SCHEMA
+from tests.otelwax.test_native_fuzz import tables_equal
 from tests.otlpgen import any_value, kv, logs_payloads, trace_payloads
 
 pytestmark = pytest.mark.skipif(
@@ -572,3 +578,318 @@ def test_batch_outlives_its_payloads():
     del payloads
     assert batch.num_rows == 200
     assert batch.column("TraceId")[0].as_py() != ""
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+_f64 = st.one_of(st.floats(allow_nan=False), st.sampled_from([0.0, -0.0, 1.5, math.inf]))
+_i64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+_u32 = st.integers(min_value=0, max_value=2**32 - 1)
+_s32 = st.integers(min_value=-(2**31), max_value=2**31 - 1)
+_u64s = st.lists(_u64, max_size=4)
+
+
+def _number_value(d: dict, as_int):
+    if as_int is None:
+        return d
+    if isinstance(as_int, float):
+        return {**d, "as_double": as_int}
+    return {**d, "as_int": as_int}
+
+
+_exemplars = st.lists(
+    st.builds(
+        lambda attrs, t, v, sid, tid: m_pb.Exemplar(
+            **_number_value(
+                {
+                    "filtered_attributes": attrs,
+                    "time_unix_nano": t,
+                    "span_id": sid,
+                    "trace_id": tid,
+                },
+                v,
+            )
+        ),
+        _attrs,
+        _u64,
+        st.one_of(st.none(), _i64, _f64),
+        _ids8,
+        _ids16,
+    ),
+    max_size=2,
+)
+_common_point = {"attributes": _attrs, "start_time_unix_nano": _u64, "time_unix_nano": _u64}
+_number_points = st.lists(
+    st.builds(
+        lambda kw, v: m_pb.NumberDataPoint(**_number_value(kw, v)),
+        st.fixed_dictionaries({**_common_point, "exemplars": _exemplars, "flags": _u32}),
+        st.one_of(st.none(), _i64, _f64),
+    ),
+    min_size=1,
+    max_size=3,
+)
+_optional = st.one_of(st.none(), _f64)
+
+
+def _hist_point(kw, s, mn, mx):
+    extra = {k: v for k, v in (("sum", s), ("min", mn), ("max", mx)) if v is not None}
+    return m_pb.HistogramDataPoint(**kw, **extra)
+
+
+_hist_points = st.lists(
+    st.builds(
+        _hist_point,
+        st.fixed_dictionaries(
+            {
+                **_common_point,
+                "count": _u64,
+                "bucket_counts": _u64s,
+                "explicit_bounds": st.lists(_f64, max_size=4),
+                "exemplars": _exemplars,
+                "flags": _u32,
+            }
+        ),
+        _optional,
+        _optional,
+        _optional,
+    ),
+    min_size=1,
+    max_size=3,
+)
+_buckets = st.builds(m_pb.ExponentialHistogramDataPoint.Buckets, offset=_s32, bucket_counts=_u64s)
+
+
+def _exp_point(kw, s, mn, mx):
+    extra = {k: v for k, v in (("sum", s), ("min", mn), ("max", mx)) if v is not None}
+    return m_pb.ExponentialHistogramDataPoint(**kw, **extra)
+
+
+_exp_points = st.lists(
+    st.builds(
+        _exp_point,
+        st.fixed_dictionaries(
+            {
+                **_common_point,
+                "count": _u64,
+                "scale": _s32,
+                "zero_count": _u64,
+                "positive": _buckets,
+                "negative": _buckets,
+                "flags": _u32,
+                "exemplars": _exemplars,
+                "zero_threshold": _f64,
+            }
+        ),
+        _optional,
+        _optional,
+        _optional,
+    ),
+    min_size=1,
+    max_size=3,
+)
+_summary_points = st.lists(
+    st.builds(
+        m_pb.SummaryDataPoint,
+        attributes=_attrs,
+        start_time_unix_nano=_u64,
+        time_unix_nano=_u64,
+        count=_u64,
+        sum=_f64,
+        quantile_values=st.lists(
+            st.builds(m_pb.SummaryDataPoint.ValueAtQuantile, quantile=_f64, value=_f64),
+            max_size=3,
+        ),
+        flags=_u32,
+    ),
+    min_size=1,
+    max_size=3,
+)
+_temporality = st.integers(min_value=0, max_value=3)
+_data = st.one_of(
+    st.none(),
+    _number_points.map(lambda p: {"gauge": m_pb.Gauge(data_points=p)}),
+    st.builds(
+        lambda p, t, m: {"sum": m_pb.Sum(data_points=p, aggregation_temporality=t, is_monotonic=m)},
+        _number_points,
+        _temporality,
+        st.booleans(),
+    ),
+    st.builds(
+        lambda p, t: {"histogram": m_pb.Histogram(data_points=p, aggregation_temporality=t)},
+        _hist_points,
+        _temporality,
+    ),
+    st.builds(
+        lambda p, t: {
+            "exponential_histogram": m_pb.ExponentialHistogram(
+                data_points=p, aggregation_temporality=t
+            )
+        },
+        _exp_points,
+        _temporality,
+    ),
+    _summary_points.map(lambda p: {"summary": m_pb.Summary(data_points=p)}),
+)
+_metric = st.builds(
+    lambda name, desc, unit, data, meta: m_pb.Metric(
+        name=name, description=desc, unit=unit, metadata=meta, **(data or {})
+    ),
+    _text,
+    _text,
+    _text,
+    _data,
+    _attrs,
+)
+
+
+def _scope_metrics(scope, metrics, url):
+    sm = m_pb.ScopeMetrics(metrics=metrics, schema_url=url)
+    if scope is not None:
+        sm.scope.CopyFrom(scope)
+        sm.scope.dropped_attributes_count = len(url)
+    return sm
+
+
+_metrics_requests = st.lists(
+    st.builds(
+        lambda attrs, scopes, url: m_pb.ResourceMetrics(
+            resource=Resource(attributes=attrs), scope_metrics=scopes, schema_url=url
+        ),
+        _attrs,
+        st.lists(
+            st.builds(_scope_metrics, _scopes, st.lists(_metric, max_size=3), _text), max_size=2
+        ),
+        _text,
+    ),
+    min_size=1,
+    max_size=2,
+).map(lambda rm: ExportMetricsServiceRequest(resource_metrics=rm).SerializeToString())
+
+
+def same_metrics(payloads: list[bytes]):
+    got = native.decode_metrics(payloads)
+    want = pymetrics.decode_metrics(payloads)
+    assert [i for i, _ in got.errors] == [i for i, _ in want.errors], (got.errors, want.errors)
+    assert got.rows_per_payload == want.rows_per_payload
+    assert list(got.tables) == list(want.tables)
+    for name, w in want.tables.items():
+        g = got.tables[name]
+        assert g.schema.equals(METRIC_SCHEMAS[name], check_metadata=True)
+        assert tables_equal(g, w), name
+    return got
+
+
+@_hyp
+@given(st.lists(_metrics_requests, min_size=1, max_size=3))
+def test_hypothesis_metrics_equal_reference(payloads):
+    same_metrics(payloads)
+
+
+def test_metrics_every_type_and_bad_payloads():
+    scope = InstrumentationScope(name="m", version="1", attributes=[kv("a", 1)])
+    pts = [
+        m_pb.NumberDataPoint(as_int=-5, time_unix_nano=2, attributes=[kv("k", "v")]),
+        m_pb.NumberDataPoint(
+            as_double=2.5,
+            exemplars=[
+                m_pb.Exemplar(
+                    as_int=3, span_id=SID, trace_id=TID, filtered_attributes=[kv("x", [1])]
+                )
+            ],
+        ),
+        m_pb.NumberDataPoint(),
+    ]
+    metrics = [
+        m_pb.Metric(name="g", unit="By", gauge=m_pb.Gauge(data_points=pts)),
+        m_pb.Metric(
+            name="s", sum=m_pb.Sum(data_points=pts, aggregation_temporality=1, is_monotonic=True)
+        ),
+        m_pb.Metric(
+            name="h",
+            histogram=m_pb.Histogram(
+                data_points=[
+                    m_pb.HistogramDataPoint(
+                        count=3,
+                        sum=1.5,
+                        bucket_counts=[1, 2],
+                        explicit_bounds=[0.5],
+                        min=0.1,
+                        max=9,
+                    ),
+                    m_pb.HistogramDataPoint(),
+                ],
+                aggregation_temporality=2,
+            ),
+        ),
+        m_pb.Metric(
+            name="e",
+            exponential_histogram=m_pb.ExponentialHistogram(
+                data_points=[
+                    m_pb.ExponentialHistogramDataPoint(
+                        count=4,
+                        scale=-3,
+                        zero_count=1,
+                        positive=m_pb.ExponentialHistogramDataPoint.Buckets(
+                            offset=-2, bucket_counts=[1, 2**40]
+                        ),
+                        negative=m_pb.ExponentialHistogramDataPoint.Buckets(
+                            offset=5, bucket_counts=[3]
+                        ),
+                        min=-1,
+                    )
+                ]
+            ),
+        ),
+        m_pb.Metric(
+            name="q",
+            summary=m_pb.Summary(
+                data_points=[
+                    m_pb.SummaryDataPoint(
+                        count=9,
+                        sum=4.5,
+                        quantile_values=[
+                            m_pb.SummaryDataPoint.ValueAtQuantile(quantile=0.99, value=7)
+                        ],
+                    )
+                ]
+            ),
+        ),
+        m_pb.Metric(name="empty"),
+    ]
+    good = ExportMetricsServiceRequest(
+        resource_metrics=[
+            m_pb.ResourceMetrics(
+                resource=Resource(attributes=[kv("service.name", "svc")]),
+                schema_url="https://r",
+                scope_metrics=[
+                    m_pb.ScopeMetrics(scope=scope, metrics=metrics, schema_url="https://s")
+                ],
+            )
+        ]
+    ).SerializeToString()
+    bad_exemplar = ExportMetricsServiceRequest(
+        resource_metrics=[
+            m_pb.ResourceMetrics(
+                scope_metrics=[
+                    m_pb.ScopeMetrics(
+                        metrics=[
+                            m_pb.Metric(
+                                gauge=m_pb.Gauge(
+                                    data_points=[
+                                        m_pb.NumberDataPoint(
+                                            exemplars=[m_pb.Exemplar(span_id=b"\x01")]
+                                        )
+                                    ]
+                                )
+                            )
+                        ]
+                    )
+                ]
+            )
+        ]
+    ).SerializeToString()
+    got = same_metrics([good, bad_exemplar, good[:-5], good])
+    assert [i for i, _ in got.errors] == [1, 2]
+    assert got.rows_per_payload == [10, 0, 0, 10]
+    # every truncation, and the oneof replaced by a later member
+    same_metrics([good[:n] for n in range(0, len(good), 7)])
