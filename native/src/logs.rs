@@ -225,7 +225,7 @@ impl Logs {
                     sev_text = b;
                 }
                 (5, Val::Bytes(b)) => body.push(b),
-                (6, Val::Bytes(kv)) => push_attr(kv, &mut self.log_attrs)?,
+                (6, Val::Bytes(kv)) => push_attr(kv, &mut self.log_attrs, 5)?,
                 (8, Val::Fixed32(x)) => flags = x,
                 (9, Val::Bytes(b)) => trace_id = b,
                 (10, Val::Bytes(b)) => span_id = b,
@@ -238,7 +238,7 @@ impl Logs {
         }
         push_id(&mut self.trace_id, trace_id, 16, "trace_id")?;
         push_id(&mut self.span_id, span_id, 8, "span_id")?;
-        render_value(&body, &mut self.body.data)?;
+        render_value(&body, &mut self.body.data, 5)?;
         self.body.finish();
         self.ts.push(if time != 0 { time } else { observed } as i64);
         self.flags.push((flags & 0xFF) as u8);

@@ -294,7 +294,7 @@ impl MetricTable {
         let mut r = Reader::new(buf);
         while let Some((f, v)) = r.next()? {
             match (f, v) {
-                (7, Val::Bytes(kv)) => push_attr(kv, &mut self.ex_attrs.values)?,
+                (7, Val::Bytes(kv)) => push_attr(kv, &mut self.ex_attrs.values, 8)?,
                 (2, Val::Fixed64(x)) => time = x,
                 (3, Val::Fixed64(x)) => value = f64::from_bits(x),
                 (6, Val::Fixed64(x)) => value = x as i64 as f64,
@@ -316,7 +316,7 @@ impl MetricTable {
         let mut r = Reader::new(buf);
         while let Some((f, v)) = r.next()? {
             match (f, v) {
-                (7, Val::Bytes(kv)) => push_attr(kv, &mut self.attrs)?,
+                (7, Val::Bytes(kv)) => push_attr(kv, &mut self.attrs, 7)?,
                 (2, Val::Fixed64(x)) => start = x,
                 (3, Val::Fixed64(x)) => time = x,
                 (4, Val::Fixed64(x)) => value = f64::from_bits(x),
@@ -342,7 +342,7 @@ impl MetricTable {
         let mut r = Reader::new(buf);
         while let Some((f, v)) = r.next()? {
             match (f, v) {
-                (9, Val::Bytes(kv)) => push_attr(kv, &mut self.attrs)?,
+                (9, Val::Bytes(kv)) => push_attr(kv, &mut self.attrs, 7)?,
                 (2, Val::Fixed64(x)) => start = x,
                 (3, Val::Fixed64(x)) => time = x,
                 (4, Val::Fixed64(x)) => count = x,
@@ -395,7 +395,7 @@ impl MetricTable {
         let mut r = Reader::new(buf);
         while let Some((f, v)) = r.next()? {
             match (f, v) {
-                (1, Val::Bytes(kv)) => push_attr(kv, &mut self.attrs)?,
+                (1, Val::Bytes(kv)) => push_attr(kv, &mut self.attrs, 7)?,
                 (2, Val::Fixed64(x)) => start = x,
                 (3, Val::Fixed64(x)) => time = x,
                 (4, Val::Fixed64(x)) => count = x,
@@ -432,7 +432,7 @@ impl MetricTable {
         let mut r = Reader::new(buf);
         while let Some((f, v)) = r.next()? {
             match (f, v) {
-                (7, Val::Bytes(kv)) => push_attr(kv, &mut self.attrs)?,
+                (7, Val::Bytes(kv)) => push_attr(kv, &mut self.attrs, 7)?,
                 (2, Val::Fixed64(x)) => start = x,
                 (3, Val::Fixed64(x)) => time = x,
                 (4, Val::Fixed64(x)) => count = x,
@@ -785,7 +785,7 @@ impl Metrics {
                             utf8(x, "InstrumentationScope.version")?;
                             version = x;
                         }
-                        (3, Val::Bytes(kv)) => push_attr(kv, &mut sattrs)?,
+                        (3, Val::Bytes(kv)) => push_attr(kv, &mut sattrs, 5)?,
                         (4, Val::Varint(x)) => dropped = x as u32,
                         _ => {}
                     }
@@ -834,7 +834,7 @@ impl Metrics {
                     continue;
                 }
                 (12, Val::Bytes(kv)) => {
-                    validate_kv(kv)?;
+                    validate_kv(kv, 5)?;
                     continue;
                 }
                 (5, Val::Bytes(_)) => GAUGE,

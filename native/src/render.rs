@@ -4,8 +4,15 @@
 use crate::cols::{MapCol, StrCol};
 use crate::wire::{utf8, Reader, Res, Val};
 
-/// Maximum AnyValue nesting (arrays / kvlists inside each other).
-pub const MAX_DEPTH: u32 = 64;
+/// Deepest message nesting level a payload may have (the request is level 1), like the
+/// protobuf runtime's default recursion limit: nested AnyValues beyond it make the payload an
+/// error in both decoders.
+pub const MAX_LEVEL: u32 = 101;
+
+#[cold]
+fn too_deep() -> String {
+    "message nesting exceeds the protobuf recursion limit".to_string()
+}
 
 /// The occurrences of a singular message field. Protobuf merges repeated occurrences, which
 /// is the same as parsing their concatenation, so they are kept in order.
@@ -59,6 +66,9 @@ pub enum Any<'a> {
 #[inline]
 pub fn parse_any<'a>(parts: &Parts<'a>, depth: u32) -> Res<Any<'a>> {
     let mut v = Any::Empty;
+    if depth > MAX_LEVEL && !parts.slices().is_empty() {
+        return Err(too_deep());
+    }
     for buf in parts.slices() {
         let mut r = Reader::new(buf);
         while let Some((f, val)) = r.next()? {
@@ -117,9 +127,10 @@ pub fn parse_kv(buf: &[u8]) -> Res<(&[u8], Parts<'_>)> {
     Ok((key, val))
 }
 
-/// Renders one AnyValue (its field occurrences; none when absent) as a string into `out`.
-pub fn render_value(val: &Parts<'_>, out: &mut Vec<u8>) -> Res<()> {
-    let any = parse_any(val, 1)?;
+/// Renders one AnyValue (its field occurrences; none when absent) as a string into `out`;
+/// `level` is the AnyValue's message nesting level.
+pub fn render_value(val: &Parts<'_>, out: &mut Vec<u8>, level: u32) -> Res<()> {
+    let any = parse_any(val, level)?;
     match any {
         Any::Empty => {}
         Any::Str(s) => out.extend_from_slice(s),
@@ -127,49 +138,56 @@ pub fn render_value(val: &Parts<'_>, out: &mut Vec<u8>) -> Res<()> {
         Any::Int(i) => push_i64(out, i),
         Any::Double(d) => write_double(d, out),
         Any::Bytes(b) => base64(b, out),
-        Any::Array(_) | Any::KvList(_) => json_any(&any, out, 1)?,
+        Any::Array(_) | Any::KvList(_) => json_any(&any, out, level)?,
     }
     Ok(())
 }
 
-/// Appends one KeyValue of an attribute list to a map column (the caller ends the row).
+/// Appends one KeyValue of an attribute list to a map column (the caller ends the row);
+/// `level` is the KeyValue's message nesting level.
 #[inline]
-pub fn push_attr(kv: &[u8], map: &mut MapCol) -> Res<()> {
+pub fn push_attr(kv: &[u8], map: &mut MapCol, level: u32) -> Res<()> {
     let (k, v) = parse_kv(kv)?;
     map.keys.push(k);
-    render_value(&v, &mut map.vals.data)?;
+    render_value(&v, &mut map.vals.data, level + 1)?;
     map.vals.finish();
     Ok(())
 }
 
 /// Validates a KeyValue (for attribute lists we do not store) the way a full parse would.
-pub fn validate_kv(kv: &[u8]) -> Res<()> {
+pub fn validate_kv(kv: &[u8], level: u32) -> Res<()> {
     let (_, v) = parse_kv(kv)?;
-    validate_any(&parse_any(&v, 1)?, 1)
+    validate_any(&parse_any(&v, level + 1)?, level + 1)
 }
 
 fn validate_any(a: &Any<'_>, depth: u32) -> Res<()> {
-    if depth > MAX_DEPTH {
-        return Err("AnyValue nested too deeply".into());
-    }
     match a {
         Any::Array(parts) => {
+            if depth + 1 > MAX_LEVEL {
+                return Err(too_deep());
+            }
             for b in parts.slices() {
                 let mut r = Reader::new(b);
                 while let Some((f, v)) = r.next()? {
                     if let (1, Val::Bytes(x)) = (f, v) {
-                        validate_any(&parse_any(&Parts::One(x), depth + 1)?, depth + 1)?;
+                        validate_any(&parse_any(&Parts::One(x), depth + 2)?, depth + 2)?;
                     }
                 }
             }
         }
         Any::KvList(parts) => {
+            if depth + 1 > MAX_LEVEL {
+                return Err(too_deep());
+            }
             for b in parts.slices() {
                 let mut r = Reader::new(b);
                 while let Some((f, v)) = r.next()? {
                     if let (1, Val::Bytes(x)) = (f, v) {
+                        if depth + 2 > MAX_LEVEL {
+                            return Err(too_deep());
+                        }
                         let (_, val) = parse_kv(x)?;
-                        validate_any(&parse_any(&val, depth + 1)?, depth + 1)?;
+                        validate_any(&parse_any(&val, depth + 3)?, depth + 3)?;
                     }
                 }
             }
@@ -361,9 +379,6 @@ fn json_str(s: &[u8], out: &mut Vec<u8>) {
 }
 
 fn json_any(a: &Any<'_>, out: &mut Vec<u8>, depth: u32) -> Res<()> {
-    if depth > MAX_DEPTH {
-        return Err("AnyValue nested too deeply".into());
-    }
     match a {
         Any::Empty => out.extend_from_slice(b"null"),
         Any::Str(s) => json_str(s, out),
@@ -376,6 +391,9 @@ fn json_any(a: &Any<'_>, out: &mut Vec<u8>, depth: u32) -> Res<()> {
             out.push(b'"');
         }
         Any::Array(parts) => {
+            if depth + 1 > MAX_LEVEL {
+                return Err(too_deep());
+            }
             out.push(b'[');
             let mut first = true;
             for b in parts.slices() {
@@ -386,18 +404,24 @@ fn json_any(a: &Any<'_>, out: &mut Vec<u8>, depth: u32) -> Res<()> {
                             out.push(b',');
                         }
                         first = false;
-                        json_any(&parse_any(&Parts::One(x), depth + 1)?, out, depth + 1)?;
+                        json_any(&parse_any(&Parts::One(x), depth + 2)?, out, depth + 2)?;
                     }
                 }
             }
             out.push(b']');
         }
         Any::KvList(parts) => {
+            if depth + 1 > MAX_LEVEL {
+                return Err(too_deep());
+            }
             let mut items: Vec<(&[u8], Parts<'_>)> = Vec::new();
             for b in parts.slices() {
                 let mut r = Reader::new(b);
                 while let Some((f, v)) = r.next()? {
                     if let (1, Val::Bytes(x)) = (f, v) {
+                        if depth + 2 > MAX_LEVEL {
+                            return Err(too_deep());
+                        }
                         items.push(parse_kv(x)?);
                     }
                 }
@@ -407,9 +431,9 @@ fn json_any(a: &Any<'_>, out: &mut Vec<u8>, depth: u32) -> Res<()> {
             out.push(b'{');
             let mut first = true;
             for i in 0..items.len() {
-                let v = parse_any(&items[i].1, depth + 1)?;
+                let v = parse_any(&items[i].1, depth + 3)?;
                 if i + 1 < items.len() && items[i + 1].0 == items[i].0 {
-                    validate_any(&v, depth + 1)?; // shadowed, but still parsed
+                    validate_any(&v, depth + 3)?; // shadowed, but still parsed
                     continue;
                 }
                 if !first {
@@ -418,7 +442,7 @@ fn json_any(a: &Any<'_>, out: &mut Vec<u8>, depth: u32) -> Res<()> {
                 first = false;
                 json_str(items[i].0, out);
                 out.push(b':');
-                json_any(&v, out, depth + 1)?;
+                json_any(&v, out, depth + 3)?;
             }
             out.push(b'}');
         }

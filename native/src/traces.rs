@@ -48,7 +48,7 @@ impl ResourceScratch {
                     };
                     std::mem::swap(&mut tmp.keys, &mut self.keys);
                     std::mem::swap(&mut tmp.vals, &mut self.vals);
-                    let res = push_attr(kv, &mut tmp);
+                    let res = push_attr(kv, &mut tmp, 4);
                     std::mem::swap(&mut tmp.keys, &mut self.keys);
                     std::mem::swap(&mut tmp.vals, &mut self.vals);
                     res?;
@@ -116,8 +116,8 @@ pub fn parse_scope<'a>(
                 scope.version = b;
             }
             (3, Val::Bytes(kv)) => match attrs.as_deref_mut() {
-                Some(m) => push_attr(kv, m)?,
-                None => validate_kv(kv)?,
+                Some(m) => push_attr(kv, m, 5)?,
+                None => validate_kv(kv, 5)?,
             },
             _ => {}
         }
@@ -341,7 +341,7 @@ impl Traces {
                 (6, Val::Varint(x)) => kind = x as i32 as i64,
                 (7, Val::Fixed64(x)) => start = x,
                 (8, Val::Fixed64(x)) => end = x,
-                (9, Val::Bytes(kv)) => push_attr(kv, &mut self.span_attrs)?,
+                (9, Val::Bytes(kv)) => push_attr(kv, &mut self.span_attrs, 5)?,
                 (11, Val::Bytes(ev)) => self.event(ev)?,
                 (13, Val::Bytes(l)) => self.link(l)?,
                 (15, Val::Bytes(st)) => {
@@ -403,7 +403,7 @@ impl Traces {
                     utf8(b, "Event.name")?;
                     name = b;
                 }
-                (3, Val::Bytes(kv)) => push_attr(kv, attrs)?,
+                (3, Val::Bytes(kv)) => push_attr(kv, attrs, 6)?,
                 _ => {}
             }
         }
@@ -427,7 +427,7 @@ impl Traces {
                     utf8(b, "Link.trace_state")?;
                     state = b;
                 }
-                (4, Val::Bytes(kv)) => push_attr(kv, attrs)?,
+                (4, Val::Bytes(kv)) => push_attr(kv, attrs, 6)?,
                 _ => {}
             }
         }

@@ -341,16 +341,32 @@ def test_random_bytes_never_crash():
     assert len(got.rows_per_payload) == 500
 
 
-def test_deep_nesting_is_an_error_not_a_crash():
-    # built by hand: the protobuf runtime itself refuses to nest this deep
+def _nested(depth: int, pattern: str) -> bytes:
+    """An AnyValue nested ``depth`` times (built by hand: the protobuf runtime refuses to)."""
     v = _msg(1, b"x")
-    for _ in range(200):
-        v = _msg(5, _msg(1, v))  # AnyValue{array_value: ArrayValue{values: [v]}}
-    span = _msg(1, TID) + _msg(2, SID) + _msg(9, _msg(1, b"deep") + _msg(2, v))
-    payload = _msg(1, _msg(2, _msg(2, span)))
-    got = native.decode_traces([payload, trace_payloads(1)[0]])
-    assert [i for i, _ in got.errors] == [0]
-    assert got.rows_per_payload == [0, 100]
+    for i in range(depth):
+        if pattern[i % len(pattern)] == "a":
+            v = _msg(5, _msg(1, v))  # AnyValue{array_value: ArrayValue{values: [v]}}
+        else:
+            v = _msg(6, _msg(1, _msg(1, b"k") + _msg(2, v)))  # kvlist {"k": v}
+    return v
+
+
+def test_deep_nesting_hits_the_same_limit_as_protobuf():
+    payloads = []
+    for depth in (1, 20, 30, 31, 32, 33, 45, 46, 47, 48, 49, 60, 200):
+        for pattern in ("a", "k", "ak", "aak"):
+            v = _nested(depth, pattern)
+            attr = _msg(1, b"deep") + _msg(2, v)
+            span = _msg(1, TID) + _msg(2, SID) + _msg(9, attr)
+            event = _msg(11, _msg(3, attr))
+            payloads.append(_msg(1, _msg(2, _msg(2, span))))
+            payloads.append(_msg(1, _msg(2, _msg(2, span + event))))
+            payloads.append(_msg(1, _msg(1, _msg(1, attr)) + _msg(2, _msg(2, span))))
+    got = same_traces(payloads)
+    assert got.errors and got.batch.num_rows > 0
+    bodies = [_msg(1, _msg(2, _msg(2, _msg(5, _nested(d, "ak"))))) for d in (10, 38, 39, 40, 41)]
+    same_logs(bodies)
 
 
 def test_huge_declared_lengths_do_not_hang():
