@@ -33,9 +33,6 @@ DEPLOYMENT_VARS = {
     "OTELWAX_HEALTH_PORT": "the image's HEALTHCHECK",
     "OTELWAX_FLOW": "the compose flow command",
     "OTELWAX_IMAGE": "compose image override",
-    "OTELWAX_REPLICAS": "k8s cluster-init script",
-    "OTELWAX_HEADLESS_SERVICE": "k8s cluster-init script",
-    "OTELWAX_CLUSTER_PORT": "k8s cluster-init script",
     "OTELWAX_RECOVERY_PARTITIONS": "k8s cluster-init script",
 }
 

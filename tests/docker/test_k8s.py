@@ -139,28 +139,60 @@ def test_ingest_args_parse_with_the_real_cli() -> None:
     assert str(args.config).startswith(mount + "/")
 
 
+def _flow_argv(signal: str, env: dict[str, str], config: str) -> list[str]:
+    """The ``python -m bytewax.run ...`` argv the flow container ends up running, with the
+    mounted config file replaced by ``config`` (a local copy of the ConfigMap's file)."""
+    from otelwax.cluster import cluster_args
+    from otelwax.flow_cli import FLOWS as CLI_FLOWS
+    from otelwax.flow_cli import add_arguments, build_command
+
+    flow = _container(find_k8s(k8s_documents(), "StatefulSet", f"otelwax-flow-{signal}"), "flow")
+    if signal in CLI_FLOWS:
+        assert "command" not in flow  # the image's entry point: otelwax
+        p = argparse.ArgumentParser()
+        add_arguments(p)
+        args = p.parse_args(flow["args"][1:])
+        mount = next(m for m in flow["volumeMounts"] if m["name"] == "config")["mountPath"]
+        assert args.config == f"{mount}/otelwax.yaml"
+        args.config = config
+        return build_command(args, env)
+    # No `otelwax flow` for it yet: the shell line runs bytewax.run with cluster_args.
+    line = flow["args"][0]
+    assert flow["command"] == ["/bin/sh", "-c"] and "cluster_args(os.environ)" in line
+    module = line.split("bytewax.run", 1)[1].split()[0]
+    return [sys.executable, "-m", "bytewax.run", module, *cluster_args(env)]
+
+
 @pytest.mark.parametrize("signal", FLOWS)
-def test_flow_statefulset_forms_a_bytewax_cluster(signal: str) -> None:
+def test_flow_statefulset_forms_a_bytewax_cluster(signal: str, tmp_path: Path) -> None:
     docs = k8s_documents()
     name = f"otelwax-flow-{signal}"
     sts = find_k8s(docs, "StatefulSet", name)
     svc = find_k8s(docs, "Service", sts["spec"]["serviceName"])
+    # otelwax.cluster's default peers are <statefulset>-<i>.<statefulset>: same names.
+    assert svc["metadata"]["name"] == name
     assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
     assert svc["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
     assert sts["spec"]["podManagementPolicy"] == "Parallel"
     init = sts["spec"]["template"]["spec"]["initContainers"][0]
     flow = _container(sts, "flow")
     ienv, fenv = _env(init), _env(flow)
-    assert int(ienv["OTELWAX_REPLICAS"]) == sts["spec"]["replicas"]
-    assert ienv["BYTEWAX_STATEFULSET_NAME"] == fenv["BYTEWAX_STATEFULSET_NAME"] == name
-    assert ienv["OTELWAX_HEADLESS_SERVICE"] == svc["metadata"]["name"]
-    assert ienv["BYTEWAX_HOSTFILE_PATH"] == fenv["BYTEWAX_HOSTFILE_PATH"]
+    replicas = sts["spec"]["replicas"]
+    assert int(ienv["OTELWAX_REPLICAS"]) == int(fenv["OTELWAX_REPLICAS"]) == replicas
+    pod_name = {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert ienv["OTELWAX_POD_NAME"] == fenv["OTELWAX_POD_NAME"] == pod_name
     assert ienv["BYTEWAX_RECOVERY_DIRECTORY"] == fenv["BYTEWAX_RECOVERY_DIRECTORY"]
-    assert fenv["BYTEWAX_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
-    assert int(ienv["OTELWAX_CLUSTER_PORT"]) == _port(flow, "bytewax")
-    assert flow["command"] == ["python", "-m", "bytewax.run", f"flows.{signal}"]
-    # The config file the flow module reads, through the variable it reads.
+    # The command the container runs: module, process id and peers for pod 1.
     mount = next(m for m in flow["volumeMounts"] if m["name"] == "config")["mountPath"]
+    env = {k: v for k, v in fenv.items() if isinstance(v, str)} | {"OTELWAX_POD_NAME": f"{name}-1"}
+    cm = find_k8s(docs, "ConfigMap", "otelwax-config")
+    (tmp_path / "otelwax.yaml").write_text(cm["data"]["otelwax.yaml"])
+    argv = _flow_argv(signal, env, str(tmp_path / "otelwax.yaml"))
+    assert argv[1:3] == ["-m", "bytewax.run"] and argv[3].startswith(f"flows.{signal}")
+    port = _port(flow, "bytewax")
+    peers = ";".join(f"{name}-{i}.{name}:{port}" for i in range(replicas))
+    assert argv[argv.index("-i") + 1] == "1" and argv[argv.index("-a") + 1] == peers
+    # The flow module finds the config file through the variable it reads.
     assert fenv[flow_config_env(signal)] == f"{mount}/{FLOW_CONFIG_FILE[signal]}"
     # The recovery volume claim is mounted where bytewax looks for partitions.
     claims = {t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]}
@@ -168,10 +200,10 @@ def test_flow_statefulset_forms_a_bytewax_cluster(signal: str) -> None:
     assert rec["mountPath"] == fenv["BYTEWAX_RECOVERY_DIRECTORY"]
     ports = {p["name"]: p["port"] for p in svc["spec"]["ports"]}
     if signal not in SERVES_METRICS:
-        assert ports == {"bytewax": _port(flow, "bytewax")}
+        assert ports == {"bytewax": port}
         assert "livenessProbe" not in flow and "readinessProbe" not in flow
         return
-    assert ports == {"bytewax": _port(flow, "bytewax"), "metrics": _port(flow, "metrics")}
+    assert ports == {"bytewax": port, "metrics": _port(flow, "metrics")}
     # Metrics and probes on the port the flow serves /metrics on (set in its config file).
     assert _port(flow, "metrics") == int(fenv["OTELWAX_HEALTH_PORT"]) == 9464
     assert flow["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
@@ -268,56 +300,60 @@ def _run_init(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
     )
 
 
+def _init_pods(tmp_path: Path, signal: str = "traces") -> dict[int, Path]:
+    """Run the init container's script once per pod (twice: a restart must not re-init)."""
+    script, ienv, _ = _init_script(signal)
+    pods = {}
+    for ordinal in range(int(ienv["OTELWAX_REPLICAS"])):
+        d = tmp_path / f"pod{ordinal}"
+        (d / "recovery").mkdir(parents=True)
+        env = {k: v for k, v in ienv.items() if isinstance(v, str)}
+        env |= {
+            "OTELWAX_POD_NAME": f"otelwax-flow-{signal}-{ordinal}",
+            "BYTEWAX_RECOVERY_DIRECTORY": str(d / "recovery"),
+        }
+        for _ in range(2):
+            res = _run_init(script, env)
+            assert res.returncode == 0, res.stderr
+        pods[ordinal] = d
+    return pods
+
+
 def test_cluster_init_and_bytewax_run_agree(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Runs the init container's script for pods 0 and 1, then bytewax.run's own argument
-    parsing with the flow container's environment: process id from the ordinal, addresses
-    from the stable names, recovery partitions on pod 0 only."""
-    script, ienv, fenv = _init_script("traces")
-    n = int(ienv["OTELWAX_REPLICAS"])
-    pods = {}
-    for ordinal in range(n):
-        d = tmp_path / f"pod{ordinal}"
-        (d / "cluster").mkdir(parents=True)
-        (d / "recovery").mkdir()
-        env = {k: v for k, v in ienv.items() if isinstance(v, str)}
-        env |= {
-            "BYTEWAX_POD_NAME": f"otelwax-flow-traces-{ordinal}",
-            "POD_NAMESPACE": "otelwax",
-            "BYTEWAX_HOSTFILE_PATH": str(d / "cluster" / "hostfile"),
-            "BYTEWAX_RECOVERY_DIRECTORY": str(d / "recovery"),
-        }
-        res = _run_init(script, env)
-        assert res.returncode == 0, res.stderr
-        pods[ordinal] = (d, env)
-        # A restart does not re-create (and so wipe) existing partitions.
-        res = _run_init(script, env)
-        assert res.returncode == 0, res.stderr
+    """The init container's script puts the recovery partitions on pod 0 only; bytewax.run's
+    own argument parsing of the container's command gives the process id, the peers, the
+    recovery directory and the snapshot intervals."""
+    _, ienv, fenv = _init_script("traces")
+    pods = _init_pods(tmp_path)
     parts = int(ienv["OTELWAX_RECOVERY_PARTITIONS"])
-    assert len(list((pods[0][0] / "recovery").glob("part-*.sqlite3"))) == parts
-    assert list((pods[1][0] / "recovery").iterdir()) == []
-    expected = [f"otelwax-flow-traces-{i}.otelwax-flow-traces.otelwax.svc:2101" for i in range(n)]
-    for d, _ in pods.values():
-        assert (d / "cluster" / "hostfile").read_text().splitlines() == expected
+    assert len(list((pods[0] / "recovery").glob("part-*.sqlite3"))) == parts
+    assert list((pods[1] / "recovery").iterdir()) == []
 
     from bytewax import run as bw_run
 
-    d, env = pods[1]
-    for k, v in fenv.items():
-        if isinstance(v, str):
-            monkeypatch.setenv(k, v)
-    monkeypatch.setenv("BYTEWAX_POD_NAME", "otelwax-flow-traces-1")
-    monkeypatch.setenv("BYTEWAX_HOSTFILE_PATH", str(d / "cluster" / "hostfile"))
-    monkeypatch.setenv("BYTEWAX_RECOVERY_DIRECTORY", str(d / "recovery"))
-    monkeypatch.delenv("BYTEWAX_PROCESS_ID", raising=False)
-    monkeypatch.delenv("BYTEWAX_ADDRESSES", raising=False)
-    monkeypatch.setattr(sys, "argv", ["bytewax.run", "flows.traces"])
+    cm = find_k8s(k8s_documents(), "ConfigMap", "otelwax-config")
+    (tmp_path / "otelwax.yaml").write_text(cm["data"]["otelwax.yaml"])
+    env = {k: v for k, v in fenv.items() if isinstance(v, str)}
+    env |= {
+        "OTELWAX_POD_NAME": "otelwax-flow-traces-1",
+        "BYTEWAX_RECOVERY_DIRECTORY": str(pods[1] / "recovery"),
+    }
+    argv = _flow_argv("traces", env, str(tmp_path / "otelwax.yaml"))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    for k in ("BYTEWAX_PROCESS_ID", "BYTEWAX_ADDRESSES", "BYTEWAX_HOSTFILE_PATH"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(sys, "argv", ["bytewax.run", *argv[3:]])
     args = bw_run._parse_args()
+    n = int(ienv["OTELWAX_REPLICAS"])
     assert args.process_id == 1
-    assert args.addresses == ";".join(expected)
+    assert args.addresses == ";".join(
+        f"otelwax-flow-traces-{i}.otelwax-flow-traces:2101" for i in range(n)
+    )
     assert args.workers_per_process == 1
-    assert args.recovery_directory == d / "recovery"
+    assert args.recovery_directory == pods[1] / "recovery"
     assert args.snapshot_interval == timedelta(seconds=10)
     assert args.backup_interval == timedelta(seconds=60)
 
@@ -326,9 +362,7 @@ def test_cluster_init_refuses_an_ordinal_beyond_the_replicas(tmp_path: Path) -> 
     script, ienv, _ = _init_script("traces")
     env = {k: v for k, v in ienv.items() if isinstance(v, str)}
     env |= {
-        "BYTEWAX_POD_NAME": f"otelwax-flow-traces-{ienv['OTELWAX_REPLICAS']}",
-        "POD_NAMESPACE": "otelwax",
-        "BYTEWAX_HOSTFILE_PATH": str(tmp_path / "hostfile"),
+        "OTELWAX_POD_NAME": f"otelwax-flow-traces-{ienv['OTELWAX_REPLICAS']}",
         "BYTEWAX_RECOVERY_DIRECTORY": str(tmp_path),
     }
     res = _run_init(script, env)
@@ -379,30 +413,18 @@ def test_init_job_commands_work_with_the_code(
     assert "CREATE TABLE IF NOT EXISTS `otel`.`otel_logs`" in res.stdout
 
 
-def _run_cluster(
-    env_base: dict[str, str], pods: dict[int, Path], hostfile: Path
-) -> list[subprocess.CompletedProcess[str]]:
-    procs = []
-    for ordinal, d in pods.items():
-        env = {
-            **os.environ,
-            **env_base,
-            "BYTEWAX_POD_NAME": f"{env_base['BYTEWAX_STATEFULSET_NAME']}-{ordinal}",
-            "BYTEWAX_HOSTFILE_PATH": str(hostfile),
-            "BYTEWAX_RECOVERY_DIRECTORY": str(d / "recovery"),
-        }
-        env.pop("BYTEWAX_PROCESS_ID", None)
-        env.pop("BYTEWAX_ADDRESSES", None)
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "bytewax.run", "tests.docker.tinyflow"],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+def _run_cluster(argvs: dict[int, list[str]], envs: dict[int, dict[str, str]]) -> list[Any]:
+    procs = [
+        subprocess.Popen(
+            argvs[i],
+            cwd=ROOT,
+            env=envs[i],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
+        for i in sorted(argvs)
+    ]
     out = []
     for p in procs:
         try:
@@ -416,50 +438,50 @@ def _run_cluster(
 
 
 def test_two_pods_run_one_bytewax_cluster_with_recovery_on_pod_0(tmp_path: Path) -> None:
-    """Two processes started the way the StatefulSet starts them (init script, then
-    bytewax.run with the container's environment) form one cluster: the process id comes from
-    the pod name, the recovery partitions exist on pod 0 only, and a second run resumes from
-    the snapshot (nothing is processed twice)."""
+    """Two processes started the way the StatefulSet starts them (init script, then the flow
+    container's command and environment, with the flow module swapped for a small one and the
+    peers on loopback) form one cluster: process ids from the pod names, recovery partitions
+    on pod 0 only, and a second run resumes from the snapshot (nothing is processed twice)."""
     from tests.conftest import free_port
 
-    script, ienv, fenv = _init_script("traces")
-    env_base = {k: v for k, v in fenv.items() if isinstance(v, str)}
-    pods: dict[int, Path] = {}
-    for ordinal in range(int(ienv["OTELWAX_REPLICAS"])):
-        d = tmp_path / f"pod{ordinal}"
-        (d / "recovery").mkdir(parents=True)
-        env = {k: v for k, v in ienv.items() if isinstance(v, str)}
+    _, _, fenv = _init_script("traces")
+    pods = _init_pods(tmp_path)
+    cm = find_k8s(k8s_documents(), "ConfigMap", "otelwax-config")
+    (tmp_path / "otelwax.yaml").write_text(cm["data"]["otelwax.yaml"])
+    # The stable DNS names only resolve inside a cluster: one loopback address per pod.
+    pattern = f"127.0.0.1{{i}}:{free_port()}"
+    argvs, envs = {}, {}
+    for ordinal, d in pods.items():
+        env = {k: v for k, v in fenv.items() if isinstance(v, str)}
         env |= {
-            "BYTEWAX_POD_NAME": f"otelwax-flow-traces-{ordinal}",
-            "POD_NAMESPACE": "otelwax",
-            "BYTEWAX_HOSTFILE_PATH": str(d / "hostfile"),
+            "OTELWAX_POD_NAME": f"otelwax-flow-traces-{ordinal}",
+            "OTELWAX_PEER_PATTERN": pattern,
             "BYTEWAX_RECOVERY_DIRECTORY": str(d / "recovery"),
         }
-        res = _run_init(script, env)
-        assert res.returncode == 0, res.stderr
-        pods[ordinal] = d
-    # The stable DNS names only resolve inside a cluster: same layout, loopback addresses.
-    hostfile = tmp_path / "hostfile"
-    hostfile.write_text("".join(f"127.0.0.1:{free_port()}\n" for _ in pods))
-
-    first = _run_cluster(env_base, pods, hostfile)
-    for r in first:
-        assert r.returncode == 0, r.stderr[-2000:]
+        argv = _flow_argv("traces", env, str(tmp_path / "otelwax.yaml"))
+        argv[3] = "tests.docker.tinyflow"
+        argvs[ordinal] = argv
+        envs[ordinal] = {**os.environ, **env}
+        for k in ("BYTEWAX_PROCESS_ID", "BYTEWAX_ADDRESSES", "BYTEWAX_HOSTFILE_PATH"):
+            envs[ordinal].pop(k, None)
 
     def outputs(runs: list[subprocess.CompletedProcess[str]]) -> list[str]:
         # bytewax also prints connection retries while the processes find each other
         return [ln for r in runs for ln in r.stdout.splitlines() if re.fullmatch(r"\d=\d+", ln)]
 
+    first = _run_cluster(argvs, envs)
+    for r in first:
+        assert r.returncode == 0, r.stderr[-2000:]
     lines = outputs(first)
     assert len(lines) == 200
-    finals = {}
+    finals: dict[str, int] = {}
     for ln in lines:
         k, v = ln.split("=")
         finals[k] = max(finals.get(k, 0), int(v))
     assert finals == {str(k): sum(range(k, 200, 4)) for k in range(4)}
     assert list((pods[1] / "recovery").iterdir()) == []
 
-    second = _run_cluster(env_base, pods, hostfile)
+    second = _run_cluster(argvs, envs)
     for r in second:
         assert r.returncode == 0, r.stderr[-2000:]
     assert outputs(second) == []
