@@ -3,7 +3,8 @@
 Workload: realistic requests from tests/otlpgen (100 spans each: 5 resources x 20 spans, 8
 attributes and 1 event per span; logs: 100 records each), decoded in batches of ``--requests``
 payloads (default 100 → 10K spans per call), the way a flow decodes a batch of Kafka messages.
-Also measures the native Arrow → OTLP trace encoder.
+Also metrics (100 data points per request: gauges, sums, histograms) and the native
+Arrow → OTLP trace encoder.
 
     .venv/bin/python bench/codec_bench.py [--requests 100] [--seconds 3]
 
@@ -25,8 +26,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from otelwax.codec import native, pydecode  # noqa: E402
+from otelwax.codec import native, pydecode, pymetrics  # noqa: E402
 from tests.otlpgen import logs_payloads, trace_payloads  # noqa: E402
+
+
+def _metric_payloads(n: int) -> list[bytes]:
+    """100 data points per request: 4 gauges, 4 sums, 2 histograms x 10 points (as
+    bench/metrics_bench.py)."""
+    from tests.promfixtures import counter, gauge, histogram, metrics_request
+
+    base = 1_764_000_000_000_000_000
+    out = []
+    for i in range(n):
+        t = base + i * 1_000_000
+        r = i % 10
+        res = {"service.name": f"svc-{r}", "service.instance.id": f"i-{r}", "host.name": f"h-{r}"}
+        pts = [(t, float(i + j), {"k": f"v{j}", "route": "/api/x"}) for j in range(10)]
+        ms = [gauge(f"bench.gauge{g}", pts, unit="By") for g in range(4)]
+        ms += [counter(f"bench.count{c}", pts, delta=c >= 2) for c in range(4)]
+        hp = [(t, [1, 2, 3, 4], 12.5, {"k": f"v{j}"}) for j in range(10)]
+        ms += [histogram(f"bench.lat{h}", hp, [0.01, 0.1, 1.0], unit="s") for h in range(2)]
+        out.append(metrics_request(res, ms))
+    return out
 
 
 def measure(fn: Callable[[], object], rows: int, seconds: float) -> dict[str, float]:
@@ -61,6 +82,9 @@ def main() -> None:
         except OSError:
             pass
 
+    metrics = _metric_payloads(args.requests)
+    n_points = pymetrics.decode_metrics(metrics).num_rows
+    metrics_bytes = sum(map(len, metrics))
     traces = trace_payloads(args.requests, seed=1)
     logs = logs_payloads(args.requests, seed=1)
     n_spans = pydecode.decode_traces(traces).batch.num_rows
@@ -71,6 +95,13 @@ def main() -> None:
     cases: list[tuple[str, str, Callable[[], object], int, int]] = [
         ("traces decode", "python", lambda: pydecode.decode_traces(traces), n_spans, trace_bytes),
         ("logs decode", "python", lambda: pydecode.decode_logs(logs), n_logs, logs_bytes),
+        (
+            "metrics decode",
+            "python",
+            lambda: pymetrics.decode_metrics(metrics),
+            n_points,
+            metrics_bytes,
+        ),
     ]
     if native.AVAILABLE:
         batch = native.decode_traces(traces).batch
@@ -78,6 +109,13 @@ def main() -> None:
         cases += [
             ("traces decode", "native", lambda: native.decode_traces(traces), n_spans, trace_bytes),
             ("logs decode", "native", lambda: native.decode_logs(logs), n_logs, logs_bytes),
+            (
+                "metrics decode",
+                "native",
+                lambda: native.decode_metrics(metrics),
+                n_points,
+                metrics_bytes,
+            ),
             ("traces encode", "native", lambda: native.encode_traces(batch), n_spans, encoded_len),
         ]
     else:
@@ -102,10 +140,10 @@ def main() -> None:
 
     print(
         f"\nOTLP ⇄ Arrow codec, one core (pinned: {pinned}), {args.requests} requests per call, "
-        f"{n_spans} spans / {n_logs} logs per call\n"
+        f"{n_spans} spans / {n_logs} logs / {n_points} metric points per call\n"
     )
     hdr = (
-        f"{'stage':<15} {'impl':<7} {'best rows/s':>13} {'median rows/s':>14} "
+        f"{'stage':<16} {'impl':<7} {'best rows/s':>13} {'median rows/s':>14} "
         f"{'ms/call':>8} {'MB/s':>7} {'speedup':>8}"
     )
     print(hdr)
@@ -114,7 +152,7 @@ def main() -> None:
         base = speed(r["stage"], "python")
         up = f"{r['best_rows_per_s'] / base:7.1f}x" if base and r["impl"] == "native" else ""
         print(
-            f"{r['stage']:<15} {r['impl']:<7} {r['best_rows_per_s']:>13,.0f} "
+            f"{r['stage']:<16} {r['impl']:<7} {r['best_rows_per_s']:>13,.0f} "
             f"{r['median_rows_per_s']:>14,.0f} {r['median_ms_per_call']:>8.2f} "
             f"{r['mb_per_s']:>7.1f} {up:>8}"
         )
@@ -127,6 +165,7 @@ def main() -> None:
                 "requests_per_call": args.requests,
                 "spans_per_call": n_spans,
                 "logs_per_call": n_logs,
+                "metric_points_per_call": n_points,
                 "pinned_cpu0": pinned,
                 "python": platform.python_version(),
                 "machine": platform.machine(),
