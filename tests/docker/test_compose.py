@@ -3,6 +3,7 @@ its agreement with the code: ports, health checks, start order, config, env vars
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 import sys
@@ -130,20 +131,42 @@ def test_topic_init_runs_the_real_admin_command(
     assert tuple(seen["topics"]) == DEFAULT_TOPICS
 
 
-def test_flow_services(compose_project: dict[str, Any]) -> None:
+def _flow_argv(signal: str, svc: dict[str, Any], tmp_path: Path) -> list[str]:
+    """The ``python -m bytewax.run ...`` argv the flow service's shell line ends in."""
+    from otelwax.flow_cli import FLOWS as CLI_FLOWS
+    from otelwax.flow_cli import add_arguments, build_command
+
+    script, env = svc["command"][0], svc["environment"]
+    last = script.split(";")[-1].split()
+    assert last[0] == "exec"
+    if signal not in CLI_FLOWS:
+        assert last[1:4] == ["python", "-m", "bytewax.run"]
+        return [sys.executable, *last[2:]]
+    assert last[1:3] == ["otelwax", "flow"] and last[3] == '"$OTELWAX_FLOW"'
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args([env["OTELWAX_FLOW"], *last[4:]])
+    assert args.config == env["OTELWAX_CONFIG"]
+    args.config = str(DOCKER / "config" / "otelwax.yaml")
+    return build_command(args, {k: v for k, v in env.items() if k != "OTELWAX_REPLICAS"})
+
+
+def test_flow_services(compose_project: dict[str, Any], tmp_path: Path) -> None:
     for signal, name in zip(FLOWS, FLOW_SERVICES, strict=True):
         svc = _svc(compose_project, name)
         env = svc["environment"]
-        assert env["OTELWAX_FLOW"] == f"flows.{signal}"
         if signal in SERVES_METRICS:
             assert env["OTELWAX_HEALTH_PORT"] == "9464"
         assert svc["entrypoint"] == ["/bin/sh", "-c"]
         script = svc["command"][0]
-        # compose turned $$ into $: the shell sees the variable, and the script parses.
-        assert '"$OTELWAX_FLOW"' in script
         res = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True)
         assert res.returncode == 0, res.stderr
         assert "python -m bytewax.recovery /var/lib/otelwax/recovery 1" in script
+        # The command runs the flow's module, one process, recovery from the environment.
+        argv = _flow_argv(signal, svc, tmp_path)
+        assert argv[1:3] == ["-m", "bytewax.run"] and argv[3].startswith(f"flows.{signal}")
+        assert "-i" not in argv and "-a" not in argv
+        assert env["BYTEWAX_RECOVERY_DIRECTORY"] == "/var/lib/otelwax/recovery"
         vols = {v["target"]: v for v in svc["volumes"]}
         assert vols["/var/lib/otelwax/recovery"]["type"] == "volume"
         assert vols["/etc/otelwax"]["source"] == str(DOCKER / "config")
