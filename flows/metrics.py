@@ -62,7 +62,7 @@ import pyarrow.compute as pc
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from connectors.clickhouse import ClickHouseConfig
 from connectors.kafka import TOPIC_METRICS, KafkaConfig
@@ -134,6 +134,12 @@ class MetricsFlowSettings(StrictModel):
         64, gt=0, le=65536, description="state keys for delta→cumulative (spread over workers)"
     )
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve /metrics here")
+
+    @model_validator(mode="after")
+    def _has_output(self) -> MetricsFlowSettings:
+        if self.clickhouse is None and self.remote_write is None:
+            raise ValueError("clickhouse and remote_write are both null: nothing to write to")
+        return self
 
 
 def load_settings(
