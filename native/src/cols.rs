@@ -48,6 +48,12 @@ pub struct StrCol {
     pub data: Vec<u8>,
 }
 
+impl Default for StrCol {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl StrCol {
     pub fn new() -> Self {
         StrCol {
@@ -110,6 +116,12 @@ pub struct MapCol {
     pub vals: StrCol,
 }
 
+impl Default for MapCol {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl MapCol {
     pub fn new() -> Self {
         MapCol {
@@ -158,6 +170,12 @@ pub struct ListStrCol {
     pub values: StrCol,
 }
 
+impl Default for ListStrCol {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ListStrCol {
     pub fn new() -> Self {
         ListStrCol {
@@ -189,6 +207,12 @@ pub struct ListTsCol {
     pub values: Vec<i64>,
 }
 
+impl Default for ListTsCol {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ListTsCol {
     pub fn new() -> Self {
         ListTsCol {
@@ -218,6 +242,12 @@ impl ListTsCol {
 pub struct ListPrimCol<T> {
     pub offsets: Vec<i32>,
     pub values: Vec<T>,
+}
+
+impl<T: Copy> Default for ListPrimCol<T> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl<T: Copy> ListPrimCol<T> {
@@ -259,6 +289,12 @@ impl ListPrimCol<f64> {
 pub struct ListMapCol {
     pub offsets: Vec<i32>,
     pub values: MapCol,
+}
+
+impl Default for ListMapCol {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl ListMapCol {

@@ -96,7 +96,7 @@ impl<'a> MapView<'a> {
 }
 
 #[inline]
-fn s<'a>(a: &'a StringArray, i: usize) -> &'a str {
+fn s(a: &StringArray, i: usize) -> &str {
     if a.is_null(i) {
         ""
     } else {

@@ -56,6 +56,12 @@ macro_rules! all_cols {
 
 pub struct LogsMark(Vec<usize>);
 
+impl Default for Logs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Logs {
     pub fn new() -> Self {
         Logs {
@@ -149,7 +155,7 @@ impl Logs {
                 _ => {}
             }
         }
-        let mut scratch = std::mem::replace(&mut self.scratch, ResourceScratch::new());
+        let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         let res = (|| {
             for b in resources {
@@ -171,7 +177,7 @@ impl Logs {
         };
         let mut records: Vec<&[u8]> = Vec::new();
         let mut schema_url: &[u8] = &[];
-        let mut sattrs = std::mem::replace(&mut self.scope_scratch, MapCol::new());
+        let mut sattrs = std::mem::take(&mut self.scope_scratch);
         sattrs.keys.clear();
         sattrs.vals.clear();
         let mut r = Reader::new(buf);

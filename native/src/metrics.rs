@@ -672,6 +672,12 @@ pub struct Metrics {
 
 pub struct MetricsMark(Vec<usize>);
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Metrics {
     pub fn new() -> Self {
         Metrics {
@@ -737,7 +743,7 @@ impl Metrics {
                 _ => {}
             }
         }
-        let mut scratch = std::mem::replace(&mut self.scratch, ResourceScratch::new());
+        let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         let res = (|| {
             for b in resources {
@@ -768,7 +774,7 @@ impl Metrics {
                 _ => {}
             }
         }
-        let mut sattrs = std::mem::replace(&mut self.scope_attrs, MapCol::new());
+        let mut sattrs = std::mem::take(&mut self.scope_attrs);
         sattrs.keys.clear();
         sattrs.vals.clear();
         let out = (|| {

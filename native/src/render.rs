@@ -319,7 +319,7 @@ fn json_double(d: f64, out: &mut Vec<u8>) {
     let e = point - 1;
     out.push(b'e');
     out.push(if e < 0 { b'-' } else { b'+' });
-    if e >= 0 && e < 10 {
+    if (0..10).contains(&e) {
         out.push(b'0'); // Go keeps two exponent digits after "+"
     }
     push_i64(out, e.unsigned_abs() as i64);
@@ -522,7 +522,7 @@ pub fn push_id(col: &mut StrCol, id: &[u8], len: usize, what: &str) -> Res<()> {
 /// Parses a lowercase/uppercase hex id into bytes (empty string → empty bytes).
 pub fn unhex(s: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     out.clear();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err(format!(
             "odd-length hex id {:?}",
             String::from_utf8_lossy(s)

@@ -26,6 +26,12 @@ pub struct ResourceScratch {
     pub service: Option<usize>,
 }
 
+impl Default for ResourceScratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ResourceScratch {
     pub fn new() -> Self {
         ResourceScratch {
@@ -181,6 +187,12 @@ macro_rules! all_cols {
 
 pub struct TracesMark(Vec<usize>);
 
+impl Default for Traces {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Traces {
     pub fn new() -> Self {
         Traces {
@@ -274,7 +286,7 @@ impl Traces {
                 _ => {}
             }
         }
-        let mut scratch = std::mem::replace(&mut self.scratch, ResourceScratch::new());
+        let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         let res = (|| {
             for b in resources {

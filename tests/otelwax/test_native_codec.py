@@ -909,3 +909,14 @@ def test_metrics_every_type_and_bad_payloads():
     assert got.rows_per_payload == [10, 0, 0, 10]
     # every truncation, and the oneof replaced by a later member
     same_metrics([good[:n] for n in range(0, len(good), 7)])
+
+
+def test_concurrent_decodes_in_threads_give_the_same_batches():
+    # The GIL is released while decoding; concurrent calls must not interfere.
+    from concurrent.futures import ThreadPoolExecutor
+
+    payloads = trace_payloads(20, seed=21, all_value_types=True)
+    want = native.decode_traces(payloads).batch
+    with ThreadPoolExecutor(4) as ex:
+        results = list(ex.map(lambda _: native.decode_traces(payloads).batch, range(8)))
+    assert all(r.equals(want) for r in results)
