@@ -352,6 +352,7 @@ class _SinkPartition(StatelessSinkPartition[StoredRange]):
             self._e2e.observe(max(0.0, time.time() - r.first_timestamp_ms / 1000))
 
     def close(self) -> None:
+        log.info("clickhouse sink: input finished, closing")
         _ClientHolder.release(self._key)
 
 
@@ -375,7 +376,17 @@ class ClickHouseSink(DynamicSink[StoredRange]):
         from connectors import clickhouse
 
         def _open() -> Any:
-            c = clickhouse.open_client(self.connection)
+            delay = self.connection.retry.initial_backoff_s or 0.2
+            while True:  # ClickHouse down at start: wait for it, holding the input back
+                try:
+                    c = clickhouse.open_client(self.connection)
+                    break
+                except Exception as exc:
+                    if not clickhouse.is_transient(exc):
+                        raise
+                    log.warning("clickhouse not reachable (%s); retrying in %.1f s", exc, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, self.connection.retry.max_backoff_s or 5.0)
             self.intent_log(c).create()
             problems = clickhouse.check_table(
                 c, f"{self.connection.database}.{self.connection.traces_table}", TRACES_SCHEMA
@@ -393,4 +404,12 @@ class ClickHouseSink(DynamicSink[StoredRange]):
         return IntentLog(client, self.connection, self.config)
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _SinkPartition:
+        if worker_count > 1 and self.connection.mode == "embedded":
+            # chdb is one engine per process and folder; with several bytewax worker threads
+            # on one session the process deadlocked on the GIL in tests (chdb 4.4), and
+            # several processes cannot share a folder. Scale out with a ClickHouse server.
+            raise RuntimeError(
+                f"embedded ClickHouse (chdb) supports one bytewax worker, got {worker_count}: "
+                "run with -w 1 and no cluster, or set clickhouse.mode: server"
+            )
         return _SinkPartition(self, worker_index)
