@@ -17,9 +17,10 @@ Collector's ``pkg/translator/prometheus`` does it with metric suffixes enabled:
 - ``job`` = ``service.namespace/service.name`` (or ``service.name``), ``instance`` =
   ``service.instance.id``; every other resource attribute goes to one ``target_info`` gauge
   (value 1) per resource, with the same ``job``/``instance``;
-- exponential histograms have no classic-bucket form in remote-write 1.0: they are skipped and
-  counted with reason ``exponential_histogram`` (native histograms need remote-write 2.0 or
-  Prometheus' native-histogram feature flag; the rows still reach ClickHouse);
+- exponential histograms become Prometheus *native* histograms (remote-write 1.0's
+  ``TimeSeries.histograms``; the receiving Prometheus needs ``--enable-feature=native-histograms``):
+  schema = scale (scales above 8 are downscaled by merging buckets, below -4 are skipped with
+  reason ``exponential_histogram_scale``), counts delta-encoded in one span per sign;
 - data points flagged "no recorded value" (``Flags & 1``) are skipped.
 
 Timestamps become milliseconds. The output is a :class:`SeriesBatch`: samples keyed by their
@@ -464,6 +465,130 @@ def _add_summary_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
             out.add(tuple(sorted(base.items())), t, float(v))
 
 
+def _zigzag(n: int) -> int:
+    return (n << 1) ^ (n >> 63)
+
+
+def _pb_varint(n: int) -> bytes:
+    n &= 0xFFFFFFFFFFFFFFFF
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _downscale(offset: int, counts: list[int], by: int) -> tuple[int, list[int]]:
+    """Merge buckets 2**by to 1 (OTel index i → i >> by), as a lower scale requires."""
+    if by <= 0 or not counts:
+        return offset, counts
+    merged: dict[int, int] = {}
+    for k, c in enumerate(counts):
+        j = (offset + k) >> by
+        merged[j] = merged.get(j, 0) + c
+    lo, hi = min(merged), max(merged)
+    return lo, [merged.get(j, 0) for j in range(lo, hi + 1)]
+
+
+def _buckets_fields(offset: int, counts: list[int], span_tag: int, delta_tag: int) -> bytes:
+    if not counts:
+        return b""
+    # OTel bucket i covers (base^i, base^(i+1)]; Prometheus bucket j covers (base^(j-1), base^j].
+    span = b"\x08" + _pb_varint(_zigzag(offset + 1)) + b"\x10" + _pb_varint(len(counts))
+    out = bytes((span_tag,)) + _pb_varint(len(span)) + span
+    deltas = bytearray()
+    prev = 0
+    for c in counts:
+        deltas += _pb_varint(_zigzag(c - prev))
+        prev = c
+    return out + bytes((delta_tag,)) + _pb_varint(len(deltas)) + bytes(deltas)
+
+
+NATIVE_MIN_SCALE = -4
+NATIVE_MAX_SCALE = 8
+DEFAULT_ZERO_THRESHOLD = 1e-128
+
+
+def encode_native_histogram(
+    count: int,
+    total: float,
+    scale: int,
+    zero_count: int,
+    pos_offset: int,
+    pos_counts: list[int],
+    neg_offset: int,
+    neg_counts: list[int],
+) -> bytes | None:
+    """``prometheus.Histogram`` fields (no timestamp) for an OTel exponential histogram point,
+    or None when its scale is below Prometheus' smallest schema (-4).
+
+    Scales above 8 are reduced to 8 by merging buckets; bucket indexes shift by one (OTel
+    buckets are lower-exclusive, Prometheus' upper-inclusive at the same boundaries).
+    """
+    if scale < NATIVE_MIN_SCALE:
+        return None
+    if scale > NATIVE_MAX_SCALE:
+        by = scale - NATIVE_MAX_SCALE
+        pos_offset, pos_counts = _downscale(pos_offset, pos_counts, by)
+        neg_offset, neg_counts = _downscale(neg_offset, neg_counts, by)
+        scale = NATIVE_MAX_SCALE
+    out = b"\x08" + _pb_varint(count)  # count_int
+    out += b"\x19" + _pack_d(total)  # sum
+    out += b"\x20" + _pb_varint(_zigzag(scale))  # schema
+    out += b"\x29" + _pack_d(DEFAULT_ZERO_THRESHOLD)  # zero_threshold
+    out += b"\x30" + _pb_varint(zero_count)  # zero_count_int
+    out += _buckets_fields(neg_offset, neg_counts, 0x42, 0x4A)  # negative spans 8 / deltas 9
+    out += _buckets_fields(pos_offset, pos_counts, 0x5A, 0x62)  # positive spans 11 / deltas 12
+    return out
+
+
+def _pack_d(x: float) -> bytes:
+    import struct
+
+    return struct.pack("<d", x)
+
+
+def _add_exp_histogram_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
+    names = _col(batch, "MetricName")
+    units = _col(batch, "MetricUnit")
+    res = _map_rows(batch, "ResourceAttributes")
+    attrs = _map_rows(batch, "Attributes")
+    flags = _col(batch, "Flags")
+    cols = [
+        _col(batch, c)
+        for c in (
+            "Count",
+            "Sum",
+            "Scale",
+            "ZeroCount",
+            "PositiveOffset",
+            "PositiveBucketCounts",
+            "NegativeOffset",
+            "NegativeBucketCounts",
+        )
+    ]
+    ts = _ts_ms(batch.column("TimeUnix"))
+    out = ctx.out
+    for i in range(len(names)):
+        if flags[i] & 1:
+            out.skip("no_recorded_value")
+            continue
+        t = ts[i]
+        ctx.resource(res[i], t)
+        h = encode_native_histogram(*(c[i] if c[i] is not None else [] for c in cols))
+        if h is None:
+            out.skip("exponential_histogram_scale")
+            continue
+        key = (res[i], attrs[i], names[i], units[i], "native_histogram")
+        labels = ctx.series.get(key)
+        if labels is None:
+            lab = _base_labels(ctx, res[i], attrs[i])
+            lab["__name__"] = metric_name(names[i], units[i], KIND_HISTOGRAM)
+            labels = ctx.series[key] = tuple(sorted(lab.items()))
+        out.add(labels, t, h)  # type: ignore[arg-type]
+
+
 def tables_to_series(
     tables: Mapping[str, pa.RecordBatch | pa.Table], out: SeriesBatch | None = None
 ) -> SeriesBatch:
@@ -505,7 +630,14 @@ def _tables_to_series(
             kinds = [KIND_COUNTER if m else KIND_GAUGE for m in mono]
             _add_scalar_rows(ctx, batch, kinds, _col(batch, "Value"))
         elif table.endswith("_exponential_histogram"):
-            out.skip("exponential_histogram", batch.num_rows)
+            import pyarrow.compute as pc
+
+            delta = pc.equal(batch.column("AggregationTemporality"), 1)
+            n_delta = pc.sum(delta).as_py() or 0
+            if n_delta:
+                out.skip("delta_temporality", n_delta)
+                batch = batch.filter(pc.invert(delta))
+            _add_exp_histogram_rows(ctx, batch)
         elif table.endswith("_histogram"):
             import pyarrow.compute as pc
 

@@ -117,10 +117,19 @@ def encode_labels(labels: Labels) -> bytes:
     return b"".join(parts)
 
 
-def encode_samples(samples: Iterable[tuple[int, float]]) -> bytes:
-    """The ``samples`` fields of a TimeSeries."""
+def encode_samples(samples: Iterable[tuple[int, float | bytes]]) -> bytes:
+    """The ``samples`` fields of a TimeSeries.
+
+    A value that is ``bytes`` is a native histogram (``prometheus.Histogram`` fields without
+    the timestamp, see ``connectors.prom_translate.encode_native_histogram``); it goes to the
+    ``histograms`` field (4) with its timestamp (field 15) appended.
+    """
     parts = []
     for ts, value in samples:
+        if isinstance(value, bytes):
+            body = value + b"\x78" + _varint(ts)
+            parts.append(b"\x22" + _varint(len(body)) + body)
+            continue
         body = b"\x09" + _pack_double(value) + b"\x10" + _varint(ts)
         parts.append(b"\x12" + _varint(len(body)) + body)
     return b"".join(parts)
@@ -152,7 +161,11 @@ def encode_write_request(series: Iterable[tuple[bytes, list[tuple[int, float]]]]
     if total < 64:
         return b"".join(_ld(0x0A, lab + encode_samples(samples)) for lab, samples in series)
     ts = np.fromiter((t for _, s in series for t, _ in s), np.int64, total)
-    if int(ts.min()) < _TS_MIN or int(ts.max()) >= _TS_MAX:
+    if (
+        int(ts.min()) < _TS_MIN
+        or int(ts.max()) >= _TS_MAX
+        or any(isinstance(v, bytes) for _, s in series for _, v in s)
+    ):
         return b"".join(_ld(0x0A, lab + encode_samples(samples)) for lab, samples in series)
     vals = np.fromiter((v for _, s in series for _, v in s), np.float64, total)
     raw = _encode_samples_fixed(ts, vals)

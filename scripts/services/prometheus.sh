@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prometheus with the remote-write receiver on, for otelwax's remote-write sink.
 #   scripts/services/prometheus.sh start|stop|status|wipe
+# Native histograms are on (OTel exponential histograms are written as such).
 # Env: PROM_PORT (19090), PROM_DATA (.data/prometheus[-PORT when PORT != 19090]).
 # Installs the Debian package when the binary is missing. Idempotent start/stop.
 set -euo pipefail
@@ -44,6 +45,7 @@ YAML
   nohup prometheus \
     --config.file="$CONF" \
     --web.enable-remote-write-receiver \
+    --enable-feature=native-histograms \
     --web.enable-lifecycle \
     --storage.tsdb.path="$DATA/tsdb" \
     --web.listen-address="127.0.0.1:$PORT" \

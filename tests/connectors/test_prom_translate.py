@@ -110,33 +110,48 @@ def test_series_from_all_types() -> None:
         assert list(labels) == sorted(labels)
 
 
-def test_exponential_histograms_are_skipped_and_counted() -> None:
+def test_exponential_histograms_become_native_histogram_samples() -> None:
     from opentelemetry.proto.metrics.v1.metrics_pb2 import (
         ExponentialHistogram,
         ExponentialHistogramDataPoint,
         Metric,
     )
 
+    from connectors.prom_translate import encode_native_histogram
+
     now = time.time_ns()
-    m = Metric(
-        name="eh",
-        exponential_histogram=ExponentialHistogram(
-            aggregation_temporality=2,
-            data_points=[
-                ExponentialHistogramDataPoint(
-                    time_unix_nano=now,
-                    count=3,
-                    sum=1.0,
-                    scale=2,
-                    positive=ExponentialHistogramDataPoint.Buckets(offset=1, bucket_counts=[1, 2]),
-                )
-            ],
-        ),
+
+    def metric(scale: int, temporality: int = 2) -> Metric:
+        return Metric(
+            name=f"eh{scale}",
+            unit="s",
+            exponential_histogram=ExponentialHistogram(
+                aggregation_temporality=temporality,
+                data_points=[
+                    ExponentialHistogramDataPoint(
+                        time_unix_nano=now,
+                        count=3,
+                        sum=1.0,
+                        scale=scale,
+                        positive=ExponentialHistogramDataPoint.Buckets(
+                            offset=1, bucket_counts=[1, 2]
+                        ),
+                    )
+                ],
+            ),
+        )
+
+    res = decode_metrics(
+        [metrics_request({"service.name": "a"}, [metric(2), metric(-5), metric(3, 1)])]
     )
-    res = decode_metrics([metrics_request({"service.name": "a"}, [m])])
     row = res.tables["otel_metrics_exponential_histogram"].to_pylist()[0]
     assert row["Scale"] == 2 and row["PositiveOffset"] == 1
     assert row["PositiveBucketCounts"] == [1, 2]
     out = tables_to_series(res.tables)
-    assert out.skipped == {"exponential_histogram": 1}
-    assert out.num_samples == 0
+    assert out.skipped == {"exponential_histogram_scale": 1, "delta_temporality": 1}
+    ((labels, samples),) = out.series.items()
+    assert dict(labels)["__name__"] == "eh2_seconds"
+    assert samples == [(now // 1_000_000, encode_native_histogram(3, 1.0, 2, 0, 1, [1, 2], 0, []))]
+    # schema 2, span offset 2 (OTel index 1 → Prometheus index 2), deltas +1, +1 (zigzag 2, 2)
+    h = samples[0][1]
+    assert b"\x20\x04" in h and b"\x5a\x04\x08\x04\x10\x02" in h and h.endswith(b"\x62\x02\x02\x02")

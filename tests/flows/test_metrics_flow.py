@@ -124,6 +124,65 @@ def test_counters_gauges_histograms_reach_prometheus(
     assert list(hist.values()) == [3.0]
 
 
+def test_exponential_histograms_become_native_histograms(
+    kafka_bootstrap: str, make_topic, prometheus_url: str
+) -> None:
+    from opentelemetry.proto.metrics.v1.metrics_pb2 import (
+        ExponentialHistogram,
+        ExponentialHistogramDataPoint,
+        Metric,
+    )
+
+    topic = make_topic("mexp", partitions=1)
+    job = unique_job("mexp")
+    now = time.time_ns()
+    buckets = ExponentialHistogramDataPoint.Buckets
+
+    def point(t: int, scale: int, pos: list[int], offset: int) -> ExponentialHistogramDataPoint:
+        return ExponentialHistogramDataPoint(
+            start_time_unix_nano=t - 10**9,
+            time_unix_nano=t,
+            count=sum(pos) + 1,
+            sum=42.5,
+            scale=scale,
+            zero_count=1,
+            positive=buckets(offset=offset, bucket_counts=pos),
+            attributes=[],
+        )
+
+    metrics = [
+        Metric(
+            name="rpc.latency",
+            unit="s",
+            exponential_histogram=ExponentialHistogram(
+                aggregation_temporality=2, data_points=[point(now, 0, [2, 3, 4], 0)]
+            ),
+        ),
+        Metric(  # scale 10 > 8: downscaled by merging buckets, counts kept
+            name="rpc.size",
+            unit="By",
+            exponential_histogram=ExponentialHistogram(
+                aggregation_temporality=2, data_points=[point(now, 10, [1, 1, 1, 1, 1], 1020)]
+            ),
+        ),
+    ]
+    _produce(kafka_bootstrap, topic, [metrics_request({"service.name": job}, metrics)])
+    run_main(build_from_settings(_settings(kafka_bootstrap, topic, prometheus_url)))
+    wait_for(prometheus_url, f'rpc_latency_seconds{{job="{job}"}}', 1)
+
+    def scalar(q: str) -> float:
+        vals = prom_values(prometheus_url, q)
+        assert len(vals) == 1, (q, vals)
+        return next(iter(vals.values()))
+
+    assert scalar(f'histogram_count(rpc_latency_seconds{{job="{job}"}})') == 10
+    assert scalar(f'histogram_sum(rpc_latency_seconds{{job="{job}"}})') == 42.5
+    # scale 0: OTel buckets (1,2], (2,4], (4,8] with 2, 3, 4; +1 in the zero bucket
+    assert scalar(f'histogram_fraction(0, 2, rpc_latency_seconds{{job="{job}"}})') == 0.3
+    assert scalar(f'histogram_fraction(0, 4, rpc_latency_seconds{{job="{job}"}})') == 0.6
+    assert scalar(f'histogram_count(rpc_size_bytes{{job="{job}"}})') == 6
+
+
 def _delta_requests(job: str, n: int) -> list[bytes]:
     t0 = time.time_ns() - 120 * 10**9
     out = []
