@@ -17,6 +17,7 @@ Importing this module does no network I/O: ``flow`` is built from the config fil
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -130,16 +131,23 @@ class _ApplyOperator:
 
 
 def resolve_operators(specs: Sequence[dict[str, Any]]) -> list[tuple[str, BatchOperator]]:
-    """Turn ``operators:`` config entries into callables via ``operators.registry``."""
+    """Turn ``operators:`` config entries into callables via ``operators.registry``.
+
+    Only stateless operators are allowed here: a stateful one (tail sampling) would move rows
+    between Kafka ranges, so a replayed range could no longer reproduce its insert.
+    """
     if not specs:
         return []
     from operators import registry  # owned by the operators component
 
-    out = []
-    for i, spec in enumerate(specs):
-        name = str(spec.get("name") or spec.get("type") or spec.get("use") or i)
-        out.append((name, registry.build_batch_operator(spec)))
-    return out
+    ops = registry.build_pipeline(registry.parse_specs(list(specs)), "traces")
+    stateful = [o.name for o in ops if getattr(o, "stateful", False)]
+    if stateful:
+        raise ValueError(
+            f"operators {stateful}: stateful operators are not supported in flows.traces "
+            "(exactly-once needs each Kafka range's rows to stay in that range)"
+        )
+    return [(o.name, o) for o in ops]
 
 
 def build_from_settings(
@@ -173,7 +181,8 @@ def build_from_settings(
     for item in batch_operators or []:
         ops.append(item if isinstance(item, tuple) else (getattr(item, "__name__", "op"), item))
     for i, (name, fn) in enumerate(ops):
-        stored = op.map(f"op_{i}_{name}", stored, _ApplyOperator(name, fn))
+        step = re.sub(r"[^A-Za-z0-9_]", "_", f"op_{i}_{name}")
+        stored = op.map(step, stored, _ApplyOperator(name, fn))
     op.output("clickhouse", stored, sink)
     return flow
 

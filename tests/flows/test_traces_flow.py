@@ -143,3 +143,16 @@ def test_sigkill_at_random_moments_stores_every_span_exactly_once(flow_run, reco
     replays = run.log_text(10**9).count("to re-cut") - run.log_text(10**9).count(" 0 recorded")
     assert (n, uniq) == (sent, sent), f"seed={seed} kills={kills} replays={replays}"
     assert kills >= 3
+
+
+def test_configured_operators_run_between_decode_and_clickhouse(flow_run) -> None:
+    run = flow_run(
+        partitions=1, operators=[{"type": "filter", "drop": "SpanKind == 'SPAN_KIND_SERVER'"}]
+    )
+    payloads = otlpgen.trace_payloads(20, seed=13, **SMALL)
+    produce(run.bootstrap, run.topic, payloads)
+    run.run_to_end()
+    expected = {k for k, v in _expected(payloads).items() if v[2] != "SPAN_KIND_SERVER"}
+    assert 0 < len(expected) < 20 * 20
+    rows = chdb_rows(run.settings["clickhouse"]["path"], "SELECT SpanId FROM otel.otel_traces")
+    assert sorted(r[0] for r in rows) == sorted(expected)
