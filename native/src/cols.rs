@@ -79,12 +79,17 @@ impl StrCol {
     pub fn value(&self, i: usize) -> &[u8] {
         &self.data[self.offsets[i] as usize..self.offsets[i + 1] as usize]
     }
-    /// Appends every value of `other`.
-    pub fn extend_from(&mut self, other: &StrCol) {
+    /// Appends every value of `other`. Fails instead of growing past what i32 offsets can
+    /// address (per-row copies of resource/scope attributes can amplify a small payload).
+    pub fn extend_from(&mut self, other: &StrCol) -> Result<(), String> {
+        if self.data.len() + other.data.len() > i32::MAX as usize {
+            return Err("decoded attributes exceed 2 GiB in one batch".into());
+        }
         let base = self.data.len() as i32;
         self.data.extend_from_slice(&other.data);
         self.offsets
             .extend(other.offsets[1..].iter().map(|o| o + base));
+        Ok(())
     }
     pub fn clear(&mut self) {
         self.offsets.truncate(1);

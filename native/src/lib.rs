@@ -139,7 +139,7 @@ pub fn decode_all<T: Table, B: AsRef<[u8]>>(mut t: T, payloads: &[B]) -> DecodeO
     let total: usize = payloads.iter().map(|p| p.as_ref().len()).sum();
     let mut seen = 0usize;
     for (i, p) in payloads.iter().enumerate() {
-        if i == 1 && seen > 0 {
+        if i == 1 && seen >= 256 {
             // Plan capacity from the first payload: the rest is likely alike.
             t.grow(total - seen, seen);
         }

@@ -195,13 +195,13 @@ impl Logs {
             }
             for rec in records.iter() {
                 self.record(rec)?;
-                res.emit(&mut self.res_attrs, &mut self.service);
+                res.emit(&mut self.res_attrs, &mut self.service)?;
                 self.res_schema.push(res_schema);
                 self.scope_schema.push(schema_url);
                 self.scope_name.push(scope.name);
                 self.scope_version.push(scope.version);
-                self.scope_attrs.keys.extend_from(&sattrs.keys);
-                self.scope_attrs.vals.extend_from(&sattrs.vals);
+                self.scope_attrs.keys.extend_from(&sattrs.keys)?;
+                self.scope_attrs.vals.extend_from(&sattrs.vals)?;
                 self.scope_attrs.end_row();
             }
             Ok(())

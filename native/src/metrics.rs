@@ -263,13 +263,13 @@ impl MetricTable {
     }
 
     /// Common columns of a finished data point row.
-    fn common(&mut self, c: &Ctx<'_, '_>, start: u64, time: u64) {
-        c.res.emit(&mut self.res_attrs, &mut self.service);
+    fn common(&mut self, c: &Ctx<'_, '_>, start: u64, time: u64) -> Res<()> {
+        c.res.emit(&mut self.res_attrs, &mut self.service)?;
         self.res_schema.push(c.res_schema);
         self.scope_name.push(c.scope_name);
         self.scope_version.push(c.scope_version);
-        self.scope_attrs.keys.extend_from(&c.scope_attrs.keys);
-        self.scope_attrs.vals.extend_from(&c.scope_attrs.vals);
+        self.scope_attrs.keys.extend_from(&c.scope_attrs.keys)?;
+        self.scope_attrs.vals.extend_from(&c.scope_attrs.vals)?;
         self.scope_attrs.end_row();
         self.scope_dropped.push(c.scope_dropped);
         self.scope_schema.push(c.scope_schema);
@@ -284,6 +284,7 @@ impl MetricTable {
         self.ex_value.end_row();
         self.ex_span.end_row();
         self.ex_trace.end_row();
+        Ok(())
     }
 
     fn exemplar(&mut self, buf: &[u8]) -> Res<()> {
@@ -332,8 +333,7 @@ impl MetricTable {
             self.temporality.push(temp);
             self.monotonic.push(mono);
         }
-        self.common(c, start, time);
-        Ok(())
+        self.common(c, start, time)
     }
 
     fn histogram_point(&mut self, buf: &[u8], c: &Ctx<'_, '_>, temp: i32) -> Res<()> {
@@ -368,8 +368,7 @@ impl MetricTable {
         self.min.push(min);
         self.max.push(max);
         self.temporality.push(temp);
-        self.common(c, start, time);
-        Ok(())
+        self.common(c, start, time)
     }
 
     fn buckets(buf: &Parts<'_>, out: &mut ListPrimCol<u64>) -> Res<i32> {
@@ -423,8 +422,7 @@ impl MetricTable {
         self.min.push(min);
         self.max.push(max);
         self.temporality.push(temp);
-        self.common(c, start, time);
-        Ok(())
+        self.common(c, start, time)
     }
 
     fn summary_point(&mut self, buf: &[u8], c: &Ctx<'_, '_>) -> Res<()> {
@@ -459,8 +457,7 @@ impl MetricTable {
         self.quantile.end_row();
         self.qvalue.end_row();
         self.flags.push(flags);
-        self.common(c, start, time);
-        Ok(())
+        self.common(c, start, time)
     }
 
     /// Decodes the data points of one metric data member (all its merged occurrences).

@@ -77,14 +77,15 @@ impl ResourceScratch {
     }
 
     #[inline]
-    pub fn emit(&self, attrs: &mut MapCol, service: &mut StrCol) {
-        attrs.keys.extend_from(&self.keys);
-        attrs.vals.extend_from(&self.vals);
+    pub fn emit(&self, attrs: &mut MapCol, service: &mut StrCol) -> Res<()> {
+        attrs.keys.extend_from(&self.keys)?;
+        attrs.vals.extend_from(&self.vals)?;
         attrs.end_row();
         match self.service {
             Some(i) => service.push(self.vals.value(i)),
             None => service.finish(),
         }
+        Ok(())
     }
 }
 
@@ -318,7 +319,7 @@ impl Traces {
         }
         for s in spans {
             self.span(s)?;
-            res.emit(&mut self.res_attrs, &mut self.service);
+            res.emit(&mut self.res_attrs, &mut self.service)?;
             self.scope_name.push(scope.name);
             self.scope_version.push(scope.version);
         }
@@ -513,8 +514,10 @@ pub fn traces_fields() -> Fields {
 /// Reserves room for `len * num / den` more elements (capacity planning after a first payload).
 #[inline]
 pub fn grow<T>(v: &mut Vec<T>, num: usize, den: usize) {
-    let more = (v.len() as u128 * num as u128 / den.max(1) as u128).min(1 << 31) as usize;
-    v.reserve(more);
+    // Extrapolated from the first payload, capped by the remaining input size; a failed
+    // reservation is not an error (the vector still grows on demand).
+    let more = (v.len() as u128 * num as u128 / den.max(1) as u128).min(num as u128 * 2) as usize;
+    let _ = v.try_reserve(more);
 }
 
 pub trait Markable {
