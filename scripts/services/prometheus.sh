@@ -27,7 +27,15 @@ ensure_installed() {
 
 running() { [[ -f "$PIDFILE" ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 
-ready() { curl -fsS "http://127.0.0.1:$PORT/-/ready" >/dev/null 2>&1; }
+ready() {
+  local url="http://127.0.0.1:$PORT/-/ready"
+  if command -v curl >/dev/null 2>&1; then
+    curl -fsS "$url" >/dev/null 2>&1
+  else
+    python3 -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)" \
+      "$url" >/dev/null 2>&1
+  fi
+}
 
 start() {
   if running; then
