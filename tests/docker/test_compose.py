@@ -222,7 +222,12 @@ def test_compose_config_loads_with_the_code(compose_project: dict[str, Any]) -> 
     for signal in ("metrics", "spanmetrics"):
         if signal in loaded:
             assert loaded[signal].remote_write.url == "http://prometheus:9090/api/v1/write"
-    assert "--web.enable-remote-write-receiver" in _svc(compose_project, "prometheus")["command"]
+    prom = _svc(compose_project, "prometheus")["command"]
+    assert "--web.enable-remote-write-receiver" in prom
+    # as scripts/services/prometheus.sh, which the metrics flow's tests run against
+    script = (ROOT / "scripts/services/prometheus.sh").read_text()
+    for flag in re.findall(r"--enable-feature=[\w-]+", script):
+        assert flag in prom
     # Spans also go to the compose Jaeger, through the traces flow's jaeger_tee operator, which
     # the operator registry builds without I/O.
     from operators.registry import build_pipeline
