@@ -283,7 +283,31 @@ class _SinkPartition(StatelessSinkPartition[StoredRange]):
             supported = self._blocking.call(lambda: self._client.supports_dedup_token(self._table))
             mode = "token" if supported else "lookup"
         self._mode = mode
+        if mode == "token" and not getattr(self._client, "legacy", False):
+            self._check_dedup_window(conn)
         log.info("clickhouse sink (worker %d): %s, dedup by %s", worker_index, self._table, mode)
+
+    def _check_dedup_window(self, conn: Any) -> None:
+        """Warn when the table cannot skip a replayed token (no deduplication window)."""
+        try:
+            rows = self._client.execute(
+                "SELECT engine, engine_full FROM system.tables "
+                "WHERE database = {db:String} AND name = {t:String}",
+                {"db": conn.database, "t": conn.traces_table},
+            )
+        except Exception as exc:  # best effort
+            log.debug("dedup window check failed: %s", exc)
+            return
+        if not rows:
+            return
+        engine, full = str(rows[0][0]), str(rows[0][1])
+        if "Replicated" not in engine and "non_replicated_deduplication_window" not in full:
+            log.error(
+                "%s has no non_replicated_deduplication_window: replays after a crash will "
+                "insert duplicates (recreate it with `otelwax clickhouse init` or ALTER TABLE "
+                "... MODIFY SETTING non_replicated_deduplication_window = 1000)",
+                self._table,
+            )
 
     def _missing_rows(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Rows of ``batch`` whose (TraceId, SpanId) is not in the table yet (lookup mode)."""
