@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup run test bench lint services stop clean wipe
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
 	@CARGO_TARGET_DIR=$(CURDIR)/.cache/cargo-target $(PY) -m pip install -q -e '.[dev]'
