@@ -13,7 +13,8 @@ Collector's ``pkg/translator/prometheus`` does it with metric suffixes enabled:
   ``_sum`` and ``_count``;
 - label names: invalid characters → ``_``, a leading digit gets ``key_``, a single leading
   ``_`` gets ``key``; when two attributes map to the same label their values are joined with
-  ``;`` in key order;
+  ``;`` in key order; labels with an empty value are left out (Prometheus treats them as
+  absent);
 - ``job`` = ``service.namespace/service.name`` (or ``service.name``), ``instance`` =
   ``service.instance.id``; every other resource attribute goes to one ``target_info`` gauge
   (value 1) per resource, with the same ``job``/``instance``;
@@ -170,10 +171,9 @@ def _labels_from_pairs(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
         groups.setdefault(sanitize_label_name(key), []).append((key, value))
     out: dict[str, str] = {}
     for label, kvs in groups.items():
-        if len(kvs) == 1:
-            out[label] = kvs[0][1]
-        else:
-            out[label] = ";".join(v for _, v in sorted(kvs))
+        value = kvs[0][1] if len(kvs) == 1 else ";".join(v for _, v in sorted(kvs))
+        if value:  # Prometheus: an empty label value is the same as no label
+            out[label] = value
     return out
 
 
@@ -251,8 +251,8 @@ class _Caches:
     """Caches that live across calls (series repeat every scrape), cleared when too big."""
 
     def __init__(self) -> None:
-        self.resources: dict[tuple, tuple[tuple[str, str], Labels | None]] = {}
-        self.attrs: dict[tuple, dict[str, str]] = {}
+        self.resources: dict[str, tuple[tuple[str, str], Labels | None]] = {}
+        self.attrs: dict[str, dict[str, str]] = {}
         self.series: dict[tuple, Any] = {}
 
     def trim(self) -> None:
@@ -274,12 +274,13 @@ class _Ctx:
         self.series = _caches.series
         self.target_info: dict[Labels, int] = {}
 
-    def resource(self, key: tuple, ts_ms: int) -> tuple[str, str]:
+    def resource(self, key: str, col: _MapCol, i: int, ts_ms: int) -> tuple[str, str]:
         hit = self.resources.get(key)
         if hit is None:
-            ji = job_instance(dict(key))
+            pairs = col.pairs(i)
+            ji = job_instance(dict(pairs))
             ti: Labels | None = None
-            others = [(k, v) for k, v in key if k not in RESOURCE_JOB_KEYS]
+            others = [(k, v) for k, v in pairs if k not in RESOURCE_JOB_KEYS]
             if others:
                 labels = _labels_from_pairs(others)
                 labels.pop("job", None)
@@ -299,17 +300,17 @@ class _Ctx:
                 self.target_info[ti] = ts_ms
         return ji
 
-    def labels(self, key: tuple) -> dict[str, str]:
+    def labels(self, key: str, col: _MapCol, i: int) -> dict[str, str]:
         lab = self.attrs.get(key)
         if lab is None:
-            lab = _labels_from_pairs(key)
+            lab = _labels_from_pairs(col.pairs(i))
             self.attrs[key] = lab
         return lab
 
 
-def _base_labels(ctx: _Ctx, res_key: tuple, attr_key: tuple) -> dict[str, str]:
-    job, instance = ctx.resources[res_key][0]
-    labels = dict(ctx.labels(attr_key))
+def _base_labels(ctx: _Ctx, rkey: str, attrs: _MapCol, i: int) -> dict[str, str]:
+    job, instance = ctx.resources[rkey][0]
+    labels = dict(ctx.labels(attrs.keys[i], attrs, i))
     # Resource identity wins over data point attributes of the same name.
     if job:
         labels["job"] = job
@@ -322,30 +323,40 @@ def _col(batch: pa.RecordBatch | pa.Table, name: str) -> list:
     return batch.column(name).to_pylist()
 
 
-def _map_rows(batch: pa.RecordBatch | pa.Table, name: str) -> list[tuple]:
-    """A map column as one tuple of (key, value) pairs per row (faster than to_pylist)."""
-    col = batch.column(name)
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    offs = col.offsets.to_pylist()
-    base = offs[0]
-    # offsets index the (unsliced) child struct array: take exactly the rows' part of it
-    child = col.values.slice(base, offs[-1] - base)
-    keys, vals = (a.to_pylist() for a in child.flatten())
-    if base:
-        offs = [o - base for o in offs]
-    out = []
-    prev_a = prev_b = -1
-    prev: tuple = ()
-    for i in range(len(offs) - 1):
-        a, b = offs[i], offs[i + 1]
-        if a == prev_a and b == prev_b:
-            out.append(prev)
-            continue
-        prev = tuple(zip(keys[a:b], vals[a:b], strict=True)) if b > a else ()
-        prev_a, prev_b = a, b
-        out.append(prev)
-    return out
+class _MapCol:
+    """A map column: one string key per row (built in C++ by pyarrow: hashing a str is cached,
+    hashing a tuple of pairs is not) and the row's pairs on demand (cache misses only)."""
+
+    __slots__ = ("col", "keys")
+
+    def __init__(self, batch: pa.RecordBatch | pa.Table, name: str) -> None:
+        import pyarrow.compute as pc
+
+        col = batch.column(name)
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
+        self.col = col
+        offs = col.offsets
+        base = offs[0].as_py()
+        end = offs[-1].as_py()
+        child = col.values.slice(base, end - base)
+        k, v = child.flatten()
+        if base:
+            offs = pc.subtract(offs, base)
+        kl = pa.ListArray.from_arrays(offs, k)
+        vl = pa.ListArray.from_arrays(offs, v)
+        # "<n>\x1d<k1>\x1f<k2>...\x1e<v1>\x1f<v2>...": the count keeps {} and {"": ""} apart;
+        # keys/values holding these control characters could collide (not seen in practice).
+        joined = pc.binary_join_element_wise(
+            pc.cast(pc.list_value_length(kl), pa.string()),
+            pc.binary_join(kl, "\x1f"),
+            pc.binary_join(vl, "\x1f"),
+            "\x1d",
+        )
+        self.keys: list[str] = joined.to_pylist()
+
+    def pairs(self, i: int) -> tuple[tuple[str, str], ...]:
+        return tuple(self.col[i].as_py() or ())
 
 
 def _ts_ms(col: pa.Array | pa.ChunkedArray) -> list[int]:
@@ -359,8 +370,10 @@ def _add_scalar_rows(
 ) -> None:
     names = _col(batch, "MetricName")
     units = _col(batch, "MetricUnit")
-    res = _map_rows(batch, "ResourceAttributes")
-    attrs = _map_rows(batch, "Attributes")
+    res = _MapCol(batch, "ResourceAttributes")
+    attrs = _MapCol(batch, "Attributes")
+    rkeys = res.keys
+    akeys = attrs.keys
     flags = _col(batch, "Flags")
     ts = _ts_ms(batch.column("TimeUnix"))
     out = ctx.out
@@ -371,18 +384,21 @@ def _add_scalar_rows(
             out.skip("no_recorded_value")
             continue
         t = ts[i]
-        ctx.resource(res[i], t)
-        key = (res[i], attrs[i], names[i], units[i], kind_of_row[i])
+        rk = rkeys[i]
+        ctx.resource(rk, res, i, t)
+        key = (rk, akeys[i], names[i], units[i], kind_of_row[i])
         labels = cache.get(key)
         if labels is None:
-            lab = _base_labels(ctx, res[i], attrs[i])
+            lab = _base_labels(ctx, rk, attrs, i)
             lab["__name__"] = metric_name(names[i], units[i], kind_of_row[i])
             labels = cache[key] = tuple(sorted(lab.items()))
         add(labels, t, float(values[i]))
 
 
-def _histogram_labels(ctx: _Ctx, res: tuple, attrs: tuple, name: str, unit: str, bounds: tuple):
-    base = _base_labels(ctx, res, attrs)
+def _histogram_labels(
+    ctx: _Ctx, rkey: str, attrs: _MapCol, i: int, name: str, unit: str, bounds: tuple
+):
+    base = _base_labels(ctx, rkey, attrs, i)
     pname = metric_name(name, unit, KIND_HISTOGRAM)
     base["__name__"] = pname + "_count"
     count = tuple(sorted(base.items()))
@@ -401,8 +417,10 @@ def _histogram_labels(ctx: _Ctx, res: tuple, attrs: tuple, name: str, unit: str,
 def _add_histogram_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
     names = _col(batch, "MetricName")
     units = _col(batch, "MetricUnit")
-    res = _map_rows(batch, "ResourceAttributes")
-    attrs = _map_rows(batch, "Attributes")
+    res = _MapCol(batch, "ResourceAttributes")
+    attrs = _MapCol(batch, "Attributes")
+    rkeys = res.keys
+    akeys = attrs.keys
     flags = _col(batch, "Flags")
     counts = _col(batch, "Count")
     sums = _col(batch, "Sum")
@@ -417,12 +435,13 @@ def _add_histogram_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
             out.skip("no_recorded_value")
             continue
         t = ts[i]
-        ctx.resource(res[i], t)
+        rk = rkeys[i]
+        ctx.resource(rk, res, i, t)
         bd = tuple(bounds[i] or ())
-        key = (res[i], attrs[i], names[i], units[i], KIND_HISTOGRAM, bd)
+        key = (rk, akeys[i], names[i], units[i], KIND_HISTOGRAM, bd)
         hit = cache.get(key)
         if hit is None:
-            hit = cache[key] = _histogram_labels(ctx, res[i], attrs[i], names[i], units[i], bd)
+            hit = cache[key] = _histogram_labels(ctx, rk, attrs, i, names[i], units[i], bd)
         count_l, sum_l, bucket_l, inf_l = hit
         add(count_l, t, float(counts[i]))
         add(sum_l, t, float(sums[i]))
@@ -438,8 +457,9 @@ def _add_histogram_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
 def _add_summary_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
     names = _col(batch, "MetricName")
     units = _col(batch, "MetricUnit")
-    res = _map_rows(batch, "ResourceAttributes")
-    attrs = _map_rows(batch, "Attributes")
+    res = _MapCol(batch, "ResourceAttributes")
+    attrs = _MapCol(batch, "Attributes")
+    rkeys = res.keys
     flags = _col(batch, "Flags")
     counts = _col(batch, "Count")
     sums = _col(batch, "Sum")
@@ -452,8 +472,8 @@ def _add_summary_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
             out.skip("no_recorded_value")
             continue
         t = ts[i]
-        ctx.resource(res[i], t)
-        base = _base_labels(ctx, res[i], attrs[i])
+        ctx.resource(rkeys[i], res, i, t)
+        base = _base_labels(ctx, rkeys[i], attrs, i)
         name = metric_name(names[i], units[i], KIND_SUMMARY)
         base["__name__"] = name + "_count"
         out.add(tuple(sorted(base.items())), t, float(counts[i]))
@@ -552,8 +572,10 @@ def _pack_d(x: float) -> bytes:
 def _add_exp_histogram_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
     names = _col(batch, "MetricName")
     units = _col(batch, "MetricUnit")
-    res = _map_rows(batch, "ResourceAttributes")
-    attrs = _map_rows(batch, "Attributes")
+    res = _MapCol(batch, "ResourceAttributes")
+    attrs = _MapCol(batch, "Attributes")
+    rkeys = res.keys
+    akeys = attrs.keys
     flags = _col(batch, "Flags")
     cols = [
         _col(batch, c)
@@ -575,15 +597,15 @@ def _add_exp_histogram_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None
             out.skip("no_recorded_value")
             continue
         t = ts[i]
-        ctx.resource(res[i], t)
+        ctx.resource(rkeys[i], res, i, t)
         h = encode_native_histogram(*(c[i] if c[i] is not None else [] for c in cols))
         if h is None:
             out.skip("exponential_histogram_scale")
             continue
-        key = (res[i], attrs[i], names[i], units[i], "native_histogram")
+        key = (rkeys[i], akeys[i], names[i], units[i], "native_histogram")
         labels = ctx.series.get(key)
         if labels is None:
-            lab = _base_labels(ctx, res[i], attrs[i])
+            lab = _base_labels(ctx, rkeys[i], attrs, i)
             lab["__name__"] = metric_name(names[i], units[i], KIND_HISTOGRAM)
             labels = ctx.series[key] = tuple(sorted(lab.items()))
         out.add(labels, t, h)  # type: ignore[arg-type]

@@ -155,3 +155,17 @@ def test_exponential_histograms_become_native_histogram_samples() -> None:
     # schema 2, span offset 2 (OTel index 1 → Prometheus index 2), deltas +1, +1 (zigzag 2, 2)
     h = samples[0][1]
     assert b"\x20\x04" in h and b"\x5a\x04\x08\x04\x10\x02" in h and h.endswith(b"\x62\x02\x02\x02")
+
+
+def test_sliced_batches_and_empty_attribute_values_translate_like_whole_ones() -> None:
+    now = time.time_ns()
+    attrs = [{}, {"": ""}, {"a": "1"}, {"a": "1", "b": ""}, {"a": "2"}, {"b": "x", "a": "2"}]
+    pts = [(now, float(i), a) for i, a in enumerate(attrs)]
+    res = decode_metrics([metrics_request({"service.name": "s"}, [gauge("g", pts)])])
+    batch = res.tables["otel_metrics_gauge"]
+    whole = tables_to_series({"otel_metrics_gauge": batch}).series
+    # an empty label value is no label in Prometheus: {} = {"": ""}, {a:1} = {a:1, b:""}
+    assert sorted(len(v) for k, v in whole.items() if dict(k)["__name__"] == "g") == [1, 1, 2, 2]
+    part = tables_to_series({"otel_metrics_gauge": batch.slice(4, 2)}).series
+    assert {k: v for k, v in whole.items() if k in part} == part
+    assert len(part) == 2
