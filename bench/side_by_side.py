@@ -1,0 +1,645 @@
+"""Side-by-side benchmark: otelwax vs an OpenTelemetry Collector, one run, same machine, same load.
+
+Servers are pinned to core ``--core`` (``taskset``), load generators to ``--load-core``; CPU time
+of a server is read from ``/proc/<pid>/stat`` (utime + stime, all threads, plus children), so
+"spans/s per core" = spans / server CPU seconds. Kafka at $OTELWAX_TEST_KAFKA or 127.0.0.1:19092.
+
+1. ``ingest``: telemetrygen (OTLP gRPC, ``--workers`` workers, fixed trace count, 10 spans per
+   trace, no rate limit) → (a) ``otelwax ingest`` (shim) and (b) the Collector built by
+   ``scripts/collector.sh`` (otlpreceiver → kafkaexporter, otlp_proto, split per trace id, lz4,
+   acks=all, no sending queue, so both answer after Kafka acknowledged). Every record in each
+   topic is read back and decoded to count the spans that really reached Kafka.
+2. ``consume``: one preloaded topic (``tests.otlpgen`` 100-span requests) read by (a) the
+   Collector (kafkareceiver → batch → debug exporter, verbosity basic), (b) otelwax without a
+   sink (the flow's own source and decode step → a counting sink: Kafka → decode → Arrow
+   batches) and (c) otelwax ``flows.traces`` into embedded chdb (``stop_at_end``).
+3. ``e2e``: (c) above is otelwax's Kafka → ClickHouse (chdb) spans/s and peak RSS; plus
+   event-to-queryable latency with records produced at a fixed rate while ``flows.traces``
+   runs: the sink's ``event_to_stored`` histogram (Kafka record timestamp → chdb insert
+   returned, after which the rows are queryable), p50/p99 as bucket upper bounds.
+
+    scripts/collector.sh && .venv/bin/python bench/side_by_side.py
+    .venv/bin/python bench/side_by_side.py --ingest-spans 100000 --consume-spans 100000
+
+Prints a table and writes ``bench/results/side_by_side.json``. Not a test: no thresholds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+BOOTSTRAP = os.environ.get("OTELWAX_TEST_KAFKA", "127.0.0.1:19092")
+BIN = ROOT / ".cache" / "bin"
+RESULTS = ROOT / "bench" / "results"
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+# --- process helpers ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            kids = Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
+            for k in kids:
+                out.append(int(k))
+                out.extend(_children(int(k)))
+    except OSError:
+        pass
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and its live descendants (all threads), from /proc/<pid>/stat."""
+    total = 0.0
+    for p in [pid, *_children(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLK  # fields 14, 15 of stat
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def rss_bytes(pid: int) -> int:
+    total = 0
+    for p in [pid, *_children(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+class Sampler(threading.Thread):
+    """Peak RSS and the latest CPU seconds of a process tree, sampled every 50 ms."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = 0
+        self.cpu = 0.0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.sample()
+            time.sleep(0.05)
+
+    def sample(self) -> None:
+        r = rss_bytes(self.pid)
+        if r:
+            self.peak = max(self.peak, r)
+            self.cpu = max(self.cpu, cpu_seconds(self.pid))
+
+
+def pinned(cmd: list[str], core: int | None) -> list[str]:
+    if core is not None and shutil.which("taskset"):
+        return ["taskset", "-c", str(core), *cmd]
+    return cmd
+
+
+def wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"server did not open port {port}; see {log}:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- Kafka helpers -----------------------------------------------------------------------------
+
+
+def create_topic(partitions: int) -> str:
+    from connectors.kafka import create_topics
+
+    topic = f"sbs_{uuid.uuid4().hex[:8]}"
+    create_topics(BOOTSTRAP, [topic, f"dlq_{topic}"], partitions=partitions)
+    return topic
+
+
+def drop_topic(topic: str) -> None:
+    from connectors.kafka import delete_topics
+
+    delete_topics(BOOTSTRAP, [topic, f"dlq_{topic}"])
+
+
+def count_in_kafka(topic: str) -> tuple[int, int]:
+    """(records, spans) in ``topic``: every record read back and decoded by otelwax.codec."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from otelwax.codec import decode_traces
+
+    c = Consumer(
+        {
+            "bootstrap.servers": BOOTSTRAP,
+            "group.id": "sbs-count-" + uuid.uuid4().hex[:6],
+            "enable.auto.commit": False,
+        }
+    )
+    md = c.list_topics(topic, timeout=10)
+    want, assign = 0, []
+    for p in md.topics[topic].partitions:
+        lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        want += hi - lo
+        assign.append(TopicPartition(topic, p, lo))
+    c.assign(assign)
+    records = spans = 0
+    buf: list[bytes] = []
+    deadline = time.monotonic() + 120
+    while records < want and time.monotonic() < deadline:
+        for m in c.consume(1000, timeout=1.0):
+            if m.error():
+                continue
+            records += 1
+            buf.append(m.value())
+        if len(buf) >= 2000 or records >= want:
+            spans += decode_traces(buf).batch.num_rows if buf else 0
+            buf = []
+    if buf:
+        spans += decode_traces(buf).batch.num_rows
+    c.close()
+    return records, spans
+
+
+def preload(topic: str, n_spans: int) -> tuple[int, int]:
+    """Produce ``n_spans`` spans as 100-span otlpgen requests; returns (records, bytes)."""
+    from confluent_kafka import Producer
+
+    from tests import otlpgen
+
+    payloads = otlpgen.trace_payloads(max(1, n_spans // 100), seed=11)
+    p = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 20, "compression.type": "lz4"})
+    for i, v in enumerate(payloads):
+        while True:
+            try:
+                p.produce(topic, value=v, key=b"%032x" % i)
+                break
+            except BufferError:
+                p.poll(0.05)
+    p.flush(120)
+    return len(payloads), sum(map(len, payloads))
+
+
+# --- 1. ingest ---------------------------------------------------------------------------------
+
+
+def start_shim(topic: str, core: int | None, log: Path) -> tuple[subprocess.Popen, int]:
+    gp, hp, mp = free_port(), free_port(), free_port()
+    cmd = [
+        sys.executable, "-m", "otelwax", "--log-level", "WARNING", "ingest",
+        "--host", "127.0.0.1", "--grpc-port", str(gp), "--http-port", str(hp),
+        "--metrics-port", str(mp), "--kafka-bootstrap", BOOTSTRAP, "--topic-traces", topic,
+        "--compression", "lz4", "--linger-ms", "5",
+    ]  # fmt: skip
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(pinned(cmd, core), cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
+    wait_port(mp, proc, log)
+    wait_port(gp, proc, log)
+    return proc, gp
+
+
+def start_collector(
+    config: str, env: dict[str, str], core: int | None, log: Path
+) -> tuple[subprocess.Popen, int]:
+    mp = free_port()
+    full = dict(os.environ, KAFKA_BROKERS=BOOTSTRAP, METRICS_PORT=str(mp), **env)
+    cmd = [str(BIN / "otelcol-bench"), "--config", str(ROOT / "bench" / "collector" / config)]
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            pinned(cmd, core), cwd=ROOT, env=full, stdout=fh, stderr=subprocess.STDOUT
+        )
+    wait_port(mp, proc, log)
+    return proc, mp
+
+
+def telemetrygen(port: int, traces: int, procs: int, core: int | None, log: Path) -> float:
+    """Send ``traces`` traces (10 spans each) from ``procs`` telemetrygen processes at once.
+
+    One telemetrygen process exports through one batch span processor, i.e. one request in
+    flight; several processes keep several requests in flight. The SDK queue is sized to hold
+    every span (``OTEL_BSP_MAX_QUEUE_SIZE``) so none is dropped client-side. Returns wall
+    seconds until the last process exited (all its requests answered).
+    """
+    per = max(1, traces // procs)
+    env = dict(os.environ, OTEL_BSP_MAX_QUEUE_SIZE=str(per * 10 + 1024))
+    cmd = [
+        str(BIN / "telemetrygen"), "traces", "--otlp-insecure",
+        "--otlp-endpoint", f"127.0.0.1:{port}", "--workers", "1",
+        "--traces", str(per), "--child-spans", "9", "--rate", "0",
+        "--batch-size", "500", "--timeout", "300s", "--service", "telemetrygen",
+    ]  # fmt: skip
+    t0 = time.perf_counter()
+    with open(log, "ab") as fh:
+        ps = [
+            subprocess.Popen(pinned(cmd, core), env=env, stdout=fh, stderr=subprocess.STDOUT)
+            for _ in range(procs)
+        ]
+        rcs = [p.wait() for p in ps]
+    if any(rcs):
+        raise RuntimeError(f"telemetrygen exited with {rcs}; see {log}")
+    return time.perf_counter() - t0
+
+
+def run_ingest(name: str, args: argparse.Namespace, tmp: Path) -> dict:
+    topic = create_topic(args.partitions)
+    log = tmp / f"ingest-{name}.log"
+    gen_log = tmp / f"telemetrygen-{name}.log"
+    try:
+        if name == "otelwax shim":
+            proc, port = start_shim(topic, args.core, log)
+        else:
+            proc, port = start_collector(
+                "ingest.yaml",
+                {"OTLP_GRPC_PORT": str(free_port()), "KAFKA_TOPIC": topic},
+                args.core,
+                log,
+            )
+            port = int(_env_port(proc))
+            wait_port(port, proc, log)
+        sampler = Sampler(proc.pid)
+        sampler.start()
+        try:
+            warm_traces = max(args.workers, args.ingest_spans // 10 // 10)
+            telemetrygen(port, warm_traces, args.workers, args.load_core, gen_log)
+            time.sleep(0.5)
+            cpu0 = cpu_seconds(proc.pid)
+            traces = args.ingest_spans // 10
+            wall = telemetrygen(port, traces, args.workers, args.load_core, gen_log)
+            cpu = cpu_seconds(proc.pid) - cpu0
+        finally:
+            sampler.stop.set()
+            stop(proc)
+        records, spans_in_kafka = count_in_kafka(topic)
+    finally:
+        drop_topic(topic)
+    sent = (traces // args.workers) * args.workers * 10
+    warm = (warm_traces // args.workers) * args.workers * 10
+    measured = min(sent, max(0, spans_in_kafka - warm))
+    return {
+        "stage": "1 ingest: OTLP gRPC → Kafka acked",
+        "system": name,
+        "spans_sent": sent,
+        "spans": measured,
+        "kafka_records": records,
+        "wall_s": round(wall, 2),
+        "server_cpu_s": round(cpu, 2),
+        "spans_per_s": round(measured / wall),
+        "spans_per_core_s": round(measured / cpu) if cpu > 0 else None,
+        "peak_rss_mib": round(sampler.peak / 2**20, 1),
+    }
+
+
+def _env_port(proc: subprocess.Popen) -> str:
+    """The OTLP gRPC port handed to a collector process (from its environment)."""
+    env = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+    for kv in env:
+        if kv.startswith(b"OTLP_GRPC_PORT="):
+            return kv.split(b"=", 1)[1].decode()
+    raise RuntimeError("collector has no OTLP_GRPC_PORT")
+
+
+# --- 2. consume --------------------------------------------------------------------------------
+
+
+def _metric_sum(text: str, name_re: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        if re.match(name_re, line):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def run_collector_consume(topic: str, spans: int, args: argparse.Namespace, tmp: Path) -> dict:
+    log = tmp / "consume-collector.log"
+    t0 = time.perf_counter()
+    proc, mp = start_collector(
+        "consume.yaml",
+        {"KAFKA_TOPIC": topic, "KAFKA_GROUP": "sbs-" + uuid.uuid4().hex[:6]},
+        args.core,
+        log,
+    )
+    sampler = Sampler(proc.pid)
+    sampler.start()
+    done = 0.0
+    try:
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{mp}/metrics", timeout=5).read()
+            except OSError:
+                time.sleep(0.1)
+                continue
+            done = _metric_sum(text.decode(), r"otelcol_exporter_sent_spans(_total)?\{")
+            if done >= spans:
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(f"collector exited; see {log}")
+            time.sleep(0.05)
+        wall = time.perf_counter() - t0
+        cpu = cpu_seconds(proc.pid)
+        sampler.sample()
+    finally:
+        sampler.stop.set()
+        stop(proc)
+    return {
+        "stage": "2 Kafka → decode → batch",
+        "system": "Collector: kafkareceiver → batch → debug",
+        "spans": int(done),
+        "wall_s": round(wall, 2),
+        "server_cpu_s": round(cpu, 2),
+        "spans_per_s": round(done / wall),
+        "spans_per_core_s": round(done / cpu) if cpu > 0 else None,
+        "peak_rss_mib": round(sampler.peak / 2**20, 1),
+        "note": "wall and CPU include process start (Go: ~0.1 s)",
+    }
+
+
+def _watch_flow(proc: subprocess.Popen, log: Path, timeout: float) -> dict:
+    """Wall/CPU from the first 'start at' log line to 'input finished'; peak RSS."""
+    sampler = Sampler(proc.pid)
+    cpu0 = cpu1 = None
+    t0 = t1 = None
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"flow did not finish; see {log}")
+        sampler.sample()
+        text = log.read_text(errors="replace")
+        if t0 is None and "start at" in text:
+            t0, cpu0 = time.perf_counter(), cpu_seconds(proc.pid)
+        if t1 is None and "input finished" in text:
+            t1, cpu1 = time.perf_counter(), cpu_seconds(proc.pid)
+        time.sleep(0.05)
+    if proc.returncode:
+        raise RuntimeError(f"flow exited with {proc.returncode}; see {log}")
+    end = time.perf_counter()
+    t0 = t0 or end
+    return {
+        "wall_s": (t1 or end) - t0,
+        "cpu_s": (cpu1 if cpu1 is not None else sampler.cpu) - (cpu0 or 0.0),
+        "peak_rss_mib": round(sampler.peak / 2**20, 1),
+    }
+
+
+def run_otelwax_consume(
+    topic: str, spans: int, sink: str, args: argparse.Namespace, tmp: Path
+) -> dict:
+    log = tmp / f"consume-otelwax-{sink}.log"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("OTELWAX_METRICS_PORT", None)
+    if sink == "chdb":
+        import yaml
+
+        cfg = tmp / "traces.yaml"
+        cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "kafka": {"bootstrap_servers": BOOTSTRAP},
+                    "source": {"topic": topic, "stop_at_end": True, "group_id": f"g{topic}"},
+                    "clickhouse": {
+                        "mode": "embedded",
+                        "path": str(tmp / "chdb-consume"),
+                        "create_schema": True,
+                    },
+                    "metrics_port": None,
+                    "dead_letters": {"topic": f"dlq_{topic}"},
+                }
+            )
+        )
+        cmd = [sys.executable, "-m", "bytewax.run", f"flows.traces:build({str(cfg)!r})"]
+        system = "otelwax flows.traces → chdb"
+    else:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--nosink-flow", topic]
+        system = "otelwax source → decode (no sink)"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            pinned(cmd, args.core), cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT
+        )
+    r = _watch_flow(proc, log, args.timeout)
+    stored = None
+    if sink == "nosink":
+        m = re.search(r"NOSINK rows=(\d+)", log.read_text())
+        stored = int(m.group(1)) if m else None
+    return {
+        "stage": "2 Kafka → decode → batch" if sink == "nosink" else "3 Kafka → ClickHouse",
+        "system": system,
+        "spans": stored if stored is not None else spans,
+        "wall_s": round(r["wall_s"], 2),
+        "server_cpu_s": round(r["cpu_s"], 2),
+        "spans_per_s": round(spans / r["wall_s"]) if r["wall_s"] > 0 else None,
+        "spans_per_core_s": round(spans / r["cpu_s"]) if r["cpu_s"] > 0 else None,
+        "peak_rss_mib": r["peak_rss_mib"],
+        "note": "from the first partition's start to end of input (process start excluded)",
+    }
+
+
+def nosink_flow(topic: str) -> int:
+    """Run otelwax's Kafka source + decode step with a counting sink (no storage)."""
+    from bytewax import operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.outputs import DynamicSink, StatelessSinkPartition
+    from bytewax.testing import run_main
+
+    from connectors.kafka_source import PartitionedKafkaSource
+    from flows.settings import load_settings
+    from flows.traces import _Decode
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    s = load_settings(
+        None,
+        kafka__bootstrap_servers=BOOTSTRAP,
+        source__topic=topic,
+        source__stop_at_end=True,
+        source__group_id=f"nosink-{topic}",
+    )
+    rows = [0]
+
+    class _Count(StatelessSinkPartition):
+        def write_batch(self, items: list) -> None:
+            for d in items:
+                rows[0] += d.batch.num_rows
+
+        def close(self) -> None:
+            logging.getLogger("nosink").info("input finished")
+
+    class _Sink(DynamicSink):
+        def build(self, step_id: str, worker_index: int, worker_count: int) -> _Count:
+            return _Count()
+
+    flow = Dataflow("nosink")
+    ranges = op.input("kafka", flow, PartitionedKafkaSource(s.kafka, s.source))
+    op.output("count", op.map("decode", ranges, _Decode()), _Sink())
+    run_main(flow)
+    print(f"NOSINK rows={rows[0]}", flush=True)
+    return 0
+
+
+# --- 3. latency --------------------------------------------------------------------------------
+
+
+def run_latency(args: argparse.Namespace, tmp: Path) -> dict:
+    import traces_flow_bench as tfb
+
+    chdb = {"mode": "embedded", "path": str(tmp / "chdb-latency"), "create_schema": True}
+    r = tfb.run_latency(args.latency_rate, args.latency_seconds, tmp, chdb, 20)
+    return {
+        "stage": "3 event → queryable latency",
+        "system": "otelwax flows.traces → chdb",
+        "spans_per_s": args.latency_rate,
+        "p50_s": r.get("p50_s"),
+        "p99_s": r.get("p99_s"),
+        "spans": int(r.get("count", 0) or 0),
+        "note": "fixed-rate produce; sink histogram Kafka timestamp → insert returned "
+        "(bucket upper bounds)",
+    }
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+COLS = [
+    ("stage", 36), ("system", 42), ("spans", 9), ("spans_per_s", 11),
+    ("spans_per_core_s", 16), ("peak_rss_mib", 12),
+]  # fmt: skip
+
+
+def table(rows: list[dict]) -> str:
+    lines = [" ".join(f"{c:<{w}}" for c, w in COLS) + "  extra"]
+    for r in rows:
+        extra = ""
+        if "p99_s" in r:
+            extra = f"p50 ≤{r['p50_s']} s, p99 ≤{r['p99_s']} s"
+        elif "spans_sent" in r:
+            extra = f"sent {r['spans_sent']}, Kafka records {r['kafka_records']}"
+        lines.append(
+            " ".join(
+                f"{('' if r.get(c) is None else r.get(c))!s:<{w}}"[: max(w, 1)] for c, w in COLS
+            )
+            + "  "
+            + extra
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ingest-spans", type=int, default=200_000)
+    ap.add_argument("--workers", type=int, default=4, help="telemetrygen processes sending at once")
+    ap.add_argument("--consume-spans", type=int, default=200_000)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--core", type=int, default=0, help="core for the servers")
+    ap.add_argument("--load-core", type=int, default=1, help="core for load generators")
+    ap.add_argument("--latency-rate", type=float, default=20_000, help="spans/s; 0 skips")
+    ap.add_argument("--latency-seconds", type=float, default=10)
+    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--only", nargs="+", choices=["ingest", "consume", "latency"])
+    ap.add_argument("--nosink-flow", metavar="TOPIC", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.nosink_flow:
+        return nosink_flow(args.nosink_flow)
+    for tool in ("telemetrygen", "otelcol-bench"):
+        if not (BIN / tool).exists():
+            raise SystemExit(
+                f"{BIN / tool} missing: run scripts/go-tools.sh and scripts/collector.sh"
+            )
+    if args.load_core is not None:
+        try:
+            os.sched_setaffinity(0, {args.load_core})
+        except OSError:
+            pass
+    only = set(args.only or ["ingest", "consume", "latency"])
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="otelwax-sbs-") as d:
+        tmp = Path(d)
+        if "ingest" in only:
+            for name in ("otelwax shim", "Collector otlp → kafka"):
+                rows.append(run_ingest(name, args, tmp))
+                print(table(rows[-1:]), flush=True)
+        if "consume" in only:
+            topic = create_topic(args.partitions)
+            try:
+                n_rec, _bytes = preload(topic, args.consume_spans)
+                spans = n_rec * 100
+                rows.append(run_collector_consume(topic, spans, args, tmp))
+                print(table(rows[-1:]), flush=True)
+                for sink in ("nosink", "chdb"):
+                    rows.append(run_otelwax_consume(topic, spans, sink, args, tmp))
+                    print(table(rows[-1:]), flush=True)
+            finally:
+                drop_topic(topic)
+        if "latency" in only and args.latency_rate:
+            rows.append(run_latency(args, tmp))
+    print()
+    print(table(rows))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = {
+        "benchmark": "side_by_side",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        "results": rows,
+    }
+    (RESULTS / "side_by_side.json").write_text(json.dumps(out, indent=2))
+    print(f"wrote {RESULTS / 'side_by_side.json'}")
+    return 0
+
+
+def machine() -> dict:
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+    return {"nproc": os.cpu_count(), "cpu": model, "mem_gib": round(int(mem) / 2**20, 1)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
