@@ -74,6 +74,9 @@ class ClickHouseSinkConfig(StrictModel):
 
     intents_table: str = Field("otelwax_intents", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     flow: str = Field("traces", min_length=1, description="namespace of this flow's intents")
+    intents_ttl_days: int = Field(
+        30, ge=0, description="drop intents after N days (>= Kafka retention; 0 = keep)"
+    )
     dedup: Literal["auto", "token", "lookup"] = Field(
         "auto",
         description="token: insert tokens (native, or emulated by the client on 18.16 tables "
@@ -129,14 +132,19 @@ class _Blocking:
 # --- intents ----------------------------------------------------------------------------------
 
 
-def intents_ddl(qualified_table: str) -> str:
-    """DDL of the intent table (works on ClickHouse 18.16 and current versions)."""
+def intents_ddl(qualified_table: str, ttl_days: int = 0) -> str:
+    """DDL of the intent table (works on ClickHouse 18.16 and current versions).
+
+    ``ttl_days`` > 0 adds a TTL (servers >= 19.6, chdb); old intents are only needed for
+    ranges Kafka could still replay, so anything older than the topic's retention can go.
+    """
+    ttl = f" TTL written_at + INTERVAL {int(ttl_days)} DAY" if ttl_days > 0 else ""
     return (
         f"CREATE TABLE IF NOT EXISTS {qualified_table} (flow String, topic String, "
         "kafka_partition UInt32, first_offset UInt64, last_offset UInt64, target String, "
         "group_id UInt64, records UInt32, written_at DateTime DEFAULT now()) "
         "ENGINE = MergeTree() PARTITION BY toYYYYMM(written_at) "
-        "ORDER BY (flow, topic, kafka_partition, first_offset)"
+        f"ORDER BY (flow, topic, kafka_partition, first_offset){ttl}"
     )
 
 
@@ -155,6 +163,7 @@ class IntentLog:
         self._qt = f"{quote_ident(conn.database)}.{quote_ident(cfg.intents_table)}"
         self._qdb = quote_ident(conn.database)
         self.flow = cfg.flow
+        self._ttl_days = cfg.intents_ttl_days
         self.metrics = ComponentMetrics("intents", "ranges")
         self._blocking = _Blocking(conn, f"clickhouse intents ({self.table})", self.metrics)
 
@@ -163,7 +172,8 @@ class IntentLog:
         self._blocking.call(
             lambda: self.client.execute(f"CREATE DATABASE IF NOT EXISTS {self._qdb}")
         )
-        self._blocking.call(lambda: self.client.execute(intents_ddl(self._qt)))
+        ttl = 0 if getattr(self.client, "legacy", False) else self._ttl_days
+        self._blocking.call(lambda: self.client.execute(intents_ddl(self._qt, ttl)))
 
     def _rows(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         return list(self._blocking.call(lambda: self.client.execute(sql, params)) or [])
