@@ -244,6 +244,45 @@ class StoredRange:
         return f"{self.topic}:{self.partition}:{self.first}:{self.last}"
 
 
+class _OneThreadClient:
+    """Runs every call of a client on one dedicated thread (used for embedded chdb).
+
+    chdb keeps per-session state that is not safe to drive from several bytewax worker
+    threads (a GIL deadlock was observed with two workers calling it directly); funnelling
+    the calls through one thread keeps ``-w N`` usable. Waiting callers release the GIL.
+    """
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="chdb")
+        self._client = self._pool.submit(factory).result()
+        self.legacy = getattr(self._client, "legacy", False)
+
+    def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return self._pool.submit(fn, *args, **kwargs).result()
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+        return self._run(self._client.execute, sql, params)
+
+    def insert_arrow(
+        self, table: str, batch: pa.RecordBatch, *, dedup_token: str | None = None
+    ) -> int:
+        return self._run(self._client.insert_arrow, table, batch, dedup_token=dedup_token)
+
+    def table_columns(self, table: str) -> dict[str, str]:
+        return self._run(self._client.table_columns, table)
+
+    def supports_dedup_token(self, table: str | None = None) -> bool:
+        return self._run(self._client.supports_dedup_token, table)
+
+    def close(self) -> None:
+        try:
+            self._run(self._client.close)
+        finally:
+            self._pool.shutdown(wait=True)
+
+
 class _ClientHolder:
     """One client per process and connection, shared by the worker threads.
 
@@ -413,7 +452,10 @@ class ClickHouseSink(DynamicSink[StoredRange]):
             delay = self.connection.retry.initial_backoff_s or 0.2
             while True:  # ClickHouse down at start: wait for it, holding the input back
                 try:
-                    c = clickhouse.open_client(self.connection)
+                    if self.connection.mode == "embedded":
+                        c = _OneThreadClient(lambda: clickhouse.open_client(self.connection))
+                    else:
+                        c = clickhouse.open_client(self.connection)
                     break
                 except Exception as exc:
                     if not clickhouse.is_transient(exc):
@@ -438,12 +480,4 @@ class ClickHouseSink(DynamicSink[StoredRange]):
         return IntentLog(client, self.connection, self.config)
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _SinkPartition:
-        if worker_count > 1 and self.connection.mode == "embedded":
-            # chdb is one engine per process and folder; with several bytewax worker threads
-            # on one session the process deadlocked on the GIL in tests (chdb 4.4), and
-            # several processes cannot share a folder. Scale out with a ClickHouse server.
-            raise RuntimeError(
-                f"embedded ClickHouse (chdb) supports one bytewax worker, got {worker_count}: "
-                "run with -w 1 and no cluster, or set clickhouse.mode: server"
-            )
         return _SinkPartition(self, worker_index)

@@ -99,8 +99,14 @@ def test_poison_records_go_to_the_dlq_and_good_ones_are_stored(flow_run) -> None
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recovery", [True, False], ids=["bytewax-recovery", "intents-only"])
-def test_sigkill_at_random_moments_stores_every_span_exactly_once(flow_run, recovery) -> None:
+@pytest.mark.parametrize(
+    ("recovery", "workers"),
+    [(True, 1), (False, 1), (True, 2)],
+    ids=["bytewax-recovery", "intents-only", "recovery-2-workers"],
+)
+def test_sigkill_at_random_moments_stores_every_span_exactly_once(
+    flow_run, recovery: bool, workers: int
+) -> None:
     """THE test: kill -9 the flow while it inserts, restart, repeat; count duplicates.
 
     Ranges are cut by time (0.15 s) from small polls, so where they end depends on timing, as
@@ -114,7 +120,7 @@ def test_sigkill_at_random_moments_stores_every_span_exactly_once(flow_run, reco
         source={"batch": {"max_records": 1000, "max_delay_s": 0.15}, "poll_max_messages": 8},
     )
     if recovery:
-        run.init_recovery()
+        run.init_recovery(partitions=workers)
     n_requests = 1200
     payloads = otlpgen.trace_payloads(n_requests, seed=seed, **SMALL)
     produce(run.bootstrap, run.topic, payloads[:800])
@@ -128,14 +134,14 @@ def test_sigkill_at_random_moments_stores_every_span_exactly_once(flow_run, reco
     producer.start()
     kills = 0
     for _ in range(4):
-        p = run.start(recovery=recovery, snapshot_s=1)
+        p = run.start(recovery=recovery, snapshot_s=1, extra=["-w", str(workers)])
         time.sleep(rnd.uniform(2.0, 4.5))
         if p.poll() is None:
             p.kill()
             p.wait()
             kills += 1
     producer.join(60)
-    run.run_to_end(recovery=recovery, snapshot_s=1, timeout=180)
+    run.run_to_end(recovery=recovery, snapshot_s=1, timeout=180, extra=["-w", str(workers)])
 
     path = run.settings["clickhouse"]["path"]
     n, uniq = chdb_rows(path, "SELECT count(), uniqExact(SpanId) FROM otel.otel_traces")[0]
@@ -156,3 +162,15 @@ def test_configured_operators_run_between_decode_and_clickhouse(flow_run) -> Non
     assert 0 < len(expected) < 20 * 20
     rows = chdb_rows(run.settings["clickhouse"]["path"], "SELECT SpanId FROM otel.otel_traces")
     assert sorted(r[0] for r in rows) == sorted(expected)
+
+
+def test_worker_threads_share_one_chdb(flow_run) -> None:
+    """``-w 3``: three bytewax workers in one process, one embedded ClickHouse."""
+    run = flow_run(partitions=4)
+    produce(run.bootstrap, run.topic, otlpgen.trace_payloads(80, seed=14, **SMALL))
+    run.run_to_end(extra=["-w", "3"])
+    path = run.settings["clickhouse"]["path"]
+    assert chdb_rows(path, "SELECT count(), uniqExact(SpanId) FROM otel.otel_traces") == [
+        (80 * 20, 80 * 20)
+    ]
+    assert run.log_text(10**9).count(": start at") == 4
