@@ -15,7 +15,10 @@ Then, with the data at rest:
   p50/p99 duration.
 
 Latency p50/p99 for each (sequential), and lookups/s with 1 and 2 threads for a fixed time.
-Seed targets: < 100 ms per query, > 1K lookups/s.
+Seed targets: < 100 ms per query, > 1K lookups/s. A second run (unless ``--no-projection``)
+adds a projection ordered by TraceId to ``otel_traces`` (``ALTER TABLE ... ADD PROJECTION``),
+which the trace lookup then reads instead of scanning bloom-filtered granules sorted by
+service/span name; it shows what a trace-ordered copy buys and costs (disk, insert speed).
 
     .venv/bin/python bench/query_bench.py                    # 1M spans
     .venv/bin/python bench/query_bench.py --spans 200000     # quick
@@ -172,11 +175,16 @@ def throughput(fn, args_list: list, threads: int, seconds: float) -> float:  # t
     return sum(counts) / (time.perf_counter() - t0)
 
 
-def run(args: argparse.Namespace) -> dict:
+PROJECTION = "ALTER TABLE otel.otel_traces ADD PROJECTION by_trace (SELECT * ORDER BY TraceId)"
+
+
+def run(args: argparse.Namespace, projection: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="otelwax-query-bench-") as d:
         cfg = ClickHouseConfig(mode="embedded", path=d, create_schema=True)
         client = open_client(cfg)
         try:
+            if projection:
+                client.execute(PROJECTION)
             info = load(client, args.spans, args.unique_spans, args.batch_rows)
             client.execute("OPTIMIZE TABLE otel.otel_traces_trace_id_ts FINAL")
             ((count,),) = client.execute("SELECT count() FROM otel.otel_traces")
@@ -221,18 +229,28 @@ def run(args: argparse.Namespace) -> dict:
                 for th in (1, 2):
                     r[f"qps_{th}_thread"] = round(throughput(fn, al, th, args.seconds), 1)
             info["spans_per_trace_found"] = found
+            (disk,) = client.execute(
+                "SELECT sum(bytes_on_disk) FROM system.parts WHERE database = 'otel' "
+                "AND table = 'otel_traces' AND active"
+            )[0]
+            info["bytes_on_disk"] = int(disk)
+            schema = "+ projection ORDER BY TraceId" if projection else "default schema"
+            for r in rows:
+                r["schema"] = schema
             return {"load": info, "queries": rows}
         finally:
             client.close()
 
 
 def print_table(res: dict) -> None:
-    ld = res["load"]
-    print(
-        f"stored {ld['stored']} spans ({ld['lookup_rows']} traces in the lookup table, "
-        f"{ld['active_parts']} parts), insert {ld['insert_spans_per_s']} spans/s"
-    )
-    cols = [("query", 26), ("p50_ms", 8), ("p99_ms", 8), ("qps_1_thread", 13),
+    for v in res["variants"]:
+        ld = v["load"]
+        print(
+            f"{v['queries'][0]['schema']}: stored {ld['stored']} spans ({ld['lookup_rows']} "
+            f"traces in the lookup table, {ld['active_parts']} parts, "
+            f"{ld['bytes_on_disk'] / 2**20:.0f} MiB), insert {ld['insert_spans_per_s']} spans/s"
+        )
+    cols = [("schema", 30), ("query", 26), ("p50_ms", 8), ("p99_ms", 8), ("qps_1_thread", 13),
             ("qps_2_thread", 13)]  # fmt: skip
     print(" ".join(f"{c:>{w}}" for c, w in cols))
     for r in res["queries"]:
@@ -246,8 +264,20 @@ def main() -> int:
     ap.add_argument("--batch-rows", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=400, help="sequential lookups for p50/p99")
     ap.add_argument("--seconds", type=float, default=5.0, help="per throughput run")
+    ap.add_argument(
+        "--no-projection",
+        action="store_true",
+        help="skip the second run with a projection ordered by TraceId",
+    )
     args = ap.parse_args()
-    res = run(args)
+    variants = [run(args, False)]
+    if not args.no_projection:
+        variants.append(run(args, True))
+    res = {
+        "load": variants[0]["load"],
+        "queries": [q for v in variants for q in v["queries"]],
+        "variants": variants,
+    }
     res.update(benchmark="query", time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     print_table(res)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -56,15 +56,15 @@ trap cleanup EXIT
 # --- the benchmarks, short sizes -------------------------------------------------------------
 # name | command line (relative to the repo)
 BENCHES=(
-  "side_by_side|bench/side_by_side.py --ingest-spans 300000 --consume-spans 300000 --latency-seconds 10"
+  "side_by_side|bench/side_by_side.py --ingest-spans 500000 --consume-spans 500000 --latency-seconds 20"
   "query|bench/query_bench.py --spans 1000000 --queries 300 --seconds 4"
   "ingest|bench/ingest_bench.py --requests 1500 --clients 64"
   "decode|bench/decode_bench.py --requests 300 --repeat 3"
   "codec|bench/codec_bench.py --seconds 1.5"
   "encode|bench/encode_bench.py --seconds 1.5"
   "operators|bench/operators_bench.py --spans 100000 --repeat 3"
-  "clickhouse|bench/clickhouse_bench.py --rows 100000 --server-rows 100000"
-  "traces_flow|bench/traces_flow_bench.py --spans 200000 --latency-rate 0"
+  "clickhouse|bench/clickhouse_bench.py --rows 200000 --server-rows 100000"
+  "traces_flow|bench/traces_flow_bench.py --spans 300000 --latency-rate 0"
   "metrics|bench/metrics_bench.py --requests 300 --spans 100000"
 )
 
@@ -127,15 +127,16 @@ if fresh(q):
     ld = d["load"]
     lines.append("")
     lines.append(
-        f"Query side: {ld['stored']} spans in chdb ({ld['lookup_rows']} traces), "
+        f"Query side: {ld['stored']} spans in embedded chdb ({ld['lookup_rows']} traces), "
         f"loaded at {ld['insert_spans_per_s']} spans/s"
     )
     lines.append("")
-    lines.append("| query | p50 ms | p99 ms | queries/s, 1 thread | queries/s, 2 threads |")
-    lines.append("|---|---:|---:|---:|---:|")
+    lines.append("| table | query | p50 ms | p99 ms | queries/s, 1 thread | queries/s, 2 threads |")
+    lines.append("|---|---|---:|---:|---:|---:|")
     for r in d["queries"]:
         lines.append(
-            f"| {r['query']} | {r['p50_ms']} | {r['p99_ms']} | {r['qps_1_thread']} | {r['qps_2_thread']} |"
+            f"| {r.get('schema', '')} | {r['query']} | {r['p50_ms']} | {r['p99_ms']} | "
+            f"{r['qps_1_thread']} | {r['qps_2_thread']} |"
         )
 lines.append("")
 lines.append("| benchmark | status | seconds | output |")
