@@ -5,7 +5,8 @@ Sources, later ones winning:
 
 1. defaults (embedded chdb in ``.data/chdb``, Kafka ``127.0.0.1:9092``, topic ``otlp_spans``);
 2. a YAML file: ``build("configs/x.yaml")`` or ``$OTELWAX_CONFIG``. The file is either this
-   model itself or a full otelwax config holding it under ``flows.traces``;
+   model itself or a whole otelwax config (``otelwax.config``: ``flows.traces`` plus the
+   shared top-level ``kafka``/``clickhouse``, ``${env:VAR}`` substitution);
 3. environment: ``OTELWAX_KAFKA_BOOTSTRAP``, ``OTELWAX_METRICS_PORT``, and any nested key as
    ``OTELWAX_TRACES__source__batch__max_delay_s=0.5`` (value parsed as YAML);
 4. keyword overrides of ``build(...)``, nested with ``__`` (``source__topic="x"``).
@@ -126,9 +127,13 @@ def load_settings(
         loaded = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping at the top level")
-        flows = loaded.get("flows")
-        if isinstance(flows, dict) and isinstance(flows.get("traces"), dict):
-            loaded = flows["traces"]
+        if any(k in loaded for k in ("flows", "ingest", "sinks")):
+            # A whole otelwax config: its loader substitutes ${env:...} and shares the
+            # top-level kafka/clickhouse sections with flows.traces.
+            from otelwax.config import load_config
+
+            traces = load_config(path, env).flows.traces
+            loaded = traces.model_dump(exclude_unset=True)
         data = loaded
     data = _merge(data, _env_overrides(env))
     nested: dict[str, Any] = {}
