@@ -323,7 +323,7 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
             self._emit(out, None)
             self._done = True
         now = time.monotonic()
-        if now - self._lag_at >= 2.0:
+        if out or now - self._lag_at >= 2.0:  # cached watermark: no broker round trip
             self._lag_at = now
             try:
                 _low, high = self._consumer.get_watermark_offsets(self._tp, cached=True)

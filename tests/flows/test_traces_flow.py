@@ -6,12 +6,14 @@ import random
 import threading
 import time
 
+import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from connectors.dlq import H_ERROR, H_OFFSET, H_PARTITION, H_TOPIC
 from tests import otlpgen
+from tests.conftest import free_port
 from tests.flows.conftest import chdb_rows, consume_all, produce
 
 SMALL = {"n_resources": 2, "spans_per_resource": 10}  # 20 spans per request
@@ -174,3 +176,26 @@ def test_worker_threads_share_one_chdb(flow_run) -> None:
         (80 * 20, 80 * 20)
     ]
     assert run.log_text(10**9).count(": start at") == 4
+
+
+def test_flow_serves_standard_counters_and_consumer_lag(flow_run) -> None:
+    port = free_port()
+    run = flow_run(partitions=2, metrics_port=port)
+    good = otlpgen.trace_payloads(30, seed=15, **SMALL)
+    produce(run.bootstrap, run.topic, [*good, b"\x00garbage"], partition=0)
+    p = run.start(env={"OTELWAX_METRICS_PORT": str(port)})
+    text, deadline = "", time.monotonic() + 60
+    want = 'otelwax_sent_total{component="clickhouse_sink",unit="rows"} 600.0'
+    lag0 = f'otelwax_kafka_consumer_lag{{partition="0",topic="{run.topic}"}} 0.0'
+    while time.monotonic() < deadline and not (want in text and lag0 in text):
+        time.sleep(0.5)
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            pass
+    p.kill()
+    assert want in text, text[-3000:]
+    assert 'otelwax_received_total{component="kafka_source",unit="records"} 31.0' in text
+    assert 'otelwax_failed_total{component="decode",unit="records"} 1.0' in text
+    assert 'otelwax_sent_total{component="dlq",unit="records"} 1.0' in text
+    assert lag0 in text
