@@ -112,20 +112,25 @@ class _DeadLetters:
 
 
 class _ApplyOperator:
+    """One batch operator on a range's rows. Registry operators count themselves
+    (``operator.<name>``); plain callables are counted here under the same name."""
+
     def __init__(self, name: str, fn: BatchOperator) -> None:
         self._fn = fn
-        self._metrics = ComponentMetrics(f"operator:{name}", "spans")
+        counted = hasattr(fn, "kind")  # operators.registry.BatchOperator
+        self._metrics = None if counted else ComponentMetrics(f"operator.{name}", "rows")
 
     def __call__(self, r: StoredRange) -> StoredRange:
         n = r.batch.num_rows
-        self._metrics.received(n)
         out = self._fn(r.batch)
         if isinstance(out, pa.Table):
             batches = out.combine_chunks().to_batches()
             out = batches[0] if batches else pa.RecordBatch.from_pylist([], schema=out.schema)
-        self._metrics.sent(out.num_rows)
-        if out.num_rows < n:
-            self._metrics.dropped(n - out.num_rows, "filtered")
+        if self._metrics is not None:
+            self._metrics.received(n)
+            self._metrics.sent(out.num_rows)
+            if out.num_rows < n:
+                self._metrics.dropped(n - out.num_rows, "filtered")
         r.batch = out
         return r
 
