@@ -438,15 +438,16 @@ def run_otelwax_consume(
     if sink == "chdb":
         import yaml
 
-        cfg = tmp / "traces.yaml"
+        run_id = uuid.uuid4().hex[:8]  # fresh store and group: a repeat must redo the work
+        cfg = tmp / f"traces-{run_id}.yaml"
         cfg.write_text(
             yaml.safe_dump(
                 {
                     "kafka": {"bootstrap_servers": BOOTSTRAP},
-                    "source": {"topic": topic, "stop_at_end": True, "group_id": f"g{topic}"},
+                    "source": {"topic": topic, "stop_at_end": True, "group_id": f"g{run_id}"},
                     "clickhouse": {
                         "mode": "embedded",
-                        "path": str(tmp / "chdb-consume"),
+                        "path": str(tmp / f"chdb-{run_id}"),
                         "create_schema": True,
                     },
                     "metrics_port": None,
@@ -471,16 +472,33 @@ def run_otelwax_consume(
     if sink.startswith("nosink"):
         m = re.search(r"NOSINK rows=(\d+)", log.read_text())
         stored = int(m.group(1)) if m else None
+    else:  # count what the flow stored (its chdb folder is free once it exited)
+        code = (
+            "import sys; from connectors.clickhouse import ClickHouseConfig, open_client; "
+            "c = open_client(ClickHouseConfig(mode='embedded', path=sys.argv[1])); "
+            "print(c.execute('SELECT count() FROM otel.otel_traces')[0][0])"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(tmp / f"chdb-{run_id}")],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        stored = int(out.stdout.strip().splitlines()[-1])
+    n = stored if stored is not None else spans
     return {
         "stage": "2 Kafka → decode → batch"
         if sink.startswith("nosink")
         else "3 Kafka → ClickHouse",
         "system": system,
         "spans": stored if stored is not None else spans,
+        "spans_expected": spans,
         "wall_s": round(r["wall_s"], 2),
         "server_cpu_s": round(r["cpu_s"], 2),
-        "spans_per_s": round(spans / r["wall_s"]) if r["wall_s"] > 0 else None,
-        "spans_per_core_s": round(spans / r["cpu_s"]) if r["cpu_s"] > 0 else None,
+        "spans_per_s": round(n / r["wall_s"]) if r["wall_s"] > 0 else None,
+        "spans_per_core_s": round(n / r["cpu_s"]) if r["cpu_s"] > 0 else None,
         "peak_rss_mib": r["peak_rss_mib"],
         "note": "from the first partition's start to end of input (process start excluded)",
     }
@@ -507,7 +525,7 @@ def nosink_flow(topic: str, big_prefetch: bool) -> int:
         kafka__bootstrap_servers=BOOTSTRAP,
         source__topic=topic,
         source__stop_at_end=True,
-        source__group_id=f"nosink-{topic}",
+        source__group_id=f"nosink-{uuid.uuid4().hex[:8]}",
         source__extra={"queued.max.messages.kbytes": 262144} if big_prefetch else {},
     )
     rows = [0]

@@ -46,6 +46,8 @@ if ! port_open 127.0.0.1:19090; then
   if scripts/services/prometheus.sh start >/dev/null; then OWN_PROM=1; fi
 fi
 port_open 127.0.0.1:19000 || OWN_CH=1
+# BENCH_KEEP_SERVICES=1 leaves Prometheus/ClickHouse running (machines shared with others).
+[ "${BENCH_KEEP_SERVICES:-0}" = 1 ] && { OWN_PROM=0; OWN_CH=0; }
 cleanup() {
   if [ "$OWN_KAFKA" = 1 ]; then scripts/kafka.sh stop >/dev/null 2>&1 || true; fi
   if [ "$OWN_PROM" = 1 ]; then scripts/services/prometheus.sh stop >/dev/null 2>&1 || true; fi
