@@ -1,0 +1,329 @@
+"""The steps every "OTLP on Kafka → Arrow → operators → ClickHouse" flow shares.
+
+``flows.traces`` and ``flows.logs`` are the same dataflow with a different :class:`Signal`
+(decoder, Arrow schema, target table, counter unit)::
+
+    kafka (PartitionedKafkaSource) → decode (OTLP → pa.RecordBatch, bad payloads set aside)
+      → dead_letters (bad payloads to the DLQ topic, waits for Kafka's ack)
+      → op_<i> (batch operators, Arrow in/out) → clickhouse (intent, then deduplicated insert)
+
+One item is one Kafka offset range of one partition (``connectors.kafka_source``); decode and
+the operators keep a range's rows in that range, so a replay after a crash re-inserts the
+same rows under the same deduplication token (``connectors.clickhouse_sink``).
+
+Building the dataflow does no I/O: clients are opened when bytewax builds the steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pyarrow as pa
+from bytewax import operators as op
+from bytewax.dataflow import Dataflow
+
+from connectors.clickhouse_sink import ClickHouseSink, StoredRange
+from connectors.dlq import DeadLetter, DeadLetterProducer
+from connectors.kafka_source import KafkaRange, PartitionedKafkaSource
+from otelwax.schemas import LOGS_SCHEMA, TRACES_SCHEMA
+from otelwax.telemetry import ComponentMetrics, serve_metrics
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "LOGS",
+    "TRACES",
+    "BatchOperator",
+    "Signal",
+    "build_dataflow",
+    "clickhouse_sink",
+    "resolve_operators",
+]
+
+BatchOperator = Callable[[pa.RecordBatch], pa.RecordBatch]
+
+
+@dataclass(frozen=True)
+class Signal:
+    """What differs between the flows: how payloads decode and where rows go."""
+
+    name: str
+    """Operator registry signal (``operators.registry.SIGNAL_SCHEMAS``) and flow name."""
+    unit: str
+    """Counter unit of decoded rows (``decode`` component)."""
+    decoder: str
+    """Function of ``otelwax.codec`` turning payloads into a ``DecodeResult``."""
+    table_field: str
+    """``ClickHouseConfig`` field naming the target table."""
+    schema: pa.Schema
+    """Arrow schema of the decoded batches (= the table's columns)."""
+
+    def decode_fn(self) -> Callable[[Sequence[bytes]], Any]:
+        """The decoder (imported lazily: the native codec loads on first use)."""
+        import otelwax.codec
+
+        return getattr(otelwax.codec, self.decoder)
+
+
+TRACES = Signal("traces", "spans", "decode_traces", "traces_table", TRACES_SCHEMA)
+LOGS = Signal("logs", "logs", "decode_logs", "logs_table", LOGS_SCHEMA)
+
+
+class FlowSettings(Protocol):
+    """The settings a flow built here needs (``flows.settings.TracesFlowSettings`` shape)."""
+
+    kafka: Any
+    source: Any
+    dead_letters: Any
+    clickhouse: Any
+    sink: Any
+    operators: list[dict[str, Any]]
+    metrics_port: int | None
+    metrics_addr: str
+    log_level: str
+
+
+# --- steps ------------------------------------------------------------------------------------
+
+
+class _Decoded:
+    """A range after decode: its rows and the payloads that failed."""
+
+    __slots__ = ("batch", "letters", "rng")
+
+    def __init__(self, rng: KafkaRange, batch: pa.RecordBatch, letters: list[DeadLetter]) -> None:
+        self.rng = rng
+        self.batch = batch
+        self.letters = letters
+
+
+class _Decode:
+    """OTLP payloads of one range → one Arrow batch; undecodable payloads become letters."""
+
+    def __init__(self, signal: Signal) -> None:
+        self._signal = signal
+        self._fn: Callable[[Sequence[bytes]], Any] | None = None
+        self._rows = ComponentMetrics("decode", signal.unit)
+        self._records = ComponentMetrics("decode", "records")
+
+    def __call__(self, rng: KafkaRange) -> _Decoded:
+        if self._fn is None:
+            self._fn = self._signal.decode_fn()
+        self._records.received(len(rng.values))
+        res = self._fn(rng.values)
+        letters = [
+            DeadLetter(rng.topic, rng.partition, rng.offsets[i], rng.values[i], reason)
+            for i, reason in res.errors
+        ]
+        if letters:
+            self._records.failed(len(letters))
+        self._records.sent(len(rng.values) - len(letters))
+        self._rows.sent(res.batch.num_rows)
+        return _Decoded(rng, res.batch, letters)
+
+
+class _DeadLetters:
+    """Sends a range's bad payloads to the DLQ and waits; one producer per process, lazily."""
+
+    def __init__(self, settings: FlowSettings) -> None:
+        self._kafka = settings.kafka
+        self._cfg = settings.dead_letters
+        self._producer: DeadLetterProducer | None = None
+        self._lock = threading.Lock()
+        self._dropped = ComponentMetrics("dlq", "records")
+
+    def __call__(self, d: _Decoded) -> StoredRange:
+        if d.letters:
+            for letter in d.letters:
+                log.warning(
+                    "%s[%d]@%d: undecodable record: %s",
+                    letter.topic,
+                    letter.partition,
+                    letter.offset,
+                    letter.reason,
+                )
+            if self._cfg.enabled:
+                with self._lock:
+                    if self._producer is None:
+                        self._producer = DeadLetterProducer(self._kafka, self._cfg)
+                    self._producer.send_and_wait(d.letters)
+            else:
+                self._dropped.dropped(len(d.letters), "undecodable")
+        r = d.rng
+        return StoredRange(
+            r.topic,
+            r.partition,
+            r.first,
+            r.last,
+            d.batch,
+            len(r.values),
+            r.replay,
+            r.first_timestamp_ms,
+        )
+
+
+class _ApplyOperator:
+    """One batch operator on a range's rows. Registry operators count themselves
+    (``operator.<name>``); plain callables are counted here under the same name."""
+
+    def __init__(self, name: str, fn: BatchOperator) -> None:
+        self._fn = fn
+        counted = hasattr(fn, "kind")  # operators.registry.BatchOperator
+        self._metrics = None if counted else ComponentMetrics(f"operator.{name}", "rows")
+
+    def __call__(self, r: StoredRange) -> StoredRange:
+        n = r.batch.num_rows
+        out = self._fn(r.batch)
+        if isinstance(out, pa.Table):
+            batches = out.combine_chunks().to_batches()
+            out = batches[0] if batches else pa.RecordBatch.from_pylist([], schema=out.schema)
+        if self._metrics is not None:
+            self._metrics.received(n)
+            self._metrics.sent(out.num_rows)
+            if out.num_rows < n:
+                self._metrics.dropped(n - out.num_rows, "filtered")
+        r.batch = out
+        return r
+
+
+def resolve_operators(
+    specs: Sequence[dict[str, Any]], signal: Signal = TRACES
+) -> list[tuple[str, BatchOperator]]:
+    """Turn ``operators:`` config entries into callables via ``operators.registry``.
+
+    Only stateless operators are allowed here: a stateful one (tail sampling) would move rows
+    between Kafka ranges, so a replayed range could no longer reproduce its insert.
+    """
+    if not specs:
+        return []
+    from operators import registry  # owned by the operators component
+
+    ops = registry.build_pipeline(registry.parse_specs(list(specs)), signal.name)
+    stateful = [o.name for o in ops if getattr(o, "stateful", False)]
+    if stateful:
+        raise ValueError(
+            f"operators {stateful}: stateful operators are not supported in flows.{signal.name} "
+            "(exactly-once needs each Kafka range's rows to stay in that range)"
+        )
+    return [(o.name, o) for o in ops]
+
+
+# --- the ClickHouse sink for any table --------------------------------------------------------
+
+
+@dataclass
+class _TableSink(ClickHouseSink):
+    """``ClickHouseSink`` for a table other than the traces table.
+
+    ``ClickHouseSink`` writes ``connection.traces_table`` and checks it against the traces
+    schema; this one is given a connection whose ``traces_table`` names the target table
+    (``schema_connection`` is the configured one, used for the DDL) and checks ``schema``.
+    Rows are deduplicated by insert token only: logs have no unique row key to look up.
+    """
+
+    schema: pa.Schema | None = None
+    schema_connection: Any = None
+
+    def client(self, hold: bool = False) -> Any:
+        from connectors import clickhouse
+        from connectors.clickhouse_schema import create_schema
+        from connectors.clickhouse_sink import _ClientHolder, _OneThreadClient
+
+        conn = self.connection
+        table = f"{conn.database}.{conn.traces_table}"
+
+        def _open() -> Any:
+            delay = conn.retry.initial_backoff_s or 0.2
+            while True:  # ClickHouse down at start: wait for it, holding the input back
+                try:
+                    if conn.mode == "embedded":
+                        c = _OneThreadClient(lambda: clickhouse.open_client(conn))
+                    else:
+                        c = clickhouse.open_client(conn)
+                    break
+                except Exception as exc:
+                    if not clickhouse.is_transient(exc):
+                        raise
+                    log.warning("clickhouse not reachable (%s); retrying in %.1f s", exc, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, conn.retry.max_backoff_s or 5.0)
+            ddl = self.schema_connection
+            if ddl is not None and ddl.create_schema:
+                create_schema(c, conn.database, None, conn.traces_table, ddl.tables)
+            self.intent_log(c).create()
+            problems = clickhouse.check_table(c, table, self.schema or TRACES_SCHEMA)
+            for p in problems:
+                if "does not exist" in p:
+                    c.close()
+                    raise RuntimeError(f"clickhouse health check: {p}")
+                log.warning("clickhouse health check: %s", p)
+            if not c.supports_dedup_token(table):
+                c.close()
+                raise RuntimeError(
+                    f"clickhouse health check: {table} cannot deduplicate replays (no insert "
+                    "tokens and no InsertToken column); recreate it with `otelwax clickhouse init`"
+                )
+            return c
+
+        return _ClientHolder.get(self.client_key(), _open, hold)
+
+
+def clickhouse_sink(settings: FlowSettings, signal: Signal) -> ClickHouseSink:
+    """The exactly-once sink writing ``signal``'s table of ``settings.clickhouse``."""
+    conn = settings.clickhouse
+    if signal.table_field == "traces_table":
+        return ClickHouseSink(conn, settings.sink)
+    target = conn.model_copy(
+        update={"traces_table": getattr(conn, signal.table_field), "create_schema": False}
+    )
+    return _TableSink(target, settings.sink, schema=signal.schema, schema_connection=conn)
+
+
+# --- the dataflow -----------------------------------------------------------------------------
+
+
+def build_dataflow(
+    settings: FlowSettings,
+    signal: Signal,
+    batch_operators: Sequence[BatchOperator | tuple[str, BatchOperator]] | None = None,
+) -> Dataflow:
+    """Wire the dataflow of ``signal`` from validated settings (no I/O).
+
+    ``batch_operators`` (callables or ``(name, callable)``) run after the configured ones.
+    """
+    port = settings.metrics_port
+    addr = settings.metrics_addr
+
+    def on_start() -> None:
+        if not logging.getLogger().handlers:
+            logging.basicConfig(
+                level=settings.log_level,
+                format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
+            )
+        if port is not None:
+            serve_metrics(port, addr)
+
+    sink = clickhouse_sink(settings, signal)
+
+    def intents() -> Any:
+        return sink.intent_log(sink.client())
+
+    flow = Dataflow(settings.sink.flow)
+    source = PartitionedKafkaSource(settings.kafka, settings.source, intents, on_start)
+    ranges = op.input("kafka", flow, source)
+    decoded = op.map("decode", ranges, _Decode(signal))
+    stored = op.map("dead_letters", decoded, _DeadLetters(settings))
+    ops = resolve_operators(settings.operators, signal)
+    for item in batch_operators or []:
+        ops.append(item if isinstance(item, tuple) else (getattr(item, "__name__", "op"), item))
+    for i, (name, fn) in enumerate(ops):
+        step = re.sub(r"[^A-Za-z0-9_]", "_", f"op_{i}_{name}")
+        stored = op.map(step, stored, _ApplyOperator(name, fn))
+    op.output("clickhouse", stored, sink)
+    return flow
