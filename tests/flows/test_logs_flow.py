@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
@@ -28,6 +29,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from connectors.dlq import H_ERROR, H_OFFSET, H_TOPIC
 from tests import otlpgen
+from tests.conftest import free_port
 from tests.connectors.ingest.conftest import start_shim
 from tests.flows.conftest import ROOT, FlowRun, chdb_rows, consume_all, produce
 
@@ -299,3 +301,25 @@ def test_restarts_replay_without_duplicating_rows(logs_run) -> None:
     assert uniq <= n
     # the last restart re-cut the latest intent group at the recorded boundaries
     assert re.search(r"\b[1-9]\d* recorded range\(s\) to re-cut", run.log_text(10**9))
+
+
+def test_flow_serves_standard_counters(logs_run) -> None:
+    port = free_port()
+    run = logs_run(partitions=1, metrics_port=port)
+    good = otlpgen.logs_payloads(10, seed=24, **SMALL)
+    produce(run.bootstrap, run.topic, [*good, b"\x00garbage"], partition=0)
+    p = run.start(env={"OTELWAX_METRICS_PORT": str(port)})
+    text, deadline = "", time.monotonic() + 60
+    want = 'otelwax_sent_total{component="clickhouse_sink",unit="rows"} 200.0'
+    while time.monotonic() < deadline and want not in text:
+        time.sleep(0.5)
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            pass
+    p.kill()
+    assert want in text, text[-3000:]
+    assert 'otelwax_received_total{component="kafka_source",unit="records"} 11.0' in text
+    assert 'otelwax_sent_total{component="decode",unit="logs"} 200.0' in text
+    assert 'otelwax_failed_total{component="decode",unit="records"} 1.0' in text
+    assert 'otelwax_sent_total{component="dlq",unit="records"} 1.0' in text
