@@ -323,3 +323,62 @@ def test_flow_serves_standard_counters(logs_run) -> None:
     assert 'otelwax_sent_total{component="decode",unit="logs"} 200.0' in text
     assert 'otelwax_failed_total{component="decode",unit="records"} 1.0' in text
     assert 'otelwax_sent_total{component="dlq",unit="records"} 1.0' in text
+
+
+# --- settings (no I/O) ------------------------------------------------------------------------
+
+
+def test_logs_settings_defaults_and_sources(tmp_path: Path) -> None:
+    from flows.logs import load_settings
+
+    s = load_settings(env={})
+    assert (s.source.topic, s.sink.flow, s.sink.dedup) == ("otlp_logs", "logs", "token")
+    assert s.clickhouse.logs_table == "otel_logs" and s.clickhouse.create_schema
+    assert s.metrics_port == 9466 and s.dead_letters.topic == "otlp_dlq"
+    f = tmp_path / "otelwax.yaml"
+    f.write_text(
+        "kafka: {bootstrap_servers: 'shared:9092'}\n"
+        "flows:\n"
+        "  traces: {source: {topic: spans_x}}\n"
+        "  logs:\n"
+        "    source: {batch: {max_records: 7}}\n"
+        "    operators: [{type: filter, drop: 'SeverityNumber < 9'}]\n"
+    )
+    env = {
+        "OTELWAX_LOGS__source__batch__max_delay_s": "0.5",
+        "OTELWAX_TRACES__source__topic": "not_for_logs",
+    }
+    s = load_settings(str(f), env=env, source__stop_at_end=True)
+    assert s.kafka.bootstrap_servers == "shared:9092"
+    assert s.source.topic == "otlp_logs"  # a partial source section keeps the logs topic
+    assert (s.source.batch.max_records, s.source.batch.max_delay_s) == (7, 0.5)
+    assert s.source.stop_at_end and s.operators[0]["type"] == "filter"
+    # ``topic:`` is a shorthand for ``source.topic`` (as in docker/config/otelwax.yaml)
+    f.write_text("topic: logs_a\nsink: {intents_table: my_intents}\n")
+    s = load_settings(str(f), env={})
+    assert (s.source.topic, s.sink.flow, s.sink.intents_table) == ("logs_a", "logs", "my_intents")
+
+
+def test_logs_settings_errors_name_their_keys(tmp_path: Path) -> None:
+    from flows.logs import load_settings
+
+    f = tmp_path / "bad.yaml"
+    f.write_text("sink: {dedup: lookup}\nsource: {btach: {}}\n")
+    with pytest.raises(ValueError) as err:
+        load_settings(str(f), env={})
+    assert "sink.dedup" in str(err.value) and "source.btach: unknown key" in str(err.value)
+    from otelwax.config import ConfigError, load_config
+
+    f.write_text("flows:\n  logs: {sourse: {}}\n")
+    with pytest.raises(ConfigError, match=r"flows\.logs\.sourse: unknown key"):
+        load_config(f, env={})
+
+
+def test_operators_are_checked_against_the_logs_schema() -> None:
+    from flows.logs import build
+
+    with pytest.raises(ValueError, match=r"operators\.0\.type: tail_sampling works on traces"):
+        build(None, operators=[{"type": "tail_sampling"}])
+    with pytest.raises(Exception, match="SpanName"):
+        build(None, operators=[{"type": "filter", "drop": "SpanName == 'x'"}])
+    build(None, operators=[{"type": "filter", "drop": "SeverityNumber < 9"}])  # no I/O
