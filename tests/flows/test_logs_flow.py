@@ -382,3 +382,49 @@ def test_operators_are_checked_against_the_logs_schema() -> None:
     with pytest.raises(Exception, match="SpanName"):
         build(None, operators=[{"type": "filter", "drop": "SpanName == 'x'"}])
     build(None, operators=[{"type": "filter", "drop": "SeverityNumber < 9"}])  # no I/O
+
+
+def test_logs_into_a_clickhouse_server_legacy_layout_replay_is_skipped(
+    logs_run, clickhouse_server
+) -> None:
+    """ClickHouse 18.16 (no insert tokens): the legacy table's InsertToken column deduplicates."""
+    from connectors.clickhouse import open_client
+    from tests.connectors.conftest import server_config
+
+    db = f"l_{uuid.uuid4().hex[:8]}"
+    srv = clickhouse_server
+    run = logs_run(
+        partitions=2,
+        clickhouse={
+            "mode": "server",
+            "host": srv.host,
+            "port": srv.port,
+            "http_port": srv.http_port,
+            "database": db,
+            "create_schema": True,
+        },
+    )
+    payloads = otlpgen.logs_payloads(40, seed=25, **SMALL)
+    produce(run.bootstrap, run.topic, payloads)
+    run.run_to_end()
+    run.run_to_end()  # replays the latest intent group with the same tokens
+    client = open_client(server_config(srv, db))
+    try:
+        ((n,),) = client.execute(f"SELECT count() FROM {db}.otel_logs")
+        bodies = client.execute(
+            f"SELECT Body, SeverityText, ServiceName FROM {db}.otel_logs ORDER BY TimestampNs"
+        )
+        client.execute(f"DROP DATABASE IF EXISTS {db}")
+    finally:
+        client.close()
+    assert n == _count(payloads) == 40 * 20
+    expected = set()
+    for raw in payloads:
+        for rl in ExportLogsServiceRequest.FromString(raw).resource_logs:
+            svc = next(
+                a.value.string_value for a in rl.resource.attributes if a.key == "service.name"
+            )
+            for sl in rl.scope_logs:
+                for r in sl.log_records:
+                    expected.add((r.body.string_value, r.severity_text, svc))
+    assert set(bodies) == expected
