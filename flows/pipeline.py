@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
+from bytewax.outputs import DynamicSink
 
 from connectors.clickhouse_sink import ClickHouseSink, StoredRange
 from connectors.dlq import DeadLetter, DeadLetterProducer
@@ -292,10 +293,13 @@ def build_dataflow(
     settings: FlowSettings,
     signal: Signal,
     batch_operators: Sequence[BatchOperator | tuple[str, BatchOperator]] | None = None,
+    outputs: Sequence[tuple[str, DynamicSink[StoredRange]]] = (),
 ) -> Dataflow:
     """Wire the dataflow of ``signal`` from validated settings (no I/O).
 
-    ``batch_operators`` (callables or ``(name, callable)``) run after the configured ones.
+    ``batch_operators`` (callables or ``(name, callable)``) run after the configured ones;
+    ``outputs`` are further ``(step_id, sink)`` outputs of the operators' result (e.g. the
+    traces flow's Jaeger export), wired before the ClickHouse sink.
     """
     port = settings.metrics_port
     addr = settings.metrics_addr
@@ -325,5 +329,7 @@ def build_dataflow(
     for i, (name, fn) in enumerate(ops):
         step = re.sub(r"[^A-Za-z0-9_]", "_", f"op_{i}_{name}")
         stored = op.map(step, stored, _ApplyOperator(name, fn))
+    for step_id, extra in outputs:
+        op.output(step_id, stored, extra)
     op.output("clickhouse", stored, sink)
     return flow
