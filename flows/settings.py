@@ -25,6 +25,7 @@ from connectors.clickhouse_sink import ClickHouseSinkConfig
 from connectors.dlq import DeadLetterConfig
 from connectors.kafka import KafkaConfig
 from connectors.kafka_source import KafkaSourceConfig
+from connectors.otlp_export import JaegerExporterConfig
 from otelwax.settings import StrictModel, ValidationError, format_errors
 
 __all__ = ["RecoverySettings", "TracesFlowSettings", "load_settings"]
@@ -58,6 +59,10 @@ class TracesFlowSettings(StrictModel):
         description="connection + table; the flow's default creates the schema in chdb",
     )
     sink: ClickHouseSinkConfig = Field(default_factory=ClickHouseSinkConfig)
+    jaeger: JaegerExporterConfig = Field(
+        default_factory=JaegerExporterConfig,
+        description="also export spans to Jaeger over OTLP/gRPC (off unless enabled: true)",
+    )
     operators: list[dict[str, Any]] = Field(
         default_factory=list,
         description="batch operators applied between decode and the sink, in order "

@@ -188,6 +188,10 @@ def build_from_settings(
     for i, (name, fn) in enumerate(ops):
         step = re.sub(r"[^A-Za-z0-9_]", "_", f"op_{i}_{name}")
         stored = op.map(step, stored, _ApplyOperator(name, fn))
+    if settings.jaeger.enabled:
+        from connectors.otlp_export import JaegerSink
+
+        op.output("jaeger", stored, JaegerSink(settings.jaeger))
     op.output("clickhouse", stored, sink)
     return flow
 
