@@ -10,8 +10,24 @@ export KAFKA_CONTROLLER_PORT=$((KAFKA_PORT + 1))
 export KAFKA_DATA="$ROOT/.data/kafka-test"
 export OTELWAX_TEST_KAFKA="127.0.0.1:$KAFKA_PORT"
 
-cleanup() { scripts/kafka.sh stop >/dev/null || true; }
+cleanup() {
+  for svc in jaeger prometheus clickhouse; do scripts/services/$svc.sh stop >/dev/null 2>&1 || true; done
+  scripts/kafka.sh stop >/dev/null || true
+}
 trap cleanup EXIT
+
+# Install and build what the fixtures start, up front, so a missing tool fails here loudly
+# instead of turning into skipped tests (cached after the first run).
+need=()
+command -v clickhouse-server >/dev/null || need+=(clickhouse-server clickhouse-client)
+command -v prometheus >/dev/null || need+=(prometheus)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "test: apt-get install ${need[*]}"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+scripts/services/jaeger.sh build
+
 scripts/kafka.sh wipe >/dev/null
 scripts/kafka.sh start
 
