@@ -4,19 +4,25 @@ Servers are pinned to core ``--core`` (``taskset``), load generators to ``--load
 of a server is read from ``/proc/<pid>/stat`` (utime + stime, all threads, plus children), so
 "spans/s per core" = spans / server CPU seconds. Kafka at $OTELWAX_TEST_KAFKA or 127.0.0.1:19092.
 
-1. ``ingest``: telemetrygen (OTLP gRPC, ``--workers`` workers, fixed trace count, 10 spans per
-   trace, no rate limit) → (a) ``otelwax ingest`` (shim) and (b) the Collector built by
-   ``scripts/collector.sh`` (otlpreceiver → kafkaexporter, otlp_proto, split per trace id, lz4,
-   acks=all, no sending queue, so both answer after Kafka acknowledged). Every record in each
-   topic is read back and decoded to count the spans that really reached Kafka.
+1. ``ingest``: telemetrygen (OTLP gRPC, ``--workers`` processes at once, fixed trace count,
+   10 spans per trace, no rate limit, SDK queue sized to hold every span) → (a) ``otelwax
+   ingest`` (shim) and (b) the Collector built by ``scripts/collector.sh`` (otlpreceiver →
+   kafkaexporter, otlp_proto, split per trace id, lz4, acks=all, no sending queue, so both
+   answer after Kafka acknowledged). Every record in each topic is read back and decoded to
+   count the spans that really reached Kafka.
 2. ``consume``: one preloaded topic (``tests.otlpgen`` 100-span requests) read by (a) the
    Collector (kafkareceiver → batch → debug exporter, verbosity basic), (b) otelwax without a
    sink (the flow's own source and decode step → a counting sink: Kafka → decode → Arrow
-   batches) and (c) otelwax ``flows.traces`` into embedded chdb (``stop_at_end``).
+   batches), (b') the same with librdkafka's prefetch raised to 256 MiB, and (c) otelwax
+   ``flows.traces`` into embedded chdb (``stop_at_end``; a fresh store and consumer group per
+   run, stored rows counted afterwards).
 3. ``e2e``: (c) above is otelwax's Kafka → ClickHouse (chdb) spans/s and peak RSS; plus
    event-to-queryable latency with records produced at a fixed rate while ``flows.traces``
    runs: the sink's ``event_to_stored`` histogram (Kafka record timestamp → chdb insert
-   returned, after which the rows are queryable), p50/p99 as bucket upper bounds.
+   returned, after which the rows are queryable), p50/p99 estimated inside the buckets, for
+   each ``--latency-delays`` value of ``source.batch.max_delay_s``.
+
+Stages 1 and 2 run ``--repeat`` times per system, interleaved; the median run is reported.
 
     scripts/collector.sh && .venv/bin/python bench/side_by_side.py
     .venv/bin/python bench/side_by_side.py --ingest-spans 100000 --consume-spans 100000
