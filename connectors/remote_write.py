@@ -47,6 +47,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from pydantic import Field
 
 from connectors.prom_translate import Labels, SeriesBatch
+from otelwax.protowire import length_delimited, varint
 from otelwax.settings import StrictModel
 from otelwax.telemetry import ComponentMetrics
 
@@ -89,31 +90,15 @@ class RemoteWriteConfig(StrictModel):
 _pack_double = struct.Struct("<d").pack
 
 
-def _varint(n: int) -> bytes:
-    if n < 0:
-        n &= 0xFFFFFFFFFFFFFFFF
-    if n < 0x80:
-        return bytes((n,))
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _ld(tag: int, payload: bytes) -> bytes:
-    """A length-delimited field."""
-    return bytes((tag,)) + _varint(len(payload)) + payload
-
-
 def encode_labels(labels: Labels) -> bytes:
     """The ``labels`` fields of a TimeSeries (labels must already be sorted by name)."""
     parts = []
     for name, value in labels:
         n = name.encode()
         v = value.encode()
-        parts.append(_ld(0x0A, b"\x0a" + _varint(len(n)) + n + b"\x12" + _varint(len(v)) + v))
+        parts.append(
+            length_delimited(b"\x0a", b"\x0a" + varint(len(n)) + n + b"\x12" + varint(len(v)) + v)
+        )
     return b"".join(parts)
 
 
@@ -127,11 +112,11 @@ def encode_samples(samples: Iterable[tuple[int, float | bytes]]) -> bytes:
     parts = []
     for ts, value in samples:
         if isinstance(value, bytes):
-            body = value + b"\x78" + _varint(ts)
-            parts.append(b"\x22" + _varint(len(body)) + body)
+            body = value + b"\x78" + varint(ts)
+            parts.append(b"\x22" + varint(len(body)) + body)
             continue
-        body = b"\x09" + _pack_double(value) + b"\x10" + _varint(ts)
-        parts.append(b"\x12" + _varint(len(body)) + body)
+        body = b"\x09" + _pack_double(value) + b"\x10" + varint(ts)
+        parts.append(b"\x12" + varint(len(body)) + body)
     return b"".join(parts)
 
 
@@ -159,21 +144,25 @@ def encode_write_request(series: Iterable[tuple[bytes, list[tuple[int, float]]]]
     series = list(series)
     total = sum(len(s) for _, s in series)
     if total < 64:
-        return b"".join(_ld(0x0A, lab + encode_samples(samples)) for lab, samples in series)
+        return b"".join(
+            length_delimited(b"\x0a", lab + encode_samples(samples)) for lab, samples in series
+        )
     ts = np.fromiter((t for _, s in series for t, _ in s), np.int64, total)
     if (
         int(ts.min()) < _TS_MIN
         or int(ts.max()) >= _TS_MAX
         or any(isinstance(v, bytes) for _, s in series for _, v in s)
     ):
-        return b"".join(_ld(0x0A, lab + encode_samples(samples)) for lab, samples in series)
+        return b"".join(
+            length_delimited(b"\x0a", lab + encode_samples(samples)) for lab, samples in series
+        )
     vals = np.fromiter((v for _, s in series for _, v in s), np.float64, total)
     raw = _encode_samples_fixed(ts, vals)
     parts = []
     pos = 0
     for lab, samples in series:
         end = pos + len(samples) * _SAMPLE_LEN
-        parts.append(_ld(0x0A, lab + raw[pos:end]))
+        parts.append(length_delimited(b"\x0a", lab + raw[pos:end]))
         pos = end
     return b"".join(parts)
 

@@ -31,6 +31,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from otelwax.protowire import varint
+
 __all__ = ["SplitResult", "WireError", "count_datapoints", "split_request"]
 
 # Overhead for one nested length-delimited header (tag + up to 5 varint bytes), rounded up.
@@ -41,7 +43,7 @@ class WireError(ValueError):
     """The bytes are not a well-formed OTLP export request."""
 
 
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+def _readvarint(buf: bytes, pos: int) -> tuple[int, int]:
     b = buf[pos]
     pos += 1
     if b < 0x80:
@@ -59,17 +61,6 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
             raise WireError("varint too long")
 
 
-def _varint(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _fields(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int, int]]:
     """Top-level fields of the message in ``buf[pos:end]``: (field, tag_start, val_start, end).
 
@@ -78,20 +69,20 @@ def _fields(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int, int]]:
     out = []
     while pos < end:
         tag_start = pos
-        tag, pos = _read_varint(buf, pos)
+        tag, pos = _readvarint(buf, pos)
         wt = tag & 7
         fn = tag >> 3
         if fn == 0:
             raise WireError(f"invalid field number 0 at byte {tag_start}")
         if wt == 2:
-            ln, pos = _read_varint(buf, pos)
+            ln, pos = _readvarint(buf, pos)
             vs = pos
             pos += ln
             if pos > end:
                 raise WireError(f"field {fn} at byte {tag_start} overruns its message")
             out.append((fn, tag_start, vs, pos))
         elif wt == 0:
-            _, pos = _read_varint(buf, pos)
+            _, pos = _readvarint(buf, pos)
             out.append((fn, tag_start, -1, pos))
         elif wt == 1:
             pos += 8
@@ -171,7 +162,7 @@ def _walk(buf: bytes, traces: bool) -> list[_Resource]:
                             vs = pos + 3
                             ln = (b1 & 0x7F) | (b2 << 7)
                         else:
-                            ln, vs = _read_varint(buf, pos + 1)
+                            ln, vs = _readvarint(buf, pos + 1)
                     pos = vs + ln
                     if pos > sve:
                         raise WireError(f"item at byte {tag_start} overruns its scope")
@@ -182,15 +173,15 @@ def _walk(buf: bytes, traces: bool) -> list[_Resource]:
                         else:
                             tids.append(_trace_id(buf, vs, pos) if ln else b"")
                     continue
-                tag, pos = _read_varint(buf, pos)
+                tag, pos = _readvarint(buf, pos)
                 wt = tag & 7
                 if tag >> 3 == 0:
                     raise WireError(f"invalid field number 0 at byte {tag_start}")
                 if wt == 2:
-                    ln, pos = _read_varint(buf, pos)
+                    ln, pos = _readvarint(buf, pos)
                     pos += ln
                 elif wt == 0:
-                    _, pos = _read_varint(buf, pos)
+                    _, pos = _readvarint(buf, pos)
                 elif wt == 1:
                     pos += 8
                 elif wt == 5:
@@ -209,7 +200,7 @@ def _walk(buf: bytes, traces: bool) -> list[_Resource]:
 
 
 def _wrap(tag: int, payload: bytes) -> bytes:
-    return bytes((tag,)) + _varint(len(payload)) + payload
+    return bytes((tag,)) + varint(len(payload)) + payload
 
 
 Group = tuple[int, int, list[bytes]]  # (resource index, scope index, raw items)
@@ -285,8 +276,8 @@ def _chunk(
 
 def count_datapoints(item: bytes) -> int:
     """Data points in one raw ``Metric`` item (with its tag and length)."""
-    _, pos = _read_varint(item, 0)
-    ln, pos = _read_varint(item, pos)
+    _, pos = _readvarint(item, 0)
+    ln, pos = _readvarint(item, pos)
     n = 0
     for fn, _ts, vs, ve in _fields(item, pos, pos + ln):
         if fn in (5, 7, 9, 10, 11) and vs >= 0:

@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from otelwax.protowire import length_delimited, varint
 from otelwax.schemas import TRACES_SCHEMA
 
 __all__ = ["encode_traces", "encode_traces_request", "encoder_name", "traces_encoder"]
@@ -154,25 +155,6 @@ def _ids(values: list[str], nbytes: int, what: str, row: int | None = None) -> l
 
 # --- protobuf wire helpers (field numbers from opentelemetry/proto/trace/v1/trace.proto) ----
 
-_SMALL = [bytes([i]) for i in range(128)]
-
-
-def _varint(n: int) -> bytes:
-    if n < 128:
-        return _SMALL[n]
-    out = bytearray()
-    while n >= 128:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _ld(tag: bytes, payload: bytes) -> bytes:
-    """A length-delimited field: tag, varint length, payload."""
-    n = len(payload)
-    return tag + (_SMALL[n] if n < 128 else _varint(n)) + payload
-
 
 class _KvCache:
     """Encoded ``KeyValue{key, AnyValue{string_value}}`` fields under one tag, memoised: most
@@ -191,8 +173,10 @@ class _KvCache:
             b = cache.get(pair)
             if b is None:
                 k, v = pair
-                body = (_ld(b"\x0a", k) if k else b"") + _ld(b"\x12", _ld(b"\x0a", v))
-                b = _ld(self._tag, body)
+                body = (length_delimited(b"\x0a", k) if k else b"") + length_delimited(
+                    b"\x12", length_delimited(b"\x0a", v)
+                )
+                b = length_delimited(self._tag, body)
                 if len(cache) < 200_000:
                     cache[pair] = b
             out.append(b)
@@ -295,14 +279,14 @@ def _encode(batch: pa.RecordBatch) -> bytes:
         if sid:
             parts.append(_SPAN_SPAN_ID + sid)
         if states[row]:
-            parts.append(_ld(_SPAN_STATE, states[row]))
+            parts.append(length_delimited(_SPAN_STATE, states[row]))
         pid = parents[row]
         if pid:
             parts.append(_SPAN_PARENT + pid)
         if names[row]:
-            parts.append(_ld(_SPAN_NAME, names[row]))
+            parts.append(length_delimited(_SPAN_NAME, names[row]))
         if kinds[row]:
-            parts.append(_SPAN_KIND + _SMALL[kinds[row]])
+            parts.append(_SPAN_KIND + varint(kinds[row]))
         parts.append(times[18 * row : 18 * row + 18])
         if span_attrs[row]:
             parts += span_kv.encode(span_attrs[row])
@@ -315,10 +299,10 @@ def _encode(batch: pa.RecordBatch) -> bytes:
             for j, (name, attrs) in enumerate(zip(enames, eattrs, strict=True)):
                 ev = [ev_times[9 * (e0 + j) : 9 * (e0 + j) + 9]]
                 if name:
-                    ev.append(_ld(_EV_NAME, name))
+                    ev.append(length_delimited(_EV_NAME, name))
                 if attrs:
                     ev += ev_kv.encode(attrs)
-                parts.append(_ld(_SPAN_EVENT, b"".join(ev)))
+                parts.append(length_delimited(_SPAN_EVENT, b"".join(ev)))
         lt = lk_trace[row]
         if lt or lk_span[row] or lk_state[row] or lk_attrs[row]:
             ls, lst, la = lk_span[row], lk_state[row], lk_attrs[row]
@@ -333,30 +317,34 @@ def _encode(batch: pa.RecordBatch) -> bytes:
                 if s:
                     lk.append(_LK_SPAN_ID + s)
                 if st:
-                    lk.append(_ld(_LK_STATE, st))
+                    lk.append(length_delimited(_LK_STATE, st))
                 if attrs:
                     lk += lk_kv.encode(attrs)
-                parts.append(_ld(_SPAN_LINK, b"".join(lk)))
+                parts.append(length_delimited(_SPAN_LINK, b"".join(lk)))
         code, msg = codes[row], status_msgs[row]
         if code or msg:
-            status = (_ld(_ST_MESSAGE, msg) if msg else b"") + (
-                _ST_CODE + _SMALL[code] if code else b""
+            status = (length_delimited(_ST_MESSAGE, msg) if msg else b"") + (
+                _ST_CODE + varint(code) if code else b""
             )
-            parts.append(_ld(_SPAN_STATUS, status))
-        spans.append(_ld(_SS_SPANS, b"".join(parts)))
+            parts.append(length_delimited(_SPAN_STATUS, status))
+        spans.append(length_delimited(_SS_SPANS, b"".join(parts)))
 
     out: list[bytes] = []
     for (pairs, svc), (_first, scopes) in resources.items():
         attrs = res_kv.encode(list(pairs))
         if svc and not any(k == _SERVICE_NAME for k, _ in pairs):
             attrs += res_kv.encode([(_SERVICE_NAME, svc)])
-        rs = [_ld(_RS_RESOURCE, b"".join(attrs))]
+        rs = [length_delimited(_RS_RESOURCE, b"".join(attrs))]
         for (sname, sver), spans in scopes.items():
-            scope = (_ld(_SC_NAME, sname) if sname else b"") + (
-                _ld(_SC_VERSION, sver) if sver else b""
+            scope = (length_delimited(_SC_NAME, sname) if sname else b"") + (
+                length_delimited(_SC_VERSION, sver) if sver else b""
             )
-            rs.append(_ld(_RS_SCOPE_SPANS, _ld(_SS_SCOPE, scope) + b"".join(spans)))
-        out.append(_ld(_REQ_RESOURCE_SPANS, b"".join(rs)))
+            rs.append(
+                length_delimited(
+                    _RS_SCOPE_SPANS, length_delimited(_SS_SCOPE, scope) + b"".join(spans)
+                )
+            )
+        out.append(length_delimited(_REQ_RESOURCE_SPANS, b"".join(rs)))
     return b"".join(out)
 
 

@@ -183,7 +183,8 @@ def test_gives_up_after_max_elapsed(own_prometheus) -> None:
 def test_vectorized_encoding_equals_field_by_field() -> None:
     import random
 
-    from connectors.remote_write import _ld, encode_samples
+    from connectors.remote_write import encode_samples
+    from otelwax.protowire import length_delimited
 
     rng = random.Random(7)
     now = int(time.time() * 1000)
@@ -194,9 +195,9 @@ def test_vectorized_encoding_equals_field_by_field() -> None:
         )
         for i in range(100)
     ]
-    plain = b"".join(_ld(0x0A, lab + encode_samples(s)) for lab, s in series)
+    plain = b"".join(length_delimited(b"\x0a", lab + encode_samples(s)) for lab, s in series)
     assert encode_write_request(series) == plain
     old = [(lab, [(5, 1.0)] * 70) for lab, _ in series[:1]]  # tiny timestamps: generic path
     assert encode_write_request(old) == b"".join(
-        _ld(0x0A, lab + encode_samples(s)) for lab, s in old
+        length_delimited(b"\x0a", lab + encode_samples(s)) for lab, s in old
     )
