@@ -1,6 +1,6 @@
 """The metrics dataflow: Kafka ``otlp_metrics`` → Arrow → ClickHouse + Prometheus remote-write.
 
-    python -m bytewax.run flows.metrics                    # defaults / $OTELWAX_METRICS_CONFIG
+    python -m bytewax.run flows.metrics                    # $OTELWAX_CONFIG or defaults
     python -m bytewax.run "flows.metrics:build('configs/metrics.yaml')"
 
 Steps::
@@ -42,7 +42,7 @@ harmless: the restored state recomputes identical samples, which Prometheus refu
 ignores (newest duplicate); the sink bisects rejected requests so newer samples still land.
 ``source: bytewax`` uses bytewax's KafkaSource instead (at-least-once into ClickHouse).
 
-Importing this module does no network I/O: ``flow`` is built from ``$OTELWAX_METRICS_CONFIG``
+Importing this module does no network I/O: ``flow`` is built from ``$OTELWAX_CONFIG``
 (or defaults) with ``$OTELWAX_KAFKA_BOOTSTRAP``; Kafka, chdb and HTTP open when the flow runs.
 """
 
@@ -81,12 +81,14 @@ __all__ = [
     "build_from_settings",
     "delta_to_cumulative",
     "flow",
+    "load_flow_settings",
     "load_settings",
 ]
 
 log = logging.getLogger(__name__)
 
-ENV_CONFIG = "OTELWAX_METRICS_CONFIG"
+ENV_CONFIG = "OTELWAX_CONFIG"
+DEPRECATED_ENV_CONFIG = "OTELWAX_METRICS_CONFIG"  # read only when $OTELWAX_CONFIG is unset
 DELTA = 1
 CUMULATIVE = 2
 
@@ -142,37 +144,80 @@ class MetricsFlowSettings(StrictModel):
         return self
 
 
-def load_settings(
-    config_path: str | os.PathLike[str] | None = None, **overrides: Any
-) -> MetricsFlowSettings:
-    """Settings from a YAML file (this model, or a full config with ``flows.metrics``) and
-    keyword overrides nested with ``__``; raises ``ValueError`` listing every problem."""
+def load_flow_settings(
+    model: type[StrictModel],
+    section: str,
+    config_path: str | os.PathLike[str] | None,
+    env: dict[str, str] | None,
+    overrides: dict[str, Any],
+    deprecated_env: str | None = None,
+) -> Any:
+    """Load one flow's settings the way ``flows.settings.load_settings`` loads the traces flow's.
+
+    Sources, later ones winning: defaults; the YAML file ``config_path`` or ``$OTELWAX_CONFIG``
+    (``deprecated_env`` is read only when ``$OTELWAX_CONFIG`` is unset) — either ``model``
+    itself or a whole otelwax config (``flows.<section>`` with the shared top-level
+    ``kafka``/``clickhouse``, through ``otelwax.config``); ``OTELWAX_KAFKA_BOOTSTRAP``,
+    ``OTELWAX_METRICS_PORT`` and ``OTELWAX_<SECTION>__a__b=<yaml>``; keyword ``overrides``
+    nested with ``__``. Raises ``ValueError`` listing every problem as ``key.path: msg``.
+    """
     import yaml
 
-    path = config_path or os.environ.get(ENV_CONFIG)
+    from flows.settings import ENV_CONFIG as SHARED_ENV_CONFIG
+    from flows.settings import _merge, _set_nested
+
+    env = dict(os.environ if env is None else env)
+    path = config_path or env.get(SHARED_ENV_CONFIG)
+    if not path and deprecated_env and env.get(deprecated_env):
+        path = env[deprecated_env]
+        log.warning("$%s is deprecated: use $%s", deprecated_env, SHARED_ENV_CONFIG)
     data: dict[str, Any] = {}
     if path:
         loaded = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping at the top level")
-        flows = loaded.get("flows")
-        if isinstance(flows, dict) and isinstance(flows.get("metrics"), dict):
-            loaded = flows["metrics"]
+        if any(k in loaded for k in ("flows", "ingest", "sinks")):
+            from otelwax.config import load_config
+
+            value = load_config(path, env).flow_settings(section)
+            loaded = value.model_dump(exclude_unset=True)
         data = loaded
-    if os.environ.get("OTELWAX_KAFKA_BOOTSTRAP"):
-        data.setdefault("kafka", {})["bootstrap_servers"] = os.environ["OTELWAX_KAFKA_BOOTSTRAP"]
+    env_data: dict[str, Any] = {}
+    if env.get("OTELWAX_KAFKA_BOOTSTRAP"):
+        _set_nested(env_data, ["kafka", "bootstrap_servers"], env["OTELWAX_KAFKA_BOOTSTRAP"])
+    if env.get("OTELWAX_METRICS_PORT"):
+        port = env["OTELWAX_METRICS_PORT"]
+        _set_nested(env_data, ["metrics_port"], None if port.lower() == "none" else int(port))
+    prefix = f"OTELWAX_{section.upper()}__"
+    for key, raw in env.items():
+        if key.startswith(prefix) and len(key) > len(prefix):
+            _set_nested(env_data, key[len(prefix) :].split("__"), yaml.safe_load(raw))
+    data = _merge(data, env_data)
+    nested: dict[str, Any] = {}
     for key, value in overrides.items():
-        cur = data
-        parts = key.split("__")
-        for part in parts[:-1]:
-            cur = cur.setdefault(part, {})
-        cur[parts[-1]] = value
+        _set_nested(nested, key.split("__"), value)
+    data = _merge(data, nested)
     try:
-        return MetricsFlowSettings.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        lines = format_errors(exc, model=MetricsFlowSettings)
+        lines = format_errors(exc, model=model)
         where = f"{path}: " if path else ""
-        raise ValueError(where + "invalid metrics flow settings:\n  " + "\n  ".join(lines)) from exc
+        raise ValueError(
+            where + f"invalid {section} flow settings:\n  " + "\n  ".join(lines)
+        ) from exc
+
+
+def load_settings(
+    config_path: str | os.PathLike[str] | None = None,
+    env: dict[str, str] | None = None,
+    **overrides: Any,
+) -> MetricsFlowSettings:
+    """Settings from ``config_path`` or ``$OTELWAX_CONFIG`` (this model, or a whole otelwax
+    config: ``flows.metrics`` plus the shared ``kafka``/``clickhouse``), the environment and
+    keyword overrides nested with ``__`` (see :func:`load_flow_settings`)."""
+    return load_flow_settings(
+        MetricsFlowSettings, "metrics", config_path, env, overrides, DEPRECATED_ENV_CONFIG
+    )
 
 
 # --- decode -----------------------------------------------------------------------------------
@@ -636,7 +681,7 @@ def build_from_settings(settings: MetricsFlowSettings) -> Dataflow:
 
 
 def build(config_path: str | os.PathLike[str] | None = None, **overrides: Any) -> Dataflow:
-    """Build the flow from a YAML file (or ``$OTELWAX_METRICS_CONFIG``/defaults) + overrides."""
+    """Build the flow from a YAML file (or ``$OTELWAX_CONFIG``/defaults) + overrides."""
     return build_from_settings(load_settings(config_path, **overrides))
 
 

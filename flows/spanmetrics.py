@@ -1,6 +1,6 @@
 """Span metrics (RED) flow: Kafka ``otlp_spans`` → event-time windows → Prometheus (+ chdb).
 
-    python -m bytewax.run flows.spanmetrics          # $OTELWAX_SPANMETRICS_CONFIG or defaults
+    python -m bytewax.run flows.spanmetrics          # $OTELWAX_CONFIG or defaults
 
 Why a flow of its own rather than a branch of ``flows.traces``: the trace flow's job is to store
 every span exactly once, and its batching is driven by that (offset ranges, intents, inserts);
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -32,16 +31,23 @@ from pydantic import Field
 from connectors.kafka import TOPIC_SPANS, KafkaConfig
 from connectors.prom_translate import tables_to_series
 from connectors.remote_write import RemoteWriteConfig, RemoteWriteSink
-from flows.metrics import MetricChunk, MetricsClickHouseConfig, MetricsClickHouseSink, kafka_source
+from flows.metrics import (
+    MetricChunk,
+    MetricsClickHouseConfig,
+    MetricsClickHouseSink,
+    kafka_source,
+    load_flow_settings,
+)
 from operators.windows import SpanMetricsConfig, span_metrics
-from otelwax.settings import StrictModel, ValidationError, format_errors
+from otelwax.settings import StrictModel
 from otelwax.telemetry import ComponentMetrics
 
 __all__ = ["SpanMetricsFlowSettings", "build", "build_from_settings", "flow", "load_settings"]
 
 log = logging.getLogger(__name__)
 
-ENV_CONFIG = "OTELWAX_SPANMETRICS_CONFIG"
+ENV_CONFIG = "OTELWAX_CONFIG"
+DEPRECATED_ENV_CONFIG = "OTELWAX_SPANMETRICS_CONFIG"  # read only when $OTELWAX_CONFIG is unset
 
 
 class SpanMetricsFlowSettings(StrictModel):
@@ -56,39 +62,22 @@ class SpanMetricsFlowSettings(StrictModel):
     remote_write: RemoteWriteConfig | None = Field(default_factory=RemoteWriteConfig)
     clickhouse: MetricsClickHouseConfig | None = None
     late_topic: str | None = Field(None, description="late spans (late_policy: route)")
-    metrics_port: int | None = Field(None, ge=0, le=65535, description="serve /metrics here")
+    metrics_port: int | None = Field(
+        9467, ge=0, le=65535, description="serve /metrics here (None: do not serve)"
+    )
 
 
 def load_settings(
-    config_path: str | os.PathLike[str] | None = None, **overrides: Any
+    config_path: str | os.PathLike[str] | None = None,
+    env: dict[str, str] | None = None,
+    **overrides: Any,
 ) -> SpanMetricsFlowSettings:
-    """Settings from YAML (this model or ``flows.spanmetrics`` of a full config) + overrides."""
-    import yaml
-
-    path = config_path or os.environ.get(ENV_CONFIG)
-    data: dict[str, Any] = {}
-    if path:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
-        flows = loaded.get("flows")
-        if isinstance(flows, dict) and isinstance(flows.get("spanmetrics"), dict):
-            loaded = flows["spanmetrics"]
-        data = loaded
-    if os.environ.get("OTELWAX_KAFKA_BOOTSTRAP"):
-        data.setdefault("kafka", {})["bootstrap_servers"] = os.environ["OTELWAX_KAFKA_BOOTSTRAP"]
-    for key, value in overrides.items():
-        cur = data
-        parts = key.split("__")
-        for part in parts[:-1]:
-            cur = cur.setdefault(part, {})
-        cur[parts[-1]] = value
-    try:
-        return SpanMetricsFlowSettings.model_validate(data)
-    except ValidationError as exc:
-        lines = format_errors(exc, model=SpanMetricsFlowSettings)
-        where = f"{path}: " if path else ""
-        raise ValueError(where + "invalid spanmetrics settings:\n  " + "\n  ".join(lines)) from exc
+    """Settings from ``config_path`` or ``$OTELWAX_CONFIG`` (this model, or a whole otelwax
+    config: ``flows.spanmetrics`` plus the shared ``kafka``), the environment
+    (``OTELWAX_SPANMETRICS__a__b``) and keyword overrides nested with ``__``."""
+    return load_flow_settings(
+        SpanMetricsFlowSettings, "spanmetrics", config_path, env, overrides, DEPRECATED_ENV_CONFIG
+    )
 
 
 _SPAN_COLUMNS = [
@@ -172,7 +161,7 @@ def build_from_settings(settings: SpanMetricsFlowSettings) -> Dataflow:
 
 
 def build(config_path: str | os.PathLike[str] | None = None, **overrides: Any) -> Dataflow:
-    """Build from YAML (or ``$OTELWAX_SPANMETRICS_CONFIG``/defaults) plus overrides."""
+    """Build from YAML (or ``$OTELWAX_CONFIG``/defaults) plus overrides."""
     return build_from_settings(load_settings(config_path, **overrides))
 
 

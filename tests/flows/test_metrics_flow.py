@@ -277,7 +277,7 @@ def test_metrics_tables_in_chdb_hold_every_point_once(
             }
         )
     )
-    env = dict(os.environ, OTELWAX_METRICS_CONFIG=str(cfg), PYTHONPATH=str(ROOT))
+    env = dict(os.environ, OTELWAX_CONFIG=str(cfg), PYTHONPATH=str(ROOT))
     # Twice, without recovery: the second run starts past the ranges already stored (and
     # re-cuts the last recorded group with the same tokens), so nothing is stored twice.
     for _ in range(2):
@@ -351,7 +351,7 @@ def test_delta_to_cumulative_after_sigkill_with_recovery(
             }
         )
     )
-    env = dict(os.environ, OTELWAX_METRICS_CONFIG=str(cfg), PYTHONPATH=str(ROOT))
+    env = dict(os.environ, OTELWAX_CONFIG=str(cfg), PYTHONPATH=str(ROOT))
     cmd = [
         sys.executable,
         "-m",
@@ -438,7 +438,7 @@ def test_chdb_exactly_once_after_sigkill(kafka_bootstrap: str, make_topic, tmp_p
             }
         )
     )
-    env = dict(os.environ, OTELWAX_METRICS_CONFIG=str(cfg), PYTHONPATH=str(ROOT))
+    env = dict(os.environ, OTELWAX_CONFIG=str(cfg), PYTHONPATH=str(ROOT))
     cmd = [
         sys.executable,
         "-m",
@@ -459,3 +459,53 @@ def test_chdb_exactly_once_after_sigkill(kafka_bootstrap: str, make_topic, tmp_p
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=180)
     rows, distinct = _chdb_counts(chdb_path, "otel_metrics_gauge")
     assert (rows, distinct) == (n * 5, n * 5), f"killed while running: {alive}"
+
+
+def test_settings_from_the_shared_deployment_config(tmp_path: Path) -> None:
+    """One file per deployment: $OTELWAX_CONFIG, flows.metrics plus top-level kafka/clickhouse."""
+    from flows.spanmetrics import load_settings as load_spanmetrics
+
+    cfg = tmp_path / "otelwax.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "kafka": {"bootstrap_servers": "kafka-1:9092"},
+                "clickhouse": {"mode": "server", "host": "ch", "database": "otel"},
+                "flows": {
+                    "metrics": {"topic": "m1", "delta_shards": 4},
+                    "spanmetrics": {"topic": "s1", "metrics_port": 9500},
+                },
+            }
+        )
+    )
+    env = {"OTELWAX_CONFIG": str(cfg), "OTELWAX_METRICS_PORT": "9999"}
+    m = load_settings(None, env=env)
+    assert (m.topic, m.delta_shards, m.metrics_port) == ("m1", 4, 9999)
+    assert m.kafka.bootstrap_servers == "kafka-1:9092"
+    assert m.clickhouse is not None
+    assert (m.clickhouse.mode, m.clickhouse.host, m.clickhouse.database) == ("server", "ch", "otel")
+    assert m.clickhouse.create_schema  # the flow's own default under the shared section
+    s = load_spanmetrics(None, env={"OTELWAX_CONFIG": str(cfg), "OTELWAX_SPANMETRICS__tail": "0"})
+    assert (s.topic, s.metrics_port, s.tail) == ("s1", 9500, False)
+    assert s.kafka.bootstrap_servers == "kafka-1:9092"
+    assert s.clickhouse is None  # off by default: not turned on by the shared section
+    assert load_spanmetrics(None, env={}).metrics_port == 9467
+
+
+def test_old_per_flow_config_variables_are_deprecated_fallbacks(tmp_path: Path) -> None:
+    own = tmp_path / "metrics.yaml"
+    own.write_text(yaml.safe_dump({"topic": "old", "clickhouse": None}))
+    shared = tmp_path / "otelwax.yaml"
+    shared.write_text(yaml.safe_dump({"flows": {"metrics": {"topic": "new"}}}))
+    assert load_settings(None, env={"OTELWAX_METRICS_CONFIG": str(own)}).topic == "old"
+    both = {"OTELWAX_METRICS_CONFIG": str(own), "OTELWAX_CONFIG": str(shared)}
+    assert load_settings(None, env=both).topic == "new"
+
+
+def test_invalid_shared_config_names_the_key_path(tmp_path: Path) -> None:
+    cfg = tmp_path / "otelwax.yaml"
+    cfg.write_text(yaml.safe_dump({"flows": {"metrics": {"delta_shards": 0, "topik": "x"}}}))
+    with pytest.raises(ValueError) as err:
+        load_settings(None, env={"OTELWAX_CONFIG": str(cfg)})
+    msg = str(err.value)
+    assert "delta_shards" in msg and "topik" in msg
