@@ -1,7 +1,8 @@
 """``otelwax ingest``: run the OTLP ingest shim.
 
-Configuration comes from ``--config FILE`` (YAML; either an IngestConfig mapping or a full
-otelwax config with an ``ingest:`` section), then command-line flags override single values.
+Configuration comes from ``--config FILE``, else ``$OTELWAX_CONFIG`` (YAML; either an
+IngestConfig mapping or a full otelwax config with an ``ingest:`` section), then command-line
+flags override single values.
 The bearer token is read from ``$OTELWAX_INGEST_TOKEN`` unless the file sets ``auth_token``.
 """
 
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +44,12 @@ _OVERRIDES = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``otelwax ingest``."""
     a = parser.add_argument
-    a("--config", type=Path, help="YAML file (IngestConfig, or a config with an ingest: key)")
+    a(
+        "--config",
+        type=Path,
+        help="YAML file (IngestConfig, or a config with an ingest: key); "
+        "default: $OTELWAX_CONFIG when set",
+    )
     a("--host", help="listen address for gRPC and HTTP (default 0.0.0.0)")
     a("--grpc-port", type=int, help="OTLP/gRPC port (default 4317)")
     a("--grpc-threads", type=int, help="grpcio server threads (default 16; 0 = grpc.aio)")
@@ -82,8 +90,6 @@ def load_section(path: Path) -> dict[str, Any]:
     section copied into ``ingest`` unless it sets its own. Any other mapping is read as an
     IngestConfig (with ``${env:VAR}`` substitution too). Raises ValueError listing problems.
     """
-    import os
-
     from otelwax.config import ConfigError, read_yaml, share_sections, substitute_env
 
     try:
@@ -104,13 +110,23 @@ def load_section(path: Path) -> dict[str, Any]:
     return dict(data)
 
 
-def build_config(args: argparse.Namespace) -> Any:
-    """IngestConfig from the YAML file and flags; raises ValidationError/ValueError."""
+def config_path(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Path | None:
+    """``--config``, else ``$OTELWAX_CONFIG`` (None: defaults and flags only)."""
+    if args.config is not None:
+        return Path(args.config)
+    value = (os.environ if env is None else env).get("OTELWAX_CONFIG")
+    return Path(value) if value else None
+
+
+def build_config(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Any:
+    """IngestConfig from the YAML file (``--config`` or ``$OTELWAX_CONFIG``) and flags;
+    raises ValidationError/ValueError."""
     from connectors.ingest.config import IngestConfig
 
     data: dict[str, Any] = {}
-    if args.config is not None:
-        data = load_section(args.config)
+    path = config_path(args, env)
+    if path is not None:
+        data = load_section(path)
     for dest, keys in _OVERRIDES.items():
         value = getattr(args, dest, None)
         if value is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import os
 import signal
 import subprocess
 import sys
@@ -100,6 +101,33 @@ def test_cli_reports_config_errors(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert 'ingest.grpc.prot: unknown key (did you mean "port"?)' in r.stderr
     assert "ingest.producer.linger_ms" in r.stderr
+
+
+def test_config_defaults_to_otelwax_config_variable(tmp_path: Path) -> None:
+    """Without --config the shim reads the deployment file named by $OTELWAX_CONFIG."""
+    f = tmp_path / "otelwax.yaml"
+    f.write_text("kafka: {bootstrap_servers: 'shared:9092'}\ningest: {http: {port: 9998}}\n")
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    cfg = build_config(p.parse_args([]), env={"OTELWAX_CONFIG": str(f)})
+    assert (cfg.http.port, cfg.kafka.bootstrap_servers) == (9998, "shared:9092")
+    assert build_config(p.parse_args([]), env={}).http.port == 4318
+    other = tmp_path / "other.yaml"
+    other.write_text("http: {port: 9997}\n")
+    cfg = build_config(p.parse_args(["--config", str(other)]), env={"OTELWAX_CONFIG": str(f)})
+    assert cfg.http.port == 9997, "--config wins over $OTELWAX_CONFIG"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ingest: {grpc: {prot: 1}}\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "otelwax", "ingest"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "OTELWAX_CONFIG": str(bad)},
+    )
+    assert r.returncode == 2
+    assert 'ingest.grpc.prot: unknown key (did you mean "port"?)' in r.stderr
 
 
 def _metrics(shim: Shim) -> dict[tuple[str, tuple], float]:
