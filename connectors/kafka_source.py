@@ -183,6 +183,9 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
                 ),
                 # local prefetch per partition: about one range (bounds RSS)
                 "queued.max.messages.kbytes": min(max(cfg.batch.max_bytes // 1024, 4096), 65_536),
+                # librdkafka waits this long (default 1 s) to fetch again once the prefetch
+                # queue was full: with a backlog every partition stalled a second per range.
+                "fetch.queue.backoff.ms": 5,
             }
         )
         conf.update(cfg.extra)
@@ -196,7 +199,9 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         start, planned = plan_start(
             resume_state,
             pending,
-            (lambda off: intents.ranges_from(self._topic, partition, off)) if intents else list,
+            (lambda off: intents.ranges_from(self._topic, partition, off))
+            if intents
+            else (lambda off: []),
             default,
         )
         if start == OFFSET_END:  # pragma: no cover - defensive
