@@ -439,20 +439,70 @@ def _set(batch: pa.RecordBatch, name: str, arr: pa.Array) -> pa.RecordBatch:
 # --- ClickHouse sink -----------------------------------------------------------------------
 
 
+MIN_SERVER_MAJOR = 20
+
+
+def open_metrics_client(cfg: ClickHouseConfig) -> Any:
+    """Open ``cfg``'s client for the metrics tables (I/O).
+
+    Embedded chdb is driven from one dedicated thread (``connectors.clickhouse_sink``'s
+    ``_OneThreadClient``), so bytewax's ``-w N`` worker threads can share it. A server older
+    than ClickHouse 20 is refused: the ``otel_metrics_*`` tables need Map and DateTime64.
+    With ``create_schema`` the database and the metrics tables are created (not the trace/log
+    tables).
+    """
+    from connectors.clickhouse import ClickHouseError, open_client
+    from connectors.clickhouse_metrics_schema import metrics_ddl
+    from connectors.clickhouse_sink import _OneThreadClient
+
+    plain = cfg.model_copy(update={"create_schema": False})
+    client: Any
+    if cfg.mode == "embedded":
+        client = _OneThreadClient(lambda: open_client(plain))
+    else:
+        client = open_client(plain)
+    if getattr(client, "legacy", False):
+        version = getattr(client, "version", "") or "< 20"
+        client.close()
+        raise ClickHouseError(
+            f"ClickHouse server {version} at {cfg.host}:{cfg.port} is too old for the metrics "
+            f"tables (otel_metrics_* need Map and DateTime64: ClickHouse {MIN_SERVER_MAJOR}.x "
+            "or newer); point flows.metrics.clickhouse at a newer server, use embedded chdb "
+            "(mode: embedded), or set clickhouse: null to write to Prometheus only",
+            transient=False,
+        )
+    if cfg.create_schema:
+        try:
+            for stmt in metrics_ddl(cfg.database, ttl_days=cfg.tables.ttl_days):
+                client.execute(stmt)
+        except Exception:
+            client.close()
+            raise
+    return client
+
+
+def _client_key(cfg: ClickHouseConfig) -> str:
+    return "flows.metrics:" + repr(cfg)
+
+
+def _hold_client(cfg: ClickHouseConfig) -> Any:
+    """The process's metrics client for ``cfg``, shared by all worker threads (held: release
+    with ``_ClientHolder.release(_client_key(cfg))``; the last release closes it)."""
+    from connectors.clickhouse_sink import _ClientHolder
+
+    return _ClientHolder.get(_client_key(cfg), lambda: open_metrics_client(cfg), hold=True)
+
+
 class _ClickHousePartition(StatelessSinkPartition[MetricChunk]):
     def __init__(self, cfg: ClickHouseConfig, intents_table: str | None) -> None:
-        from connectors.clickhouse import is_transient, open_client
-        from connectors.clickhouse_metrics_schema import metrics_ddl
+        from connectors.clickhouse import is_transient
         from otelwax.resilience import CircuitBreaker, RetryPolicy
 
         self.cfg = cfg
-        self.client = open_client(cfg)
+        self.client = _hold_client(cfg)
         self.metrics = ComponentMetrics("clickhouse_metrics", "rows")
         self.retry = RetryPolicy(cfg.retry, retry_on=is_transient)
         self.breaker = CircuitBreaker(cfg.breaker, name="clickhouse_metrics")
-        if cfg.create_schema:
-            for stmt in metrics_ddl(cfg.database, ttl_days=cfg.tables.ttl_days):
-                self.client.execute(stmt)
         self.intents = _intent_log(self.client, cfg, intents_table) if intents_table else None
 
     def _insert(self, table: str, batch: pa.RecordBatch, token: str | None) -> None:
@@ -505,7 +555,9 @@ class _ClickHousePartition(StatelessSinkPartition[MetricChunk]):
                 self._insert(table, batch, f"{token_base}:{table}" if with_token else None)
 
     def close(self) -> None:
-        self.client.close()
+        from connectors.clickhouse_sink import _ClientHolder
+
+        _ClientHolder.release(_client_key(self.cfg))
 
 
 class _NoIntents:
@@ -540,26 +592,26 @@ class _ReplayOnly:
         self.skip_stored = skip_stored
 
     def ranges_from(self, topic: str, partition: int, offset: int) -> list[tuple[int, int]]:
-        # Read once at partition start; the client is closed right away (an embedded chdb left
-        # open crashes the interpreter at exit).
-        from connectors.clickhouse import open_client
+        # Read once at partition start through the process's shared client, released right
+        # away (an embedded chdb left open crashes the interpreter at exit).
+        from connectors.clickhouse_sink import _ClientHolder
 
-        client = open_client(self.cfg)
+        client = _hold_client(self.cfg)
         try:
             return _intent_log(client, self.cfg, self.table).ranges_from(topic, partition, offset)
         finally:
-            client.close()
+            _ClientHolder.release(_client_key(self.cfg))
 
     def pending_from(self, topic: str, partition: int) -> int | None:
         if not self.skip_stored:
             return None
-        from connectors.clickhouse import open_client
+        from connectors.clickhouse_sink import _ClientHolder
 
-        client = open_client(self.cfg)
+        client = _hold_client(self.cfg)
         try:
             return _intent_log(client, self.cfg, self.table).pending_from(topic, partition)
         finally:
-            client.close()
+            _ClientHolder.release(_client_key(self.cfg))
 
 
 def _runs_with_recovery() -> bool:
@@ -575,8 +627,10 @@ def _runs_with_recovery() -> bool:
 class MetricsClickHouseSink(DynamicSink[MetricChunk]):
     """Writes every metrics table of each chunk (one insert per table per batch).
 
-    Uses ``connectors.clickhouse`` (embedded chdb or a server) with its retry policy and circuit
-    breaker; each insert carries a deduplication token derived from the Kafka offsets.
+    Uses ``connectors.clickhouse`` (embedded chdb or a server, ClickHouse 20+) through one
+    client per process shared by the worker threads (see :func:`open_metrics_client`), with its
+    retry policy and circuit breaker; each insert carries a deduplication token derived from
+    the Kafka offsets.
     """
 
     def __init__(self, cfg: ClickHouseConfig, intents_table: str | None = None) -> None:

@@ -244,9 +244,11 @@ def test_delta_to_cumulative_restart_with_recovery_equals_uninterrupted(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
 def test_metrics_tables_in_chdb_hold_every_point_once(
-    kafka_bootstrap: str, make_topic, tmp_path: Path
+    kafka_bootstrap: str, make_topic, tmp_path: Path, workers: int
 ) -> None:
+    """Every point stored once, also with two worker threads sharing the one chdb client."""
     topic = make_topic("mch", partitions=2)
     now = time.time_ns()
     reqs = []
@@ -282,7 +284,7 @@ def test_metrics_tables_in_chdb_hold_every_point_once(
     # re-cuts the last recorded group with the same tokens), so nothing is stored twice.
     for _ in range(2):
         subprocess.run(
-            [sys.executable, "-m", "bytewax.run", "flows.metrics"],
+            [sys.executable, "-m", "bytewax.run", "flows.metrics", "-w", str(workers)],
             cwd=ROOT,
             env=env,
             check=True,
@@ -509,3 +511,52 @@ def test_invalid_shared_config_names_the_key_path(tmp_path: Path) -> None:
         load_settings(None, env={"OTELWAX_CONFIG": str(cfg)})
     msg = str(err.value)
     assert "delta_shards" in msg and "topik" in msg
+
+
+def test_clickhouse_server_older_than_20_is_refused_at_start(
+    kafka_bootstrap: str, make_topic, tmp_path: Path, clickhouse_server
+) -> None:
+    """The metrics tables need Map/DateTime64: a ClickHouse 18.16 server fails the flow at start
+    with a message saying why, before any table is created."""
+    topic = make_topic("mold", partitions=1)
+    _produce(kafka_bootstrap, topic, [metrics_request({"service.name": "s"}, [gauge("g", [])])])
+    db = f"m_{uuid.uuid4().hex[:8]}"
+    srv = clickhouse_server
+    cfg = tmp_path / "otelwax.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "kafka": {"bootstrap_servers": kafka_bootstrap},
+                "clickhouse": {
+                    "mode": "server",
+                    "host": srv.host,
+                    "port": srv.port,
+                    "http_port": srv.http_port,
+                    "database": db,
+                },
+                "flows": {"metrics": {"topic": topic, "tail": False, "remote_write": None}},
+            }
+        )
+    )
+    env = dict(os.environ, OTELWAX_CONFIG=str(cfg), PYTHONPATH=str(ROOT))
+    r = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", "flows.metrics"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode != 0
+    assert "too old for the metrics tables" in r.stderr, r.stderr[-3000:]
+    assert "18.16" in r.stderr
+    from connectors.clickhouse import open_client
+    from tests.connectors.conftest import server_config
+
+    client = open_client(server_config(srv, "default"))
+    try:
+        assert client.execute(
+            "SELECT count() FROM system.databases WHERE name = {d:String}", {"d": db}
+        ) == [(0,)]
+    finally:
+        client.close()
