@@ -199,3 +199,40 @@ def test_flow_serves_standard_counters_and_consumer_lag(flow_run) -> None:
     assert 'otelwax_failed_total{component="decode",unit="records"} 1.0' in text
     assert 'otelwax_sent_total{component="dlq",unit="records"} 1.0' in text
     assert lag0 in text
+
+
+def test_user_module_and_redaction_inside_the_flow(flow_run) -> None:
+    """A typical pipeline (filter + user module + transform + redact + head sampling) runs in
+    the flow process; the stored rows prove it: no PII, no health checks, templated names,
+    and head sampling kept or dropped whole traces."""
+    from tests.operators.batches import PII_VALUES, pii_trace_payloads
+
+    operators = [
+        {"type": "filter", "drop": "SpanAttributes['http.route'] in ['/health', '/ready']"},
+        {"module": "operators.example_user_ops:template_span_names", "config": {}},
+        {"type": "transform", "actions": [{"action": "hash", "map": "SpanAttributes",
+                                           "keys": ["user.email"]}]},
+        {"type": "redact", "maps": ["SpanAttributes", "Events.Attributes"],
+         "deny_keys": ["http.request.header.authorization"]},
+        {"type": "probabilistic_sampler", "sampling_percentage": 50},
+    ]  # fmt: skip
+    run = flow_run(partitions=2, operators=operators)
+    payloads = pii_trace_payloads(n_traces=40, spans_per_trace=5, seed=5)
+    produce(run.bootstrap, run.topic, payloads)
+    run.run_to_end()
+    rows = chdb_rows(
+        run.settings["clickhouse"]["path"],
+        "SELECT TraceId, SpanName, toString(SpanAttributes), toString(`Events.Attributes`), "
+        "StatusMessage FROM otel.otel_traces",
+    )
+    per_trace: dict[str, int] = {}
+    for trace_id, name, *text in rows:
+        per_trace[trace_id] = per_trace.get(trace_id, 0) + 1
+        assert name.startswith("GET /api/orders/{id}"), name
+        blob = " ".join(text)
+        assert not any(v in blob for v in PII_VALUES), blob
+        assert "/health" not in blob
+    # about half of the 40 traces kept, each complete (5 spans, 4 for the even ones whose
+    # health-check span was filtered)
+    assert 8 <= len(per_trace) <= 32, len(per_trace)
+    assert set(per_trace.values()) <= {4, 5}
