@@ -244,7 +244,8 @@ class _Decode:
         self.records = ComponentMetrics("metrics_decode", "records")
 
     def _decode(self, values: list[bytes]) -> Any:
-        from otelwax.codec.pymetrics import decode_metrics
+        # The native core when built (same tables; $OTELWAX_CODEC=python forces pymetrics).
+        from otelwax.codec import decode_metrics
 
         res = decode_metrics(values)
         if res.errors:

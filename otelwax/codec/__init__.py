@@ -5,13 +5,16 @@ core (``otelwax._native``, Rust/PyO3), which must give equal batches:
 
     decode_traces(payloads: Sequence[bytes]) -> DecodeResult
     decode_logs(payloads: Sequence[bytes]) -> DecodeResult
+    decode_metrics(payloads: Sequence[bytes]) -> pymetrics.MetricsDecodeResult
 
 ``payloads`` are serialized ``Export{Trace,Logs}ServiceRequest`` messages (Kafka record values).
 ``DecodeResult.batch`` holds the rows of every payload that decoded, in input order, with the
 schema from ``otelwax.schemas``; ``DecodeResult.errors`` lists ``(index, reason)`` for each
 payload that did not decode (its rows are not in the batch), so the caller can dead-letter it.
 ``DecodeResult.rows_per_payload`` gives the row count contributed by each input payload (0 for
-failed ones), which lets a caller map rows back to Kafka offsets.
+failed ones), which lets a caller map rows back to Kafka offsets. ``decode_metrics`` gives one
+batch per ``otel_metrics_*`` table (``otelwax.codec.pymetrics`` is its reference; ServiceName
+follows the same rule as below).
 """
 
 from __future__ import annotations
@@ -21,10 +24,14 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-__all__ = ["DecodeResult", "codec_name", "decode_logs", "decode_traces"]
+if TYPE_CHECKING:
+    from otelwax.codec.pymetrics import MetricsDecodeResult
+
+__all__ = ["DecodeResult", "codec_name", "decode_logs", "decode_metrics", "decode_traces"]
 
 log = logging.getLogger(__name__)
 
@@ -123,3 +130,18 @@ def decode_traces(payloads: Sequence[bytes]) -> DecodeResult:
 def decode_logs(payloads: Sequence[bytes]) -> DecodeResult:
     """Decode ``ExportLogsServiceRequest`` payloads into one ``LOGS_SCHEMA`` batch."""
     return _as_result(_load()[2](payloads))
+
+
+def decode_metrics(payloads: Sequence[bytes]) -> MetricsDecodeResult:
+    """Decode ``ExportMetricsServiceRequest`` payloads into one batch per metrics table.
+
+    Returns ``otelwax.codec.pymetrics.MetricsDecodeResult``; the native core when the same
+    choice as for traces/logs picked it (``$OTELWAX_CODEC``), else ``pymetrics``.
+    """
+    if _load()[0] == "native":
+        from otelwax.codec import native
+
+        return native.decode_metrics(payloads)
+    from otelwax.codec import pymetrics
+
+    return pymetrics.decode_metrics(payloads)

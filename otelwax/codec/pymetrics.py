@@ -9,7 +9,8 @@ clickhouseexporter's tables). Rendering follows ``otelwax.codec`` (attribute val
 once and spread to rows with one ``take`` per batch.
 
 Column details (like the Collector's exporter):
-- ``ServiceName`` = resource attribute ``service.name`` ("" when absent);
+- ``ServiceName`` = the first resource attribute ``service.name``, rendered like any value
+  (also when that renders as ""), "" when absent;
 - ``ScopeDroppedAttrCount`` = ``InstrumentationScope.dropped_attributes_count``;
 - number data points: ``Value`` = ``as_double`` or ``as_int`` as float;
 - exemplars: ``Value`` from ``as_double``/``as_int``, ``FilteredAttributes`` rendered, ids hex;
@@ -269,18 +270,19 @@ def _decode(payloads: Sequence[bytes]) -> MetricsDecodeResult:
             req = parse(payload)
             for rm in req.resource_metrics:
                 ri = len(r_schema)
-                svc = ""
+                svc: str | None = None
                 for a in rm.resource.attributes:
                     r_keys.append(a.key)
                     v = a.value
                     sv = v.string_value
                     rv = sv if sv else render_any_value(v)
                     r_vals.append(rv)
-                    if a.key == "service.name" and not svc:
+                    # The first service.name wins, even when it renders as "" (the contract).
+                    if svc is None and a.key == "service.name":
                         svc = rv
                 r_off.append(len(r_keys))
                 r_schema.append(rm.schema_url)
-                r_service.append(svc)
+                r_service.append(svc or "")
                 for sms in rm.scope_metrics:
                     si = len(sc_name)
                     scope = sms.scope

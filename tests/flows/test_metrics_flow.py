@@ -560,3 +560,34 @@ def test_clickhouse_server_older_than_20_is_refused_at_start(
         ) == [(0,)]
     finally:
         client.close()
+
+
+def test_service_name_is_the_first_service_name_attribute_in_every_codec() -> None:
+    """Contract of otelwax.codec: the first service.name wins even when empty (pymetrics,
+    native and the dispatching otelwax.codec.decode_metrics the flow uses agree)."""
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    from otelwax.codec import decode_metrics, native, pymetrics
+
+    req = ExportMetricsServiceRequest.FromString(
+        metrics_request({}, [gauge("g", [(1_000, 1.0, {})])])
+    )
+    attrs = req.resource_metrics[0].resource.attributes
+    del attrs[:]
+    attrs.extend(
+        [
+            KeyValue(key="service.name", value=AnyValue(string_value="")),
+            KeyValue(key="service.name", value=AnyValue(string_value="x")),
+        ]
+    )
+    payloads = [req.SerializeToString()]
+    decoders = [pymetrics.decode_metrics, decode_metrics]
+    if native.AVAILABLE:
+        decoders.append(native.decode_metrics)
+    for dec in decoders:
+        res = dec(payloads)
+        assert res.errors == []
+        assert res.tables["otel_metrics_gauge"].column("ServiceName").to_pylist() == [""], dec
