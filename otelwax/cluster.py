@@ -10,7 +10,7 @@ and peers are reachable through the headless service as
     HOSTNAME=flows-traces-2                 # set by Kubernetes
 
 ``cluster_args(env)`` turns that into ``["-i", "2", "-a", "...;...;..."]`` (``[]`` with one
-replica or none configured).
+replica or none configured); ``process_index(env)`` is that process id (0 with one replica).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-__all__ = ["cluster_args", "ordinal_from_hostname", "peer_addresses"]
+__all__ = ["cluster_args", "ordinal_from_hostname", "peer_addresses", "process_index", "replicas"]
 
 _ORDINAL = re.compile(r"^(?P<set>.+)-(?P<i>\d+)$")
 DEFAULT_PORT = 2101
@@ -43,14 +43,30 @@ def peer_addresses(pattern: str, replicas: int) -> list[str]:
     return out
 
 
-def cluster_args(env: Mapping[str, str]) -> list[str]:
-    """bytewax ``-i``/``-a`` arguments derived from the environment (see module docstring)."""
-    replicas = int(env.get("OTELWAX_REPLICAS") or env.get("BYTEWAX_REPLICAS") or 1)
-    if replicas <= 1:
-        return []
+def replicas(env: Mapping[str, str]) -> int:
+    """``$OTELWAX_REPLICAS`` (or ``$BYTEWAX_REPLICAS``), 1 when unset."""
+    return int(env.get("OTELWAX_REPLICAS") or env.get("BYTEWAX_REPLICAS") or 1)
+
+
+def _identity(env: Mapping[str, str], n: int) -> tuple[str, int]:
     hostname = env.get("OTELWAX_POD_NAME") or env.get("HOSTNAME") or ""
     statefulset, ordinal = ordinal_from_hostname(hostname)
-    if ordinal >= replicas:
-        raise ValueError(f"pod ordinal {ordinal} >= replicas {replicas}")
+    if ordinal >= n:
+        raise ValueError(f"pod ordinal {ordinal} >= replicas {n}")
+    return statefulset, ordinal
+
+
+def process_index(env: Mapping[str, str]) -> int:
+    """This process's id in the cluster: the pod ordinal, or 0 with one replica."""
+    n = replicas(env)
+    return 0 if n <= 1 else _identity(env, n)[1]
+
+
+def cluster_args(env: Mapping[str, str]) -> list[str]:
+    """bytewax ``-i``/``-a`` arguments derived from the environment (see module docstring)."""
+    n = replicas(env)
+    if n <= 1:
+        return []
+    statefulset, ordinal = _identity(env, n)
     pattern = env.get("OTELWAX_PEER_PATTERN") or f"{statefulset}-{{i}}.{statefulset}:{DEFAULT_PORT}"
-    return ["-i", str(ordinal), "-a", ";".join(peer_addresses(pattern, replicas))]
+    return ["-i", str(ordinal), "-a", ";".join(peer_addresses(pattern, n))]

@@ -1,12 +1,17 @@
-"""``otelwax flow traces|metrics|logs``: run a dataflow with recovery and cluster arguments.
+"""``otelwax flow traces|metrics|logs|spanmetrics``: run a dataflow with recovery and cluster
+arguments.
 
     otelwax flow traces -c configs/traces.yaml            # one process, 1 worker
     otelwax flow traces -c x.yaml -w 2                    # 2 worker threads
     otelwax flow traces -c x.yaml --init-recovery         # create recovery partitions first
     OTELWAX_REPLICAS=3 otelwax flow traces -c x.yaml      # StatefulSet: -i/-a from HOSTNAME
 
-Recovery comes from the flow's settings (``recovery.directory``, ``snapshot_interval_s``,
-``backup_interval_s``); the command ``exec``s ``python -m bytewax.run`` with them.
+Recovery comes from the flow's settings (traces: ``recovery.directory``, ``snapshot_interval_s``,
+``backup_interval_s``) or, for every flow, bytewax's own ``$BYTEWAX_RECOVERY_DIRECTORY``; the
+command ``exec``s ``python -m bytewax.run`` with them. ``--init-recovery`` creates the partitions
+(traces: ``recovery.partitions``, else ``$OTELWAX_RECOVERY_PARTITIONS``, default 1) when the
+directory has none yet; in a cluster (``OTELWAX_REPLICAS`` > 1) only process 0 does, as the
+partitions are shared by every process.
 """
 
 from __future__ import annotations
@@ -17,11 +22,16 @@ import os
 import sys
 from pathlib import Path
 
-from otelwax.cluster import cluster_args
+from otelwax.cluster import cluster_args, process_index
 
 log = logging.getLogger(__name__)
 
-FLOWS = {"traces": "flows.traces", "metrics": "flows.metrics", "logs": "flows.logs"}
+FLOWS = {
+    "traces": "flows.traces",
+    "metrics": "flows.metrics",
+    "logs": "flows.logs",
+    "spanmetrics": "flows.spanmetrics",
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,20 +65,49 @@ def build_command(args: argparse.Namespace, env: dict[str, str]) -> list[str]:
     return cmd + cluster_args(env)
 
 
-def run(args: argparse.Namespace) -> int:
-    env = dict(os.environ)
-    cmd = build_command(args, env)
-    if args.init_recovery and "-r" in cmd:
+def recovery_target(args: argparse.Namespace, env: dict[str, str]) -> tuple[Path, int] | None:
+    """The recovery directory and partition count of this run (None: runs without recovery)."""
+    if args.flow == "traces":
         from flows.settings import load_settings
 
         rec = load_settings(args.config, env=env).recovery
-        d = Path(str(rec.directory))
-        if not d.exists() or not any(d.iterdir()):
-            from bytewax.recovery import init_db_dir
+        if rec.directory:
+            return Path(rec.directory), rec.partitions
+    directory = env.get("BYTEWAX_RECOVERY_DIRECTORY")
+    if directory:
+        return Path(directory), int(env.get("OTELWAX_RECOVERY_PARTITIONS") or 1)
+    return None
 
-            d.mkdir(parents=True, exist_ok=True)
-            init_db_dir(d, rec.partitions)
-            log.info("recovery: initialised %d partition(s) in %s", rec.partitions, d)
+
+def init_recovery(args: argparse.Namespace, env: dict[str, str]) -> bool:
+    """Create the recovery partitions when missing; True when this call created them.
+
+    In a cluster only process 0 initialises (every process shares the partitions).
+    """
+    target = recovery_target(args, env)
+    if target is None:
+        log.warning("--init-recovery: this run has no recovery directory; nothing to do")
+        return False
+    directory, partitions = target
+    index = process_index(env)
+    if index != 0:
+        log.info("recovery: process %d leaves %s to process 0", index, directory)
+        return False
+    if directory.exists() and any(directory.glob("part-*.sqlite3")):
+        return False
+    from bytewax.recovery import init_db_dir
+
+    directory.mkdir(parents=True, exist_ok=True)
+    init_db_dir(directory, partitions)
+    log.info("recovery: initialised %d partition(s) in %s", partitions, directory)
+    return True
+
+
+def run(args: argparse.Namespace, env: dict[str, str] | None = None) -> int:
+    env = dict(os.environ if env is None else env)
+    cmd = build_command(args, env)
+    if args.init_recovery:
+        init_recovery(args, env)
     if args.dry_run:
         print(" ".join(cmd))
         return 0

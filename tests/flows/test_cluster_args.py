@@ -55,3 +55,48 @@ def test_flow_command_carries_recovery_from_settings(tmp_path) -> None:
         "-a",
         "flows-traces-0.flows-traces:2101;flows-traces-1.flows-traces:2101",
     ]
+
+
+def _ns(flow: str, config: str | None = None) -> argparse.Namespace:
+    return argparse.Namespace(flow=flow, config=config, workers=1, init_recovery=True, dry_run=True)
+
+
+def test_init_recovery_only_on_process_zero_of_a_cluster(tmp_path, capsys) -> None:
+    """Partitions are shared by the processes of a cluster: only ordinal 0 creates them."""
+    from otelwax.flow_cli import run
+
+    rec = tmp_path / "rec"
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(f"recovery: {{directory: {str(rec)!r}, partitions: 3}}\n")
+    env = {"OTELWAX_REPLICAS": "2", "HOSTNAME": "flows-traces-1"}
+    assert run(_ns("traces", str(cfg)), env) == 0
+    assert not rec.exists(), "process 1 must not initialise the shared partitions"
+    assert "-i 1" in capsys.readouterr().out
+    env["HOSTNAME"] = "flows-traces-0"
+    assert run(_ns("traces", str(cfg)), env) == 0
+    assert sorted(p.name for p in rec.glob("part-*.sqlite3")) == [
+        f"part-{i}.sqlite3" for i in range(3)
+    ]
+    before = {p: p.stat().st_mtime_ns for p in rec.iterdir()}
+    assert run(_ns("traces", str(cfg)), env) == 0  # already there: left alone
+    assert {p: p.stat().st_mtime_ns for p in rec.iterdir()} == before
+
+
+def test_init_recovery_from_bytewax_variable_for_every_flow(tmp_path) -> None:
+    from otelwax.flow_cli import init_recovery
+
+    for i, flow in enumerate(("metrics", "logs", "spanmetrics")):
+        rec = tmp_path / f"rec{i}"
+        env = {"BYTEWAX_RECOVERY_DIRECTORY": str(rec), "OTELWAX_RECOVERY_PARTITIONS": "2"}
+        one = {**env, "OTELWAX_REPLICAS": "3", "OTELWAX_POD_NAME": f"flows-{flow}-2"}
+        assert not init_recovery(_ns(flow), one)
+        assert not rec.exists()
+        assert init_recovery(_ns(flow), env)
+        assert len(list(rec.glob("part-*.sqlite3"))) == 2
+        assert not init_recovery(_ns(flow), env)
+
+
+def test_spanmetrics_is_a_flow_of_otelwax_flow() -> None:
+    ns = argparse.Namespace(flow="spanmetrics", config="/etc/otelwax/otelwax.yaml", workers=1)
+    cmd = build_command(ns, {})
+    assert cmd[1:4] == ["-m", "bytewax.run", "flows.spanmetrics:build('/etc/otelwax/otelwax.yaml')"]
