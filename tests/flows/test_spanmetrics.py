@@ -14,6 +14,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from prometheus_client import REGISTRY
 
 from flows.spanmetrics import build_from_settings, load_settings
+from tests.conftest import free_port
 from tests.promfixtures import (  # noqa: F401
     prom_values,
     prometheus_url_fixture,
@@ -93,6 +94,7 @@ def test_span_metrics_reach_prometheus_with_out_of_order_and_late_spans(
         source_batch_size=1,  # one record per batch: arrival order = produce order
         spanmetrics={"window_s": 10, "allowed_lateness_s": 5},
         remote_write={"url": f"{prometheus_url}/api/v1/write"},
+        metrics_port=None,
     )
     run_main(build_from_settings(settings))
     late_after = REGISTRY.get_sample_value(
@@ -157,6 +159,7 @@ def test_late_spans_routed_to_a_topic(kafka_bootstrap: str, make_topic) -> None:
         spanmetrics={"window_s": 10, "allowed_lateness_s": 5, "late_policy": "route"},
         remote_write=None,
         late_topic=late_topic,
+        metrics_port=None,
     )
     run_main(build_from_settings(settings))
     c = Consumer(
@@ -188,3 +191,36 @@ def test_settings_report_every_problem_with_its_key_path() -> None:
     assert "spanmetrics.window_s" in msg
     assert "spanmetrics.lateness: unknown key" in msg
     assert 'topik: unknown key (did you mean "topic"?)' in msg
+
+
+def test_serves_metrics_on_its_metrics_port(
+    kafka_bootstrap: str, make_topic, prometheus_url: str
+) -> None:
+    """/metrics with the standard counters, on ``metrics_port`` (9467 unless configured)."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert load_settings(None, env={}).metrics_port == 9467
+    topic = make_topic("spans", partitions=1)
+    svc = unique_job("smport")
+    base = (int(time.time()) - 120) // 10 * 10
+    _produce(kafka_bootstrap, topic, [_request(svc, [(base + 1, 1, "GET", 1)])] * 3)
+    port = free_port()
+    settings = load_settings(
+        None,
+        env={"OTELWAX_METRICS_PORT": str(port)},
+        kafka={"bootstrap_servers": kafka_bootstrap},
+        topic=topic,
+        tail=False,
+        remote_write={"url": f"{prometheus_url}/api/v1/write"},
+    )
+    assert settings.metrics_port == port
+    run_main(build_from_settings(settings))
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    received = {
+        s.labels["component"]: s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == "otelwax_received_total"
+    }
+    assert received.get("spanmetrics_decode", 0) >= 3
