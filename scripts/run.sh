@@ -14,6 +14,9 @@ export OTELWAX_KAFKA_BOOTSTRAP=127.0.0.1:9092
 export OTELWAX_CONFIG="$RUN/otelwax.yaml"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+# Job control: background jobs of a script otherwise start with SIGINT ignored, and bytewax
+# stops on SIGINT.
+set -m
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
@@ -40,7 +43,7 @@ flows:
     clickhouse: {mode: embedded, path: $RUN/chdb-traces, create_schema: true}
     metrics_port: 9464
   metrics:
-    clickhouse: {path: $RUN/chdb-metrics}
+    clickhouse: {mode: embedded, path: $RUN/chdb-metrics, create_schema: true}
     remote_write: null
     metrics_port: 9465
   logs:
@@ -65,7 +68,7 @@ say "sending demo telemetry for $DURATION (telemetrygen: 4 services, traces + me
 gen=.cache/bin/telemetrygen
 common=(--otlp-endpoint 127.0.0.1:4317 --otlp-insecure --duration "$DURATION")
 genpids=()
-for svc in checkout:0 payments:2 frontend:0 inventory:0; do
+for svc in checkout:Unset payments:Error frontend:Ok inventory:Unset; do
   name=${svc%%:*}; status=${svc##*:}
   "$gen" traces "${common[@]}" --service "$name" --rate "$RATE" --child-spans 4 \
     --status-code "$status" --span-duration "$((RANDOM % 40 + 5))ms" >"$RUN/gen-$name.log" 2>&1 &
@@ -78,7 +81,7 @@ done
 python scripts/demo.py progress 8888 9464 9465 9466 &
 progress=$!
 for p in "${genpids[@]}"; do wait "$p" || echo "telemetrygen $p exited with $?"; done
-kill "$progress" 2>/dev/null || true
+{ kill "$progress"; wait "$progress"; } 2>/dev/null || true
 
 say "waiting until the flows stored everything the shim accepted"
 python scripts/demo.py drain 8888 9464 9465 9466 120

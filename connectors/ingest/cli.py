@@ -85,7 +85,8 @@ def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
 def load_section(path: Path) -> dict[str, Any]:
     """The ingest settings from a YAML file, as raw data.
 
-    A full otelwax config (it has an ``ingest:`` section) gets the same treatment as
+    A full otelwax config (an ``ingest``, ``flows``, ``sinks`` or ``clickhouse`` section) gets
+    the same treatment as
     ``otelwax validate`` gives it: ``${env:VAR}`` substitution and the top-level ``kafka``
     section copied into ``ingest`` unless it sets its own. Any other mapping is read as an
     IngestConfig (with ``${env:VAR}`` substitution too). Raises ValueError listing problems.
@@ -97,7 +98,7 @@ def load_section(path: Path) -> dict[str, Any]:
     except ConfigError as exc:
         raise ValueError(str(exc)) from None
     problems: list[str] = []
-    full = "ingest" in raw
+    full = any(k in raw for k in ("ingest", "flows", "sinks", "clickhouse"))
     subset = {k: raw[k] for k in ("kafka", "ingest") if k in raw} if full else raw
     data = substitute_env(subset, os.environ, "" if full else "ingest", problems)
     if problems:
