@@ -15,7 +15,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("connectors.ingest.cli", "run the OTLP ingest shim (gRPC :4317, HTTP :4318)"),
     "validate": ("otelwax.validate_cli", "check a config file and print every problem"),
     "clickhouse": ("otelwax.clickhouse_cli", "create (init) or check the ClickHouse tables"),
-    "flow": ("otelwax.flow_cli", "run a dataflow (traces|metrics|logs) with recovery/cluster args"),
+    "flow": (
+        "otelwax.flow_cli",
+        "run a dataflow (traces|logs|metrics|spanmetrics) with recovery/cluster args",
+    ),
 }
 
 
