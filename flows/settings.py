@@ -1,14 +1,20 @@
-"""Settings of the traces flow (``flows.traces``): one validated model, loaded with no I/O
-beyond reading the config file.
+"""Settings of the traces and logs flows (``flows.traces``, ``flows.logs``): one validated
+model each, loaded with no I/O beyond reading the config file.
+
+Both flows run the same steps (``flows.pipeline``): ``FlowSettings`` holds what they share;
+``TracesFlowSettings`` adds the Jaeger export; ``LogsFlowSettings`` has the logs defaults (topic
+``otlp_logs``, table ``otel_logs``, intents namespace ``logs``, ``/metrics`` on 9466).
 
 Sources, later ones winning:
 
-1. defaults (embedded chdb in ``.data/chdb``, Kafka ``127.0.0.1:9092``, topic ``otlp_spans``);
+1. defaults (embedded chdb in ``.data/chdb``, Kafka ``127.0.0.1:9092``, topic ``otlp_spans``
+   or ``otlp_logs``);
 2. a YAML file: ``build("configs/x.yaml")`` or ``$OTELWAX_CONFIG``. The file is either this
-   model itself or a whole otelwax config (``otelwax.config``: ``flows.traces`` plus the
-   shared top-level ``kafka``/``clickhouse``, ``${env:VAR}`` substitution);
+   model itself or a whole otelwax config (``otelwax.config``: ``flows.traces`` or
+   ``flows.logs`` plus the shared top-level ``kafka``/``clickhouse``, ``${env:VAR}`` substitution);
 3. environment: ``OTELWAX_KAFKA_BOOTSTRAP``, ``OTELWAX_METRICS_PORT``, and any nested key as
-   ``OTELWAX_TRACES__source__batch__max_delay_s=0.5`` (value parsed as YAML);
+   ``OTELWAX_TRACES__source__batch__max_delay_s=0.5`` (``OTELWAX_LOGS__...`` for the logs
+   flow; value parsed as YAML);
 4. keyword overrides of ``build(...)``, nested with ``__`` (``source__topic="x"``).
 """
 
@@ -16,19 +22,27 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from connectors.clickhouse import ClickHouseConfig
 from connectors.clickhouse_sink import ClickHouseSinkConfig
 from connectors.dlq import DeadLetterConfig
-from connectors.kafka import KafkaConfig
+from connectors.kafka import TOPIC_LOGS, KafkaConfig
 from connectors.kafka_source import KafkaSourceConfig
 from connectors.otlp_export import JaegerExporterConfig
 from otelwax.settings import StrictModel, ValidationError, format_errors
 
-__all__ = ["RecoverySettings", "TracesFlowSettings", "load_settings"]
+__all__ = [
+    "FlowSettings",
+    "LogsFlowSettings",
+    "RecoverySettings",
+    "TracesFlowSettings",
+    "load_flow_settings",
+    "load_logs_settings",
+    "load_settings",
+]
 
 ENV_CONFIG = "OTELWAX_CONFIG"
 ENV_PREFIX = "OTELWAX_TRACES__"
@@ -48,8 +62,8 @@ class RecoverySettings(StrictModel):
     backup_interval_s: float = Field(0.0, ge=0, description="-b: keep older snapshots this long")
 
 
-class TracesFlowSettings(StrictModel):
-    """Everything ``flows.traces`` needs."""
+class FlowSettings(StrictModel):
+    """What a flow built by ``flows.pipeline`` needs (Kafka ranges → Arrow → ClickHouse)."""
 
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     source: KafkaSourceConfig = Field(default_factory=KafkaSourceConfig)
@@ -59,10 +73,6 @@ class TracesFlowSettings(StrictModel):
         description="connection + table; the flow's default creates the schema in chdb",
     )
     sink: ClickHouseSinkConfig = Field(default_factory=ClickHouseSinkConfig)
-    jaeger: JaegerExporterConfig = Field(
-        default_factory=JaegerExporterConfig,
-        description="also export spans to Jaeger over OTLP/gRPC (off unless enabled: true)",
-    )
     operators: list[dict[str, Any]] = Field(
         default_factory=list,
         description="batch operators applied between decode and the sink, in order "
@@ -80,6 +90,63 @@ class TracesFlowSettings(StrictModel):
     )
 
 
+class TracesFlowSettings(FlowSettings):
+    """Everything ``flows.traces`` needs."""
+
+    jaeger: JaegerExporterConfig = Field(
+        default_factory=JaegerExporterConfig,
+        description="also export spans to Jaeger over OTLP/gRPC (off unless enabled: true)",
+    )
+
+
+class LogsSourceConfig(KafkaSourceConfig):
+    """The Kafka source of the logs flow (topic ``otlp_logs`` by default)."""
+
+    topic: str = Field(TOPIC_LOGS, min_length=1)
+
+
+class LogsSinkConfig(ClickHouseSinkConfig):
+    """Intents of the logs flow; rows are deduplicated by insert token only (log records have
+    no unique key a lookup could use)."""
+
+    flow: str = Field("logs", min_length=1, description="namespace of this flow's intents")
+    dedup: Literal["token"] = Field(  # type: ignore[assignment]
+        "token", description="insert tokens (native, or InsertToken on legacy servers)"
+    )
+
+
+class LogsFlowSettings(FlowSettings):
+    """Everything ``flows.logs`` needs: the shared flow settings with logs defaults.
+
+    ``topic: x`` is accepted as a shorthand for ``source: {topic: x}``.
+    """
+
+    source: LogsSourceConfig = Field(default_factory=LogsSourceConfig)  # type: ignore[assignment]
+    sink: LogsSinkConfig = Field(default_factory=LogsSinkConfig)  # type: ignore[assignment]
+    metrics_port: int | None = Field(
+        9466, ge=0, le=65535, description="serve /metrics here (None: do not serve)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _topic_shorthand(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "topic" not in data:
+            return data
+        data = dict(data)
+        topic = data.pop("topic")
+        source = data.get("source")
+        if source is None:
+            source = {}
+        if isinstance(source, dict):
+            if "topic" in source and source["topic"] != topic:
+                raise ValueError("topic: set either topic or source.topic, not both")
+            data["source"] = {**source, "topic": topic}
+        return data
+
+
+S = TypeVar("S", bound=FlowSettings)
+
+
 def _set_nested(d: dict[str, Any], path: list[str], value: Any) -> None:
     cur = d
     for part in path[:-1]:
@@ -90,7 +157,7 @@ def _set_nested(d: dict[str, Any], path: list[str], value: Any) -> None:
     cur[path[-1]] = value
 
 
-def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
+def _env_overrides(env: dict[str, str], prefix: str = ENV_PREFIX) -> dict[str, Any]:
     import yaml
 
     out: dict[str, Any] = {}
@@ -102,8 +169,8 @@ def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
         port = env["OTELWAX_METRICS_PORT"]
         _set_nested(out, ["metrics_port"], None if port.lower() == "none" else int(port))
     for key, raw in env.items():
-        if key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
-            _set_nested(out, key[len(ENV_PREFIX) :].split("__"), yaml.safe_load(raw))
+        if key.startswith(prefix) and len(key) > len(prefix):
+            _set_nested(out, key[len(prefix) :].split("__"), yaml.safe_load(raw))
     return out
 
 
@@ -117,12 +184,17 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_settings(
+def load_flow_settings(
+    model: type[S],
+    section: str,
     config_path: str | os.PathLike[str] | None = None,
     env: dict[str, str] | None = None,
     **overrides: Any,
-) -> TracesFlowSettings:
-    """Load and validate; raises ``ValueError`` listing every problem as ``key.path: msg``."""
+) -> S:
+    """Load and validate the settings of flow ``section`` (``traces``, ``logs``) as ``model``.
+
+    Raises ``ValueError`` listing every problem as ``key.path: msg``.
+    """
     import yaml
 
     env = dict(os.environ if env is None else env)
@@ -134,20 +206,39 @@ def load_settings(
             raise ValueError(f"{path}: expected a mapping at the top level")
         if any(k in loaded for k in ("flows", "ingest", "sinks")):
             # A whole otelwax config: its loader substitutes ${env:...} and shares the
-            # top-level kafka/clickhouse sections with flows.traces.
+            # top-level kafka/clickhouse sections with flows.<section>.
             from otelwax.config import load_config
 
-            traces = load_config(path, env).flows.traces
-            loaded = traces.model_dump(exclude_unset=True)
+            loaded = load_config(path, env).flow_settings(section).model_dump(exclude_unset=True)
         data = loaded
-    data = _merge(data, _env_overrides(env))
+    data = _merge(data, _env_overrides(env, f"OTELWAX_{section.upper()}__"))
     nested: dict[str, Any] = {}
     for key, value in overrides.items():
         _set_nested(nested, key.split("__"), value)
     data = _merge(data, nested)
     try:
-        return TracesFlowSettings.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        lines = format_errors(exc, model=TracesFlowSettings)
+        lines = format_errors(exc, model=model)
         where = f"{path}: " if path else ""
-        raise ValueError(where + "invalid traces flow settings:\n  " + "\n  ".join(lines)) from exc
+        raise ValueError(
+            where + f"invalid {section} flow settings:\n  " + "\n  ".join(lines)
+        ) from exc
+
+
+def load_settings(
+    config_path: str | os.PathLike[str] | None = None,
+    env: dict[str, str] | None = None,
+    **overrides: Any,
+) -> TracesFlowSettings:
+    """The traces flow's settings (see the module docstring for the sources)."""
+    return load_flow_settings(TracesFlowSettings, "traces", config_path, env, **overrides)
+
+
+def load_logs_settings(
+    config_path: str | os.PathLike[str] | None = None,
+    env: dict[str, str] | None = None,
+    **overrides: Any,
+) -> LogsFlowSettings:
+    """The logs flow's settings (see the module docstring for the sources)."""
+    return load_flow_settings(LogsFlowSettings, "logs", config_path, env, **overrides)

@@ -107,21 +107,11 @@ except ImportError:  # pragma: no cover - until flows/settings.py imports cleanl
         metrics_port: int | None = Field(9464, ge=0, le=65535)
 
 
-class PlaceholderLogsFlowSettings(StrictModel):
-    """``flows.logs`` until the logs flow's own settings model is importable."""
-
-    topic: str = Field("otlp_logs", min_length=1)
-    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
-    clickhouse: ClickHouseConfig = Field(default_factory=ClickHouseConfig)
-    operators: list[dict[str, Any]] = Field(default_factory=list)
-    metrics_port: int | None = Field(None, ge=0, le=65535)
-
-
-# Flows whose settings model lives in the flow module itself, which builds a dataflow when
-# imported: they are kept as raw mappings here and validated with the real model (imported
-# lazily, only when validating) — see ``flow_model``.
+# Flows kept as raw mappings here and validated with their real model, imported lazily (only
+# when validating; see ``flow_model``): the metrics flows' models live in their flow modules,
+# which build a dataflow when imported; the logs flow's is ``flows.settings.LogsFlowSettings``.
 _LAZY_FLOWS: dict[str, tuple[tuple[str, str], ...]] = {
-    "logs": (("flows.settings", "LogsFlowSettings"), ("flows.logs", "LogsFlowSettings")),
+    "logs": (("flows.settings", "LogsFlowSettings"),),
     "metrics": (
         ("flows.settings", "MetricsFlowSettings"),
         ("flows.metrics", "MetricsFlowSettings"),
@@ -145,7 +135,7 @@ def flow_model(name: str) -> type[BaseModel] | None:
             continue
         if model is not None:
             return model
-    return PlaceholderLogsFlowSettings if name == "logs" else None
+    return None
 
 
 def _lazy_flow(name: str) -> Any:
