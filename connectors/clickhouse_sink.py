@@ -15,10 +15,11 @@ Protocol (per worker, items in the order their source emitted them):
 3. On restart the source reads the intents at/after its resume offset and re-cuts the replayed
    records at exactly those boundaries, so the replay carries the same tokens.
 
-Servers without insert tokens (ClickHouse < 22.2, e.g. Debian's 18.16): before inserting a
-replayed range, or retrying a failed insert, the sink asks which ``(TraceId, SpanId)`` of the
-batch are already in the table and inserts only the missing rows. That is exact because the
-rows of one range are written by one INSERT, and it costs one query per replayed range only.
+Servers without insert tokens (ClickHouse < 22.2, e.g. Debian's 18.16), traces table only:
+before inserting a replayed range, or retrying a failed insert, the sink asks which
+``(TraceId, SpanId)`` of the batch are already in the table and inserts only the missing rows.
+That is exact because the rows of one range are written by one INSERT, and it costs one query
+per replayed range only. Other tables (logs have no unique row key) need insert tokens.
 
 ClickHouse unavailable: every call retries with exponential backoff and a circuit breaker and
 *blocks* the worker (which holds its Kafka partitions back); nothing is dropped.
@@ -39,7 +40,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from pydantic import Field
 
 from otelwax.resilience import CircuitBreaker, CircuitOpenError, RetryPolicy
-from otelwax.schemas import TRACES_SCHEMA
+from otelwax.schemas import LOGS_SCHEMA, TRACES_SCHEMA
 from otelwax.settings import StrictModel
 from otelwax.telemetry import ComponentMetrics
 
@@ -69,8 +70,8 @@ INTENT_SCHEMA = pa.schema(
 
 
 class ClickHouseSinkConfig(StrictModel):
-    """How the traces sink records intents and deduplicates (connection, table, retries and
-    the circuit breaker come from ``connectors.clickhouse.ClickHouseConfig``)."""
+    """How the sink records intents and deduplicates (connection, retries and the circuit
+    breaker come from ``connectors.clickhouse.ClickHouseConfig``)."""
 
     intents_table: str = Field("otelwax_intents", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     flow: str = Field("traces", min_length=1, description="namespace of this flow's intents")
@@ -80,8 +81,8 @@ class ClickHouseSinkConfig(StrictModel):
     dedup: Literal["auto", "token", "lookup"] = Field(
         "auto",
         description="token: insert tokens (native, or emulated by the client on 18.16 tables "
-        "with InsertToken); lookup: skip rows whose (TraceId, SpanId) exist; auto: token "
-        "when the table supports it, else lookup",
+        "with InsertToken); lookup (traces only): skip rows whose (TraceId, SpanId) exist; "
+        "auto: token when the table supports it, else lookup",
     )
 
 
@@ -318,8 +319,9 @@ class _SinkPartition(StatelessSinkPartition[StoredRange]):
 
         conn = sink.connection
         self._cfg = sink.config
-        self._table = f"{conn.database}.{conn.traces_table}"
-        self._qt = f"{quote_ident(conn.database)}.{quote_ident(conn.traces_table)}"
+        self._name = sink.table_name
+        self._table = f"{conn.database}.{self._name}"
+        self._qt = f"{quote_ident(conn.database)}.{quote_ident(self._name)}"
         self._key = sink.client_key()
         self._client = sink.client(hold=True)
         self._intents = sink.intent_log(self._client)
@@ -328,7 +330,11 @@ class _SinkPartition(StatelessSinkPartition[StoredRange]):
         self._e2e = self._metrics.latency("event_to_stored")
         self._blocking = _Blocking(conn, f"clickhouse insert ({self._table})", self._metrics)
         mode = self._cfg.dedup
-        if mode == "auto":
+        if not sink.lookup_dedup:
+            if mode == "lookup":
+                raise ValueError(f"{self._table}: dedup by lookup works for the traces table only")
+            mode = "token"  # client() checked that the table supports insert tokens
+        elif mode == "auto":
             supported = self._blocking.call(lambda: self._client.supports_dedup_token(self._table))
             mode = "token" if supported else "lookup"
         self._mode = mode
@@ -342,7 +348,7 @@ class _SinkPartition(StatelessSinkPartition[StoredRange]):
             rows = self._client.execute(
                 "SELECT engine, engine_full FROM system.tables "
                 "WHERE database = {db:String} AND name = {t:String}",
-                {"db": conn.database, "t": conn.traces_table},
+                {"db": conn.database, "t": self._name},
             )
         except Exception as exc:  # best effort
             log.debug("dedup window check failed: %s", exc)
@@ -433,29 +439,64 @@ class _SinkPartition(StatelessSinkPartition[StoredRange]):
 class ClickHouseSink(DynamicSink[StoredRange]):
     """Exactly-once ClickHouse sink for :class:`StoredRange` items (one per Kafka range).
 
-    ``connection`` is ``connectors.clickhouse.ClickHouseConfig`` (rows go to its
-    ``database.traces_table``); the client is opened in ``build`` and shared by the worker
-    threads of the process. The intent table is created at start if missing.
+    ``connection`` is ``connectors.clickhouse.ClickHouseConfig``; rows go to its
+    ``database.<table>`` (default: its ``traces_table``) and are checked against ``schema``.
+    The client is opened in ``build`` and shared by the worker threads of the process; the
+    target table (with ``create_schema``) and the intent table are created at start if missing.
+    Deduplication by ``(TraceId, SpanId)`` lookup (servers without insert tokens) is for the
+    traces schema only; other tables must support insert tokens.
     """
 
     connection: Any
     config: ClickHouseSinkConfig = field(default_factory=ClickHouseSinkConfig)
+    table: str | None = None
+    schema: pa.Schema = TRACES_SCHEMA
+
+    @property
+    def table_name(self) -> str:
+        """The target table (without the database)."""
+        return self.table or self.connection.traces_table
+
+    @property
+    def lookup_dedup(self) -> bool:
+        """Whether rows can be deduplicated by ``(TraceId, SpanId)`` lookup (traces only)."""
+        return self.schema.equals(TRACES_SCHEMA)
 
     def client_key(self) -> str:
-        return repr(self.connection)
+        return f"{self.connection!r}:{self.table_name}"
+
+    def _create_table(self, client: Any) -> None:
+        """Create the target table (traces or logs layout) when ``create_schema`` is set."""
+        from connectors.clickhouse_schema import create_schema
+
+        if not self.connection.create_schema:
+            return
+        name = self.table_name
+        if self.schema.equals(TRACES_SCHEMA):
+            create_schema(client, self.connection.database, name, None, self.connection.tables)
+        elif self.schema.equals(LOGS_SCHEMA):
+            create_schema(client, self.connection.database, None, name, self.connection.tables)
 
     def client(self, hold: bool = False) -> Any:
         """The process's client for ``connection`` (opened and prepared on first use)."""
         from connectors import clickhouse
 
+        table = f"{self.connection.database}.{self.table_name}"
+        conn = self.connection.model_copy(update={"create_schema": False})  # DDL: _create_table
+
         def _open() -> Any:
             delay = self.connection.retry.initial_backoff_s or 0.2
             while True:  # ClickHouse down at start: wait for it, holding the input back
                 try:
-                    if self.connection.mode == "embedded":
-                        c = _OneThreadClient(lambda: clickhouse.open_client(self.connection))
+                    if conn.mode == "embedded":
+                        c = _OneThreadClient(lambda: clickhouse.open_client(conn))
                     else:
-                        c = clickhouse.open_client(self.connection)
+                        c = clickhouse.open_client(conn)
+                    try:
+                        self._create_table(c)
+                    except Exception:
+                        c.close()
+                        raise
                     break
                 except Exception as exc:
                     if not clickhouse.is_transient(exc):
@@ -464,14 +505,18 @@ class ClickHouseSink(DynamicSink[StoredRange]):
                     time.sleep(delay)
                     delay = min(delay * 2, self.connection.retry.max_backoff_s or 5.0)
             self.intent_log(c).create()
-            problems = clickhouse.check_table(
-                c, f"{self.connection.database}.{self.connection.traces_table}", TRACES_SCHEMA
-            )
+            problems = clickhouse.check_table(c, table, self.schema)
             for p in problems:
                 if "does not exist" in p:
                     c.close()
                     raise RuntimeError(f"clickhouse health check: {p}")
                 log.warning("clickhouse health check: %s", p)
+            if not self.lookup_dedup and not c.supports_dedup_token(table):
+                c.close()
+                raise RuntimeError(
+                    f"clickhouse health check: {table} cannot deduplicate replays (no insert "
+                    "tokens and no InsertToken column); recreate it with `otelwax clickhouse init`"
+                )
             return c
 
         return _ClientHolder.get(self.client_key(), _open, hold)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -215,75 +214,12 @@ def resolve_operators(
     return [(o.name, o) for o in ops]
 
 
-# --- the ClickHouse sink for any table --------------------------------------------------------
-
-
-@dataclass
-class _TableSink(ClickHouseSink):
-    """``ClickHouseSink`` for a table other than the traces table.
-
-    ``ClickHouseSink`` writes ``connection.traces_table`` and checks it against the traces
-    schema; this one is given a connection whose ``traces_table`` names the target table
-    (``schema_connection`` is the configured one, used for the DDL) and checks ``schema``.
-    Rows are deduplicated by insert token only: logs have no unique row key to look up.
-    """
-
-    schema: pa.Schema | None = None
-    schema_connection: Any = None
-
-    def client(self, hold: bool = False) -> Any:
-        from connectors import clickhouse
-        from connectors.clickhouse_schema import create_schema
-        from connectors.clickhouse_sink import _ClientHolder, _OneThreadClient
-
-        conn = self.connection
-        table = f"{conn.database}.{conn.traces_table}"
-
-        def _open() -> Any:
-            delay = conn.retry.initial_backoff_s or 0.2
-            while True:  # ClickHouse down at start: wait for it, holding the input back
-                try:
-                    if conn.mode == "embedded":
-                        c = _OneThreadClient(lambda: clickhouse.open_client(conn))
-                    else:
-                        c = clickhouse.open_client(conn)
-                    break
-                except Exception as exc:
-                    if not clickhouse.is_transient(exc):
-                        raise
-                    log.warning("clickhouse not reachable (%s); retrying in %.1f s", exc, delay)
-                    time.sleep(delay)
-                    delay = min(delay * 2, conn.retry.max_backoff_s or 5.0)
-            ddl = self.schema_connection
-            if ddl is not None and ddl.create_schema:
-                create_schema(c, conn.database, None, conn.traces_table, ddl.tables)
-            self.intent_log(c).create()
-            problems = clickhouse.check_table(c, table, self.schema or TRACES_SCHEMA)
-            for p in problems:
-                if "does not exist" in p:
-                    c.close()
-                    raise RuntimeError(f"clickhouse health check: {p}")
-                log.warning("clickhouse health check: %s", p)
-            if not c.supports_dedup_token(table):
-                c.close()
-                raise RuntimeError(
-                    f"clickhouse health check: {table} cannot deduplicate replays (no insert "
-                    "tokens and no InsertToken column); recreate it with `otelwax clickhouse init`"
-                )
-            return c
-
-        return _ClientHolder.get(self.client_key(), _open, hold)
-
-
 def clickhouse_sink(settings: FlowSettings, signal: Signal) -> ClickHouseSink:
     """The exactly-once sink writing ``signal``'s table of ``settings.clickhouse``."""
     conn = settings.clickhouse
-    if signal.table_field == "traces_table":
-        return ClickHouseSink(conn, settings.sink)
-    target = conn.model_copy(
-        update={"traces_table": getattr(conn, signal.table_field), "create_schema": False}
+    return ClickHouseSink(
+        conn, settings.sink, table=getattr(conn, signal.table_field), schema=signal.schema
     )
-    return _TableSink(target, settings.sink, schema=signal.schema, schema_connection=conn)
 
 
 # --- the dataflow -----------------------------------------------------------------------------
