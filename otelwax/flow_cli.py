@@ -6,12 +6,12 @@ arguments.
     otelwax flow traces -c x.yaml --init-recovery         # create recovery partitions first
     OTELWAX_REPLICAS=3 otelwax flow traces -c x.yaml      # StatefulSet: -i/-a from HOSTNAME
 
-Recovery comes from the flow's settings (traces: ``recovery.directory``, ``snapshot_interval_s``,
-``backup_interval_s``) or, for every flow, bytewax's own ``$BYTEWAX_RECOVERY_DIRECTORY``; the
-command ``exec``s ``python -m bytewax.run`` with them. ``--init-recovery`` creates the partitions
-(traces: ``recovery.partitions``, else ``$OTELWAX_RECOVERY_PARTITIONS``, default 1) when the
-directory has none yet; in a cluster (``OTELWAX_REPLICAS`` > 1) only process 0 does, as the
-partitions are shared by every process.
+Recovery comes from the flow's settings (traces, logs: ``recovery.directory``,
+``snapshot_interval_s``, ``backup_interval_s``) or, for every flow, bytewax's own
+``$BYTEWAX_RECOVERY_DIRECTORY``; the command ``exec``s ``python -m bytewax.run`` with them.
+``--init-recovery`` creates the partitions (traces, logs: ``recovery.partitions``, else
+``$OTELWAX_RECOVERY_PARTITIONS``, default 1) when the directory has none yet; in a cluster
+(``OTELWAX_REPLICAS`` > 1) only process 0 does, as the partitions are shared by every process.
 """
 
 from __future__ import annotations
@@ -21,8 +21,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from otelwax.cluster import cluster_args, process_index
+
+if TYPE_CHECKING:
+    from flows.settings import RecoverySettings
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,16 @@ FLOWS = {
     "logs": "flows.logs",
     "spanmetrics": "flows.spanmetrics",
 }
+
+
+def _recovery_settings(args: argparse.Namespace, env: dict[str, str]) -> RecoverySettings | None:
+    """``recovery`` of the flow's settings (flows with a settings model), else None."""
+    from flows.settings import LogsFlowSettings, TracesFlowSettings, load_flow_settings
+
+    model = {"traces": TracesFlowSettings, "logs": LogsFlowSettings}.get(args.flow)
+    if model is None:
+        return None
+    return load_flow_settings(model, args.flow, args.config, env).recovery
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,30 +63,24 @@ def build_command(args: argparse.Namespace, env: dict[str, str]) -> list[str]:
     module = FLOWS[args.flow]
     target = f"{module}:build({args.config!r})" if args.config else module
     cmd = [sys.executable, "-m", "bytewax.run", target, "-w", str(args.workers)]
-    if args.flow == "traces":
-        from flows.settings import load_settings
-
-        rec = load_settings(args.config, env=env).recovery
-        if rec.directory:
-            cmd += [
-                "-r",
-                rec.directory,
-                "-s",
-                str(max(1, round(rec.snapshot_interval_s))),
-                "-b",
-                str(round(rec.backup_interval_s)),
-            ]
+    rec = _recovery_settings(args, env)
+    if rec is not None and rec.directory:
+        cmd += [
+            "-r",
+            rec.directory,
+            "-s",
+            str(max(1, round(rec.snapshot_interval_s))),
+            "-b",
+            str(round(rec.backup_interval_s)),
+        ]
     return cmd + cluster_args(env)
 
 
 def recovery_target(args: argparse.Namespace, env: dict[str, str]) -> tuple[Path, int] | None:
     """The recovery directory and partition count of this run (None: runs without recovery)."""
-    if args.flow == "traces":
-        from flows.settings import load_settings
-
-        rec = load_settings(args.config, env=env).recovery
-        if rec.directory:
-            return Path(rec.directory), rec.partitions
+    rec = _recovery_settings(args, env)
+    if rec is not None and rec.directory:
+        return Path(rec.directory), rec.partitions
     directory = env.get("BYTEWAX_RECOVERY_DIRECTORY")
     if directory:
         return Path(directory), int(env.get("OTELWAX_RECOVERY_PARTITIONS") or 1)

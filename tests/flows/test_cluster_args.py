@@ -100,3 +100,20 @@ def test_spanmetrics_is_a_flow_of_otelwax_flow() -> None:
     ns = argparse.Namespace(flow="spanmetrics", config="/etc/otelwax/otelwax.yaml", workers=1)
     cmd = build_command(ns, {})
     assert cmd[1:4] == ["-m", "bytewax.run", "flows.spanmetrics:build('/etc/otelwax/otelwax.yaml')"]
+
+
+def test_logs_flow_command_carries_recovery_from_settings(tmp_path, capsys) -> None:
+    """``recovery:`` of a logs config reaches bytewax (-r/-s/-b) and --init-recovery."""
+    from otelwax.flow_cli import run
+
+    rec = tmp_path / "rec"
+    cfg = tmp_path / "l.yaml"
+    cfg.write_text(
+        f"recovery: {{directory: {str(rec)!r}, partitions: 2, snapshot_interval_s: 4, "
+        "backup_interval_s: 0}\n"
+    )
+    assert run(_ns("logs", str(cfg)), {}) == 0
+    out = capsys.readouterr().out
+    assert f"flows.logs:build({str(cfg)!r})" in out
+    assert f"-r {rec} -s 4 -b 0" in out
+    assert len(list(rec.glob("part-*.sqlite3"))) == 2
