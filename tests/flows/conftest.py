@@ -86,6 +86,8 @@ class FlowRun:
     bootstrap: str
     topic: str
     settings: dict[str, Any]
+    module: str = "flows.traces"
+    """The flow module whose ``build(config)`` runs (``flows.traces``, ``flows.logs``)."""
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
 
@@ -126,7 +128,7 @@ class FlowRun:
         extra: Sequence[str] = (),
         env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Start ``python -m bytewax.run "flows.traces:build('<config>')"`` in the background."""
+        """Start ``python -m bytewax.run "<module>:build('<config>')"`` in the background."""
         self.write_config()
         args = [
             sys.executable,
@@ -134,7 +136,7 @@ class FlowRun:
             "faulthandler",
             "-m",
             "bytewax.run",
-            f"flows.traces:build({str(self.config_path)!r})",
+            f"{self.module}:build({str(self.config_path)!r})",
         ]
         if recovery:
             args += ["-r", str(self.recovery_dir), "-s", str(int(snapshot_s)), "-b", "0"]

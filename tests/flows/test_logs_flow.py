@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -31,43 +28,13 @@ from connectors.dlq import H_ERROR, H_OFFSET, H_TOPIC
 from tests import otlpgen
 from tests.conftest import free_port
 from tests.connectors.ingest.conftest import start_shim
-from tests.flows.conftest import ROOT, FlowRun, chdb_rows, consume_all, produce
+from tests.flows.conftest import FlowRun, chdb_rows, consume_all, produce
 
 SMALL = {"n_resources": 2, "logs_per_resource": 10}  # 20 log records per request
 
 
 class LogsRun(FlowRun):
-    """A ``flows.logs`` deployment under test (``FlowRun`` runs ``flows.traces``)."""
-
-    def start(
-        self,
-        *,
-        recovery: bool = False,
-        snapshot_s: int = 1,
-        extra: Sequence[str] = (),
-        env: dict[str, str] | None = None,
-    ) -> subprocess.Popen[bytes]:
-        self.write_config()
-        args = [
-            sys.executable,
-            "-X",
-            "faulthandler",
-            "-m",
-            "bytewax.run",
-            f"flows.logs:build({str(self.config_path)!r})",
-        ]
-        if recovery:
-            args += ["-r", str(self.recovery_dir), "-s", str(int(snapshot_s)), "-b", "0"]
-        args += list(extra)
-        log = self.tmp / f"flow-{len(self.logs)}.log"
-        self.logs.append(log)
-        penv = dict(os.environ, PYTHONPATH=str(ROOT), OTELWAX_METRICS_PORT="none")
-        penv.pop("OTELWAX_CONFIG", None)
-        penv.update(env or {})
-        with open(log, "wb") as fh:
-            p = subprocess.Popen(args, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=penv)
-        self.procs.append(p)
-        return p
+    """A ``flows.logs`` deployment under test (``module="flows.logs"``)."""
 
     @property
     def chdb(self) -> str:
@@ -97,7 +64,7 @@ def logs_run(tmp_path: Path, kafka_bootstrap: str, make_topic: Callable[..., str
             base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
         d = tmp_path / f"run{len(runs)}"
         d.mkdir()
-        run = LogsRun(d, kafka_bootstrap, topic, base)
+        run = LogsRun(d, kafka_bootstrap, topic, base, module="flows.logs")
         runs.append(run)
         return run
 
