@@ -49,7 +49,7 @@ ENV_PREFIX = "OTELWAX_TRACES__"
 
 
 class RecoverySettings(StrictModel):
-    """bytewax recovery, passed as ``-r/-s/-b`` by ``otelwax flow traces``.
+    """bytewax recovery, passed as ``-r/-s/-b`` by ``otelwax flow traces|logs``.
 
     ``python -m bytewax.run`` itself takes these only from its command line (or the
     ``BYTEWAX_RECOVERY_DIRECTORY`` / ``BYTEWAX_SNAPSHOT_INTERVAL`` /
