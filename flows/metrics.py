@@ -164,7 +164,7 @@ def load_flow_settings(
     import yaml
 
     from flows.settings import ENV_CONFIG as SHARED_ENV_CONFIG
-    from flows.settings import _merge, _set_nested
+    from flows.settings import _env_overrides, _merge, _set_nested
 
     env = dict(os.environ if env is None else env)
     path = config_path or env.get(SHARED_ENV_CONFIG)
@@ -182,16 +182,11 @@ def load_flow_settings(
             value = load_config(path, env).flow_settings(section)
             loaded = value.model_dump(exclude_unset=True)
         data = loaded
-    env_data: dict[str, Any] = {}
-    if env.get("OTELWAX_KAFKA_BOOTSTRAP"):
-        _set_nested(env_data, ["kafka", "bootstrap_servers"], env["OTELWAX_KAFKA_BOOTSTRAP"])
-    if env.get("OTELWAX_METRICS_PORT"):
-        port = env["OTELWAX_METRICS_PORT"]
-        _set_nested(env_data, ["metrics_port"], None if port.lower() == "none" else int(port))
-    prefix = f"OTELWAX_{section.upper()}__"
-    for key, raw in env.items():
-        if key.startswith(prefix) and len(key) > len(prefix):
-            _set_nested(env_data, key[len(prefix) :].split("__"), yaml.safe_load(raw))
+    # flows.settings' environment overrides, except $OTELWAX_LOG_LEVEL: these models have no
+    # log_level (it would be rejected as an unknown key), so the variable is not read here.
+    env_data = _env_overrides(
+        {k: v for k, v in env.items() if k != "OTELWAX_LOG_LEVEL"}, f"OTELWAX_{section.upper()}__"
+    )
     data = _merge(data, env_data)
     nested: dict[str, Any] = {}
     for key, value in overrides.items():
