@@ -369,3 +369,143 @@ pub fn i32_array(v: Vec<i32>) -> ArrayRef {
 pub fn bool_array(v: Vec<bool>) -> ArrayRef {
     Arc::new(BooleanArray::from(v))
 }
+
+impl MapCol {
+    /// Appends one row holding every entry of `other` (resource/scope attributes rendered
+    /// once, copied into each row).
+    #[inline]
+    pub fn push_row_from(&mut self, other: &MapCol) -> Result<(), String> {
+        self.keys.extend_from(&other.keys)?;
+        self.vals.extend_from(&other.vals)?;
+        self.end_row();
+        Ok(())
+    }
+
+    /// Drops every entry (used on scratch maps whose row offsets are never read).
+    #[inline]
+    pub fn clear_entries(&mut self) {
+        self.keys.clear();
+        self.vals.clear();
+    }
+}
+
+// ---- generic mark helpers over the column kinds --------------------------------------------
+
+/// Reserves room for `len * num / den` more elements (capacity planning after a first payload).
+#[inline]
+pub fn grow<T>(v: &mut Vec<T>, num: usize, den: usize) {
+    // Extrapolated from the first payload, capped by the remaining input size; a failed
+    // reservation is not an error (the vector still grows on demand).
+    let more = (v.len() as u128 * num as u128 / den.max(1) as u128).min(num as u128 * 2) as usize;
+    let _ = v.try_reserve(more);
+}
+
+/// A column that can reserve capacity, checkpoint its lengths, roll back to a checkpoint and
+/// tell whether it outgrew what i32 offsets can address.
+pub trait Markable {
+    fn grow(&mut self, num: usize, den: usize);
+    fn marks(&self, v: &mut Vec<usize>);
+    fn restore(&mut self, it: &mut dyn Iterator<Item = usize>);
+    fn big(&self) -> bool;
+    /// `big()`, or more rows than i32 offsets can count (the traces/logs check).
+    fn rows_big(&self) -> bool {
+        self.big()
+    }
+}
+
+impl Markable for StrCol {
+    fn grow(&mut self, num: usize, den: usize) {
+        grow(&mut self.offsets, num, den);
+        grow(&mut self.data, num, den);
+    }
+    fn marks(&self, v: &mut Vec<usize>) {
+        let m = self.mark();
+        v.extend([m.0, m.1]);
+    }
+    fn restore(&mut self, it: &mut dyn Iterator<Item = usize>) {
+        let a = it.next().unwrap();
+        let b = it.next().unwrap();
+        self.rollback((a, b));
+    }
+    fn big(&self) -> bool {
+        self.too_big()
+    }
+    fn rows_big(&self) -> bool {
+        self.offsets.len() > i32::MAX as usize || self.big()
+    }
+}
+
+impl<T: Copy> Markable for Vec<T> {
+    fn grow(&mut self, num: usize, den: usize) {
+        grow(self, num, den);
+    }
+    fn marks(&self, v: &mut Vec<usize>) {
+        v.push(self.len());
+    }
+    fn restore(&mut self, it: &mut dyn Iterator<Item = usize>) {
+        self.truncate(it.next().unwrap());
+    }
+    fn big(&self) -> bool {
+        false
+    }
+}
+
+/// `Markable` for a column made of row `offsets` plus one child (`$child`, itself Markable);
+/// `$big` says when the column is too big.
+macro_rules! markable_nested {
+    ([$($gen:tt)*] $t:ty, $child:ident, |$c:ident| $big:expr) => {
+        impl<$($gen)*> Markable for $t {
+            fn grow(&mut self, num: usize, den: usize) {
+                grow(&mut self.offsets, num, den);
+                Markable::grow(&mut self.$child, num, den);
+            }
+            fn marks(&self, v: &mut Vec<usize>) {
+                v.push(self.offsets.len());
+                Markable::marks(&self.$child, v);
+            }
+            fn restore(&mut self, it: &mut dyn Iterator<Item = usize>) {
+                self.offsets.truncate(it.next().unwrap());
+                Markable::restore(&mut self.$child, it);
+            }
+            fn big(&self) -> bool {
+                let $c = self;
+                $big
+            }
+            fn rows_big(&self) -> bool {
+                self.offsets.len() > i32::MAX as usize || self.big()
+            }
+        }
+    };
+}
+
+impl Markable for MapCol {
+    fn grow(&mut self, num: usize, den: usize) {
+        grow(&mut self.offsets, num, den);
+        self.keys.grow(num, den);
+        self.vals.grow(num, den);
+    }
+    fn marks(&self, v: &mut Vec<usize>) {
+        v.push(self.offsets.len());
+        self.keys.marks(v);
+        self.vals.marks(v);
+    }
+    fn restore(&mut self, it: &mut dyn Iterator<Item = usize>) {
+        self.offsets.truncate(it.next().unwrap());
+        self.keys.restore(it);
+        self.vals.restore(it);
+    }
+    fn big(&self) -> bool {
+        self.too_big()
+    }
+    fn rows_big(&self) -> bool {
+        self.offsets.len() > i32::MAX as usize || self.big()
+    }
+}
+
+markable_nested!([] ListStrCol, values, |c| c.values.too_big()
+    || c.values.offsets.len() > i32::MAX as usize);
+markable_nested!([] ListMapCol, values, |c| c.values.big()
+    || c.values.offsets.len() > i32::MAX as usize);
+markable_nested!([] ListTsCol, values, |c| c.values.len() > i32::MAX as usize);
+
+markable_nested!([T: Copy] ListPrimCol<T>, values, |c| c.values.len() > i32::MAX as usize);

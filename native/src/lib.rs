@@ -24,6 +24,7 @@ pub mod logs;
 pub mod metrics;
 pub mod render;
 pub mod traces;
+pub mod walk;
 pub mod wire;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -7,8 +7,9 @@ use arrow_schema::{DataType, Field, Fields};
 
 use crate::cols::*;
 use crate::render::{push_attr, push_id, render_value, Parts};
-use crate::traces::{
-    col_too_big, grow, parse_scope, pop_mark, push_mark, Markable, ResourceScratch, Scope,
+use crate::walk::{
+    decode_request, envelope, parse_scope, with_scratch, ResourceScratch, Scope, ScopeCols,
+    ScopeRow, Signal,
 };
 use crate::wire::{utf8, Reader, Res, Val};
 
@@ -19,14 +20,8 @@ pub struct Logs {
     flags: Vec<u8>,
     sev_text: StrCol,
     sev_num: Vec<u8>,
-    service: StrCol,
     body: StrCol,
-    res_schema: StrCol,
-    res_attrs: MapCol,
-    scope_schema: StrCol,
-    scope_name: StrCol,
-    scope_version: StrCol,
-    scope_attrs: MapCol,
+    sc: ScopeCols,
     log_attrs: MapCol,
     event_name: StrCol,
     scratch: ResourceScratch,
@@ -35,22 +30,7 @@ pub struct Logs {
 
 macro_rules! all_cols {
     ($m:ident, $self:ident) => {
-        $m!(
-            $self,
-            trace_id,
-            span_id,
-            sev_text,
-            service,
-            body,
-            res_schema,
-            res_attrs,
-            scope_schema,
-            scope_name,
-            scope_version,
-            scope_attrs,
-            log_attrs,
-            event_name
-        )
+        $m!($self, trace_id, span_id, sev_text, body, sc, log_attrs, event_name)
     };
 }
 
@@ -71,14 +51,8 @@ impl Logs {
             flags: Vec::new(),
             sev_text: StrCol::new(),
             sev_num: Vec::new(),
-            service: StrCol::new(),
             body: StrCol::new(),
-            res_schema: StrCol::new(),
-            res_attrs: MapCol::new(),
-            scope_schema: StrCol::new(),
-            scope_name: StrCol::new(),
-            scope_version: StrCol::new(),
-            scope_attrs: MapCol::new(),
+            sc: ScopeCols::default(),
             log_attrs: MapCol::new(),
             event_name: StrCol::new(),
             scratch: ResourceScratch::new(),
@@ -93,7 +67,7 @@ impl Logs {
     pub fn mark(&self) -> LogsMark {
         let mut v = vec![self.ts.len(), self.flags.len(), self.sev_num.len()];
         macro_rules! m {
-            ($s:ident, $($c:ident),*) => { $( push_mark(&mut v, &$s.$c); )* };
+            ($s:ident, $($c:ident),*) => { $( Markable::marks(&$s.$c, &mut v); )* };
         }
         all_cols!(m, self);
         LogsMark(v)
@@ -105,7 +79,7 @@ impl Logs {
         self.flags.truncate(it.next().unwrap());
         self.sev_num.truncate(it.next().unwrap());
         macro_rules! r {
-            ($s:ident, $($c:ident),*) => { $( pop_mark(&mut it, &mut $s.$c); )* };
+            ($s:ident, $($c:ident),*) => { $( Markable::restore(&mut $s.$c, &mut it); )* };
         }
         all_cols!(r, self);
     }
@@ -123,91 +97,14 @@ impl Logs {
     pub fn too_big(&self) -> bool {
         let mut big = false;
         macro_rules! b {
-            ($s:ident, $($c:ident),*) => { $( big |= $s.$c.offsets.len() > i32::MAX as usize || col_too_big(&$s.$c); )* };
+            ($s:ident, $($c:ident),*) => { $( big |= Markable::rows_big(&$s.$c); )* };
         }
         all_cols!(b, self);
         big
     }
 
     pub fn decode(&mut self, buf: &[u8]) -> Res<()> {
-        let mut r = Reader::new(buf);
-        while let Some((f, v)) = r.next()? {
-            if let (1, Val::Bytes(rl)) = (f, v) {
-                self.resource_logs(rl)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn resource_logs(&mut self, buf: &[u8]) -> Res<()> {
-        let mut resources: Vec<&[u8]> = Vec::new();
-        let mut scopes: Vec<&[u8]> = Vec::new();
-        let mut schema_url: &[u8] = &[];
-        let mut r = Reader::new(buf);
-        while let Some((f, v)) = r.next()? {
-            match (f, v) {
-                (1, Val::Bytes(b)) => resources.push(b),
-                (2, Val::Bytes(b)) => scopes.push(b),
-                (3, Val::Bytes(b)) => {
-                    utf8(b, "ResourceLogs.schema_url")?;
-                    schema_url = b;
-                }
-                _ => {}
-            }
-        }
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        let res = (|| {
-            for b in resources {
-                scratch.add_resource(b)?;
-            }
-            for s in scopes {
-                self.scope_logs(s, &scratch, schema_url)?;
-            }
-            Ok(())
-        })();
-        self.scratch = scratch;
-        res
-    }
-
-    fn scope_logs(&mut self, buf: &[u8], res: &ResourceScratch, res_schema: &[u8]) -> Res<()> {
-        let mut scope = Scope {
-            name: &[],
-            version: &[],
-        };
-        let mut records: Vec<&[u8]> = Vec::new();
-        let mut schema_url: &[u8] = &[];
-        let mut sattrs = std::mem::take(&mut self.scope_scratch);
-        sattrs.keys.clear();
-        sattrs.vals.clear();
-        let mut r = Reader::new(buf);
-        let res2 = (|| {
-            while let Some((f, v)) = r.next()? {
-                match (f, v) {
-                    (1, Val::Bytes(b)) => parse_scope(b, &mut scope, Some(&mut sattrs))?,
-                    (2, Val::Bytes(b)) => records.push(b),
-                    (3, Val::Bytes(b)) => {
-                        utf8(b, "ScopeLogs.schema_url")?;
-                        schema_url = b;
-                    }
-                    _ => {}
-                }
-            }
-            for rec in records.iter() {
-                self.record(rec)?;
-                res.emit(&mut self.res_attrs, &mut self.service)?;
-                self.res_schema.push(res_schema);
-                self.scope_schema.push(schema_url);
-                self.scope_name.push(scope.name);
-                self.scope_version.push(scope.version);
-                self.scope_attrs.keys.extend_from(&sattrs.keys)?;
-                self.scope_attrs.vals.extend_from(&sattrs.vals)?;
-                self.scope_attrs.end_row();
-            }
-            Ok(())
-        })();
-        self.scope_scratch = sattrs;
-        res2
+        decode_request(self, buf)
     }
 
     fn record(&mut self, buf: &[u8]) -> Res<()> {
@@ -263,18 +160,54 @@ impl Logs {
             u8_array(self.flags),
             self.sev_text.into_array(),
             u8_array(self.sev_num),
-            self.service.into_array(),
+            self.sc.service.into_array(),
             self.body.into_array(),
-            self.res_schema.into_array(),
-            Arc::new(self.res_attrs.finish_array()),
-            self.scope_schema.into_array(),
-            self.scope_name.into_array(),
-            self.scope_version.into_array(),
-            Arc::new(self.scope_attrs.finish_array()),
+            self.sc.res_schema.into_array(),
+            Arc::new(self.sc.res_attrs.finish_array()),
+            self.sc.scope_schema.into_array(),
+            self.sc.scope_name.into_array(),
+            self.sc.scope_version.into_array(),
+            Arc::new(self.sc.scope_attrs.finish_array()),
             Arc::new(self.log_attrs.finish_array()),
             self.event_name.into_array(),
         ];
         StructArray::new(logs_fields(), cols, None)
+    }
+}
+
+impl Signal for Logs {
+    const RESOURCE_SCHEMA: &'static str = "ResourceLogs.schema_url";
+
+    #[inline]
+    fn resource_scratch(&mut self) -> &mut ResourceScratch {
+        &mut self.scratch
+    }
+
+    fn scope(&mut self, buf: &[u8], res: &ResourceScratch, res_schema: &[u8]) -> Res<()> {
+        with_scratch(
+            self,
+            |l| &mut l.scope_scratch,
+            |l, sattrs| {
+                sattrs.clear_entries();
+                let mut scope = Scope::default();
+                let mut records: Vec<&[u8]> = Vec::new();
+                let scope_schema = envelope(buf, "ScopeLogs.schema_url", &mut records, |b| {
+                    parse_scope(b, &mut scope, Some(&mut *sattrs))
+                })?;
+                let row = ScopeRow {
+                    res,
+                    res_schema,
+                    scope,
+                    scope_attrs: sattrs,
+                    scope_schema,
+                };
+                for rec in records {
+                    l.record(rec)?;
+                    l.sc.push(&row)?;
+                }
+                Ok(())
+            },
+        )
     }
 }
 

@@ -7,7 +7,10 @@ use arrow_schema::{DataType, Field, Fields};
 
 use crate::cols::*;
 use crate::render::{push_attr, push_id, validate_kv, Parts};
-use crate::traces::{Markable, ResourceScratch};
+use crate::walk::{
+    decode_request, envelope, parse_scope, with_scratch, ResourceScratch, Scope, ScopeCols,
+    ScopeRow, Signal,
+};
 use crate::wire::{utf8, Reader, Res, Val};
 
 pub const TABLES: [&str; 5] = [
@@ -27,14 +30,8 @@ const SUMMARY: usize = 4;
 /// Every column any metrics table has; each table fills the ones of its schema.
 pub struct MetricTable {
     kind: usize,
-    res_attrs: MapCol,
-    res_schema: StrCol,
-    scope_name: StrCol,
-    scope_version: StrCol,
-    scope_attrs: MapCol,
+    sc: ScopeCols,
     scope_dropped: Vec<u32>,
-    scope_schema: StrCol,
-    service: StrCol,
     name: StrCol,
     desc: StrCol,
     unit: StrCol,
@@ -70,14 +67,8 @@ macro_rules! metric_cols {
     ($m:ident, $self:ident) => {
         $m!(
             $self,
-            res_attrs,
-            res_schema,
-            scope_name,
-            scope_version,
-            scope_attrs,
+            sc,
             scope_dropped,
-            scope_schema,
-            service,
             name,
             desc,
             unit,
@@ -113,13 +104,7 @@ macro_rules! metric_cols {
 
 /// Per-scope / per-metric values copied into every data point row.
 struct Ctx<'a, 'b> {
-    res: &'b ResourceScratch,
-    res_schema: &'a [u8],
-    scope_name: &'a [u8],
-    scope_version: &'a [u8],
-    scope_attrs: &'b MapCol,
-    scope_dropped: u32,
-    scope_schema: &'a [u8],
+    scope: &'b ScopeRow<'a, 'b>,
     name: &'a [u8],
     desc: &'a [u8],
     unit: &'a [u8],
@@ -188,14 +173,8 @@ impl MetricTable {
     fn new(kind: usize) -> Self {
         MetricTable {
             kind,
-            res_attrs: MapCol::new(),
-            res_schema: StrCol::new(),
-            scope_name: StrCol::new(),
-            scope_version: StrCol::new(),
-            scope_attrs: MapCol::new(),
+            sc: ScopeCols::default(),
             scope_dropped: Vec::new(),
-            scope_schema: StrCol::new(),
-            service: StrCol::new(),
             name: StrCol::new(),
             desc: StrCol::new(),
             unit: StrCol::new(),
@@ -264,15 +243,8 @@ impl MetricTable {
 
     /// Common columns of a finished data point row.
     fn common(&mut self, c: &Ctx<'_, '_>, start: u64, time: u64) -> Res<()> {
-        c.res.emit(&mut self.res_attrs, &mut self.service)?;
-        self.res_schema.push(c.res_schema);
-        self.scope_name.push(c.scope_name);
-        self.scope_version.push(c.scope_version);
-        self.scope_attrs.keys.extend_from(&c.scope_attrs.keys)?;
-        self.scope_attrs.vals.extend_from(&c.scope_attrs.vals)?;
-        self.scope_attrs.end_row();
-        self.scope_dropped.push(c.scope_dropped);
-        self.scope_schema.push(c.scope_schema);
+        self.sc.push(c.scope)?;
+        self.scope_dropped.push(c.scope.scope.dropped);
         self.name.push(c.name);
         self.desc.push(c.desc);
         self.unit.push(c.unit);
@@ -492,14 +464,14 @@ impl MetricTable {
     fn finish(self) -> StructArray {
         let kind = self.kind;
         let mut cols: Vec<ArrayRef> = vec![
-            Arc::new(self.res_attrs.finish_array()),
-            self.res_schema.into_array(),
-            self.scope_name.into_array(),
-            self.scope_version.into_array(),
-            Arc::new(self.scope_attrs.finish_array()),
+            Arc::new(self.sc.res_attrs.finish_array()),
+            self.sc.res_schema.into_array(),
+            self.sc.scope_name.into_array(),
+            self.sc.scope_version.into_array(),
+            Arc::new(self.sc.scope_attrs.finish_array()),
             u32_array(self.scope_dropped),
-            self.scope_schema.into_array(),
-            self.service.into_array(),
+            self.sc.scope_schema.into_array(),
+            self.sc.service.into_array(),
             self.name.into_array(),
             self.desc.into_array(),
             self.unit.into_array(),
@@ -715,104 +687,7 @@ impl Metrics {
     }
 
     pub fn decode(&mut self, buf: &[u8]) -> Res<()> {
-        let mut r = Reader::new(buf);
-        while let Some((f, v)) = r.next()? {
-            if let (1, Val::Bytes(rm)) = (f, v) {
-                self.resource_metrics(rm)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn resource_metrics(&mut self, buf: &[u8]) -> Res<()> {
-        let mut resources: Vec<&[u8]> = Vec::new();
-        let mut scopes: Vec<&[u8]> = Vec::new();
-        let mut schema_url: &[u8] = &[];
-        let mut r = Reader::new(buf);
-        while let Some((f, v)) = r.next()? {
-            match (f, v) {
-                (1, Val::Bytes(b)) => resources.push(b),
-                (2, Val::Bytes(b)) => scopes.push(b),
-                (3, Val::Bytes(b)) => {
-                    utf8(b, "ResourceMetrics.schema_url")?;
-                    schema_url = b;
-                }
-                _ => {}
-            }
-        }
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        let res = (|| {
-            for b in resources {
-                scratch.add_resource(b)?;
-            }
-            for s in scopes {
-                self.scope_metrics(s, &scratch, schema_url)?;
-            }
-            Ok(())
-        })();
-        self.scratch = scratch;
-        res
-    }
-
-    fn scope_metrics(&mut self, buf: &[u8], res: &ResourceScratch, res_schema: &[u8]) -> Res<()> {
-        let mut metrics: Vec<&[u8]> = Vec::new();
-        let mut scope_parts: Vec<&[u8]> = Vec::new();
-        let mut schema_url: &[u8] = &[];
-        let mut r = Reader::new(buf);
-        while let Some((f, v)) = r.next()? {
-            match (f, v) {
-                (1, Val::Bytes(b)) => scope_parts.push(b),
-                (2, Val::Bytes(b)) => metrics.push(b),
-                (3, Val::Bytes(b)) => {
-                    utf8(b, "ScopeMetrics.schema_url")?;
-                    schema_url = b;
-                }
-                _ => {}
-            }
-        }
-        let mut sattrs = std::mem::take(&mut self.scope_attrs);
-        sattrs.keys.clear();
-        sattrs.vals.clear();
-        let out = (|| {
-            let (mut name, mut version, mut dropped): (&[u8], &[u8], u32) = (&[], &[], 0);
-            for b in scope_parts {
-                let mut sr = Reader::new(b);
-                while let Some((f, v)) = sr.next()? {
-                    match (f, v) {
-                        (1, Val::Bytes(x)) => {
-                            utf8(x, "InstrumentationScope.name")?;
-                            name = x;
-                        }
-                        (2, Val::Bytes(x)) => {
-                            utf8(x, "InstrumentationScope.version")?;
-                            version = x;
-                        }
-                        (3, Val::Bytes(kv)) => push_attr(kv, &mut sattrs, 5)?,
-                        (4, Val::Varint(x)) => dropped = x as u32,
-                        _ => {}
-                    }
-                }
-            }
-            for m in metrics {
-                let mut ctx = Ctx {
-                    res,
-                    res_schema,
-                    scope_name: name,
-                    scope_version: version,
-                    scope_attrs: &sattrs,
-                    scope_dropped: dropped,
-                    scope_schema: schema_url,
-                    name: &[],
-                    desc: &[],
-                    unit: &[],
-                };
-                self.metric(m, &mut ctx)?;
-            }
-            Ok(())
-        })();
-        self.scope_attrs = sattrs;
-        out
+        decode_request(self, buf)
     }
 
     fn metric<'a>(&mut self, buf: &'a [u8], ctx: &mut Ctx<'a, '_>) -> Res<()> {
@@ -869,5 +744,51 @@ impl Metrics {
 
     pub fn finish(self) -> Vec<StructArray> {
         self.tables.into_iter().map(|t| t.finish()).collect()
+    }
+}
+
+impl Signal for Metrics {
+    const RESOURCE_SCHEMA: &'static str = "ResourceMetrics.schema_url";
+
+    #[inline]
+    fn resource_scratch(&mut self) -> &mut ResourceScratch {
+        &mut self.scratch
+    }
+
+    fn scope(&mut self, buf: &[u8], res: &ResourceScratch, res_schema: &[u8]) -> Res<()> {
+        let mut metrics: Vec<&[u8]> = Vec::new();
+        let mut scope_parts: Vec<&[u8]> = Vec::new();
+        let scope_schema = envelope(buf, "ScopeMetrics.schema_url", &mut metrics, |b| {
+            scope_parts.push(b);
+            Ok(())
+        })?;
+        with_scratch(
+            self,
+            |m| &mut m.scope_attrs,
+            |m, sattrs| {
+                sattrs.clear_entries();
+                let mut scope = Scope::default();
+                for b in scope_parts {
+                    parse_scope(b, &mut scope, Some(&mut *sattrs))?;
+                }
+                let row = ScopeRow {
+                    res,
+                    res_schema,
+                    scope,
+                    scope_attrs: sattrs,
+                    scope_schema,
+                };
+                for b in metrics {
+                    let mut ctx = Ctx {
+                        scope: &row,
+                        name: &[],
+                        desc: &[],
+                        unit: &[],
+                    };
+                    m.metric(b, &mut ctx)?;
+                }
+                Ok(())
+            },
+        )
     }
 }

@@ -6,7 +6,8 @@ use arrow_array::{ArrayRef, StructArray};
 use arrow_schema::{DataType, Field, Fields};
 
 use crate::cols::*;
-use crate::render::{push_attr, push_id, validate_kv};
+use crate::render::{push_attr, push_id};
+use crate::walk::{decode_request, envelope, parse_scope, ResourceScratch, Scope, Signal};
 use crate::wire::{utf8, Reader, Res, Val};
 
 pub const SPAN_KINDS: [&str; 6] = [
@@ -18,119 +19,6 @@ pub const SPAN_KINDS: [&str; 6] = [
     "SPAN_KIND_CONSUMER",
 ];
 pub const STATUS_CODES: [&str; 3] = ["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"];
-
-/// Resource attributes rendered once per ResourceSpans/ResourceLogs, copied into every row.
-pub struct ResourceScratch {
-    pub keys: StrCol,
-    pub vals: StrCol,
-    pub service: Option<usize>,
-}
-
-impl Default for ResourceScratch {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl ResourceScratch {
-    pub fn new() -> Self {
-        ResourceScratch {
-            keys: StrCol::new(),
-            vals: StrCol::new(),
-            service: None,
-        }
-    }
-
-    /// Parses one `Resource` message occurrence (repeated occurrences merge: attributes append).
-    pub fn add_resource(&mut self, buf: &[u8]) -> Res<()> {
-        let mut r = Reader::new(buf);
-        while let Some((f, v)) = r.next()? {
-            match (f, v) {
-                (1, Val::Bytes(kv)) => {
-                    let mut tmp = MapCol {
-                        offsets: Vec::new(),
-                        keys: StrCol::new(),
-                        vals: StrCol::new(),
-                    };
-                    std::mem::swap(&mut tmp.keys, &mut self.keys);
-                    std::mem::swap(&mut tmp.vals, &mut self.vals);
-                    let res = push_attr(kv, &mut tmp, 4);
-                    std::mem::swap(&mut tmp.keys, &mut self.keys);
-                    std::mem::swap(&mut tmp.vals, &mut self.vals);
-                    res?;
-                    let i = self.keys.len() - 1;
-                    if self.service.is_none() && self.keys.value(i) == b"service.name" {
-                        self.service = Some(i);
-                    }
-                }
-                (3, Val::Bytes(er)) => validate_entity_ref(er)?,
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    pub fn clear(&mut self) {
-        self.keys.clear();
-        self.vals.clear();
-        self.service = None;
-    }
-
-    #[inline]
-    pub fn emit(&self, attrs: &mut MapCol, service: &mut StrCol) -> Res<()> {
-        attrs.keys.extend_from(&self.keys)?;
-        attrs.vals.extend_from(&self.vals)?;
-        attrs.end_row();
-        match self.service {
-            Some(i) => service.push(self.vals.value(i)),
-            None => service.finish(),
-        }
-        Ok(())
-    }
-}
-
-fn validate_entity_ref(buf: &[u8]) -> Res<()> {
-    let mut r = Reader::new(buf);
-    while let Some((f, v)) = r.next()? {
-        if let (1..=4, Val::Bytes(b)) = (f, v) {
-            utf8(b, "EntityRef")?;
-        }
-    }
-    Ok(())
-}
-
-/// Scope name/version of one ScopeSpans/ScopeLogs (attributes are validated, logs keep them).
-pub struct Scope<'a> {
-    pub name: &'a [u8],
-    pub version: &'a [u8],
-}
-
-pub fn parse_scope<'a>(
-    buf: &'a [u8],
-    scope: &mut Scope<'a>,
-    attrs: Option<&mut MapCol>,
-) -> Res<()> {
-    let mut r = Reader::new(buf);
-    let mut attrs = attrs;
-    while let Some((f, v)) = r.next()? {
-        match (f, v) {
-            (1, Val::Bytes(b)) => {
-                utf8(b, "InstrumentationScope.name")?;
-                scope.name = b;
-            }
-            (2, Val::Bytes(b)) => {
-                utf8(b, "InstrumentationScope.version")?;
-                scope.version = b;
-            }
-            (3, Val::Bytes(kv)) => match attrs.as_deref_mut() {
-                Some(m) => push_attr(kv, m, 5)?,
-                None => validate_kv(kv, 5)?,
-            },
-            _ => {}
-        }
-    }
-    Ok(())
-}
 
 pub struct Traces {
     ts: Vec<i64>,
@@ -230,7 +118,7 @@ impl Traces {
     pub fn mark(&self) -> TracesMark {
         let mut v = vec![self.ts.len(), self.duration.len()];
         macro_rules! m {
-            ($s:ident, $($c:ident),*) => { $( push_mark(&mut v, &$s.$c); )* };
+            ($s:ident, $($c:ident),*) => { $( Markable::marks(&$s.$c, &mut v); )* };
         }
         all_cols!(m, self);
         TracesMark(v)
@@ -241,7 +129,7 @@ impl Traces {
         self.ts.truncate(it.next().unwrap());
         self.duration.truncate(it.next().unwrap());
         macro_rules! r {
-            ($s:ident, $($c:ident),*) => { $( pop_mark(&mut it, &mut $s.$c); )* };
+            ($s:ident, $($c:ident),*) => { $( Markable::restore(&mut $s.$c, &mut it); )* };
         }
         all_cols!(r, self);
     }
@@ -258,7 +146,7 @@ impl Traces {
     pub fn too_big(&self) -> bool {
         let mut big = false;
         macro_rules! b {
-            ($s:ident, $($c:ident),*) => { $( big |= $s.$c.offsets.len() > i32::MAX as usize || col_too_big(&$s.$c); )* };
+            ($s:ident, $($c:ident),*) => { $( big |= Markable::rows_big(&$s.$c); )* };
         }
         all_cols!(b, self);
         big
@@ -266,64 +154,7 @@ impl Traces {
 
     /// Decodes one request, appending its rows.
     pub fn decode(&mut self, buf: &[u8]) -> Res<()> {
-        let mut r = Reader::new(buf);
-        while let Some((f, v)) = r.next()? {
-            if let (1, Val::Bytes(rs)) = (f, v) {
-                self.resource_spans(rs)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn resource_spans(&mut self, buf: &[u8]) -> Res<()> {
-        let mut resources: Vec<&[u8]> = Vec::new();
-        let mut scopes: Vec<&[u8]> = Vec::new();
-        let mut r = Reader::new(buf);
-        while let Some((f, v)) = r.next()? {
-            match (f, v) {
-                (1, Val::Bytes(b)) => resources.push(b),
-                (2, Val::Bytes(b)) => scopes.push(b),
-                (3, Val::Bytes(b)) => utf8(b, "ResourceSpans.schema_url")?,
-                _ => {}
-            }
-        }
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        let res = (|| {
-            for b in resources {
-                scratch.add_resource(b)?;
-            }
-            for s in scopes {
-                self.scope_spans(s, &scratch)?;
-            }
-            Ok(())
-        })();
-        self.scratch = scratch;
-        res
-    }
-
-    fn scope_spans(&mut self, buf: &[u8], res: &ResourceScratch) -> Res<()> {
-        let mut scope = Scope {
-            name: &[],
-            version: &[],
-        };
-        let mut spans: Vec<&[u8]> = Vec::new();
-        let mut r = Reader::new(buf);
-        while let Some((f, v)) = r.next()? {
-            match (f, v) {
-                (1, Val::Bytes(b)) => parse_scope(b, &mut scope, None)?,
-                (2, Val::Bytes(b)) => spans.push(b),
-                (3, Val::Bytes(b)) => utf8(b, "ScopeSpans.schema_url")?,
-                _ => {}
-            }
-        }
-        for s in spans {
-            self.span(s)?;
-            res.emit(&mut self.res_attrs, &mut self.service)?;
-            self.scope_name.push(scope.name);
-            self.scope_version.push(scope.version);
-        }
-        Ok(())
+        decode_request(self, buf)
     }
 
     fn span(&mut self, buf: &[u8]) -> Res<()> {
@@ -509,157 +340,26 @@ pub fn traces_fields() -> Fields {
     ])
 }
 
-// ---- generic mark helpers over the column kinds --------------------------------------------
+impl Signal for Traces {
+    const RESOURCE_SCHEMA: &'static str = "ResourceSpans.schema_url";
 
-/// Reserves room for `len * num / den` more elements (capacity planning after a first payload).
-#[inline]
-pub fn grow<T>(v: &mut Vec<T>, num: usize, den: usize) {
-    // Extrapolated from the first payload, capped by the remaining input size; a failed
-    // reservation is not an error (the vector still grows on demand).
-    let more = (v.len() as u128 * num as u128 / den.max(1) as u128).min(num as u128 * 2) as usize;
-    let _ = v.try_reserve(more);
-}
+    #[inline]
+    fn resource_scratch(&mut self) -> &mut ResourceScratch {
+        &mut self.scratch
+    }
 
-pub trait Markable {
-    fn grow(&mut self, num: usize, den: usize);
-    fn marks(&self, v: &mut Vec<usize>);
-    fn restore(&mut self, it: &mut dyn Iterator<Item = usize>);
-    fn big(&self) -> bool;
-}
-
-impl Markable for StrCol {
-    fn grow(&mut self, num: usize, den: usize) {
-        grow(&mut self.offsets, num, den);
-        grow(&mut self.data, num, den);
+    fn scope(&mut self, buf: &[u8], res: &ResourceScratch, _res_schema: &[u8]) -> Res<()> {
+        let mut scope = Scope::default();
+        let mut spans: Vec<&[u8]> = Vec::new();
+        envelope(buf, "ScopeSpans.schema_url", &mut spans, |b| {
+            parse_scope(b, &mut scope, None)
+        })?;
+        for s in spans {
+            self.span(s)?;
+            res.emit(&mut self.res_attrs, &mut self.service)?;
+            self.scope_name.push(scope.name);
+            self.scope_version.push(scope.version);
+        }
+        Ok(())
     }
-    fn marks(&self, v: &mut Vec<usize>) {
-        let m = self.mark();
-        v.extend([m.0, m.1]);
-    }
-    fn restore(&mut self, it: &mut dyn Iterator<Item = usize>) {
-        let a = it.next().unwrap();
-        let b = it.next().unwrap();
-        self.rollback((a, b));
-    }
-    fn big(&self) -> bool {
-        self.too_big()
-    }
-}
-
-impl Markable for MapCol {
-    fn grow(&mut self, num: usize, den: usize) {
-        grow(&mut self.offsets, num, den);
-        self.keys.grow(num, den);
-        self.vals.grow(num, den);
-    }
-    fn marks(&self, v: &mut Vec<usize>) {
-        v.push(self.offsets.len());
-        self.keys.marks(v);
-        self.vals.marks(v);
-    }
-    fn restore(&mut self, it: &mut dyn Iterator<Item = usize>) {
-        self.offsets.truncate(it.next().unwrap());
-        self.keys.restore(it);
-        self.vals.restore(it);
-    }
-    fn big(&self) -> bool {
-        self.too_big()
-    }
-}
-
-impl Markable for ListStrCol {
-    fn grow(&mut self, num: usize, den: usize) {
-        grow(&mut self.offsets, num, den);
-        self.values.grow(num, den);
-    }
-    fn marks(&self, v: &mut Vec<usize>) {
-        v.push(self.offsets.len());
-        self.values.marks(v);
-    }
-    fn restore(&mut self, it: &mut dyn Iterator<Item = usize>) {
-        self.offsets.truncate(it.next().unwrap());
-        self.values.restore(it);
-    }
-    fn big(&self) -> bool {
-        self.values.too_big() || self.values.offsets.len() > i32::MAX as usize
-    }
-}
-
-impl<T: Copy> Markable for Vec<T> {
-    fn grow(&mut self, num: usize, den: usize) {
-        grow(self, num, den);
-    }
-    fn marks(&self, v: &mut Vec<usize>) {
-        v.push(self.len());
-    }
-    fn restore(&mut self, it: &mut dyn Iterator<Item = usize>) {
-        self.truncate(it.next().unwrap());
-    }
-    fn big(&self) -> bool {
-        false
-    }
-}
-
-impl<T: Copy> Markable for ListPrimCol<T> {
-    fn grow(&mut self, num: usize, den: usize) {
-        grow(&mut self.offsets, num, den);
-        grow(&mut self.values, num, den);
-    }
-    fn marks(&self, v: &mut Vec<usize>) {
-        v.extend([self.offsets.len(), self.values.len()]);
-    }
-    fn restore(&mut self, it: &mut dyn Iterator<Item = usize>) {
-        self.offsets.truncate(it.next().unwrap());
-        self.values.truncate(it.next().unwrap());
-    }
-    fn big(&self) -> bool {
-        self.values.len() > i32::MAX as usize
-    }
-}
-
-impl Markable for ListTsCol {
-    fn grow(&mut self, num: usize, den: usize) {
-        grow(&mut self.offsets, num, den);
-        grow(&mut self.values, num, den);
-    }
-    fn marks(&self, v: &mut Vec<usize>) {
-        v.extend([self.offsets.len(), self.values.len()]);
-    }
-    fn restore(&mut self, it: &mut dyn Iterator<Item = usize>) {
-        self.offsets.truncate(it.next().unwrap());
-        self.values.truncate(it.next().unwrap());
-    }
-    fn big(&self) -> bool {
-        self.values.len() > i32::MAX as usize
-    }
-}
-
-impl Markable for ListMapCol {
-    fn grow(&mut self, num: usize, den: usize) {
-        grow(&mut self.offsets, num, den);
-        self.values.grow(num, den);
-    }
-    fn marks(&self, v: &mut Vec<usize>) {
-        v.push(self.offsets.len());
-        self.values.marks(v);
-    }
-    fn restore(&mut self, it: &mut dyn Iterator<Item = usize>) {
-        self.offsets.truncate(it.next().unwrap());
-        self.values.restore(it);
-    }
-    fn big(&self) -> bool {
-        self.values.big() || self.values.offsets.len() > i32::MAX as usize
-    }
-}
-
-pub fn push_mark<M: Markable>(v: &mut Vec<usize>, c: &M) {
-    c.marks(v);
-}
-
-pub fn pop_mark<M: Markable>(it: &mut dyn Iterator<Item = usize>, c: &mut M) {
-    c.restore(it);
-}
-
-pub fn col_too_big<M: Markable>(c: &M) -> bool {
-    c.big()
 }
