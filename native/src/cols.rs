@@ -509,3 +509,44 @@ markable_nested!([] ListMapCol, values, |c| c.values.big()
 markable_nested!([] ListTsCol, values, |c| c.values.len() > i32::MAX as usize);
 
 markable_nested!([T: Copy] ListPrimCol<T>, values, |c| c.values.len() > i32::MAX as usize);
+
+/// `Markable` for a row builder made of Markable columns: every method visits the listed
+/// fields in order (`big` / `rows_big`: any of them).
+macro_rules! markable_fields {
+    ($t:ty { $($c:ident),* $(,)? }) => {
+        impl $crate::cols::Markable for $t {
+            fn grow(&mut self, num: usize, den: usize) {
+                $( $crate::cols::Markable::grow(&mut self.$c, num, den); )*
+            }
+            fn marks(&self, v: &mut Vec<usize>) {
+                $( $crate::cols::Markable::marks(&self.$c, v); )*
+            }
+            fn restore(&mut self, it: &mut dyn Iterator<Item = usize>) {
+                $( $crate::cols::Markable::restore(&mut self.$c, it); )*
+            }
+            fn big(&self) -> bool {
+                false $( || $crate::cols::Markable::big(&self.$c) )*
+            }
+            fn rows_big(&self) -> bool {
+                false $( || $crate::cols::Markable::rows_big(&self.$c) )*
+            }
+        }
+    };
+}
+pub(crate) use markable_fields;
+
+/// Checkpoint of a Markable row builder: the lengths of all its columns.
+pub struct Mark(Vec<usize>);
+
+impl Mark {
+    pub fn of<M: Markable + ?Sized>(m: &M) -> Mark {
+        let mut v = Vec::new();
+        m.marks(&mut v);
+        Mark(v)
+    }
+
+    /// Truncates every column of `m` back to this checkpoint.
+    pub fn restore<M: Markable + ?Sized>(&self, m: &mut M) {
+        m.restore(&mut self.0.iter().copied());
+    }
+}

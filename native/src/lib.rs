@@ -54,83 +54,41 @@ pub trait Table {
     fn finish(self) -> Self::Out;
 }
 
-impl Table for traces::Traces {
-    type Mark = traces::TracesMark;
-    type Out = StructArray;
-    fn mark(&self) -> Self::Mark {
-        traces::Traces::mark(self)
-    }
-    fn rollback(&mut self, m: &Self::Mark) {
-        traces::Traces::rollback(self, m)
-    }
-    fn rows(&self) -> usize {
-        traces::Traces::rows(self)
-    }
-    fn too_big(&self) -> bool {
-        traces::Traces::too_big(self)
-    }
-    fn grow(&mut self, num: usize, den: usize) {
-        traces::Traces::grow(self, num, den)
-    }
-    fn decode(&mut self, buf: &[u8]) -> wire::Res<()> {
-        traces::Traces::decode(self, buf)
-    }
-    fn finish(self) -> StructArray {
-        traces::Traces::finish(self)
-    }
+/// `Table` for a signal's row builder: columns checkpoint through `Markable`, the rest is
+/// the builder's own `rows`/`too_big`/`decode`/`finish`.
+macro_rules! table {
+    ($t:ty => $out:ty) => {
+        impl Table for $t {
+            type Mark = cols::Mark;
+            type Out = $out;
+            fn mark(&self) -> cols::Mark {
+                cols::Mark::of(self)
+            }
+            fn rollback(&mut self, m: &cols::Mark) {
+                m.restore(self)
+            }
+            fn rows(&self) -> usize {
+                <$t>::rows(self)
+            }
+            fn too_big(&self) -> bool {
+                <$t>::too_big(self)
+            }
+            fn grow(&mut self, num: usize, den: usize) {
+                cols::Markable::grow(self, num, den)
+            }
+            fn decode(&mut self, buf: &[u8]) -> wire::Res<()> {
+                <$t>::decode(self, buf)
+            }
+            fn finish(self) -> $out {
+                <$t>::finish(self)
+            }
+        }
+    };
 }
 
-impl Table for metrics::Metrics {
-    type Mark = metrics::MetricsMark;
-    type Out = Vec<StructArray>;
-    fn mark(&self) -> Self::Mark {
-        metrics::Metrics::mark(self)
-    }
-    fn rollback(&mut self, m: &Self::Mark) {
-        metrics::Metrics::rollback(self, m)
-    }
-    fn rows(&self) -> usize {
-        metrics::Metrics::rows(self)
-    }
-    fn too_big(&self) -> bool {
-        metrics::Metrics::too_big(self)
-    }
-    fn grow(&mut self, num: usize, den: usize) {
-        metrics::Metrics::grow(self, num, den)
-    }
-    fn decode(&mut self, buf: &[u8]) -> wire::Res<()> {
-        metrics::Metrics::decode(self, buf)
-    }
-    fn finish(self) -> Self::Out {
-        metrics::Metrics::finish(self)
-    }
-}
-
-impl Table for logs::Logs {
-    type Mark = logs::LogsMark;
-    type Out = StructArray;
-    fn mark(&self) -> Self::Mark {
-        logs::Logs::mark(self)
-    }
-    fn rollback(&mut self, m: &Self::Mark) {
-        logs::Logs::rollback(self, m)
-    }
-    fn rows(&self) -> usize {
-        logs::Logs::rows(self)
-    }
-    fn too_big(&self) -> bool {
-        logs::Logs::too_big(self)
-    }
-    fn grow(&mut self, num: usize, den: usize) {
-        logs::Logs::grow(self, num, den)
-    }
-    fn decode(&mut self, buf: &[u8]) -> wire::Res<()> {
-        logs::Logs::decode(self, buf)
-    }
-    fn finish(self) -> StructArray {
-        logs::Logs::finish(self)
-    }
-}
+table!(traces::Traces => StructArray);
+table!(metrics::Metrics => Vec<StructArray>);
+table!(logs::Logs => StructArray);
 
 /// Decodes every payload into `t`; a payload that fails (or panics) is rolled back and
 /// reported, the others keep their rows.

@@ -28,13 +28,18 @@ pub struct Logs {
     scope_scratch: MapCol,
 }
 
-macro_rules! all_cols {
-    ($m:ident, $self:ident) => {
-        $m!($self, trace_id, span_id, sev_text, body, sc, log_attrs, event_name)
-    };
-}
-
-pub struct LogsMark(Vec<usize>);
+markable_fields!(Logs {
+    ts,
+    flags,
+    sev_num,
+    trace_id,
+    span_id,
+    sev_text,
+    body,
+    sc,
+    log_attrs,
+    event_name,
+});
 
 impl Default for Logs {
     fn default() -> Self {
@@ -64,43 +69,9 @@ impl Logs {
         self.ts.len()
     }
 
-    pub fn mark(&self) -> LogsMark {
-        let mut v = vec![self.ts.len(), self.flags.len(), self.sev_num.len()];
-        macro_rules! m {
-            ($s:ident, $($c:ident),*) => { $( Markable::marks(&$s.$c, &mut v); )* };
-        }
-        all_cols!(m, self);
-        LogsMark(v)
-    }
-
-    pub fn rollback(&mut self, mark: &LogsMark) {
-        let mut it = mark.0.iter().copied();
-        self.ts.truncate(it.next().unwrap());
-        self.flags.truncate(it.next().unwrap());
-        self.sev_num.truncate(it.next().unwrap());
-        macro_rules! r {
-            ($s:ident, $($c:ident),*) => { $( Markable::restore(&mut $s.$c, &mut it); )* };
-        }
-        all_cols!(r, self);
-    }
-
-    pub fn grow(&mut self, num: usize, den: usize) {
-        grow(&mut self.ts, num, den);
-        grow(&mut self.flags, num, den);
-        grow(&mut self.sev_num, num, den);
-        macro_rules! g {
-            ($s:ident, $($c:ident),*) => { $( Markable::grow(&mut $s.$c, num, den); )* };
-        }
-        all_cols!(g, self);
-    }
-
+    /// Some column outgrew i32 offsets (string bytes, list children or rows).
     pub fn too_big(&self) -> bool {
-        let mut big = false;
-        macro_rules! b {
-            ($s:ident, $($c:ident),*) => { $( big |= Markable::rows_big(&$s.$c); )* };
-        }
-        all_cols!(b, self);
-        big
+        self.rows_big()
     }
 
     pub fn decode(&mut self, buf: &[u8]) -> Res<()> {

@@ -63,44 +63,39 @@ pub struct MetricTable {
     qvalue: ListPrimCol<f64>,
 }
 
-macro_rules! metric_cols {
-    ($m:ident, $self:ident) => {
-        $m!(
-            $self,
-            sc,
-            scope_dropped,
-            name,
-            desc,
-            unit,
-            attrs,
-            start,
-            time,
-            ex_attrs,
-            ex_time,
-            ex_value,
-            ex_span,
-            ex_trace,
-            value,
-            flags,
-            temporality,
-            monotonic,
-            count,
-            sum,
-            buckets,
-            bounds,
-            scale,
-            zero_count,
-            pos_offset,
-            pos,
-            neg_offset,
-            neg,
-            min,
-            max,
-            quantile,
-            qvalue
-        )
-    };
-}
+markable_fields!(MetricTable {
+    sc,
+    scope_dropped,
+    name,
+    desc,
+    unit,
+    attrs,
+    start,
+    time,
+    ex_attrs,
+    ex_time,
+    ex_value,
+    ex_span,
+    ex_trace,
+    value,
+    flags,
+    temporality,
+    monotonic,
+    count,
+    sum,
+    buckets,
+    bounds,
+    scale,
+    zero_count,
+    pos_offset,
+    pos,
+    neg_offset,
+    neg,
+    min,
+    max,
+    quantile,
+    qvalue,
+});
 
 /// Per-scope / per-metric values copied into every data point row.
 struct Ctx<'a, 'b> {
@@ -209,36 +204,6 @@ impl MetricTable {
 
     fn rows(&self) -> usize {
         self.time.len()
-    }
-
-    fn marks(&self, v: &mut Vec<usize>) {
-        macro_rules! m {
-            ($s:ident, $($c:ident),*) => { $( Markable::marks(&$s.$c, v); )* };
-        }
-        metric_cols!(m, self);
-    }
-
-    fn restore(&mut self, it: &mut dyn Iterator<Item = usize>) {
-        macro_rules! r {
-            ($s:ident, $($c:ident),*) => { $( Markable::restore(&mut $s.$c, it); )* };
-        }
-        metric_cols!(r, self);
-    }
-
-    fn grow(&mut self, num: usize, den: usize) {
-        macro_rules! g {
-            ($s:ident, $($c:ident),*) => { $( Markable::grow(&mut $s.$c, num, den); )* };
-        }
-        metric_cols!(g, self);
-    }
-
-    fn too_big(&self) -> bool {
-        let mut big = false;
-        macro_rules! b {
-            ($s:ident, $($c:ident),*) => { $( big |= Markable::big(&$s.$c); )* };
-        }
-        metric_cols!(b, self);
-        big
     }
 
     /// Common columns of a finished data point row.
@@ -639,8 +604,6 @@ pub struct Metrics {
     trash: Option<Box<Metrics>>,
 }
 
-pub struct MetricsMark(Vec<usize>);
-
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -661,29 +624,9 @@ impl Metrics {
         self.tables.iter().map(|t| t.rows()).sum()
     }
 
-    pub fn mark(&self) -> MetricsMark {
-        let mut v = Vec::new();
-        for t in &self.tables {
-            t.marks(&mut v);
-        }
-        MetricsMark(v)
-    }
-
-    pub fn rollback(&mut self, m: &MetricsMark) {
-        let mut it = m.0.iter().copied();
-        for t in &mut self.tables {
-            t.restore(&mut it);
-        }
-    }
-
-    pub fn grow(&mut self, num: usize, den: usize) {
-        for t in &mut self.tables {
-            t.grow(num, den);
-        }
-    }
-
+    /// Some column outgrew i32 offsets (string bytes or list children).
     pub fn too_big(&self) -> bool {
-        self.tables.iter().any(|t| t.too_big())
+        self.big()
     }
 
     pub fn decode(&mut self, buf: &[u8]) -> Res<()> {
@@ -734,9 +677,9 @@ impl Metrics {
         for (k, p) in &members {
             // replaced by a later member: a full protobuf parse still validates it
             let trash = self.trash.get_or_insert_with(|| Box::new(Metrics::new()));
-            let mark = trash.mark();
+            let mark = Mark::of(&**trash);
             let res = trash.tables[*k].data(p, ctx);
-            trash.rollback(&mark);
+            mark.restore(&mut **trash);
             res?;
         }
         self.tables[kind].data(&parts, ctx)
@@ -744,6 +687,27 @@ impl Metrics {
 
     pub fn finish(self) -> Vec<StructArray> {
         self.tables.into_iter().map(|t| t.finish()).collect()
+    }
+}
+
+impl Markable for Metrics {
+    fn grow(&mut self, num: usize, den: usize) {
+        for t in &mut self.tables {
+            t.grow(num, den);
+        }
+    }
+    fn marks(&self, v: &mut Vec<usize>) {
+        for t in &self.tables {
+            t.marks(v);
+        }
+    }
+    fn restore(&mut self, it: &mut dyn Iterator<Item = usize>) {
+        for t in &mut self.tables {
+            t.restore(it);
+        }
+    }
+    fn big(&self) -> bool {
+        self.tables.iter().any(|t| t.big())
     }
 }
 

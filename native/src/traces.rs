@@ -46,35 +46,30 @@ pub struct Traces {
     scratch: ResourceScratch,
 }
 
-macro_rules! all_cols {
-    ($m:ident, $self:ident) => {
-        $m!(
-            $self,
-            trace_id,
-            span_id,
-            parent,
-            trace_state,
-            name,
-            kind,
-            service,
-            res_attrs,
-            scope_name,
-            scope_version,
-            span_attrs,
-            status_code,
-            status_msg,
-            ev_ts,
-            ev_name,
-            ev_attrs,
-            link_trace,
-            link_span,
-            link_state,
-            link_attrs
-        )
-    };
-}
-
-pub struct TracesMark(Vec<usize>);
+markable_fields!(Traces {
+    ts,
+    duration,
+    trace_id,
+    span_id,
+    parent,
+    trace_state,
+    name,
+    kind,
+    service,
+    res_attrs,
+    scope_name,
+    scope_version,
+    span_attrs,
+    status_code,
+    status_msg,
+    ev_ts,
+    ev_name,
+    ev_attrs,
+    link_trace,
+    link_span,
+    link_state,
+    link_attrs,
+});
 
 impl Default for Traces {
     fn default() -> Self {
@@ -115,41 +110,9 @@ impl Traces {
         self.ts.len()
     }
 
-    pub fn mark(&self) -> TracesMark {
-        let mut v = vec![self.ts.len(), self.duration.len()];
-        macro_rules! m {
-            ($s:ident, $($c:ident),*) => { $( Markable::marks(&$s.$c, &mut v); )* };
-        }
-        all_cols!(m, self);
-        TracesMark(v)
-    }
-
-    pub fn rollback(&mut self, mark: &TracesMark) {
-        let mut it = mark.0.iter().copied();
-        self.ts.truncate(it.next().unwrap());
-        self.duration.truncate(it.next().unwrap());
-        macro_rules! r {
-            ($s:ident, $($c:ident),*) => { $( Markable::restore(&mut $s.$c, &mut it); )* };
-        }
-        all_cols!(r, self);
-    }
-
-    pub fn grow(&mut self, num: usize, den: usize) {
-        grow(&mut self.ts, num, den);
-        grow(&mut self.duration, num, den);
-        macro_rules! g {
-            ($s:ident, $($c:ident),*) => { $( Markable::grow(&mut $s.$c, num, den); )* };
-        }
-        all_cols!(g, self);
-    }
-
+    /// Some column outgrew i32 offsets (string bytes, list children or rows).
     pub fn too_big(&self) -> bool {
-        let mut big = false;
-        macro_rules! b {
-            ($s:ident, $($c:ident),*) => { $( big |= Markable::rows_big(&$s.$c); )* };
-        }
-        all_cols!(b, self);
-        big
+        self.rows_big()
     }
 
     /// Decodes one request, appending its rows.

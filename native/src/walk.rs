@@ -3,7 +3,7 @@
 //! schema_url). Each signal supplies only what it does per scope and per item; the walk,
 //! the resource/scope attribute caches and the per-row copies of them live here once.
 
-use crate::cols::{MapCol, Markable, StrCol};
+use crate::cols::{markable_fields, MapCol, StrCol};
 use crate::render::{push_attr, validate_kv};
 use crate::wire::{utf8, Reader, Res, Val};
 
@@ -214,20 +214,15 @@ pub struct ScopeCols {
     pub scope_attrs: MapCol,
 }
 
-macro_rules! scope_cols {
-    ($m:ident, $self:ident) => {
-        $m!(
-            $self,
-            service,
-            res_attrs,
-            res_schema,
-            scope_schema,
-            scope_name,
-            scope_version,
-            scope_attrs
-        )
-    };
-}
+markable_fields!(ScopeCols {
+    service,
+    res_attrs,
+    res_schema,
+    scope_schema,
+    scope_name,
+    scope_version,
+    scope_attrs,
+});
 
 impl ScopeCols {
     /// Appends the resource/scope values of one row.
@@ -239,42 +234,5 @@ impl ScopeCols {
         self.scope_name.push(c.scope.name);
         self.scope_version.push(c.scope.version);
         self.scope_attrs.push_row_from(c.scope_attrs)
-    }
-}
-
-impl Markable for ScopeCols {
-    fn grow(&mut self, num: usize, den: usize) {
-        macro_rules! g {
-            ($s:ident, $($c:ident),*) => { $( Markable::grow(&mut $s.$c, num, den); )* };
-        }
-        scope_cols!(g, self);
-    }
-    fn marks(&self, v: &mut Vec<usize>) {
-        macro_rules! m {
-            ($s:ident, $($c:ident),*) => { $( Markable::marks(&$s.$c, v); )* };
-        }
-        scope_cols!(m, self);
-    }
-    fn restore(&mut self, it: &mut dyn Iterator<Item = usize>) {
-        macro_rules! r {
-            ($s:ident, $($c:ident),*) => { $( Markable::restore(&mut $s.$c, it); )* };
-        }
-        scope_cols!(r, self);
-    }
-    fn big(&self) -> bool {
-        let mut big = false;
-        macro_rules! b {
-            ($s:ident, $($c:ident),*) => { $( big |= Markable::big(&$s.$c); )* };
-        }
-        scope_cols!(b, self);
-        big
-    }
-    fn rows_big(&self) -> bool {
-        let mut big = false;
-        macro_rules! b {
-            ($s:ident, $($c:ident),*) => { $( big |= Markable::rows_big(&$s.$c); )* };
-        }
-        scope_cols!(b, self);
-        big
     }
 }
