@@ -141,14 +141,15 @@ def render_any_value(v: Any) -> str:
 
 
 def render_attrs(attrs: Any, keys: list[str], vals: list[str]) -> None:
-    """Append each attribute's key and rendered value (input order, duplicates kept)."""
-    ka = keys.append
-    va = vals.append
+    """Append each attribute's key and rendered value (input order, duplicates kept).
+
+    Plain ``keys.append`` measured faster than pre-bound appends here (CPython 3.11).
+    """
     for a in attrs:
-        ka(a.key)
+        keys.append(a.key)
         v = a.value
         s = v.string_value
-        va(s if s else render_any_value(v))
+        vals.append(s if s else render_any_value(v))
 
 
 def hex_id(b: bytes, size: int, zero: bytes, what: str) -> str:
@@ -220,12 +221,22 @@ class Envelope:
         ``resources`` is e.g. ``req.resource_spans``; ``scopes_field`` / ``items_field`` name
         the repeated fields below it (``"scope_spans"`` / ``"spans"``).
         """
+        r_service = self.r_service
+        r_schema = self.r_schema
+        r_off = self.r_off
         r_keys = self.r_keys
         r_vals = self.r_vals
+        sc_res = self.sc_res
+        sc_schema = self.sc_schema
+        sc_name = self.sc_name
+        sc_version = self.sc_version
+        sc_dropped = self.sc_dropped
+        sc_off = self.sc_off
         sc_keys = self.sc_keys
         sc_vals = self.sc_vals
+        sc_rows = self.sc_rows
         for rx in resources:
-            ri = len(self.r_service)
+            ri = len(r_service)
             svc = None
             for a in rx.resource.attributes:
                 r_keys.append(a.key)
@@ -236,21 +247,21 @@ class Envelope:
                 # The first service.name wins (like pcommon.Map.Get), even when it renders as "".
                 if svc is None and a.key == "service.name":
                     svc = rv
-            self.r_service.append(svc or "")
-            self.r_schema.append(rx.schema_url)
-            self.r_off.append(len(r_keys))
+            r_service.append(svc or "")
+            r_schema.append(rx.schema_url)
+            r_off.append(len(r_keys))
             for sx in getattr(rx, scopes_field):
                 items = getattr(sx, items_field)
                 scope = sx.scope
-                si = len(self.sc_name)
-                self.sc_res.append(ri)
-                self.sc_schema.append(sx.schema_url)
-                self.sc_name.append(scope.name)
-                self.sc_version.append(scope.version)
-                self.sc_dropped.append(scope.dropped_attributes_count)
+                si = len(sc_name)
+                sc_res.append(ri)
+                sc_schema.append(sx.schema_url)
+                sc_name.append(scope.name)
+                sc_version.append(scope.version)
+                sc_dropped.append(scope.dropped_attributes_count)
                 render_attrs(scope.attributes, sc_keys, sc_vals)
-                self.sc_off.append(len(sc_keys))
-                self.sc_rows.append(len(items))
+                sc_off.append(len(sc_keys))
+                sc_rows.append(len(items))
                 yield ri, si, items
 
     def row_index(self) -> tuple[pa.Array, pa.Array]:
