@@ -5,14 +5,10 @@ use std::sync::Arc;
 
 use arrow_array::{
     types::{Float64Type, Int32Type, TimestampNanosecondType, UInt32Type, UInt64Type, UInt8Type},
-    ArrayRef, BooleanArray, ListArray, MapArray, PrimitiveArray, StringArray, StructArray,
+    Array, ArrayRef, BooleanArray, ListArray, MapArray, PrimitiveArray, StringArray, StructArray,
 };
 use arrow_buffer::{Buffer, OffsetBuffer, ScalarBuffer};
-use arrow_schema::{DataType, Field, Fields, TimeUnit};
-
-pub fn map_type() -> DataType {
-    DataType::Map(map_entries_field(), false)
-}
+use arrow_schema::{DataType, Field, Fields};
 
 pub fn map_entries_field() -> Arc<Field> {
     Arc::new(Field::new(
@@ -29,12 +25,11 @@ fn map_entry_fields() -> Fields {
     ])
 }
 
-pub fn ts_type() -> DataType {
-    DataType::Timestamp(TimeUnit::Nanosecond, None)
-}
-
-pub fn list_of(dt: DataType) -> DataType {
-    DataType::List(Arc::new(Field::new("item", dt, true)))
+/// `list<T>` array over `vals` (T is the child's type; items nullable, as ClickHouse reads).
+fn list_array(row_offsets: Vec<i32>, vals: ArrayRef) -> ArrayRef {
+    let field = Arc::new(Field::new("item", vals.data_type().clone(), true));
+    // SAFETY: row offsets are monotonic and end at the child length.
+    Arc::new(unsafe { ListArray::new_unchecked(field, offsets(row_offsets), vals, None) })
 }
 
 fn offsets(v: Vec<i32>) -> OffsetBuffer<i32> {
@@ -150,6 +145,9 @@ impl MapCol {
     pub fn too_big(&self) -> bool {
         self.keys.too_big() || self.vals.too_big()
     }
+    pub fn into_array(self) -> ArrayRef {
+        Arc::new(self.finish_array())
+    }
     pub fn finish_array(self) -> MapArray {
         let keys: ArrayRef = self.keys.into_array();
         let vals: ArrayRef = self.vals.into_array();
@@ -200,9 +198,7 @@ impl ListStrCol {
         self.values.rollback(m.1);
     }
     pub fn into_array(self) -> ArrayRef {
-        let field = Arc::new(Field::new("item", DataType::Utf8, true));
-        let vals: ArrayRef = self.values.into_array();
-        Arc::new(unsafe { ListArray::new_unchecked(field, offsets(self.offsets), vals, None) })
+        list_array(self.offsets, self.values.into_array())
     }
 }
 
@@ -237,9 +233,7 @@ impl ListTsCol {
         self.values.truncate(m.1);
     }
     pub fn into_array(self) -> ArrayRef {
-        let field = Arc::new(Field::new("item", ts_type(), true));
-        let vals: ArrayRef = Arc::new(ts_array(self.values));
-        Arc::new(unsafe { ListArray::new_unchecked(field, offsets(self.offsets), vals, None) })
+        list_array(self.offsets, ts_col(self.values))
     }
 }
 
@@ -270,23 +264,13 @@ impl<T: Copy> ListPrimCol<T> {
 
 impl ListPrimCol<u64> {
     pub fn into_array(self) -> ArrayRef {
-        let field = Arc::new(Field::new("item", DataType::UInt64, true));
-        let vals: ArrayRef = Arc::new(PrimitiveArray::<UInt64Type>::new(
-            ScalarBuffer::from(self.values),
-            None,
-        ));
-        Arc::new(unsafe { ListArray::new_unchecked(field, offsets(self.offsets), vals, None) })
+        list_array(self.offsets, u64_array(self.values))
     }
 }
 
 impl ListPrimCol<f64> {
     pub fn into_array(self) -> ArrayRef {
-        let field = Arc::new(Field::new("item", DataType::Float64, true));
-        let vals: ArrayRef = Arc::new(PrimitiveArray::<Float64Type>::new(
-            ScalarBuffer::from(self.values),
-            None,
-        ));
-        Arc::new(unsafe { ListArray::new_unchecked(field, offsets(self.offsets), vals, None) })
+        list_array(self.offsets, f64_array(self.values))
     }
 }
 
@@ -321,14 +305,25 @@ impl ListMapCol {
         self.values.rollback(m.1);
     }
     pub fn into_array(self) -> ArrayRef {
-        let field = Arc::new(Field::new("item", map_type(), true));
-        let vals: ArrayRef = Arc::new(self.values.finish_array());
-        Arc::new(unsafe { ListArray::new_unchecked(field, offsets(self.offsets), vals, None) })
+        list_array(self.offsets, self.values.into_array())
     }
+}
+
+/// Struct array of the named, non-nullable columns (each field takes its column's type).
+pub fn struct_of(cols: Vec<(&str, ArrayRef)>) -> StructArray {
+    let (fields, arrays): (Vec<Field>, Vec<ArrayRef>) = cols
+        .into_iter()
+        .map(|(name, a)| (Field::new(name, a.data_type().clone(), false), a))
+        .unzip();
+    StructArray::new(Fields::from(fields), arrays, None)
 }
 
 pub fn ts_array(v: Vec<i64>) -> PrimitiveArray<TimestampNanosecondType> {
     PrimitiveArray::<TimestampNanosecondType>::new(ScalarBuffer::from(v), None)
+}
+
+pub fn ts_col(v: Vec<i64>) -> ArrayRef {
+    Arc::new(ts_array(v))
 }
 
 pub fn u64_array(v: Vec<u64>) -> ArrayRef {

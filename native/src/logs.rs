@@ -1,9 +1,6 @@
 //! ExportLogsServiceRequest → otel_logs columns.
 
-use std::sync::Arc;
-
-use arrow_array::{ArrayRef, StructArray};
-use arrow_schema::{DataType, Field, Fields};
+use arrow_array::StructArray;
 
 use crate::cols::*;
 use crate::render::{push_attr, push_id, render_value, Parts};
@@ -124,25 +121,24 @@ impl Logs {
     }
 
     pub fn finish(self) -> StructArray {
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(ts_array(self.ts)),
-            self.trace_id.into_array(),
-            self.span_id.into_array(),
-            u8_array(self.flags),
-            self.sev_text.into_array(),
-            u8_array(self.sev_num),
-            self.sc.service.into_array(),
-            self.body.into_array(),
-            self.sc.res_schema.into_array(),
-            Arc::new(self.sc.res_attrs.finish_array()),
-            self.sc.scope_schema.into_array(),
-            self.sc.scope_name.into_array(),
-            self.sc.scope_version.into_array(),
-            Arc::new(self.sc.scope_attrs.finish_array()),
-            Arc::new(self.log_attrs.finish_array()),
-            self.event_name.into_array(),
-        ];
-        StructArray::new(logs_fields(), cols, None)
+        struct_of(vec![
+            ("Timestamp", ts_col(self.ts)),
+            ("TraceId", self.trace_id.into_array()),
+            ("SpanId", self.span_id.into_array()),
+            ("TraceFlags", u8_array(self.flags)),
+            ("SeverityText", self.sev_text.into_array()),
+            ("SeverityNumber", u8_array(self.sev_num)),
+            ("ServiceName", self.sc.service.into_array()),
+            ("Body", self.body.into_array()),
+            ("ResourceSchemaUrl", self.sc.res_schema.into_array()),
+            ("ResourceAttributes", self.sc.res_attrs.into_array()),
+            ("ScopeSchemaUrl", self.sc.scope_schema.into_array()),
+            ("ScopeName", self.sc.scope_name.into_array()),
+            ("ScopeVersion", self.sc.scope_version.into_array()),
+            ("ScopeAttributes", self.sc.scope_attrs.into_array()),
+            ("LogAttributes", self.log_attrs.into_array()),
+            ("EventName", self.event_name.into_array()),
+        ])
     }
 }
 
@@ -180,27 +176,4 @@ impl Signal for Logs {
             },
         )
     }
-}
-
-pub fn logs_fields() -> Fields {
-    let s = || DataType::Utf8;
-    let f = |n: &str, t: DataType| Field::new(n, t, false);
-    Fields::from(vec![
-        f("Timestamp", ts_type()),
-        f("TraceId", s()),
-        f("SpanId", s()),
-        f("TraceFlags", DataType::UInt8),
-        f("SeverityText", s()),
-        f("SeverityNumber", DataType::UInt8),
-        f("ServiceName", s()),
-        f("Body", s()),
-        f("ResourceSchemaUrl", s()),
-        f("ResourceAttributes", map_type()),
-        f("ScopeSchemaUrl", s()),
-        f("ScopeName", s()),
-        f("ScopeVersion", s()),
-        f("ScopeAttributes", map_type()),
-        f("LogAttributes", map_type()),
-        f("EventName", s()),
-    ])
 }

@@ -1,9 +1,6 @@
 //! ExportMetricsServiceRequest → one table per metric type (otel_metrics_*).
 
-use std::sync::Arc;
-
-use arrow_array::{ArrayRef, StructArray};
-use arrow_schema::{DataType, Field, Fields};
+use arrow_array::StructArray;
 
 use crate::cols::*;
 use crate::render::{push_attr, push_id, validate_kv, Parts};
@@ -426,173 +423,89 @@ impl MetricTable {
         Ok(())
     }
 
+    /// The table's columns in schema order (each kind keeps only its own columns).
     fn finish(self) -> StructArray {
-        let kind = self.kind;
-        let mut cols: Vec<ArrayRef> = vec![
-            Arc::new(self.sc.res_attrs.finish_array()),
-            self.sc.res_schema.into_array(),
-            self.sc.scope_name.into_array(),
-            self.sc.scope_version.into_array(),
-            Arc::new(self.sc.scope_attrs.finish_array()),
-            u32_array(self.scope_dropped),
-            self.sc.scope_schema.into_array(),
-            self.sc.service.into_array(),
-            self.name.into_array(),
-            self.desc.into_array(),
-            self.unit.into_array(),
-            Arc::new(self.attrs.finish_array()),
-            Arc::new(ts_array(self.start)),
-            Arc::new(ts_array(self.time)),
+        let mut cols = vec![
+            ("ResourceAttributes", self.sc.res_attrs.into_array()),
+            ("ResourceSchemaUrl", self.sc.res_schema.into_array()),
+            ("ScopeName", self.sc.scope_name.into_array()),
+            ("ScopeVersion", self.sc.scope_version.into_array()),
+            ("ScopeAttributes", self.sc.scope_attrs.into_array()),
+            ("ScopeDroppedAttrCount", u32_array(self.scope_dropped)),
+            ("ScopeSchemaUrl", self.sc.scope_schema.into_array()),
+            ("ServiceName", self.sc.service.into_array()),
+            ("MetricName", self.name.into_array()),
+            ("MetricDescription", self.desc.into_array()),
+            ("MetricUnit", self.unit.into_array()),
+            ("Attributes", self.attrs.into_array()),
+            ("StartTimeUnix", ts_col(self.start)),
+            ("TimeUnix", ts_col(self.time)),
         ];
-        let exemplars: Vec<ArrayRef> = vec![
-            self.ex_attrs.into_array(),
-            self.ex_time.into_array(),
-            self.ex_value.into_array(),
-            self.ex_span.into_array(),
-            self.ex_trace.into_array(),
+        let exemplars = [
+            ("Exemplars.FilteredAttributes", self.ex_attrs.into_array()),
+            ("Exemplars.TimeUnix", self.ex_time.into_array()),
+            ("Exemplars.Value", self.ex_value.into_array()),
+            ("Exemplars.SpanId", self.ex_span.into_array()),
+            ("Exemplars.TraceId", self.ex_trace.into_array()),
         ];
-        match kind {
+        let value = ("Value", f64_array(self.value));
+        let flags = ("Flags", u32_array(self.flags));
+        let temporality = ("AggregationTemporality", i32_array(self.temporality));
+        let count = ("Count", u64_array(self.count));
+        let sum = ("Sum", f64_array(self.sum));
+        let min_max_temporality = [
+            ("Min", f64_array(self.min)),
+            ("Max", f64_array(self.max)),
+            temporality.clone(),
+        ];
+        match self.kind {
             GAUGE => {
-                cols.extend([f64_array(self.value), u32_array(self.flags)]);
+                cols.extend([value, flags]);
                 cols.extend(exemplars);
             }
             SUM => {
-                cols.extend([f64_array(self.value), u32_array(self.flags)]);
+                cols.extend([value, flags]);
                 cols.extend(exemplars);
-                cols.extend([i32_array(self.temporality), bool_array(self.monotonic)]);
+                cols.extend([temporality, ("IsMonotonic", bool_array(self.monotonic))]);
             }
             HIST => {
                 cols.extend([
-                    u64_array(self.count),
-                    f64_array(self.sum),
-                    self.buckets.into_array(),
-                    self.bounds.into_array(),
+                    count,
+                    sum,
+                    ("BucketCounts", self.buckets.into_array()),
+                    ("ExplicitBounds", self.bounds.into_array()),
                 ]);
                 cols.extend(exemplars);
-                cols.extend([
-                    u32_array(self.flags),
-                    f64_array(self.min),
-                    f64_array(self.max),
-                    i32_array(self.temporality),
-                ]);
+                cols.push(flags);
+                cols.extend(min_max_temporality);
             }
             EXP => {
                 cols.extend([
-                    u64_array(self.count),
-                    f64_array(self.sum),
-                    i32_array(self.scale),
-                    u64_array(self.zero_count),
-                    i32_array(self.pos_offset),
-                    self.pos.into_array(),
-                    i32_array(self.neg_offset),
-                    self.neg.into_array(),
+                    count,
+                    sum,
+                    ("Scale", i32_array(self.scale)),
+                    ("ZeroCount", u64_array(self.zero_count)),
+                    ("PositiveOffset", i32_array(self.pos_offset)),
+                    ("PositiveBucketCounts", self.pos.into_array()),
+                    ("NegativeOffset", i32_array(self.neg_offset)),
+                    ("NegativeBucketCounts", self.neg.into_array()),
                 ]);
                 cols.extend(exemplars);
-                cols.extend([
-                    u32_array(self.flags),
-                    f64_array(self.min),
-                    f64_array(self.max),
-                    i32_array(self.temporality),
-                ]);
+                cols.push(flags);
+                cols.extend(min_max_temporality);
             }
             _ => {
                 cols.extend([
-                    u64_array(self.count),
-                    f64_array(self.sum),
-                    self.quantile.into_array(),
-                    self.qvalue.into_array(),
-                    u32_array(self.flags),
+                    count,
+                    sum,
+                    ("ValueAtQuantiles.Quantile", self.quantile.into_array()),
+                    ("ValueAtQuantiles.Value", self.qvalue.into_array()),
+                    flags,
                 ]);
             }
         }
-        StructArray::new(metric_fields(kind), cols, None)
+        struct_of(cols)
     }
-}
-
-pub fn metric_fields(kind: usize) -> Fields {
-    let s = || DataType::Utf8;
-    let f = |n: &str, t: DataType| Field::new(n, t, false);
-    let mut v = vec![
-        f("ResourceAttributes", map_type()),
-        f("ResourceSchemaUrl", s()),
-        f("ScopeName", s()),
-        f("ScopeVersion", s()),
-        f("ScopeAttributes", map_type()),
-        f("ScopeDroppedAttrCount", DataType::UInt32),
-        f("ScopeSchemaUrl", s()),
-        f("ServiceName", s()),
-        f("MetricName", s()),
-        f("MetricDescription", s()),
-        f("MetricUnit", s()),
-        f("Attributes", map_type()),
-        f("StartTimeUnix", ts_type()),
-        f("TimeUnix", ts_type()),
-    ];
-    let ex = || {
-        vec![
-            f("Exemplars.FilteredAttributes", list_of(map_type())),
-            f("Exemplars.TimeUnix", list_of(ts_type())),
-            f("Exemplars.Value", list_of(DataType::Float64)),
-            f("Exemplars.SpanId", list_of(s())),
-            f("Exemplars.TraceId", list_of(s())),
-        ]
-    };
-    let tail = || {
-        vec![
-            f("Flags", DataType::UInt32),
-            f("Min", DataType::Float64),
-            f("Max", DataType::Float64),
-            f("AggregationTemporality", DataType::Int32),
-        ]
-    };
-    match kind {
-        GAUGE => {
-            v.extend([f("Value", DataType::Float64), f("Flags", DataType::UInt32)]);
-            v.extend(ex());
-        }
-        SUM => {
-            v.extend([f("Value", DataType::Float64), f("Flags", DataType::UInt32)]);
-            v.extend(ex());
-            v.extend([
-                f("AggregationTemporality", DataType::Int32),
-                f("IsMonotonic", DataType::Boolean),
-            ]);
-        }
-        HIST => {
-            v.extend([
-                f("Count", DataType::UInt64),
-                f("Sum", DataType::Float64),
-                f("BucketCounts", list_of(DataType::UInt64)),
-                f("ExplicitBounds", list_of(DataType::Float64)),
-            ]);
-            v.extend(ex());
-            v.extend(tail());
-        }
-        EXP => {
-            v.extend([
-                f("Count", DataType::UInt64),
-                f("Sum", DataType::Float64),
-                f("Scale", DataType::Int32),
-                f("ZeroCount", DataType::UInt64),
-                f("PositiveOffset", DataType::Int32),
-                f("PositiveBucketCounts", list_of(DataType::UInt64)),
-                f("NegativeOffset", DataType::Int32),
-                f("NegativeBucketCounts", list_of(DataType::UInt64)),
-            ]);
-            v.extend(ex());
-            v.extend(tail());
-        }
-        _ => {
-            v.extend([
-                f("Count", DataType::UInt64),
-                f("Sum", DataType::Float64),
-                f("ValueAtQuantiles.Quantile", list_of(DataType::Float64)),
-                f("ValueAtQuantiles.Value", list_of(DataType::Float64)),
-                f("Flags", DataType::UInt32),
-            ]);
-        }
-    }
-    Fields::from(v)
 }
 
 /// The five metrics tables, decoded together.

@@ -1,9 +1,6 @@
 //! ExportTraceServiceRequest → otel_traces columns.
 
-use std::sync::Arc;
-
-use arrow_array::{ArrayRef, StructArray};
-use arrow_schema::{DataType, Field, Fields};
+use arrow_array::StructArray;
 
 use crate::cols::*;
 use crate::render::{push_attr, push_id};
@@ -246,61 +243,31 @@ impl Traces {
     }
 
     pub fn finish(self) -> StructArray {
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(ts_array(self.ts)),
-            self.trace_id.into_array(),
-            self.span_id.into_array(),
-            self.parent.into_array(),
-            self.trace_state.into_array(),
-            self.name.into_array(),
-            self.kind.into_array(),
-            self.service.into_array(),
-            Arc::new(self.res_attrs.finish_array()),
-            self.scope_name.into_array(),
-            self.scope_version.into_array(),
-            Arc::new(self.span_attrs.finish_array()),
-            u64_array(self.duration),
-            self.status_code.into_array(),
-            self.status_msg.into_array(),
-            self.ev_ts.into_array(),
-            self.ev_name.into_array(),
-            self.ev_attrs.into_array(),
-            self.link_trace.into_array(),
-            self.link_span.into_array(),
-            self.link_state.into_array(),
-            self.link_attrs.into_array(),
-        ];
-        StructArray::new(traces_fields(), cols, None)
+        struct_of(vec![
+            ("Timestamp", ts_col(self.ts)),
+            ("TraceId", self.trace_id.into_array()),
+            ("SpanId", self.span_id.into_array()),
+            ("ParentSpanId", self.parent.into_array()),
+            ("TraceState", self.trace_state.into_array()),
+            ("SpanName", self.name.into_array()),
+            ("SpanKind", self.kind.into_array()),
+            ("ServiceName", self.service.into_array()),
+            ("ResourceAttributes", self.res_attrs.into_array()),
+            ("ScopeName", self.scope_name.into_array()),
+            ("ScopeVersion", self.scope_version.into_array()),
+            ("SpanAttributes", self.span_attrs.into_array()),
+            ("Duration", u64_array(self.duration)),
+            ("StatusCode", self.status_code.into_array()),
+            ("StatusMessage", self.status_msg.into_array()),
+            ("Events.Timestamp", self.ev_ts.into_array()),
+            ("Events.Name", self.ev_name.into_array()),
+            ("Events.Attributes", self.ev_attrs.into_array()),
+            ("Links.TraceId", self.link_trace.into_array()),
+            ("Links.SpanId", self.link_span.into_array()),
+            ("Links.TraceState", self.link_state.into_array()),
+            ("Links.Attributes", self.link_attrs.into_array()),
+        ])
     }
-}
-
-pub fn traces_fields() -> Fields {
-    let s = || DataType::Utf8;
-    let f = |n: &str, t: DataType| Field::new(n, t, false);
-    Fields::from(vec![
-        f("Timestamp", ts_type()),
-        f("TraceId", s()),
-        f("SpanId", s()),
-        f("ParentSpanId", s()),
-        f("TraceState", s()),
-        f("SpanName", s()),
-        f("SpanKind", s()),
-        f("ServiceName", s()),
-        f("ResourceAttributes", map_type()),
-        f("ScopeName", s()),
-        f("ScopeVersion", s()),
-        f("SpanAttributes", map_type()),
-        f("Duration", DataType::UInt64),
-        f("StatusCode", s()),
-        f("StatusMessage", s()),
-        f("Events.Timestamp", list_of(ts_type())),
-        f("Events.Name", list_of(s())),
-        f("Events.Attributes", list_of(map_type())),
-        f("Links.TraceId", list_of(s())),
-        f("Links.SpanId", list_of(s())),
-        f("Links.TraceState", list_of(s())),
-        f("Links.Attributes", list_of(map_type())),
-    ])
 }
 
 impl Signal for Traces {
