@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use arrow_array::{
-    types::{Float64Type, Int32Type, TimestampNanosecondType, UInt32Type, UInt64Type, UInt8Type},
+    types::{
+        ArrowPrimitiveType, Float64Type, Int32Type, TimestampNanosecondType, UInt32Type,
+        UInt64Type, UInt8Type,
+    },
     Array, ArrayRef, BooleanArray, ListArray, MapArray, PrimitiveArray, StringArray, StructArray,
 };
 use arrow_buffer::{Buffer, OffsetBuffer, ScalarBuffer};
@@ -318,6 +321,11 @@ pub fn struct_of(cols: Vec<(&str, ArrayRef)>) -> StructArray {
     StructArray::new(Fields::from(fields), arrays, None)
 }
 
+/// Non-null primitive array over `v` (no copy).
+fn prim_array<T: ArrowPrimitiveType>(v: Vec<T::Native>) -> ArrayRef {
+    Arc::new(PrimitiveArray::<T>::new(ScalarBuffer::from(v), None))
+}
+
 pub fn ts_array(v: Vec<i64>) -> PrimitiveArray<TimestampNanosecondType> {
     PrimitiveArray::<TimestampNanosecondType>::new(ScalarBuffer::from(v), None)
 }
@@ -327,38 +335,23 @@ pub fn ts_col(v: Vec<i64>) -> ArrayRef {
 }
 
 pub fn u64_array(v: Vec<u64>) -> ArrayRef {
-    Arc::new(PrimitiveArray::<UInt64Type>::new(
-        ScalarBuffer::from(v),
-        None,
-    ))
+    prim_array::<UInt64Type>(v)
 }
 
 pub fn u8_array(v: Vec<u8>) -> ArrayRef {
-    Arc::new(PrimitiveArray::<UInt8Type>::new(
-        ScalarBuffer::from(v),
-        None,
-    ))
+    prim_array::<UInt8Type>(v)
 }
 
 pub fn f64_array(v: Vec<f64>) -> ArrayRef {
-    Arc::new(PrimitiveArray::<Float64Type>::new(
-        ScalarBuffer::from(v),
-        None,
-    ))
+    prim_array::<Float64Type>(v)
 }
 
 pub fn u32_array(v: Vec<u32>) -> ArrayRef {
-    Arc::new(PrimitiveArray::<UInt32Type>::new(
-        ScalarBuffer::from(v),
-        None,
-    ))
+    prim_array::<UInt32Type>(v)
 }
 
 pub fn i32_array(v: Vec<i32>) -> ArrayRef {
-    Arc::new(PrimitiveArray::<Int32Type>::new(
-        ScalarBuffer::from(v),
-        None,
-    ))
+    prim_array::<Int32Type>(v)
 }
 
 pub fn bool_array(v: Vec<bool>) -> ArrayRef {

@@ -294,15 +294,21 @@ impl MetricTable {
                 _ => {}
             }
         }
-        self.count.push(count);
-        self.sum.push(sum);
         self.buckets.end_row();
         self.bounds.end_row();
-        self.flags.push(flags);
-        self.min.push(min);
-        self.max.push(max);
-        self.temporality.push(temp);
+        self.hist_stats(count, sum, flags, (min, max), temp);
         self.common(c, start, time)
+    }
+
+    /// Columns histogram and exponential histogram points share.
+    #[inline]
+    fn hist_stats(&mut self, count: u64, sum: f64, flags: u32, min_max: (f64, f64), temp: i32) {
+        self.count.push(count);
+        self.sum.push(sum);
+        self.flags.push(flags);
+        self.min.push(min_max.0);
+        self.max.push(min_max.1);
+        self.temporality.push(temp);
     }
 
     fn buckets(buf: &Parts<'_>, out: &mut ListPrimCol<u64>) -> Res<i32> {
@@ -344,18 +350,13 @@ impl MetricTable {
                 _ => {}
             }
         }
-        self.count.push(count);
-        self.sum.push(sum);
         self.scale.push(scale);
         self.zero_count.push(zero);
         let po = Self::buckets(&pos, &mut self.pos)?;
         self.pos_offset.push(po);
         let no = Self::buckets(&neg, &mut self.neg)?;
         self.neg_offset.push(no);
-        self.flags.push(flags);
-        self.min.push(min);
-        self.max.push(max);
-        self.temporality.push(temp);
+        self.hist_stats(count, sum, flags, (min, max), temp);
         self.common(c, start, time)
     }
 

@@ -162,39 +162,53 @@ pub fn validate_kv(kv: &[u8], level: u32) -> Res<()> {
 
 fn validate_any(a: &Any<'_>, depth: u32) -> Res<()> {
     match a {
-        Any::Array(parts) => {
-            if depth + 1 > MAX_LEVEL {
-                return Err(too_deep());
-            }
-            for b in parts.slices() {
-                let mut r = Reader::new(b);
-                while let Some((f, v)) = r.next()? {
-                    if let (1, Val::Bytes(x)) = (f, v) {
-                        validate_any(&parse_any(&Parts::One(x), depth + 2)?, depth + 2)?;
-                    }
-                }
-            }
-        }
-        Any::KvList(parts) => {
-            if depth + 1 > MAX_LEVEL {
-                return Err(too_deep());
-            }
-            for b in parts.slices() {
-                let mut r = Reader::new(b);
-                while let Some((f, v)) = r.next()? {
-                    if let (1, Val::Bytes(x)) = (f, v) {
-                        if depth + 2 > MAX_LEVEL {
-                            return Err(too_deep());
-                        }
-                        let (_, val) = parse_kv(x)?;
-                        validate_any(&parse_any(&val, depth + 3)?, depth + 3)?;
-                    }
-                }
-            }
-        }
+        Any::Array(parts) => array_elems(parts, depth, |x| {
+            validate_any(&parse_any(&Parts::One(x), depth + 2)?, depth + 2)
+        })?,
+        Any::KvList(parts) => kvlist_items(parts, depth, |_, val| {
+            validate_any(&parse_any(&val, depth + 3)?, depth + 3)
+        })?,
         _ => {}
     }
     Ok(())
+}
+
+/// Calls `f` with every element (field 1) of an ArrayValue/KeyValueList at nesting `depth`,
+/// across all its merged occurrences; fails when the elements would nest too deeply.
+#[inline]
+fn array_elems<'a>(
+    parts: &Parts<'a>,
+    depth: u32,
+    mut f: impl FnMut(&'a [u8]) -> Res<()>,
+) -> Res<()> {
+    if depth + 1 > MAX_LEVEL {
+        return Err(too_deep());
+    }
+    for b in parts.slices() {
+        let mut r = Reader::new(b);
+        while let Some((field, v)) = r.next()? {
+            if let (1, Val::Bytes(x)) = (field, v) {
+                f(x)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Calls `f` with the key and value of every KeyValue of a KeyValueList at nesting `depth`.
+#[inline]
+fn kvlist_items<'a>(
+    parts: &Parts<'a>,
+    depth: u32,
+    mut f: impl FnMut(&'a [u8], Parts<'a>) -> Res<()>,
+) -> Res<()> {
+    array_elems(parts, depth, |x| {
+        if depth + 2 > MAX_LEVEL {
+            return Err(too_deep());
+        }
+        let (k, v) = parse_kv(x)?;
+        f(k, v)
+    })
 }
 
 /// Decimal integer.
@@ -392,40 +406,25 @@ fn json_any(a: &Any<'_>, out: &mut Vec<u8>, depth: u32) -> Res<()> {
         }
         Any::Array(parts) => {
             if depth + 1 > MAX_LEVEL {
-                return Err(too_deep());
+                return Err(too_deep()); // before any output (array_elems checks again)
             }
             out.push(b'[');
             let mut first = true;
-            for b in parts.slices() {
-                let mut r = Reader::new(b);
-                while let Some((f, v)) = r.next()? {
-                    if let (1, Val::Bytes(x)) = (f, v) {
-                        if !first {
-                            out.push(b',');
-                        }
-                        first = false;
-                        json_any(&parse_any(&Parts::One(x), depth + 2)?, out, depth + 2)?;
-                    }
+            array_elems(parts, depth, |x| {
+                if !first {
+                    out.push(b',');
                 }
-            }
+                first = false;
+                json_any(&parse_any(&Parts::One(x), depth + 2)?, out, depth + 2)
+            })?;
             out.push(b']');
         }
         Any::KvList(parts) => {
-            if depth + 1 > MAX_LEVEL {
-                return Err(too_deep());
-            }
             let mut items: Vec<(&[u8], Parts<'_>)> = Vec::new();
-            for b in parts.slices() {
-                let mut r = Reader::new(b);
-                while let Some((f, v)) = r.next()? {
-                    if let (1, Val::Bytes(x)) = (f, v) {
-                        if depth + 2 > MAX_LEVEL {
-                            return Err(too_deep());
-                        }
-                        items.push(parse_kv(x)?);
-                    }
-                }
-            }
+            kvlist_items(parts, depth, |k, v| {
+                items.push((k, v));
+                Ok(())
+            })?;
             // Go marshals a map: keys sorted bytewise, the last duplicate wins.
             items.sort_by(|a, b| a.0.cmp(b.0));
             out.push(b'{');

@@ -90,23 +90,15 @@ pub fn with_scratch<O, T: Default, R>(
 }
 
 /// Resource attributes rendered once per Resource* message, copied into every row.
+#[derive(Default)]
 pub struct ResourceScratch {
     pub attrs: MapCol,
     pub service: Option<usize>,
 }
 
-impl Default for ResourceScratch {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl ResourceScratch {
     pub fn new() -> Self {
-        ResourceScratch {
-            attrs: MapCol::new(),
-            service: None,
-        }
+        Self::default()
     }
 
     /// Parses one `Resource` message occurrence (repeated occurrences merge: attributes append).
