@@ -12,6 +12,8 @@
 # honours the module's own go.mod. Idempotent start/stop; PID and log under the data dir.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=lib.sh
+. "$ROOT/scripts/services/lib.sh"
 JAEGER_VERSION=${JAEGER_VERSION:-v1.76.0}
 MOD="github.com/jaegertracing/jaeger"
 BIN="$ROOT/.cache/bin/jaeger"
@@ -40,7 +42,7 @@ build() {
   echo "$want" >"$STAMP"
 }
 
-running() { [[ -f "$PIDFILE" ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+running() { pid_alive "$PIDFILE"; }
 
 ready() {
   curl -fsS "http://127.0.0.1:$HEALTH_PORT/status" >/dev/null 2>&1 &&
@@ -109,16 +111,7 @@ start() {
   write_config
   nohup "$BIN" --config "$CONF" >>"$LOG" 2>&1 &
   echo $! >"$PIDFILE"
-  for _ in $(seq 1 120); do
-    if ready; then
-      echo "jaeger ready (otlp grpc :$OTLP_PORT, query http :$QUERY_PORT, pid $(cat "$PIDFILE"))"
-      return 0
-    fi
-    running || { echo "jaeger exited, see $LOG" >&2; tail -20 "$LOG" >&2; return 1; }
-    sleep 0.25
-  done
-  echo "jaeger not ready after 30s, see $LOG" >&2
-  return 1
+  wait_ready jaeger "$PIDFILE" "$LOG" ready "jaeger ready (otlp grpc :$OTLP_PORT, query http :$QUERY_PORT, pid $(cat "$PIDFILE"))"
 }
 
 stop() {
@@ -127,15 +120,7 @@ stop() {
     echo "jaeger not running (otlp :$OTLP_PORT)"
     return 0
   fi
-  local pid
-  pid=$(cat "$PIDFILE")
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 1 80); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.25
-  done
-  kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
-  rm -f "$PIDFILE"
+  stop_pid "$PIDFILE"
   echo "jaeger stopped (otlp :$OTLP_PORT)"
 }
 

@@ -6,6 +6,8 @@
 # Installs the Debian package when the binary is missing. Idempotent start/stop.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=lib.sh
+. "$ROOT/scripts/services/lib.sh"
 PORT=${PROM_PORT:-19090}
 if [[ "$PORT" == 19090 ]]; then DEFAULT_DATA="$ROOT/.data/prometheus"; else DEFAULT_DATA="$ROOT/.data/prometheus-$PORT"; fi
 DATA=${PROM_DATA:-$DEFAULT_DATA}
@@ -25,7 +27,7 @@ ensure_installed() {
   command -v systemctl >/dev/null 2>&1 && $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
 }
 
-running() { [[ -f "$PIDFILE" ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+running() { pid_alive "$PIDFILE"; }
 
 ready() {
   local url="http://127.0.0.1:$PORT/-/ready"
@@ -60,16 +62,7 @@ YAML
     --log.level=warn \
     >>"$LOG" 2>&1 &
   echo $! >"$PIDFILE"
-  for _ in $(seq 1 120); do
-    if ready; then
-      echo "prometheus ready on :$PORT (pid $(cat "$PIDFILE"), data $DATA)"
-      return 0
-    fi
-    running || { echo "prometheus exited, see $LOG" >&2; tail -20 "$LOG" >&2; return 1; }
-    sleep 0.25
-  done
-  echo "prometheus not ready after 30s, see $LOG" >&2
-  return 1
+  wait_ready prometheus "$PIDFILE" "$LOG" ready "prometheus ready on :$PORT (pid $(cat "$PIDFILE"), data $DATA)"
 }
 
 stop() {
@@ -78,15 +71,7 @@ stop() {
     echo "prometheus not running on :$PORT"
     return 0
   fi
-  local pid
-  pid=$(cat "$PIDFILE")
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 1 80); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.25
-  done
-  kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
-  rm -f "$PIDFILE"
+  stop_pid "$PIDFILE"
   echo "prometheus stopped (:$PORT)"
 }
 
