@@ -35,7 +35,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -51,7 +50,7 @@ from pydantic import (
 )
 
 from connectors.kafka import KafkaConfig
-from otelwax.settings import StrictModel, format_errors
+from otelwax.settings import StrictModel, format_errors, union_members, union_tag
 
 __all__ = [
     "ENV_CONFIG",
@@ -425,78 +424,11 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
 # --- error rendering --------------------------------------------------------------------------
 
 
-def _unwrap(tp: Any) -> list[Any]:
-    """The candidate types inside Optional/Union/Annotated."""
-    origin = typing.get_origin(tp)
-    if origin is typing.Annotated:
-        return _unwrap(typing.get_args(tp)[0])
-    if origin in (typing.Union, types.UnionType):
-        out: list[Any] = []
-        for a in typing.get_args(tp):
-            out.extend(_unwrap(a))
-        return out
-    return [tp]
-
-
-def _model_at(model: Any, loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The model class that owns the last element of ``loc`` (for "did you mean")."""
-    cur: list[Any] = [model]
-    for part in loc[:-1]:
-        nxt: list[Any] = []
-        for tp in cur:
-            for t in _unwrap(tp):
-                origin = typing.get_origin(t)
-                if isinstance(t, type) and issubclass(t, BaseModel) and isinstance(part, str):
-                    f = t.model_fields.get(part)
-                    if f is None:
-                        f = next((x for x in t.model_fields.values() if x.alias == part), None)
-                    if f is not None:
-                        nxt.append(f.annotation)
-                elif origin is list and isinstance(part, int):
-                    nxt.append(typing.get_args(t)[0])
-                elif origin is dict and isinstance(part, str):
-                    nxt.append(typing.get_args(t)[1])
-        # Discriminated unions put the tag in the path: keep the member with that tag.
-        if not nxt and isinstance(part, str):
-            for tp in cur:
-                for t in _unwrap(tp):
-                    if isinstance(t, type) and issubclass(t, BaseModel):
-                        tag = _tag_of(t)
-                        if tag == part:
-                            nxt.append(t)
-        cur = nxt or []
-        if not cur:
-            return None
-    models = [
-        t for tp in cur for t in _unwrap(tp) if isinstance(t, type) and issubclass(t, BaseModel)
-    ]
-    return models[0] if len(models) == 1 else None
-
-
-def _tag_of(model: type[BaseModel]) -> str | None:
-    for name in ("type", "action"):
-        f = model.model_fields.get(name)
-        if f is not None and typing.get_origin(f.annotation) is Literal:
-            return typing.get_args(f.annotation)[0]
-    return None
-
-
-def _suggestion(model: Any, loc: tuple[Any, ...]) -> str:
-    import difflib
-
-    owner = _model_at(model, loc)
-    if owner is None or not loc:
-        return ""
-    names = [f.alias or n for n, f in owner.model_fields.items()]
-    match = difflib.get_close_matches(str(loc[-1]), names, n=1)
-    return f' (did you mean "{match[0]}"?)' if match else ""
-
-
 def _render(exc: ValidationError, prefix: str, model: Any, drop_tags: bool = False) -> list[str]:
-    """``format_errors`` plus: suggestions through lists/unions, no "Value error," noise, and
+    """``format_errors`` plus: no "Value error," noise, and
     discriminator tags removed from paths (``operators.0.keep``, not ``operators.0.filter.keep``).
     """
-    base = format_errors(exc, prefix=prefix)
+    base = format_errors(exc, prefix=prefix, model=model)
     lines = []
     for err, line in zip(exc.errors(), base, strict=True):
         loc = tuple(err["loc"])
@@ -514,8 +446,6 @@ def _render(exc: ValidationError, prefix: str, model: Any, drop_tags: bool = Fal
         path = ".".join(str(p) for p in shown)
         path = f"{prefix}.{path}" if prefix and path else (prefix or path)
         msg = line.split(": ", 1)[1] if ": " in line else line
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key" + _suggestion(model, loc)
         msg = msg.removeprefix("Value error, ")
         lines.append(f"{path}: {msg}")
     return lines
@@ -538,7 +468,7 @@ def _secret_problems(tp: Any, raw: Any, path: str, from_env: set[str], out: list
 
     Works on raw data, so it also reports when other parts of the file are invalid.
     """
-    cands = _unwrap(tp)
+    cands = union_members(tp)
     if any(c is SecretStr for c in cands):
         if isinstance(raw, str) and raw and path not in from_env:
             out.append(f"{path}: secrets must come from the environment; write ${{env:VARIABLE}}")
@@ -547,7 +477,7 @@ def _secret_problems(tp: Any, raw: Any, path: str, from_env: set[str], out: list
     if isinstance(raw, dict) and models:
         if len(models) > 1:  # a tagged union: pick the member by its tag
             tag = raw.get("type") or raw.get("action") or ("module" if "module" in raw else None)
-            models = [m for m in models if _tag_of(m) == tag] or models[:1]
+            models = [m for m in models if union_tag(m) == tag] or models[:1]
         model = models[0]
         for name, field in model.model_fields.items():
             key = field.alias or name
