@@ -54,7 +54,6 @@ import logging
 import os
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -70,7 +69,7 @@ from connectors.kafka_source import KafkaSourceConfig, PartitionedKafkaSource, R
 from connectors.prom_translate import SeriesBatch, tables_to_series
 from connectors.remote_write import RemoteWriteConfig, RemoteWriteSink
 from otelwax.metric_schemas import HISTOGRAM, METRIC_SCHEMAS, SUM
-from otelwax.settings import StrictModel, ValidationError, format_errors
+from otelwax.settings import StrictModel
 from otelwax.telemetry import ComponentMetrics
 
 __all__ = [
@@ -161,45 +160,11 @@ def load_flow_settings(
     ``OTELWAX_METRICS_PORT`` and ``OTELWAX_<SECTION>__a__b=<yaml>``; keyword ``overrides``
     nested with ``__``. Raises ``ValueError`` listing every problem as ``key.path: msg``.
     """
-    import yaml
+    from flows import settings
 
-    from flows.settings import ENV_CONFIG as SHARED_ENV_CONFIG
-    from flows.settings import _env_overrides, _merge, _set_nested
-
-    env = dict(os.environ if env is None else env)
-    path = config_path or env.get(SHARED_ENV_CONFIG)
-    if not path and deprecated_env and env.get(deprecated_env):
-        path = env[deprecated_env]
-        log.warning("$%s is deprecated: use $%s", deprecated_env, SHARED_ENV_CONFIG)
-    data: dict[str, Any] = {}
-    if path:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
-        if any(k in loaded for k in ("flows", "ingest", "sinks")):
-            from otelwax.config import load_config
-
-            value = load_config(path, env).flow_settings(section)
-            loaded = value.model_dump(exclude_unset=True)
-        data = loaded
-    # flows.settings' environment overrides, except $OTELWAX_LOG_LEVEL: these models have no
-    # log_level (it would be rejected as an unknown key), so the variable is not read here.
-    env_data = _env_overrides(
-        {k: v for k, v in env.items() if k != "OTELWAX_LOG_LEVEL"}, f"OTELWAX_{section.upper()}__"
+    return settings.load_flow_settings(
+        model, section, config_path, env, deprecated_env=deprecated_env, **overrides
     )
-    data = _merge(data, env_data)
-    nested: dict[str, Any] = {}
-    for key, value in overrides.items():
-        _set_nested(nested, key.split("__"), value)
-    data = _merge(data, nested)
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        lines = format_errors(exc, model=model)
-        where = f"{path}: " if path else ""
-        raise ValueError(
-            where + f"invalid {section} flow settings:\n  " + "\n  ".join(lines)
-        ) from exc
 
 
 def load_settings(

@@ -20,6 +20,7 @@ Sources, later ones winning:
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -33,6 +34,8 @@ from connectors.kafka import TOPIC_LOGS, KafkaConfig
 from connectors.kafka_source import KafkaSourceConfig
 from connectors.otlp_export import JaegerExporterConfig
 from otelwax.settings import StrictModel, ValidationError, format_errors
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FlowSettings",
@@ -144,7 +147,7 @@ class LogsFlowSettings(FlowSettings):
         return data
 
 
-S = TypeVar("S", bound=FlowSettings)
+S = TypeVar("S", bound=StrictModel)
 
 
 def _set_nested(d: dict[str, Any], path: list[str], value: Any) -> None:
@@ -157,13 +160,15 @@ def _set_nested(d: dict[str, Any], path: list[str], value: Any) -> None:
     cur[path[-1]] = value
 
 
-def _env_overrides(env: dict[str, str], prefix: str = ENV_PREFIX) -> dict[str, Any]:
+def _env_overrides(
+    env: dict[str, str], prefix: str = ENV_PREFIX, log_level: bool = True
+) -> dict[str, Any]:
     import yaml
 
     out: dict[str, Any] = {}
     if env.get("OTELWAX_KAFKA_BOOTSTRAP"):
         _set_nested(out, ["kafka", "bootstrap_servers"], env["OTELWAX_KAFKA_BOOTSTRAP"])
-    if env.get("OTELWAX_LOG_LEVEL"):
+    if log_level and env.get("OTELWAX_LOG_LEVEL"):
         _set_nested(out, ["log_level"], env["OTELWAX_LOG_LEVEL"].upper())
     if env.get("OTELWAX_METRICS_PORT"):
         port = env["OTELWAX_METRICS_PORT"]
@@ -189,16 +194,23 @@ def load_flow_settings(
     section: str,
     config_path: str | os.PathLike[str] | None = None,
     env: dict[str, str] | None = None,
+    *,
+    deprecated_env: str | None = None,
     **overrides: Any,
 ) -> S:
-    """Load and validate the settings of flow ``section`` (``traces``, ``logs``) as ``model``.
+    """Load and validate the settings of flow ``section`` as ``model``.
 
-    Raises ``ValueError`` listing every problem as ``key.path: msg``.
+    ``deprecated_env`` names an older per-flow variable read only when ``$OTELWAX_CONFIG`` is
+    unset; ``$OTELWAX_LOG_LEVEL`` applies only to models with a ``log_level`` field. Raises
+    ``ValueError`` listing every problem as ``key.path: msg``.
     """
     import yaml
 
     env = dict(os.environ if env is None else env)
     path = config_path or env.get(ENV_CONFIG)
+    if not path and deprecated_env and env.get(deprecated_env):
+        path = env[deprecated_env]
+        log.warning("$%s is deprecated: use $%s", deprecated_env, ENV_CONFIG)
     data: dict[str, Any] = {}
     if path:
         loaded = yaml.safe_load(Path(path).read_text()) or {}
@@ -211,7 +223,8 @@ def load_flow_settings(
 
             loaded = load_config(path, env).flow_settings(section).model_dump(exclude_unset=True)
         data = loaded
-    data = _merge(data, _env_overrides(env, f"OTELWAX_{section.upper()}__"))
+    prefix = f"OTELWAX_{section.upper()}__"
+    data = _merge(data, _env_overrides(env, prefix, log_level="log_level" in model.model_fields))
     nested: dict[str, Any] = {}
     for key, value in overrides.items():
         _set_nested(nested, key.split("__"), value)
