@@ -190,15 +190,22 @@ def chdb_rows(path: Path | str, sql: str) -> list[tuple[Any, ...]]:
         client.close()
 
 
-@pytest.fixture
-def flow_run(
-    tmp_path: Path, kafka_bootstrap: str, make_topic: Callable[..., str]
+def flow_runs(
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    *,
+    prefix: str,
+    module: str,
+    cls: type[FlowRun] = FlowRun,
+    partitions: int = 4,
 ) -> Iterator[Callable[..., FlowRun]]:
-    """Factory: a fresh topic + DLQ topic and a flow config writing to embedded chdb."""
+    """Factory body shared by the flow fixtures: a fresh source + DLQ topic and a config
+    writing to embedded chdb for ``module``; every run is killed at the end."""
     runs: list[FlowRun] = []
 
-    def _make(partitions: int = 4, **settings: Any) -> FlowRun:
-        topic = make_topic("spans", partitions=partitions)
+    def _make(partitions: int = partitions, **settings: Any) -> FlowRun:
+        topic = make_topic(prefix, partitions=partitions)
         dlq = make_topic("dlq", partitions=1)
         base: dict[str, Any] = {
             "kafka": {"bootstrap_servers": kafka_bootstrap},
@@ -215,10 +222,20 @@ def flow_run(
             base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
         d = tmp_path / f"run{len(runs)}"
         d.mkdir()
-        run = FlowRun(d, kafka_bootstrap, topic, base)
+        run = cls(d, kafka_bootstrap, topic, base, module=module)
         runs.append(run)
         return run
 
     yield _make
     for r in runs:
         r.kill_all()
+
+
+@pytest.fixture
+def flow_run(
+    tmp_path: Path, kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> Iterator[Callable[..., FlowRun]]:
+    """Factory: a fresh topic + DLQ topic and a flows.traces config writing to embedded chdb."""
+    yield from flow_runs(
+        tmp_path, kafka_bootstrap, make_topic, prefix="spans", module="flows.traces"
+    )

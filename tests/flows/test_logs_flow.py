@@ -28,7 +28,7 @@ from connectors.dlq import H_ERROR, H_OFFSET, H_TOPIC
 from tests import otlpgen
 from tests.conftest import free_port
 from tests.connectors.ingest.conftest import start_shim
-from tests.flows.conftest import FlowRun, chdb_rows, consume_all, produce
+from tests.flows.conftest import FlowRun, chdb_rows, consume_all, flow_runs, produce
 
 SMALL = {"n_resources": 2, "logs_per_resource": 10}  # 20 log records per request
 
@@ -44,33 +44,15 @@ class LogsRun(FlowRun):
 @pytest.fixture
 def logs_run(tmp_path: Path, kafka_bootstrap: str, make_topic: Callable[..., str]):
     """Factory: fresh logs + DLQ topics and a flows.logs config writing to embedded chdb."""
-    runs: list[LogsRun] = []
-
-    def _make(partitions: int = 2, **settings: Any) -> LogsRun:
-        topic = make_topic("logs", partitions=partitions)
-        dlq = make_topic("dlq", partitions=1)
-        base: dict[str, Any] = {
-            "kafka": {"bootstrap_servers": kafka_bootstrap},
-            "source": {"topic": topic, "batch": {"max_records": 50, "max_delay_s": 0.3}},
-            "dead_letters": {"topic": dlq},
-            "clickhouse": {
-                "mode": "embedded",
-                "path": str(tmp_path / f"chdb{len(runs)}"),
-                "create_schema": True,
-            },
-            "metrics_port": None,
-        }
-        for k, v in settings.items():
-            base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
-        d = tmp_path / f"run{len(runs)}"
-        d.mkdir()
-        run = LogsRun(d, kafka_bootstrap, topic, base, module="flows.logs")
-        runs.append(run)
-        return run
-
-    yield _make
-    for r in runs:
-        r.kill_all()
+    yield from flow_runs(
+        tmp_path,
+        kafka_bootstrap,
+        make_topic,
+        prefix="logs",
+        module="flows.logs",
+        cls=LogsRun,
+        partitions=2,
+    )
 
 
 def _as_string(v: Any) -> str:
