@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
+import os
 import sys
+
+from otelwax.logs import ENV_LOG_FORMAT, ENV_LOG_LEVEL, configure_logging, env_log_format
 
 # name -> (module, one-line help). Later components add their own line here.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -26,7 +28,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only ``command``'s module is imported (``otelwax validate`` must not pay
     for grpc or chdb), so ``otelwax COMMAND --help`` shows that command's own options."""
     parser = argparse.ArgumentParser(prog="otelwax", description=__doc__)
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument(
+        "--log-level", help="DEBUG, INFO, WARNING, ERROR (default: $OTELWAX_LOG_LEVEL or INFO)"
+    )
+    parser.add_argument(
+        "--log-format",
+        help="text or json: one JSON object per line (default: $OTELWAX_LOG_FORMAT or text)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -40,10 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if a in SUBCOMMANDS), None)
     args = build_parser(command).parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # Given on the command line, they also apply to the processes a command starts
+    # (``otelwax flow`` execs ``python -m bytewax.run``, whose flow reads the variables).
+    for value, var in ((args.log_level, ENV_LOG_LEVEL), (args.log_format, ENV_LOG_FORMAT)):
+        if value:
+            os.environ[var] = value
+    try:
+        configure_logging(os.environ.get(ENV_LOG_LEVEL, "INFO"), env_log_format())
+    except ValueError as exc:
+        build_parser().error(str(exc))
     return int(importlib.import_module(args._module).run(args) or 0)
 
 
