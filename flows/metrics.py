@@ -68,6 +68,7 @@ from connectors.kafka import TOPIC_METRICS, KafkaConfig
 from connectors.kafka_source import KafkaSourceConfig, PartitionedKafkaSource, RangeCutConfig
 from connectors.prom_translate import SeriesBatch, tables_to_series
 from connectors.remote_write import RemoteWriteConfig, RemoteWriteSink
+from otelwax.logs import instrument
 from otelwax.metric_schemas import HISTOGRAM, METRIC_SCHEMAS, SUM
 from otelwax.settings import StrictModel
 from otelwax.telemetry import ComponentMetrics
@@ -692,7 +693,9 @@ def build_from_settings(settings: MetricsFlowSettings) -> Dataflow:
         tables = op.merge("all_cumulative", direct, cum_tables)
         series = op.map("to_series", tables, _to_series)
         op.output("remote_write", series, RemoteWriteSink(settings.remote_write))
-    return flow
+    # Logging ($OTELWAX_LOG_LEVEL/$OTELWAX_LOG_FORMAT) is set up as the flow starts; records
+    # logged inside a step carry its step id.
+    return instrument(flow)
 
 
 def build(config_path: str | os.PathLike[str] | None = None, **overrides: Any) -> Dataflow:

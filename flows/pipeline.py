@@ -31,6 +31,7 @@ from bytewax.outputs import DynamicSink
 from connectors.clickhouse_sink import ClickHouseSink, StoredRange
 from connectors.dlq import DeadLetter, DeadLetterProducer
 from connectors.kafka_source import KafkaRange, PartitionedKafkaSource
+from otelwax.logs import instrument
 from otelwax.schemas import LOGS_SCHEMA, TRACES_SCHEMA
 from otelwax.telemetry import ComponentMetrics, serve_metrics
 
@@ -87,6 +88,7 @@ class FlowSettings(Protocol):
     metrics_port: int | None
     metrics_addr: str
     log_level: str
+    log_format: str
 
 
 # --- steps ------------------------------------------------------------------------------------
@@ -147,6 +149,12 @@ class _DeadLetters:
                     letter.partition,
                     letter.offset,
                     letter.reason,
+                    extra={
+                        "topic": letter.topic,
+                        "partition": letter.partition,
+                        "offset": letter.offset,
+                        "reason": letter.reason,
+                    },
                 )
             if self._cfg.enabled:
                 with self._lock:
@@ -241,11 +249,6 @@ def build_dataflow(
     addr = settings.metrics_addr
 
     def on_start() -> None:
-        if not logging.getLogger().handlers:
-            logging.basicConfig(
-                level=settings.log_level,
-                format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
-            )
         if port is not None:
             serve_metrics(port, addr)
 
@@ -268,4 +271,5 @@ def build_dataflow(
     for step_id, extra in outputs:
         op.output(step_id, stored, extra)
     op.output("clickhouse", stored, sink)
-    return flow
+    # Logging is set up as the flow starts; records logged inside a step carry its step id.
+    return instrument(flow, level=settings.log_level, fmt=settings.log_format)

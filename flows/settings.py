@@ -12,7 +12,8 @@ Sources, later ones winning:
 2. a YAML file: ``build("configs/x.yaml")`` or ``$OTELWAX_CONFIG``. The file is either this
    model itself or a whole otelwax config (``otelwax.config``: ``flows.traces`` or
    ``flows.logs`` plus the shared top-level ``kafka``/``clickhouse``, ``${env:VAR}`` substitution);
-3. environment: ``OTELWAX_KAFKA_BOOTSTRAP``, ``OTELWAX_METRICS_PORT``, and any nested key as
+3. environment: ``OTELWAX_KAFKA_BOOTSTRAP``, ``OTELWAX_METRICS_PORT``, ``OTELWAX_LOG_LEVEL``,
+   ``OTELWAX_LOG_FORMAT`` (text|json), and any nested key as
    ``OTELWAX_TRACES__source__batch__max_delay_s=0.5`` (``OTELWAX_LOGS__...`` for the logs
    flow; value parsed as YAML);
 4. keyword overrides of ``build(...)``, nested with ``__`` (``source__topic="x"``).
@@ -90,6 +91,9 @@ class FlowSettings(StrictModel):
         "INFO",
         pattern=r"^(DEBUG|INFO|WARNING|ERROR)$",
         description="logging level set up when the flow starts (if nothing configured it)",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines: text, or json (one object per line, with step ids)"
     )
 
 
@@ -170,6 +174,8 @@ def _env_overrides(
         _set_nested(out, ["kafka", "bootstrap_servers"], env["OTELWAX_KAFKA_BOOTSTRAP"])
     if log_level and env.get("OTELWAX_LOG_LEVEL"):
         _set_nested(out, ["log_level"], env["OTELWAX_LOG_LEVEL"].upper())
+    if log_level and env.get("OTELWAX_LOG_FORMAT"):
+        _set_nested(out, ["log_format"], env["OTELWAX_LOG_FORMAT"].strip().lower())
     if env.get("OTELWAX_METRICS_PORT"):
         port = env["OTELWAX_METRICS_PORT"]
         _set_nested(out, ["metrics_port"], None if port.lower() == "none" else int(port))
@@ -201,7 +207,8 @@ def load_flow_settings(
     """Load and validate the settings of flow ``section`` as ``model``.
 
     ``deprecated_env`` names an older per-flow variable read only when ``$OTELWAX_CONFIG`` is
-    unset; ``$OTELWAX_LOG_LEVEL`` applies only to models with a ``log_level`` field. Raises
+    unset; ``$OTELWAX_LOG_LEVEL`` and ``$OTELWAX_LOG_FORMAT`` apply only to models with a
+    ``log_level`` field (``log_format`` next to it). Raises
     ``ValueError`` listing every problem as ``key.path: msg``.
     """
     import yaml
