@@ -10,18 +10,25 @@ read the same topic with their own offsets, so neither waits for the other. The 
 lives in ``operators.windows.span_metrics`` and takes any span batch stream, so it can be wired
 into ``flows.traces`` too, if one consumer is preferred.
 
-Steps: kafka → decode (``otelwax.codec.decode_traces``, one batch per poll) → ``span_metrics``
+Steps: kafka (``connectors.kafka_source``: one bytewax partition per Kafka partition, exports
+``otelwax_kafka_consumer_lag``) → decode (``otelwax.codec.decode_traces``, one batch per offset
+range, in order) → ``span_metrics``
 (tumbling windows on span end time, cumulative totals, cardinality limit, late spans counted)
 → Prometheus remote-write (and, optionally, the ``otel_metrics_sum/histogram`` tables in chdb);
 late spans are dropped (counted) or, with ``late_policy: route``, written to ``late_topic`` as
 Arrow IPC streams.
+
+``/metrics`` (and so the image's ``/healthz`` probe, any path answers) is served on
+``metrics_port`` from the moment the flow builds its first Kafka partition. Undecodable records
+are dropped (``otelwax_dropped_total{component="spanmetrics_decode",reason="decode_error"}``)
+and logged with their offset and the step id.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 from bytewax import operators as op
@@ -29,20 +36,34 @@ from bytewax.dataflow import Dataflow
 from pydantic import Field
 
 from connectors.kafka import TOPIC_SPANS, KafkaConfig
+from connectors.kafka_source import (
+    KafkaRange,
+    KafkaSourceConfig,
+    PartitionedKafkaSource,
+    RangeCutConfig,
+)
 from connectors.prom_translate import tables_to_series
 from connectors.remote_write import RemoteWriteConfig, RemoteWriteSink
 from flows.metrics import (
     MetricChunk,
     MetricsClickHouseConfig,
     MetricsClickHouseSink,
-    kafka_source,
+    _NoIntents,
     load_flow_settings,
 )
 from operators.windows import SpanMetricsConfig, span_metrics
+from otelwax.logs import instrument
 from otelwax.settings import StrictModel
-from otelwax.telemetry import ComponentMetrics
+from otelwax.telemetry import ComponentMetrics, serve_metrics
 
-__all__ = ["SpanMetricsFlowSettings", "build", "build_from_settings", "flow", "load_settings"]
+__all__ = [
+    "SpanMetricsFlowSettings",
+    "build",
+    "build_from_settings",
+    "flow",
+    "kafka_source",
+    "load_settings",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +77,26 @@ class SpanMetricsFlowSettings(StrictModel):
     flow_id: str = Field("otelwax_spanmetrics", min_length=1)
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     topic: str = Field(TOPIC_SPANS, min_length=1)
-    tail: bool = True
-    source_batch_size: int = Field(1000, gt=0)
+    tail: bool = Field(True, description="keep waiting for records at the end of the topic")
+    source_batch_size: int = Field(1000, gt=0, description="Kafka records per offset range")
+    source_max_delay_s: float = Field(
+        0.5, gt=0, le=60, description="cut a partition's range when its oldest record is this old"
+    )
     spanmetrics: SpanMetricsConfig = Field(default_factory=SpanMetricsConfig)
     remote_write: RemoteWriteConfig | None = Field(default_factory=RemoteWriteConfig)
     clickhouse: MetricsClickHouseConfig | None = None
     late_topic: str | None = Field(None, description="late spans (late_policy: route)")
     metrics_port: int | None = Field(
         9467, ge=0, le=65535, description="serve /metrics here (None: do not serve)"
+    )
+    metrics_addr: str = "0.0.0.0"
+    log_level: str = Field(
+        "INFO",
+        pattern=r"^(DEBUG|INFO|WARNING|ERROR)$",
+        description="logging level set up when the flow starts (if nothing configured it)",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines: text, or json (one object per line, with step ids)"
     )
 
 
@@ -93,23 +126,60 @@ _SPAN_COLUMNS = [
 
 
 class _Decode:
+    """flat_map_batch mapper: Kafka ranges → one span batch per range, in offset order."""
+
     def __init__(self) -> None:
         self.metrics = ComponentMetrics("spanmetrics_decode", "records")
 
-    def __call__(self, msgs: list[Any]) -> list[pa.RecordBatch]:
+    def __call__(self, ranges: list[KafkaRange]) -> list[pa.RecordBatch]:
         from otelwax.codec import decode_traces
 
-        values = [m.value for m in msgs if m.value is not None]
-        self.metrics.received(len(msgs))
-        if not values:
-            return []
-        res = decode_traces(values)
-        if res.errors:
-            self.metrics.dropped(len(res.errors), "decode_error")
-        batch = res.batch
-        if batch.num_rows == 0:
-            return []
-        return [batch.select(_SPAN_COLUMNS)]
+        out: list[pa.RecordBatch] = []
+        for r in ranges:
+            self.metrics.received(len(r.values))
+            if not r.values:
+                continue
+            res = decode_traces(r.values)
+            if res.errors:
+                self.metrics.dropped(len(res.errors), "decode_error")
+                for i, reason in res.errors[:5]:
+                    log.warning(
+                        "%s[%d]@%d: undecodable record dropped: %s",
+                        r.topic,
+                        r.partition,
+                        r.offsets[i],
+                        reason,
+                        extra={
+                            "topic": r.topic,
+                            "partition": r.partition,
+                            "offset": r.offsets[i],
+                            "reason": reason,
+                        },
+                    )
+            if res.batch.num_rows:
+                out.append(res.batch.select(_SPAN_COLUMNS))
+        return out
+
+
+def kafka_source(settings: SpanMetricsFlowSettings) -> PartitionedKafkaSource:
+    """``connectors.kafka_source`` over ``topic`` (no intents: nothing here is replayed into
+    ClickHouse); serves ``/metrics`` when it builds its first partition, so an idle flow is
+    observable and answers the ``/healthz`` probe."""
+    cfg = KafkaSourceConfig(
+        topic=settings.topic,
+        batch=RangeCutConfig(
+            max_records=settings.source_batch_size, max_delay_s=settings.source_max_delay_s
+        ),
+        stop_at_end=not settings.tail,
+        group_id=settings.flow_id,
+    )
+    port, addr = settings.metrics_port, settings.metrics_addr
+
+    def on_start() -> None:
+        if port is not None:
+            serve_metrics(port, addr)
+
+    return PartitionedKafkaSource(settings.kafka, cfg, _NoIntents, on_start)
 
 
 def _late_to_kafka(batch: pa.RecordBatch | pa.Table) -> Any:
@@ -126,15 +196,8 @@ def build_from_settings(settings: SpanMetricsFlowSettings) -> Dataflow:
     from bytewax.connectors.kafka import KafkaSink
 
     flow = Dataflow(settings.flow_id)
-    source = kafka_source(
-        settings.kafka,
-        settings.topic,
-        settings.tail,
-        settings.source_batch_size,
-        settings.metrics_port,
-    )
-    msgs = op.input("kafka", flow, source)
-    spans = op.flat_map_batch("decode", msgs, _Decode())
+    ranges = op.input("kafka", flow, kafka_source(settings))
+    spans = op.flat_map_batch("decode", ranges, _Decode())
     out = span_metrics("span_metrics", spans, settings.spanmetrics)
     if settings.remote_write is not None:
         series = op.map("to_series", out.metrics, tables_to_series)
@@ -157,7 +220,8 @@ def build_from_settings(settings: SpanMetricsFlowSettings) -> Dataflow:
                 },
             ),
         )
-    return flow
+    # Logging is set up as the flow starts; records logged inside a step carry its step id.
+    return instrument(flow, level=settings.log_level, fmt=settings.log_format)
 
 
 def build(config_path: str | os.PathLike[str] | None = None, **overrides: Any) -> Dataflow:

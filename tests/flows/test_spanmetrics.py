@@ -224,3 +224,85 @@ def test_serves_metrics_on_its_metrics_port(
         if s.name == "otelwax_received_total"
     }
     assert received.get("spanmetrics_decode", 0) >= 3
+
+
+def test_running_flow_serves_healthz_and_consumer_lag_and_logs_json(
+    kafka_bootstrap: str, make_topic, prometheus_url: str, tmp_path
+) -> None:
+    """``python -m bytewax.run flows.spanmetrics`` (the module's ``flow``, config from
+    $OTELWAX_CONFIG): /healthz answers, /metrics has the Kafka source's lag per partition, and
+    a poison record is logged as a JSON line naming the decode step."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import requests
+    import yaml
+    from prometheus_client.parser import text_string_to_metric_families
+
+    root = Path(__file__).resolve().parents[2]
+    topic = make_topic("spans", partitions=2)
+    svc = unique_job("smlag")
+    base = (int(time.time()) - 120) // 10 * 10
+    _produce(kafka_bootstrap, topic, [_request(svc, [(base + 1, 1, "GET", 1)])] * 3)
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": kafka_bootstrap})
+    p.produce(topic, value=b"\xff\xfe not protobuf", partition=1)
+    assert p.flush(30) == 0
+    port = free_port()
+    cfg = tmp_path / "otelwax.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "kafka": {"bootstrap_servers": kafka_bootstrap},
+                "topic": topic,
+                "remote_write": {"url": f"{prometheus_url}/api/v1/write"},
+                "metrics_port": port,
+            }
+        )
+    )
+    env = dict(os.environ, PYTHONPATH=str(root), OTELWAX_CONFIG=str(cfg))
+    env["OTELWAX_LOG_FORMAT"] = "json"
+    env.pop("OTELWAX_METRICS_PORT", None)
+    log_path = tmp_path / "flow.log"
+    with open(log_path, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bytewax.run", "flows.spanmetrics"],
+            cwd=root,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    lag: dict[str, float] = {}
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            except requests.RequestException:
+                time.sleep(0.3)
+                continue
+            assert health.status_code == 200
+            lag = {
+                s.labels["partition"]: s.value
+                for fam in text_string_to_metric_families(text)
+                for s in fam.samples
+                if s.name == "otelwax_kafka_consumer_lag" and s.labels.get("topic") == topic
+            }
+            if lag == {"0": 0.0, "1": 0.0}:
+                break
+            time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    log = log_path.read_text(errors="replace")
+    assert lag == {"0": 0.0, "1": 0.0}, log[-3000:]  # both partitions read to the end
+    recs = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    bad = [r for r in recs if "undecodable" in r["msg"]]
+    assert len(bad) == 1, log[-3000:]
+    assert bad[0]["step_id"] == "otelwax_spanmetrics.decode"
+    assert (bad[0]["topic"], bad[0]["partition"], bad[0]["offset"]) == (topic, 1, 0)
