@@ -181,7 +181,7 @@ FLOWS = (*SIGNALS, "spanmetrics")
 # Which file of docker/config (and key of the k8s ConfigMap) each flow reads.
 FLOW_CONFIG_FILE = dict.fromkeys(FLOWS, "otelwax.yaml")
 # Flows that serve /metrics (and so /healthz) on their metrics_port.
-SERVES_METRICS = ("traces", "metrics", "logs")
+SERVES_METRICS = ("traces", "metrics", "logs", "spanmetrics")
 
 
 def flow_config_env(signal: str) -> str:

@@ -256,3 +256,13 @@ def test_every_otelwax_env_var_is_read_by_something() -> None:
     text = "\n".join(f.read_text() for f in files)
     for n in DEPLOYMENT_VARS:
         assert text.count(n) >= 2 or n == "OTELWAX_IMAGE", n
+
+
+def test_otelwax_services_log_json(compose_project: dict[str, Any]) -> None:
+    """The shim and every flow write JSON log lines (otelwax.logs), as the image does."""
+    from otelwax.logs import ENV_LOG_FORMAT
+
+    assert f"{ENV_LOG_FORMAT}=json" in (DOCKER / "Dockerfile").read_text()
+    for name in ["ingest", *FLOW_SERVICES]:
+        env = _svc(compose_project, name)["environment"]
+        assert env.get(ENV_LOG_FORMAT) == "json", name

@@ -485,3 +485,17 @@ def test_two_pods_run_one_bytewax_cluster_with_recovery_on_pod_0(tmp_path: Path)
     for r in second:
         assert r.returncode == 0, r.stderr[-2000:]
     assert outputs(second) == []
+
+
+def test_shim_and_flows_log_json() -> None:
+    """OTELWAX_LOG_FORMAT=json on the shim and every flow, and the flows' settings accept it."""
+    from flows.settings import load_settings
+    from otelwax.logs import ENV_LOG_FORMAT
+
+    docs = k8s_documents()
+    workloads = [find_k8s(docs, "Deployment", "otelwax-ingest")]
+    workloads += [find_k8s(docs, "StatefulSet", f"otelwax-flow-{s}") for s in FLOWS]
+    for w in workloads:
+        env = _env(_container(w))
+        assert env.get(ENV_LOG_FORMAT) == "json", w["metadata"]["name"]
+    assert load_settings(None, env={ENV_LOG_FORMAT: "json"}).log_format == "json"
