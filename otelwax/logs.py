@@ -36,6 +36,7 @@ __all__ = [
     "LogFormat",
     "StepContextFilter",
     "TextFormatter",
+    "carry_step",
     "configure_logging",
     "current_step",
     "env_log_format",
@@ -81,14 +82,48 @@ def current_step() -> str | None:
 @contextmanager
 def in_step(step_id: str | None, worker: int | None = None) -> Iterator[None]:
     """Run the ``with`` body as step ``step_id`` (and worker ``worker`` if given)."""
-    prev = _ctx.step
+    ident = threading.get_ident()
+    prev, prev_worker = _ctx.step, _workers.get(ident)
     _ctx.step = step_id
     if worker is not None:
-        _workers[threading.get_ident()] = worker
+        _workers[ident] = worker
     try:
         yield
     finally:
         _ctx.step = prev
+        if worker is not None:
+            if prev_worker is None:
+                _workers.pop(ident, None)
+            else:
+                _workers[ident] = prev_worker
+
+
+def carry_step(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` bound to the calling thread's current step and worker, to hand work to another
+    thread that the caller waits for (e.g. the one thread driving an embedded chdb). Returns
+    ``fn`` itself when no step is running."""
+    step = _ctx.step
+    if step is None:
+        return fn
+    worker = _workers.get(threading.get_ident())
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        ident = threading.get_ident()
+        prev_step, prev_worker = _ctx.step, _workers.get(ident)
+        _ctx.step = step
+        if worker is not None:
+            _workers[ident] = worker
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _ctx.step = prev_step
+            if worker is not None:
+                if prev_worker is None:
+                    _workers.pop(ident, None)
+                else:
+                    _workers[ident] = prev_worker
+
+    return run
 
 
 class StepContextFilter(logging.Filter):

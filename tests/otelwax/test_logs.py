@@ -21,6 +21,7 @@ from otelwax.logs import (
     JsonFormatter,
     StepContextFilter,
     TextFormatter,
+    carry_step,
     configure_logging,
     in_step,
     instrument,
@@ -140,6 +141,20 @@ def test_step_context_and_explicit_step_id(capture) -> None:
     )
     assert (named["flow"], named["step_id"]) == ("otelwax_logs", "otelwax_logs.dead_letters")
     assert "step_id" not in outside
+
+
+def test_carry_step_to_a_worker_thread(capture) -> None:
+    """Work handed to another thread (as the embedded chdb client does) logs as the step."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    log, lines = capture
+    with ThreadPoolExecutor(1) as pool:
+        with in_step("f.clickhouse", worker=2):
+            pool.submit(carry_step(log.info), "inside").result()
+        pool.submit(carry_step(log.info), "after").result()
+    inside, after = _records(lines())
+    assert (inside["step_id"], inside["worker"]) == ("f.clickhouse", 2)
+    assert "step_id" not in after and "worker" not in after
 
 
 def test_text_format_names_the_step() -> None:
