@@ -12,6 +12,7 @@ import pytest
 
 from tests import otlpgen
 from tests.flows.conftest import FlowRun, flow_runs, produce
+from tests.promfixtures import prometheus_url_fixture  # noqa: F401
 
 
 @pytest.fixture
@@ -55,3 +56,55 @@ def test_poison_record_is_logged_as_json_with_its_step_id(traces_run) -> None:
     assert {f"{flow}.kafka", f"{flow}.clickhouse"} <= steps, steps
     sink = next(r for r in recs if r.get("step_id") == f"{flow}.clickhouse")
     assert sink["worker"] == 0 and sink["logger"].startswith("connectors.clickhouse")
+
+
+def test_metrics_flow_with_bytewax_source_logs_decode_errors_with_its_step(
+    kafka_bootstrap: str, make_topic: Callable[..., str], prometheus_url: str, tmp_path: Path
+) -> None:
+    """flows.metrics' ``source: bytewax`` (bytewax's KafkaSource) still runs, now through the
+    step wrappers: a gauge reaches Prometheus and the bad record's line names the decode step."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from tests.flows.conftest import ROOT
+    from tests.promfixtures import gauge, metrics_request, unique_job, wait_for
+
+    topic = make_topic("jsonmetrics", partitions=1)
+    job = unique_job("jsonlogs")
+    good = metrics_request(
+        {"service.name": job}, [gauge("queue.depth", [(time.time_ns(), 7.0, {})])]
+    )
+    produce(kafka_bootstrap, topic, [good, b"\xff\xfe not protobuf"], partition=0)
+    cfg = tmp_path / "metrics.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "kafka": {"bootstrap_servers": kafka_bootstrap},
+                "topic": topic,
+                "source": "bytewax",
+                "tail": False,
+                "clickhouse": None,
+                "remote_write": {"url": f"{prometheus_url}/api/v1/write"},
+            }
+        )
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OTELWAX_LOG_FORMAT="json")
+    env.pop("OTELWAX_CONFIG", None)
+    res = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", f"flows.metrics:build({str(cfg)!r})"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    wait_for(prometheus_url, f'queue_depth{{job="{job}"}}', 1)
+    recs = [json.loads(x) for x in res.stderr.splitlines() if x.startswith("{")]
+    bad = [r for r in recs if "dropped" in r["msg"] and r["logger"] == "flows.metrics"]
+    assert len(bad) == 1, res.stderr[-3000:]
+    assert bad[0]["step_id"] == "otelwax_metrics.decode" and bad[0]["level"] == "WARNING"
