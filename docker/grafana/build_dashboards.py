@@ -626,7 +626,7 @@ def health() -> dict[str, Any]:
         lay.row("Flows"),
         ts(
             "Kafka consumer lag by topic",
-            [("sum by (topic) (otelwax_kafka_consumer_lag)", "{{topic}}")],
+            [("sum by (flow, topic) (otelwax_kafka_consumer_lag)", "{{flow}} {{topic}}")],
             "short",
             "Records between each partition's high watermark and the next offset a flow reads.",
         ),
