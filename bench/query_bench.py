@@ -1,41 +1,69 @@
-"""Query-side benchmark: trace lookup by id and a service RED query over stored spans (chdb).
+"""Query-side benchmark: trace lookup by id and a service RED query, chdb vs a ClickHouse server.
 
-Loads ``--spans`` spans (default 1M) into an embedded chdb ``otel_traces`` table with the
-production schema (skip indexes, trace-id/timestamp lookup table + materialized view):
+Loads ``--spans`` spans (default 1M) into each target with the production schema:
 ``tests.otlpgen`` requests → ``otelwax.codec.decode_traces`` → ``connectors.clickhouse``
 ``insert_arrow`` in 100K-row batches. To keep generation cheap, ``--unique-spans`` spans are
 generated and decoded once and then re-inserted with rewritten TraceId/SpanId prefixes and
 shifted timestamps (vectorised), so every copy is a distinct set of traces.
 
-Then, with the data at rest:
+Targets (``--target chdb|server|both``):
 
-- ``trace lookup``: Jaeger-style two-step lookup of one random trace id: its time bounds from
-  ``otel_traces_trace_id_ts``, then the spans ``WHERE TraceId = ? AND Timestamp BETWEEN ...``.
-- ``service RED``: for one service over the whole stored range, per minute: requests, errors,
-  p50/p99 duration.
+- ``chdb``: embedded chdb in a temporary folder, modern DDL (skip indexes,
+  ``otel_traces_trace_id_ts`` lookup table + MV).
+- ``server``: the ClickHouse server at ``--server`` (Debian's 18.16 here; started with
+  ``scripts/services/clickhouse.sh`` when it does not answer, stopped again at the end), legacy
+  DDL in a fresh ``bench_query_*`` database (dropped at the end). 18.16 cannot hold the modern
+  lookup table, so the bench adds an equivalent one: plain MergeTree ``(TraceId, Start, End)``
+  ordered by TraceId, fed by a materialized view.
 
-Latency p50/p99 for each (sequential), and lookups/s with 1 and 2 threads for a fixed time.
-Seed targets: < 100 ms per query, > 1K lookups/s. A second run (unless ``--no-projection``)
-adds a projection ordered by TraceId to ``otel_traces`` (``ALTER TABLE ... ADD PROJECTION``),
-which the trace lookup then reads instead of scanning bloom-filtered granules sorted by
-service/span name; it shows what a trace-ordered copy buys and costs (disk, insert speed).
+Both targets also get the *proposed* table ``otel_traces_by_trace``: the spans again, ordered by
+``(TraceId, Timestamp)`` with ``index_granularity = --by-trace-granularity`` (1024), no skip
+indexes, fed by a materialized view from ``otel_traces``.
 
-    .venv/bin/python bench/query_bench.py                    # 1M spans
-    .venv/bin/python bench/query_bench.py --spans 200000     # quick
+Queries (literal SQL, the same text for both targets):
 
-Prints a table and writes ``bench/results/query.json``. Not a test: no thresholds.
+- ``lookup``: the Jaeger-style two-step trace lookup the schema is built for: time bounds from
+  ``otel_traces_trace_id_ts``, then ``otel_traces WHERE TraceId = ? AND Timestamp BETWEEN ...``.
+- ``lookup 1-step``: ``otel_traces_by_trace WHERE TraceId = ?`` (one query, no bounds step).
+- ``RED``: one service over the whole stored range, per minute: requests, errors, p50/p99.
+
+Rows: chdb through ``connectors.clickhouse.EmbeddedClient`` (what otelwax uses: one chdb session
+behind a lock) with 1 and 2 threads, chdb with one ``chdb.connect()`` connection per thread
+(2 threads), and the server with 1/2/4/8 concurrent clients, each client a separate Python process
+(HTTP keep-alive, TabSeparated) and, when installed, ``clickhouse-benchmark`` (C++ native client,
+``apt-get install clickhouse-tools``; the two-step lookup as one statement with scalar subqueries).
+Each cell runs ``--seconds`` with every client issuing queries back to back: p50/p99 are the
+latencies seen during that run, q/s the completed lookups (or RED queries) per second. CPU:
+"srv ms/q" is server CPU per query (from /proc), "cli ms/q" the clients' CPU per query (chdb: the
+whole process). The machine's 2 cores are shared by server and clients.
+
+    .venv/bin/python bench/query_bench.py                           # both, 1M spans
+    .venv/bin/python bench/query_bench.py --spans 200000 --seconds 1 --target server
+
+Prints a table and writes ``bench/results/query.json`` (``markdown`` holds the table). Not a
+test: no thresholds.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import multiprocessing as mp
+import os
 import random
+import re
+import resource
+import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -43,30 +71,22 @@ sys.path.insert(0, str(ROOT))
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
-from connectors.clickhouse import ClickHouseConfig, open_client  # noqa: E402
-from otelwax.codec import decode_traces  # noqa: E402
-from tests.otlpgen import trace_payloads  # noqa: E402
-
 RESULTS = ROOT / "bench" / "results"
+KINDS = ("lookup", "lookup1", "red")
+KIND_LABEL = {"lookup": "trace lookup", "lookup1": "lookup 1-step", "red": "service RED"}
 
-LOOKUP_BOUNDS = (
-    "SELECT min(Start), max(End) FROM otel.otel_traces_trace_id_ts WHERE TraceId = {tid:String}"
+COLS_MODERN = (
+    "Timestamp, TraceId, SpanId, ParentSpanId, SpanName, SpanKind, ServiceName, Duration, "
+    "StatusCode, SpanAttributes, ResourceAttributes"
 )
-LOOKUP_SPANS = (
-    "SELECT Timestamp, TraceId, SpanId, ParentSpanId, SpanName, SpanKind, ServiceName, "
-    "Duration, StatusCode, SpanAttributes, ResourceAttributes "
-    "FROM otel.otel_traces WHERE TraceId = {tid:String} "
-    "AND Timestamp >= {start:DateTime} AND Timestamp <= addSeconds({end:DateTime}, 1) "
-    "ORDER BY Timestamp"
+COLS_LEGACY = (
+    "Timestamp, TraceId, SpanId, ParentSpanId, SpanName, SpanKind, ServiceName, Duration, "
+    "StatusCode, `SpanAttributes.keys`, `SpanAttributes.values`, `ResourceAttributes.keys`, "
+    "`ResourceAttributes.values`"
 )
-RED = (
-    "SELECT toStartOfMinute(Timestamp) AS t, count() AS requests, "
-    "countIf(StatusCode = 'STATUS_CODE_ERROR') AS errors, "
-    "quantile(0.5)(Duration) AS p50, quantile(0.99)(Duration) AS p99 "
-    "FROM otel.otel_traces WHERE ServiceName = {svc:String} "
-    "AND Timestamp >= {start:DateTime64(9)} AND Timestamp < {end:DateTime64(9)} "
-    "GROUP BY t ORDER BY t"
-)
+
+
+# --- data -----------------------------------------------------------------------------------
 
 
 def _prefix(col: pa.Array, prefix: str, keep_from: int) -> pa.Array:
@@ -91,13 +111,20 @@ def copy_batch(batch: pa.RecordBatch, k: int) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
 
 
-def load(client, spans: int, unique: int, batch_rows: int) -> dict:  # type: ignore[no-untyped-def]
+def base_batch(unique: int) -> tuple[pa.RecordBatch, dict]:
+    from otelwax.codec import decode_traces
+    from tests.otlpgen import trace_payloads
+
     t0 = time.perf_counter()
     payloads = trace_payloads(max(1, unique // 100), seed=3)
     gen_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     base = decode_traces(payloads).batch
-    decode_s = time.perf_counter() - t0
+    return base, {"generate_s": round(gen_s, 2), "decode_s": round(time.perf_counter() - t0, 3)}
+
+
+def load(client, table: str, base: pa.RecordBatch, spans: int, batch_rows: int) -> dict:  # type: ignore[no-untyped-def]
+    """Insert ``spans`` rows (copies of ``base``) into ``table``; returns timing."""
     copies = -(-spans // base.num_rows)
     inserted = 0
     t0 = time.perf_counter()
@@ -107,182 +134,597 @@ def load(client, spans: int, unique: int, batch_rows: int) -> dict:  # type: ign
             part = b.slice(off, min(batch_rows, spans - inserted, b.num_rows - off))
             if part.num_rows == 0:
                 break
-            client.insert_arrow("otel.otel_traces", part)
+            client.insert_arrow(table, part)
             inserted += part.num_rows
     insert_s = time.perf_counter() - t0
     return {
         "spans": inserted,
         "unique_generated": base.num_rows,
-        "generate_s": round(gen_s, 2),
-        "decode_s": round(decode_s, 3),
         "insert_s": round(insert_s, 2),
         "insert_spans_per_s": round(inserted / insert_s),
     }
 
 
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
+# --- DDL the bench adds (the proposal) ------------------------------------------------------
 
 
-def trace_lookup(client, tid: str) -> int:  # type: ignore[no-untyped-def]
-    ((start, end),) = client.execute(LOOKUP_BOUNDS, {"tid": tid})
-    rows = client.execute(
-        LOOKUP_SPANS,
-        {"tid": tid, "start": _dt(start), "end": _dt(end)},
+def bench_ddl(client, db: str, legacy: bool, granularity: int, by_trace: bool) -> list[str]:  # type: ignore[no-untyped-def]
+    """``otel_traces_by_trace`` (spans ordered by trace id) + its MV when ``by_trace``; on a
+    legacy server also a trace-id lookup table + MV."""
+    cols = client.execute(
+        "SELECT name, type FROM system.columns WHERE database = {db:String} "
+        "AND table = 'otel_traces' AND default_kind NOT IN ('ALIAS', 'MATERIALIZED')",
+        {"db": db},
     )
-    return len(rows)
+    codec = "" if legacy else " CODEC(ZSTD(1))"
+    body = ",\n    ".join(f"`{n}` {t}{codec}" for n, t in cols)
+    names = ", ".join(f"`{n}`" for n, _ in cols)
+    out = []
+    if by_trace:
+        out += [
+            f"CREATE TABLE {db}.otel_traces_by_trace (\n    {body}\n) ENGINE = MergeTree\n"
+            f"PARTITION BY toDate(Timestamp)\nORDER BY (TraceId, Timestamp)\n"
+            f"SETTINGS index_granularity = {int(granularity)}",
+            f"CREATE MATERIALIZED VIEW {db}.otel_traces_by_trace_mv TO {db}.otel_traces_by_trace "
+            f"AS SELECT {names} FROM {db}.otel_traces",
+        ]
+    if legacy:  # the modern lookup table needs SimpleAggregateFunction (ClickHouse >= 19.8)
+        out += [
+            f"CREATE TABLE {db}.otel_traces_trace_id_ts (TraceId String, Start DateTime, "
+            "End DateTime) ENGINE = MergeTree PARTITION BY toMonday(Start) ORDER BY TraceId "
+            "SETTINGS index_granularity = 8192",
+            f"CREATE MATERIALIZED VIEW {db}.otel_traces_trace_id_ts_mv TO "
+            f"{db}.otel_traces_trace_id_ts AS SELECT TraceId, min(Timestamp) AS Start, "
+            f"max(Timestamp) AS End FROM {db}.otel_traces WHERE TraceId != '' GROUP BY TraceId",
+        ]
+    for sql in out:
+        client.execute(sql)
+    return out
 
 
-def _dt(v) -> str:  # type: ignore[no-untyped-def]
-    """A DateTime result (datetime or epoch seconds) as 'YYYY-MM-DD hh:mm:ss' (UTC)."""
-    if isinstance(v, (int, float)):
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v))
-    return v.strftime("%Y-%m-%d %H:%M:%S")
+# --- queries --------------------------------------------------------------------------------
 
 
-def measure(name: str, fn, args_list: list, n: int) -> dict:  # type: ignore[no-untyped-def]
-    lat = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        fn(*args_list[i % len(args_list)])
-        lat.append(time.perf_counter() - t0)
-    return {
-        "query": name,
+def _lit(s: str) -> str:
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def sql_bounds(db: str, tid: str) -> str:
+    return (
+        f"SELECT toUInt32(min(Start)), toUInt32(max(End)) FROM {db}.otel_traces_trace_id_ts "
+        f"WHERE TraceId = {_lit(tid)}"
+    )
+
+
+def sql_spans(db: str, cols: str, tid: str, start: int | str, end: int | str) -> str:
+    return (
+        f"SELECT {cols} FROM {db}.otel_traces WHERE TraceId = {_lit(tid)} "
+        f"AND Timestamp >= toDateTime({start}) AND Timestamp <= toDateTime({end}) + 1 "
+        "ORDER BY Timestamp"
+    )
+
+
+def sql_lookup1(db: str, cols: str, tid: str) -> str:
+    return (
+        f"SELECT {cols} FROM {db}.otel_traces_by_trace WHERE TraceId = {_lit(tid)} "
+        "ORDER BY Timestamp"
+    )
+
+
+def sql_red(db: str, svc: str, lo: int, hi: int) -> str:
+    return (
+        "SELECT toStartOfMinute(Timestamp) AS t, count() AS requests, "
+        "countIf(StatusCode = 'STATUS_CODE_ERROR') AS errors, "
+        "quantile(0.5)(Duration) AS p50, quantile(0.99)(Duration) AS p99 "
+        f"FROM {db}.otel_traces WHERE ServiceName = {_lit(svc)} "
+        f"AND Timestamp >= toDateTime({lo}) AND Timestamp < toDateTime({hi}) "
+        "GROUP BY t ORDER BY t"
+    )
+
+
+def sql_lookup_one_statement(db: str, cols: str, tid: str) -> str:
+    """The two-step lookup as one statement (for clickhouse-benchmark's query file)."""
+    lk = f"{db}.otel_traces_trace_id_ts WHERE TraceId = {_lit(tid)}"
+    return sql_spans(
+        db, cols, tid, f"(SELECT min(Start) FROM {lk})", f"(SELECT max(End) FROM {lk})"
+    )
+
+
+def one_query(conn, kind: str, ctx: dict, arg: str) -> None:  # type: ignore[no-untyped-def]
+    """Run one lookup (two queries for ``lookup``) or one RED query on ``conn``."""
+    db, cols = ctx["db"], ctx["cols"]
+    if kind == "lookup":
+        ((start, end),) = conn.rows(sql_bounds(db, arg))
+        conn.fetch(sql_spans(db, cols, arg, int(start), int(end)))
+    elif kind == "lookup1":
+        conn.fetch(sql_lookup1(db, cols, arg))
+    else:
+        conn.fetch(sql_red(db, arg, ctx["lo"], ctx["hi"]))
+
+
+# --- connections ----------------------------------------------------------------------------
+
+
+def _tsv(text: str) -> list[tuple[str, ...]]:
+    return [tuple(line.split("\t")) for line in text.splitlines() if line]
+
+
+class ChdbConn:
+    """One ``chdb.connect()`` connection (chdb 4.x runs queries of separate connections in
+    parallel; one connection must not be shared by threads: its parameter state races)."""
+
+    def __init__(self, path: str) -> None:
+        import chdb
+
+        self.c = chdb.connect(path)
+
+    def fetch(self, sql: str) -> Any:
+        return self.c.query(sql, "ArrowTable")
+
+    def rows(self, sql: str) -> list[tuple]:
+        return _tsv(str(self.c.query(sql, "TabSeparated")))
+
+    def close(self) -> None:
+        self.c.close()
+
+
+class EmbeddedConn:
+    """connectors.clickhouse.EmbeddedClient: the process's one chdb session behind a lock."""
+
+    def __init__(self, client) -> None:  # type: ignore[no-untyped-def]
+        self.client = client
+
+    def fetch(self, sql: str) -> Any:
+        return self.client.execute(sql)
+
+    rows = fetch
+
+    def close(self) -> None:
+        pass
+
+
+class HttpConn:
+    """A keep-alive HTTP connection to a ClickHouse server (TabSeparated results)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.h = http.client.HTTPConnection(host, port, timeout=60)
+
+    def fetch(self, sql: str) -> bytes:
+        body = (sql + " FORMAT TabSeparated").encode()
+        for attempt in (1, 2):  # the server closes idle keep-alive connections after 3 s
+            try:
+                self.h.request("POST", "/", body=body)
+                r = self.h.getresponse()
+                data = r.read()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                self.h.close()
+                self.h = http.client.HTTPConnection(self.host, self.port, timeout=60)
+                if attempt == 2:
+                    raise
+        if r.status != 200:
+            raise RuntimeError(f"HTTP {r.status}: {data[:300]!r}")
+        return data
+
+    def rows(self, sql: str) -> list[tuple]:
+        return _tsv(self.fetch(sql).decode())
+
+    def close(self) -> None:
+        self.h.close()
+
+
+# --- running clients ------------------------------------------------------------------------
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def client_loop(conn, kind: str, ctx: dict, args: list, t_start: float, t_end: float,  # type: ignore[no-untyped-def]
+                seed: int, min_count: int = 0) -> list[float]:  # fmt: skip
+    """Issue ``kind`` queries back to back from ``t_start`` to ``t_end`` (wall clock);
+    returns each query's latency in seconds."""
+    rnd = random.Random(seed)
+    lat: list[float] = []
+    delay = t_start - time.time()
+    if delay > 0:
+        time.sleep(delay)
+    while time.time() < t_end or len(lat) < min_count:
+        a = time.perf_counter()
+        one_query(conn, kind, ctx, rnd.choice(args))
+        lat.append(time.perf_counter() - a)
+    return lat
+
+
+_WORKER_CONN: HttpConn | None = None
+
+
+def _worker(spec: dict) -> tuple[list[float], float]:
+    """Pool task: one server client process running ``client_loop`` over HTTP."""
+    global _WORKER_CONN
+    if _WORKER_CONN is None:
+        _WORKER_CONN = HttpConn(spec["host"], spec["http_port"])
+    c0 = _cpu()
+    lat = client_loop(
+        _WORKER_CONN, spec["kind"], spec["ctx"], spec["args"], spec["t_start"], spec["t_end"],
+        spec["seed"], spec["min_count"],
+    )  # fmt: skip
+    return lat, _cpu() - c0
+
+
+def _pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] if xs else float("nan")
+
+
+def cell(lat: list[float], wall: float, srv_cpu: float | None, cli_cpu: float | None) -> dict:
+    n = len(lat)
+    out = {
         "n": n,
-        "p50_ms": round(pct(lat, 50) * 1000, 2),
-        "p99_ms": round(pct(lat, 99) * 1000, 2),
-        "max_ms": round(max(lat) * 1000, 2),
+        "p50_ms": round(_pct(lat, 50) * 1000, 2),
+        "p99_ms": round(_pct(lat, 99) * 1000, 2),
+        "qps": round(n / wall, 1),
     }
+    if srv_cpu is not None and n:
+        out["server_cpu_ms_per_q"] = round(srv_cpu / n * 1000, 3)
+    if cli_cpu is not None and n:
+        out["client_cpu_ms_per_q"] = round(cli_cpu / n * 1000, 3)
+    return out
 
 
-def throughput(fn, args_list: list, threads: int, seconds: float) -> float:  # type: ignore[no-untyped-def]
-    stop = time.perf_counter() + seconds
-    counts = [0] * threads
+def run_threads(conns: list, kind: str, ctx: dict, args: list, seconds: float,
+                min_count: int) -> dict:  # fmt: skip
+    """``len(conns)`` threads in this process (chdb), each with its connection."""
+    t_start = time.time() + 0.05
+    t_end = t_start + seconds
+    lats: list[list[float]] = [[] for _ in conns]
 
     def work(j: int) -> None:
-        rnd = random.Random(j)
-        while time.perf_counter() < stop:
-            fn(*rnd.choice(args_list))
-            counts[j] += 1
+        lats[j] = client_loop(conns[j], kind, ctx, args, t_start, t_end, j, min_count)
 
-    ts = [threading.Thread(target=work, args=(j,)) for j in range(threads)]
-    t0 = time.perf_counter()
+    ts = [threading.Thread(target=work, args=(j,)) for j in range(len(conns))]
+    c0 = _cpu()
     for t in ts:
         t.start()
     for t in ts:
         t.join()
-    return sum(counts) / (time.perf_counter() - t0)
+    wall = max(time.time() - t_start, 1e-9)
+    return cell([x for lat in lats for x in lat], wall, None, _cpu() - c0)
 
 
-PROJECTION = "ALTER TABLE otel.otel_traces ADD PROJECTION by_trace (SELECT * ORDER BY TraceId)"
+def _proc_cpu(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(args: argparse.Namespace, projection: bool) -> dict:
+def run_processes(pool, n: int, kind: str, ctx: dict, args: list, seconds: float,  # type: ignore[no-untyped-def]
+                  srv: dict, min_count: int) -> dict:  # fmt: skip
+    t_start = time.time() + 0.3  # every worker waits for the same start instant
+    spec = dict(kind=kind, ctx=ctx, args=args, t_start=t_start, t_end=t_start + seconds,
+                host=srv["host"], http_port=srv["http_port"], min_count=min_count)  # fmt: skip
+    res = pool.map_async(_worker, [dict(spec, seed=j) for j in range(n)], chunksize=1)
+    time.sleep(max(0.0, t_start - time.time()))
+    s0 = _proc_cpu(srv["pid"])
+    out = res.get()
+    wall = time.time() - t_start
+    s1 = _proc_cpu(srv["pid"])
+    lat = [x for lt, _ in out for x in lt]
+    srv_cpu = s1 - s0 if s0 is not None and s1 is not None else None
+    return cell(lat, wall, srv_cpu, sum(c for _, c in out))
+
+
+def run_ch_benchmark(n: int, queries: list[str], seconds: float, srv: dict, tmp: Path) -> dict:
+    """clickhouse-benchmark with ``n`` concurrent connections over a query file (random order)."""
+    qf = tmp / "queries.txt"
+    qf.write_text("\n".join(queries) + "\n")
+    jf = tmp / "report.json"
+    jf.unlink(missing_ok=True)
+    cmd = ["clickhouse-benchmark", "-c", str(n), "-t", str(seconds), "-r", "1", "-d", "0",
+           "-h", srv["host"], "--port", str(srv["port"]), "--json", str(jf)]  # fmt: skip
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    s0 = _proc_cpu(srv["pid"])
+    t0 = time.time()
+    with qf.open() as fh:
+        subprocess.run(cmd, stdin=fh, check=True, capture_output=True, timeout=seconds + 60)
+    wall = time.time() - t0
+    s1 = _proc_cpu(srv["pid"])
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    rep = json.loads(jf.read_text())
+    st, pq = rep["statistics"], rep["query_time_percentiles"]
+    nq = int(st["num_queries"])
+    out = {
+        "n": nq,
+        "p50_ms": round(pq["50"] * 1000, 2),
+        "p99_ms": round(pq["99"] * 1000, 2),
+        "qps": round(st["QPS"], 1),
+    }
+    if s0 is not None and s1 is not None and nq:
+        out["server_cpu_ms_per_q"] = round((s1 - s0) / nq * 1000, 3)
+    cli = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+    if nq:
+        out["client_cpu_ms_per_q"] = round(cli / nq * 1000, 3)
+    out["wall_s"] = round(wall, 2)
+    return out
+
+
+# --- targets --------------------------------------------------------------------------------
+
+
+def sample_args(conn, db: str, n_tids: int) -> tuple[list[str], list[str], int, int]:  # type: ignore[no-untyped-def]
+    tids = [
+        r[0]
+        for r in conn.rows(
+            f"SELECT TraceId FROM {db}.otel_traces_trace_id_ts "
+            f"GROUP BY TraceId ORDER BY cityHash64(TraceId) LIMIT {int(n_tids)}"
+        )
+    ]
+    svcs = [r[0] for r in conn.rows(f"SELECT DISTINCT ServiceName FROM {db}.otel_traces")]
+    ((lo, hi),) = conn.rows(
+        f"SELECT toUInt32(min(Timestamp)), toUInt32(max(Timestamp)) + 1 FROM {db}.otel_traces"
+    )
+    return tids, svcs, int(lo), int(hi)
+
+
+def table_info(conn, db: str) -> dict:  # type: ignore[no-untyped-def]
+    rows = conn.rows(
+        "SELECT table, sum(rows), sum(bytes_on_disk), count() FROM system.parts "
+        f"WHERE database = '{db}' AND active GROUP BY table ORDER BY table"
+    )
+    return {t: {"rows": int(r), "bytes": int(b), "parts": int(p)} for t, r, b, p in rows}
+
+
+def run_chdb(args: argparse.Namespace, base: pa.RecordBatch, rows_out: list[dict]) -> dict:
+    from connectors.clickhouse import ClickHouseConfig, open_client
+
+    db = "otel"
     with tempfile.TemporaryDirectory(prefix="otelwax-query-bench-") as d:
-        cfg = ClickHouseConfig(mode="embedded", path=d, create_schema=True)
-        client = open_client(cfg)
+        client = open_client(ClickHouseConfig(mode="embedded", path=d, create_schema=True))
+        conns: list[ChdbConn] = []
         try:
-            if projection:
-                client.execute(PROJECTION)
-            info = load(client, args.spans, args.unique_spans, args.batch_rows)
-            client.execute("OPTIMIZE TABLE otel.otel_traces_trace_id_ts FINAL")
-            ((count,),) = client.execute("SELECT count() FROM otel.otel_traces")
-            ((lk,),) = client.execute("SELECT count() FROM otel.otel_traces_trace_id_ts")
-            ((parts,),) = client.execute(
-                "SELECT count() FROM system.parts WHERE database = 'otel' "
-                "AND table = 'otel_traces' AND active"
-            )
-            info.update(stored=count, lookup_rows=lk, active_parts=parts)
-            tids = [
-                r[0]
-                for r in client.execute(
-                    "SELECT TraceId FROM otel.otel_traces_trace_id_ts "
-                    "ORDER BY cityHash64(TraceId) LIMIT 2000"
-                )
+            bench_ddl(client, db, False, args.by_trace_granularity, args.by_trace)
+            info = load(client, f"{db}.otel_traces", base, args.spans, args.batch_rows)
+            client.execute(f"OPTIMIZE TABLE {db}.otel_traces_trace_id_ts FINAL")
+            conns = [ChdbConn(d) for _ in range(2)]
+            info["tables"] = table_info(conns[0], db)
+            tids, svcs, lo, hi = sample_args(conns[0], db, args.trace_ids)
+            ctx = {"db": db, "cols": COLS_MODERN, "lo": lo, "hi": hi}
+            emb = EmbeddedConn(client)
+            kinds = [k for k in KINDS if k != "lookup1" or args.by_trace]
+            for k in kinds:  # warm caches
+                one_query(emb, k, ctx, svcs[0] if k == "red" else tids[0])
+            variants = [
+                ("chdb 26.9 embedded (EmbeddedClient)", "threads", [emb]),
+                ("chdb 26.9 embedded (EmbeddedClient)", "threads", [emb, emb]),
+                ("chdb 26.9 embedded (connection per thread)", "threads", conns),
             ]
-            ((lo, hi),) = client.execute(
-                "SELECT toString(min(Timestamp)), toString(max(Timestamp) + 1) "
-                "FROM otel.otel_traces"
-            )
-            svcs = [
-                r[0] for r in client.execute("SELECT DISTINCT ServiceName FROM otel.otel_traces")
-            ]
-            found = trace_lookup(client, tids[0])
-
-            def red(svc: str) -> int:
-                return len(client.execute(RED, {"svc": svc, "start": lo, "end": hi}))
-
-            def lookup(tid: str) -> int:
-                return trace_lookup(client, tid)
-
-            lookup(tids[1])
-            red(svcs[0])  # warm
-            rows = [
-                measure("trace lookup by id", lookup, [(t,) for t in tids], args.queries),
-                measure("service RED (per minute)", red, [(s,) for s in svcs], args.queries // 4),
-            ]
-            for r, fn, al in (
-                (rows[0], lookup, [(t,) for t in tids]),
-                (rows[1], red, [(s,) for s in svcs]),
-            ):
-                for th in (1, 2):
-                    r[f"qps_{th}_thread"] = round(throughput(fn, al, th, args.seconds), 1)
-            info["spans_per_trace_found"] = found
-            (disk,) = client.execute(
-                "SELECT sum(bytes_on_disk) FROM system.parts WHERE database = 'otel' "
-                "AND table = 'otel_traces' AND active"
-            )[0]
-            info["bytes_on_disk"] = int(disk)
-            schema = "+ projection ORDER BY TraceId" if projection else "default schema"
-            for r in rows:
-                r["schema"] = schema
-            return {"load": info, "queries": rows}
+            for label, unit, cs in variants:
+                row: dict[str, Any] = {"target": label, "clients": len(cs), "unit": unit}
+                for k in kinds:
+                    al = svcs if k == "red" else tids
+                    mc = args.queries if len(cs) == 1 and k != "red" else 0
+                    row[k] = run_threads(cs, k, ctx, al, args.seconds, mc)
+                rows_out.append(row)
+                print_row(row)
+            return info
         finally:
+            for c in conns:
+                c.close()
             client.close()
 
 
-def print_table(res: dict) -> None:
-    for v in res["variants"]:
-        ld = v["load"]
-        print(
-            f"{v['queries'][0]['schema']}: stored {ld['stored']} spans ({ld['lookup_rows']} "
-            f"traces in the lookup table, {ld['active_parts']} parts, "
-            f"{ld['bytes_on_disk'] / 2**20:.0f} MiB), insert {ld['insert_spans_per_s']} spans/s"
-        )
-    cols = [("schema", 30), ("query", 26), ("p50_ms", 8), ("p99_ms", 8), ("qps_1_thread", 13),
-            ("qps_2_thread", 13)]  # fmt: skip
-    print(" ".join(f"{c:>{w}}" for c, w in cols))
-    for r in res["queries"]:
-        print(" ".join(f"{r[c]!s:>{w}}" for c, w in cols))
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _server_pid(port: int) -> int | None:
+    """PID of the process listening on ``port`` (via ``ss -ltnp``), for its CPU time."""
+    try:
+        out = subprocess.run(
+            ["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True, timeout=5
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"pid=(\d+)", out)
+    return int(m.group(1)) if m else None
+
+
+def run_server(args: argparse.Namespace, base: pa.RecordBatch, rows_out: list[dict]) -> dict:
+    from connectors.clickhouse import ClickHouseConfig, open_client
+
+    host, native, http_port = args.server.split(":")
+    srv = {"host": host, "port": int(native), "http_port": int(http_port)}
+    script = ROOT / "scripts" / "services" / "clickhouse.sh"
+    started = False
+    if not _port_open(host, srv["port"]):
+        env = dict(os.environ, CH_TCP_PORT=native, CH_HTTP_PORT=http_port)
+        subprocess.run([str(script), "start"], check=True, env=env, capture_output=True)
+        started = True
+    srv["pid"] = _server_pid(srv["port"])
+    db = f"bench_query_{uuid.uuid4().hex[:8]}"
+    cfg = ClickHouseConfig(
+        mode="server", host=host, port=srv["port"], http_port=srv["http_port"], database=db,
+        create_schema=True,
+    )  # fmt: skip
+    client = open_client(cfg)
+    ctxm = mp.get_context("spawn")
+    pool = None
+    tmp = Path(tempfile.mkdtemp(prefix="otelwax-query-bench-"))
+    try:
+        version = client.version
+        legacy = client.legacy
+        cols = COLS_LEGACY if legacy else COLS_MODERN
+        bench_ddl(client, db, legacy, args.by_trace_granularity, args.by_trace)
+        info = load(client, f"{db}.otel_traces", base, args.spans, args.batch_rows)
+        client.execute(f"OPTIMIZE TABLE {db}.otel_traces_trace_id_ts FINAL")
+        info["server_version"] = version
+        conn = HttpConn(host, srv["http_port"])
+        info["tables"] = table_info(conn, db)
+        tids, svcs, lo, hi = sample_args(conn, db, args.trace_ids)
+        ctx = {"db": db, "cols": cols, "lo": lo, "hi": hi}
+        kinds = [k for k in KINDS if k != "lookup1" or args.by_trace]
+        for k in kinds:
+            one_query(conn, k, ctx, svcs[0] if k == "red" else tids[0])
+        conn.close()
+        label = f"ClickHouse {version} server"
+        pool = ctxm.Pool(max(args.clients))
+        pool.map(_sleep, [0.0] * max(args.clients))  # start every worker before timing
+        for n in args.clients:
+            row: dict[str, Any] = {"target": f"{label}, Python HTTP clients", "clients": n,
+                                   "unit": "processes"}  # fmt: skip
+            for k in kinds:
+                al = svcs if k == "red" else tids
+                mc = args.queries if n == 1 and k != "red" else 0
+                row[k] = run_processes(pool, n, k, ctx, al, args.seconds, srv, mc)
+            rows_out.append(row)
+            print_row(row)
+        if shutil.which("clickhouse-benchmark") and not args.no_ch_benchmark:
+            qfiles = {
+                "lookup": [sql_lookup_one_statement(db, cols, t) for t in tids],
+                "lookup1": [sql_lookup1(db, cols, t) for t in tids],
+                "red": [sql_red(db, s, lo, hi) for s in svcs],
+            }
+            for n in args.clients:
+                row = {"target": f"{label}, clickhouse-benchmark", "clients": n,
+                       "unit": "connections"}  # fmt: skip
+                for k in kinds:
+                    row[k] = run_ch_benchmark(n, qfiles[k], args.seconds, srv, tmp)
+                rows_out.append(row)
+                print_row(row)
+        elif not args.no_ch_benchmark:
+            info["clickhouse_benchmark"] = "not installed (apt-get install clickhouse-tools)"
+        return info
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            client.execute(f"DROP DATABASE IF EXISTS {db}")
+        finally:
+            client.close()
+            if started:
+                env = dict(os.environ, CH_TCP_PORT=native, CH_HTTP_PORT=http_port)
+                subprocess.run([str(script), "stop"], check=False, env=env, capture_output=True)
+
+
+def _sleep(s: float) -> None:
+    time.sleep(s)
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def _fmt_cell(c: dict | None) -> list[str]:
+    if not c:
+        return ["", "", "", ""]
+    cpu = c.get("server_cpu_ms_per_q")
+    cli = c.get("client_cpu_ms_per_q")
+    cpus = " + ".join(f"{x:.2f}" for x in (cpu, cli) if x is not None)
+    return [f"{c['p50_ms']:.1f}", f"{c['p99_ms']:.1f}", f"{c['qps']:.0f}", cpus]
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ["target", "clients"]
+    for k in KINDS:
+        lab = KIND_LABEL[k]
+        head += [f"{lab} p50 ms", "p99 ms", "q/s", "CPU ms/q"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(head) - 2)]
+    for r in rows:
+        cells = [r["target"], f"{r['clients']}"]
+        for k in KINDS:
+            cells += _fmt_cell(r.get(k))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def print_row(r: dict) -> None:
+    parts = []
+    for k in KINDS:
+        c = r.get(k)
+        if c:
+            p50, p99, qps, cpu = _fmt_cell(c)
+            parts.append(f"{KIND_LABEL[k]} {p50}/{p99} ms {qps} q/s cpu {cpu}")
+    print(f"{r['target']} x{r['clients']}: " + "; ".join(parts), flush=True)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--target", choices=("chdb", "server", "both"), default="both")
     ap.add_argument("--spans", type=int, default=1_000_000)
     ap.add_argument("--unique-spans", type=int, default=100_000, help="generated, then copied")
     ap.add_argument("--batch-rows", type=int, default=100_000)
-    ap.add_argument("--queries", type=int, default=400, help="sequential lookups for p50/p99")
-    ap.add_argument("--seconds", type=float, default=5.0, help="per throughput run")
+    ap.add_argument("--seconds", type=float, default=3.0, help="per cell (target, clients, query)")
     ap.add_argument(
-        "--no-projection",
-        action="store_true",
-        help="skip the second run with a projection ordered by TraceId",
+        "--queries", type=int, default=100, help="at least this many lookups in 1-client cells"
     )
+    ap.add_argument("--trace-ids", type=int, default=2000, help="random trace ids to look up")
+    ap.add_argument("--server", default="127.0.0.1:19000:18123", help="host:native:http")
+    ap.add_argument("--clients", default="1,2,4,8", help="server: concurrent clients per row")
+    ap.add_argument("--by-trace-granularity", type=int, default=1024)
+    ap.add_argument(
+        "--no-by-trace", dest="by_trace", action="store_false",
+        help="skip the proposed otel_traces_by_trace table (and the 1-step lookup)",
+    )  # fmt: skip
+    ap.add_argument("--no-ch-benchmark", action="store_true", help="skip clickhouse-benchmark")
     args = ap.parse_args()
-    variants = [run(args, False)]
-    if not args.no_projection:
-        variants.append(run(args, True))
-    res = {
-        "load": variants[0]["load"],
-        "queries": [q for v in variants for q in v["queries"]],
-        "variants": variants,
+    args.clients = [int(x) for x in args.clients.split(",") if x]
+    t0 = time.perf_counter()
+    base, gen = base_batch(args.unique_spans)
+    rows: list[dict] = []
+    res: dict[str, Any] = {"benchmark": "query", "generate": gen, "args": vars(args)}
+    if args.target in ("chdb", "both"):
+        res["load_chdb"] = run_chdb(args, base, rows)
+    if args.target in ("server", "both"):
+        res["load_server"] = run_server(args, base, rows)
+    res["rows"] = rows
+    res["markdown"] = markdown(rows)
+    res["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    res["total_s"] = round(time.perf_counter() - t0, 1)
+    # What scripts/bench.sh's summary reads (chdb load + per-query rows).
+    ld = res.get("load_chdb") or res.get("load_server") or {}
+    tables = ld.get("tables", {})
+    res["load"] = {
+        "stored": tables.get("otel_traces", {}).get("rows", ld.get("spans")),
+        "lookup_rows": tables.get("otel_traces_trace_id_ts", {}).get("rows"),
+        "insert_spans_per_s": ld.get("insert_spans_per_s"),
     }
-    res.update(benchmark="query", time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    print_table(res)
+    res["queries"] = [
+        {
+            "schema": f"{r['target']} x{r['clients']}",
+            "query": KIND_LABEL[k],
+            "p50_ms": r[k]["p50_ms"],
+            "p99_ms": r[k]["p99_ms"],
+            "qps_1_thread": r[k]["qps"] if r["clients"] == 1 else "",
+            "qps_2_thread": r[k]["qps"] if r["clients"] == 2 else "",
+        }
+        for r in rows
+        for k in KINDS
+        if k in r
+    ]
+    print()
+    for name in ("load_chdb", "load_server"):
+        if name in res:
+            ld = res[name]
+            tb = ", ".join(
+                f"{t} {v['rows']} rows/{v['parts']} parts/{v['bytes'] / 2**20:.0f} MiB"
+                for t, v in ld["tables"].items()
+            )
+            print(f"{name}: {ld['spans']} spans at {ld['insert_spans_per_s']} spans/s; {tb}")
+    print(res["markdown"])
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "query.json").write_text(json.dumps(res, indent=2, default=str))
-    print(f"wrote {RESULTS / 'query.json'}")
+    print(f"wrote {RESULTS / 'query.json'} ({res['total_s']} s)")
     return 0
 
 
