@@ -65,6 +65,8 @@ log = logging.getLogger(__name__)
 
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_.:/@=+,-]{1,512}$")
 _PARAM_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*):[^{}]+\}")
+CHDB_MALLOC_CONF = "dirty_decay_ms:0,muzzy_decay_ms:0"
+"""``JE_MALLOC_CONF`` for chdb's allocator unless set: return freed pages to the OS at once."""
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -230,6 +232,10 @@ class _ChdbEngine:
     _guard = threading.Lock()
 
     def __init__(self, path: str) -> None:
+        # chdb's jemalloc keeps freed pages by default: 20 inserts of 20K spans left ~550 MiB
+        # anonymous memory resident, ~200 MiB with immediate decay at no measurable insert
+        # cost. Read once when chdb loads; a value set by the user wins.
+        os.environ.setdefault("JE_MALLOC_CONF", CHDB_MALLOC_CONF)
         from chdb import session
 
         Path(path).mkdir(parents=True, exist_ok=True)
