@@ -23,11 +23,18 @@ per replayed range only. Other tables (logs have no unique row key) need insert 
 
 ClickHouse unavailable: every call retries with exponential backoff and a circuit breaker and
 *blocks* the worker (which holds its Kafka partitions back); nothing is dropped.
+
+Overlap (``overlap: true``, with a source sharing its ``RangeAcks``): a background thread per
+worker runs steps 1 and 2 in order while the worker decodes the next ranges (chdb and the native
+decoder both release the GIL); ``write_batch`` returns once the batch is queued (one queued,
+one being stored). The source's snapshot then stays at the oldest range not yet stored, so an
+epoch that closes before its inserts finished is replayed, under the same tokens, after a crash.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +46,7 @@ import pyarrow.compute as pc
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from pydantic import Field
 
+from otelwax.logs import carry_step
 from otelwax.resilience import CircuitBreaker, CircuitOpenError, RetryPolicy
 from otelwax.schemas import LOGS_SCHEMA, TRACES_SCHEMA
 from otelwax.settings import StrictModel
@@ -83,6 +91,12 @@ class ClickHouseSinkConfig(StrictModel):
         description="token: insert tokens (native, or emulated by the client on 18.16 tables "
         "with InsertToken); lookup (traces only): skip rows whose (TraceId, SpanId) exist; "
         "auto: token when the table supports it, else lookup",
+    )
+    overlap: bool = Field(
+        True,
+        description="insert on a background thread while the worker decodes the next ranges "
+        "(used when the flow's source tracks stored ranges; off: each batch is stored before "
+        "the worker goes on)",
     )
 
 
@@ -227,6 +241,44 @@ class IntentLog:
 # --- the sink ---------------------------------------------------------------------------------
 
 
+class _Writer:
+    """Runs ``store`` on batches in submission order on one background thread.
+
+    At most one batch waits while another is stored, so ``submit`` blocks (holding the worker,
+    and with it the Kafka partitions, back) when the store falls behind. The first error stops
+    storing; it is raised by the next ``submit`` or by ``close``. Log lines keep the step id
+    of the submitting step.
+    """
+
+    def __init__(self, store: Callable[[list[Any]], None], name: str) -> None:
+        self._store = store
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    job()
+                except BaseException as exc:
+                    self._error = exc
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"{self._thread.name}: {self._error}") from self._error
+
+    def submit(self, items: list[Any]) -> None:
+        self._check()
+        self._queue.put(carry_step(lambda: self._store(items)))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._check()
+
+
 @dataclass(slots=True)
 class StoredRange:
     """What reaches the sink: one Kafka range's rows after decode and operators."""
@@ -261,7 +313,7 @@ class _OneThreadClient:
         self.legacy = getattr(self._client, "legacy", False)
 
     def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return self._pool.submit(fn, *args, **kwargs).result()
+        return self._pool.submit(carry_step(fn), *args, **kwargs).result()
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
         return self._run(self._client.execute, sql, params)
@@ -340,7 +392,17 @@ class _SinkPartition(StatelessSinkPartition[StoredRange]):
         self._mode = mode
         if mode == "token" and not getattr(self._client, "legacy", False):
             self._check_dedup_window(conn)
-        log.info("clickhouse sink (worker %d): %s, dedup by %s", worker_index, self._table, mode)
+        self._acks = sink.acks
+        self._writer = None
+        if self._acks is not None and self._cfg.overlap:
+            self._writer = _Writer(self._write, f"clickhouse-writer-{worker_index}")
+        log.info(
+            "clickhouse sink (worker %d): %s, dedup by %s%s",
+            worker_index,
+            self._table,
+            mode,
+            ", inserts overlapped with decode" if self._writer else "",
+        )
 
     def _check_dedup_window(self, conn: Any) -> None:
         """Warn when the table cannot skip a replayed token (no deduplication window)."""
@@ -405,6 +467,12 @@ class _SinkPartition(StatelessSinkPartition[StoredRange]):
             self._blocking.call(attempt, failed)
 
     def write_batch(self, items: list[StoredRange]) -> None:
+        if self._writer is not None:
+            self._writer.submit(items)
+        else:
+            self._write(items)
+
+    def _write(self, items: list[StoredRange]) -> None:
         # Items arrive in the order the sources emitted them. A run of new ranges gets its
         # intents in one insert, written only after every earlier item (replays included) is
         # stored: so everything before a partition's latest intent group is known stored.
@@ -427,12 +495,18 @@ class _SinkPartition(StatelessSinkPartition[StoredRange]):
         self._insert(r)
         # Rows ClickHouse skipped as duplicates were stored by an earlier attempt.
         self._metrics.sent(rows)
+        if self._acks is not None:
+            self._acks.stored(r.topic, r.partition, r.first)
         if r.first_timestamp_ms > 0:
             self._e2e.observe(max(0.0, time.time() - r.first_timestamp_ms / 1000))
 
     def close(self) -> None:
-        log.info("clickhouse sink: input finished, closing")
-        _ClientHolder.release(self._key)
+        try:
+            if self._writer is not None:
+                self._writer.close()  # everything queued is stored before the flow ends
+            log.info("clickhouse sink: input finished, closing")
+        finally:
+            _ClientHolder.release(self._key)
 
 
 @dataclass
@@ -444,13 +518,16 @@ class ClickHouseSink(DynamicSink[StoredRange]):
     The client is opened in ``build`` and shared by the worker threads of the process; the
     target table (with ``create_schema``) and the intent table are created at start if missing.
     Deduplication by ``(TraceId, SpanId)`` lookup (servers without insert tokens) is for the
-    traces schema only; other tables must support insert tokens.
+    traces schema only; other tables must support insert tokens. ``acks`` is the registry the
+    flow's source shares (``connectors.kafka_source.RangeAcks``): the sink confirms each stored
+    range there, which is what lets it overlap inserts with decoding (``config.overlap``).
     """
 
     connection: Any
     config: ClickHouseSinkConfig = field(default_factory=ClickHouseSinkConfig)
     table: str | None = None
     schema: pa.Schema = TRACES_SCHEMA
+    acks: Any = None
 
     @property
     def table_name(self) -> str:

@@ -20,7 +20,9 @@ yet emitted are simply read again after a restart.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -41,9 +43,12 @@ __all__ = [
     "KafkaRange",
     "KafkaSourceConfig",
     "PartitionedKafkaSource",
+    "RangeAcks",
     "RangeCutConfig",
     "plan_start",
 ]
+
+_START_LOCK = threading.Lock()
 
 CONSUMER_LAG = Gauge(
     "otelwax_kafka_consumer_lag",
@@ -81,6 +86,12 @@ class KafkaSourceConfig(StrictModel):
         "otelwax-flows", min_length=1, description="librdkafka needs one; nothing is committed"
     )
     poll_max_messages: int = Field(5_000, gt=0, description="messages per consume() call")
+    max_inflight_bytes: int = Field(
+        48 * 1024 * 1024,
+        gt=0,
+        description="payload bytes emitted but not yet stored, per process, above which the "
+        "source stops reading (flows whose sink confirms stored ranges; bounds memory)",
+    )
     idle_poll_s: float = Field(0.02, gt=0, le=5, description="sleep between empty polls")
     stop_at_end: bool = Field(
         False, description="Finish when every partition reached its end (tests, backfills)"
@@ -110,6 +121,51 @@ class KafkaRange:
     def token(self) -> str:
         """Deterministic id of the range: ``topic:partition:first:last``."""
         return f"{self.topic}:{self.partition}:{self.first}:{self.last}"
+
+
+class RangeAcks:
+    """Ranges a source emitted that its sink has not confirmed stored yet (per process).
+
+    A sink that stores asynchronously (``connectors.clickhouse_sink``, overlapping an insert
+    with the decode of the next ranges) returns before the rows are in ClickHouse, so bytewax
+    may close the epoch first. A source given this registry snapshots the first offset of its
+    oldest unconfirmed range instead of the offset after its last emitted one: a restart then
+    re-reads (and, through the intents, re-cuts under the same tokens) whatever was in flight.
+    Source and sink of one range run on the same worker (no exchange in between), so one
+    registry per process sees both sides. Every emitted range must reach ``stored``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[tuple[str, int], deque[tuple[int, int]]] = {}
+        self.inflight_bytes = 0
+        """Payload bytes of all unconfirmed ranges (sources pause reading above a budget)."""
+
+    def reset(self, topic: str, partition: int) -> None:
+        """Forget a partition's unconfirmed ranges (its source partition starts afresh)."""
+        with self._lock:
+            for _, nbytes in self._open.pop((topic, partition), ()):
+                self.inflight_bytes -= nbytes
+
+    def emitted(self, topic: str, partition: int, first: int, nbytes: int) -> None:
+        with self._lock:
+            self._open.setdefault((topic, partition), deque()).append((first, nbytes))
+            self.inflight_bytes += nbytes
+
+    def stored(self, topic: str, partition: int, first: int) -> None:
+        with self._lock:
+            q = self._open.get((topic, partition))
+            for i, (f, nbytes) in enumerate(q or ()):
+                if f == first:  # almost always i == 0: stored in emission order
+                    del q[i]  # type: ignore[arg-type]
+                    self.inflight_bytes -= nbytes
+                    return
+
+    def oldest(self, topic: str, partition: int) -> int | None:
+        """First offset of the partition's oldest unconfirmed range, or None."""
+        with self._lock:
+            q = self._open.get((topic, partition))
+            return q[0][0] if q else None
 
 
 class IntentReader(Protocol):
@@ -161,10 +217,12 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         intents: IntentReader | None,
         metrics: ComponentMetrics,
         bytes_metrics: ComponentMetrics,
+        acks: RangeAcks | None = None,
     ) -> None:
         from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
         self._cfg = cfg
+        self._acks = acks
         self._topic = cfg.topic
         self._partition = partition
         self._metrics = metrics
@@ -207,6 +265,8 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         if start == OFFSET_END:  # pragma: no cover - defensive
             start = high
         self._planned = planned
+        if acks is not None:
+            acks.reset(self._topic, partition)
         self._next = start  # snapshot: offset after the last emitted range
         self._tp = TopicPartition(self._topic, partition)
         self._consumer.assign([TopicPartition(self._topic, partition, start)])
@@ -230,6 +290,7 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         self._eof = False
         self._done = False
         self._last_got = False
+        self._paused = False
         self._lag_label = CONSUMER_LAG.labels(self._topic, str(partition))
         self._lag_at = 0.0
 
@@ -255,6 +316,8 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         self._values, self._offsets, self._nbytes = [], [], 0
         self._next = last + 1
         if rng.values:
+            if self._acks is not None:
+                self._acks.emitted(self._topic, self._partition, first, rng.nbytes)
             out.append(rng)
             self._metrics.sent(len(rng.values))
 
@@ -292,6 +355,12 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
 
         if self._done:
             raise StopIteration
+        acks = self._acks
+        self._paused = acks is not None and acks.inflight_bytes >= self._cfg.max_inflight_bytes
+        if self._paused:
+            # Decoded ranges queue up between bytewax steps faster than they are stored
+            # (16 alive at once were seen): hold reading until the sink catches up.
+            return []
         msgs = self._consumer.consume(self._cfg.poll_max_messages, 0)
         out: list[KafkaRange] = []
         got = 0
@@ -339,6 +408,8 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         return out
 
     def next_awake(self) -> datetime | None:
+        if self._paused:
+            return datetime.now(UTC) + timedelta(seconds=0.002)
         if self._last_got or self._done:
             return None
         wait = self._cfg.idle_poll_s
@@ -348,6 +419,10 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         return datetime.now(UTC) + timedelta(seconds=wait)
 
     def snapshot(self) -> int:
+        if self._acks is not None:
+            oldest = self._acks.oldest(self._topic, self._partition)
+            if oldest is not None:
+                return min(oldest, self._next)
         return self._next
 
     def close(self) -> None:
@@ -361,16 +436,26 @@ class PartitionedKafkaSource(FixedPartitionedSource[KafkaRange, int]):
     Holds configuration only; consumers are created in ``build_part``. ``intents`` is a
     zero-argument factory for the sink's intent log (None disables range replay), called once
     per built partition. ``on_start`` runs once per process before the first partition is
-    built (e.g. to serve ``/metrics``).
+    built (e.g. to serve ``/metrics``). With ``acks``, snapshots stay at the oldest range the
+    sink has not confirmed (see :class:`RangeAcks`).
     """
 
     kafka: KafkaConfig
     config: KafkaSourceConfig
     intents: Callable[[], IntentReader] | None = None
     on_start: Callable[[], None] | None = None
+    acks: RangeAcks | None = None
     _started: bool = field(default=False, init=False, repr=False)
 
+    def _start_once(self) -> None:
+        with _START_LOCK:  # worker threads of a process share this source object
+            if not self._started and self.on_start is not None:
+                self._started = True
+                self.on_start()
+
     def list_parts(self) -> list[str]:
+        # Every worker lists; a process that is assigned no Kafka partition still serves.
+        self._start_once()
         if self.config.partitions is not None:
             return [str(p) for p in self.config.partitions]
         from confluent_kafka.admin import AdminClient
@@ -386,9 +471,7 @@ class PartitionedKafkaSource(FixedPartitionedSource[KafkaRange, int]):
         return [str(p) for p in sorted(topic.partitions)]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _RangePartition:
-        if not self._started and self.on_start is not None:
-            self._started = True
-            self.on_start()
+        self._start_once()
         return _RangePartition(
             self.kafka,
             self.config,
@@ -397,4 +480,5 @@ class PartitionedKafkaSource(FixedPartitionedSource[KafkaRange, int]):
             self.intents() if self.intents is not None else None,
             ComponentMetrics("kafka_source", "records"),
             ComponentMetrics("kafka_source", "bytes"),
+            self.acks,
         )

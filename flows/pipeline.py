@@ -30,7 +30,7 @@ from bytewax.outputs import DynamicSink
 
 from connectors.clickhouse_sink import ClickHouseSink, StoredRange
 from connectors.dlq import DeadLetter, DeadLetterProducer
-from connectors.kafka_source import KafkaRange, PartitionedKafkaSource
+from connectors.kafka_source import KafkaRange, PartitionedKafkaSource, RangeAcks
 from otelwax.logs import instrument
 from otelwax.schemas import LOGS_SCHEMA, TRACES_SCHEMA
 from otelwax.telemetry import ComponentMetrics, serve_metrics
@@ -222,11 +222,18 @@ def resolve_operators(
     return [(o.name, o) for o in ops]
 
 
-def clickhouse_sink(settings: FlowSettings, signal: Signal) -> ClickHouseSink:
-    """The exactly-once sink writing ``signal``'s table of ``settings.clickhouse``."""
+def clickhouse_sink(
+    settings: FlowSettings, signal: Signal, acks: RangeAcks | None = None
+) -> ClickHouseSink:
+    """The exactly-once sink writing ``signal``'s table of ``settings.clickhouse``; ``acks``
+    is shared with the flow's source (stored ranges are confirmed there)."""
     conn = settings.clickhouse
     return ClickHouseSink(
-        conn, settings.sink, table=getattr(conn, signal.table_field), schema=signal.schema
+        conn,
+        settings.sink,
+        table=getattr(conn, signal.table_field),
+        schema=signal.schema,
+        acks=acks,
     )
 
 
@@ -252,13 +259,14 @@ def build_dataflow(
         if port is not None:
             serve_metrics(port, addr)
 
-    sink = clickhouse_sink(settings, signal)
+    acks = RangeAcks()  # every range reaches the sink: the steps below are all 1:1 maps
+    sink = clickhouse_sink(settings, signal, acks)
 
     def intents() -> Any:
         return sink.intent_log(sink.client())
 
     flow = Dataflow(settings.sink.flow)
-    source = PartitionedKafkaSource(settings.kafka, settings.source, intents, on_start)
+    source = PartitionedKafkaSource(settings.kafka, settings.source, intents, on_start, acks)
     ranges = op.input("kafka", flow, source)
     decoded = op.map("decode", ranges, _Decode(signal))
     stored = op.map("dead_letters", decoded, _DeadLetters(settings))
