@@ -16,15 +16,19 @@ Targets (``--target chdb|server|both``):
   lookup table, so the bench adds an equivalent one: plain MergeTree ``(TraceId, Start, End)``
   ordered by TraceId, fed by a materialized view.
 
-Both targets also get the *proposed* table ``otel_traces_by_trace``: the spans again, ordered by
-``(TraceId, Timestamp)`` with ``index_granularity = --by-trace-granularity`` (1024), no skip
-indexes, fed by a materialized view from ``otel_traces``.
+Both targets also get the *proposed* trace-ordered copy of the spans (``--by-trace``): on chdb
+(modern ClickHouse) a projection ``by_trace (SELECT * ORDER BY TraceId) WITH SETTINGS
+(index_granularity = 1024)`` of ``otel_traces``; on 18.16 (no projections) the table
+``otel_traces_by_trace``, ordered by ``(TraceId, Timestamp)`` with ``index_granularity = 1024``
+and no skip indexes, fed by a materialized view from ``otel_traces``. Before measuring, the span
+tables are merged to one part (``OPTIMIZE ... FINAL``; ``--keep-parts`` skips it).
 
 Queries (literal SQL, the same text for both targets):
 
 - ``lookup``: the Jaeger-style two-step trace lookup the schema is built for: time bounds from
   ``otel_traces_trace_id_ts``, then ``otel_traces WHERE TraceId = ? AND Timestamp BETWEEN ...``.
-- ``lookup 1-step``: ``otel_traces_by_trace WHERE TraceId = ?`` (one query, no bounds step).
+- ``lookup 1-step``: ``WHERE TraceId = ?`` on the trace-ordered copy (one query, no bounds step;
+  with the projection the query names ``otel_traces`` itself).
 - ``RED``: one service over the whole stored range, per minute: requests, errors, p50/p99.
 
 Rows: chdb through ``connectors.clickhouse.EmbeddedClient`` (what otelwax uses: one chdb session
@@ -148,9 +152,20 @@ def load(client, table: str, base: pa.RecordBatch, spans: int, batch_rows: int) 
 # --- DDL the bench adds (the proposal) ------------------------------------------------------
 
 
-def bench_ddl(client, db: str, legacy: bool, granularity: int, by_trace: bool) -> list[str]:  # type: ignore[no-untyped-def]
-    """``otel_traces_by_trace`` (spans ordered by trace id) + its MV when ``by_trace``; on a
-    legacy server also a trace-id lookup table + MV."""
+def by_trace_mode(args: argparse.Namespace, legacy: bool) -> str:
+    """``projection``, ``table`` or ``none`` for this target (``auto``: projections need a
+    modern server; 18.16 gets the table)."""
+    if args.by_trace == "auto":
+        return "table" if legacy else "projection"
+    if args.by_trace == "projection" and legacy:
+        raise SystemExit("--by-trace projection: ClickHouse 18.16 has no projections")
+    return args.by_trace
+
+
+def bench_ddl(client, db: str, legacy: bool, granularity: int, by_trace: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """The proposed trace-ordered copy of the spans (``by_trace``: a projection of
+    ``otel_traces``, or the table ``otel_traces_by_trace`` + MV, or none); on a legacy server
+    also a trace-id lookup table + MV."""
     cols = client.execute(
         "SELECT name, type FROM system.columns WHERE database = {db:String} "
         "AND table = 'otel_traces' AND default_kind NOT IN ('ALIAS', 'MATERIALIZED')",
@@ -160,7 +175,12 @@ def bench_ddl(client, db: str, legacy: bool, granularity: int, by_trace: bool) -
     body = ",\n    ".join(f"`{n}` {t}{codec}" for n, t in cols)
     names = ", ".join(f"`{n}`" for n, _ in cols)
     out = []
-    if by_trace:
+    if by_trace == "projection":
+        out.append(
+            f"ALTER TABLE {db}.otel_traces ADD PROJECTION by_trace (SELECT * ORDER BY TraceId) "
+            f"WITH SETTINGS (index_granularity = {int(granularity)})"
+        )
+    elif by_trace == "table":
         out += [
             f"CREATE TABLE {db}.otel_traces_by_trace (\n    {body}\n) ENGINE = MergeTree\n"
             f"PARTITION BY toDate(Timestamp)\nORDER BY (TraceId, Timestamp)\n"
@@ -204,11 +224,10 @@ def sql_spans(db: str, cols: str, tid: str, start: int | str, end: int | str) ->
     )
 
 
-def sql_lookup1(db: str, cols: str, tid: str) -> str:
-    return (
-        f"SELECT {cols} FROM {db}.otel_traces_by_trace WHERE TraceId = {_lit(tid)} "
-        "ORDER BY Timestamp"
-    )
+def sql_lookup1(db: str, cols: str, tid: str, table: str = "otel_traces_by_trace") -> str:
+    """One-step lookup: from the trace-ordered table, or from ``otel_traces`` itself when its
+    projection ordered by TraceId answers it."""
+    return f"SELECT {cols} FROM {db}.{table} WHERE TraceId = {_lit(tid)} ORDER BY Timestamp"
 
 
 def sql_red(db: str, svc: str, lo: int, hi: int) -> str:
@@ -237,7 +256,7 @@ def one_query(conn, kind: str, ctx: dict, arg: str) -> None:  # type: ignore[no-
         ((start, end),) = conn.rows(sql_bounds(db, arg))
         conn.fetch(sql_spans(db, cols, arg, int(start), int(end)))
     elif kind == "lookup1":
-        conn.fetch(sql_lookup1(db, cols, arg))
+        conn.fetch(sql_lookup1(db, cols, arg, ctx["by_trace_table"]))
     else:
         conn.fetch(sql_red(db, arg, ctx["lo"], ctx["hi"]))
 
@@ -457,12 +476,12 @@ def run_ch_benchmark(n: int, queries: list[str], seconds: float, srv: dict, tmp:
 # --- targets --------------------------------------------------------------------------------
 
 
-def settle(client, db: str, args: argparse.Namespace) -> float:  # type: ignore[no-untyped-def]
+def settle(client, db: str, args: argparse.Namespace, mode: str) -> float:  # type: ignore[no-untyped-def]
     """Merge the tables to one part per partition (the lookup table always: its rows are only
     one per trace after merging), so no background merge competes with the measurement."""
     tables = ["otel_traces_trace_id_ts"]
     if not args.keep_parts:
-        tables += ["otel_traces"] + (["otel_traces_by_trace"] if args.by_trace else [])
+        tables += ["otel_traces"] + (["otel_traces_by_trace"] if mode == "table" else [])
     t0 = time.perf_counter()
     for t in tables:
         client.execute(f"OPTIMIZE TABLE {db}.{t} FINAL")
@@ -500,15 +519,18 @@ def run_chdb(args: argparse.Namespace, base: pa.RecordBatch, rows_out: list[dict
         client = open_client(ClickHouseConfig(mode="embedded", path=d, create_schema=True))
         conns: list[ChdbConn] = []
         try:
-            bench_ddl(client, db, False, args.by_trace_granularity, args.by_trace)
+            mode = by_trace_mode(args, False)
+            bench_ddl(client, db, False, args.by_trace_granularity, mode)
             info = load(client, f"{db}.otel_traces", base, args.spans, args.batch_rows)
-            info["optimize_s"] = settle(client, db, args)
+            info["optimize_s"] = settle(client, db, args, mode)
             conns = [ChdbConn(d) for _ in range(2)]
             info["tables"] = table_info(conns[0], db)
             tids, svcs, lo, hi = sample_args(conns[0], db, args.trace_ids)
-            ctx = {"db": db, "cols": COLS_MODERN, "lo": lo, "hi": hi}
+            ctx = {"db": db, "cols": COLS_MODERN, "lo": lo, "hi": hi,
+                   "by_trace_table": _by_trace_table(mode)}  # fmt: skip
+            info["by_trace"] = mode
             emb = EmbeddedConn(client)
-            kinds = [k for k in KINDS if k != "lookup1" or args.by_trace]
+            kinds = [k for k in KINDS if k != "lookup1" or mode != "none"]
             for k in kinds:  # warm caches
                 one_query(emb, k, ctx, svcs[0] if k == "red" else tids[0])
             variants = [
@@ -576,15 +598,17 @@ def run_server(args: argparse.Namespace, base: pa.RecordBatch, rows_out: list[di
         version = client.version
         legacy = client.legacy
         cols = COLS_LEGACY if legacy else COLS_MODERN
-        bench_ddl(client, db, legacy, args.by_trace_granularity, args.by_trace)
+        mode = by_trace_mode(args, legacy)
+        bench_ddl(client, db, legacy, args.by_trace_granularity, mode)
         info = load(client, f"{db}.otel_traces", base, args.spans, args.batch_rows)
-        info["optimize_s"] = settle(client, db, args)
+        info["optimize_s"] = settle(client, db, args, mode)
         info["server_version"] = version
         conn = HttpConn(host, srv["http_port"])
         info["tables"] = table_info(conn, db)
         tids, svcs, lo, hi = sample_args(conn, db, args.trace_ids)
-        ctx = {"db": db, "cols": cols, "lo": lo, "hi": hi}
-        kinds = [k for k in KINDS if k != "lookup1" or args.by_trace]
+        ctx = {"db": db, "cols": cols, "lo": lo, "hi": hi, "by_trace_table": _by_trace_table(mode)}
+        info["by_trace"] = mode
+        kinds = [k for k in KINDS if k != "lookup1" or mode != "none"]
         for k in kinds:
             one_query(conn, k, ctx, svcs[0] if k == "red" else tids[0])
         conn.close()
@@ -603,7 +627,7 @@ def run_server(args: argparse.Namespace, base: pa.RecordBatch, rows_out: list[di
         if shutil.which("clickhouse-benchmark") and not args.no_ch_benchmark:
             qfiles = {
                 "lookup": [sql_lookup_one_statement(db, cols, t) for t in tids],
-                "lookup1": [sql_lookup1(db, cols, t) for t in tids],
+                "lookup1": [sql_lookup1(db, cols, t, ctx["by_trace_table"]) for t in tids],
                 "red": [sql_red(db, s, lo, hi) for s in svcs],
             }
             for n in args.clients:
@@ -628,6 +652,10 @@ def run_server(args: argparse.Namespace, base: pa.RecordBatch, rows_out: list[di
             if started:
                 env = dict(os.environ, CH_TCP_PORT=native, CH_HTTP_PORT=http_port)
                 subprocess.run([str(script), "stop"], check=False, env=env, capture_output=True)
+
+
+def _by_trace_table(mode: str) -> str:
+    return "otel_traces" if mode == "projection" else "otel_traces_by_trace"
 
 
 def _sleep(s: float) -> None:
@@ -685,8 +713,10 @@ def main() -> int:
     ap.add_argument("--clients", default="1,2,4,8", help="server: concurrent clients per row")
     ap.add_argument("--by-trace-granularity", type=int, default=1024)
     ap.add_argument(
-        "--no-by-trace", dest="by_trace", action="store_false",
-        help="skip the proposed otel_traces_by_trace table (and the 1-step lookup)",
+        "--by-trace", choices=("auto", "projection", "table", "none"), default="auto",
+        help="the proposed trace-ordered copy for the 1-step lookup: a projection of "
+        "otel_traces (auto on modern ClickHouse/chdb), the otel_traces_by_trace table + MV "
+        "(auto on 18.16), or none",
     )  # fmt: skip
     ap.add_argument(
         "--keep-parts",
@@ -700,6 +730,7 @@ def main() -> int:
     base, gen = base_batch(args.unique_spans)
     rows: list[dict] = []
     res: dict[str, Any] = {"benchmark": "query", "generate": gen, "args": vars(args)}
+    res["loadavg_before"] = os.getloadavg()
     if args.target in ("chdb", "both"):
         res["load_chdb"] = run_chdb(args, base, rows)
     if args.target in ("server", "both"):
@@ -708,6 +739,7 @@ def main() -> int:
     res["markdown"] = markdown(rows)
     res["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     res["total_s"] = round(time.perf_counter() - t0, 1)
+    res["loadavg_after"] = os.getloadavg()
     # What scripts/bench.sh's summary reads (chdb load + per-query rows).
     ld = res.get("load_chdb") or res.get("load_server") or {}
     tables = ld.get("tables", {})
