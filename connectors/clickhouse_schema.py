@@ -53,6 +53,13 @@ log = logging.getLogger(__name__)
 
 IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
+# Arrow columns whose order equals each table's ORDER BY (toDateTime(Timestamp) then Timestamp
+# orders as Timestamp alone), modern and legacy layouts alike. A block that arrives sorted is
+# not permuted by ClickHouse: sorting it on the worker thread moves that cost off the insert
+# (measured: 40K-span inserts into chdb ~1.5x faster). Keep in step with the DDL below.
+TRACES_SORT_KEY = ("ServiceName", "SpanName", "Timestamp")
+LOGS_SORT_KEY = ("ServiceName", "Timestamp")
+
 PARTITIONS = {
     "day": "toDate({ts})",
     "week": "toMonday({ts})",

@@ -92,6 +92,11 @@ class ClickHouseSinkConfig(StrictModel):
         "with InsertToken); lookup (traces only): skip rows whose (TraceId, SpanId) exist; "
         "auto: token when the table supports it, else lookup",
     )
+    presort: bool = Field(
+        True,
+        description="sort each range by the table's ORDER BY key before the insert (on the "
+        "worker thread, so ClickHouse skips its own sort)",
+    )
     overlap: bool = Field(
         True,
         description="insert on a background thread while the worker decodes the next ranges "
@@ -392,6 +397,7 @@ class _SinkPartition(StatelessSinkPartition[StoredRange]):
         self._mode = mode
         if mode == "token" and not getattr(self._client, "legacy", False):
             self._check_dedup_window(conn)
+        self._sort_key = sink.sort_key if self._cfg.presort else ()
         self._acks = sink.acks
         self._writer = None
         if self._acks is not None and self._cfg.overlap:
@@ -467,6 +473,11 @@ class _SinkPartition(StatelessSinkPartition[StoredRange]):
             self._blocking.call(attempt, failed)
 
     def write_batch(self, items: list[StoredRange]) -> None:
+        if self._sort_key:
+            for r in items:
+                if r.batch.num_rows > 1:
+                    keys = [(k, "ascending") for k in self._sort_key]
+                    r.batch = r.batch.take(pc.sort_indices(r.batch, sort_keys=keys))
         if self._writer is not None:
             self._writer.submit(items)
         else:
@@ -521,6 +532,7 @@ class ClickHouseSink(DynamicSink[StoredRange]):
     traces schema only; other tables must support insert tokens. ``acks`` is the registry the
     flow's source shares (``connectors.kafka_source.RangeAcks``): the sink confirms each stored
     range there, which is what lets it overlap inserts with decoding (``config.overlap``).
+    ``sort_key``: the columns the table is ordered by (``config.presort``).
     """
 
     connection: Any
@@ -528,6 +540,7 @@ class ClickHouseSink(DynamicSink[StoredRange]):
     table: str | None = None
     schema: pa.Schema = TRACES_SCHEMA
     acks: Any = None
+    sort_key: tuple[str, ...] = ()
 
     @property
     def table_name(self) -> str:

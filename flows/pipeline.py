@@ -28,6 +28,7 @@ from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink
 
+from connectors.clickhouse_schema import LOGS_SORT_KEY, TRACES_SORT_KEY
 from connectors.clickhouse_sink import ClickHouseSink, StoredRange
 from connectors.dlq import DeadLetter, DeadLetterProducer
 from connectors.kafka_source import KafkaRange, PartitionedKafkaSource, RangeAcks
@@ -64,6 +65,8 @@ class Signal:
     """``ClickHouseConfig`` field naming the target table."""
     schema: pa.Schema
     """Arrow schema of the decoded batches (= the table's columns)."""
+    sort_key: tuple[str, ...]
+    """Columns the table is ordered by (the sink presorts each range by them)."""
 
     def decode_fn(self) -> Callable[[Sequence[bytes]], Any]:
         """The decoder (imported lazily: the native codec loads on first use)."""
@@ -72,8 +75,8 @@ class Signal:
         return getattr(otelwax.codec, self.decoder)
 
 
-TRACES = Signal("traces", "spans", "decode_traces", "traces_table", TRACES_SCHEMA)
-LOGS = Signal("logs", "logs", "decode_logs", "logs_table", LOGS_SCHEMA)
+TRACES = Signal("traces", "spans", "decode_traces", "traces_table", TRACES_SCHEMA, TRACES_SORT_KEY)
+LOGS = Signal("logs", "logs", "decode_logs", "logs_table", LOGS_SCHEMA, LOGS_SORT_KEY)
 
 
 class FlowSettings(Protocol):
@@ -234,6 +237,7 @@ def clickhouse_sink(
         table=getattr(conn, signal.table_field),
         schema=signal.schema,
         acks=acks,
+        sort_key=signal.sort_key,
     )
 
 
