@@ -108,20 +108,8 @@ def carry_step(fn: Callable[..., Any]) -> Callable[..., Any]:
     worker = _workers.get(threading.get_ident())
 
     def run(*args: Any, **kwargs: Any) -> Any:
-        ident = threading.get_ident()
-        prev_step, prev_worker = _ctx.step, _workers.get(ident)
-        _ctx.step = step
-        if worker is not None:
-            _workers[ident] = worker
-        try:
+        with in_step(step, worker):
             return fn(*args, **kwargs)
-        finally:
-            _ctx.step = prev_step
-            if worker is not None:
-                if prev_worker is None:
-                    _workers.pop(ident, None)
-                else:
-                    _workers[ident] = prev_worker
 
     return run
 
