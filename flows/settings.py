@@ -66,7 +66,21 @@ class RecoverySettings(StrictModel):
     backup_interval_s: float = Field(0.0, ge=0, description="-b: keep older snapshots this long")
 
 
-class FlowSettings(StrictModel):
+class ServingSettings(StrictModel):
+    """How every flow logs and where it serves ``/metrics`` (each sets its ``metrics_port``)."""
+
+    metrics_addr: str = "0.0.0.0"
+    log_level: str = Field(
+        "INFO",
+        pattern=r"^(DEBUG|INFO|WARNING|ERROR)$",
+        description="logging level set up when the flow starts (if nothing configured it)",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines: text, or json (one object per line, with step ids)"
+    )
+
+
+class FlowSettings(ServingSettings):
     """What a flow built by ``flows.pipeline`` needs (Kafka ranges → Arrow → ClickHouse)."""
 
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
@@ -85,15 +99,6 @@ class FlowSettings(StrictModel):
     recovery: RecoverySettings = Field(default_factory=RecoverySettings)
     metrics_port: int | None = Field(
         9464, ge=0, le=65535, description="serve /metrics here (None: do not serve)"
-    )
-    metrics_addr: str = "0.0.0.0"
-    log_level: str = Field(
-        "INFO",
-        pattern=r"^(DEBUG|INFO|WARNING|ERROR)$",
-        description="logging level set up when the flow starts (if nothing configured it)",
-    )
-    log_format: Literal["text", "json"] = Field(
-        "text", description="log lines: text, or json (one object per line, with step ids)"
     )
 
 

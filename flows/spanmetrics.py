@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 from bytewax import operators as op
@@ -51,9 +51,9 @@ from flows.metrics import (
     _NoIntents,
     load_flow_settings,
 )
+from flows.settings import ServingSettings
 from operators.windows import SpanMetricsConfig, span_metrics
 from otelwax.logs import instrument
-from otelwax.settings import StrictModel
 from otelwax.telemetry import ComponentMetrics, serve_metrics
 
 __all__ = [
@@ -71,7 +71,7 @@ ENV_CONFIG = "OTELWAX_CONFIG"
 DEPRECATED_ENV_CONFIG = "OTELWAX_SPANMETRICS_CONFIG"  # read only when $OTELWAX_CONFIG is unset
 
 
-class SpanMetricsFlowSettings(StrictModel):
+class SpanMetricsFlowSettings(ServingSettings):
     """Everything ``flows.spanmetrics`` needs."""
 
     flow_id: str = Field("otelwax_spanmetrics", min_length=1)
@@ -88,15 +88,6 @@ class SpanMetricsFlowSettings(StrictModel):
     late_topic: str | None = Field(None, description="late spans (late_policy: route)")
     metrics_port: int | None = Field(
         9467, ge=0, le=65535, description="serve /metrics here (None: do not serve)"
-    )
-    metrics_addr: str = "0.0.0.0"
-    log_level: str = Field(
-        "INFO",
-        pattern=r"^(DEBUG|INFO|WARNING|ERROR)$",
-        description="logging level set up when the flow starts (if nothing configured it)",
-    )
-    log_format: Literal["text", "json"] = Field(
-        "text", description="log lines: text, or json (one object per line, with step ids)"
     )
 
 
