@@ -513,48 +513,92 @@ def table_info(conn, db: str) -> dict:  # type: ignore[no-untyped-def]
     return {t: {"rows": int(r), "bytes": int(b), "parts": int(p)} for t, r, b, p in rows}
 
 
-def run_chdb(args: argparse.Namespace, base: pa.RecordBatch, rows_out: list[dict]) -> dict:
+def _chdb_load(path: str, args: argparse.Namespace, base: pa.RecordBatch) -> dict:
+    """Create the schema and load the spans into chdb at ``path`` (run in a child process)."""
+    from connectors.clickhouse import ClickHouseConfig, open_client
+
+    client = open_client(ClickHouseConfig(mode="embedded", path=path, create_schema=True))
+    try:
+        mode = by_trace_mode(args, False)
+        bench_ddl(client, "otel", False, args.by_trace_granularity, mode)
+        info = load(client, "otel.otel_traces", base, args.spans, args.batch_rows)
+        info["optimize_s"] = settle(client, "otel", args, mode)
+        info["by_trace"] = mode
+        return info
+    finally:
+        client.close()
+
+
+def _in_child(fn, fn_args: tuple, malloc_conf: str | None) -> Any:  # type: ignore[no-untyped-def]
+    """Run ``fn(*fn_args)`` in a fresh spawned process whose chdb reads ``JE_MALLOC_CONF`` =
+    ``malloc_conf`` (None: unset, so connectors.clickhouse's default applies)."""
+    old = os.environ.get("JE_MALLOC_CONF")
+    if malloc_conf is None:
+        os.environ.pop("JE_MALLOC_CONF", None)
+    else:
+        os.environ["JE_MALLOC_CONF"] = malloc_conf
+    try:
+        with mp.get_context("spawn").Pool(1) as pool:
+            return pool.apply(fn, fn_args)
+    finally:
+        if old is None:
+            os.environ.pop("JE_MALLOC_CONF", None)
+        else:
+            os.environ["JE_MALLOC_CONF"] = old
+
+
+def _chdb_queries(path: str, args: argparse.Namespace, mode: str, full: bool) -> tuple:
+    """The chdb rows (and the table sizes), measured in a process that only queries (run by
+    ``_in_child``)."""
     from connectors.clickhouse import ClickHouseConfig, open_client
 
     db = "otel"
+    client = open_client(ClickHouseConfig(mode="embedded", path=path))  # sets JE_MALLOC_CONF
+    conf = os.environ.get("JE_MALLOC_CONF", "")
+    conns: list[ChdbConn] = []
+    rows: list[dict] = []
+    try:
+        conns = [ChdbConn(path) for _ in range(2)]
+        tables = table_info(conns[0], db)
+        tids, svcs, lo, hi = sample_args(conns[0], db, args.trace_ids)
+        ctx = {"db": db, "cols": COLS_MODERN, "lo": lo, "hi": hi,
+               "by_trace_table": _by_trace_table(mode)}  # fmt: skip
+        if mode == "projection":  # the two-step row shows the production schema's cost
+            ctx["spans_settings"] = " SETTINGS optimize_use_projections = 0"
+        emb = EmbeddedConn(client)
+        kinds = [k for k in KINDS if k != "lookup1" or mode != "none"]
+        for k in kinds:  # warm caches
+            one_query(emb, k, ctx, svcs[0] if k == "red" else tids[0])
+        variants = [("EmbeddedClient", [emb])]
+        if full:
+            variants.append(("EmbeddedClient", [emb, emb]))
+        variants.append(("connection per thread", conns))
+        for label, cs in variants:
+            row: dict[str, Any] = {"target": f"chdb 26.9 ({label}; {conf})", "clients": len(cs),
+                                   "unit": "threads", "je_malloc_conf": conf}  # fmt: skip
+            for k in kinds:
+                al = svcs if k == "red" else tids
+                mc = args.queries if len(cs) == 1 and k != "red" else 0
+                row[k] = run_threads(cs, k, ctx, al, args.seconds, mc)
+            rows.append(row)
+            print_row(row)
+        return rows, tables
+    finally:
+        for c in conns:
+            c.close()
+        client.close()
+
+
+def run_chdb(args: argparse.Namespace, base: pa.RecordBatch, rows_out: list[dict]) -> dict:
     with tempfile.TemporaryDirectory(prefix="otelwax-query-bench-") as d:
-        client = open_client(ClickHouseConfig(mode="embedded", path=d, create_schema=True))
-        conns: list[ChdbConn] = []
-        try:
-            mode = by_trace_mode(args, False)
-            bench_ddl(client, db, False, args.by_trace_granularity, mode)
-            info = load(client, f"{db}.otel_traces", base, args.spans, args.batch_rows)
-            info["optimize_s"] = settle(client, db, args, mode)
-            conns = [ChdbConn(d) for _ in range(2)]
-            info["tables"] = table_info(conns[0], db)
-            tids, svcs, lo, hi = sample_args(conns[0], db, args.trace_ids)
-            ctx = {"db": db, "cols": COLS_MODERN, "lo": lo, "hi": hi,
-                   "by_trace_table": _by_trace_table(mode)}  # fmt: skip
-            info["by_trace"] = mode
-            if mode == "projection":  # the two-step row shows the production schema's cost
-                ctx["spans_settings"] = " SETTINGS optimize_use_projections = 0"
-            emb = EmbeddedConn(client)
-            kinds = [k for k in KINDS if k != "lookup1" or mode != "none"]
-            for k in kinds:  # warm caches
-                one_query(emb, k, ctx, svcs[0] if k == "red" else tids[0])
-            variants = [
-                ("chdb 26.9 embedded (EmbeddedClient)", "threads", [emb]),
-                ("chdb 26.9 embedded (EmbeddedClient)", "threads", [emb, emb]),
-                ("chdb 26.9 embedded (connection per thread)", "threads", conns),
-            ]
-            for label, unit, cs in variants:
-                row: dict[str, Any] = {"target": label, "clients": len(cs), "unit": unit}
-                for k in kinds:
-                    al = svcs if k == "red" else tids
-                    mc = args.queries if len(cs) == 1 and k != "red" else 0
-                    row[k] = run_threads(cs, k, ctx, al, args.seconds, mc)
-                rows_out.append(row)
-                print_row(row)
-            return info
-        finally:
-            for c in conns:
-                c.close()
-            client.close()
+        # Load and queries run in separate fresh processes: chdb reads its allocator settings
+        # (JE_MALLOC_CONF) once per process, and each setting gets its own query process.
+        info = _in_child(_chdb_load, (d, args, base), None)
+        mode = info["by_trace"]
+        for i, conf in enumerate([None, *args.chdb_malloc_conf]):
+            rows, info["tables"] = _in_child(_chdb_queries, (d, args, mode, i == 0), conf)
+            rows_out += rows
+        return info
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -716,6 +760,10 @@ def main() -> int:
     ap.add_argument("--server", default="127.0.0.1:19000:18123", help="host:native:http")
     ap.add_argument("--clients", default="1,2,4,8", help="server: concurrent clients per row")
     ap.add_argument("--by-trace-granularity", type=int, default=1024)
+    ap.add_argument(
+        "--chdb-malloc-conf", action="append", default=["dirty_decay_ms:1000,muzzy_decay_ms:0"],
+        help="extra chdb query rows with this JE_MALLOC_CONF (besides otelwax's default)",
+    )  # fmt: skip
     ap.add_argument(
         "--by-trace", choices=("auto", "projection", "table", "none"), default="auto",
         help="the proposed trace-ordered copy for the 1-step lookup: a projection of "
