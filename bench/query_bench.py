@@ -33,15 +33,19 @@ Queries (literal SQL, the same text for both targets):
   with the projection the query names ``otel_traces`` itself).
 - ``RED``: one service over the whole stored range, per minute: requests, errors, p50/p99.
 
-Rows: chdb through ``connectors.clickhouse.EmbeddedClient`` (what otelwax uses: one chdb session
-behind a lock) with 1 and 2 threads, chdb with one ``chdb.connect()`` connection per thread
-(2 threads), and the server with 1/2/4/8 concurrent clients, each client a separate Python process
-(HTTP keep-alive, TabSeparated) and, when installed, ``clickhouse-benchmark`` (C++ native client,
-``apt-get install clickhouse-tools``; the two-step lookup as one statement with scalar subqueries).
-Each cell runs ``--seconds`` with every client issuing queries back to back: p50/p99 are the
-latencies seen during that run, q/s the completed lookups (or RED queries) per second. CPU:
-"srv ms/q" is server CPU per query (from /proc), "cli ms/q" the clients' CPU per query (chdb: the
-whole process). The machine's 2 cores are shared by server and clients.
+Rows: chdb, loaded by one fresh process and queried by another (chdb reads its allocator
+settings once per process): through ``connectors.clickhouse.EmbeddedClient`` (what otelwax uses:
+one chdb session behind a lock) with 1 and 2 threads and with one ``chdb.connect()`` connection
+per thread (2 threads), with otelwax's ``JE_MALLOC_CONF``; then again with each
+``--chdb-malloc-conf`` (default ``dirty_decay_ms:1000,muzzy_decay_ms:0``). The server with
+1/2/4/8 concurrent clients (``--clients``): each client a separate Python process (HTTP
+keep-alive, TabSeparated), and, when installed, ``clickhouse-benchmark`` (C++ native client,
+``apt-get install clickhouse-tools``; the two-step lookup as one statement with scalar
+subqueries). Each cell runs ``--seconds`` with every client issuing queries back to back:
+p50/p99 are the latencies seen during that run, q/s the completed lookups (or RED queries) per
+second, "CPU ms/q" the server's CPU per query (from /proc, the process listening on the native
+port) + the clients' CPU per query (chdb: the whole process). The machine's 2 cores are shared
+by server and clients.
 
     .venv/bin/python bench/query_bench.py                           # both, 1M spans
     .venv/bin/python bench/query_bench.py --spans 200000 --seconds 1 --target server
