@@ -83,8 +83,10 @@ def write_config(
     path.write_text(yaml.safe_dump(cfg))
 
 
-def start_flow(cfg: Path, log: Path, extra: list[str] | None = None) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def start_flow(
+    cfg: Path, log: Path, extra: list[str] | None = None, env_extra: dict | None = None
+) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env_extra or {}))
     env.pop("OTELWAX_METRICS_PORT", None)
     args = [sys.executable, "-m", "bytewax.run", f"flows.traces:build({str(cfg)!r})"]
     with open(log, "wb") as fh:
@@ -173,6 +175,7 @@ def run_backlog(
     workers: int = 1,
     max_bytes: int | None = None,
     sink: dict | None = None,
+    env: dict | None = None,
 ) -> dict:
     topic = f"bench_{uuid.uuid4().hex[:8]}"
     create_topics(BOOTSTRAP, [topic, f"dlq_{topic}"], partitions=partitions)
@@ -186,7 +189,7 @@ def run_backlog(
         if procs > 1:
             addrs = ";".join(f"127.0.0.1:{free_port()}" for _ in range(procs))
             extra = [["-w", str(workers), "-a", addrs, "-i", str(i)] for i in range(procs)]
-        ps = [start_flow(cfg, logs[i], extra[i]) for i in range(procs)]
+        ps = [start_flow(cfg, logs[i], extra[i], env) for i in range(procs)]
         r = watch(ps, logs, timeout=900)
     finally:
         delete_topics(BOOTSTRAP, [topic, f"dlq_{topic}"])
@@ -196,6 +199,7 @@ def run_backlog(
         workers=workers,
         max_bytes=max_bytes,
         sink=sink or {},
+        env=env or {},
         spans=spans,
         spans_per_s=round(spans / r["seconds"]),
     )
@@ -278,19 +282,24 @@ def main() -> int:
     results = [run_decode(payloads, spans)]
     with tempfile.TemporaryDirectory(prefix="otelwax-flow-bench-") as d:
         tmp = Path(d)
-        # Side by side, interleaved (machines are noisy): inserts inline and unsorted (as
-        # before), overlapped with decode, presorted too (the default), and bigger ranges;
-        # the median of --repeat runs is kept.
+        # Side by side, interleaved (machines are noisy): as before this change (inserts
+        # inline, unsorted, jemalloc's default decay), then one change at a time up to the
+        # defaults (overlap, presort, 300 ms decay), immediate decay, bigger ranges; the
+        # median of --repeat runs is kept.
+        je_default = {"JE_MALLOC_CONF": "abort_conf:false"}  # set, so chdb's own defaults stay
+        decay0 = {"JE_MALLOC_CONF": "dirty_decay_ms:0,muzzy_decay_ms:0"}
+        m = args.max_bytes
         variants = [
-            ("inline, unsorted", {"overlap": False, "presort": False}, args.max_bytes),
-            ("overlap, unsorted", {"presort": False}, args.max_bytes),
-            ("overlap, presort", {}, args.max_bytes),
-            ("overlap, presort, 16 MiB", {}, 16 * 2**20),
+            ("inline, unsorted, chdb's decay", {"overlap": False, "presort": False}, m, je_default),
+            ("overlap, unsorted", {"presort": False}, m, None),
+            ("overlap, presort (defaults)", {}, m, None),
+            ("overlap, presort, decay 0", {}, m, decay0),
+            ("overlap, presort, 16 MiB ranges", {}, 16 * 2**20, None),
         ]
         for w in args.workers:
             runs: dict[str, list[dict]] = {}
-            for rep in range(args.repeat):
-                for label, sink, max_bytes in variants:
+            for _ in range(args.repeat):
+                for label, sink, max_bytes, env in variants:
                     chdb = {
                         "mode": "embedded",
                         "path": str(tmp / f"chdb-{uuid.uuid4().hex[:8]}"),
@@ -298,7 +307,17 @@ def main() -> int:
                     }
                     name = f"chdb -w {w} {label}"
                     r = run_backlog(
-                        name, payloads, spans, chdb, 1, tmp, args.partitions, w, max_bytes, sink
+                        name,
+                        payloads,
+                        spans,
+                        chdb,
+                        1,
+                        tmp,
+                        args.partitions,
+                        w,
+                        max_bytes,
+                        sink,
+                        env,
                     )
                     runs.setdefault(label, []).append(r)
             for rs in runs.values():
@@ -344,7 +363,7 @@ def main() -> int:
                 results.append(run_latency(args.latency_rate, 15, tmp, chdb2, 20, delay))
 
     print(
-        f"{'run':<36}{'procs':>6}{'spans':>10}{'spans/s':>12}{'peak RSS MiB':>14}"
+        f"{'run':<44}{'procs':>6}{'spans':>10}{'spans/s':>12}{'peak RSS MiB':>14}"
         f"{'anon MiB':>10}  runs / latency"
     )
     for r in results:
@@ -353,7 +372,7 @@ def main() -> int:
             lat = f"p50 ~{r['p50_s']} s, p99 ~{r['p99_s']} s @ {r['rate_spans_per_s']:.0f} sp/s"
         lat = lat or " ".join(map(str, r.get("runs_spans_per_s", [])))
         print(
-            f"{r['name']:<36}{r.get('processes', ''):>6}{r.get('spans', ''):>10}"
+            f"{r['name']:<44}{r.get('processes', ''):>6}{r.get('spans', ''):>10}"
             f"{r.get('spans_per_s', ''):>12}{r.get('peak_rss_mib', '')!s:>14}"
             f"{r.get('peak_anon_mib', '')!s:>10}  {lat}"
         )

@@ -65,8 +65,8 @@ log = logging.getLogger(__name__)
 
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_.:/@=+,-]{1,512}$")
 _PARAM_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*):[^{}]+\}")
-CHDB_MALLOC_CONF = "dirty_decay_ms:0,muzzy_decay_ms:0"
-"""``JE_MALLOC_CONF`` for chdb's allocator unless set: return freed pages to the OS at once."""
+CHDB_MALLOC_CONF = "dirty_decay_ms:300,muzzy_decay_ms:0"
+"""``JE_MALLOC_CONF`` for chdb's allocator unless set: return freed pages to the OS soon."""
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -232,9 +232,10 @@ class _ChdbEngine:
     _guard = threading.Lock()
 
     def __init__(self, path: str) -> None:
-        # chdb's jemalloc keeps freed pages by default: 20 inserts of 20K spans left ~550 MiB
-        # anonymous memory resident, ~200 MiB with immediate decay at no measurable insert
-        # cost. Read once when chdb loads; a value set by the user wins.
+        # chdb's jemalloc keeps freed pages for 10 s by default: a flow peaked at ~1 GiB RSS.
+        # Decay 0 gave ~800 MiB but page faults cost a third of the flow's throughput and
+        # doubled query CPU; 300 ms kept ~930 MiB at full speed (bench/traces_flow_bench.py).
+        # Read once when chdb loads; a value set by the user wins.
         os.environ.setdefault("JE_MALLOC_CONF", CHDB_MALLOC_CONF)
         from chdb import session
 
