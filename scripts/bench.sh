@@ -38,6 +38,10 @@ else
   scripts/kafka.sh start || exit 1
   OWN_KAFKA=1
 fi
+# clickhouse-benchmark (the query bench's native-client rows) is in Debian's clickhouse-tools.
+command -v clickhouse-benchmark >/dev/null 2>&1 ||
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends clickhouse-tools \
+    >/dev/null 2>&1 || echo "bench: clickhouse-tools not installed; query bench skips clickhouse-benchmark"
 # Prometheus (remote-write target of bench/metrics_bench.py) and the ClickHouse server
 # (clickhouse_bench, traces_flow_bench start it themselves): stopped at the end only if this
 # script found them not running.
@@ -126,20 +130,8 @@ if fresh(sbs):
 q = res / "query.json"
 if fresh(q):
     d = json.loads(q.read_text())
-    ld = d["load"]
     lines.append("")
-    lines.append(
-        f"Query side: {ld['stored']} spans in embedded chdb ({ld['lookup_rows']} traces), "
-        f"loaded at {ld['insert_spans_per_s']} spans/s"
-    )
-    lines.append("")
-    lines.append("| table | query | p50 ms | p99 ms | queries/s, 1 thread | queries/s, 2 threads |")
-    lines.append("|---|---|---:|---:|---:|---:|")
-    for r in d["queries"]:
-        lines.append(
-            f"| {r.get('schema', '')} | {r['query']} | {r['p50_ms']} | {r['p99_ms']} | "
-            f"{r['qps_1_thread']} | {r['qps_2_thread']} |"
-        )
+    lines.append(d["markdown"].rstrip())  # query_bench.py renders its own side-by-side table
 lines.append("")
 lines.append("| benchmark | status | seconds | output |")
 lines.append("|---|---|---:|---|")
