@@ -503,6 +503,7 @@ class _SinkPartition(StatelessSinkPartition[StoredRange]):
     def _store(self, r: StoredRange) -> None:
         rows = r.batch.num_rows
         self._metrics.received(rows)
+        self._metrics.batch(rows)
         self._insert(r)
         # Rows ClickHouse skipped as duplicates were stored by an earlier attempt.
         self._metrics.sent(rows)

@@ -130,6 +130,7 @@ class _Decode:
             self._records.failed(len(letters))
         self._records.sent(len(rng.values) - len(letters))
         self._rows.sent(res.batch.num_rows)
+        self._rows.batch(res.batch.num_rows)
         return _Decoded(rng, res.batch, letters)
 
 

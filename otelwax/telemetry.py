@@ -9,6 +9,8 @@ things, so one dashboard works for all of them:
     otelwax_failed_total{component, unit}
 
 ``unit`` says what was counted (spans, datapoints, logs, records, requests, rows, bytes).
+Components that work in batches also observe each batch's size in
+``otelwax_batch_size{component, unit}`` (a histogram).
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ LATENCY = Histogram(
     "Time spent in an operation (sink write, Kafka delivery, ...)",
     ["component", "operation"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+BATCH_SIZE = Histogram(
+    "otelwax_batch_size",
+    "Items per batch a component handled (e.g. rows per ClickHouse insert)",
+    ["component", "unit"],
+    buckets=(1, 10, 100, 1_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000),
 )
 
 
@@ -63,6 +71,10 @@ class ComponentMetrics:
         if c is None:
             c = self._dropped[reason] = DROPPED.labels(self.component, self.unit, reason)
         c.inc(n)
+
+    def batch(self, n: int) -> None:
+        """Observe one batch of ``n`` items."""
+        BATCH_SIZE.labels(self.component, self.unit).observe(n)
 
     def latency(self, operation: str) -> Histogram:
         """A latency histogram child for ``operation`` (use ``.time()`` or ``.observe(s)``)."""

@@ -671,6 +671,19 @@ def health() -> dict[str, Any]:
             "s",
         ),
         ts(
+            "Batch size (median) by component",
+            [
+                (
+                    "histogram_quantile(0.5, sum by (component, unit, le)"
+                    f" (rate(otelwax_batch_size_bucket{rate})))",
+                    "{{component}} {{unit}}",
+                )
+            ],
+            "short",
+            "Rows per decoded range and per ClickHouse insert: small inserts cost ClickHouse "
+            "more per row (raise source.batch.max_bytes / max_delay_s).",
+        ),
+        ts(
             "Event → stored latency (span end to row in ClickHouse)",
             [
                 (

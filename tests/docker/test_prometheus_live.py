@@ -150,6 +150,9 @@ def _self_metrics(start_s: float, minutes: int) -> Any:
         for le, per_min in le_counts.items():
             labels = {"component": comp, "operation": op, "le": le}
             series.append(("otelwax_latency_seconds_bucket", labels, per_min))
+    for le, per_min in (("10000", 5), ("25000", 20), ("50000", 30), ("+Inf", 30)):
+        labels = {"component": "clickhouse_sink", "unit": "rows", "le": le}
+        series.append(("otelwax_batch_size_bucket", labels, per_min))
     for name, labels, per_min in series:
         key = tuple(sorted({"__name__": name, "job": "otelwax-flows", **labels}.items()))
         for m in range(minutes * 4):

@@ -199,6 +199,8 @@ def test_flow_serves_standard_counters_and_consumer_lag(flow_run) -> None:
     assert 'otelwax_failed_total{component="decode",unit="records"} 1.0' in text
     assert 'otelwax_sent_total{component="dlq",unit="records"} 1.0' in text
     assert lag0 in text
+    # Rows per insert: every insert observed, their sum = the rows stored.
+    assert 'otelwax_batch_size_sum{component="clickhouse_sink",unit="rows"} 600.0' in text
 
 
 def test_user_module_and_redaction_inside_the_flow(flow_run) -> None:
