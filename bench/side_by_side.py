@@ -522,8 +522,8 @@ def nosink_flow(topic: str, big_prefetch: bool) -> int:
     from bytewax.testing import run_main
 
     from connectors.kafka_source import PartitionedKafkaSource
+    from flows.pipeline import TRACES, _Decode
     from flows.settings import load_settings
-    from flows.traces import _Decode
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     s = load_settings(
@@ -557,7 +557,7 @@ def nosink_flow(topic: str, big_prefetch: bool) -> int:
 
     flow = Dataflow("nosink")
     ranges = op.input("kafka", flow, PartitionedKafkaSource(s.kafka, s.source, _NoIntents))
-    op.output("count", op.map("decode", ranges, _Decode()), _Sink())
+    op.output("count", op.map("decode", ranges, _Decode(TRACES)), _Sink())
     run_main(flow)
     print(f"NOSINK rows={rows[0]}", flush=True)
     return 0

@@ -283,18 +283,20 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="otelwax-flow-bench-") as d:
         tmp = Path(d)
         # Side by side, interleaved (machines are noisy): as before this change (inserts
-        # inline, unsorted, jemalloc's default decay), then one change at a time up to the
-        # defaults (overlap, presort, 300 ms decay), immediate decay, bigger ranges; the
-        # median of --repeat runs is kept.
+        # inline, unsorted, 8 MiB ranges, chdb's allocator defaults), then one change at a
+        # time up to the defaults (overlap, presort, 16 MiB ranges, 300 ms decay), and the
+        # defaults with immediate decay; the median of --repeat runs is kept.
         je_default = {"JE_MALLOC_CONF": "abort_conf:false"}  # set, so chdb's own defaults stay
         decay0 = {"JE_MALLOC_CONF": "dirty_decay_ms:0,muzzy_decay_ms:0"}
+        old = 8 * 2**20
         m = args.max_bytes
+        before = {"overlap": False, "presort": False}
         variants = [
-            ("inline, unsorted, chdb's decay", {"overlap": False, "presort": False}, m, je_default),
-            ("overlap, unsorted", {"presort": False}, m, None),
-            ("overlap, presort (defaults)", {}, m, None),
-            ("overlap, presort, decay 0", {}, m, decay0),
-            ("overlap, presort, 16 MiB ranges", {}, 16 * 2**20, None),
+            ("inline, unsorted, 8 MiB, chdb's decay", before, old, je_default),
+            ("overlap, unsorted, 8 MiB", {"presort": False}, old, None),
+            ("overlap, presort, 8 MiB", {}, old, None),
+            ("defaults (overlap, presort, 16 MiB)", {}, m, None),
+            ("defaults, allocator decay 0", {}, m, decay0),
         ]
         for w in args.workers:
             runs: dict[str, list[dict]] = {}
@@ -363,7 +365,7 @@ def main() -> int:
                 results.append(run_latency(args.latency_rate, 15, tmp, chdb2, 20, delay))
 
     print(
-        f"{'run':<44}{'procs':>6}{'spans':>10}{'spans/s':>12}{'peak RSS MiB':>14}"
+        f"{'run':<48}{'procs':>6}{'spans':>10}{'spans/s':>12}{'peak RSS MiB':>14}"
         f"{'anon MiB':>10}  runs / latency"
     )
     for r in results:
@@ -372,7 +374,7 @@ def main() -> int:
             lat = f"p50 ~{r['p50_s']} s, p99 ~{r['p99_s']} s @ {r['rate_spans_per_s']:.0f} sp/s"
         lat = lat or " ".join(map(str, r.get("runs_spans_per_s", [])))
         print(
-            f"{r['name']:<44}{r.get('processes', ''):>6}{r.get('spans', ''):>10}"
+            f"{r['name']:<48}{r.get('processes', ''):>6}{r.get('spans', ''):>10}"
             f"{r.get('spans_per_s', ''):>12}{r.get('peak_rss_mib', '')!s:>14}"
             f"{r.get('peak_anon_mib', '')!s:>10}  {lat}"
         )
