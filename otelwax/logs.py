@@ -435,33 +435,7 @@ def _source(step: _Step, src: Any) -> Any:
         def close(self) -> None:
             step.call(self._inner.close)
 
-    if isinstance(src, FixedPartitionedSource):
-
-        class _Fixed(FixedPartitionedSource):  # type: ignore[type-arg]
-            def __init__(self, inner: Any) -> None:
-                self._inner = self.__wrapped__ = inner
-
-            def list_parts(self) -> list[str]:
-                return step.call(self._inner.list_parts)
-
-            def build_part(self, step_id: str, for_part: str, resume_state: Any) -> Any:
-                inner = self._inner.build_part
-                return _Stateful(step.call(inner, step_id, for_part, resume_state))
-
-        return _Fixed(src)
-    if isinstance(src, DynamicSource):
-
-        class _Dynamic(DynamicSource):  # type: ignore[type-arg]
-            def __init__(self, inner: Any) -> None:
-                self._inner = self.__wrapped__ = inner
-
-            def build(self, step_id: str, worker_index: int, worker_count: int) -> Any:
-                step.worker(worker_index)
-                inner = self._inner.build
-                return _Stateless(step.call(inner, step_id, worker_index, worker_count))
-
-        return _Dynamic(src)
-    return src
+    return _outer(step, src, FixedPartitionedSource, DynamicSource, _Stateful, _Stateless)
 
 
 def _sink(step: _Step, sink: Any) -> Any:
@@ -495,36 +469,44 @@ def _sink(step: _Step, sink: Any) -> Any:
         def close(self) -> None:
             step.call(self._inner.close)
 
-    if isinstance(sink, FixedPartitionedSink):
+    return _outer(step, sink, FixedPartitionedSink, DynamicSink, _Stateful, _Stateless)
 
-        class _Fixed(FixedPartitionedSink):  # type: ignore[type-arg]
+
+def _outer(
+    step: _Step, obj: Any, fixed: type, dynamic: type, stateful: type, stateless: type
+) -> Any:
+    """``obj`` (a fixed-partitioned or dynamic source or sink) wrapped so that listing and
+    building its partitions run as ``step``, and its partitions are wrapped in ``stateful`` /
+    ``stateless``; anything else is returned as is."""
+    if isinstance(obj, fixed):
+
+        class _Fixed(fixed):  # type: ignore[valid-type,misc]
             def __init__(self, inner: Any) -> None:
                 self._inner = self.__wrapped__ = inner
 
             def list_parts(self) -> list[str]:
                 return step.call(self._inner.list_parts)
 
-            def part_fn(self, item_key: str) -> int:
-                return self._inner.part_fn(item_key)
-
             def build_part(self, step_id: str, for_part: str, resume_state: Any) -> Any:
                 inner = self._inner.build_part
-                return _Stateful(step.call(inner, step_id, for_part, resume_state))
+                return stateful(step.call(inner, step_id, for_part, resume_state))
 
-        return _Fixed(sink)
-    if isinstance(sink, DynamicSink):
+        if hasattr(fixed, "part_fn"):  # sinks route items by key: keep the inner routing
+            _Fixed.part_fn = lambda self, item_key: self._inner.part_fn(item_key)  # type: ignore[attr-defined]
+        return _Fixed(obj)
+    if isinstance(obj, dynamic):
 
-        class _Dynamic(DynamicSink):  # type: ignore[type-arg]
+        class _Dynamic(dynamic):  # type: ignore[valid-type,misc]
             def __init__(self, inner: Any) -> None:
                 self._inner = self.__wrapped__ = inner
 
             def build(self, step_id: str, worker_index: int, worker_count: int) -> Any:
                 step.worker(worker_index)
                 inner = self._inner.build
-                return _Stateless(step.call(inner, step_id, worker_index, worker_count))
+                return stateless(step.call(inner, step_id, worker_index, worker_count))
 
-        return _Dynamic(sink)
-    return sink
+        return _Dynamic(obj)
+    return obj
 
 
 def _instrument_step(op: Any, step: _Step) -> None:
