@@ -406,7 +406,7 @@ def _source(step: _Step, src: Any) -> Any:
         StatelessSourcePartition,
     )
 
-    class _Stateful(StatefulSourcePartition):  # type: ignore[type-arg]
+    class _Calls:
         def __init__(self, inner: Any) -> None:
             self._inner = inner
 
@@ -416,24 +416,15 @@ def _source(step: _Step, src: Any) -> Any:
         def next_awake(self) -> Any:
             return step.call(self._inner.next_awake)
 
+        def close(self) -> None:
+            step.call(self._inner.close)
+
+    class _Stateful(_Calls, StatefulSourcePartition):  # type: ignore[type-arg]
         def snapshot(self) -> Any:
             return step.call(self._inner.snapshot)
 
-        def close(self) -> None:
-            step.call(self._inner.close)
-
-    class _Stateless(StatelessSourcePartition):  # type: ignore[type-arg]
-        def __init__(self, inner: Any) -> None:
-            self._inner = inner
-
-        def next_batch(self) -> Any:
-            return step.items(self._inner.next_batch)
-
-        def next_awake(self) -> Any:
-            return step.call(self._inner.next_awake)
-
-        def close(self) -> None:
-            step.call(self._inner.close)
+    class _Stateless(_Calls, StatelessSourcePartition):  # type: ignore[type-arg]
+        pass
 
     return _outer(step, src, FixedPartitionedSource, DynamicSource, _Stateful, _Stateless)
 
@@ -446,20 +437,7 @@ def _sink(step: _Step, sink: Any) -> Any:
         StatelessSinkPartition,
     )
 
-    class _Stateful(StatefulSinkPartition):  # type: ignore[type-arg]
-        def __init__(self, inner: Any) -> None:
-            self._inner = inner
-
-        def write_batch(self, values: list[Any]) -> None:
-            step.call(self._inner.write_batch, values)
-
-        def snapshot(self) -> Any:
-            return step.call(self._inner.snapshot)
-
-        def close(self) -> None:
-            step.call(self._inner.close)
-
-    class _Stateless(StatelessSinkPartition):  # type: ignore[type-arg]
+    class _Calls:
         def __init__(self, inner: Any) -> None:
             self._inner = inner
 
@@ -468,6 +446,13 @@ def _sink(step: _Step, sink: Any) -> Any:
 
         def close(self) -> None:
             step.call(self._inner.close)
+
+    class _Stateful(_Calls, StatefulSinkPartition):  # type: ignore[type-arg]
+        def snapshot(self) -> Any:
+            return step.call(self._inner.snapshot)
+
+    class _Stateless(_Calls, StatelessSinkPartition):  # type: ignore[type-arg]
+        pass
 
     return _outer(step, sink, FixedPartitionedSink, DynamicSink, _Stateful, _Stateless)
 
