@@ -251,12 +251,19 @@ class _Writer:
 
     At most one batch waits while another is stored, so ``submit`` blocks (holding the worker,
     and with it the Kafka partitions, back) when the store falls behind. The first error stops
-    storing; it is raised by the next ``submit`` or by ``close``. Log lines keep the step id
-    of the submitting step.
+    storing: it is logged, handed to ``on_error`` (the sources stop: a paused source would
+    otherwise wait forever), and raised by the next ``submit`` or by ``close``. Log lines keep
+    the step id of the submitting step.
     """
 
-    def __init__(self, store: Callable[[list[Any]], None], name: str) -> None:
+    def __init__(
+        self,
+        store: Callable[[list[Any]], None],
+        name: str,
+        on_error: Callable[[BaseException], None],
+    ) -> None:
         self._store = store
+        self._on_error = on_error
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -269,6 +276,8 @@ class _Writer:
                     job()
                 except BaseException as exc:
                     self._error = exc
+                    log.error("%s: %s; no further batches are stored", self._thread.name, exc)
+                    self._on_error(exc)
 
     def _check(self) -> None:
         if self._error is not None:
@@ -401,7 +410,8 @@ class _SinkPartition(StatelessSinkPartition[StoredRange]):
         self._acks = sink.acks
         self._writer = None
         if self._acks is not None and self._cfg.overlap:
-            self._writer = _Writer(self._write, f"clickhouse-writer-{worker_index}")
+            name = f"clickhouse-writer-{worker_index}"
+            self._writer = _Writer(self._write, name, self._acks.fail)
         log.info(
             "clickhouse sink (worker %d): %s, dedup by %s%s",
             worker_index,

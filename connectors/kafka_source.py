@@ -141,6 +141,12 @@ class RangeAcks:
         self._open: dict[tuple[str, int], deque[tuple[int, int]]] = {}
         self.inflight_bytes = 0
         """Payload bytes of all unconfirmed ranges (sources pause reading above a budget)."""
+        self.error: BaseException | None = None
+        """Set by a sink that stopped storing: its sources stop too, instead of waiting."""
+
+    def fail(self, exc: BaseException) -> None:
+        """The sink cannot store any more: sources raise ``exc`` on their next poll."""
+        self.error = exc
 
     def reset(self, topic: str, partition: int) -> None:
         """Forget a partition's unconfirmed ranges (its source partition starts afresh)."""
@@ -357,6 +363,8 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         if self._done:
             raise StopIteration
         acks = self._acks
+        if acks is not None and acks.error is not None:
+            raise RuntimeError(f"sink failed, stopping the source: {acks.error}") from acks.error
         self._paused = acks is not None and acks.inflight_bytes >= self._cfg.max_inflight_bytes
         if self._paused:
             # Decoded ranges queue up between bytewax steps faster than they are stored

@@ -72,3 +72,4 @@ def test_a_failing_insert_is_raised_and_its_range_stays_unconfirmed(sink_for, ch
     # source's snapshot stays at or before it.
     oldest = acks.oldest("spans", 0)
     assert oldest is not None and oldest <= ranges[1].first
+    assert acks.error is not None  # the sources stop too (tests/connectors/test_kafka_source.py)

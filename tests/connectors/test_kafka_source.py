@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from connectors.kafka import KafkaConfig
 from connectors.kafka_source import KafkaSourceConfig, PartitionedKafkaSource, RangeAcks
 from tests.flows.conftest import produce
@@ -80,3 +82,17 @@ def test_reading_pauses_above_the_inflight_budget_until_ranges_are_stored(
         assert [(r.first, r.last) for r in more] == [(20, 29)]
     finally:
         p.close()
+
+
+def test_a_failed_sink_stops_the_source(kafka_bootstrap: str, make_topic) -> None:
+    topic = make_topic("failed", partitions=1)
+    produce(kafka_bootstrap, topic, [b"w%d" % i for i in range(10)], partition=0)
+    acks = RangeAcks()
+    part = _source(kafka_bootstrap, topic, acks).build_part("kafka", "0", None)
+    try:
+        assert len(_drain(part, 1)) == 1
+        acks.fail(ValueError("table otel.otel_traces does not exist"))
+        with pytest.raises(RuntimeError, match=r"sink failed.*does not exist"):
+            part.next_batch()
+    finally:
+        part.close()

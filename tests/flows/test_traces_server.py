@@ -116,3 +116,32 @@ def test_two_worker_processes_store_the_same_rows_as_one(flow_run, clickhouse_se
     assert rows1 == rows2
     for db in (one_db, two_db):
         _rows(clickhouse_server, "default", f"DROP DATABASE IF EXISTS {db}")
+
+
+def test_a_table_dropped_under_the_flow_stops_it_with_the_error(
+    flow_run, clickhouse_server
+) -> None:
+    """A permanent insert error (the table is gone) must end the flow with a clear error,
+    not leave it waiting: inserts run on a background thread and the source pauses when the
+    sink falls behind, so the failure has to reach the source as well."""
+    db = f"fd_{uuid.uuid4().hex[:8]}"
+    run = flow_run(partitions=2, clickhouse=_server_settings(clickhouse_server, db))
+    payloads = otlpgen.trace_payloads(200, seed=23, **SMALL)
+    produce(run.bootstrap, run.topic, payloads[:50])
+    run.write_config(source__stop_at_end=False, source__batch__max_delay_s=0.2)
+    p = run.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if _rows(clickhouse_server, db, f"SELECT count() FROM {db}.otel_traces")[0][0]:
+                break
+        except Exception:
+            pass
+        time.sleep(0.3)
+    _rows(clickhouse_server, db, f"DROP TABLE {db}.otel_traces")
+    produce(run.bootstrap, run.topic, payloads[50:])
+    rc = run.wait(p, 60)
+    log = run.log_text(10**9)
+    _rows(clickhouse_server, "default", f"DROP DATABASE IF EXISTS {db}")
+    assert rc not in (0, None), log[-4000:]
+    assert "otel_traces" in log and "no further batches are stored" in log, log[-4000:]
