@@ -147,6 +147,30 @@ def test_chdb_dedup_token_skips_repeat(chdb_client) -> None:
         chdb_client.insert_arrow(t, batch, dedup_token="x'; DROP TABLE y")
 
 
+def test_chdb_trace_projection_answers_trace_lookups(chdb_client) -> None:
+    # Small granules and no bloom filter: a trace's spans span many granules of the
+    # service-ordered table (as on a big one) but one of the TraceId-ordered projection.
+    opts = TableOptions(trace_projection=True, index_granularity=64, skip_indexes=False)
+    cfg = _cfg(chdb_client).model_copy(update={"tables": opts})
+    init_schema(chdb_client, cfg)
+    batch = decode_traces(trace_payloads(20, seed=8)).batch
+    t = f"{cfg.database}.{cfg.traces_table}"
+    chdb_client.insert_arrow(t, batch, dedup_token="otlp_spans:0:0-1")
+    tid = batch.column("TraceId")[0].as_py()
+    want = pc.sum(pc.equal(batch.column("TraceId"), tid)).as_py()
+    q = f"SELECT count() FROM {t} WHERE TraceId = {{tid:String}}"
+    assert chdb_client.execute(q, {"tid": tid}) == [(want,)]
+    # The planner reads the projection (the query fails if it does not).
+    forced = f"{q} SETTINGS force_optimize_projection_name = 'by_trace'"
+    assert chdb_client.execute(forced, {"tid": tid}) == [(want,)]
+    parts = chdb_client.execute(
+        "SELECT count() FROM system.projection_parts WHERE database = {db:String} "
+        "AND table = {t:String} AND name = 'by_trace' AND active",
+        {"db": cfg.database, "t": cfg.traces_table},
+    )
+    assert parts[0][0] >= 1
+
+
 def test_chdb_logs_roundtrip(chdb_client) -> None:
     cfg = _cfg(chdb_client)
     init_schema(chdb_client, cfg)
