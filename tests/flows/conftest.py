@@ -179,6 +179,20 @@ class FlowRun:
                 p.wait()
 
 
+def scrape_metrics(port: int, *wants: str, timeout: float = 60.0) -> str:
+    """A flow's ``/metrics`` text once it contains every line in ``wants`` (or at timeout)."""
+    import httpx
+
+    text, deadline = "", time.monotonic() + timeout
+    while time.monotonic() < deadline and not all(w in text for w in wants):
+        time.sleep(0.5)
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            pass
+    return text
+
+
 def chdb_rows(path: Path | str, sql: str) -> list[tuple[Any, ...]]:
     """Run a query on an embedded chdb folder from the test process (flow must be stopped)."""
     from connectors import clickhouse

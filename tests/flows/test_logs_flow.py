@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
@@ -28,7 +27,14 @@ from connectors.dlq import H_ERROR, H_OFFSET, H_TOPIC
 from tests import otlpgen
 from tests.conftest import free_port
 from tests.connectors.ingest.conftest import start_shim
-from tests.flows.conftest import FlowRun, chdb_rows, consume_all, flow_runs, produce
+from tests.flows.conftest import (
+    FlowRun,
+    chdb_rows,
+    consume_all,
+    flow_runs,
+    produce,
+    scrape_metrics,
+)
 
 SMALL = {"n_resources": 2, "logs_per_resource": 10}  # 20 log records per request
 
@@ -258,14 +264,8 @@ def test_flow_serves_standard_counters(logs_run) -> None:
     good = otlpgen.logs_payloads(10, seed=24, **SMALL)
     produce(run.bootstrap, run.topic, [*good, b"\x00garbage"], partition=0)
     p = run.start(env={"OTELWAX_METRICS_PORT": str(port)})
-    text, deadline = "", time.monotonic() + 60
     want = 'otelwax_sent_total{component="clickhouse_sink",unit="rows"} 200.0'
-    while time.monotonic() < deadline and want not in text:
-        time.sleep(0.5)
-        try:
-            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-        except httpx.HTTPError:
-            pass
+    text = scrape_metrics(port, want)
     p.kill()
     assert want in text, text[-3000:]
     assert 'otelwax_received_total{component="kafka_source",unit="records"} 11.0' in text

@@ -6,7 +6,6 @@ import random
 import threading
 import time
 
-import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
@@ -14,7 +13,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from connectors.dlq import H_ERROR, H_OFFSET, H_PARTITION, H_TOPIC
 from tests import otlpgen
 from tests.conftest import free_port
-from tests.flows.conftest import chdb_rows, consume_all, produce
+from tests.flows.conftest import chdb_rows, consume_all, produce, scrape_metrics
 
 SMALL = {"n_resources": 2, "spans_per_resource": 10}  # 20 spans per request
 
@@ -184,15 +183,9 @@ def test_flow_serves_standard_counters_and_consumer_lag(flow_run) -> None:
     good = otlpgen.trace_payloads(30, seed=15, **SMALL)
     produce(run.bootstrap, run.topic, [*good, b"\x00garbage"], partition=0)
     p = run.start(env={"OTELWAX_METRICS_PORT": str(port)})
-    text, deadline = "", time.monotonic() + 60
     want = 'otelwax_sent_total{component="clickhouse_sink",unit="rows"} 600.0'
     lag0 = f'otelwax_kafka_consumer_lag{{partition="0",topic="{run.topic}"}} 0.0'
-    while time.monotonic() < deadline and not (want in text and lag0 in text):
-        time.sleep(0.5)
-        try:
-            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-        except httpx.HTTPError:
-            pass
+    text = scrape_metrics(port, want, lag0)
     p.kill()
     assert want in text, text[-3000:]
     assert 'otelwax_received_total{component="kafka_source",unit="records"} 31.0' in text
