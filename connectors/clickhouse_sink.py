@@ -406,7 +406,7 @@ class _SinkPartition(StatelessSinkPartition[StoredRange]):
         self._mode = mode
         if mode == "token" and not getattr(self._client, "legacy", False):
             self._check_dedup_window(conn)
-        self._sort_key = sink.sort_key if self._cfg.presort else ()
+        self._sort_keys = [(k, "ascending") for k in sink.sort_key] if self._cfg.presort else []
         self._acks = sink.acks
         self._writer = None
         if self._acks is not None and self._cfg.overlap:
@@ -483,11 +483,10 @@ class _SinkPartition(StatelessSinkPartition[StoredRange]):
             self._blocking.call(attempt, failed)
 
     def write_batch(self, items: list[StoredRange]) -> None:
-        if self._sort_key:
+        if self._sort_keys:
             for r in items:
                 if r.batch.num_rows > 1:
-                    keys = [(k, "ascending") for k in self._sort_key]
-                    r.batch = r.batch.take(pc.sort_indices(r.batch, sort_keys=keys))
+                    r.batch = r.batch.take(pc.sort_indices(r.batch, sort_keys=self._sort_keys))
         if self._writer is not None:
             self._writer.submit(items)
         else:
