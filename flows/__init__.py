@@ -1,1 +1,65 @@
-"""Bytewax dataflows, one module per signal; each exposes ``flow``."""
+"""Bytewax dataflows, one module per signal; each exposes ``flow``, built on first access.
+
+``python -m bytewax.run flows.traces`` reads ``flows.traces.flow``; importing the module does
+no work (``otelwax validate`` imports flow modules for their settings models). A flow whose
+settings are invalid ends with its problems and the way out, without a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+__all__ = ["FlowConfigError", "exits_on_bad_config", "lazy_flow"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class FlowConfigError(SystemExit, ValueError):
+    """A flow cannot start with its settings.
+
+    Uncaught (``bytewax.run`` does not catch it), Python prints the message alone and exits 1;
+    callers checking settings still catch it as the ``ValueError`` it wraps.
+    """
+
+    def __init__(self, flow: str, problem: BaseException) -> None:
+        if isinstance(problem, FileNotFoundError):
+            text = f"config file {problem.filename} does not exist (set -c or $OTELWAX_CONFIG)"
+        else:
+            text = str(problem).strip() or type(problem).__name__
+        super().__init__(
+            f"flows.{flow}: cannot start: {text}\n"
+            "  fix the config and check it with: otelwax validate -c FILE"
+        )
+
+
+def exits_on_bad_config(name: str) -> Callable[[F], F]:
+    """Decorate a flow's ``build``: a ``ValueError`` (config and settings problems) or an
+    ``OSError`` (config file missing) becomes a :class:`FlowConfigError`."""
+
+    def decorate(build: F) -> F:
+        @functools.wraps(build)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return build(*args, **kwargs)
+            except FlowConfigError:
+                raise
+            except (ValueError, OSError) as exc:
+                raise FlowConfigError(name, exc) from exc
+
+        return checked  # type: ignore[return-value]
+
+    return decorate
+
+
+def lazy_flow(name: str, build: Callable[[], Any]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` building ``flow`` with ``build()`` on first access."""
+    flow = functools.cache(build)
+
+    def __getattr__(attr: str) -> Any:
+        if attr == "flow":
+            return flow()
+        raise AttributeError(f"module 'flows.{name}' has no attribute {attr!r}")
+
+    return __getattr__

@@ -27,6 +27,7 @@ from typing import Any
 
 from bytewax.dataflow import Dataflow
 
+from flows import exits_on_bad_config, lazy_flow
 from flows.pipeline import LOGS, BatchOperator, build_dataflow
 from flows.settings import ENV_CONFIG, LogsFlowSettings, load_logs_settings
 
@@ -35,7 +36,6 @@ __all__ = [
     "LogsFlowSettings",
     "build",
     "build_from_settings",
-    "flow",
     "load_settings",
 ]
 
@@ -58,6 +58,7 @@ def build_from_settings(
     return build_dataflow(settings, LOGS, batch_operators)
 
 
+@exits_on_bad_config("logs")
 def build(
     config_path: str | None = None,
     *,
@@ -71,4 +72,4 @@ def build(
     return build_from_settings(load_settings(config_path, **overrides), batch_operators)
 
 
-flow = build()
+__getattr__ = lazy_flow("logs", build)

@@ -68,6 +68,7 @@ from connectors.kafka import TOPIC_METRICS, KafkaConfig
 from connectors.kafka_source import KafkaSourceConfig, PartitionedKafkaSource, RangeCutConfig
 from connectors.prom_translate import SeriesBatch, tables_to_series
 from connectors.remote_write import RemoteWriteConfig, RemoteWriteSink
+from flows import exits_on_bad_config, lazy_flow
 from otelwax.logs import instrument
 from otelwax.metric_schemas import HISTOGRAM, METRIC_SCHEMAS, SUM
 from otelwax.settings import StrictModel
@@ -80,7 +81,6 @@ __all__ = [
     "build",
     "build_from_settings",
     "delta_to_cumulative",
-    "flow",
     "load_flow_settings",
     "load_settings",
 ]
@@ -698,9 +698,10 @@ def build_from_settings(settings: MetricsFlowSettings) -> Dataflow:
     return instrument(flow)
 
 
+@exits_on_bad_config("metrics")
 def build(config_path: str | os.PathLike[str] | None = None, **overrides: Any) -> Dataflow:
     """Build the flow from a YAML file (or ``$OTELWAX_CONFIG``/defaults) + overrides."""
     return build_from_settings(load_settings(config_path, **overrides))
 
 
-flow = build()
+__getattr__ = lazy_flow("metrics", build)

@@ -44,6 +44,7 @@ from connectors.kafka_source import (
 )
 from connectors.prom_translate import tables_to_series
 from connectors.remote_write import RemoteWriteConfig, RemoteWriteSink
+from flows import exits_on_bad_config, lazy_flow
 from flows.metrics import (
     MetricChunk,
     MetricsClickHouseConfig,
@@ -60,7 +61,6 @@ __all__ = [
     "SpanMetricsFlowSettings",
     "build",
     "build_from_settings",
-    "flow",
     "kafka_source",
     "load_settings",
 ]
@@ -215,9 +215,10 @@ def build_from_settings(settings: SpanMetricsFlowSettings) -> Dataflow:
     return instrument(flow, level=settings.log_level, fmt=settings.log_format)
 
 
+@exits_on_bad_config("spanmetrics")
 def build(config_path: str | os.PathLike[str] | None = None, **overrides: Any) -> Dataflow:
     """Build from YAML (or ``$OTELWAX_CONFIG``/defaults) plus overrides."""
     return build_from_settings(load_settings(config_path, **overrides))
 
 
-flow = build()
+__getattr__ = lazy_flow("spanmetrics", build)

@@ -22,11 +22,11 @@ from typing import Any
 
 from bytewax.dataflow import Dataflow
 
-from flows import pipeline
+from flows import exits_on_bad_config, lazy_flow, pipeline
 from flows.pipeline import TRACES, BatchOperator
 from flows.settings import TracesFlowSettings, load_settings
 
-__all__ = ["BatchOperator", "build", "build_from_settings", "flow", "load_settings"]
+__all__ = ["BatchOperator", "build", "build_from_settings", "load_settings"]
 
 
 def resolve_operators(specs: Sequence[dict[str, Any]]) -> list[tuple[str, BatchOperator]]:
@@ -50,6 +50,7 @@ def build_from_settings(
     return pipeline.build_dataflow(settings, TRACES, batch_operators, outputs)
 
 
+@exits_on_bad_config("traces")
 def build(
     config_path: str | None = None,
     *,
@@ -63,4 +64,4 @@ def build(
     return build_from_settings(load_settings(config_path, **overrides), batch_operators)
 
 
-flow = build()
+__getattr__ = lazy_flow("traces", build)

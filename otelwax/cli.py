@@ -1,16 +1,42 @@
 """The ``otelwax`` command. Each subcommand lives in its own module, imported only when used.
 
-A subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+A subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``; it may set
+``ENV_VARS`` (name -> what it sets), listed under its ``--help``. Every command takes the
+config file as ``-c/--config FILE`` (default ``$OTELWAX_CONFIG``).
+
+An error a command does not handle itself ends as one line on stderr and exit code 1; the
+traceback is logged at DEBUG (``--log-level DEBUG``).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 
+from otelwax import __version__
 from otelwax.logs import ENV_LOG_FORMAT, ENV_LOG_LEVEL, configure_logging, env_log_format
+
+log = logging.getLogger("otelwax")
+
+DESCRIPTION = (
+    "OpenTelemetry stream processing: an OTLP ingest shim that writes to Kafka, and dataflows "
+    "that store traces, metrics and logs exactly once into ClickHouse, Prometheus and Jaeger."
+)
+EPILOG = (
+    "first steps: otelwax validate -c configs/otelwax.yaml, then otelwax clickhouse init "
+    "-c configs/otelwax.yaml, otelwax ingest -c ..., otelwax flow traces -c ...  "
+    "'otelwax COMMAND --help' shows a command's options and the environment it reads."
+)
+
+# Read by every command; a command's module adds its own in ENV_VARS.
+COMMON_ENV = {
+    "OTELWAX_CONFIG": "config file when -c/--config is not given",
+    ENV_LOG_LEVEL: "log level (--log-level wins)",
+    ENV_LOG_FORMAT: "text or json (--log-format wins)",
+}
 
 # name -> (module, one-line help). Later components add their own line here.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -24,10 +50,17 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _env_epilog(extra: dict[str, str]) -> str:
+    rows = {**COMMON_ENV, **extra}
+    width = max(len(k) for k in rows)
+    return "environment:\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows.items())
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only ``command``'s module is imported (``otelwax validate`` must not pay
     for grpc or chdb), so ``otelwax COMMAND --help`` shows that command's own options."""
-    parser = argparse.ArgumentParser(prog="otelwax", description=__doc__)
+    parser = argparse.ArgumentParser(prog="otelwax", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"otelwax {__version__}")
     parser.add_argument(
         "--log-level", help="DEBUG, INFO, WARNING, ERROR (default: $OTELWAX_LOG_LEVEL or INFO)"
     )
@@ -37,10 +70,19 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(_module=module)
         if name == command:
-            importlib.import_module(module).add_arguments(p)
+            mod = importlib.import_module(module)
+            p = sub.add_parser(
+                name,
+                help=help_text,
+                description=help_text,
+                epilog=_env_epilog(getattr(mod, "ENV_VARS", {})),
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+            )
+            mod.add_arguments(p)
+        else:
+            p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
     return parser
 
 
@@ -57,7 +99,26 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging(os.environ.get(ENV_LOG_LEVEL, "INFO"), env_log_format())
     except ValueError as exc:
         build_parser().error(str(exc))
-    return int(importlib.import_module(args._module).run(args) or 0)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        log.debug("otelwax %s failed", args.command, exc_info=True)
+        print(f"otelwax {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        if not log.isEnabledFor(logging.DEBUG):
+            print("  (run with --log-level DEBUG for the traceback)", file=sys.stderr)
+        return 1
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc`` as one line: its message (first line of each of up to 5 problems), or its
+    type when it has none."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return "; ".join(lines[:6]) + (f" (+{len(lines) - 6} more)" if len(lines) > 6 else "")
 
 
 if __name__ == "__main__":

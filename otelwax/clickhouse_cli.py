@@ -1,9 +1,9 @@
 """``otelwax clickhouse init|check``: create the ClickHouse tables, or check what they accept.
 
-    otelwax clickhouse init  [--config FILE] [--dry-run] [connection overrides]
-    otelwax clickhouse check [--config FILE] [connection overrides]
+    otelwax clickhouse init  [-c FILE] [--dry-run] [connection overrides]
+    otelwax clickhouse check [-c FILE] [connection overrides]
 
-The connection comes from the ``clickhouse`` section of the deployment config (``--config``,
+The connection comes from the ``clickhouse`` section of the deployment config (``-c``,
 else ``$OTELWAX_CONFIG``, else the defaults: embedded chdb in ``.data/chdb``); flags override
 it. ``init`` runs the DDL (idempotent, ``IF NOT EXISTS``); ``--dry-run`` only prints it.
 ``check`` prints every problem (missing table, missing or incompatible column) and exits 1 if
@@ -16,22 +16,24 @@ import argparse
 import sys
 from typing import Any
 
-_OVERRIDES = {
-    "mode": str,
-    "path": str,
-    "host": str,
-    "port": int,
-    "http_port": int,
-    "user": str,
-    "database": str,
-    "traces_table": str,
-    "logs_table": str,
+# flag -> (type, help); each overrides that key of the config's clickhouse section.
+_OVERRIDES: dict[str, tuple[type, str]] = {
+    "mode": (str, "embedded (chdb in --path) or server"),
+    "path": (str, "embedded: chdb data folder"),
+    "host": (str, "server: host name"),
+    "port": (int, "server: native protocol port (9000)"),
+    "http_port": (int, "server: HTTP port (8123)"),
+    "user": (str, "server: user (the password comes from $OTELWAX_CLICKHOUSE_PASSWORD)"),
+    "database": (str, "database of the tables (otel)"),
+    "traces_table": (str, "spans table (otel_traces)"),
+    "logs_table": (str, "logs table (otel_logs)"),
 }
+ENV_VARS = {"OTELWAX_CLICKHOUSE_PASSWORD": "server password (default of clickhouse.password)"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["init", "check"], help="create tables / check them")
-    parser.add_argument("--config", help="deployment YAML (default: $OTELWAX_CONFIG)")
+    parser.add_argument("-c", "--config", help="deployment YAML (default: $OTELWAX_CONFIG)")
     parser.add_argument("--dry-run", action="store_true", help="init: print the DDL, run nothing")
     parser.add_argument(
         "--variant",
@@ -39,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="table layout (auto: legacy for ClickHouse < 20)",
     )
     parser.add_argument("--ttl-days", type=int, help="drop rows after N days (0 = keep)")
-    for name, typ in _OVERRIDES.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=typ, dest=f"ch_{name}")
+    for name, (typ, text) in _OVERRIDES.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=typ, dest=f"ch_{name}", help=text)
 
 
 def _config(args: argparse.Namespace) -> Any:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,6 +47,15 @@ def _recovery_settings(args: argparse.Namespace, env: dict[str, str]) -> Recover
     if model is None:
         return None
     return load_flow_settings(model, args.flow, args.config, env).recovery
+
+
+ENV_VARS = {
+    "OTELWAX_KAFKA_BOOTSTRAP": "Kafka bootstrap servers (overrides the file)",
+    "OTELWAX_<FLOW>__<key>__<key>": "one flow setting, e.g. OTELWAX_TRACES__source__topic",
+    "OTELWAX_REPLICAS": "processes in the cluster (StatefulSet; -i/-a from $HOSTNAME)",
+    "BYTEWAX_RECOVERY_DIRECTORY": "recovery folder for flows without recovery settings",
+    "OTELWAX_RECOVERY_PARTITIONS": "recovery partitions created by --init-recovery (default 1)",
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -111,14 +121,28 @@ def init_recovery(args: argparse.Namespace, env: dict[str, str]) -> bool:
     return True
 
 
+def shell_line(cmd: list[str]) -> str:
+    """``cmd`` as a line bash runs as is (``--dry-run``): arguments with shell characters are
+    quoted, in double quotes when that is enough (``"flows.traces:build('x.yaml')"``)."""
+
+    def quote(arg: str) -> str:
+        if shlex.quote(arg) == arg:
+            return arg
+        if not any(c in arg for c in '"$`\\!'):
+            return f'"{arg}"'
+        return shlex.quote(arg)
+
+    return " ".join(quote(a) for a in cmd)
+
+
 def run(args: argparse.Namespace, env: dict[str, str] | None = None) -> int:
     env = dict(os.environ if env is None else env)
     cmd = build_command(args, env)
     if args.init_recovery:
         init_recovery(args, env)
     if args.dry_run:
-        print(" ".join(cmd))
+        print(shell_line(cmd))
         return 0
-    log.info("exec %s", " ".join(cmd))
+    log.info("exec %s", shell_line(cmd))
     os.execv(cmd[0], cmd)
     return 0  # pragma: no cover

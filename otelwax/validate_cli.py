@@ -1,7 +1,7 @@
-"""``otelwax validate [FILE]``: check a deployment config without touching any service.
+"""``otelwax validate [-c FILE]``: check a deployment config without touching any service.
 
 Prints every problem as ``dotted.key.path: message`` and exits 1, or prints a one-line
-summary and exits 0. Without FILE it checks ``$OTELWAX_CONFIG`` (or the defaults). Unless
+summary and exits 0. Without a file it checks ``$OTELWAX_CONFIG`` (or the defaults). Unless
 ``--no-imports`` is given, user operator modules are imported and every operator pipeline is
 built (expressions compiled, factories called) — still no network or database I/O.
 """
@@ -15,9 +15,13 @@ from typing import Any
 
 from otelwax.config import ENV_CONFIG, ConfigError, OtelwaxConfig, read_yaml, validate_data
 
+ENV_VARS = {"OTELWAX_<FLOW>__<key>__<key>": "one flow setting, e.g. OTELWAX_TRACES__source__topic"}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", nargs="?", help=f"YAML config (default: ${ENV_CONFIG})")
+    parser.add_argument("-c", "--config", help=f"YAML config (default: ${ENV_CONFIG})")
+    # The file used to be positional: still accepted, not advertised.
+    parser.add_argument("file", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument(
         "--no-imports", action="store_true", help="do not import user operator modules"
     )
@@ -67,7 +71,10 @@ def _summary(cfg: OtelwaxConfig) -> str:
 
 
 def run(args: Any) -> int:
-    source = args.file or os.environ.get(ENV_CONFIG)
+    if args.config and args.file and args.config != args.file:
+        print(f"otelwax validate: give the file once (-c {args.config} or {args.file})")
+        return 2
+    source = args.config or args.file or os.environ.get(ENV_CONFIG)
     label = source or "(no file: defaults)"
     try:
         data = read_yaml(source) if source else {}

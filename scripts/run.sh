@@ -50,7 +50,7 @@ flows:
     clickhouse: {mode: embedded, path: $RUN/chdb-logs, create_schema: true}
     metrics_port: 9466
 YAML
-otelwax validate "$OTELWAX_CONFIG"
+otelwax validate -c "$OTELWAX_CONFIG"
 
 say "starting the ingest shim (OTLP gRPC :4317, HTTP :4318, /metrics :8888)"
 otelwax ingest --kafka-bootstrap 127.0.0.1:9092 >"$RUN/ingest.log" 2>&1 &

@@ -20,6 +20,11 @@ from otelwax.settings import ValidationError, format_errors
 
 log = logging.getLogger(__name__)
 
+ENV_VARS = {
+    "OTELWAX_KAFKA_BOOTSTRAP": "Kafka bootstrap (beats the file; --kafka-bootstrap beats it)",
+    "OTELWAX_INGEST_TOKEN": "bearer token clients must send (unless the file sets auth_token)",
+}
+
 # flag dest -> dotted key in IngestConfig
 _OVERRIDES = {
     "host": ("grpc.host", "http.host"),
@@ -45,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``otelwax ingest``."""
     a = parser.add_argument
     a(
+        "-c",
         "--config",
         type=Path,
         help="YAML file (IngestConfig, or a config with an ingest: key); "
@@ -124,10 +130,13 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str] | None = None)
     raises ValidationError/ValueError."""
     from connectors.ingest.config import IngestConfig
 
+    env = os.environ if env is None else env
     data: dict[str, Any] = {}
     path = config_path(args, env)
     if path is not None:
         data = load_section(path)
+    if env.get("OTELWAX_KAFKA_BOOTSTRAP"):  # as for the flows: the environment beats the file
+        _set(data, "kafka.bootstrap_servers", env["OTELWAX_KAFKA_BOOTSTRAP"])
     for dest, keys in _OVERRIDES.items():
         value = getattr(args, dest, None)
         if value is not None:
