@@ -241,7 +241,17 @@ class _ChdbEngine:
 
         Path(path).mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.session = session.Session(path)
+        try:
+            self.session = session.Session(path)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ClickHouseError(
+                f"cannot open embedded chdb at {path} ({first}); chdb allows one process per "
+                "folder: if another flow runs on it, give each flow its own clickhouse.path "
+                "(e.g. flows.logs.clickhouse.path: .data/chdb-logs) or use a ClickHouse "
+                "server (clickhouse.mode: server)",
+                transient=False,
+            ) from exc
         self.lock = threading.RLock()
         self.refs = 0
 

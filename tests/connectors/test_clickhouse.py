@@ -412,3 +412,34 @@ def test_native_encoding_of_modern_types_read_by_chdb(chdb_client) -> None:
         for k in TRACES_SCHEMA.names:
             if "Timestamp" not in k:
                 assert g[k] == e[k], k
+
+
+def test_a_second_process_on_a_chdb_folder_is_told_what_to_change(tmp_path) -> None:
+    """Two flows on one embedded folder: the second gets the fix, not chdb's lock message."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time\n"
+        "from connectors.clickhouse import ClickHouseConfig, open_client\n"
+        "c = open_client(ClickHouseConfig(path=sys.argv[1])); c.execute('SELECT 1')\n"
+        "print('open', flush=True); time.sleep(float(sys.argv[2]))\n"
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path), "60"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert first.stdout is not None and first.stdout.readline().strip() == "open"
+        res = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path), "0"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode != 0
+        last = res.stderr.strip().splitlines()[-1]
+        assert f"cannot open embedded chdb at {tmp_path}" in last
+        assert "own clickhouse.path" in last and "clickhouse.mode: server" in last
+    finally:
+        first.kill()
+        first.wait()
