@@ -47,6 +47,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "otelwax.flow_cli",
         "run a dataflow (traces|logs|metrics|spanmetrics) with recovery/cluster args",
     ),
+    "query": (
+        "otelwax.query_cli",
+        "see what landed: row counts, services, traces, a trace, an HTML report",
+    ),
 }
 
 
