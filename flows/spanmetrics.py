@@ -13,10 +13,12 @@ into ``flows.traces`` too, if one consumer is preferred.
 Steps: kafka (``connectors.kafka_source``: one bytewax partition per Kafka partition, exports
 ``otelwax_kafka_consumer_lag``) → decode (``otelwax.codec.decode_traces``, one batch per offset
 range, in order) → ``span_metrics``
-(tumbling windows on span end time, cumulative totals, cardinality limit, late spans counted)
+(tumbling windows on span end time, watermark bounded by each range's Kafka timestamp,
+cumulative totals, cardinality limit, idle series evicted, rejected spans counted)
 → Prometheus remote-write (and, optionally, the ``otel_metrics_sum/histogram`` tables in chdb);
-late spans are dropped (counted) or, with ``late_policy: route``, written to ``late_topic`` as
-Arrow IPC streams.
+rejected spans (late, too far in the future or past) are dropped (counted) or, with
+``late_policy: route``, written to ``late_topic`` as Arrow IPC streams with the reason in the
+``otelwax.reason`` header.
 
 ``/metrics`` (and so the image's ``/healthz`` probe, any path answers) is served on
 ``metrics_port`` from the moment the flow builds its first Kafka partition. Undecodable records
@@ -53,7 +55,7 @@ from flows.metrics import (
     load_flow_settings,
 )
 from flows.settings import ServingSettings
-from operators.windows import SpanMetricsConfig, span_metrics
+from operators.windows import INGEST_TIME_KEY, REASON_KEY, SpanMetricsConfig, span_metrics
 from otelwax.logs import instrument
 from otelwax.telemetry import ComponentMetrics, serve_metrics
 
@@ -85,7 +87,9 @@ class SpanMetricsFlowSettings(ServingSettings):
     spanmetrics: SpanMetricsConfig = Field(default_factory=SpanMetricsConfig)
     remote_write: RemoteWriteConfig | None = Field(default_factory=RemoteWriteConfig)
     clickhouse: MetricsClickHouseConfig | None = None
-    late_topic: str | None = Field(None, description="late spans (late_policy: route)")
+    late_topic: str | None = Field(
+        None, description="rejected spans, reason in the otelwax.reason header (late_policy: route)"
+    )
     metrics_port: int | None = Field(
         9467, ge=0, le=65535, description="serve /metrics here (None: do not serve)"
     )
@@ -148,7 +152,9 @@ class _Decode:
                         },
                     )
             if res.batch.num_rows:
-                out.append(res.batch.select(_SPAN_COLUMNS))
+                # the watermark never passes the ingest time (see operators.windows)
+                meta = {INGEST_TIME_KEY: str(r.first_timestamp_ms).encode()}
+                out.append(res.batch.select(_SPAN_COLUMNS).replace_schema_metadata(meta))
         return out
 
 
@@ -179,7 +185,10 @@ def _late_to_kafka(batch: pa.RecordBatch | pa.Table) -> Any:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, batch.schema) as w:
         w.write(batch)
-    return KafkaSinkMessage(key=None, value=sink.getvalue().to_pybytes())
+    reason = (batch.schema.metadata or {}).get(REASON_KEY, b"late")
+    return KafkaSinkMessage(
+        key=None, value=sink.getvalue().to_pybytes(), headers=[("otelwax.reason", reason)]
+    )
 
 
 def build_from_settings(settings: SpanMetricsFlowSettings) -> Dataflow:

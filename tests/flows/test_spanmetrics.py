@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from typing import Any
 
+import pyarrow as pa
 from bytewax.testing import run_main
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -15,7 +17,10 @@ from prometheus_client import REGISTRY
 
 from flows.spanmetrics import build_from_settings, load_settings
 from tests.conftest import free_port
+from tests.flows.conftest import consume_all
 from tests.promfixtures import (  # noqa: F401
+    PrometheusService,
+    own_prometheus_fixture,
     prom_values,
     prometheus_url_fixture,
     unique_job,
@@ -134,10 +139,30 @@ def test_span_metrics_reach_prometheus_with_out_of_order_and_late_spans(
     assert len(job) == 2  # job label from the resource's service.name
 
 
-def test_late_spans_routed_to_a_topic(kafka_bootstrap: str, make_topic) -> None:
-    import pyarrow as pa
-    from confluent_kafka import Consumer
+def _routing_settings(bootstrap: str, topic: str, late_topic: str, **overrides: Any):
+    """One-shot settings, one record per batch, 10 s windows, rejected spans to ``late_topic``."""
+    return load_settings(
+        None,
+        kafka={"bootstrap_servers": bootstrap},
+        topic=topic,
+        tail=False,
+        source_batch_size=1,  # one record per batch: arrival order = produce order
+        spanmetrics={"window_s": 10, "allowed_lateness_s": 5, "late_policy": "route"},
+        late_topic=late_topic,
+        metrics_port=None,
+        **overrides,
+    )
 
+
+def _routed(bootstrap: str, late_topic: str) -> list[tuple[bytes, pa.Table]]:
+    """(``otelwax.reason`` header, span rows) of every record in ``late_topic``."""
+    return [
+        (dict(m.headers() or [])["otelwax.reason"], pa.ipc.open_stream(m.value()).read_all())
+        for m in consume_all(bootstrap, late_topic)
+    ]
+
+
+def test_late_spans_routed_to_a_topic(kafka_bootstrap: str, make_topic) -> None:
     topic = make_topic("spans", partitions=1)
     late_topic = make_topic("late", partitions=1)
     svc = unique_job("smlate")
@@ -150,36 +175,11 @@ def test_late_spans_routed_to_a_topic(kafka_bootstrap: str, make_topic) -> None:
             _request(svc, [(base + 2, 1, "early", 1), (base + 3, 1, "early2", 1)]),  # late
         ],
     )
-    settings = load_settings(
-        None,
-        kafka={"bootstrap_servers": kafka_bootstrap},
-        topic=topic,
-        tail=False,
-        source_batch_size=1,
-        spanmetrics={"window_s": 10, "allowed_lateness_s": 5, "late_policy": "route"},
-        remote_write=None,
-        late_topic=late_topic,
-        metrics_port=None,
-    )
+    settings = _routing_settings(kafka_bootstrap, topic, late_topic, remote_write=None)
     run_main(build_from_settings(settings))
-    c = Consumer(
-        {
-            "bootstrap.servers": kafka_bootstrap,
-            "group.id": uuid.uuid4().hex,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    c.subscribe([late_topic])
-    rows: list[str] = []
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and len(rows) < 2:
-        m = c.poll(0.5)
-        if m is None or m.error():
-            continue
-        table = pa.ipc.open_stream(m.value()).read_all()
-        rows += table.column("SpanName").to_pylist()
-    c.close()
-    assert sorted(rows) == ["early", "early2"]
+    routed = _routed(kafka_bootstrap, late_topic)
+    assert [reason for reason, _ in routed] == [b"late"]
+    assert sorted(routed[0][1].column("SpanName").to_pylist()) == ["early", "early2"]
 
 
 def test_settings_report_every_problem_with_its_key_path() -> None:
@@ -306,3 +306,48 @@ def test_running_flow_serves_healthz_and_consumer_lag_and_logs_json(
     assert len(bad) == 1, log[-3000:]
     assert bad[0]["step_id"] == "otelwax_spanmetrics.decode"
     assert (bad[0]["topic"], bad[0]["partition"], bad[0]["offset"]) == (topic, 1, 0)
+
+
+def test_one_span_a_day_ahead_leaves_the_next_thousand_counted(
+    kafka_bootstrap: str, make_topic, own_prometheus: PrometheusService
+) -> None:
+    """A producer with a clock a day ahead must not freeze span metrics: its span is dropped
+    (counted, routed with reason ``future``), the 1,000 on-time spans after it reach
+    Prometheus, and nothing is written with a future timestamp. (A private Prometheus: one
+    sample a day ahead moves its head, after which it rejects every current sample as out of
+    bounds for a day.)"""
+    prometheus_url = own_prometheus.url
+    topic = make_topic("spans", partitions=1)
+    late_topic = make_topic("late", partitions=1)
+    svc = unique_job("smfuture")
+    base = (int(time.time()) - 120) // 10 * 10
+    on_time = [
+        _request(svc, [(base + 1 + i * 3 + j * 0.02, 2, "GET", 1) for j in range(100)])
+        for i in range(10)
+    ]
+    _produce(
+        kafka_bootstrap,
+        topic,
+        [_request(svc, [(time.time() + 86_400, 2, "GET", 1)]), *on_time],
+    )
+
+    def dropped(reason: str) -> float:
+        labels = {"component": "span_metrics", "unit": "spans", "reason": reason}
+        return REGISTRY.get_sample_value("otelwax_dropped_total", labels) or 0
+
+    before = {r: dropped(r) for r in ("future", "late")}
+    settings = _routing_settings(
+        kafka_bootstrap, topic, late_topic, remote_write={"url": own_prometheus.write_url}
+    )
+    run_main(build_from_settings(settings))
+    assert dropped("late") - before["late"] == 0
+    assert dropped("future") - before["future"] == 1
+
+    sel = f'service_name="{svc}",span_name="GET"'
+    wait_for(prometheus_url, f"traces_span_metrics_calls_total{{{sel}}}")
+    got = prom_values(prometheus_url, f"traces_span_metrics_calls_total{{{sel}}}")
+    assert list(got.values()) == [1000.0]
+    newest = prom_values(prometheus_url, f"timestamp(traces_span_metrics_calls_total{{{sel}}})")
+    assert max(newest.values()) <= time.time()
+    routed = _routed(kafka_bootstrap, late_topic)
+    assert [(reason, t.num_rows) for reason, t in routed] == [(b"future", 1)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import time
 
 import pyarrow as pa
 import pytest
@@ -12,6 +13,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from connectors.prom_translate import tables_to_series
 from operators.windows import (
     DEFAULT_BUCKETS_MS,
+    INGEST_TIME_KEY,
     Dimension,
     SpanMetricsAggregator,
     SpanMetricsConfig,
@@ -65,6 +67,7 @@ def calls(tables_list: list[dict]) -> dict[tuple, list[tuple[int, float]]]:
 def cfg(**kw) -> SpanMetricsConfig:
     kw.setdefault("window_s", 10)
     kw.setdefault("allowed_lateness_s", 5)
+    kw.setdefault("max_age_s", None)  # T0 is long past
     return SpanMetricsConfig(**kw)
 
 
@@ -85,7 +88,7 @@ def test_windows_by_end_time_out_of_order_and_late() -> None:
     # late: window 0 is closed
     out, late = agg.add(spans([(T0 + 3, 1, "a", "op"), (T0 + 9, 1, "b", "op")]))
     emitted += out
-    assert late is None  # policy drop
+    assert late == []  # policy drop
     assert agg.late_total == 2
     emitted += agg.close_all()
     got = calls(emitted)
@@ -98,8 +101,9 @@ def test_windows_by_end_time_out_of_order_and_late() -> None:
 def test_late_spans_routed_when_configured() -> None:
     agg = SpanMetricsAggregator(cfg(late_policy="route", allowed_lateness_s=0))
     agg.add(spans([(T0 + 25, 1, "a", "op")]))  # closes everything before T0+20
-    _, late = agg.add(spans([(T0 + 3, 1, "a", "x"), (T0 + 26, 1, "a", "y")]))
-    assert late is not None and late.column("SpanName").to_pylist() == ["x"]
+    _, (late,) = agg.add(spans([(T0 + 3, 1, "a", "x"), (T0 + 26, 1, "a", "y")]))
+    assert late.column("SpanName").to_pylist() == ["x"]
+    assert late.schema.metadata[b"otelwax.reason"] == b"late"
 
 
 def test_duration_histogram_uses_connector_buckets() -> None:
@@ -236,3 +240,182 @@ def test_idle_timeout_closes_open_windows() -> None:
     # and the state round-trips through a snapshot
     again = _WindowLogic(cfg(), pickle.loads(pickle.dumps(logic.snapshot())))
     assert again.agg.cum == logic.agg.cum
+
+
+# --- watermark bounded by processing time; series eviction ------------------------------------
+
+
+def _dropped(reason: str, unit: str = "spans") -> float:
+    from prometheus_client import REGISTRY
+
+    labels = {"component": "span_metrics", "unit": unit, "reason": reason}
+    return REGISTRY.get_sample_value("otelwax_dropped_total", labels) or 0.0
+
+
+def _now_s() -> int:
+    """A window boundary a minute ago (10 s windows)."""
+    return (int(time.time()) - 60) // 10 * 10
+
+
+def test_one_span_a_day_ahead_does_not_make_on_time_spans_late() -> None:
+    now = _now_s()
+    agg = SpanMetricsAggregator(cfg(late_policy="route"))
+    future_before = _dropped("future")
+    emitted, first_rejected = agg.add(spans([(now + 86_400, 1, "a", "op")]))
+    for i in range(10):  # 1,000 on-time spans over 5 windows, in order
+        batch = spans([(now + i * 5 + j * 0.04, 1, "a", "op") for j in range(100)])
+        out, rejected = agg.add(batch)
+        emitted += out
+        assert not rejected
+    assert agg.late_total == 0
+    emitted += agg.close_all()
+    samples = calls(emitted)[("a", "op", "STATUS_CODE_UNSET")]
+    assert samples[-1][1] == 1000.0
+    # the span a day ahead is counted as dropped and routed with its reason
+    assert _dropped("future") - future_before == 1
+    assert [b.schema.metadata[b"otelwax.reason"] for b in first_rejected] == [b"future"]
+    # nothing is ever emitted with a timestamp in the future
+    assert max(ts for ts, _ in samples) <= (now + 60) * 1000
+
+
+class FakeClock:
+    """A processing clock the test moves (ns)."""
+
+    def __init__(self, t_s: float) -> None:
+        self.ns = round(t_s * S)
+
+    def __call__(self) -> int:
+        return self.ns
+
+
+def ingested(batch: pa.RecordBatch, t_s: float) -> pa.RecordBatch:
+    """The batch as flows.spanmetrics hands it on: with its Kafka (ingest) timestamp."""
+    return batch.replace_schema_metadata({INGEST_TIME_KEY: str(round(t_s * 1000)).encode()})
+
+
+@pytest.mark.parametrize("reading", ["live", "backlog"])
+def test_clock_skewed_spans_within_skew_count_without_holding_back_the_others(
+    reading: str,
+) -> None:
+    """A host whose clock is 2 minutes fast: its span counts, and the on-time spans after it
+    are not late, whether read live (the processing clock bounds the watermark) or from a
+    backlog an hour old (the Kafka timestamps do)."""
+    clock = FakeClock(T0)
+    agg = SpanMetricsAggregator(cfg(max_future_skew_s=300), clock=clock)
+
+    def feed(rows: list[tuple], at_s: float) -> tuple[list[dict], list]:
+        if reading == "live":
+            clock.ns = round(at_s * S)
+            return agg.add(spans(rows))
+        clock.ns = (T0 + 3600) * S
+        return agg.add(ingested(spans(rows), at_s))
+
+    emitted, _ = feed([(T0 + 120.5, 1, "skewed", "op")], T0 + 0.5)
+    for i in range(6):
+        out, rejected = feed([(T0 + i * 10 + 1, 1, "a", "op")], T0 + i * 10 + 1.2)
+        emitted += out
+        assert rejected == []
+    assert agg.late_total == 0
+    got = calls(emitted)
+    # windows closed as the ingest time passed them (the last at T0+51 keeps T0+50 open)
+    assert got[("a", "op", "STATUS_CODE_UNSET")][-1][1] == 4.0
+    assert ("skewed", "op", "STATUS_CODE_UNSET") not in got  # its window is still open
+    emitted += agg.close_all()
+    got = calls(emitted)
+    assert got[("skewed", "op", "STATUS_CODE_UNSET")][-1][1] == 1.0
+    assert got[("a", "op", "STATUS_CODE_UNSET")][-1][1] == 6.0
+
+
+def test_spans_older_than_max_age_are_dropped_and_routed() -> None:
+    now = _now_s()
+    agg = SpanMetricsAggregator(cfg(max_age_s=3600, late_policy="route"))
+    before = _dropped("too_old")
+    _, rejected = agg.add(spans([(1, 1, "a", "epoch"), (now, 1, "a", "op")]))
+    assert [b.column("SpanName").to_pylist() for b in rejected] == [["epoch"]]
+    assert rejected[0].schema.metadata[b"otelwax.reason"] == b"too_old"
+    assert _dropped("too_old") - before == 1
+    assert list(agg.windows) == [now * S]
+
+
+def test_restore_clamps_a_stored_watermark_far_ahead_of_now() -> None:
+    """A snapshot written while one span a day ahead drove the watermark (the state the
+    unbounded watermark left behind) recovers: on-time spans count again after a restart."""
+    from operators.windows import _WindowLogic
+
+    now = _now_s()
+    ahead = (now + 86_400) * S
+    future_key = ("a", "op", "SPAN_KIND_SERVER", "STATUS_CODE_UNSET")
+    bad = {
+        "max_end": ahead,
+        "closed_upto": ahead - 10 * S,
+        "windows": {ahead - 10 * S: {future_key: [1, 1.0, [1] + [0] * 16]}},
+        "cum": {future_key: [ahead - 20 * S, 1, 1.0, [1] + [0] * 16]},
+        "late_total": 0,
+    }
+    future_before = _dropped("future")
+    logic = _WindowLogic(cfg(), pickle.loads(pickle.dumps(bad)))
+    assert _dropped("future") - future_before == 1  # the open future window's span
+    emitted: list = []
+    for i in range(3):
+        out, _ = logic.on_item(spans([(now + i * 10 + 1, 1, "a", "op")] * 10))
+        emitted += [t for tag, t in out if tag == "metrics"]
+    emitted += [t for tag, t in logic.on_eof()[0] if tag == "metrics"]
+    assert logic.agg.late_total == 0
+    samples = calls(emitted)[("a", "op", "STATUS_CODE_UNSET")]
+    assert samples[-1][1] == 30.0  # the future span's series was reset, not carried on
+    starts = {ts.value for t in emitted for ts in t["otel_metrics_sum"].column("StartTimeUnix")}
+    assert max(starts) <= (now + 30) * S
+    assert logic.agg.max_end is not None and logic.agg.max_end <= time.time_ns() + 300 * S
+
+
+def test_series_without_updates_for_the_ttl_are_evicted_and_restart_from_zero() -> None:
+    agg = SpanMetricsAggregator(cfg(series_ttl_s=30))
+    evicted_before = _dropped("evicted", unit="series")
+    emitted: list[dict] = []
+    out, _ = agg.add(spans([(T0 + 1, 1, "a", "rare"), (T0 + 1, 1, "a", "busy")]))
+    emitted += out
+    for i in range(1, 8):  # "busy" keeps going; "rare" stays quiet for 70 s
+        out, _ = agg.add(spans([(T0 + i * 10 + 1, 1, "a", "busy")]))
+        emitted += out
+    assert ("a", "rare", "SPAN_KIND_SERVER", "STATUS_CODE_UNSET") not in agg.cum
+    assert len(agg.cum) == 1  # memory bounded by the series seen within the TTL
+    assert _dropped("evicted", unit="series") - evicted_before == 1
+    out, _ = agg.add(spans([(T0 + 81, 1, "a", "rare")]))
+    emitted += out
+    emitted += agg.close_all()
+    rare = calls(emitted)[("a", "rare", "STATUS_CODE_UNSET")]
+    # back after eviction: a fresh cumulative series (a counter reset for Prometheus)
+    assert rare == [((T0 + 10) * 1000, 1.0), ((T0 + 90) * 1000, 1.0)]
+    sums = [t["otel_metrics_sum"] for t in emitted]
+    rare_starts = [
+        st.value
+        for t in sums
+        for st, a in zip(t.column("StartTimeUnix"), t.column("Attributes").to_pylist(), strict=True)
+        if dict(a)["span.name"] == "rare"
+    ]
+    assert rare_starts == [T0 * S, (T0 + 80) * S]
+
+
+def test_eviction_survives_a_snapshot() -> None:
+    agg = SpanMetricsAggregator(cfg(series_ttl_s=30))
+    agg.add(spans([(T0 + 1, 1, "a", "rare"), (T0 + 1, 1, "a", "busy")]))
+    agg.add(spans([(T0 + 21, 1, "a", "busy")]))
+    again = SpanMetricsAggregator(cfg(series_ttl_s=30), pickle.loads(pickle.dumps(agg.snapshot())))
+    again.add(spans([(T0 + 61, 1, "a", "busy")]))
+    assert [k[1] for k in again.cum] == ["busy"]
+
+
+def test_idle_leaves_a_window_ahead_of_the_clock_open_until_the_clock_passes_it() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from operators.windows import _WindowLogic
+
+    logic = _WindowLogic(cfg(idle_close_s=1), None)
+    logic.on_item(spans([(time.time() + 120, 1, "skewed", "op")]))  # within the 300 s skew
+    emitted, _ = logic.on_notify()  # idle: the clock has not reached the window
+    assert list(emitted) == [] and logic.agg.open_windows == 1
+    due = logic.notify_at()
+    assert due is not None and due - datetime.now(UTC) > timedelta(seconds=110)  # no busy loop
+    emitted, _ = logic.on_eof()  # the end of the input closes it
+    assert [tag for tag, _ in emitted] == ["metrics"]
+    assert logic.agg.closed_upto is not None and logic.agg.closed_upto <= time.time_ns()
