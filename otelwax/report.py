@@ -89,10 +89,11 @@ def _waterfall(trace: dict[str, Any] | None) -> str:
     total = max(end - t0, 1.0)
     depth = _depths(spans)
     w, row, label = 900, 20, 300
+    track = w - label - 70  # room for the duration after the longest bar
     bars = []
     for i, s in enumerate(spans):
-        x = label + (w - label - 10) * (int(s["start_ns"]) - t0) / total
-        bw = max((w - label - 10) * float(s["duration_ms"]) * 1e6 / total, 1.5)
+        x = label + track * (int(s["start_ns"]) - t0) / total
+        bw = max(track * float(s["duration_ms"]) * 1e6 / total, 1.5)
         color = "#e15759" if s.get("status") == "STATUS_CODE_ERROR" else "#4e79a7"
         name = f'{"  " * depth.get(s["span_id"], 0)}{s["service"]}: {s["span"]}'
         y = i * row
@@ -101,7 +102,7 @@ def _waterfall(trace: dict[str, Any] | None) -> str:
             f'<text x="{4 + 10 * depth.get(s["span_id"], 0)}" y="{y + 14}" font-size="12">'
             f"{escape(name.strip()[:48])}</text>"
             f'<rect x="{x:.1f}" y="{y + 3}" width="{bw:.1f}" height="{row - 6}" fill="{color}"/>'
-            f'<text x="{min(x + bw + 4, w - 60):.1f}" y="{y + 14}" font-size="11">'
+            f'<text x="{x + bw + 4:.1f}" y="{y + 14}" font-size="11">'
             f'{float(s["duration_ms"]):g} ms</text></g>'
         )
     tid = escape(str(trace.get("trace_id", "")))  # type: ignore[union-attr]

@@ -21,6 +21,7 @@ trap cleanup EXIT
 need=()
 command -v clickhouse-server >/dev/null || need+=(clickhouse-server clickhouse-client)
 command -v prometheus >/dev/null || need+=(prometheus)
+command -v chromium >/dev/null || need+=(chromium)  # renders the HTML report in a test
 if [ ${#need[@]} -gt 0 ]; then
   echo "test: apt-get install ${need[*]}"
   apt-get update -qq >/dev/null
