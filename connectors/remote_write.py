@@ -16,7 +16,9 @@ Behaviour, as the spec asks:
 - labels sorted by name, samples sorted by timestamp within a series (for equal timestamps the
   last sample wins, reason ``duplicate_timestamp``); a series' samples older
   than the newest one this sink already sent are dropped before sending (reason
-  ``out_of_order``), because one out-of-order sample makes Prometheus reject the whole request;
+  ``out_of_order``), because one out-of-order sample makes Prometheus reject the whole request
+  (that memory forgets a series idle for ``order.series_ttl_s``; the flows keep it in their
+  recovery snapshot instead and reorder series first: ``connectors.remote_write_order``);
 - requests are bounded by ``max_samples_per_request`` (series are split when needed);
 - 5xx, 429 and connection errors are retried with exponential backoff (honouring
   ``Retry-After`` on 429, capped at ``retry.max_backoff_s``) until ``retry.max_elapsed_s``;
@@ -72,6 +74,29 @@ class RetryConfig(StrictModel):
     )
 
 
+class OrderConfig(StrictModel):
+    """The reorder buffer the flows put in front of the sink (``connectors.remote_write_order``)
+    and the memory of what was sent per series."""
+
+    delay_s: float = Field(
+        2.0,
+        ge=0,
+        le=600,
+        description="hold each sample this long (processing time), so that older samples of its "
+        "series read from other Kafka partitions meanwhile are sent first",
+    )
+    max_series: int = Field(
+        100_000, gt=0, description="series held at once (all shards); past it, release early"
+    )
+    max_samples: int = Field(
+        1_000_000, gt=0, description="samples held at once (all shards); past it, release early"
+    )
+    series_ttl_s: float = Field(
+        900.0, gt=0, description="forget a series' last sent timestamp after this long idle"
+    )
+    shards: int = Field(16, gt=0, le=4096, description="state keys (spread over workers)")
+
+
 class RemoteWriteConfig(StrictModel):
     """Where and how to send samples."""
 
@@ -83,6 +108,53 @@ class RemoteWriteConfig(StrictModel):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     split_on_bad_request: bool = True
     drop_out_of_order: bool = True
+    order: OrderConfig = Field(default_factory=OrderConfig)
+
+
+class LastSent:
+    """The newest timestamp sent per series; a series idle for ``ttl_s`` is forgotten (counted
+    as dropped ``series``, reason ``expired``). ``entries`` is plain data, for snapshots."""
+
+    def __init__(self, ttl_s: float, metrics: ComponentMetrics) -> None:
+        self.ttl_s = ttl_s
+        self.metrics = metrics
+        self.entries: dict[Labels, list[Any]] = {}  # labels → [last ts_ms | None, seen (time.time)]
+        self._next_sweep = 0.0
+
+    def get(self, labels: Labels) -> int | None:
+        e = self.entries.get(labels)
+        return None if e is None else e[0]
+
+    def touch(self, labels: Labels, now: float) -> None:
+        """Note that ``labels`` had samples at ``now`` (keeps it from expiring)."""
+        e = self.entries.get(labels)
+        if e is None:
+            self.entries[labels] = [None, now]
+        else:
+            e[1] = now
+
+    def sent(self, labels: Labels, ts: int) -> None:
+        e = self.entries.get(labels)
+        if e is None:
+            self.entries[labels] = [ts, time.time()]
+        elif e[0] is None or e[0] < ts:
+            e[0] = ts
+
+    def next_expiry(self) -> float | None:
+        """When :meth:`expire` next has work to do (None: nothing to forget)."""
+        return self._next_sweep if self.entries else None
+
+    def expire(self, now: float) -> int:
+        """Forget the series idle for ``ttl_s``; sweeps at most every ``ttl_s / 4``."""
+        if now < self._next_sweep:
+            return 0
+        self._next_sweep = now + self.ttl_s / 4
+        cutoff = now - self.ttl_s
+        stale = [k for k, e in self.entries.items() if e[1] < cutoff]
+        for k in stale:
+            del self.entries[k]
+        self.metrics.dropped(len(stale), "expired")
+        return len(stale)
 
 
 # --- protobuf wire encoding -------------------------------------------------------------------
@@ -179,9 +251,12 @@ class _Retryable(Exception):
 class RemoteWriteClient:
     """Sends series to one remote-write endpoint, with batching, retries and counters."""
 
-    def __init__(self, cfg: RemoteWriteConfig, component: str = "remote_write") -> None:
+    def __init__(
+        self, cfg: RemoteWriteConfig, component: str = "remote_write", check_order: bool = True
+    ) -> None:
         self.cfg = cfg
         self.metrics = ComponentMetrics(component, "samples")
+        self.check_order = check_order and cfg.drop_out_of_order
         u = urllib.parse.urlsplit(cfg.url)
         if u.scheme not in ("http", "https"):
             raise ValueError(f"remote_write.url: unsupported scheme {u.scheme!r}")
@@ -191,7 +266,7 @@ class RemoteWriteClient:
         self._path = (u.path or "/") + (f"?{u.query}" if u.query else "")
         self._conn: http.client.HTTPConnection | None = None
         self._headers = {**HEADERS, "User-Agent": cfg.user_agent, **cfg.headers}
-        self._last_ts: dict[Labels, int] = {}
+        self._last_sent = LastSent(cfg.order.series_ttl_s, ComponentMetrics(component, "series"))
         self._label_cache: dict[Labels, bytes] = {}
         self.requests_sent = 0
 
@@ -247,8 +322,8 @@ class RemoteWriteClient:
                     dropped_dups = len(samples) - len(collapsed)
                     self.metrics.dropped(dropped_dups, "duplicate_timestamp")
                     samples = sorted(collapsed.items())
-            if self.cfg.drop_out_of_order:
-                last = self._last_ts.get(labels)
+            if self.check_order:
+                last = self._last_sent.get(labels)
                 if last is not None and samples[0][0] < last:
                     keep = [s for s in samples if s[0] >= last]
                     dropped += len(samples) - len(keep)
@@ -288,6 +363,7 @@ class RemoteWriteClient:
             self.metrics.dropped(n, reason)
         total = batch.num_samples
         self.metrics.received(total)
+        self._last_sent.expire(time.time())
         series = self._prepare(batch)
         sent = 0
         for chunk in self._chunks(series):
@@ -304,12 +380,9 @@ class RemoteWriteClient:
             return 0
         if 200 <= status < 300:
             self.metrics.sent(n)
-            if len(self._last_ts) > 1_000_000:
-                self._last_ts.clear()  # bound memory; the guard restarts from what comes next
-            for labels, samples in chunk:
-                last = samples[-1][0]
-                if self._last_ts.get(labels, -(2**63)) < last:
-                    self._last_ts[labels] = last
+            if self.check_order:
+                for labels, samples in chunk:
+                    self._last_sent.sent(labels, samples[-1][0])
             return n
         # Non-retryable 4xx.
         if self.cfg.split_on_bad_request and (len(chunk) > 1 or len(chunk[0][1]) > 1):
@@ -391,8 +464,8 @@ def _retry_after(value: str | None) -> float | None:
 
 
 class _RemoteWritePartition(StatelessSinkPartition[SeriesBatch]):
-    def __init__(self, cfg: RemoteWriteConfig, component: str) -> None:
-        self._client = RemoteWriteClient(cfg, component)
+    def __init__(self, cfg: RemoteWriteConfig, component: str, check_order: bool) -> None:
+        self._client = RemoteWriteClient(cfg, component, check_order)
 
     def write_batch(self, items: list[SeriesBatch]) -> None:
         if not items:
@@ -410,12 +483,18 @@ class _RemoteWritePartition(StatelessSinkPartition[SeriesBatch]):
 class RemoteWriteSink(DynamicSink[SeriesBatch]):
     """bytewax sink writing :class:`SeriesBatch` items with remote-write (one client per worker).
 
-    Constructing it does no I/O; the HTTP connection opens on the first write.
+    Constructing it does no I/O; the HTTP connection opens on the first write. Its memory of
+    the last sample sent per series (``check_order``) is per worker and lost on restart: the
+    flows put ``connectors.remote_write_order.write_in_order`` in front instead, which keeps
+    it in the recovery snapshot and orders series across partitions and workers.
     """
 
-    def __init__(self, cfg: RemoteWriteConfig, component: str = "remote_write") -> None:
+    def __init__(
+        self, cfg: RemoteWriteConfig, component: str = "remote_write", check_order: bool = True
+    ) -> None:
         self.cfg = cfg
         self.component = component
+        self.check_order = check_order
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> Any:
-        return _RemoteWritePartition(self.cfg, self.component)
+        return _RemoteWritePartition(self.cfg, self.component, self.check_order)

@@ -52,6 +52,7 @@ import gc
 import hashlib
 import logging
 import os
+import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -67,7 +68,8 @@ from connectors.clickhouse import ClickHouseConfig
 from connectors.kafka import TOPIC_METRICS, KafkaConfig
 from connectors.kafka_source import KafkaSourceConfig, PartitionedKafkaSource, RangeCutConfig
 from connectors.prom_translate import SeriesBatch, tables_to_series
-from connectors.remote_write import RemoteWriteConfig, RemoteWriteSink
+from connectors.remote_write import RemoteWriteConfig
+from connectors.remote_write_order import write_in_order
 from flows import exits_on_bad_config, lazy_flow
 from otelwax.logs import instrument
 from otelwax.metric_schemas import HISTOGRAM, METRIC_SCHEMAS, SUM
@@ -134,6 +136,12 @@ class MetricsFlowSettings(StrictModel):
     remote_write: RemoteWriteConfig | None = Field(default_factory=RemoteWriteConfig)
     delta_shards: int = Field(
         64, gt=0, le=65536, description="state keys for delta→cumulative (spread over workers)"
+    )
+    delta_ttl_s: float = Field(
+        900.0,
+        gt=0,
+        description="forget a delta series' running total after this long without a point "
+        "(its next point starts a new cumulative series, a counter reset)",
     )
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve /metrics here")
 
@@ -298,25 +306,50 @@ def without_deltas(chunk: MetricChunk) -> dict[str, pa.RecordBatch]:
 
 
 _dtc_metrics = ComponentMetrics("delta_to_cumulative", "datapoints")
+_dtc_series = ComponentMetrics("delta_to_cumulative", "series")
+_META = ("\0otelwax",)
+"""State key of ``[next sweep (time.time), {series key: last update (time.time)}]``."""
 # Late points are merged, not dropped: counted as "received" by their own component name.
 _late_merged = ComponentMetrics("delta_to_cumulative_late_merged", "datapoints")
 
 
 def delta_to_cumulative(
-    state: dict[tuple, list] | None, value: dict[str, tuple]
+    state: dict[tuple, list] | None, value: dict[str, tuple], ttl_s: float = 900.0
 ) -> tuple[dict[tuple, list], dict[str, pa.RecordBatch]]:
     """stateful_map mapper: running totals per series (state) → cumulative rows.
 
     State entries: sums ``[start_ns, last_ns, total]``; histograms
-    ``[start_ns, last_ns, count, sum, bucket_counts, bounds]``.
+    ``[start_ns, last_ns, count, sum, bucket_counts, bounds]``. A series without a point for
+    ``ttl_s`` (wall time) is forgotten, swept when its shard next gets points
+    (``otelwax_dropped_total{component="delta_to_cumulative",unit="series",reason="expired"}``).
     """
     enabled = gc.isenabled()
     gc.disable()  # the per-series state is large and long-lived: avoid full GC passes
     try:
-        return _delta_to_cumulative({} if state is None else state, value)
+        state = {} if state is None else state
+        _expire(state, time.time(), ttl_s)
+        return _delta_to_cumulative(state, value)
     finally:
         if enabled:
             gc.enable()
+
+
+def _expire(state: dict[tuple, list], now: float, ttl_s: float) -> None:
+    """Drop the series of ``state`` not updated for ``ttl_s`` (sweeps every ``ttl_s / 4``)."""
+    meta = state.get(_META)
+    if meta is None:  # a new shard, or a snapshot from before the TTL: every series is fresh
+        state[_META] = [now + ttl_s / 4, dict.fromkeys(list(state), now)]
+        return
+    if now < meta[0]:
+        return
+    meta[0] = now + ttl_s / 4
+    seen = meta[1]
+    cutoff = now - ttl_s
+    stale = [k for k, t in seen.items() if t < cutoff]
+    for k in stale:
+        del seen[k]
+        state.pop(k, None)
+    _dtc_series.dropped(len(stale), "expired")
 
 
 def _delta_to_cumulative(
@@ -324,6 +357,8 @@ def _delta_to_cumulative(
 ) -> tuple[dict[tuple, list], dict[str, pa.RecordBatch]]:
     out: dict[str, pa.RecordBatch] = {}
     late = 0
+    seen = state[_META][1]
+    now = time.time()
     for table, (batch, keys) in value.items():
         order = pc.sort_indices(batch.column("TimeUnix")).to_pylist()
         starts = batch.column("StartTimeUnix").cast(pa.int64()).to_pylist()
@@ -336,6 +371,7 @@ def _delta_to_cumulative(
             new_val: list[float] = []
             for i in order:
                 k, t = keys[i], times[i]
+                seen[k] = now
                 e = state.get(k)
                 if e is None:
                     e = state[k] = [starts[i] or t, t, values[i]]
@@ -361,6 +397,7 @@ def _delta_to_cumulative(
             n_bc: list[list[int]] = []
             for i in order:
                 k, t = keys[i], times[i]
+                seen[k] = now
                 e = state.get(k)
                 b = tuple(bounds[i])
                 if e is None or e[5] != b or len(e[4]) != len(bcs[i]):
@@ -688,11 +725,14 @@ def build_from_settings(settings: MetricsFlowSettings) -> Dataflow:
         shards = settings.delta_shards
         direct = op.map("cumulative_as_is", chunks, without_deltas)
         keyed = op.flat_map("split_deltas", chunks, lambda c: split_deltas(c, shards))
-        cum = op.stateful_map("delta_to_cumulative", keyed, delta_to_cumulative)
+        ttl = settings.delta_ttl_s
+        cum = op.stateful_map(
+            "delta_to_cumulative", keyed, lambda st, v: delta_to_cumulative(st, v, ttl)
+        )
         cum_tables = op.map("unkey", cum, lambda kv: kv[1])
         tables = op.merge("all_cumulative", direct, cum_tables)
         series = op.map("to_series", tables, _to_series)
-        op.output("remote_write", series, RemoteWriteSink(settings.remote_write))
+        write_in_order("remote_write", series, settings.remote_write)
     # Logging ($OTELWAX_LOG_LEVEL/$OTELWAX_LOG_FORMAT) is set up as the flow starts; records
     # logged inside a step carry its step id.
     return instrument(flow)

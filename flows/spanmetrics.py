@@ -45,7 +45,8 @@ from connectors.kafka_source import (
     RangeCutConfig,
 )
 from connectors.prom_translate import tables_to_series
-from connectors.remote_write import RemoteWriteConfig, RemoteWriteSink
+from connectors.remote_write import RemoteWriteConfig
+from connectors.remote_write_order import write_in_order
 from flows import exits_on_bad_config, lazy_flow
 from flows.metrics import (
     MetricChunk,
@@ -201,7 +202,7 @@ def build_from_settings(settings: SpanMetricsFlowSettings) -> Dataflow:
     out = span_metrics("span_metrics", spans, settings.spanmetrics)
     if settings.remote_write is not None:
         series = op.map("to_series", out.metrics, tables_to_series)
-        op.output("remote_write", series, RemoteWriteSink(settings.remote_write, "spanmetrics"))
+        write_in_order("remote_write", series, settings.remote_write, "spanmetrics")
     if settings.clickhouse is not None:
         chunks = op.map("to_chunk", out.metrics, lambda t: MetricChunk(t))
         op.output("clickhouse", chunks, MetricsClickHouseSink(settings.clickhouse))

@@ -201,3 +201,33 @@ def test_vectorized_encoding_equals_field_by_field() -> None:
     assert encode_write_request(old) == b"".join(
         length_delimited(b"\x0a", lab + encode_samples(s)) for lab, s in old
     )
+
+
+def test_last_sent_timestamps_are_forgotten_after_their_ttl(own_prometheus) -> None:
+    """The per-series memory of what was sent does not only grow: an idle series is forgotten
+    (counted), so an older sample for it is sent again (and Prometheus is the judge)."""
+    from connectors.remote_write import OrderConfig
+
+    job = unique_job("rwttl")
+    comp = unique_job("rwc")
+    cfg = RemoteWriteConfig(url=own_prometheus.write_url, order=OrderConfig(series_ttl_s=0.3))
+    client = RemoteWriteClient(cfg, component=comp)
+    now = int(time.time() * 1000)
+    for ts in (now, now - 5000):  # the older one is refused while the series is remembered
+        sb = SeriesBatch()
+        sb.add(_labels("rw_ttl", job), ts, 1.0)
+        client.send(sb)
+    assert _counter("dropped", comp, reason="out_of_order") == 1
+    time.sleep(0.5)
+    other = SeriesBatch()
+    other.add(_labels("rw_ttl_other", job), now, 1.0)
+    client.send(other)  # sweeps: rw_ttl has been idle for longer than the TTL
+    v = REGISTRY.get_sample_value(
+        "otelwax_dropped_total", {"component": comp, "unit": "series", "reason": "expired"}
+    )
+    assert v == 1
+    late = SeriesBatch()
+    late.add(_labels("rw_ttl", job), now - 4000, 2.0)
+    assert client.send(late) == 0
+    assert _counter("dropped", comp, reason="out_of_order") == 1  # not dropped here again
+    assert _counter("dropped", comp, reason="http_400") == 1  # sent, and Prometheus refused it

@@ -23,6 +23,7 @@ from tests.promfixtures import (  # noqa: F401
     gauge,
     histogram,
     metrics_request,
+    own_prometheus_fixture,
     prom_values,
     prometheus_url_fixture,
     summary,
@@ -51,8 +52,7 @@ def _settings(bootstrap: str, topic: str, prom: str | None, **kw):
         tail=False,
         clickhouse=None,
         remote_write={"url": f"{prom}/api/v1/write"} if prom else None,
-        delta_shards=8,
-        **kw,
+        **{"delta_shards": 8, **kw},
     )
 
 
@@ -591,3 +591,156 @@ def test_service_name_is_the_first_service_name_attribute_in_every_codec() -> No
         res = dec(payloads)
         assert res.errors == []
         assert res.tables["otel_metrics_gauge"].column("ServiceName").to_pylist() == [""], dec
+
+
+def _dropped(component: str, reason: str, unit: str = "samples") -> float:
+    from prometheus_client import REGISTRY
+
+    labels = {"component": component, "unit": unit, "reason": reason}
+    return REGISTRY.get_sample_value("otelwax_dropped_total", labels) or 0.0
+
+
+def _cumulative_requests(job: str, first: int, last: int, t0: int) -> list[bytes]:
+    """One record per point of the counter ``reqs`` (value i + 1 at t0 + i * 10 ms)."""
+    return [
+        metrics_request(
+            {"service.name": job},
+            [counter("reqs", [(t0 + i * 10**7, float(i + 1), {})], start_ns=t0 - 10**9)],
+        )
+        for i in range(first, last)
+    ]
+
+
+def _round_robin(bootstrap: str, topic: str, values: list[bytes], partitions: int) -> None:
+    """What the Collector's kafkaexporter does by default: records spread over partitions,
+    not keyed by resource (here strictly round-robin, the worst case for one series)."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for i, v in enumerate(values):
+        p.produce(topic, value=v, partition=i % partitions)
+    assert p.flush(30) == 0
+
+
+def test_one_series_spread_over_partitions_reaches_prometheus_in_full(
+    kafka_bootstrap: str, make_topic, own_prometheus, tmp_path: Path
+) -> None:
+    """500 cumulative points of one series produced round-robin over 4 partitions while the
+    flow tails the topic: every sample lands (the remote-write step orders each series across
+    partitions) and none is dropped as out of order."""
+    prometheus_url = own_prometheus.url  # private: its head accepts samples near now
+    topic = make_topic("mspread", partitions=4)
+    job = unique_job("mspread")
+    n = 500
+    port = free_port()
+    cfg = tmp_path / "metrics.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "kafka": {"bootstrap_servers": kafka_bootstrap},
+                "topic": topic,
+                "ranges": {"max_records": 10, "max_delay_s": 0.05},
+                "clickhouse": None,
+                "remote_write": {"url": f"{prometheus_url}/api/v1/write"},
+                "metrics_port": port,
+            }
+        )
+    )
+    env = dict(os.environ, OTELWAX_CONFIG=str(cfg), PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "bytewax.run", "flows.metrics"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    try:
+        reqs = _cumulative_requests(job, 0, n, time.time_ns() - 120 * 10**9)
+        for wave in range(0, n, 20):  # as a live Collector would: a few records at a time
+            _round_robin(kafka_bootstrap, topic, reqs[wave : wave + 20], 4)
+            time.sleep(0.1)
+        q = f'count_over_time(reqs_total{{job="{job}"}}[10m])'
+        deadline = time.monotonic() + 40
+        got: list[float] = []
+        while time.monotonic() < deadline and got != [float(n)]:
+            time.sleep(0.5)
+            got = list(prom_values(prometheus_url, q).values())
+        own = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert got == [float(n)]
+    assert list(prom_values(prometheus_url, f'reqs_total{{job="{job}"}}').values()) == [float(n)]
+    assert 'reason="out_of_order"' not in own
+
+
+def test_restart_with_recovery_resends_nothing_prometheus_already_has(
+    kafka_bootstrap: str, make_topic, own_prometheus, tmp_path: Path
+) -> None:
+    """Two runs over one recovery directory, the second also reading a producer retry of a
+    point the first run already sent: the last-sent timestamps come back from the snapshot, so
+    the retry is dropped here (counted) instead of being sent and refused by Prometheus; every
+    other sample lands once."""
+    prometheus_url = own_prometheus.url  # private: its head accepts samples near now
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+
+    topic = make_topic("mrestart", partitions=4)
+    job = unique_job("mrestart")
+    t0 = time.time_ns() - 120 * 10**9
+    rec = tmp_path / "recovery"
+    rec.mkdir()
+    init_db_dir(rec, 1)
+    settings = _settings(
+        kafka_bootstrap, topic, prometheus_url, ranges={"max_records": 10, "max_delay_s": 0.05}
+    )
+    ooo, rejected = _dropped("remote_write", "out_of_order"), _dropped("remote_write", "http_400")
+
+    def run() -> None:
+        run_main(
+            build_from_settings(settings),
+            epoch_interval=timedelta(milliseconds=200),
+            recovery_config=RecoveryConfig(str(rec)),
+        )
+
+    _round_robin(kafka_bootstrap, topic, _cumulative_requests(job, 0, 100, t0), 4)
+    run()
+    _round_robin(
+        kafka_bootstrap,
+        topic,
+        _cumulative_requests(job, 100, 200, t0) + _cumulative_requests(job, 50, 51, t0),
+        4,
+    )
+    run()
+    got = prom_values(prometheus_url, f'count_over_time(reqs_total{{job="{job}"}}[10m])')
+    assert list(got.values()) == [200.0]
+    assert _dropped("remote_write", "http_400") == rejected  # Prometheus refused nothing
+    assert _dropped("remote_write", "out_of_order") == ooo + 1  # the retried point
+
+
+def test_idle_delta_series_are_evicted_after_their_ttl(
+    kafka_bootstrap: str, make_topic, own_prometheus, tmp_path: Path
+) -> None:
+    """A delta series not updated for ``delta_ttl_s`` is forgotten (counted): its next point
+    starts a new cumulative series (a counter reset) instead of adding to a total kept forever."""
+    prometheus_url = own_prometheus.url  # private: its head accepts samples near now
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+
+    topic = make_topic("mttl", partitions=1)
+    job = unique_job("mttl")
+    rec = tmp_path / "recovery"
+    rec.mkdir()
+    init_db_dir(rec, 1)
+    settings = _settings(kafka_bootstrap, topic, prometheus_url, delta_shards=1, delta_ttl_s=1)
+    expired = _dropped("delta_to_cumulative", "expired", unit="series")
+
+    def point(t: int, v: float) -> bytes:
+        delta = counter("jobs.done", [(t, v, {})], delta=True)
+        return metrics_request({"service.name": job}, [delta])
+
+    def run() -> None:
+        run_main(build_from_settings(settings), recovery_config=RecoveryConfig(str(rec)))
+
+    t0 = time.time_ns() - 60 * 10**9
+    _produce(kafka_bootstrap, topic, [point(t0, 5.0), point(t0 + 10**9, 5.0)])
+    run()
+    assert list(prom_values(prometheus_url, f'jobs_done_total{{job="{job}"}}').values()) == [10.0]
+    time.sleep(1.5)
+    _produce(kafka_bootstrap, topic, [point(t0 + 2 * 10**9, 3.0)])
+    run()
+    assert list(prom_values(prometheus_url, f'jobs_done_total{{job="{job}"}}').values()) == [3.0]
+    assert _dropped("delta_to_cumulative", "expired", unit="series") == expired + 1
