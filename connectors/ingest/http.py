@@ -41,17 +41,31 @@ _PATHS: dict[str, Signal] = {s.http_path: s for s in SIGNALS.values()}
 
 
 def gunzip(body: bytes, limit: int) -> bytes:
-    """Decompress gzip (or zlib) ``body``, refusing to produce more than ``limit`` bytes."""
-    d = zlib.decompressobj(16 + zlib.MAX_WBITS if body[:2] == b"\x1f\x8b" else zlib.MAX_WBITS)
-    try:
-        out = d.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise InvalidArgument(f"invalid gzip body: {exc}") from exc
-    if len(out) > limit:
-        raise PayloadTooLarge(f"decompressed body exceeds {limit} bytes")
-    if not d.eof:
-        raise InvalidArgument("invalid gzip body: truncated")
-    return out
+    """Decompress gzip (or zlib) ``body``, refusing to produce more than ``limit`` bytes.
+
+    A gzip body may hold several members (RFC 1952 2.2, what concatenated ``.gz`` files are):
+    every member is decoded and the limit bounds their total.
+    """
+    wbits = 16 + zlib.MAX_WBITS if body[:2] == b"\x1f\x8b" else zlib.MAX_WBITS
+    parts: list[bytes] = []
+    size = 0
+    rest = body
+    while True:
+        d = zlib.decompressobj(wbits)
+        try:
+            out = d.decompress(rest, limit - size + 1)
+        except zlib.error as exc:
+            raise InvalidArgument(f"invalid gzip body: {exc}") from exc
+        size += len(out)
+        if size > limit:
+            raise PayloadTooLarge(f"decompressed body exceeds {limit} bytes")
+        if not d.eof:
+            raise InvalidArgument("invalid gzip body: truncated")
+        parts.append(out)
+        rest = d.unused_data
+        if not rest or wbits == zlib.MAX_WBITS:
+            break
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _json_status(code: int, message: str) -> bytes:
