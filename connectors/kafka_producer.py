@@ -1,14 +1,24 @@
 """An asyncio-facing confluent-kafka producer for the ingest shim.
 
-The shim answers a client only after Kafka acknowledged *every* record of its request, so the
+The shim answers a client only after Kafka reported on *every* record of its request, so the
 unit of work here is a batch of records with one asyncio future:
 
-    fut = producer.produce_batch(records)      # raises Backpressure right away if it cannot
-    await fut                                  # None once all records are acked, or raises
+    info = producer.topic_info(topic) or await producer.lookup_topic(topic)  # exists? limit?
+    fut = producer.produce_batch(topic, records, headers)   # raises Backpressure right away
+    delivery = await fut        # Delivery(refused=[...]) once every record reported, or raises
 
-A daemon thread runs ``Producer.poll``; delivery callbacks count down the batch and resolve
-its future on the event loop with ``call_soon_threadsafe`` (one hop per request, not per
-record). ``acks=all`` and ``enable.idempotence=true`` are always set.
+A daemon thread runs ``Producer.poll``; delivery callbacks count the batch's reports and
+resolve its future on the event loop with ``call_soon_threadsafe`` (one hop per request, not
+per record). ``acks=all`` and ``enable.idempotence=true`` are always set.
+
+Duplicates. A client retries every request it was not answered with success, so each record
+written for such a request is written again. The producer keeps that rare: it fails what it
+can before producing (topic missing, queue full, brokers down), waits for the report of every
+record of a batch instead of failing it on the first error (the answer then says what really
+happened), answers records Kafka refuses for good (too large, invalid) as *refused* — the
+request is a partial success, not a retry — and never purges records already sent. What
+still lands for a failed request is counted on
+``otelwax_ingest_retry_duplicate_records_total{topic}``.
 
 Backpressure instead of loss: the local queue full raises :class:`QueueFull` (HTTP 429 /
 gRPC RESOURCE_EXHAUSTED); Kafka unreachable (all brokers down, a delivery error or timeout)
@@ -23,9 +33,10 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from functools import partial
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from prometheus_client import Counter
 from pydantic import Field
 
 from connectors.kafka import KafkaConfig
@@ -34,26 +45,56 @@ from otelwax.telemetry import ComponentMetrics
 
 log = logging.getLogger(__name__)
 
-# (topic, key, value, headers)
-Record = tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None]
+Headers = list[tuple[str, bytes]]
+
+RETRY_DUPLICATES = Counter(
+    "otelwax_ingest_retry_duplicate_records",
+    "Records Kafka acknowledged for a request that was answered with a failure (or not at "
+    "all): the client's retry writes them again",
+    ["topic"],
+)
+
+# Kafka refuses these records whatever the retry: reported as rejected (partial success).
+_MSG_SIZE_TOO_LARGE = 10
+_RECORD_LIST_TOO_LARGE = 18
+_INVALID_TIMESTAMP = 32
+_INVALID_RECORD = 87
+REFUSED_CODES = frozenset(
+    (_MSG_SIZE_TOO_LARGE, _RECORD_LIST_TOO_LARGE, _INVALID_TIMESTAMP, _INVALID_RECORD)
+)
+_UNKNOWN_TOPIC_OR_PART = 3
+_UNKNOWN_TOPIC = -188
 
 
 class ProducerConfig(StrictModel):
     """confluent-kafka producer settings. ``acks=all`` and idempotence are always on."""
 
     linger_ms: float = Field(5.0, ge=0, le=60_000)
-    batch_size: int = Field(1_000_000, gt=0, description="bytes per partition batch")
+    batch_size: int = Field(
+        1_000_000,
+        gt=0,
+        description="bytes per partition batch; keep it <= every topic's max.message.bytes "
+        "(a bigger batch is refused whole)",
+    )
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
     max_message_bytes: int = Field(
         1_000_000,
         ge=4096,
-        description="Largest record the shim writes; bigger requests are split. "
-        "Must not exceed the broker's/topic's message.max.bytes.",
+        description="Largest record the shim writes; bigger requests are split. A topic's "
+        "smaller max.message.bytes (read from Kafka) lowers it for that topic.",
     )
     queue_max_messages: int = Field(100_000, gt=0)
     queue_max_kbytes: int = Field(262_144, gt=0)
     delivery_timeout_s: float = Field(
-        10.0, gt=0, le=300, description="message.timeout.ms: give up on Kafka after this long"
+        3.0,
+        gt=0,
+        le=300,
+        description="message.timeout.ms: give up on Kafka after this long. Keep it well under "
+        "the clients' export timeout (OTel SDKs 10 s, Collector exporters 5 s): a client that "
+        "gives up first retries while the records of its first attempt still land.",
+    )
+    metadata_refresh_s: float = Field(
+        30.0, gt=0, le=3600, description="How often topic existence and limits are re-read"
     )
     retry_after_s: int = Field(1, ge=1, le=300, description="Retry-After sent with 429/503")
     extra: dict[str, str | int | bool] = Field(
@@ -79,41 +120,75 @@ class KafkaUnavailable(Backpressure):
     """Kafka is unreachable or did not acknowledge a record in time."""
 
 
+@dataclass(frozen=True, slots=True)
+class TopicInfo:
+    """What the broker says about a topic."""
+
+    exists: bool
+    max_message_bytes: int | None = None  # the topic's max.message.bytes, when readable
+
+
+@dataclass(slots=True)
+class Delivery:
+    """Outcome of a batch whose records were all acknowledged or refused for good."""
+
+    refused: list[bytes] = field(default_factory=list)  # values Kafka will never take
+    error: str = ""  # why they were refused
+
+
 class _Batch:
-    """Counts down delivery reports of one request; resolves its future on the loop."""
+    """Counts the delivery reports of one request; finishes on the loop after the last."""
 
-    __slots__ = ("error", "fut", "loop", "n", "remaining", "t0")
+    __slots__ = (
+        "error",
+        "expected",
+        "finished",
+        "fut",
+        "loop",
+        "n",
+        "ok",
+        "on_finish",
+        "refused",
+        "reported",
+        "t0",
+        "topic",
+    )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, n: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, topic: str, n: int, on_finish: Any) -> None:
         self.loop = loop
-        self.fut: asyncio.Future[None] = loop.create_future()
+        self.fut: asyncio.Future[Delivery] = loop.create_future()
+        self.topic = topic
         self.n = n
-        self.remaining = n
-        self.error: Any = None
+        self.expected = n  # written by the loop thread only
+        self.reported = 0  # written by the poll thread only
+        self.ok = 0
+        self.refused: list[tuple[bytes, Any]] = []
+        self.error: Any = None  # the first retryable delivery error
+        self.finished = False
+        self.on_finish = on_finish
         self.t0 = time.perf_counter()
 
-    def on_delivery(self, err: Any, _msg: Any) -> None:  # poll thread
-        self.remaining -= 1
-        if err is not None:
-            if self.error is None:
-                self.error = err
-                self.loop.call_soon_threadsafe(self._resolve)
-        elif self.remaining == 0 and self.error is None:
-            self.loop.call_soon_threadsafe(self._resolve)
+    def on_delivery(self, err: Any, msg: Any) -> None:  # poll thread
+        if err is None:
+            self.ok += 1
+        elif err.code() in REFUSED_CODES:
+            self.refused.append((msg.value(), err))
+        elif self.error is None:
+            self.error = err
+        self.reported += 1
+        if self.reported == self.expected:
+            self.loop.call_soon_threadsafe(self.on_finish, self)
 
-    def _resolve(self) -> None:  # event loop
-        if self.fut.done():
-            return
-        if self.error is None:
-            self.fut.set_result(None)
-        else:
-            self.fut.set_exception(KafkaUnavailable(f"Kafka delivery failed: {self.error}"))
+    def abandon(self, queued: int) -> None:  # event loop: only ``queued`` records will report
+        self.expected = queued
+        if self.reported == queued:
+            self.on_finish(self)
 
 
 class AsyncProducer:
     """confluent-kafka Producer driven by a poll thread, awaited per batch from asyncio.
 
-    Construction does no I/O; :meth:`start` creates the client, :meth:`close` flushes it.
+    Construction does no I/O; :meth:`start` creates the clients, :meth:`close` flushes them.
     """
 
     def __init__(
@@ -127,8 +202,14 @@ class AsyncProducer:
         self.metrics = metrics or ComponentMetrics("kafka_producer", "records")
         self._latency = self.metrics.latency("kafka_delivery")
         self._producer: Any = None
+        self._admin: Any = None
+        self._draining: list[tuple[Any, float]] = []  # replaced clients with records in flight
         self._thread: threading.Thread | None = None
+        self._meta_thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()  # re-read topic metadata now
+        self._topics: dict[str, TopicInfo | None] = {}
+        self._warned_batch: set[str] = set()
         self._down = False
         self._down_since = 0.0
         self._fatal: Any = None
@@ -159,13 +240,23 @@ class AsyncProducer:
         return conf
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def start(self) -> None:
-        """Create the client and start the poll thread (idempotent)."""
+    def start(self, topics: Sequence[str] = ()) -> None:
+        """Create the clients, start the poll thread and the metadata thread that watches
+        ``topics`` (idempotent)."""
         if self._producer is not None:
             return
+        from confluent_kafka.admin import AdminClient
+
+        for t in topics:
+            self._topics.setdefault(t, None)
         self._producer = self._new_producer()
+        self._admin = AdminClient(dict(self.kafka.client_conf(), logger=log))
         self._thread = threading.Thread(target=self._poll_loop, name="kafka-poll", daemon=True)
         self._thread.start()
+        self._meta_thread = threading.Thread(
+            target=self._metadata_loop, name="kafka-metadata", daemon=True
+        )
+        self._meta_thread.start()
 
     def _new_producer(self) -> Any:
         from confluent_kafka import Producer
@@ -176,15 +267,20 @@ class AsyncProducer:
         return Producer(conf)
 
     def close(self, timeout: float = 30.0) -> int:
-        """Stop the poll thread and flush; returns the number of records left unflushed."""
+        """Stop the threads and flush; returns the number of records left unflushed."""
         if self._closed or self._producer is None:
             self._closed = True
             return 0
         self._closed = True
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        left = self._producer.flush(timeout)
+        self._wake.set()
+        for t in (self._thread, self._meta_thread):
+            if t is not None:
+                t.join(timeout=5)
+        deadline = time.monotonic() + timeout
+        left = 0
+        for p in [self._producer, *(old for old, _ in self._draining)]:
+            left += p.flush(max(0.0, deadline - time.monotonic()))
         if left:
             log.error("kafka producer: %d records not delivered at shutdown", left)
         return int(left)
@@ -204,15 +300,77 @@ class AsyncProducer:
         """Records waiting in the local queue or in flight."""
         return len(self._producer) if self._producer is not None else 0
 
+    # -- topic metadata ------------------------------------------------------------------------
+    def topic_info(self, topic: str) -> TopicInfo | None:
+        """What is known about ``topic`` (None: not read yet). No I/O."""
+        return self._topics.get(topic)
+
+    async def lookup_topic(self, topic: str) -> TopicInfo | None:
+        """Read ``topic``'s metadata now (in a worker thread); None when Kafka does not answer."""
+        self._topics.setdefault(topic, None)
+        return await asyncio.to_thread(self._refresh_topic, topic, 2.0)
+
+    def _refresh_topic(self, topic: str, timeout: float) -> TopicInfo | None:
+        """Blocking: does ``topic`` exist, and its max.message.bytes. Caches the answer."""
+        from confluent_kafka.admin import ConfigResource, ResourceType
+
+        try:
+            md = self._producer.list_topics(topic=topic, timeout=timeout)
+        except Exception as exc:
+            log.debug("kafka metadata for %s: %s", topic, exc)
+            return self._topics.get(topic)
+        tm = md.topics.get(topic)
+        if tm is None or (tm.error is not None and tm.error.code() == _UNKNOWN_TOPIC_OR_PART):
+            info = TopicInfo(exists=False)
+        else:
+            limit = None
+            try:
+                res = ConfigResource(ResourceType.TOPIC, topic)
+                fut = self._admin.describe_configs([res], request_timeout=timeout)[res]
+                entry = fut.result(timeout=timeout + 1).get("max.message.bytes")
+                limit = int(entry.value) if entry is not None and entry.value else None
+            except Exception as exc:  # no DescribeConfigs permission: the producer limit holds
+                log.debug("kafka: cannot read max.message.bytes of %s: %s", topic, exc)
+            info = TopicInfo(exists=True, max_message_bytes=limit)
+            small = limit is not None and limit < self.config.batch_size
+            if small and topic not in self._warned_batch:
+                self._warned_batch.add(topic)
+                log.warning(
+                    "kafka producer: topic %s has max.message.bytes=%d below producer.batch_size"
+                    "=%d; a batch of small records can be refused whole, set batch_size <= %d",
+                    topic, limit, self.config.batch_size, limit,
+                )  # fmt: skip
+        old = self._topics.get(topic)
+        if old is not None and old.exists and not info.exists:
+            log.error("kafka producer: topic %s does not exist (any more)", topic)
+        self._topics[topic] = info
+        return info
+
+    def _metadata_loop(self) -> None:
+        while not self._stop.is_set():
+            for topic in list(self._topics):
+                if self._stop.is_set():
+                    return
+                self._refresh_topic(topic, 5.0)
+            pending = any(i is None or not i.exists for i in list(self._topics.values()))
+            self._wake.wait(1.0 if pending else self.config.metadata_refresh_s)
+            self._wake.clear()
+
     # -- producing -----------------------------------------------------------------------------
     def produce_batch(
-        self, records: Sequence[Record], loop: asyncio.AbstractEventLoop | None = None
-    ) -> asyncio.Future[None]:
-        """Queue every record; the future resolves when all are acknowledged.
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes | None, bytes]],
+        headers: Headers | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> asyncio.Future[Delivery]:
+        """Queue every ``(key, value)`` record; the future resolves once each reported.
 
+        It resolves to a :class:`Delivery` (records Kafka refused for good listed in it) or
+        raises :class:`KafkaUnavailable` when a record failed in a way a retry may fix.
         Raises :class:`QueueFull` or :class:`KafkaUnavailable` when the batch is refused before
         anything is queued for it (or, rarely, when the queue filled up mid-batch: the records
-        already queued are still delivered, the client's retry may duplicate them).
+        already queued are still delivered and counted as retry duplicates).
         """
         c = self.config
         p = self._producer
@@ -223,35 +381,73 @@ class AsyncProducer:
         n = len(records)
         if len(p) + n > c.queue_max_messages:
             raise QueueFull("Kafka producer queue is full", c.retry_after_s)
-        batch = _Batch(loop or asyncio.get_running_loop(), n)
+        batch = _Batch(loop or asyncio.get_running_loop(), topic, n, self._finish)
         cb = batch.on_delivery
         produce = p.produce
         done = 0
         try:
-            for topic, key, value, headers in records:
+            for key, value in records:
                 produce(topic, value, key, headers=headers, on_delivery=cb)
                 done += 1
         except BufferError as exc:
-            # The records already queued keep counting down; nobody awaits this batch.
-            batch.remaining -= n - done
-            batch.error = exc
             batch.fut.cancel()
+            batch.abandon(done)
             raise QueueFull(f"Kafka producer queue is full: {exc}", c.retry_after_s) from exc
         except Exception:
-            batch.remaining -= n - done
-            batch.error = "produce failed"
             batch.fut.cancel()
+            batch.abandon(done)
             raise
         self.metrics.received(n)
-        batch.fut.add_done_callback(partial(self._on_batch_done, batch))
         return batch.fut
 
-    def _on_batch_done(self, batch: _Batch, fut: asyncio.Future[None]) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            self.metrics.failed(batch.n)
+    def _finish(self, batch: _Batch) -> None:  # event loop, once every queued record reported
+        if batch.finished:
             return
-        self.metrics.sent(batch.n)
+        batch.finished = True
+        self.metrics.sent(batch.ok)
+        self.metrics.failed(batch.reported - batch.ok)
+        if batch.fut.done() or batch.error is not None:
+            # Answered with a failure (or the caller gave up): what landed will land again.
+            if batch.ok:
+                RETRY_DUPLICATES.labels(batch.topic).inc(batch.ok)
+            if batch.error is not None and batch.error.code() in (
+                _UNKNOWN_TOPIC_OR_PART,
+                _UNKNOWN_TOPIC,
+            ):
+                self._wake.set()
+            if not batch.fut.done():
+                failed = batch.n - batch.ok
+                batch.fut.set_exception(
+                    KafkaUnavailable(
+                        f"Kafka did not acknowledge {failed} of {batch.n} records: {batch.error}",
+                        self.config.retry_after_s,
+                    )
+                )
+            return
         self._latency.observe(time.perf_counter() - batch.t0)
+        if not batch.refused:
+            batch.fut.set_result(Delivery())
+            return
+        err = batch.refused[0][1]
+        info = self._topics.get(batch.topic)
+        if info is not None and info.max_message_bytes is not None:
+            # Records were sized for the limit read from the topic, so it changed (or a small
+            # record shared a refused batch with a big one): re-read it; the retry is split
+            # to the new limit and rejects only what cannot fit.
+            self._wake.set()
+            if batch.ok:
+                RETRY_DUPLICATES.labels(batch.topic).inc(batch.ok)
+            batch.fut.set_exception(
+                KafkaUnavailable(
+                    f"Kafka refused {len(batch.refused)} of {batch.n} records of topic "
+                    f"{batch.topic} ({err.str()}); re-reading its limits, retry",
+                    self.config.retry_after_s,
+                )
+            )
+            return
+        batch.fut.set_result(
+            Delivery([v for v, _e in batch.refused], f"{err.str()} (code {err.code()})")
+        )
 
     # -- poll thread ---------------------------------------------------------------------------
     def _on_error(self, err: Any) -> None:
@@ -275,6 +471,8 @@ class AsyncProducer:
             p = self._producer
             try:
                 p.poll(0.05)
+                if self._draining:
+                    self._drain()
                 if self._down and time.monotonic() - last_probe > 1.0:
                     last_probe = time.monotonic()
                     md = p.list_topics(timeout=1.0)
@@ -290,15 +488,29 @@ class AsyncProducer:
         # close() flushes from its own thread after this loop ends.
 
     def _recreate(self) -> None:
+        """Replace a client after a fatal error. Records it never sent are purged (their
+        requests fail, a retry cannot duplicate them); records in flight may be written, so
+        the old client keeps being polled until they report."""
         old = self._producer
         self._fatal = None
         try:
-            old.purge()
+            old.purge(in_queue=True, in_flight=False, blocking=False)
             old.poll(0)
         except Exception as exc:
             log.debug("purge after fatal error: %s", exc)
         self._producer = self._new_producer()
-        try:
-            old.poll(0)
-        except Exception:
-            pass
+        self._draining.append((old, time.monotonic() + self.config.delivery_timeout_s + 5))
+
+    def _drain(self) -> None:
+        keep = []
+        for old, deadline in self._draining:
+            try:
+                old.poll(0)
+                if len(old) and time.monotonic() > deadline:
+                    old.purge()  # their timeout passed: report them failed
+                    old.poll(0)
+                if len(old):
+                    keep.append((old, deadline))
+            except Exception as exc:
+                log.debug("draining a replaced kafka client: %s", exc)
+        self._draining = keep

@@ -38,12 +38,24 @@ class GrpcEndpoint(EndpointConfig):
         description="Threads of the synchronous grpcio server (requests in flight at once); "
         "0 serves with grpc.aio on the event loop instead (~1.4x more CPU per request).",
     )
+    max_concurrent_rpcs: int = Field(
+        256,
+        gt=0,
+        description="RPCs accepted at once, running or queued for a thread; grpc refuses more "
+        "with RESOURCE_EXHAUSTED (without RetryInfo, so keep it above the expected clients)",
+    )
 
 
 class HttpEndpoint(EndpointConfig):
     """OTLP/HTTP listener (also serves /healthz)."""
 
     port: int = Field(4318, ge=0, le=65535)
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="A connection must send a request's headers within this"
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="A request's body must arrive within this"
+    )
 
 
 class MetricsEndpoint(EndpointConfig):
@@ -85,6 +97,22 @@ class IngestConfig(StrictModel):
     metrics: MetricsEndpoint = MetricsEndpoint()
     max_body_bytes: int = Field(
         16 * MiB, gt=0, description="Limit on the request body, compressed and decompressed"
+    )
+    max_inflight_bytes: int = Field(
+        128 * MiB,
+        gt=0,
+        description="Request bytes held at once (bodies, decompressed; JSON times "
+        "json_cost_factor); past it requests get 429 / RESOURCE_EXHAUSTED with Retry-After",
+    )
+    max_concurrent_requests: int = Field(
+        1024, gt=0, description="Requests handled at once; past it 429 / RESOURCE_EXHAUSTED"
+    )
+    json_cost_factor: int = Field(
+        8,
+        ge=1,
+        le=100,
+        description="OTLP/JSON bodies count this many times their size in max_inflight_bytes "
+        "(the decoded object tree is that much bigger)",
     )
     auth_token: SecretStr | None = Field(
         None, description=f"Bearer token clients must send; env {TOKEN_ENV} when unset"

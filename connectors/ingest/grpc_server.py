@@ -59,7 +59,7 @@ class OtlpGrpcService:
                         grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token"
                     )
             try:
-                result = await handler.export(signal, request)
+                result = await handler.export_bounded(signal, request)
             except IngestError as exc:
                 trailing: tuple[tuple[str, bytes], ...] = ()
                 if exc.retry_after is not None:
@@ -88,7 +88,7 @@ class OtlpGrpcService:
                     context.abort(
                         grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token"
                     )
-            fut = asyncio.run_coroutine_threadsafe(handler.export(signal, request), loop)
+            fut = asyncio.run_coroutine_threadsafe(handler.export_bounded(signal, request), loop)
             try:
                 result = fut.result()
             except IngestError as exc:
@@ -150,6 +150,7 @@ def build_server(
     Must be called from the event loop.
     """
     limit = handler.config.max_body_bytes
+    max_rpcs = handler.config.grpc.max_concurrent_rpcs
     options = [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", 4 * 1024 * 1024),
@@ -163,11 +164,12 @@ def build_server(
             grpc.server(
                 ThreadPoolExecutor(threads, thread_name_prefix="grpc"),
                 options=options,
+                maximum_concurrent_rpcs=max_rpcs,
             )
         )
         loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
     else:
-        server = aio.server(options=options)
+        server = aio.server(options=options, maximum_concurrent_rpcs=max_rpcs)
         loop = None
     server.add_generic_rpc_handlers(OtlpGrpcService(handler, token, loop).generic_handlers())
     addr = f"{host}:{port}"

@@ -8,12 +8,19 @@ status and the gRPC status code, so each front door only renders them.
 Counters (``otelwax.telemetry``), per signal ``component=ingest_{traces,metrics,logs}`` with
 unit spans / datapoints / logs: ``received`` = items in well-formed requests = ``sent``
 (acknowledged by Kafka) + ``dropped{reason}`` where reason is ``queue_full`` or
-``kafka_unavailable`` (refused with 429/503, the client retries) or ``too_large`` (rejected in
-a partial success). The Kafka producer counts records on ``component=ingest_kafka``
-(received = queued, sent = acknowledged, failed = not delivered). Per request (``component=ingest``,
-unit requests): received, sent, dropped{reason=malformed|queue_full|kafka_unavailable}; bytes
-received (unit bytes, after decompression); Kafka delivery latency per request
+``kafka_unavailable`` (refused with 429/503, the client retries), ``too_large`` (bigger than a
+record may be) or ``refused_by_kafka`` (refused by the broker for good), both rejected in a
+partial success. The Kafka producer counts records on ``component=ingest_kafka``
+(received = queued, sent = acknowledged, failed = not delivered) and the records acknowledged
+for a request answered with a failure on ``otelwax_ingest_retry_duplicate_records_total``.
+Per request (``component=ingest``, unit requests): received, sent,
+dropped{reason=malformed|queue_full|kafka_unavailable|topic_missing}; bytes received (unit
+bytes, after decompression); Kafka delivery latency per request
 (``otelwax_latency_seconds{component=ingest_kafka, operation=kafka_delivery}``).
+
+A topic that does not exist is answered 503 / UNAVAILABLE at once (it is known from metadata)
+instead of after the delivery timeout; a topic whose ``max.message.bytes`` is below
+``producer.max_message_bytes`` lowers the record size requests are split to.
 """
 
 from __future__ import annotations
@@ -30,9 +37,9 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from connectors.ingest.config import IngestConfig
 from connectors.ingest.otlp_json import JsonError, parse_json
-from connectors.ingest.wire import WireError, split_request
+from connectors.ingest.wire import WireError, count_items, split_request
 from connectors.kafka import CONTENT_TYPE_PROTO, HEADER_CONTENT_TYPE, HEADER_INGEST_TIME
-from connectors.kafka_producer import AsyncProducer, Backpressure, QueueFull
+from connectors.kafka_producer import AsyncProducer, Backpressure, QueueFull, TopicInfo
 from otelwax.telemetry import ComponentMetrics
 
 # Headroom for the record key, headers and Kafka's per-record overhead.
@@ -127,11 +134,74 @@ class Overloaded(IngestError):
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class RequestTimeout(IngestError):
+    """The client did not send its request in time (slow or stalled body)."""
+
+    http_status = 408
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class Unavailable(IngestError):
     """Kafka is unreachable or did not acknowledge: HTTP 503 / UNAVAILABLE."""
 
     http_status = 503
     grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class Admission:
+    """Bounds the requests and request bytes in flight in this process (event loop only).
+
+    Bytes are held from the moment they are known (Content-Length, a body chunk, the growth by
+    decompression or JSON decoding) until the answer; past a limit the request is refused with
+    :class:`Overloaded`. A request is always admitted when no other holds bytes, so a single
+    one never starves.
+    """
+
+    def __init__(self, max_bytes: int, max_requests: int, retry_after: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_requests = max_requests
+        self.retry_after = retry_after
+        self.bytes = 0
+        self.requests = 0
+
+    def hold(self) -> Hold:
+        """A context manager holding one request slot; raises Overloaded when none is free."""
+        if self.requests >= self.max_requests:
+            raise Overloaded(
+                f"too many requests in flight ({self.requests}); retry later", self.retry_after
+            )
+        return Hold(self)
+
+
+class Hold:
+    """The bytes and the slot one request holds in an :class:`Admission`."""
+
+    __slots__ = ("adm", "n")
+
+    def __init__(self, adm: Admission) -> None:
+        self.adm = adm
+        self.n = 0
+        adm.requests += 1
+
+    def grow(self, n: int) -> None:
+        """Hold ``n`` more bytes; raises Overloaded when that passes the limit."""
+        adm = self.adm
+        if adm.bytes + n > adm.max_bytes and adm.bytes > self.n:
+            raise Overloaded(
+                f"too many request bytes in flight ({adm.bytes} of {adm.max_bytes}); "
+                "retry later",
+                adm.retry_after,
+            )
+        adm.bytes += n
+        self.n += n
+
+    def __enter__(self) -> Hold:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.adm.bytes -= self.n
+        self.adm.requests -= 1
+        self.n = 0
 
 
 @dataclass(slots=True)
@@ -160,6 +230,43 @@ class RequestHandler:
         }
         self.bytes_in = ComponentMetrics("ingest", "bytes")
         self.requests = ComponentMetrics("ingest", "requests")
+        self.admission = Admission(
+            config.max_inflight_bytes,
+            config.max_concurrent_requests,
+            config.producer.retry_after_s,
+        )
+
+    def refuse(self, exc: IngestError) -> IngestError:
+        """Count a request refused before :meth:`export` (overloaded, too slow); returns it."""
+        self.requests.received()
+        reason = "overloaded" if isinstance(exc, Overloaded) else "slow_client"
+        self.requests.dropped(reason=reason)
+        return exc
+
+    def admit(self, nbytes: int = 0) -> Hold:
+        """A request slot holding ``nbytes``; raises (and counts) Overloaded."""
+        try:
+            hold = self.admission.hold()
+        except Overloaded as exc:
+            raise self.refuse(exc) from None
+        try:
+            hold.grow(nbytes)
+        except Overloaded as exc:
+            hold.__exit__()
+            raise self.refuse(exc) from None
+        return hold
+
+    def grow(self, hold: Hold, nbytes: int) -> None:
+        """``hold.grow`` that counts a refusal."""
+        try:
+            hold.grow(nbytes)
+        except Overloaded as exc:
+            raise self.refuse(exc) from None
+
+    async def export_bounded(self, signal: Signal, payload: bytes) -> ExportResult:
+        """:meth:`export` holding ``payload``'s bytes in the admission (gRPC)."""
+        with self.admit(len(payload)):
+            return await self.export(signal, payload)
 
     def decode_json(self, signal: Signal, body: bytes) -> bytes:
         """OTLP/JSON body → serialized protobuf request; raises InvalidArgument."""
@@ -182,8 +289,9 @@ class RequestHandler:
                 raise InvalidArgument(
                     f"malformed protobuf {signal.name} request: {exc or 'cannot parse'}"
                 ) from exc
+        topic, limit = await self._topic(signal)
         try:
-            split = split_request(payload, signal.name, self.limit)
+            split = split_request(payload, signal.name, limit)
         except WireError as exc:
             self.requests.dropped(reason="malformed")
             raise InvalidArgument(f"malformed protobuf {signal.name} request: {exc}") from exc
@@ -191,24 +299,54 @@ class RequestHandler:
         if split.rejected:
             m.dropped(split.rejected, reason="too_large")
         accepted = split.items - split.rejected
+        rejected, error = split.rejected, split.error or ""
         if split.records:
-            topic = self.topics[signal.name]
             headers: Any = [
                 (HEADER_CONTENT_TYPE, CONTENT_TYPE_PROTO),
                 (HEADER_INGEST_TIME, str(time.time_ns()).encode()),
             ]
-            records = [(topic, key, value, headers) for key, value in split.records]
             try:
-                await self.producer.produce_batch(records)
+                delivery = await self.producer.produce_batch(topic, split.records, headers)
             except Backpressure as exc:
                 reason = "queue_full" if isinstance(exc, QueueFull) else "kafka_unavailable"
                 m.dropped(accepted, reason=reason)
                 self.requests.dropped(reason=reason)
                 cls = Overloaded if isinstance(exc, QueueFull) else Unavailable
                 raise cls(str(exc), exc.retry_after) from exc
+            if delivery.refused:
+                # Kafka will never take these records: a partial success, so the client does
+                # not retry (and duplicate) the rest.
+                lost = sum(count_items(v, signal.name) for v in delivery.refused)
+                m.dropped(lost, reason="refused_by_kafka")
+                accepted -= lost
+                rejected += lost
+                msg = (
+                    f"{len(delivery.refused)} Kafka record(s) holding {lost} {signal.unit} "
+                    f"refused by topic {topic}: {delivery.error}"
+                )
+                error = f"{error}; {msg}" if error else msg
         m.sent(accepted)
         self.requests.sent()
-        return ExportResult(split.items, split.rejected, split.error or "")
+        return ExportResult(split.items, rejected, error)
+
+    async def _topic(self, signal: Signal) -> tuple[str, int]:
+        """The signal's topic and record limit; raises Unavailable when it does not exist."""
+        topic = self.topics[signal.name]
+        info: TopicInfo | None = self.producer.topic_info(topic)
+        if info is None:
+            info = await self.producer.lookup_topic(topic)
+        if info is None:
+            return topic, self.limit  # Kafka does not answer: the producer will say so
+        if not info.exists:
+            self.requests.dropped(reason="topic_missing")
+            raise Unavailable(
+                f"Kafka topic {topic!r} (ingest.topics.{signal.name}) does not exist on "
+                f"{self.config.kafka.bootstrap_servers}; create it",
+                self.config.producer.retry_after_s,
+            )
+        if info.max_message_bytes is None:
+            return topic, self.limit
+        return topic, min(self.limit, info.max_message_bytes - RECORD_OVERHEAD)
 
     def response_message(self, signal: Signal, result: ExportResult) -> Message:
         """The Export*ServiceResponse, with partial_success when items were rejected."""

@@ -18,8 +18,8 @@ import uvicorn
 
 from connectors.ingest.config import IngestConfig
 from connectors.ingest.grpc_server import build_server
-from connectors.ingest.handler import RequestHandler
-from connectors.ingest.http import MetricsApp, OtlpHttpApp
+from connectors.ingest.handler import RequestHandler, RequestTimeout
+from connectors.ingest.http import MetricsApp, OtlpHttpApp, slow_header_protocol
 from connectors.kafka_producer import AsyncProducer
 from otelwax.telemetry import ComponentMetrics
 
@@ -57,7 +57,10 @@ class IngestServer:
             app,
             host=host,
             port=port,
-            http="httptools",
+            http=slow_header_protocol(
+                cfg.http.header_timeout_s,
+                lambda: self.handler.refuse(RequestTimeout("headers not received in time")),
+            ),
             loop="none",
             lifespan="off",
             access_log=False,
@@ -74,7 +77,7 @@ class IngestServer:
         """Start the producer and every enabled front door."""
         cfg = self.config
         token = cfg.resolved_token()
-        self.producer.start()
+        self.producer.start(list(self.handler.topics.values()))
         asyncio.get_running_loop().run_in_executor(None, self._health_check)
         if cfg.grpc.enabled:
             self._grpc, self.grpc_port = build_server(

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from otelwax.protowire import varint
 
-__all__ = ["SplitResult", "WireError", "count_datapoints", "split_request"]
+__all__ = ["SplitResult", "WireError", "count_datapoints", "count_items", "split_request"]
 
 # Overhead for one nested length-delimited header (tag + up to 5 varint bytes), rounded up.
 _HDR = 6
@@ -329,6 +329,14 @@ def _rejected_count(groups: list[Group], metrics: bool) -> int:
     if metrics:
         return sum(count_datapoints(it) for _, _, items in groups for it in items)
     return sum(len(items) for _, _, items in groups)
+
+
+def count_items(payload: bytes, signal: str) -> int:
+    """Spans, data points or log records in one export request (or one record of it)."""
+    resources = _walk(payload, False)
+    if signal == "metrics":
+        return sum(count_datapoints(it) for r in resources for sc in r.scopes for it in sc.items)
+    return sum(len(sc.items) for r in resources for sc in r.scopes)
 
 
 def split_request(payload: bytes, signal: str, limit: int) -> SplitResult:

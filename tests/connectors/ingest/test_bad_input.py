@@ -17,7 +17,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from tests.otlpgen import trace_request
 
-from .conftest import Shim, start_shim
+from .conftest import Shim, consume, start_shim
 
 MAX_BODY = 1024 * 1024
 PROTO = "application/x-protobuf"
@@ -227,3 +227,50 @@ def test_grpc_gzip_bomb_is_refused(small_shim: Shim) -> None:
             call(bomb, timeout=10)
         assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert call(GOOD, timeout=10) == b""
+
+
+def _span_ids(recs) -> set[bytes]:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    return {
+        sp.span_id
+        for rec in recs
+        for rs in ExportTraceServiceRequest.FromString(rec.value).resource_spans
+        for ss in rs.scope_spans
+        for sp in ss.spans
+    }
+
+
+def test_gzip_with_several_members_is_decoded_whole(small_shim: Shim) -> None:
+    # RFC 1952 allows a gzip file of several members (what `cat a.gz b.gz` makes); a
+    # protobuf request is valid when cut at a message boundary, so the concatenation of two
+    # serialized requests is one request holding both halves.
+    a, b = trace_request(1, 5, seed=61), trace_request(1, 5, seed=62)
+    body = gzip.compress(a.SerializeToString()) + gzip.compress(b.SerializeToString())
+    r = httpx.post(
+        small_shim.http_url + "/v1/traces",
+        content=body,
+        headers={"content-type": PROTO, "content-encoding": "gzip"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    want = {sp.span_id for req in (a, b) for sp in req.resource_spans[0].scope_spans[0].spans}
+    recs = consume(
+        small_shim.bootstrap, small_shim.topics["traces"], until=lambda rs: want <= _span_ids(rs)
+    )
+    assert want <= _span_ids(recs), "all 10 spans of both gzip members reached Kafka"
+
+
+def test_gzip_members_share_the_decompressed_limit(small_shim: Shim) -> None:
+    # Each member is below the limit, together they are above it: refused, not cut.
+    half = b"\x0a\x00" * (MAX_BODY // 4 + 1)
+    body = gzip.compress(half) + gzip.compress(half) + gzip.compress(half)
+    r = httpx.post(
+        small_shim.http_url + "/v1/traces",
+        content=body,
+        headers={"content-type": PROTO, "content-encoding": "gzip"},
+        timeout=30,
+    )
+    assert r.status_code == 413, r.text

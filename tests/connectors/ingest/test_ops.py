@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.ingest import IngestConfig
 from connectors.ingest.cli import add_arguments, build_config
@@ -130,26 +129,17 @@ def test_config_defaults_to_otelwax_config_variable(tmp_path: Path) -> None:
     assert 'ingest.grpc.prot: unknown key (did you mean "port"?)' in r.stderr
 
 
-def _metrics(shim: Shim) -> dict[tuple[str, tuple], float]:
-    text = httpx.get(f"http://127.0.0.1:{shim.metrics_port}/metrics").text
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
 def test_metrics_and_healthz_on_metrics_port(shim: Shim) -> None:
     h = httpx.get(f"http://127.0.0.1:{shim.metrics_port}/healthz")
     assert h.status_code == 200 and h.json() == {"status": "ok", "kafka": "up"}
-    before = _metrics(shim)
+    before = shim.metrics()
     req = trace_request(2, 10, seed=31)
     for _ in range(3):
         r = httpx.post(shim.http_url + "/v1/traces", content=req.SerializeToString(), headers=PROTO)
         assert r.status_code == 200
     bad = httpx.post(shim.http_url + "/v1/traces", content=b"\xff\xff", headers=PROTO)
     assert bad.status_code == 400
-    after = _metrics(shim)
+    after = shim.metrics()
 
     def delta(name: str, **labels: str) -> float:
         key = (name, tuple(sorted(labels.items())))
@@ -194,7 +184,7 @@ def test_sigterm_finishes_in_flight_requests_and_flushes(
         # SIGTERM once the shim holds several requests waiting for their Kafka acks.
         deadline = time.monotonic() + 10
         key = ("otelwax_received_total", (("component", "ingest"), ("unit", "requests")))
-        while time.monotonic() < deadline and _metrics(shim).get(key, 0) < 8:
+        while time.monotonic() < deadline and shim.metrics().get(key, 0) < 8:
             time.sleep(0.02)
         shim.proc.send_signal(signal.SIGTERM)
         codes = [f.result() for f in futs]
