@@ -293,7 +293,8 @@ def test_running_flow_serves_healthz_and_consumer_lag_and_logs_json(
                 for s in fam.samples
                 if s.name == "otelwax_kafka_consumer_lag" and s.labels.get("topic") == topic
             }
-            if lag == {"0": 0.0, "1": 0.0}:
+            # lag 0 means read, not yet decoded: wait for the decode step's line too
+            if lag == {"0": 0.0, "1": 0.0} and b"undecodable" in log_path.read_bytes():
                 break
             time.sleep(0.3)
     finally:
