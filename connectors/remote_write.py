@@ -100,7 +100,9 @@ class OrderConfig(StrictModel):
 class RemoteWriteConfig(StrictModel):
     """Where and how to send samples."""
 
-    url: str = Field("http://127.0.0.1:19090/api/v1/write", min_length=1)
+    url: str = Field(
+        min_length=1, description="the receiver, e.g. http://prometheus:9090/api/v1/write"
+    )
     timeout_s: float = Field(30.0, gt=0)
     max_samples_per_request: int = Field(5000, gt=0)
     headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers.")
@@ -264,6 +266,8 @@ class RemoteWriteClient:
         self._host = u.hostname or "127.0.0.1"
         self._port = u.port or (443 if u.scheme == "https" else 80)
         self._path = (u.path or "/") + (f"?{u.query}" if u.query else "")
+        # Named in every log line; no credentials (headers carry those, not the URL).
+        self.target = f"{u.scheme}://{self._host}:{self._port}{u.path or '/'}"
         self._conn: http.client.HTTPConnection | None = None
         self._headers = {**HEADERS, "User-Agent": cfg.user_agent, **cfg.headers}
         self._last_sent = LastSent(cfg.order.series_ttl_s, ComponentMetrics(component, "series"))
@@ -333,7 +337,7 @@ class RemoteWriteClient:
             out.append((labels, samples))
         if dropped:
             self.metrics.dropped(dropped, "out_of_order")
-            log.warning("remote-write: dropped %d out-of-order samples", dropped)
+            log.warning("remote-write %s: dropped %d out-of-order samples", self.target, dropped)
         return out
 
     def _chunks(self, series: list[tuple[Labels, list[tuple[int, float]]]]):
@@ -387,7 +391,8 @@ class RemoteWriteClient:
         # Non-retryable 4xx.
         if self.cfg.split_on_bad_request and (len(chunk) > 1 or len(chunk[0][1]) > 1):
             log.info(
-                "remote-write: %d on a request of %d series / %d samples, bisecting (%s)",
+                "remote-write %s: %d on a request of %d series / %d samples, bisecting (%s)",
+                self.target,
                 status,
                 len(chunk),
                 n,
@@ -404,7 +409,8 @@ class RemoteWriteClient:
                 [(labels, samples[mid:])]
             )
         log.warning(
-            "remote-write: dropped %d samples, HTTP %d (not retried): %s",
+            "remote-write %s: dropped %d samples, HTTP %d (not retried): %s",
+            self.target,
             n,
             status,
             text.strip()[:300],
@@ -433,7 +439,8 @@ class RemoteWriteClient:
                 elapsed = time.monotonic() - start
                 if elapsed >= r.max_elapsed_s:
                     log.error(
-                        "remote-write: giving up on %d samples after %d attempts (%.1fs): %s",
+                        "remote-write %s: giving up on %d samples after %d attempts (%.1fs): %s",
+                        self.target,
                         n,
                         attempt,
                         elapsed,
@@ -445,7 +452,11 @@ class RemoteWriteClient:
                 wait = min(wait, r.max_backoff_s, max(0.0, r.max_elapsed_s - elapsed))
                 wait *= random.uniform(0.8, 1.0)
                 log.warning(
-                    "remote-write: attempt %d failed (%s); retrying in %.2fs", attempt, exc, wait
+                    "remote-write %s: attempt %d failed (%s); retrying in %.2fs",
+                    self.target,
+                    attempt,
+                    exc,
+                    wait,
                 )
                 time.sleep(wait)
                 backoff = min(backoff * r.multiplier, r.max_backoff_s)

@@ -133,7 +133,9 @@ class MetricsFlowSettings(StrictModel):
     )
     source_batch_size: int = Field(1000, gt=0, description="bytewax source: records per poll")
     clickhouse: ClickHouseConfig | None = Field(default_factory=_default_clickhouse)
-    remote_write: RemoteWriteConfig | None = Field(default_factory=RemoteWriteConfig)
+    remote_write: RemoteWriteConfig | None = Field(
+        None, description="Prometheus remote-write (off unless set here or in sinks.remote_write)"
+    )
     delta_shards: int = Field(
         64, gt=0, le=65536, description="state keys for delta→cumulative (spread over workers)"
     )
@@ -148,7 +150,10 @@ class MetricsFlowSettings(StrictModel):
     @model_validator(mode="after")
     def _has_output(self) -> MetricsFlowSettings:
         if self.clickhouse is None and self.remote_write is None:
-            raise ValueError("clickhouse and remote_write are both null: nothing to write to")
+            raise ValueError(
+                "nothing to write to: set remote_write (here or sinks.remote_write) "
+                "and/or clickhouse"
+            )
         return self
 
 

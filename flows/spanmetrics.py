@@ -86,7 +86,9 @@ class SpanMetricsFlowSettings(ServingSettings):
         0.5, gt=0, le=60, description="cut a partition's range when its oldest record is this old"
     )
     spanmetrics: SpanMetricsConfig = Field(default_factory=SpanMetricsConfig)
-    remote_write: RemoteWriteConfig | None = Field(default_factory=RemoteWriteConfig)
+    remote_write: RemoteWriteConfig | None = Field(
+        None, description="Prometheus remote-write (off unless set here or in sinks.remote_write)"
+    )
     clickhouse: MetricsClickHouseConfig | None = None
     late_topic: str | None = Field(
         None, description="rejected spans, reason in the otelwax.reason header (late_policy: route)"
@@ -193,8 +195,17 @@ def _late_to_kafka(batch: pa.RecordBatch | pa.Table) -> Any:
 
 
 def build_from_settings(settings: SpanMetricsFlowSettings) -> Dataflow:
-    """Wire the dataflow from validated settings (no I/O)."""
+    """Wire the dataflow from validated settings (no I/O).
+
+    Checked here rather than in the settings: a config file that does not run this flow
+    (no output configured for it) still validates."""
     from bytewax.connectors.kafka import KafkaSink
+
+    if settings.clickhouse is None and settings.remote_write is None:
+        raise ValueError(
+            "nothing to write to: set flows.spanmetrics.clickhouse and/or a remote_write "
+            "(flows.spanmetrics.remote_write or sinks.remote_write)"
+        )
 
     flow = Dataflow(settings.flow_id)
     ranges = op.input("kafka", flow, kafka_source(settings))

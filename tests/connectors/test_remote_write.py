@@ -231,3 +231,32 @@ def test_last_sent_timestamps_are_forgotten_after_their_ttl(own_prometheus) -> N
     assert client.send(late) == 0
     assert _counter("dropped", comp, reason="out_of_order") == 1  # not dropped here again
     assert _counter("dropped", comp, reason="http_400") == 1  # sent, and Prometheus refused it
+
+
+def test_remote_write_is_off_unless_configured_and_names_its_target(caplog) -> None:
+    """No default URL (it used to point at the test Prometheus), and every retry line names
+    the receiver so an operator knows what is down."""
+    import logging
+
+    import pytest
+    from pydantic import ValidationError
+
+    from flows.metrics import MetricsFlowSettings
+    from flows.spanmetrics import SpanMetricsFlowSettings, build_from_settings
+    from tests.conftest import free_port
+
+    with pytest.raises(ValidationError, match="url"):
+        RemoteWriteConfig()
+    assert MetricsFlowSettings().remote_write is None
+    with pytest.raises(ValueError, match="nothing to write to"):
+        build_from_settings(SpanMetricsFlowSettings())
+
+    url = f"http://127.0.0.1:{free_port()}/api/v1/write"  # nothing listens there
+    retry = RetryConfig(initial_backoff_s=0.05, max_backoff_s=0.1, max_elapsed_s=0.5)
+    client = RemoteWriteClient(RemoteWriteConfig(url=url, retry=retry), unique_job("rwoff"))
+    sb = SeriesBatch()
+    sb.add(_labels("rw_off", "j"), int(time.time() * 1000), 1.0)
+    with caplog.at_level(logging.WARNING, logger="connectors.remote_write"):
+        assert client.send(sb) == 0
+    lines = [r.getMessage() for r in caplog.records if r.name == "connectors.remote_write"]
+    assert len(lines) >= 2 and all(url in line for line in lines), lines

@@ -162,7 +162,9 @@ def _routed(bootstrap: str, late_topic: str) -> list[tuple[bytes, pa.Table]]:
     ]
 
 
-def test_late_spans_routed_to_a_topic(kafka_bootstrap: str, make_topic) -> None:
+def test_late_spans_routed_to_a_topic(
+    kafka_bootstrap: str, make_topic, prometheus_url: str
+) -> None:
     topic = make_topic("spans", partitions=1)
     late_topic = make_topic("late", partitions=1)
     svc = unique_job("smlate")
@@ -175,7 +177,8 @@ def test_late_spans_routed_to_a_topic(kafka_bootstrap: str, make_topic) -> None:
             _request(svc, [(base + 2, 1, "early", 1), (base + 3, 1, "early2", 1)]),  # late
         ],
     )
-    settings = _routing_settings(kafka_bootstrap, topic, late_topic, remote_write=None)
+    rw = {"url": f"{prometheus_url}/api/v1/write"}
+    settings = _routing_settings(kafka_bootstrap, topic, late_topic, remote_write=rw)
     run_main(build_from_settings(settings))
     routed = _routed(kafka_bootstrap, late_topic)
     assert [reason for reason, _ in routed] == [b"late"]

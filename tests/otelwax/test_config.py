@@ -151,3 +151,21 @@ def test_cli_show_masks_secrets(tmp_path: Path) -> None:
     res = _validate(str(f), "--show", env={"PW": "topsecret"})
     assert res.returncode == 0, res.stdout + res.stderr
     assert "topsecret" not in res.stdout and "**********" in res.stdout
+
+
+def test_cli_refuses_an_operator_the_flow_cannot_run(tmp_path: Path) -> None:
+    """What validates, runs: flows.traces refuses stateful operators at start, so validate
+    does too (configs/examples/clickhouse-server.yaml used to validate with tail_sampling)."""
+    f = tmp_path / "x.yaml"
+    f.write_text("flows:\n  traces:\n    operators:\n      - {type: tail_sampling}\n")
+    res = _validate("-c", str(f))
+    assert res.returncode == 1
+    assert "flows.traces.operators.0.type: tail_sampling keeps rows across" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "path", sorted(p.relative_to(ROOT) for p in (ROOT / "configs").rglob("*.yaml")), ids=str
+)
+def test_every_shipped_config_validates(path: Path) -> None:
+    res = _validate("-c", str(path), env={"OTELWAX_CLICKHOUSE_PASSWORD": "x"})
+    assert res.returncode == 0, res.stdout + res.stderr
