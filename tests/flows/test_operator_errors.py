@@ -7,9 +7,12 @@ the range is stored. A DLQ that cannot take a record (missing topic) stops the f
 
 from __future__ import annotations
 
+import random
+import threading
 import time
 
 import pyarrow as pa
+import pytest
 from confluent_kafka import Producer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -147,3 +150,49 @@ def test_a_missing_dlq_topic_fails_loudly_within_seconds(flow_run) -> None:
         if " ERROR " in ln and "otelwax_no_such_dlq_topic" in ln and "dead_letters" in ln
     ]
     assert len(errors) == 1, log
+
+
+@pytest.mark.slow
+def test_a_replay_after_sigkill_makes_the_same_decision(flow_run) -> None:
+    """Killed at random moments, restarted: every good span stored exactly once, every poison
+    span in the DLQ (maybe more than once: dead letters are at-least-once), none stored."""
+    rnd = random.Random()
+    run = flow_run(
+        partitions=2,
+        operators=[POISON_OP],
+        source={"batch": {"max_records": 1000, "max_delay_s": 0.15}, "poll_max_messages": 8},
+    )
+    payloads = otlpgen.trace_payloads(300, seed=rnd.randrange(1 << 30), **SMALL)
+    poison_ids = set()
+    for i in range(5, 300, 25):
+        payloads[i], sid = _with_marker(payloads[i])
+        poison_ids.add(sid)
+    good_ids = {s for p in payloads for s in _span_ids(p)} - poison_ids
+
+    def late_produce() -> None:  # records keep arriving, so ranges are cut while it runs
+        for i in range(0, 300, 10):
+            produce(run.bootstrap, run.topic, payloads[i : i + 10])
+            time.sleep(0.3)
+
+    producer = threading.Thread(target=late_produce, daemon=True)
+    producer.start()
+    for _ in range(3):
+        p = run.start()
+        deadline = time.monotonic() + 30  # kill while it reads, not while it starts
+        while ": start at" not in run.logs[-1].read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(rnd.uniform(0.3, 2.0))
+        p.kill()
+        p.wait()
+    producer.join(60)
+    run.run_to_end(timeout=120)
+
+    path = run.settings["clickhouse"]["path"]
+    assert chdb_rows(path, "SELECT count(), uniqExact(SpanId) FROM otel.otel_traces") == [
+        (len(good_ids), len(good_ids))
+    ]
+    rows = chdb_rows(path, "SELECT SpanId FROM otel.otel_traces")
+    assert not poison_ids & {r[0] for r in rows}
+    dead = consume_all(run.bootstrap, run.settings["dead_letters"]["topic"])
+    got = {s for m in dead for s in pa.ipc.open_stream(m.value()).read_all()["SpanId"].to_pylist()}
+    assert got == poison_ids
