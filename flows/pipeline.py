@@ -11,6 +11,16 @@ One item is one Kafka offset range of one partition (``connectors.kafka_source``
 the operators keep a range's rows in that range, so a replay after a crash re-inserts the
 same rows under the same deduplication token (``connectors.clickhouse_sink``).
 
+An operator that raises (``operators_on_error``) is called again on the range's rows, up to
+``attempts`` times; then (``action: dlq``) the rows are bisected, each half tried once, down to
+the single rows it fails on, which go to the DLQ with the error and the step id while the
+others go on: the range still reaches the sink, so its offsets are confirmed. The bisection
+is deterministic, so when the operator is (same rows → same exception), a replay after a crash
+splits the range the same way and inserts the same rows under the same token. A transient
+error that outlasts the attempts is not: its rows go to the DLQ, and a replay of a range not
+yet stored may then keep them, so such rows can be both in the DLQ and in ClickHouse (never
+in neither).
+
 Building the dataflow does no I/O: clients are opened when bytewax builds the steps.
 """
 
@@ -30,9 +40,9 @@ from bytewax.outputs import DynamicSink
 
 from connectors.clickhouse_schema import LOGS_SORT_KEY, TRACES_SORT_KEY
 from connectors.clickhouse_sink import ClickHouseSink, StoredRange
-from connectors.dlq import DeadLetter, DeadLetterProducer
+from connectors.dlq import DeadLetter, DeadLetterError, DeadLetterProducer, row_letters
 from connectors.kafka_source import KafkaRange, PartitionedKafkaSource, RangeAcks
-from otelwax.logs import instrument
+from otelwax.logs import current_step, instrument
 from otelwax.schemas import LOGS_SCHEMA, TRACES_SCHEMA
 from otelwax.telemetry import ComponentMetrics, serve_metrics
 
@@ -88,6 +98,7 @@ class FlowSettings(Protocol):
     clickhouse: Any
     sink: Any
     operators: list[dict[str, Any]]
+    operators_on_error: Any
     metrics_port: int | None
     metrics_addr: str
     log_level: str
@@ -134,39 +145,56 @@ class _Decode:
         return _Decoded(rng, res.batch, letters)
 
 
-class _DeadLetters:
-    """Sends a range's bad payloads to the DLQ and waits; one producer per process, lazily."""
+class _DeadLetterOutbox:
+    """The process's one DLQ producer, opened on first use and shared by every step."""
 
     def __init__(self, settings: FlowSettings) -> None:
         self._kafka = settings.kafka
-        self._cfg = settings.dead_letters
+        self.cfg = settings.dead_letters
         self._producer: DeadLetterProducer | None = None
         self._lock = threading.Lock()
         self._dropped = ComponentMetrics("dlq", "records")
 
+    def send(self, letters: Sequence[DeadLetter], drop_reason: str) -> None:
+        """Send ``letters`` and wait for Kafka's acks (or count them dropped when the DLQ is
+        disabled); a DLQ that refuses them for good is logged once and stops the flow."""
+        if not letters:
+            return
+        if not self.cfg.enabled:
+            self._dropped.dropped(len(letters), drop_reason)
+            return
+        try:
+            with self._lock:
+                if self._producer is None:
+                    self._producer = DeadLetterProducer(self._kafka, self.cfg)
+                self._producer.send_and_wait(letters)
+        except DeadLetterError as exc:
+            log.error("dead letters cannot be written, stopping the flow: %s", exc)
+            raise
+
+
+class _DeadLetters:
+    """Sends a range's bad payloads to the DLQ and waits."""
+
+    def __init__(self, outbox: _DeadLetterOutbox) -> None:
+        self._outbox = outbox
+
     def __call__(self, d: _Decoded) -> StoredRange:
-        if d.letters:
-            for letter in d.letters:
-                log.warning(
-                    "%s[%d]@%d: undecodable record: %s",
-                    letter.topic,
-                    letter.partition,
-                    letter.offset,
-                    letter.reason,
-                    extra={
-                        "topic": letter.topic,
-                        "partition": letter.partition,
-                        "offset": letter.offset,
-                        "reason": letter.reason,
-                    },
-                )
-            if self._cfg.enabled:
-                with self._lock:
-                    if self._producer is None:
-                        self._producer = DeadLetterProducer(self._kafka, self._cfg)
-                    self._producer.send_and_wait(d.letters)
-            else:
-                self._dropped.dropped(len(d.letters), "undecodable")
+        for letter in d.letters:
+            log.warning(
+                "%s[%d]@%d: undecodable record: %s",
+                letter.topic,
+                letter.partition,
+                letter.offset,
+                letter.reason,
+                extra={
+                    "topic": letter.topic,
+                    "partition": letter.partition,
+                    "offset": letter.offset,
+                    "reason": letter.reason,
+                },
+            )
+        self._outbox.send(d.letters, "undecodable")
         r = d.rng
         return StoredRange(
             r.topic,
@@ -181,27 +209,117 @@ class _DeadLetters:
 
 
 class _ApplyOperator:
-    """One batch operator on a range's rows. Registry operators count themselves
-    (``operator.<name>``); plain callables are counted here under the same name."""
+    """One batch operator on a range's rows, counted once per range as ``operator.<name>``
+    (rows it fails on: failed and dropped{operator_error}); a failure is retried, then
+    bisected to the poison rows (see the module doc)."""
 
-    def __init__(self, name: str, fn: BatchOperator) -> None:
-        self._fn = fn
-        counted = hasattr(fn, "kind")  # operators.registry.BatchOperator
-        self._metrics = None if counted else ComponentMetrics(f"operator.{name}", "rows")
+    def __init__(
+        self, name: str, step: str, fn: BatchOperator, policy: Any, outbox: _DeadLetterOutbox
+    ) -> None:
+        self._name = name
+        self._step = step
+        self._fn = getattr(fn, "apply", fn)  # operators.registry.BatchOperator: uncounted
+        self._metrics = getattr(fn, "metrics", None) or ComponentMetrics(f"operator.{name}", "rows")
+        self._drop_reason = getattr(fn, "drop_reason", "filtered")
+        self._policy = policy
+        self._outbox = outbox
+
+    def _call(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        out = self._fn(batch)
+        if isinstance(out, pa.Table):
+            out = _one_batch([out], out.schema)
+        return out
+
+    def _bisect(
+        self,
+        batch: pa.RecordBatch,
+        exc: Exception,
+        good: list[pa.RecordBatch],
+        bad: list[tuple[pa.RecordBatch, Exception]],
+    ) -> None:
+        """``batch`` failed with ``exc``: keep the outputs of the halves that pass, recurse
+        into those that fail, down to single rows (in row order)."""
+        if batch.num_rows <= 1:
+            bad.append((batch, exc))
+            return
+        half = batch.num_rows // 2
+        for part in (batch.slice(0, half), batch.slice(half)):
+            try:
+                good.append(self._call(part))
+            except Exception as e:
+                self._bisect(part, e, good, bad)
 
     def __call__(self, r: StoredRange) -> StoredRange:
         n = r.batch.num_rows
-        out = self._fn(r.batch)
-        if isinstance(out, pa.Table):
-            batches = out.combine_chunks().to_batches()
-            out = batches[0] if batches else pa.RecordBatch.from_pylist([], schema=out.schema)
-        if self._metrics is not None:
-            self._metrics.received(n)
-            self._metrics.sent(out.num_rows)
-            if out.num_rows < n:
-                self._metrics.dropped(n - out.num_rows, "filtered")
+        self._metrics.received(n)
+        errors: list[Exception] = []
+        out = None
+        while out is None and len(errors) < self._policy.attempts:
+            try:
+                out = self._call(r.batch)
+            except Exception as exc:
+                errors.append(exc)
+        if out is None and self._policy.action == "fail":
+            self._metrics.failed(n)
+            raise errors[-1]
+        n_bad = 0
+        if out is None:
+            good: list[pa.RecordBatch] = []
+            bad: list[tuple[pa.RecordBatch, Exception]] = []
+            self._bisect(r.batch, errors[-1], good, bad)
+            out = _one_batch(good, good[0].schema if good else r.batch.schema)
+            n_bad = self._set_aside(r, bad, len(errors))
+        elif errors:
+            log.warning(
+                "%s[%d]@%d-%d: operator %s succeeded on attempt %d after: %s",
+                r.topic, r.partition, r.first, r.last, self._name, len(errors) + 1, errors[-1],
+            )  # fmt: skip
+        self._metrics.sent(out.num_rows)
+        self._metrics.dropped(max(n - n_bad - out.num_rows, 0), self._drop_reason)
         r.batch = out
         return r
+
+    def _set_aside(
+        self, r: StoredRange, bad: list[tuple[pa.RecordBatch, Exception]], attempts: int
+    ) -> int:
+        """Log, count and dead-letter the rows the operator failed on; returns their count."""
+        n_bad = sum(b.num_rows for b, _ in bad)
+        if not n_bad:
+            return 0
+        step = current_step() or self._step
+        by_error: dict[str, list[pa.RecordBatch]] = {}
+        for rows, exc in bad:
+            by_error.setdefault(str(exc), []).append(rows)
+        letters = []
+        for error, parts in by_error.items():
+            rows = _one_batch(parts, parts[0].schema)
+            letters += row_letters(
+                r.topic, r.partition, r.first, r.last, rows, error, step,
+                self._outbox.cfg.max_message_bytes,
+            )  # fmt: skip
+        where = "sent to the DLQ" if self._outbox.cfg.enabled else "dropped (DLQ disabled)"
+        first_error = next(iter(by_error))
+        log.warning(
+            "%s[%d]@%d-%d: operator %s failed on %d of %d row(s) after %d attempt(s), %s: %s",
+            r.topic, r.partition, r.first, r.last, self._name, n_bad, r.batch.num_rows,
+            attempts, where, first_error,
+            extra={"topic": r.topic, "partition": r.partition, "offset": r.first,
+                   "reason": "operator_error"},
+        )  # fmt: skip
+        self._outbox.send(letters, "operator_error")
+        self._metrics.failed(n_bad)
+        self._metrics.dropped(n_bad, "operator_error")
+        return n_bad
+
+
+def _one_batch(parts: Sequence[pa.RecordBatch | pa.Table], schema: pa.Schema) -> pa.RecordBatch:
+    """Concatenate batches (or tables) into one record batch of ``schema``."""
+    table = pa.Table.from_batches([], schema=schema)
+    if parts:
+        tables = [p if isinstance(p, pa.Table) else pa.Table.from_batches([p]) for p in parts]
+        table = pa.concat_tables(tables)
+    batches = table.combine_chunks().to_batches()
+    return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=schema)
 
 
 def resolve_operators(
@@ -273,14 +391,16 @@ def build_dataflow(
     flow = Dataflow(settings.sink.flow)
     source = PartitionedKafkaSource(settings.kafka, settings.source, intents, on_start, acks)
     ranges = op.input("kafka", flow, source)
+    outbox = _DeadLetterOutbox(settings)
     decoded = op.map("decode", ranges, _Decode(signal))
-    stored = op.map("dead_letters", decoded, _DeadLetters(settings))
+    stored = op.map("dead_letters", decoded, _DeadLetters(outbox))
     ops = resolve_operators(settings.operators, signal)
     for item in batch_operators or []:
         ops.append(item if isinstance(item, tuple) else (getattr(item, "__name__", "op"), item))
+    policy = settings.operators_on_error
     for i, (name, fn) in enumerate(ops):
         step = re.sub(r"[^A-Za-z0-9_]", "_", f"op_{i}_{name}")
-        stored = op.map(step, stored, _ApplyOperator(name, fn))
+        stored = op.map(step, stored, _ApplyOperator(name, step, fn, policy, outbox))
     for step_id, extra in outputs:
         op.output(step_id, stored, extra)
     op.output("clickhouse", stored, sink)

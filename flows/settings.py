@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "FlowSettings",
     "LogsFlowSettings",
+    "OperatorsOnError",
     "RecoverySettings",
     "TracesFlowSettings",
     "load_flow_settings",
@@ -64,6 +65,21 @@ class RecoverySettings(StrictModel):
     partitions: int = Field(1, gt=0, description="recovery partitions to initialise")
     snapshot_interval_s: float = Field(10.0, gt=0, description="-s: epoch / snapshot length")
     backup_interval_s: float = Field(0.0, ge=0, description="-b: keep older snapshots this long")
+
+
+class OperatorsOnError(StrictModel):
+    """What the flow does with a range an operator raises on (``flows.pipeline``).
+
+    The operator is called ``attempts`` times on the range's rows (retrying a transient
+    error); if it still raises, ``dlq`` bisects the rows to find those it fails on alone,
+    sends them to the dead-letter topic and passes the others on, while ``fail`` stops the
+    flow (which then restarts at the same range).
+    """
+
+    attempts: int = Field(3, ge=1, le=100, description="calls on the whole batch before acting")
+    action: Literal["dlq", "fail"] = Field(
+        "dlq", description="dlq: failing rows to dead_letters.topic; fail: stop the flow"
+    )
 
 
 class ServingSettings(StrictModel):
@@ -96,6 +112,7 @@ class FlowSettings(ServingSettings):
         description="batch operators applied between decode and the sink, in order "
         "(resolved by operators.registry)",
     )
+    operators_on_error: OperatorsOnError = Field(default_factory=OperatorsOnError)
     recovery: RecoverySettings = Field(default_factory=RecoverySettings)
     metrics_port: int | None = Field(
         9464, ge=0, le=65535, description="serve /metrics here (None: do not serve)"

@@ -315,17 +315,25 @@ class BatchOperator:
         self.func = func
         self.stateful = bool(getattr(kernel, "stateful", False))
         self.metrics = ComponentMetrics(component=f"operator.{name}", unit="rows")
-        self._reason = getattr(kernel, "drop_reason", None) or "operator"
+        self.drop_reason: str = getattr(kernel, "drop_reason", None) or "operator"
+        """Reason its dropped rows are counted under (``filtered``, ``sampled``, ...)."""
         self._schema: pa.Schema | None = None
 
     def __repr__(self) -> str:
         return f"BatchOperator({self.name!r}, kind={self.kind!r})"
 
-    def _fail(self, batch: pa.RecordBatch, exc: Exception) -> OperatorError:
-        self.metrics.failed(batch.num_rows)
+    def _error(self, exc: Exception) -> OperatorError:
         if isinstance(exc, OperatorError):
             return exc
         return OperatorError(self.name, self.func, f"raised {type(exc).__name__}: {exc}")
+
+    def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Stateless use without counting (the caller counts, e.g. once per range however
+        often it retries); raises ``OperatorError``."""
+        try:
+            return self.kernel(batch) if batch.num_rows or self.kind == "module" else batch
+        except Exception as exc:
+            raise self._error(exc) from exc
 
     def process(self, batch: pa.RecordBatch, now: float | None = None) -> list[pa.RecordBatch]:
         """Feed one batch; returns the batches ready downstream."""
@@ -337,13 +345,14 @@ class BatchOperator:
                 outs = self.kernel.process(batch, now)
                 dropped = self.kernel.dropped_rows
             else:
-                out = self.kernel(batch) if n_in or self.kind == "module" else batch
+                out = self.apply(batch)
                 outs = [out]
                 dropped = max(n_in - out.num_rows, 0)
         except Exception as exc:
-            raise self._fail(batch, exc) from exc
+            self.metrics.failed(n_in)
+            raise self._error(exc) from exc
         self.metrics.sent(sum(b.num_rows for b in outs))
-        self.metrics.dropped(dropped, self._reason)
+        self.metrics.dropped(dropped, self.drop_reason)
         return outs
 
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -361,7 +370,7 @@ class BatchOperator:
             return []
         outs = self.kernel.flush()
         self.metrics.sent(sum(b.num_rows for b in outs))
-        self.metrics.dropped(self.kernel.dropped_rows, self._reason)
+        self.metrics.dropped(self.kernel.dropped_rows, self.drop_reason)
         return outs
 
     def next_deadline(self) -> float | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 NOT_CALLABLE = 42
 
@@ -32,3 +33,10 @@ def as_table(batch: pa.RecordBatch, cfg: dict[str, Any]) -> pa.Table:
 
 def bad_factory(cfg: dict[str, Any]) -> Any:
     return "not callable"
+
+
+def fail_on_marker(batch: pa.RecordBatch, cfg: dict[str, Any]) -> pa.RecordBatch:
+    """A poison batch: raises whenever the batch holds a span named ``cfg["marker"]``."""
+    if pc.any(pc.equal(batch.column("SpanName"), cfg["marker"])).as_py():
+        raise ValueError(f"poison span in a batch of {batch.num_rows}")
+    return batch
