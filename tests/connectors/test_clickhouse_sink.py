@@ -3,16 +3,19 @@ source's RangeAcks only once stored, and a failing insert surfaces instead of va
 
 from __future__ import annotations
 
+import logging
 import uuid
 from pathlib import Path
 
 import pytest
 
 from connectors.clickhouse import ClickHouseConfig
+from connectors.clickhouse_intents import dedup_window_problem
 from connectors.clickhouse_schema import TRACES_SORT_KEY, TableOptions
 from connectors.clickhouse_sink import ClickHouseSink, ClickHouseSinkConfig, StoredRange
 from connectors.kafka_source import RangeAcks
 from otelwax.codec import decode_traces
+from tests.connectors.conftest import server_config
 from tests.otlpgen import trace_payloads
 
 
@@ -76,18 +79,6 @@ def test_a_failing_insert_is_raised_and_its_range_stays_unconfirmed(sink_for, ch
     assert acks.error is not None  # the sources stop too (tests/connectors/test_kafka_source.py)
 
 
-def _server_conn(srv, database: str) -> ClickHouseConfig:
-    return ClickHouseConfig(
-        mode="server",
-        host=srv.host,
-        port=srv.port,
-        http_port=srv.http_port,
-        database=database,
-        create_schema=True,
-        tables={"dedup_window": 3},
-    )
-
-
 @pytest.mark.parametrize("backend", ["chdb", "server"])
 def test_a_quiet_partitions_old_range_is_not_stored_twice(
     backend: str, chdb_client, request
@@ -109,7 +100,7 @@ def test_a_quiet_partitions_old_range_is_not_stored_twice(
 
         srv = request.getfixturevalue("clickhouse_server")
         db = f"t_{uuid.uuid4().hex[:10]}"
-        conn = _server_conn(srv, db)
+        conn = server_config(srv, db, create_schema=True, tables={"dedup_window": 3})
         client = open_client(conn.model_copy(update={"create_schema": False}))
         request.addfinalizer(client.close)
         request.addfinalizer(lambda: client.execute(f"DROP DATABASE IF EXISTS {db}"))
@@ -155,3 +146,48 @@ def test_a_table_without_dedup_window_is_refused_at_start(sink_for, chdb_client)
     sink = ClickHouseSink(conn, ClickHouseSinkConfig(), sort_key=TRACES_SORT_KEY)
     with pytest.raises(RuntimeError, match="non_replicated_deduplication_window"):
         sink.build("clickhouse", 0, 1)
+
+
+@pytest.mark.parametrize(
+    ("engine", "settings", "level", "text"),
+    [
+        ("MergeTree", {"non_replicated_deduplication_window": 1000}, None, ""),
+        ("MergeTree", {}, logging.ERROR, "no non_replicated_deduplication_window"),
+        ("MergeTree", {"non_replicated_deduplication_window": 10}, logging.WARNING, "below 100"),
+        ("ReplicatedMergeTree", {"replicated_deduplication_window": 1000,
+                                 "replicated_deduplication_window_seconds": 604800}, None, ""),
+        ("ReplicatedMergeTree", {"replicated_deduplication_window": 0}, logging.ERROR,
+         "no replicated_deduplication_window"),
+        ("ReplicatedMergeTree", {"replicated_deduplication_window": 1000,
+                                 "replicated_deduplication_window_seconds": 60}, logging.WARNING,
+         "replicated_deduplication_window_seconds = 60 s"),
+        ("Distributed", {}, logging.WARNING, "MergeTree tables it writes to"),
+    ],
+)  # fmt: skip
+def test_the_dedup_window_check_names_the_setting_to_fix(engine, settings, level, text) -> None:
+    got = dedup_window_problem("otel.t", engine, settings, 100, 3600)
+    if level is None:
+        assert got is None
+    else:
+        assert got is not None and got[0] == level and text in got[1], got
+
+
+def test_an_intent_table_of_the_previous_layout_is_extended_and_still_read(
+    sink_for, chdb_client
+) -> None:
+    db = chdb_client.cfg.database
+    chdb_client.execute(
+        f"CREATE TABLE {db}.otelwax_intents (flow String, topic String, kafka_partition UInt32, "
+        "first_offset UInt64, last_offset UInt64, target String, group_id UInt64, "
+        "records UInt32, written_at DateTime DEFAULT now()) ENGINE = MergeTree() "
+        "ORDER BY (flow, topic, kafka_partition, first_offset)"
+    )
+    chdb_client.execute(
+        f"INSERT INTO {db}.otelwax_intents (flow, topic, kafka_partition, first_offset, "
+        f"last_offset, target, group_id, records) VALUES ('traces', 'spans', 0, 0, 9, "
+        f"'{db}.otel_traces', 1, 10)"
+    )
+    sink = sink_for(None)
+    intents = sink.intent_log(sink.client())
+    assert intents.ranges_from("spans", 0, 0) == [(0, 9, "")]  # replayed under its old token
+    assert intents.pending_from("spans", 0) == 0
