@@ -46,6 +46,7 @@ __all__ = [
     "IntentReader",
     "KafkaRange",
     "KafkaSourceConfig",
+    "NoIntents",
     "PartitionedKafkaSource",
     "RangeAcks",
     "RangeCutConfig",
@@ -213,6 +214,22 @@ class IntentReader(Protocol):
     def reset(self, topic: str, partition: int, topic_id: str, offset: int) -> None:
         """Durably start the partition afresh at ``offset`` (earlier intents stop counting)."""
         ...
+
+
+class NoIntents:
+    """Intent reader with no recorded ranges (flows whose sink records none)."""
+
+    def ranges_from(self, topic: str, partition: int, offset: int) -> list[tuple[int, int, str]]:
+        return []
+
+    def pending_from(self, topic: str, partition: int) -> int | None:
+        return None
+
+    def latest(self, topic: str, partition: int) -> tuple[str, int | None] | None:
+        return None
+
+    def reset(self, topic: str, partition: int, topic_id: str, offset: int) -> None:
+        return None
 
 
 def plan_start(

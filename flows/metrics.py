@@ -66,7 +66,12 @@ from pydantic import Field, model_validator
 
 from connectors.clickhouse import ClickHouseConfig
 from connectors.kafka import TOPIC_METRICS, KafkaConfig
-from connectors.kafka_source import KafkaSourceConfig, PartitionedKafkaSource, RangeCutConfig
+from connectors.kafka_source import (
+    KafkaSourceConfig,
+    NoIntents,
+    PartitionedKafkaSource,
+    RangeCutConfig,
+)
 from connectors.prom_translate import SeriesBatch, tables_to_series
 from connectors.remote_write import RemoteWriteConfig, RemoteWriteSink
 from otelwax.logs import instrument
@@ -554,22 +559,6 @@ def _stored_range(c: MetricChunk) -> Any:
     return StoredRange(t, p, a, b, pa.record_batch([]), records=n, topic_id=c.topic_id)
 
 
-class _NoIntents:
-    """Intent reader with no recorded ranges."""
-
-    def ranges_from(self, topic: str, partition: int, offset: int) -> list[tuple[int, int, str]]:
-        return []
-
-    def pending_from(self, topic: str, partition: int) -> int | None:
-        return None
-
-    def latest(self, topic: str, partition: int) -> tuple[str, int | None] | None:
-        return None
-
-    def reset(self, topic: str, partition: int, topic_id: str, offset: int) -> None:
-        return None
-
-
 def _intent_log(client: Any, cfg: ClickHouseConfig, table: str) -> Any:
     from connectors.clickhouse_sink import ClickHouseSinkConfig, IntentLog
 
@@ -704,7 +693,7 @@ def ranges_source(settings: MetricsFlowSettings) -> PartitionedKafkaSource:
     # Without ClickHouse there is nothing to re-cut for: an empty reader (also sidesteps
     # kafka_source's intents=None path, which calls list(offset)).
     skip = settings.resume == "stored" or (settings.resume == "auto" and not _runs_with_recovery())
-    intents = (lambda: _ReplayOnly(ch, table, skip)) if ch is not None else _NoIntents
+    intents = (lambda: _ReplayOnly(ch, table, skip)) if ch is not None else NoIntents
     return PartitionedKafkaSource(settings.kafka, cfg, intents, on_start)
 
 
