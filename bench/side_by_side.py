@@ -521,7 +521,7 @@ def nosink_flow(topic: str, big_prefetch: bool) -> int:
     from bytewax.outputs import DynamicSink, StatelessSinkPartition
     from bytewax.testing import run_main
 
-    from connectors.kafka_source import PartitionedKafkaSource
+    from connectors.kafka_source import NoIntents, PartitionedKafkaSource
     from flows.pipeline import TRACES, _Decode
     from flows.settings import load_settings
 
@@ -548,15 +548,8 @@ def nosink_flow(topic: str, big_prefetch: bool) -> int:
         def build(self, step_id: str, worker_index: int, worker_count: int) -> _Count:
             return _Count()
 
-    class _NoIntents:  # nothing stored, nothing to re-cut
-        def ranges_from(self, topic: str, partition: int, offset: int) -> list:
-            return []
-
-        def pending_from(self, topic: str, partition: int) -> None:
-            return None
-
     flow = Dataflow("nosink")
-    ranges = op.input("kafka", flow, PartitionedKafkaSource(s.kafka, s.source, _NoIntents))
+    ranges = op.input("kafka", flow, PartitionedKafkaSource(s.kafka, s.source, NoIntents))
     op.output("count", op.map("decode", ranges, _Decode(TRACES)), _Sink())
     run_main(flow)
     print(f"NOSINK rows={rows[0]}", flush=True)

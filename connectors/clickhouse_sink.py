@@ -2,17 +2,23 @@
 
 Protocol (per worker, items in the order their source emitted them):
 
-1. **Intent.** Before inserting, the sink appends ``(flow, topic, partition, first, last,
-   target table, group)`` for every new range of the batch to a small MergeTree table
-   (``otelwax_intents``) in one insert. Ranges the source re-cut from recorded intents
-   (``replay=True``) are not recorded again.
-2. **Insert** each range's rows with ``insert_deduplication_token = topic:partition:first:last``
-   into a MergeTree table with ``non_replicated_deduplication_window``: if the same range was
-   stored before a crash, ClickHouse skips the block. The next intent group is recorded only
-   after every insert of the previous group succeeded, so all ranges before the latest group
-   of a partition are known to be stored (the source starts there when that is past its
-   snapshot).
-3. On restart the source reads the intents at/after its resume offset and re-cuts the replayed
+1. **Intent.** Before inserting, the sink appends ``(flow, topic, topic id, partition, first,
+   last, target table, group)`` for every new range of the batch to a small MergeTree table
+   (``otelwax_intents``, see ``connectors.clickhouse_intents``) in one insert. Ranges the
+   source re-cut from recorded intents (``replay=True``) are not recorded again.
+2. **Insert** each range's rows with ``insert_deduplication_token =
+   topic:partition:first:last[@topic id]`` into a MergeTree table with a deduplication window:
+   if the same range was being stored at a crash, ClickHouse skips the block. The next intent
+   group is recorded only after every insert of the previous group succeeded, so all ranges
+   before the latest group of a partition are known to be stored (the source starts there when
+   that is past its snapshot).
+3. **Mark** the batch's ranges stored once their inserts returned (one insert). A replayed
+   range with a mark is not inserted again: the window counts inserts, not time, and a quiet
+   partition's token is long forgotten when its range is replayed. The window only covers a
+   crash between the insert and the mark, so it must exceed the inserts the table receives
+   from all writers until a restarted flow replays (the default 1000 does for minutes of
+   restart at a few inserts per second); the sink checks it at start (``min_dedup_window``).
+4. On restart the source reads the intents at/after its resume offset and re-cuts the replayed
    records at exactly those boundaries, so the replay carries the same tokens.
 
 Servers without insert tokens (ClickHouse < 22.2, e.g. Debian's 18.16), traces table only:
@@ -37,7 +43,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -46,8 +52,9 @@ import pyarrow.compute as pc
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from pydantic import Field
 
+from connectors.clickhouse_intents import Blocking, IntentLog, check_dedup_window
+from connectors.kafka_source import range_token
 from otelwax.logs import carry_step
-from otelwax.resilience import CircuitBreaker, CircuitOpenError, RetryPolicy
 from otelwax.schemas import LOGS_SCHEMA, TRACES_SCHEMA
 from otelwax.settings import StrictModel
 from otelwax.telemetry import ComponentMetrics
@@ -62,20 +69,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-INTENT_SCHEMA = pa.schema(
-    [
-        pa.field("flow", pa.string(), nullable=False),
-        pa.field("topic", pa.string(), nullable=False),
-        pa.field("kafka_partition", pa.uint32(), nullable=False),
-        pa.field("first_offset", pa.uint64(), nullable=False),
-        pa.field("last_offset", pa.uint64(), nullable=False),
-        pa.field("target", pa.string(), nullable=False),
-        pa.field("group_id", pa.uint64(), nullable=False),
-        pa.field("records", pa.uint32(), nullable=False),
-    ]
-)
-
 
 class ClickHouseSinkConfig(StrictModel):
     """How the sink records intents and deduplicates (connection, retries and the circuit
@@ -97,150 +90,18 @@ class ClickHouseSinkConfig(StrictModel):
         description="sort each range by the table's ORDER BY key before the insert (on the "
         "worker thread, so ClickHouse skips its own sort)",
     )
+    min_dedup_window: int = Field(
+        100,
+        ge=0,
+        description="warn at start when a target table remembers fewer insert tokens (its "
+        "non_replicated_/replicated_deduplication_window); a table with none is refused",
+    )
     overlap: bool = Field(
         True,
         description="insert on a background thread while the worker decodes the next ranges "
         "(used when the flow's source tracks stored ranges; off: each batch is stored before "
         "the worker goes on)",
     )
-
-
-# --- retries ----------------------------------------------------------------------------------
-
-
-class _Blocking:
-    """Call until it succeeds: ``RetryPolicy`` tries, the ``CircuitBreaker`` paces rounds.
-
-    Transient errors are retried forever (the worker blocks, holding its partitions back);
-    permanent ones (bad SQL, missing table) are raised so the flow stops with a clear error
-    and, after a fix, resumes from its snapshot/intents: nothing is dropped either way.
-    """
-
-    def __init__(self, conn: Any, what: str, metrics: ComponentMetrics) -> None:
-        from connectors.clickhouse import is_transient
-
-        self._policy = RetryPolicy(conn.retry, retry_on=is_transient)
-        self._breaker = CircuitBreaker(conn.breaker, name=what)
-        self._is_transient = is_transient
-        self._what = what
-        self._metrics = metrics
-
-    def call(self, fn: Callable[[], T], on_failure: Callable[[], None] | None = None) -> T:
-        def once() -> T:
-            try:
-                return fn()
-            except Exception:
-                self._metrics.failed()
-                if on_failure is not None:
-                    on_failure()
-                raise
-
-        while True:
-            try:
-                return self._policy.call(once, breaker=self._breaker)
-            except CircuitOpenError as exc:
-                wait = max(0.05, min(exc.retry_after, 5.0))
-                log.warning("%s: circuit open, holding input for %.1f s", self._what, wait)
-                time.sleep(wait)
-            except Exception as exc:
-                if not self._is_transient(exc):
-                    raise
-                log.warning("%s: still failing (%s), retrying", self._what, exc)
-                time.sleep(self._policy.cfg.max_backoff_s)
-
-
-# --- intents ----------------------------------------------------------------------------------
-
-
-def intents_ddl(qualified_table: str, ttl_days: int = 0) -> str:
-    """DDL of the intent table (works on ClickHouse 18.16 and current versions).
-
-    ``ttl_days`` > 0 adds a TTL (servers >= 19.6, chdb); old intents are only needed for
-    ranges Kafka could still replay, so anything older than the topic's retention can go.
-    """
-    ttl = f" TTL written_at + INTERVAL {int(ttl_days)} DAY" if ttl_days > 0 else ""
-    return (
-        f"CREATE TABLE IF NOT EXISTS {qualified_table} (flow String, topic String, "
-        "kafka_partition UInt32, first_offset UInt64, last_offset UInt64, target String, "
-        "group_id UInt64, records UInt32, written_at DateTime DEFAULT now()) "
-        "ENGINE = MergeTree() PARTITION BY toYYYYMM(written_at) "
-        f"ORDER BY (flow, topic, kafka_partition, first_offset){ttl}"
-    )
-
-
-_WHERE = "flow = {flow:String} AND topic = {topic:String} AND kafka_partition = {p:UInt32}"
-
-
-class IntentLog:
-    """Read/write access to the intent table of one flow (``database.intents_table``)."""
-
-    def __init__(self, client: Any, conn: Any, cfg: ClickHouseSinkConfig) -> None:
-        from connectors.clickhouse_schema import quote_ident
-
-        self.client = client
-        self.database = conn.database
-        self.table = f"{conn.database}.{cfg.intents_table}"
-        self._qt = f"{quote_ident(conn.database)}.{quote_ident(cfg.intents_table)}"
-        self._qdb = quote_ident(conn.database)
-        self.flow = cfg.flow
-        self._ttl_days = cfg.intents_ttl_days
-        self.metrics = ComponentMetrics("intents", "ranges")
-        self._blocking = _Blocking(conn, f"clickhouse intents ({self.table})", self.metrics)
-
-    def create(self) -> None:
-        """Create the database and the intent table if missing (idempotent)."""
-        self._blocking.call(
-            lambda: self.client.execute(f"CREATE DATABASE IF NOT EXISTS {self._qdb}")
-        )
-        ttl = 0 if getattr(self.client, "legacy", False) else self._ttl_days
-        self._blocking.call(lambda: self.client.execute(intents_ddl(self._qt, ttl)))
-
-    def _rows(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        return list(self._blocking.call(lambda: self.client.execute(sql, params)) or [])
-
-    def ranges_from(self, topic: str, partition: int, offset: int) -> list[tuple[int, int]]:
-        """Recorded ranges with ``last >= offset``, sorted by first offset."""
-        rows = self._rows(
-            f"SELECT first_offset, last_offset FROM {self._qt} WHERE {_WHERE} "
-            "AND last_offset >= {off:UInt64} GROUP BY first_offset, last_offset "
-            "ORDER BY first_offset, last_offset",
-            {"flow": self.flow, "topic": topic, "p": partition, "off": max(offset, 0)},
-        )
-        return [(int(a), int(b)) for a, b in rows]
-
-    def pending_from(self, topic: str, partition: int) -> int | None:
-        """First offset of the partition's latest intent group (everything before is stored)."""
-        rows = self._rows(
-            f"SELECT count(), min(first_offset) FROM {self._qt} WHERE {_WHERE} "
-            f"AND group_id = (SELECT argMax(group_id, first_offset) FROM {self._qt} "
-            f"WHERE {_WHERE})",
-            {"flow": self.flow, "topic": topic, "p": partition},
-        )
-        if not rows or not int(rows[0][0]):
-            return None
-        return int(rows[0][1])
-
-    def record(self, ranges: Sequence[StoredRange], target: str) -> None:
-        """Durably note that these ranges are about to be inserted into ``target``."""
-        if not ranges:
-            return
-        group = time.time_ns()
-        n = len(ranges)
-        batch = pa.record_batch(
-            [
-                pa.array([self.flow] * n, pa.string()),
-                pa.array([r.topic for r in ranges], pa.string()),
-                pa.array([r.partition for r in ranges], pa.uint32()),
-                pa.array([r.first for r in ranges], pa.uint64()),
-                pa.array([r.last for r in ranges], pa.uint64()),
-                pa.array([target] * n, pa.string()),
-                pa.array([group] * n, pa.uint64()),
-                pa.array([r.records for r in ranges], pa.uint32()),
-            ],
-            schema=INTENT_SCHEMA,
-        )
-        self._blocking.call(lambda: self.client.insert_arrow(self.table, batch))
-        self.metrics.sent(n)
 
 
 # --- the sink ---------------------------------------------------------------------------------
@@ -305,10 +166,15 @@ class StoredRange:
     records: int = 0
     replay: bool = False
     first_timestamp_ms: int = 0
+    topic_id: str = ""
 
     @property
     def token(self) -> str:
-        return f"{self.topic}:{self.partition}:{self.first}:{self.last}"
+        return range_token(self.topic, self.partition, self.first, self.last, self.topic_id)
+
+
+def _key(r: StoredRange) -> tuple[str, int, int, int]:
+    return (r.topic, r.partition, r.first, r.last)
 
 
 class _OneThreadClient:
@@ -394,7 +260,7 @@ class _SinkPartition(StatelessSinkPartition[StoredRange]):
         self._metrics = ComponentMetrics("clickhouse_sink", "rows")
         self._latency = self._metrics.latency("insert")
         self._e2e = self._metrics.latency("event_to_stored")
-        self._blocking = _Blocking(conn, f"clickhouse insert ({self._table})", self._metrics)
+        self._blocking = Blocking(conn, f"clickhouse insert ({self._table})", self._metrics)
         mode = self._cfg.dedup
         if not sink.lookup_dedup:
             if mode == "lookup":
@@ -404,8 +270,6 @@ class _SinkPartition(StatelessSinkPartition[StoredRange]):
             supported = self._blocking.call(lambda: self._client.supports_dedup_token(self._table))
             mode = "token" if supported else "lookup"
         self._mode = mode
-        if mode == "token" and not getattr(self._client, "legacy", False):
-            self._check_dedup_window(conn)
         self._sort_keys = [(k, "ascending") for k in sink.sort_key] if self._cfg.presort else []
         self._acks = sink.acks
         self._writer = None
@@ -419,28 +283,6 @@ class _SinkPartition(StatelessSinkPartition[StoredRange]):
             mode,
             ", inserts overlapped with decode" if self._writer else "",
         )
-
-    def _check_dedup_window(self, conn: Any) -> None:
-        """Warn when the table cannot skip a replayed token (no deduplication window)."""
-        try:
-            rows = self._client.execute(
-                "SELECT engine, engine_full FROM system.tables "
-                "WHERE database = {db:String} AND name = {t:String}",
-                {"db": conn.database, "t": self._name},
-            )
-        except Exception as exc:  # best effort
-            log.debug("dedup window check failed: %s", exc)
-            return
-        if not rows:
-            return
-        engine, full = str(rows[0][0]), str(rows[0][1])
-        if "Replicated" not in engine and "non_replicated_deduplication_window" not in full:
-            log.error(
-                "%s has no non_replicated_deduplication_window: replays after a crash will "
-                "insert duplicates (recreate it with `otelwax clickhouse init` or ALTER TABLE "
-                "... MODIFY SETTING non_replicated_deduplication_window = 1000)",
-                self._table,
-            )
 
     def _missing_rows(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Rows of ``batch`` whose (TraceId, SpanId) is not in the table yet (lookup mode)."""
@@ -496,24 +338,45 @@ class _SinkPartition(StatelessSinkPartition[StoredRange]):
         # Items arrive in the order the sources emitted them. A run of new ranges gets its
         # intents in one insert, written only after every earlier item (replays included) is
         # stored: so everything before a partition's latest intent group is known stored.
+        # Once the batch is stored its ranges are marked so, which is what a replay of a
+        # quiet partition's range relies on (its token may have left the dedup window).
+        stored = self._stored_replays(items)
         i = 0
         while i < len(items):
             j = i
             while j < len(items) and not items[j].replay:
                 j += 1
             if j > i:
-                self._intents.record(items[i:j], self._table)
+                self._intents.record(items[i:j])
             else:
                 j = i + 1  # a replayed range: its intent is already recorded
             for r in items[i:j]:
-                self._store(r)
+                self._store(r, _key(r) in stored)
             i = j
+        self._intents.confirm([r for r in items if _key(r) not in stored])
 
-    def _store(self, r: StoredRange) -> None:
+    def _stored_replays(self, items: list[StoredRange]) -> set[tuple[str, int, int, int]]:
+        """Replayed ranges of ``items`` whose insert returned before (one query per partition;
+        replays happen after a restart only)."""
+        firsts: dict[tuple[str, int], int] = {}
+        for r in items:
+            if r.replay:
+                key = (r.topic, r.partition)
+                firsts[key] = min(firsts.get(key, r.first), r.first)
+        return {
+            (topic, p, a, b)
+            for (topic, p), lo in firsts.items()
+            for a, b in self._intents.stored_from(topic, p, lo)
+        }
+
+    def _store(self, r: StoredRange, already: bool = False) -> None:
         rows = r.batch.num_rows
         self._metrics.received(rows)
         self._metrics.batch(rows)
-        self._insert(r)
+        if already:
+            log.info("range %s: stored before, not inserted again", r.token)
+        else:
+            self._insert(r)
         # Rows ClickHouse skipped as duplicates were stored by an earlier attempt.
         self._metrics.sent(rows)
         if self._acks is not None:
@@ -617,12 +480,22 @@ class ClickHouseSink(DynamicSink[StoredRange]):
                     f"clickhouse health check: {table} cannot deduplicate replays (no insert "
                     "tokens and no InsertToken column); recreate it with `otelwax clickhouse init`"
                 )
+            if self.config.dedup != "lookup":
+                try:
+                    check_dedup_window(
+                        c, self.connection.database, self.table_name, self.config.min_dedup_window
+                    )
+                except Exception:
+                    c.close()
+                    raise
             return c
 
         return _ClientHolder.get(self.client_key(), _open, hold)
 
     def intent_log(self, client: Any) -> IntentLog:
-        return IntentLog(client, self.connection, self.config)
+        """The intents of this flow and target table."""
+        table = f"{self.connection.database}.{self.table_name}"
+        return IntentLog(client, self.connection, self.config, table)
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _SinkPartition:
         return _SinkPartition(self, worker_index)

@@ -11,7 +11,11 @@ same deduplication token. This source therefore
   ``max_delay_s`` is reached;
 - on (re)start asks an :class:`IntentReader` (ranges the sink recorded before inserting them)
   for ranges at or after its resume offset, and re-cuts the replayed messages at exactly those
-  boundaries (``KafkaRange.replay = True``).
+  boundaries (``KafkaRange.replay = True``);
+- refuses to start a partition from a position that cannot be this topic's: a snapshot or a
+  recorded range past the partition's end, or intents recorded under another topic id (the
+  topic was deleted and created again, or the flow now reads another cluster). Resuming there
+  would silently skip records; the error says how to start afresh (``on_stale_position``).
 
 The snapshot of a partition is the offset after the last emitted range; messages buffered but not
 yet emitted are simply read again after a restart.
@@ -42,10 +46,12 @@ __all__ = [
     "IntentReader",
     "KafkaRange",
     "KafkaSourceConfig",
+    "NoIntents",
     "PartitionedKafkaSource",
     "RangeAcks",
     "RangeCutConfig",
     "plan_start",
+    "range_token",
 ]
 
 _START_LOCK = threading.Lock()
@@ -97,9 +103,22 @@ class KafkaSourceConfig(StrictModel):
     stop_at_end: bool = Field(
         False, description="Finish when every partition reached its end (tests, backfills)"
     )
+    on_stale_position: Literal["fail", "reset"] = Field(
+        "fail",
+        description="a partition whose stored position is not this topic's (snapshot or "
+        "intents past the partition's end, intents of another topic id): fail = stop with an "
+        "error; reset = start it afresh at `start`, recorded in the intents",
+    )
     extra: dict[str, str | int | bool] = Field(
         default_factory=dict, description="Raw librdkafka consumer properties merged last."
     )
+
+
+def range_token(topic: str, partition: int, first: int, last: int, topic_id: str = "") -> str:
+    """Deterministic id of a range: ``topic:partition:first:last``, plus ``@topic_id`` when
+    known (a recreated topic reuses offsets; its ranges must not look stored)."""
+    base = f"{topic}:{partition}:{first}:{last}"
+    return f"{base}@{topic_id}" if topic_id else base
 
 
 @dataclass(slots=True)
@@ -117,11 +136,13 @@ class KafkaRange:
     first_timestamp_ms: int = 0
     """Kafka timestamp of the first record (producer/ingest time), for latency metrics."""
     nbytes: int = 0
+    topic_id: str = ""
+    """The topic's id (Kafka's UUID) as recorded in the range's intent; empty when unknown."""
 
     @property
     def token(self) -> str:
-        """Deterministic id of the range: ``topic:partition:first:last``."""
-        return f"{self.topic}:{self.partition}:{self.first}:{self.last}"
+        """Deterministic id of the range (see :func:`range_token`)."""
+        return range_token(self.topic, self.partition, self.first, self.last, self.topic_id)
 
 
 class RangeAcks:
@@ -178,36 +199,61 @@ class RangeAcks:
 class IntentReader(Protocol):
     """Read side of the sink's intent log (see ``connectors.clickhouse_sink.IntentLog``)."""
 
-    def ranges_from(self, topic: str, partition: int, offset: int) -> list[tuple[int, int]]:
-        """Recorded ranges ``(first, last)`` of the partition with ``last >= offset``, sorted."""
+    def ranges_from(self, topic: str, partition: int, offset: int) -> list[tuple[int, int, str]]:
+        """Recorded ranges ``(first, last, topic_id)`` with ``last >= offset``, sorted."""
         ...
 
     def pending_from(self, topic: str, partition: int) -> int | None:
         """First offset of the oldest range that may not be stored yet, or None."""
         ...
 
+    def latest(self, topic: str, partition: int) -> tuple[str, int | None] | None:
+        """``(topic_id, last recorded offset)`` of the partition's history, or None."""
+        ...
+
+    def reset(self, topic: str, partition: int, topic_id: str, offset: int) -> None:
+        """Durably start the partition afresh at ``offset`` (earlier intents stop counting)."""
+        ...
+
+
+class NoIntents:
+    """Intent reader with no recorded ranges (flows whose sink records none)."""
+
+    def ranges_from(self, topic: str, partition: int, offset: int) -> list[tuple[int, int, str]]:
+        return []
+
+    def pending_from(self, topic: str, partition: int) -> int | None:
+        return None
+
+    def latest(self, topic: str, partition: int) -> tuple[str, int | None] | None:
+        return None
+
+    def reset(self, topic: str, partition: int, topic_id: str, offset: int) -> None:
+        return None
+
 
 def plan_start(
     resume: int | None,
     pending: int | None,
-    ranges: Callable[[int], list[tuple[int, int]]],
+    ranges: Callable[[int], list[tuple[int, int, str]]],
     default: int,
-) -> tuple[int, list[tuple[int, int]]]:
+) -> tuple[int, list[tuple[int, int, str]]]:
     """Decide where a partition starts and which recorded ranges it must re-cut.
 
     ``resume`` is bytewax's snapshot (offset after the last emitted range), ``pending`` the start
     of the oldest range the sink may not have finished (everything before it is stored, because
     the sink records a group of intents only after the previous group is stored). Starting at
     the larger of the two replays the least; with neither, ``default`` (earliest/latest).
-    Returns the start offset and the recorded ranges at or after it, non-overlapping.
+    Returns the start offset and the recorded ranges ``(first, last, topic_id)`` at or after
+    it, non-overlapping.
     """
     candidates = [x for x in (resume, pending) if x is not None]
     start = max(candidates) if candidates else default
-    planned: list[tuple[int, int]] = []
-    for first, last in ranges(start):
-        if planned and first <= planned[-1][1]:
+    planned: list[tuple[int, int, str]] = []
+    for rng in ranges(start):
+        if planned and rng[0] <= planned[-1][1]:
             continue  # overlapping leftovers of an inconsistent history: keep the earlier one
-        planned.append((first, last))
+        planned.append(rng)
     if planned and planned[0][0] < start:
         # A fresh start landed inside a recorded range: replay all of it with its token.
         start = planned[0][0]
@@ -225,6 +271,7 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         metrics: ComponentMetrics,
         bytes_metrics: ComponentMetrics,
         acks: RangeAcks | None = None,
+        topic_id: str = "",
     ) -> None:
         from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
@@ -258,6 +305,9 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         tp = TopicPartition(self._topic, partition)
         low, high = self._consumer.get_watermark_offsets(tp, timeout=30)
         default = low if cfg.start == "earliest" else high
+        self._topic_id = topic_id
+        if self._stale(intents, resume_state, high, default):
+            resume_state = None  # the snapshot belongs to the old topic
         pending = None
         if intents is not None:
             pending = intents.pending_from(self._topic, partition)
@@ -301,14 +351,53 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         self._lag_label = CONSUMER_LAG.labels(self._topic, str(partition))
         self._lag_at = 0.0
 
+    # --- where to start --------------------------------------------------------------------
+    def _stale(
+        self, intents: IntentReader | None, resume: int | None, high: int, default: int
+    ) -> bool:
+        """Check that the snapshot and the recorded intents belong to this topic; on a stale
+        position raise, or (``on_stale_position: reset``) start afresh. True when ``resume``
+        must be ignored."""
+        topic, p = self._topic, self._partition
+        latest = intents.latest(topic, p) if intents is not None else None
+        rec_id, rec_last = latest if latest is not None else ("", None)
+        why = ""
+        if rec_id and self._topic_id and rec_id != self._topic_id:
+            why = f"its intents belong to another topic (id {rec_id}; this one is {self._topic_id})"
+        elif rec_last is not None and rec_last >= high:
+            why = f"a recorded range ends at offset {rec_last}"
+        if why:
+            if self._cfg.on_stale_position == "fail":
+                self._stale_error(why, high)
+            log.warning("kafka %s[%d]: %s: starting afresh at %d", topic, p, why, default)
+            intents.reset(topic, p, self._topic_id, default)  # type: ignore[union-attr]
+            return True
+        if resume is not None and resume > high:
+            if self._cfg.on_stale_position == "fail":
+                self._stale_error(f"the snapshot's offset {resume}", high)
+            log.warning("kafka %s[%d]: snapshot %d past end %d: ignored", topic, p, resume, high)
+            return True
+        return False
+
+    def _stale_error(self, why: str, high: int) -> None:
+        msg = (
+            f"kafka {self._topic}[{self._partition}]: the stored position is not this topic's: "
+            f"{why}, but the partition's end is {high}. The topic was probably deleted and "
+            "created again, or the flow now reads another cluster; resuming would skip records. "
+            "To start this topic afresh (at source.start), run once with "
+            "`source.on_stale_position: reset`."
+        )
+        log.error("%s", msg)
+        raise RuntimeError(msg)
+
     # --- cutting ---------------------------------------------------------------------------
-    def _emit(self, out: list[KafkaRange], bounds: tuple[int, int] | None) -> None:
+    def _emit(self, out: list[KafkaRange], bounds: tuple[int, int, str] | None) -> None:
         if not self._values and bounds is None:
             return
         if bounds is None:
-            first, last, replay = self._offsets[0], self._offsets[-1], False
+            first, last, replay, topic_id = self._offsets[0], self._offsets[-1], False, None
         else:
-            first, last, replay = bounds[0], bounds[1], True
+            first, last, replay, topic_id = bounds[0], bounds[1], True, bounds[2]
         rng = KafkaRange(
             self._topic,
             self._partition,
@@ -319,6 +408,7 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
             replay,
             self._ts0,
             self._nbytes,
+            self._topic_id if topic_id is None else topic_id,  # a replay keeps its token
         )
         self._values, self._offsets, self._nbytes = [], [], 0
         self._next = last + 1
@@ -455,6 +545,7 @@ class PartitionedKafkaSource(FixedPartitionedSource[KafkaRange, int]):
     on_start: Callable[[], None] | None = None
     acks: RangeAcks | None = None
     _started: bool = field(default=False, init=False, repr=False)
+    _topic_id: str | None = field(default=None, init=False, repr=False)
 
     def _start_once(self) -> None:
         with _START_LOCK:  # worker threads of a process share this source object
@@ -479,6 +570,14 @@ class PartitionedKafkaSource(FixedPartitionedSource[KafkaRange, int]):
             )
         return [str(p) for p in sorted(topic.partitions)]
 
+    def topic_id(self) -> str:
+        """The topic's id (Kafka's UUID), looked up once per process; "" when the broker
+        does not say (then only a position past the partition's end is detected)."""
+        with _START_LOCK:
+            if self._topic_id is None:
+                self._topic_id = describe_topic_id(self.kafka, self.config.topic)
+            return self._topic_id
+
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _RangePartition:
         self._start_once()
         return _RangePartition(
@@ -490,4 +589,20 @@ class PartitionedKafkaSource(FixedPartitionedSource[KafkaRange, int]):
             ComponentMetrics("kafka_source", "records"),
             ComponentMetrics("kafka_source", "bytes"),
             self.acks,
+            self.topic_id(),
         )
+
+
+def describe_topic_id(kafka: KafkaConfig, topic: str) -> str:
+    """``topic``'s id from the broker (AdminClient.describe_topics), "" when unavailable."""
+    from confluent_kafka import TopicCollection
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(kafka.client_conf())
+    try:
+        fut = admin.describe_topics(TopicCollection([topic]), request_timeout=30)[topic]
+        topic_id = fut.result().topic_id
+    except Exception as exc:  # older brokers; a missing topic fails in list_parts/consume
+        log.warning("kafka %s: no topic id (%s): recreation shows by offsets only", topic, exc)
+        return ""
+    return str(topic_id) if topic_id is not None else ""

@@ -54,8 +54,9 @@ import logging
 import os
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -66,7 +67,12 @@ from pydantic import Field, model_validator
 
 from connectors.clickhouse import ClickHouseConfig
 from connectors.kafka import TOPIC_METRICS, KafkaConfig
-from connectors.kafka_source import KafkaSourceConfig, PartitionedKafkaSource, RangeCutConfig
+from connectors.kafka_source import (
+    KafkaSourceConfig,
+    NoIntents,
+    PartitionedKafkaSource,
+    RangeCutConfig,
+)
 from connectors.prom_translate import SeriesBatch, tables_to_series
 from connectors.remote_write import RemoteWriteConfig
 from connectors.remote_write_order import write_in_order
@@ -75,6 +81,8 @@ from otelwax.logs import instrument
 from otelwax.metric_schemas import HISTOGRAM, METRIC_SCHEMAS, SUM
 from otelwax.settings import StrictModel
 from otelwax.telemetry import ComponentMetrics
+
+T = TypeVar("T")
 
 __all__ = [
     "MetricChunk",
@@ -208,6 +216,8 @@ class MetricChunk:
     """(topic, partition, first, last, records) when the chunk is one source range."""
     replay: bool = False
     """The range's boundaries come from a recorded intent (do not record it again)."""
+    topic_id: str = ""
+    """The Kafka topic's id recorded with the range's intent (part of ``token``)."""
 
 
 class _Decode:
@@ -238,7 +248,7 @@ class _Decode:
                 self.records.received(len(r.values))
                 res = self._decode(r.values)
                 rng = (r.topic, r.partition, r.first, r.last, len(r.values))
-                out.append(MetricChunk(res.tables, r.token, res.errors, rng, r.replay))
+                out.append(MetricChunk(res.tables, r.token, res.errors, rng, r.replay, r.topic_id))
             return out
         values = [m.value for m in items if m.value is not None]
         self.records.received(len(items))
@@ -456,6 +466,7 @@ def open_metrics_client(cfg: ClickHouseConfig) -> Any:
     tables).
     """
     from connectors.clickhouse import ClickHouseError, open_client
+    from connectors.clickhouse_intents import check_dedup_window
     from connectors.clickhouse_metrics_schema import metrics_ddl
     from connectors.clickhouse_sink import _OneThreadClient
 
@@ -475,13 +486,15 @@ def open_metrics_client(cfg: ClickHouseConfig) -> Any:
             "(mode: embedded), or set clickhouse: null to write to Prometheus only",
             transient=False,
         )
-    if cfg.create_schema:
-        try:
+    try:
+        if cfg.create_schema:
             for stmt in metrics_ddl(cfg.database, ttl_days=cfg.tables.ttl_days):
                 client.execute(stmt)
-        except Exception:
-            client.close()
-            raise
+        for table in METRIC_SCHEMAS:  # a replayed range is skipped by its token
+            check_dedup_window(client, cfg.database, table, min_window=100)
+    except Exception:
+        client.close()
+        raise
     return client
 
 
@@ -529,22 +542,23 @@ class _ClickHousePartition(StatelessSinkPartition[MetricChunk]):
         ranged = [c for c in items if c.range is not None]
         if ranged:
             # Exactly once: note the new ranges durably, then insert each range's rows with a
-            # token of its offsets; a replay re-cuts the same ranges, so ClickHouse skips them.
-            new = [c for c in ranged if not c.replay]
-            if new and self.intents is not None:
-                from connectors.clickhouse_sink import StoredRange
-
-                self.intents.record(
-                    [
-                        StoredRange(t, p, a, b, pa.record_batch([]), records=n)
-                        for t, p, a, b, n in (c.range for c in new if c.range is not None)
-                    ],
-                    "otel_metrics",
-                )
+            # token of its offsets; a replay re-cuts the same ranges, so ClickHouse skips them
+            # (or, once marked stored, they are not inserted again: a quiet partition's token
+            # may have left the table's deduplication window by then).
+            stored = self._stored_replays(ranged)
+            if self.intents is not None:
+                self.intents.record([_stored_range(c) for c in ranged if not c.replay])
+            done = []
             for c in ranged:
+                if c.range in stored:
+                    log.info("range %s: stored before, not inserted again", c.token)
+                    continue
                 for table, batch in c.tables.items():
                     if batch.num_rows:
                         self._insert(table, batch, f"{c.token}/{table}")
+                done.append(_stored_range(c))
+            if self.intents is not None:
+                self.intents.confirm(done)
         loose = [c for c in items if c.range is None]
         if not loose:
             return
@@ -558,26 +572,40 @@ class _ClickHousePartition(StatelessSinkPartition[MetricChunk]):
                 batch = pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
                 self._insert(table, batch, f"{token_base}:{table}" if with_token else None)
 
+    def _stored_replays(self, chunks: list[MetricChunk]) -> set[Any]:
+        """``range`` of the replayed chunks whose tables were all stored before."""
+        firsts: dict[tuple[str, int], int] = {}
+        for c in chunks:
+            if c.replay and c.range is not None:
+                t, p, a = c.range[:3]
+                firsts[(t, p)] = min(firsts.get((t, p), a), a)
+        if not firsts or self.intents is None:
+            return set()
+        done = {
+            (t, p, a, b) for (t, p), lo in firsts.items()
+            for a, b in self.intents.stored_from(t, p, lo)
+        }  # fmt: skip
+        return {c.range for c in chunks if c.range is not None and c.range[:4] in done}
+
     def close(self) -> None:
         from connectors.clickhouse_sink import _ClientHolder
 
         _ClientHolder.release(_client_key(self.cfg))
 
 
-class _NoIntents:
-    """Intent reader with no recorded ranges."""
+def _stored_range(c: MetricChunk) -> Any:
+    from connectors.clickhouse_sink import StoredRange
 
-    def ranges_from(self, topic: str, partition: int, offset: int) -> list[tuple[int, int]]:
-        return []
-
-    def pending_from(self, topic: str, partition: int) -> int | None:
-        return None
+    assert c.range is not None
+    t, p, a, b, n = c.range
+    return StoredRange(t, p, a, b, pa.record_batch([]), records=n, topic_id=c.topic_id)
 
 
 def _intent_log(client: Any, cfg: ClickHouseConfig, table: str) -> Any:
     from connectors.clickhouse_sink import ClickHouseSinkConfig, IntentLog
 
-    log_ = IntentLog(client, cfg, ClickHouseSinkConfig(intents_table=table, flow="metrics"))
+    sink_cfg = ClickHouseSinkConfig(intents_table=table, flow="metrics")
+    log_ = IntentLog(client, cfg, sink_cfg, "otel_metrics")
     log_.create()
     return log_
 
@@ -595,27 +623,30 @@ class _ReplayOnly:
         self.table = table
         self.skip_stored = skip_stored
 
-    def ranges_from(self, topic: str, partition: int, offset: int) -> list[tuple[int, int]]:
+    def _call(self, fn: Callable[[Any], T]) -> T:
         # Read once at partition start through the process's shared client, released right
         # away (an embedded chdb left open crashes the interpreter at exit).
         from connectors.clickhouse_sink import _ClientHolder
 
         client = _hold_client(self.cfg)
         try:
-            return _intent_log(client, self.cfg, self.table).ranges_from(topic, partition, offset)
+            return fn(_intent_log(client, self.cfg, self.table))
         finally:
             _ClientHolder.release(_client_key(self.cfg))
+
+    def ranges_from(self, topic: str, partition: int, offset: int) -> list[tuple[int, int, str]]:
+        return self._call(lambda log_: log_.ranges_from(topic, partition, offset))
 
     def pending_from(self, topic: str, partition: int) -> int | None:
         if not self.skip_stored:
             return None
-        from connectors.clickhouse_sink import _ClientHolder
+        return self._call(lambda log_: log_.pending_from(topic, partition))
 
-        client = _hold_client(self.cfg)
-        try:
-            return _intent_log(client, self.cfg, self.table).pending_from(topic, partition)
-        finally:
-            _ClientHolder.release(_client_key(self.cfg))
+    def latest(self, topic: str, partition: int) -> tuple[str, int | None] | None:
+        return self._call(lambda log_: log_.latest(topic, partition))
+
+    def reset(self, topic: str, partition: int, topic_id: str, offset: int) -> None:
+        self._call(lambda log_: log_.reset(topic, partition, topic_id, offset))
 
 
 def _runs_with_recovery() -> bool:
@@ -704,7 +735,7 @@ def ranges_source(settings: MetricsFlowSettings) -> PartitionedKafkaSource:
     # Without ClickHouse there is nothing to re-cut for: an empty reader (also sidesteps
     # kafka_source's intents=None path, which calls list(offset)).
     skip = settings.resume == "stored" or (settings.resume == "auto" and not _runs_with_recovery())
-    intents = (lambda: _ReplayOnly(ch, table, skip)) if ch is not None else _NoIntents
+    intents = (lambda: _ReplayOnly(ch, table, skip)) if ch is not None else NoIntents
     return PartitionedKafkaSource(settings.kafka, cfg, intents, on_start)
 
 

@@ -205,6 +205,7 @@ class _DeadLetters:
             len(r.values),
             r.replay,
             r.first_timestamp_ms,
+            r.topic_id,
         )
 
 

@@ -41,6 +41,7 @@ from connectors.kafka import TOPIC_SPANS, KafkaConfig
 from connectors.kafka_source import (
     KafkaRange,
     KafkaSourceConfig,
+    NoIntents,
     PartitionedKafkaSource,
     RangeCutConfig,
 )
@@ -52,7 +53,6 @@ from flows.metrics import (
     MetricChunk,
     MetricsClickHouseConfig,
     MetricsClickHouseSink,
-    _NoIntents,
     load_flow_settings,
 )
 from flows.settings import ServingSettings
@@ -179,7 +179,7 @@ def kafka_source(settings: SpanMetricsFlowSettings) -> PartitionedKafkaSource:
         if port is not None:
             serve_metrics(port, addr)
 
-    return PartitionedKafkaSource(settings.kafka, cfg, _NoIntents, on_start)
+    return PartitionedKafkaSource(settings.kafka, cfg, NoIntents, on_start)
 
 
 def _late_to_kafka(batch: pa.RecordBatch | pa.Table) -> Any:

@@ -3,15 +3,19 @@ source's RangeAcks only once stored, and a failing insert surfaces instead of va
 
 from __future__ import annotations
 
+import logging
+import uuid
 from pathlib import Path
 
 import pytest
 
 from connectors.clickhouse import ClickHouseConfig
-from connectors.clickhouse_schema import TRACES_SORT_KEY
+from connectors.clickhouse_intents import dedup_window_problem
+from connectors.clickhouse_schema import TRACES_SORT_KEY, TableOptions
 from connectors.clickhouse_sink import ClickHouseSink, ClickHouseSinkConfig, StoredRange
 from connectors.kafka_source import RangeAcks
 from otelwax.codec import decode_traces
+from tests.connectors.conftest import server_config
 from tests.otlpgen import trace_payloads
 
 
@@ -73,3 +77,117 @@ def test_a_failing_insert_is_raised_and_its_range_stays_unconfirmed(sink_for, ch
     oldest = acks.oldest("spans", 0)
     assert oldest is not None and oldest <= ranges[1].first
     assert acks.error is not None  # the sources stop too (tests/connectors/test_kafka_source.py)
+
+
+@pytest.mark.parametrize("backend", ["chdb", "server"])
+def test_a_quiet_partitions_old_range_is_not_stored_twice(
+    backend: str, chdb_client, request
+) -> None:
+    """Partition 0 stores one range, then partition 1 makes more inserts than the table's
+    dedup window remembers; replaying partition 0's range (a restart from an older snapshot)
+    must not store its rows again, and the source must not even need to re-read it."""
+    if backend == "chdb":
+        conn = ClickHouseConfig(
+            mode="embedded",
+            path=chdb_client.cfg.path,
+            database=chdb_client.cfg.database,
+            create_schema=True,
+            tables={"dedup_window": 3},
+        )
+        count = chdb_client.execute
+    else:
+        from connectors.clickhouse import open_client
+
+        srv = request.getfixturevalue("clickhouse_server")
+        db = f"t_{uuid.uuid4().hex[:10]}"
+        conn = server_config(srv, db, create_schema=True, tables={"dedup_window": 3})
+        client = open_client(conn.model_copy(update={"create_schema": False}))
+        request.addfinalizer(client.close)
+        request.addfinalizer(lambda: client.execute(f"DROP DATABASE IF EXISTS {db}"))
+        count = client.execute
+    sink = ClickHouseSink(conn, ClickHouseSinkConfig(), sort_key=TRACES_SORT_KEY)
+    quiet = StoredRange("spans", 0, 0, 9, decode_traces(trace_payloads(3, seed=7)).batch, 10)
+    part = sink.build("clickhouse", 0, 1)
+    part.write_batch([quiet])
+    for i in range(6):  # twice the window: partition 0's token is forgotten
+        batch = decode_traces(trace_payloads(2, seed=200 + i)).batch
+        part.write_batch([StoredRange("spans", 1, i * 10, i * 10 + 9, batch, 10)])
+    assert sink.intent_log(sink.client()).pending_from("spans", 0) == 10
+    part.close()
+
+    again = ClickHouseSink(conn, ClickHouseSinkConfig(), sort_key=TRACES_SORT_KEY)
+    part = again.build("clickhouse", 0, 1)
+    replay = StoredRange("spans", 0, 0, 9, decode_traces(trace_payloads(3, seed=7)).batch, 10)
+    replay.replay = True
+    part.write_batch([replay])
+    part.close()
+    n, uniq = count(f"SELECT count(), uniqExact(SpanId) FROM {conn.database}.otel_traces")[0]
+    want = quiet.batch.num_rows + 6 * decode_traces(trace_payloads(2, seed=0)).batch.num_rows
+    assert (n, uniq) == (want, want)
+
+
+def test_two_sinks_with_one_flow_name_keep_separate_intents(sink_for, chdb_client) -> None:
+    """Intents are per target table: another table's ranges say nothing about this one."""
+    conn = sink_for(None).connection
+    a = ClickHouseSink(conn, ClickHouseSinkConfig(), table="spans_a", sort_key=TRACES_SORT_KEY)
+    b = ClickHouseSink(conn, ClickHouseSinkConfig(), table="spans_b", sort_key=TRACES_SORT_KEY)
+    part = a.build("clickhouse", 0, 1)
+    part.write_batch([StoredRange("spans", 0, 0, 9, decode_traces(trace_payloads(2)).batch, 10)])
+    part.close()
+    assert a.intent_log(a.client()).pending_from("spans", 0) == 10
+    assert b.intent_log(b.client()).pending_from("spans", 0) is None
+    assert b.intent_log(b.client()).ranges_from("spans", 0, 0) == []
+
+
+def test_a_table_without_dedup_window_is_refused_at_start(sink_for, chdb_client) -> None:
+    conn = sink_for(None).connection.model_copy(
+        update={"tables": TableOptions(dedup_window=0)}
+    )
+    sink = ClickHouseSink(conn, ClickHouseSinkConfig(), sort_key=TRACES_SORT_KEY)
+    with pytest.raises(RuntimeError, match="non_replicated_deduplication_window"):
+        sink.build("clickhouse", 0, 1)
+
+
+@pytest.mark.parametrize(
+    ("engine", "settings", "level", "text"),
+    [
+        ("MergeTree", {"non_replicated_deduplication_window": 1000}, None, ""),
+        ("MergeTree", {}, logging.ERROR, "no non_replicated_deduplication_window"),
+        ("MergeTree", {"non_replicated_deduplication_window": 10}, logging.WARNING, "below 100"),
+        ("ReplicatedMergeTree", {"replicated_deduplication_window": 1000,
+                                 "replicated_deduplication_window_seconds": 604800}, None, ""),
+        ("ReplicatedMergeTree", {"replicated_deduplication_window": 0}, logging.ERROR,
+         "no replicated_deduplication_window"),
+        ("ReplicatedMergeTree", {"replicated_deduplication_window": 1000,
+                                 "replicated_deduplication_window_seconds": 60}, logging.WARNING,
+         "replicated_deduplication_window_seconds = 60 s"),
+        ("Distributed", {}, logging.WARNING, "MergeTree tables it writes to"),
+    ],
+)  # fmt: skip
+def test_the_dedup_window_check_names_the_setting_to_fix(engine, settings, level, text) -> None:
+    got = dedup_window_problem("otel.t", engine, settings, 100, 3600)
+    if level is None:
+        assert got is None
+    else:
+        assert got is not None and got[0] == level and text in got[1], got
+
+
+def test_an_intent_table_of_the_previous_layout_is_extended_and_still_read(
+    sink_for, chdb_client
+) -> None:
+    db = chdb_client.cfg.database
+    chdb_client.execute(
+        f"CREATE TABLE {db}.otelwax_intents (flow String, topic String, kafka_partition UInt32, "
+        "first_offset UInt64, last_offset UInt64, target String, group_id UInt64, "
+        "records UInt32, written_at DateTime DEFAULT now()) ENGINE = MergeTree() "
+        "ORDER BY (flow, topic, kafka_partition, first_offset)"
+    )
+    chdb_client.execute(
+        f"INSERT INTO {db}.otelwax_intents (flow, topic, kafka_partition, first_offset, "
+        f"last_offset, target, group_id, records) VALUES ('traces', 'spans', 0, 0, 9, "
+        f"'{db}.otel_traces', 1, 10)"
+    )
+    sink = sink_for(None)
+    intents = sink.intent_log(sink.client())
+    assert intents.ranges_from("spans", 0, 0) == [(0, 9, "")]  # replayed under its old token
+    assert intents.pending_from("spans", 0) == 0

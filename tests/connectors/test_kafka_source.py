@@ -96,3 +96,63 @@ def test_a_failed_sink_stops_the_source(kafka_bootstrap: str, make_topic) -> Non
             part.next_batch()
     finally:
         part.close()
+
+
+class _Intents:
+    """An intent log whose partition history is given (what the sink would have recorded)."""
+
+    def __init__(self, topic_id: str, last: int) -> None:
+        self.history = (topic_id, last)
+        self.resets: list[tuple[str, int, str, int]] = []
+
+    def ranges_from(self, topic: str, partition: int, offset: int) -> list[tuple[int, int]]:
+        return []
+
+    def pending_from(self, topic: str, partition: int) -> int | None:
+        return None if self.resets else self.history[1] + 1
+
+    def latest(self, topic: str, partition: int) -> tuple[str, int | None] | None:
+        return (self.resets[-1][2], None) if self.resets else self.history
+
+    def reset(self, topic: str, partition: int, topic_id: str, offset: int) -> None:
+        self.resets.append((topic, partition, topic_id, offset))
+
+
+def test_a_resume_offset_past_the_partition_end_is_a_loud_error(
+    kafka_bootstrap: str, make_topic
+) -> None:
+    topic = make_topic("pastend", partitions=1)
+    produce(kafka_bootstrap, topic, [b"v%d" % i for i in range(10)], partition=0)
+    src = _source(kafka_bootstrap, topic, None)
+    with pytest.raises(RuntimeError) as err:
+        src.build_part("kafka", "0", 100)
+    msg = str(err.value)
+    assert f"{topic}[0]" in msg and "100" in msg and "end is 10" in msg, msg
+    assert "on_stale_position: reset" in msg, msg
+
+
+def test_intents_of_another_topic_incarnation_are_a_loud_error_until_reset(
+    kafka_bootstrap: str, make_topic
+) -> None:
+    topic = make_topic("reborn", partitions=1)
+    produce(kafka_bootstrap, topic, [b"r%d" % i for i in range(20)], partition=0)
+    old = _Intents("AAAAAAAAAAAAAAAAAAAAAA", 4)  # a range of the deleted topic, within the end
+    src = PartitionedKafkaSource(
+        KafkaConfig(bootstrap_servers=kafka_bootstrap),
+        KafkaSourceConfig(topic=topic, batch={"max_records": 10, "max_delay_s": 60}),
+        intents=lambda: old,
+    )
+    with pytest.raises(RuntimeError) as err:
+        src.build_part("kafka", "0", None)
+    msg = str(err.value)
+    assert f"{topic}[0]" in msg and "another topic" in msg and "AAAAAAAAAAAA" in msg, msg
+    assert old.resets == []
+    # The way out: reset to the configured start; every record of the new topic is read.
+    src.config = src.config.model_copy(update={"on_stale_position": "reset"})
+    part = src.build_part("kafka", "0", None)
+    try:
+        got = _drain(part, 2)
+        assert [(r.first, r.last) for r in got] == [(0, 9), (10, 19)]
+    finally:
+        part.close()
+    assert [r[3] for r in old.resets] == [0] and old.resets[0][2] not in ("", old.history[0])

@@ -231,3 +231,61 @@ def test_user_module_and_redaction_inside_the_flow(flow_run) -> None:
     # health-check span was filtered)
     assert 8 <= len(per_trace) <= 32, len(per_trace)
     assert set(per_trace.values()) <= {4, 5}
+
+
+def _recreate(bootstrap: str, topic: str, partitions: int, timeout: float = 30.0) -> None:
+    """Delete ``topic`` and create it again (Kafka deletes asynchronously: retry the create)."""
+    from connectors.kafka import create_topics, delete_topics
+
+    delete_topics(bootstrap, [topic])
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if create_topics(bootstrap, [topic], partitions=partitions):
+                return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.5)
+
+
+def test_a_recreated_topic_stops_the_flow_loudly_until_reset(flow_run) -> None:
+    """The topic is deleted and created again with more records than before: the stored
+    position belongs to the old topic, so starting from it would silently skip the first
+    records of the new one. The flow must refuse to start, say why and how to go on."""
+    run = flow_run(partitions=1)
+    produce(run.bootstrap, run.topic, otlpgen.trace_payloads(10, seed=31, **SMALL))
+    run.run_to_end()
+    _recreate(run.bootstrap, run.topic, 1)
+    reborn = otlpgen.trace_payloads(15, seed=32, **SMALL)
+    produce(run.bootstrap, run.topic, reborn)
+    run.write_config(source__stop_at_end=True)
+    p = run.start()
+    rc = run.wait(p, 60)
+    log = run.log_text(10**9).split("--- ")[-1]
+    assert rc != 0, log[-3000:]
+    assert f"{run.topic}[0]" in log and "on_stale_position: reset" in log, log[-3000:]
+    path = run.settings["clickhouse"]["path"]
+    assert chdb_rows(path, "SELECT count() FROM otel.otel_traces")[0][0] == 10 * 20
+
+    run.write_config(source__on_stale_position="reset")
+    run.run_to_end()
+    n, uniq = chdb_rows(path, "SELECT count(), uniqExact(SpanId) FROM otel.otel_traces")[0]
+    assert (n, uniq) == (25 * 20, 25 * 20)
+
+
+def test_two_flows_with_one_flow_name_each_store_everything(flow_run) -> None:
+    """Two deployments named alike (``sink.flow``) write two tables from one topic: each
+    stores every span (the other's intents must not count as its own)."""
+    run = flow_run(partitions=1)
+    payloads = otlpgen.trace_payloads(20, seed=33, **SMALL)
+    run.write_config(clickhouse__traces_table="spans_a")
+    for wave in (payloads[:10], payloads[10:]):  # two runs: two intent groups
+        produce(run.bootstrap, run.topic, wave)
+        run.run_to_end()
+    run.write_config(clickhouse__traces_table="spans_b")
+    run.run_to_end()
+    path = run.settings["clickhouse"]["path"]
+    for table in ("spans_a", "spans_b"):
+        n, uniq = chdb_rows(path, f"SELECT count(), uniqExact(SpanId) FROM otel.{table}")[0]
+        assert (n, uniq) == (20 * 20, 20 * 20), table
