@@ -37,7 +37,9 @@ Delivery (never silent loss — every span ends up counted as sent, dropped{reas
   retried: with ``on_rejected = "drop"`` (default) it is logged and counted as
   ``dropped{reason="rejected"}`` (``"unencodable"`` for encoder errors), with ``"raise"`` a
   ``JaegerExportError`` is raised. Spans the server reports in ``partial_success`` are counted
-  as ``dropped{reason="partial_success"}``.
+  as ``dropped{reason="partial_success"}``. A rejection is an answer from a reachable server:
+  it closes the circuit breaker (``otelwax.resilience``), also when it answers the half-open
+  probe, so the next requests go out at once.
 - Any other gRPC error (UNAUTHENTICATED, PERMISSION_DENIED, UNIMPLEMENTED — a wrong endpoint —,
   INTERNAL, ...) raises ``JaegerExportError`` at once (the OTLP spec says not to retry them;
   they need an operator), counting the unsent rows as failed.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
+import grpc
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -29,6 +30,7 @@ from tests.conftest import free_port
 from tests.flows.conftest import chdb_rows, flow_run, produce  # noqa: F401  (fixture flow_run)
 from tests.jaegerfixtures import (  # noqa: F401  (fixture jaeger)
     JaegerService,
+    ScriptedOtlpServer,
     jaeger_fixture,
     make_tls_files,
 )
@@ -202,6 +204,63 @@ def test_close_wakes_a_blocked_export():
     th.join(5)
     assert not th.is_alive()
     assert isinstance(errors[0], JaegerUnavailableError)
+
+
+# --- a receiver that rejects the probe --------------------------------------------------------
+
+OUTAGE_THEN_REJECT = [grpc.StatusCode.UNAVAILABLE] * 2 + [grpc.StatusCode.INVALID_ARGUMENT]
+
+
+def test_a_rejected_probe_closes_the_breaker_and_export_goes_on():
+    """Jaeger is down (breaker opens), comes back and rejects the probe request as invalid:
+    that request's spans are dropped and counted, the breaker closes, the rest is sent. The
+    breaker used to stay half-open forever and every later export blocked."""
+    comp = component()
+    batch = spans_batch(9, 2)  # 200 spans, 4 requests of 50
+    c = cfg(
+        "127.0.0.1:1",
+        max_spans_per_request=50,
+        max_block_s=10.0,
+        retry=RetryConfig(attempts=1, initial_backoff_s=0.01, max_backoff_s=0.05),
+        breaker=BreakerConfig(failure_threshold=2, open_seconds=0.3),
+    )
+    with ScriptedOtlpServer(OUTAGE_THEN_REJECT) as srv:
+        c = c.model_copy(update={"endpoint": srv.endpoint})
+        with JaegerExporter(c, component=comp) as exp:
+            exp.export(batch)
+            assert exp.breaker.state == "closed"
+            exp.export(spans_batch(10, 1))
+        assert srv.spans(grpc.StatusCode.INVALID_ARGUMENT) == 50
+        assert srv.spans() == 150 + 100
+    assert counter("otelwax_dropped_total", comp, reason="rejected") == 50
+    assert counter("otelwax_sent_total", comp) == 250
+    assert counter("otelwax_failed_total", comp) == 0
+
+
+def test_trace_flow_keeps_storing_when_jaeger_rejects_the_probe(request):
+    """The traces flow with its Jaeger sink: an outage then an INVALID_ARGUMENT answer to the
+    probe must not stall the worker; every span still reaches ClickHouse, the rejected ones
+    are logged as dropped and the flow drains the topic and exits."""
+    make_run = request.getfixturevalue("flow_run")
+    with ScriptedOtlpServer(OUTAGE_THEN_REJECT) as srv:
+        jcfg = {
+            "enabled": True,
+            "endpoint": srv.endpoint,
+            "max_spans_per_request": 20,
+            "retry": {"attempts": 1, "initial_backoff_s": 0.01, "max_backoff_s": 0.05},
+            "breaker": {"failure_threshold": 2, "open_seconds": 0.3},
+        }
+        run = make_run(partitions=1, jaeger=jcfg)
+        payloads = trace_payloads(6, seed=900, n_resources=2, spans_per_resource=10)
+        produce(run.bootstrap, run.topic, payloads)
+        run.run_to_end(timeout=60)
+        batch = decode_traces(payloads).batch
+        assert srv.spans(grpc.StatusCode.INVALID_ARGUMENT) == 20
+        assert srv.spans() == batch.num_rows - 20
+    path = run.settings["clickhouse"]["path"]
+    (n,) = chdb_rows(path, "SELECT count() FROM otel.otel_traces")[0]
+    assert n == batch.num_rows
+    assert "dropping 20 spans" in run.log_text() and "INVALID_ARGUMENT" in run.log_text()
 
 
 # --- against a real Jaeger v2 ----------------------------------------------------------------
