@@ -21,6 +21,9 @@ Every probe reaches a decision. Through ``RetryPolicy.call``:
 - a retryable error, or no answer at all (``KeyboardInterrupt``, a killed caller): it
   **re-opens** for another ``open_seconds``. A probe whose outcome is never reported stops
   holding the breaker after ``open_seconds``: the next caller becomes the probe.
+
+A breaker reports to ``otelwax.health``: the process is not ready while it is not closed, and
+every call through it (refused ones too) shows the calling worker is alive.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import ParamSpec, TypeVar
 
 from pydantic import Field
 
+from otelwax.health import HEALTH, Health
 from otelwax.settings import StrictModel
 
 __all__ = [
@@ -89,16 +93,19 @@ class CircuitBreaker:
         *,
         name: str = "breaker",
         clock: Callable[[], float] = time.monotonic,
+        health: Health = HEALTH,
     ) -> None:
         self.cfg = cfg or BreakerConfig()
         self.name = name
         self._clock = clock
+        self._health = health
         self._lock = threading.Lock()
         self._state = self.CLOSED
         self._failures = 0
         self._opened_at = 0.0
         self._probing = False
         self._probe_at = 0.0
+        health.watch(self)
 
     @property
     def state(self) -> str:
@@ -123,11 +130,17 @@ class CircuitBreaker:
                 return 0.0
             return max(0.0, self.cfg.open_seconds - (self._clock() - self._opened_at))
 
+    def health_problem(self) -> str | None:
+        """Why the process is not ready because of this breaker (None when closed)."""
+        st = self.state
+        return None if st == self.CLOSED else f"circuit {self.name!r} is {st}"
+
     def before_call(self) -> bool:
         """Raise ``CircuitOpenError`` unless a call may go now (one probe when half-open).
 
         Returns True when this call is the half-open probe: its caller must report the
         outcome (``record_success``, ``record_answer`` or ``record_failure``)."""
+        self._health.called()
         with self._lock:
             st = self._state_locked()
             if st == self.CLOSED:
