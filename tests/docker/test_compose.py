@@ -32,6 +32,7 @@ FLOW_SERVICES = [f"flow-{s}" for s in FLOWS]
 # OTELWAX_* variables set by the deployment files but read by them, not by the Python code.
 DEPLOYMENT_VARS = {
     "OTELWAX_HEALTH_PORT": "the image's HEALTHCHECK",
+    "OTELWAX_HEALTH_PATH": "the image's HEALTHCHECK",
     "OTELWAX_FLOW": "the compose flow command",
     "OTELWAX_IMAGE": "compose image override",
     "OTELWAX_RECOVERY_PARTITIONS": "k8s cluster-init script",
@@ -95,6 +96,8 @@ def test_every_long_running_service_is_health_checked(compose_project: dict[str,
             continue
         built = svc.get("build") is not None
         assert built or svc.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+        if built:  # the image's check, asking readiness (otelwax.health, connectors/ingest)
+            assert svc["environment"]["OTELWAX_HEALTH_PATH"] == "/readyz", name
 
 
 def test_start_order(compose_project: dict[str, Any]) -> None:

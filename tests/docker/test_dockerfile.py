@@ -169,6 +169,33 @@ def test_healthcheck_command_works_against_a_real_metrics_server() -> None:
     assert bad.returncode != 0
 
 
+def test_healthcheck_command_with_the_readiness_path_fails_on_503() -> None:
+    """Compose sets OTELWAX_HEALTH_PATH=/readyz: the same command then fails while a flow's
+    sink breaker is open (alive, not ready), and liveness still passes."""
+    cmd = [sys.executable if c == "python" else c for c in _healthcheck_cmd()]
+    port = free_port()
+    code = (
+        "import time; from otelwax.telemetry import serve_metrics; "
+        "from otelwax.resilience import BreakerConfig, CircuitBreaker; "
+        "br = CircuitBreaker(BreakerConfig(failure_threshold=1), name='sink.x'); "
+        f"br.record_failure(); serve_metrics({port}, '127.0.0.1'); time.sleep(60)"
+    )
+    server = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 20
+        while not port_open("127.0.0.1", port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        env = {**os.environ, "OTELWAX_HEALTH_PORT": str(port)}
+        ready = subprocess.run(
+            cmd, env={**env, "OTELWAX_HEALTH_PATH": "/readyz"}, capture_output=True, timeout=30
+        )
+        assert ready.returncode != 0 and b"503" in ready.stderr
+        assert subprocess.run(cmd, env=env, timeout=30).returncode == 0
+    finally:
+        server.kill()
+        server.wait()
+
+
 def test_requirements_step_installs_the_pyproject_dependencies(tmp_path: Path) -> None:
     """Runs the builder's dependency-extraction command as written, in sh."""
     run = next(a for w, a in _instructions() if w == "RUN" and "requirements.txt" in a)
