@@ -4,9 +4,11 @@ Jaeger v2 ingests OTLP natively, so the sink is an OTLP trace exporter: each bat
 into ``ExportTraceServiceRequest``s (``otelwax.codec.native`` when built, else
 ``otelwax.codec.pyencode``; see there for what the table can and cannot give back: attribute
 values go back as strings) and sent to ``TraceService/Export``. Any OTLP/gRPC receiver works
-(an OTel Collector, Tempo, ...).
+(an OTel Collector, Tempo, ...). The channel is TLS (``tls``: CA, client certificate) unless
+the endpoint is loopback or ``insecure: true`` is set explicitly, so spans and header
+credentials never cross a network in clear by default.
 
-    cfg = JaegerExporterConfig(enabled=True, endpoint="127.0.0.1:14317")
+    cfg = JaegerExporterConfig(enabled=True, endpoint="127.0.0.1:14317")  # loopback: plaintext
     exporter = JaegerExporter(cfg)       # no I/O
     exporter.open()                      # channel (connects lazily), encoder, TLS files
     exporter.export(batch)               # blocks until delivered (see below)
@@ -50,6 +52,7 @@ Jaeger keeps duplicates (there is no deduplication token in OTLP).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import threading
@@ -62,7 +65,7 @@ import grpc
 import pyarrow as pa
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from otelwax.resilience import (
     BreakerConfig,
@@ -124,7 +127,11 @@ class JaegerExporterConfig(StrictModel):
         description="host:port of Jaeger's OTLP gRPC receiver (note: otelwax's own ingest shim "
         "also defaults to 4317; run them on different ports on one host)",
     )
-    insecure: bool = Field(True, description="plaintext gRPC; false: TLS (see tls)")
+    insecure: bool | None = Field(
+        None,
+        description="plaintext gRPC (true) or TLS (false, see tls); unset: plaintext only to a "
+        "loopback endpoint (127.0.0.0/8, ::1, localhost), TLS to anything else",
+    )
     tls: OtlpTlsConfig = Field(default_factory=OtlpTlsConfig)
     headers: dict[str, SecretStr] = Field(
         default_factory=dict,
@@ -160,6 +167,14 @@ class JaegerExporterConfig(StrictModel):
         "auto", description="Arrow → OTLP encoder: native (Rust) when built, else Python"
     )
 
+    @field_validator("insecure")
+    @classmethod
+    def _tls_unless_loopback(cls, v: bool | None, info: ValidationInfo) -> bool:
+        if v is not None:
+            return v
+        endpoint = info.data.get("endpoint")
+        return isinstance(endpoint, str) and _is_loopback(endpoint.rsplit(":", 1)[0])
+
     @field_validator("endpoint")
     @classmethod
     def _check_endpoint(cls, v: str) -> str:
@@ -168,6 +183,16 @@ class JaegerExporterConfig(StrictModel):
         if not _ENDPOINT.match(v) or not 0 < int(v.rsplit(":", 1)[1]) < 65536:
             raise ValueError("must be host:port, e.g. 127.0.0.1:4317")
         return v
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class JaegerExportError(RuntimeError):

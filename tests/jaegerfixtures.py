@@ -178,15 +178,16 @@ EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 class ScriptedOtlpServer(grpc.GenericRpcHandler):
     """OTLP/gRPC trace receiver on a free loopback port: the i-th Export call answers
-    ``script[i]`` (OK once the script is used up); ``calls`` records (code, spans) per call."""
+    ``script[i]`` (OK once the script is used up); ``calls`` records (code, spans) per call.
+    It listens on ``host`` (loopback unless told)."""
 
-    def __init__(self, script: list[grpc.StatusCode]) -> None:
+    def __init__(self, script: list[grpc.StatusCode], host: str = "127.0.0.1") -> None:
         self.script = list(script)
         self.calls: list[tuple[grpc.StatusCode, int]] = []
         self._lock = threading.Lock()
         self._server = grpc.server(ThreadPoolExecutor(2))
         self._server.add_generic_rpc_handlers((self,))
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self.port = self._server.add_insecure_port(f"{host}:0")
 
     @property
     def endpoint(self) -> str:

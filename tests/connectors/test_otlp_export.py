@@ -3,6 +3,7 @@ unchanged; outages are retried (nothing lost), a dead endpoint opens the circuit
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -102,6 +103,31 @@ def test_config_defaults_and_validation():
         assert JaegerExporterConfig(endpoint=good).endpoint == good
     secret = JaegerExporterConfig(headers={"authorization": "Bearer s3cr3t"})
     assert "s3cr3t" not in repr(secret) and "s3cr3t" not in str(secret.model_dump())
+
+
+def test_tls_is_on_unless_loopback_or_explicitly_off():
+    """A remote Jaeger gets TLS unless ``insecure: true`` is written; loopback stays plaintext."""
+    for loopback in ("127.0.0.1:4317", "localhost:4317", "[::1]:4317", "127.0.0.2:14317"):
+        assert JaegerExporterConfig(endpoint=loopback).insecure is True, loopback
+    for remote in ("jaeger:4317", "10.0.0.1:4317", "jaeger-collector.obs.svc:4317"):
+        assert JaegerExporterConfig(endpoint=remote).insecure is False, remote
+        assert JaegerExporterConfig(endpoint=remote, insecure=True).insecure is True
+    assert JaegerExporterConfig(endpoint="127.0.0.1:4317", insecure=False).insecure is False
+
+
+def test_a_remote_endpoint_without_opt_in_speaks_tls_to_a_plaintext_server():
+    """Default settings towards a non-loopback name: the channel is TLS, so a plaintext
+    receiver is unavailable (nothing sent in clear); ``insecure: true`` reaches it."""
+    with ScriptedOtlpServer([], host="0.0.0.0") as srv:
+        remote = f"{socket.gethostname()}:{srv.port}"  # this machine, by a non-loopback name
+        c = cfg(remote, when_unavailable="raise", timeout_s=2)
+        assert c.insecure is False
+        with JaegerExporter(c) as exp, pytest.raises(JaegerUnavailableError):
+            exp.export(spans_batch(11, 1))
+        assert srv.calls == []
+        with JaegerExporter(cfg(remote, insecure=True)) as exp:
+            exp.export(spans_batch(11, 1))
+        assert srv.spans() == 100
 
 
 def test_export_needs_open_and_disabled_counts_drops():

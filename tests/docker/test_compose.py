@@ -238,6 +238,7 @@ def test_compose_config_loads_with_the_code(compose_project: dict[str, Any]) -> 
     cfg = load_config(conf / "otelwax.yaml")
     specs = cfg.operator_specs("traces")
     assert [s.config["endpoint"] for s in specs] == ["jaeger:4317"]
+    assert specs[0].config["insecure"] is True  # compose's Jaeger speaks plaintext (opt-in)
     assert len(build_pipeline(specs, "traces")) == 1
     assert "jaeger" in compose_project["services"]
 
