@@ -13,14 +13,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from otelwax.health import Health, HealthConfig
 from otelwax.resilience import BreakerConfig, CircuitBreaker
 from otelwax.telemetry import ComponentMetrics, metrics_app
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
+from tests.connectors.test_clickhouse_resilience import FakeClock
 
 
 @pytest.fixture

@@ -11,14 +11,7 @@ from otelwax.resilience import (
     RetryConfig,
     RetryPolicy,
 )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
+from tests.connectors.test_clickhouse_resilience import FakeClock
 
 
 class Down(Exception):
