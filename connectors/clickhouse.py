@@ -31,6 +31,7 @@ import itertools
 import logging
 import os
 import re
+import ssl
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -52,6 +53,7 @@ __all__ = [
     "ClickHouseClient",
     "ClickHouseConfig",
     "ClickHouseError",
+    "ClickHouseTlsConfig",
     "EmbeddedClient",
     "ServerClient",
     "check_table",
@@ -79,6 +81,23 @@ class BatchSettings(StrictModel):
     max_seconds: float = Field(1.0, gt=0, description="longest a row waits before a flush")
 
 
+class ClickHouseTlsConfig(StrictModel):
+    """How a ``secure`` connection checks the server's certificate."""
+
+    ca_file: str | None = Field(None, description="PEM roots to trust (None: the system's)")
+    verify: bool = Field(
+        True, description="check the certificate and host name (false only for tests)"
+    )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The client context (reads ``ca_file``: call it when connecting)."""
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        if not self.verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+
 def _password_from_env() -> SecretStr:
     return SecretStr(os.environ.get("OTELWAX_CLICKHOUSE_PASSWORD", ""))
 
@@ -95,7 +114,12 @@ class ClickHouseConfig(StrictModel):
     password: SecretStr = Field(
         default_factory=_password_from_env, description="default: $OTELWAX_CLICKHOUSE_PASSWORD"
     )
-    secure: bool = False
+    secure: bool = Field(
+        False,
+        description="server: TLS on both ports (HTTPS inserts, native secure port): set port "
+        "and http_port to the server's tcp_port_secure (9440) and https_port (8443)",
+    )
+    tls: ClickHouseTlsConfig = Field(default_factory=ClickHouseTlsConfig)
     database: str = "otel"
     traces_table: str = "otel_traces"
     logs_table: str = "otel_logs"
@@ -686,6 +710,8 @@ class ServerClient:
             password=cfg.password.get_secret_value(),
             database="default",
             secure=cfg.secure,
+            verify=cfg.tls.verify,
+            ca_certs=cfg.tls.ca_file,
             connect_timeout=cfg.connect_timeout_s,
             send_receive_timeout=cfg.timeout_s,
         )
@@ -803,8 +829,13 @@ class ServerClient:
 
     def _http_conn(self) -> http.client.HTTPConnection:
         if self._http is None:
-            cls = http.client.HTTPSConnection if self.cfg.secure else http.client.HTTPConnection
-            self._http = cls(self.cfg.host, self.cfg.http_port, timeout=self.cfg.timeout_s)
+            c = self.cfg
+            if c.secure:
+                self._http = http.client.HTTPSConnection(
+                    c.host, c.http_port, timeout=c.timeout_s, context=c.tls.ssl_context()
+                )
+            else:
+                self._http = http.client.HTTPConnection(c.host, c.http_port, timeout=c.timeout_s)
         return self._http
 
     def _insert_http(self, qt: str, batch: pa.RecordBatch, plan: _Plan, token: str | None) -> None:

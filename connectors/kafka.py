@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from otelwax.settings import StrictModel
+from otelwax.settings import StrictModel, secret_keys
 
 TOPIC_SPANS = "otlp_spans"
 TOPIC_METRICS = "otlp_metrics"
@@ -25,6 +25,11 @@ DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 HEADER_CONTENT_TYPE = "content-type"
 HEADER_INGEST_TIME = "otelwax-ingest-time-ns"
 CONTENT_TYPE_PROTO = b"application/x-protobuf"
+# librdkafka properties holding secrets (sasl.password, ssl.key.password, ssl.keystore.password,
+# sasl.oauthbearer.client.secret, ssl.key.pem, ...): only from the environment.
+SECRET_PROPERTIES = (
+    r"password|secret|passphrase|private\.key|^ssl\.key\.pem$|^sasl\.oauthbearer\.config$"
+)
 
 
 class KafkaConfig(StrictModel):
@@ -33,7 +38,10 @@ class KafkaConfig(StrictModel):
     bootstrap_servers: str = Field(DEFAULT_BOOTSTRAP, min_length=1)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     extra: dict[str, str | int | bool] = Field(
-        default_factory=dict, description="Raw librdkafka properties merged last."
+        default_factory=dict,
+        description="Raw librdkafka properties merged last; secret ones (sasl.password, ...) "
+        "only as ${env:VAR}",
+        json_schema_extra=secret_keys(SECRET_PROPERTIES),
     )
 
     def client_conf(self) -> dict[str, str | int | bool]:

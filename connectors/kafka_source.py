@@ -37,6 +37,7 @@ from prometheus_client import Gauge
 from pydantic import Field
 
 from connectors.kafka import TOPIC_SPANS, KafkaConfig
+from otelwax.health import HEALTH
 from otelwax.settings import StrictModel
 from otelwax.telemetry import ComponentMetrics
 
@@ -350,6 +351,7 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         self._paused = False
         self._lag_label = CONSUMER_LAG.labels(self._topic, str(partition))
         self._lag_at = 0.0
+        self._progress = HEALTH.progress(f"{self._topic}[{partition}]")  # /livez, /readyz
 
     # --- where to start --------------------------------------------------------------------
     def _stale(
@@ -456,6 +458,7 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         if acks is not None and acks.error is not None:
             raise RuntimeError(f"sink failed, stopping the source: {acks.error}") from acks.error
         self._paused = acks is not None and acks.inflight_bytes >= self._cfg.max_inflight_bytes
+        self._progress.tick(waiting=self._paused)
         if self._paused:
             # Decoded ranges queue up between bytewax steps faster than they are stored
             # (16 alive at once were seen): hold reading until the sink catches up.
@@ -525,6 +528,7 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         return self._next
 
     def close(self) -> None:
+        HEALTH.forget(self._progress.name)
         self._consumer.close()
 
 

@@ -4,9 +4,11 @@ Jaeger v2 ingests OTLP natively, so the sink is an OTLP trace exporter: each bat
 into ``ExportTraceServiceRequest``s (``otelwax.codec.native`` when built, else
 ``otelwax.codec.pyencode``; see there for what the table can and cannot give back: attribute
 values go back as strings) and sent to ``TraceService/Export``. Any OTLP/gRPC receiver works
-(an OTel Collector, Tempo, ...).
+(an OTel Collector, Tempo, ...). The channel is TLS (``tls``: CA, client certificate) unless
+the endpoint is loopback or ``insecure: true`` is set explicitly, so spans and header
+credentials never cross a network in clear by default.
 
-    cfg = JaegerExporterConfig(enabled=True, endpoint="127.0.0.1:14317")
+    cfg = JaegerExporterConfig(enabled=True, endpoint="127.0.0.1:14317")  # loopback: plaintext
     exporter = JaegerExporter(cfg)       # no I/O
     exporter.open()                      # channel (connects lazily), encoder, TLS files
     exporter.export(batch)               # blocks until delivered (see below)
@@ -37,7 +39,9 @@ Delivery (never silent loss — every span ends up counted as sent, dropped{reas
   retried: with ``on_rejected = "drop"`` (default) it is logged and counted as
   ``dropped{reason="rejected"}`` (``"unencodable"`` for encoder errors), with ``"raise"`` a
   ``JaegerExportError`` is raised. Spans the server reports in ``partial_success`` are counted
-  as ``dropped{reason="partial_success"}``.
+  as ``dropped{reason="partial_success"}``. A rejection is an answer from a reachable server:
+  it closes the circuit breaker (``otelwax.resilience``), also when it answers the half-open
+  probe, so the next requests go out at once.
 - Any other gRPC error (UNAUTHENTICATED, PERMISSION_DENIED, UNIMPLEMENTED — a wrong endpoint —,
   INTERNAL, ...) raises ``JaegerExportError`` at once (the OTLP spec says not to retry them;
   they need an operator), counting the unsent rows as failed.
@@ -48,6 +52,7 @@ Jaeger keeps duplicates (there is no deduplication token in OTLP).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import threading
@@ -60,7 +65,7 @@ import grpc
 import pyarrow as pa
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from otelwax.resilience import (
     BreakerConfig,
@@ -122,7 +127,11 @@ class JaegerExporterConfig(StrictModel):
         description="host:port of Jaeger's OTLP gRPC receiver (note: otelwax's own ingest shim "
         "also defaults to 4317; run them on different ports on one host)",
     )
-    insecure: bool = Field(True, description="plaintext gRPC; false: TLS (see tls)")
+    insecure: bool | None = Field(
+        None,
+        description="plaintext gRPC (true) or TLS (false, see tls); unset: plaintext only to a "
+        "loopback endpoint (127.0.0.0/8, ::1, localhost), TLS to anything else",
+    )
     tls: OtlpTlsConfig = Field(default_factory=OtlpTlsConfig)
     headers: dict[str, SecretStr] = Field(
         default_factory=dict,
@@ -158,6 +167,14 @@ class JaegerExporterConfig(StrictModel):
         "auto", description="Arrow → OTLP encoder: native (Rust) when built, else Python"
     )
 
+    @field_validator("insecure")
+    @classmethod
+    def _tls_unless_loopback(cls, v: bool | None, info: ValidationInfo) -> bool:
+        if v is not None:
+            return v
+        endpoint = info.data.get("endpoint")
+        return isinstance(endpoint, str) and _is_loopback(endpoint.rsplit(":", 1)[0])
+
     @field_validator("endpoint")
     @classmethod
     def _check_endpoint(cls, v: str) -> str:
@@ -166,6 +183,16 @@ class JaegerExporterConfig(StrictModel):
         if not _ENDPOINT.match(v) or not 0 < int(v.rsplit(":", 1)[1]) < 65536:
             raise ValueError("must be host:port, e.g. 127.0.0.1:4317")
         return v
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class JaegerExportError(RuntimeError):

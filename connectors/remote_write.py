@@ -50,12 +50,14 @@ from pydantic import Field
 
 from connectors.prom_translate import Labels, SeriesBatch
 from otelwax.protowire import length_delimited, varint
-from otelwax.settings import StrictModel
+from otelwax.settings import StrictModel, secret_keys
 from otelwax.telemetry import ComponentMetrics
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "otelwax-remote-write/0.1"
+# Header names carrying credentials: only from the environment.
+SECRET_HEADERS = r"^(proxy-)?authorization$|^cookie$|token|secret|password|api[-_]?key"
 HEADERS = {
     "Content-Encoding": "snappy",
     "Content-Type": "application/x-protobuf",
@@ -105,7 +107,11 @@ class RemoteWriteConfig(StrictModel):
     )
     timeout_s: float = Field(30.0, gt=0)
     max_samples_per_request: int = Field(5000, gt=0)
-    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers.")
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra HTTP headers; credentials (Authorization, tokens) only as ${env:VAR}",
+        json_schema_extra=secret_keys(SECRET_HEADERS),
+    )
     user_agent: str = USER_AGENT
     retry: RetryConfig = Field(default_factory=RetryConfig)
     split_on_bad_request: bool = True

@@ -77,6 +77,7 @@ from connectors.prom_translate import SeriesBatch, tables_to_series
 from connectors.remote_write import RemoteWriteConfig
 from connectors.remote_write_order import write_in_order
 from flows import exits_on_bad_config, lazy_flow
+from otelwax.health import HealthConfig
 from otelwax.logs import instrument
 from otelwax.metric_schemas import HISTOGRAM, METRIC_SCHEMAS, SUM
 from otelwax.settings import StrictModel
@@ -154,6 +155,10 @@ class MetricsFlowSettings(StrictModel):
         "(its next point starts a new cumulative series, a counter reset)",
     )
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve /metrics here")
+    health: HealthConfig = Field(
+        default_factory=HealthConfig,
+        description="when /readyz and /livez on the metrics port turn 503 (otelwax.health)",
+    )
 
     @model_validator(mode="after")
     def _has_output(self) -> MetricsFlowSettings:
@@ -690,19 +695,25 @@ def _serving_source_cls() -> type:
         """bytewax's KafkaSource that serves ``/metrics`` when it builds its first partition."""
 
         metrics_port: int | None = None
+        health: HealthConfig | None = None
 
         def build_part(self, step_id: str, for_part: str, resume_state: Any) -> Any:
             if self.metrics_port:
                 from otelwax.telemetry import serve_metrics
 
-                serve_metrics(self.metrics_port)
+                serve_metrics(self.metrics_port, health=self.health)
             return super().build_part(step_id, for_part, resume_state)
 
     return ServingKafkaSource
 
 
 def kafka_source(
-    kafka: KafkaConfig, topic: str, tail: bool, batch_size: int, metrics_port: int | None
+    kafka: KafkaConfig,
+    topic: str,
+    tail: bool,
+    batch_size: int,
+    metrics_port: int | None,
+    health: HealthConfig | None = None,
 ) -> Any:
     """bytewax's KafkaSource for ``topic``; serves ``/metrics`` on ``metrics_port`` (when set)
     as soon as the flow builds its first partition, so an idle flow is still observable."""
@@ -711,6 +722,7 @@ def kafka_source(
         [kafka.bootstrap_servers], [topic], tail=tail, add_config=conf, batch_size=batch_size
     )
     src.metrics_port = metrics_port
+    src.health = health
     return src
 
 
@@ -730,7 +742,7 @@ def ranges_source(settings: MetricsFlowSettings) -> PartitionedKafkaSource:
         if port:
             from otelwax.telemetry import serve_metrics
 
-            serve_metrics(port)
+            serve_metrics(port, health=settings.health)
 
     # Without ClickHouse there is nothing to re-cut for: an empty reader (also sidesteps
     # kafka_source's intents=None path, which calls list(offset)).
@@ -751,6 +763,7 @@ def build_from_settings(settings: MetricsFlowSettings) -> Dataflow:
             settings.tail,
             settings.source_batch_size,
             settings.metrics_port,
+            settings.health,
         )
     msgs = op.input("kafka", flow, source)
     chunks = op.flat_map_batch("decode", msgs, _Decode())

@@ -101,6 +101,7 @@ class FlowSettings(Protocol):
     operators_on_error: Any
     metrics_port: int | None
     metrics_addr: str
+    health: Any
     log_level: str
     log_format: str
 
@@ -381,7 +382,7 @@ def build_dataflow(
 
     def on_start() -> None:
         if port is not None:
-            serve_metrics(port, addr)
+            serve_metrics(port, addr, settings.health)
 
     acks = RangeAcks()  # every range reaches the sink: the steps below are all 1:1 maps
     sink = clickhouse_sink(settings, signal, acks)

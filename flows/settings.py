@@ -34,6 +34,7 @@ from connectors.dlq import DeadLetterConfig
 from connectors.kafka import TOPIC_LOGS, KafkaConfig
 from connectors.kafka_source import KafkaSourceConfig
 from connectors.otlp_export import JaegerExporterConfig
+from otelwax.health import HealthConfig
 from otelwax.settings import StrictModel, ValidationError, format_errors
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,10 @@ class ServingSettings(StrictModel):
     )
     log_format: Literal["text", "json"] = Field(
         "text", description="log lines: text, or json (one object per line, with step ids)"
+    )
+    health: HealthConfig = Field(
+        default_factory=HealthConfig,
+        description="when /readyz and /livez on the metrics port turn 503 (otelwax.health)",
     )
 
 

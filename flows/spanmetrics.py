@@ -177,7 +177,7 @@ def kafka_source(settings: SpanMetricsFlowSettings) -> PartitionedKafkaSource:
 
     def on_start() -> None:
         if port is not None:
-            serve_metrics(port, addr)
+            serve_metrics(port, addr, settings.health)
 
     return PartitionedKafkaSource(settings.kafka, cfg, NoIntents, on_start)
 

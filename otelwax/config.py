@@ -25,7 +25,9 @@ Loading, in order, collecting every problem before reporting:
 3. the typed models validate (unknown keys rejected with a "did you mean");
 4. operator specs validate against their flow's signal (columns, regexes, expressions);
 5. secret fields (``SecretStr``) must come from the environment: a literal in the file is a
-   problem (write ``password: ${env:CLICKHOUSE_PASSWORD}``).
+   problem (write ``password: ${env:CLICKHOUSE_PASSWORD}``); so must the secret entries of
+   free-form maps (``settings.secret_keys``: ``kafka.extra.sasl.password``,
+   ``remote_write.headers.Authorization``...).
 
 ``ConfigError.problems`` holds the lines ``dotted.key.path: message``.
 """
@@ -463,6 +465,9 @@ _ALL_TAGS: set[str] = set()
 # --- validation -------------------------------------------------------------------------------
 
 
+_FROM_ENV = "secrets must come from the environment; write ${env:VARIABLE}"
+
+
 def _secret_problems(tp: Any, raw: Any, path: str, from_env: set[str], out: list[str]) -> None:
     """Walk raw data along the model types: a SecretStr given literally in the file is a problem.
 
@@ -471,7 +476,7 @@ def _secret_problems(tp: Any, raw: Any, path: str, from_env: set[str], out: list
     cands = union_members(tp)
     if any(c is SecretStr for c in cands):
         if isinstance(raw, str) and raw and path not in from_env:
-            out.append(f"{path}: secrets must come from the environment; write ${{env:VARIABLE}}")
+            out.append(f"{path}: {_FROM_ENV}")
         return
     models = [c for c in cands if isinstance(c, type) and issubclass(c, BaseModel)]
     if isinstance(raw, dict) and models:
@@ -484,6 +489,10 @@ def _secret_problems(tp: Any, raw: Any, path: str, from_env: set[str], out: list
             if key in raw:
                 sub = f"{path}.{key}" if path else key
                 _secret_problems(field.annotation, raw[key], sub, from_env, out)
+                extra = field.json_schema_extra
+                if isinstance(extra, dict) and isinstance(raw[key], dict):
+                    keys = str(extra.get("secret_keys") or "")
+                    _secret_entries(keys, raw[key], sub, from_env, out)
         return
     for c in cands:
         origin = typing.get_origin(c)
@@ -495,6 +504,19 @@ def _secret_problems(tp: Any, raw: Any, path: str, from_env: set[str], out: list
             for k, r in raw.items():
                 _secret_problems(typing.get_args(c)[1], r, f"{path}.{k}", from_env, out)
             return
+
+
+def _secret_entries(
+    pattern: str, raw: dict[Any, Any], path: str, from_env: set[str], out: list[str]
+) -> None:
+    """The entries of a free-form map whose key says they are secrets must be ``${env:...}``."""
+    if not pattern:
+        return
+    for k, v in raw.items():
+        sub = f"{path}.{k}"
+        secret = re.search(pattern, str(k), re.IGNORECASE)
+        if secret and isinstance(v, str) and v and sub not in from_env:
+            out.append(f"{sub}: {_FROM_ENV}")
 
 
 def _operator_problems(data: dict[str, Any], problems: list[str], from_env: set[str]) -> None:

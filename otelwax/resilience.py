@@ -11,6 +11,19 @@ calls fail fast with ``CircuitOpenError`` (which carries ``retry_after`` seconds
 hold its source back instead of hammering a dead service; after ``open_seconds`` one probe call
 is let through (half-open) and its outcome closes or re-opens the breaker. Neither ever drops
 data: when they give up they raise, and the caller keeps its batch.
+
+Every probe reaches a decision. Through ``RetryPolicy.call``:
+
+- success, or an error ``retry_on`` calls permanent (gRPC INVALID_ARGUMENT, a ClickHouse syntax
+  error): the peer is reachable and answered, so the breaker **closes** (and the consecutive
+  failure count restarts). The error still goes to the caller, which decides what happens to
+  the data (dropped and counted with its reason, dead-lettered, or raised);
+- a retryable error, or no answer at all (``KeyboardInterrupt``, a killed caller): it
+  **re-opens** for another ``open_seconds``. A probe whose outcome is never reported stops
+  holding the breaker after ``open_seconds``: the next caller becomes the probe.
+
+A breaker reports to ``otelwax.health``: the process is not ready while it is not closed, and
+every call through it (refused ones too) shows the calling worker is alive.
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ from typing import ParamSpec, TypeVar
 
 from pydantic import Field
 
+from otelwax.health import HEALTH, Health
 from otelwax.settings import StrictModel
 
 __all__ = [
@@ -79,15 +93,19 @@ class CircuitBreaker:
         *,
         name: str = "breaker",
         clock: Callable[[], float] = time.monotonic,
+        health: Health = HEALTH,
     ) -> None:
         self.cfg = cfg or BreakerConfig()
         self.name = name
         self._clock = clock
+        self._health = health
         self._lock = threading.Lock()
         self._state = self.CLOSED
         self._failures = 0
         self._opened_at = 0.0
         self._probing = False
+        self._probe_at = 0.0
+        health.watch(self)
 
     @property
     def state(self) -> str:
@@ -96,8 +114,12 @@ class CircuitBreaker:
             return self._state_locked()
 
     def _state_locked(self) -> str:
-        if self._state == self.OPEN and self._clock() - self._opened_at >= self.cfg.open_seconds:
+        now = self._clock()
+        if self._state == self.OPEN and now - self._opened_at >= self.cfg.open_seconds:
             self._state = self.HALF_OPEN
+            self._probing = False
+        elif self._probing and now - self._probe_at >= self.cfg.open_seconds:
+            log.warning("circuit %s: the probe call never reported; letting another", self.name)
             self._probing = False
         return self._state
 
@@ -108,23 +130,43 @@ class CircuitBreaker:
                 return 0.0
             return max(0.0, self.cfg.open_seconds - (self._clock() - self._opened_at))
 
-    def before_call(self) -> None:
-        """Raise ``CircuitOpenError`` unless a call may go now (one probe when half-open)."""
+    def health_problem(self) -> str | None:
+        """Why the process is not ready because of this breaker (None when closed)."""
+        st = self.state
+        return None if st == self.CLOSED else f"circuit {self.name!r} is {st}"
+
+    def before_call(self) -> bool:
+        """Raise ``CircuitOpenError`` unless a call may go now (one probe when half-open).
+
+        Returns True when this call is the half-open probe: its caller must report the
+        outcome (``record_success``, ``record_answer`` or ``record_failure``)."""
+        self._health.called()
         with self._lock:
             st = self._state_locked()
             if st == self.CLOSED:
-                return
+                return False
             if st == self.HALF_OPEN and not self._probing:
                 self._probing = True
+                self._probe_at = self._clock()
                 log.info("circuit %s: half-open, letting one probe call through", self.name)
-                return
-            remaining = self.cfg.open_seconds - (self._clock() - self._opened_at)
+                return True
+            since = self._probe_at if self._probing else self._opened_at
+            remaining = self.cfg.open_seconds - (self._clock() - since)
             raise CircuitOpenError(self.name, max(remaining, 0.0))
 
     def record_success(self) -> None:
+        """The call succeeded: close."""
+        self._close("a successful call")
+
+    def record_answer(self) -> None:
+        """The call failed with an error that is the peer's definitive answer (not retryable):
+        the peer is reachable, so close; what to do with the data is the caller's decision."""
+        self._close("a definitive (non-retryable) answer")
+
+    def _close(self, why: str) -> None:
         with self._lock:
             if self._state != self.CLOSED:
-                log.info("circuit %s: closed again after a successful call", self.name)
+                log.info("circuit %s: closed again after %s", self.name, why)
             self._state = self.CLOSED
             self._failures = 0
             self._probing = False
@@ -140,7 +182,7 @@ class CircuitBreaker:
                 self._opened_at = self._clock()
                 self._probing = False
                 log.warning(
-                    "circuit %s: open for %.0f s after %d consecutive failures",
+                    "circuit %s: open for %.3g s after %d consecutive failures",
                     self.name,
                     self.cfg.open_seconds,
                     self._failures,
@@ -201,19 +243,23 @@ class RetryPolicy:
 
         With a ``breaker`` every try goes through it; an open breaker raises
         ``CircuitOpenError`` at once (not retried here: the caller decides how long to wait).
+        Every try reports to the breaker: success and permanent errors close it, retryable
+        errors count as failures (see the module docstring).
         """
         delays = self.delays()
         attempt = 0
         while True:
             attempt += 1
-            if breaker is not None:
-                breaker.before_call()
+            probe = breaker.before_call() if breaker is not None else False
             try:
                 out = fn(*args, **kwargs)
             except Exception as exc:
                 retryable = self.is_retryable(exc)
-                if breaker is not None and retryable:
-                    breaker.record_failure()
+                if breaker is not None:
+                    if retryable:
+                        breaker.record_failure()
+                    else:
+                        breaker.record_answer()
                 delay = next(delays, None) if retryable else None
                 if delay is None:
                     raise
@@ -227,6 +273,10 @@ class RetryPolicy:
                 )
                 self._sleep(delay)
                 continue
+            except BaseException:
+                if probe and breaker is not None:  # no answer (interrupted): open again
+                    breaker.record_failure()
+                raise
             if breaker is not None:
                 breaker.record_success()
             return out

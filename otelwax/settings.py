@@ -18,6 +18,7 @@ __all__ = [
     "StrictModel",
     "ValidationError",
     "format_errors",
+    "secret_keys",
     "union_members",
     "union_tag",
 ]
@@ -27,6 +28,13 @@ class StrictModel(BaseModel):
     """Base model: unknown keys are errors, assignments are validated, instances are frozen."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def secret_keys(pattern: str) -> dict[str, Any]:
+    """``json_schema_extra`` of a free-form ``dict`` field (librdkafka properties, HTTP
+    headers) whose entries with a key matching ``pattern`` (case-insensitive regex) are
+    secrets: ``otelwax.config`` refuses them as literals, like ``SecretStr`` fields."""
+    return {"secret_keys": pattern}
 
 
 def union_members(tp: Any) -> list[Any]:

@@ -11,13 +11,21 @@ things, so one dashboard works for all of them:
 ``unit`` says what was counted (spans, datapoints, logs, records, requests, rows, bytes).
 Components that work in batches also observe each batch's size in
 ``otelwax_batch_size{component, unit}`` (a histogram).
+
+``serve_metrics`` serves them on ``/metrics`` next to ``/livez`` (``/healthz``) and ``/readyz``
+(``otelwax.health``).
 """
 
 from __future__ import annotations
 
 import threading
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+
+from otelwax.health import HEALTH, Health, HealthConfig
 
 RECEIVED = Counter("otelwax_received", "Items received by a component", ["component", "unit"])
 SENT = Counter("otelwax_sent", "Items a component passed on or stored", ["component", "unit"])
@@ -85,9 +93,43 @@ _served: dict[int, object] = {}
 _lock = threading.Lock()
 
 
-def serve_metrics(port: int, addr: str = "0.0.0.0", registry: CollectorRegistry = REGISTRY) -> None:
-    """Serve ``/metrics`` on ``addr:port`` from a daemon thread (idempotent per port)."""
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # probes every few seconds
+        pass
+
+
+def metrics_app(registry: CollectorRegistry = REGISTRY, health: Health = HEALTH) -> Any:
+    """WSGI app: the health paths answered by ``health``, anything else by Prometheus."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        answer = health.answer(environ.get("PATH_INFO", ""))
+        if answer is None:
+            return metrics(environ, start_response)
+        status, body = answer
+        reason = "OK" if status == 200 else "Service Unavailable"
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        start_response(f"{status} {reason}", headers)
+        return [body]
+
+    return app
+
+
+def serve_metrics(
+    port: int,
+    addr: str = "0.0.0.0",
+    health: HealthConfig | None = None,
+    registry: CollectorRegistry = REGISTRY,
+) -> None:
+    """Serve ``/metrics``, ``/livez`` (``/healthz``) and ``/readyz`` on ``addr:port`` from a
+    daemon thread (idempotent per port); ``health`` sets the process's stall limits."""
+    if health is not None:
+        HEALTH.configure(health)
     with _lock:
         if port in _served:
             return
-        _served[port] = start_http_server(port, addr=addr, registry=registry)
+        server = make_server(
+            addr, port, metrics_app(registry), ThreadingWSGIServer, handler_class=_QuietHandler
+        )
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+        _served[port] = server

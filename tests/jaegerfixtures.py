@@ -10,6 +10,10 @@ The session instance listens on OTLP gRPC 14317 and query HTTP 16686 unless
 when already running and stopped at the end only if this session started it. Fault tests start
 their own instance on free ports with ``JaegerService.start_new`` and stop it themselves.
 The first start builds the binary from the Go module proxy (minutes).
+
+``ScriptedOtlpServer`` is a tiny in-process OTLP/gRPC trace receiver answering a scripted
+sequence of status codes (INVALID_ARGUMENT, UNAVAILABLE...), which a real Jaeger never does
+on demand.
 """
 
 from __future__ import annotations
@@ -17,15 +21,22 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 
 from tests.conftest import ROOT, free_port, port_open
 
@@ -160,3 +171,53 @@ def jaeger_fixture() -> Iterator[JaegerService]:
         yield svc
     finally:
         svc.stop()
+
+
+EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+
+class ScriptedOtlpServer(grpc.GenericRpcHandler):
+    """OTLP/gRPC trace receiver on a free loopback port: the i-th Export call answers
+    ``script[i]`` (OK once the script is used up); ``calls`` records (code, spans) per call.
+    It listens on ``host`` (loopback unless told)."""
+
+    def __init__(self, script: list[grpc.StatusCode], host: str = "127.0.0.1") -> None:
+        self.script = list(script)
+        self.calls: list[tuple[grpc.StatusCode, int]] = []
+        self._lock = threading.Lock()
+        self._server = grpc.server(ThreadPoolExecutor(2))
+        self._server.add_generic_rpc_handlers((self,))
+        self.port = self._server.add_insecure_port(f"{host}:0")
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def spans(self, code: grpc.StatusCode = grpc.StatusCode.OK) -> int:
+        with self._lock:
+            return sum(n for c, n in self.calls if c == code)
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        if details.method != EXPORT_METHOD:
+            return None
+        return grpc.unary_unary_rpc_method_handler(
+            self._export,
+            request_deserializer=ExportTraceServiceRequest.FromString,
+            response_serializer=ExportTraceServiceResponse.SerializeToString,
+        )
+
+    def _export(self, req: ExportTraceServiceRequest, ctx: grpc.ServicerContext) -> Any:
+        n = sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
+        with self._lock:
+            code = self.script.pop(0) if self.script else grpc.StatusCode.OK
+            self.calls.append((code, n))
+        if code != grpc.StatusCode.OK:
+            ctx.abort(code, f"scripted {code.name}")
+        return ExportTraceServiceResponse()
+
+    def __enter__(self) -> ScriptedOtlpServer:
+        self._server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.stop(0)

@@ -11,8 +11,10 @@ Statuses: 400 malformed, 401 missing/wrong bearer token, 404 unknown path, 405 w
 producer queue full or too many requests / request bytes in flight (``max_concurrent_requests``,
 ``max_inflight_bytes``; JSON counts ``json_cost_factor`` times its size) and 503 Kafka
 unavailable or the topic missing (both with ``Retry-After``). A connection that does not send
-its headers within ``http.header_timeout_s`` is closed. ``GET /healthz`` answers 200 while the
-process serves (its body says whether Kafka is up).
+its headers within ``http.header_timeout_s`` is closed. ``GET /livez`` (``/healthz``) answers
+200 while the process serves; ``GET /readyz`` answers 503 while Kafka is down (requests would be
+refused) and 200 otherwise. Both bodies say whether Kafka is up; the metrics port answers the
+same paths.
 """
 
 from __future__ import annotations
@@ -140,8 +142,9 @@ class OtlpHttpApp:
         path = scope["path"]
         signal = _PATHS.get(path)
         if signal is None:
-            if path == "/healthz":
-                await self._healthz(scope, send)
+            health = health_answer(self.handler, path)
+            if health is not None:
+                await _send(send, health[0], CT_JSON, health[1])
                 return
             await _send(send, 404, b"text/plain", b"not found")
             return
@@ -250,10 +253,17 @@ class OtlpHttpApp:
             body = rpc_status(code, exc.message, exc.retry_after)
             await _send(send, exc.http_status, CT_PROTO, body, headers)
 
-    async def _healthz(self, scope: dict[str, Any], send: Any) -> None:
-        up = self.handler.producer.available
-        body = orjson.dumps({"status": "ok", "kafka": "up" if up else "down"})
-        await _send(send, 200, CT_JSON, body)
+
+
+def health_answer(handler: RequestHandler, path: str) -> tuple[int, bytes] | None:
+    """(status, JSON body) for ``/livez``, ``/healthz`` (alive: always 200 while serving) and
+    ``/readyz`` (503 while Kafka is down); None for other paths."""
+    if path not in ("/livez", "/healthz", "/readyz"):
+        return None
+    up = handler.producer.available
+    if path == "/readyz" and not up:
+        return 503, orjson.dumps({"status": "unready", "kafka": "down"})
+    return 200, orjson.dumps({"status": "ok", "kafka": "up" if up else "down"})
 
 
 async def _send(
@@ -271,7 +281,7 @@ async def _send(
 
 
 class MetricsApp:
-    """ASGI app for the metrics port: ``/metrics`` (Prometheus text) and ``/healthz``."""
+    """ASGI app for the metrics port: ``/metrics`` (Prometheus text) and the health paths."""
 
     def __init__(self, handler: RequestHandler) -> None:
         self.handler = handler
@@ -284,9 +294,7 @@ class MetricsApp:
             from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
             await _send(send, 200, CONTENT_TYPE_LATEST.encode(), generate_latest(REGISTRY))
-        elif path == "/healthz":
-            up = self.handler.producer.available
-            body = orjson.dumps({"status": "ok", "kafka": "up" if up else "down"})
-            await _send(send, 200, CT_JSON, body)
+        elif (health := health_answer(self.handler, path)) is not None:
+            await _send(send, health[0], CT_JSON, health[1])
         else:
             await _send(send, 404, b"text/plain", b"not found")

@@ -3,9 +3,11 @@ unchanged; outages are retried (nothing lost), a dead endpoint opens the circuit
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
+import grpc
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -29,6 +31,7 @@ from tests.conftest import free_port
 from tests.flows.conftest import chdb_rows, flow_run, produce  # noqa: F401  (fixture flow_run)
 from tests.jaegerfixtures import (  # noqa: F401  (fixture jaeger)
     JaegerService,
+    ScriptedOtlpServer,
     jaeger_fixture,
     make_tls_files,
 )
@@ -100,6 +103,31 @@ def test_config_defaults_and_validation():
         assert JaegerExporterConfig(endpoint=good).endpoint == good
     secret = JaegerExporterConfig(headers={"authorization": "Bearer s3cr3t"})
     assert "s3cr3t" not in repr(secret) and "s3cr3t" not in str(secret.model_dump())
+
+
+def test_tls_is_on_unless_loopback_or_explicitly_off():
+    """A remote Jaeger gets TLS unless ``insecure: true`` is written; loopback stays plaintext."""
+    for loopback in ("127.0.0.1:4317", "localhost:4317", "[::1]:4317", "127.0.0.2:14317"):
+        assert JaegerExporterConfig(endpoint=loopback).insecure is True, loopback
+    for remote in ("jaeger:4317", "10.0.0.1:4317", "jaeger-collector.obs.svc:4317"):
+        assert JaegerExporterConfig(endpoint=remote).insecure is False, remote
+        assert JaegerExporterConfig(endpoint=remote, insecure=True).insecure is True
+    assert JaegerExporterConfig(endpoint="127.0.0.1:4317", insecure=False).insecure is False
+
+
+def test_a_remote_endpoint_without_opt_in_speaks_tls_to_a_plaintext_server():
+    """Default settings towards a non-loopback name: the channel is TLS, so a plaintext
+    receiver is unavailable (nothing sent in clear); ``insecure: true`` reaches it."""
+    with ScriptedOtlpServer([], host="0.0.0.0") as srv:
+        remote = f"{socket.gethostname()}:{srv.port}"  # this machine, by a non-loopback name
+        c = cfg(remote, when_unavailable="raise", timeout_s=2)
+        assert c.insecure is False
+        with JaegerExporter(c) as exp, pytest.raises(JaegerUnavailableError):
+            exp.export(spans_batch(11, 1))
+        assert srv.calls == []
+        with JaegerExporter(cfg(remote, insecure=True)) as exp:
+            exp.export(spans_batch(11, 1))
+        assert srv.spans() == 100
 
 
 def test_export_needs_open_and_disabled_counts_drops():
@@ -202,6 +230,63 @@ def test_close_wakes_a_blocked_export():
     th.join(5)
     assert not th.is_alive()
     assert isinstance(errors[0], JaegerUnavailableError)
+
+
+# --- a receiver that rejects the probe --------------------------------------------------------
+
+OUTAGE_THEN_REJECT = [grpc.StatusCode.UNAVAILABLE] * 2 + [grpc.StatusCode.INVALID_ARGUMENT]
+
+
+def test_a_rejected_probe_closes_the_breaker_and_export_goes_on():
+    """Jaeger is down (breaker opens), comes back and rejects the probe request as invalid:
+    that request's spans are dropped and counted, the breaker closes, the rest is sent. The
+    breaker used to stay half-open forever and every later export blocked."""
+    comp = component()
+    batch = spans_batch(9, 2)  # 200 spans, 4 requests of 50
+    c = cfg(
+        "127.0.0.1:1",
+        max_spans_per_request=50,
+        max_block_s=10.0,
+        retry=RetryConfig(attempts=1, initial_backoff_s=0.01, max_backoff_s=0.05),
+        breaker=BreakerConfig(failure_threshold=2, open_seconds=0.3),
+    )
+    with ScriptedOtlpServer(OUTAGE_THEN_REJECT) as srv:
+        c = c.model_copy(update={"endpoint": srv.endpoint})
+        with JaegerExporter(c, component=comp) as exp:
+            exp.export(batch)
+            assert exp.breaker.state == "closed"
+            exp.export(spans_batch(10, 1))
+        assert srv.spans(grpc.StatusCode.INVALID_ARGUMENT) == 50
+        assert srv.spans() == 150 + 100
+    assert counter("otelwax_dropped_total", comp, reason="rejected") == 50
+    assert counter("otelwax_sent_total", comp) == 250
+    assert counter("otelwax_failed_total", comp) == 0
+
+
+def test_trace_flow_keeps_storing_when_jaeger_rejects_the_probe(request):
+    """The traces flow with its Jaeger sink: an outage then an INVALID_ARGUMENT answer to the
+    probe must not stall the worker; every span still reaches ClickHouse, the rejected ones
+    are logged as dropped and the flow drains the topic and exits."""
+    make_run = request.getfixturevalue("flow_run")
+    with ScriptedOtlpServer(OUTAGE_THEN_REJECT) as srv:
+        jcfg = {
+            "enabled": True,
+            "endpoint": srv.endpoint,
+            "max_spans_per_request": 20,
+            "retry": {"attempts": 1, "initial_backoff_s": 0.01, "max_backoff_s": 0.05},
+            "breaker": {"failure_threshold": 2, "open_seconds": 0.3},
+        }
+        run = make_run(partitions=1, jaeger=jcfg)
+        payloads = trace_payloads(6, seed=900, n_resources=2, spans_per_resource=10)
+        produce(run.bootstrap, run.topic, payloads)
+        run.run_to_end(timeout=60)
+        batch = decode_traces(payloads).batch
+        assert srv.spans(grpc.StatusCode.INVALID_ARGUMENT) == 20
+        assert srv.spans() == batch.num_rows - 20
+    path = run.settings["clickhouse"]["path"]
+    (n,) = chdb_rows(path, "SELECT count() FROM otel.otel_traces")[0]
+    assert n == batch.num_rows
+    assert "dropping 20 spans" in run.log_text() and "INVALID_ARGUMENT" in run.log_text()
 
 
 # --- against a real Jaeger v2 ----------------------------------------------------------------

@@ -32,6 +32,7 @@ FLOW_SERVICES = [f"flow-{s}" for s in FLOWS]
 # OTELWAX_* variables set by the deployment files but read by them, not by the Python code.
 DEPLOYMENT_VARS = {
     "OTELWAX_HEALTH_PORT": "the image's HEALTHCHECK",
+    "OTELWAX_HEALTH_PATH": "the image's HEALTHCHECK",
     "OTELWAX_FLOW": "the compose flow command",
     "OTELWAX_IMAGE": "compose image override",
     "OTELWAX_RECOVERY_PARTITIONS": "k8s cluster-init script",
@@ -95,6 +96,8 @@ def test_every_long_running_service_is_health_checked(compose_project: dict[str,
             continue
         built = svc.get("build") is not None
         assert built or svc.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+        if built:  # the image's check, asking readiness (otelwax.health, connectors/ingest)
+            assert svc["environment"]["OTELWAX_HEALTH_PATH"] == "/readyz", name
 
 
 def test_start_order(compose_project: dict[str, Any]) -> None:
@@ -235,6 +238,7 @@ def test_compose_config_loads_with_the_code(compose_project: dict[str, Any]) -> 
     cfg = load_config(conf / "otelwax.yaml")
     specs = cfg.operator_specs("traces")
     assert [s.config["endpoint"] for s in specs] == ["jaeger:4317"]
+    assert specs[0].config["insecure"] is True  # compose's Jaeger speaks plaintext (opt-in)
     assert len(build_pipeline(specs, "traces")) == 1
     assert "jaeger" in compose_project["services"]
 

@@ -3,6 +3,7 @@ health check, dependency list)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -146,12 +148,11 @@ def test_default_health_port_is_the_shim_metrics_port() -> None:
     assert "/healthz" in " ".join(_healthcheck_cmd())
 
 
-def test_healthcheck_command_works_against_a_real_metrics_server() -> None:
-    """The HEALTHCHECK command succeeds on a live /healthz and fails on a closed port."""
-    cmd = [sys.executable if c == "python" else c for c in _healthcheck_cmd()]
-    port = free_port()
+@contextlib.contextmanager
+def _metrics_server(port: int, setup: str = "pass") -> Iterator[None]:
+    """``serve_metrics`` on ``port`` in a child process, after running ``setup`` there."""
     code = (
-        "import time; from otelwax.telemetry import serve_metrics; "
+        f"import time; from otelwax.telemetry import serve_metrics; {setup}; "
         f"serve_metrics({port}, '127.0.0.1'); time.sleep(60)"
     )
     server = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
@@ -159,14 +160,41 @@ def test_healthcheck_command_works_against_a_real_metrics_server() -> None:
         deadline = time.monotonic() + 20
         while not port_open("127.0.0.1", port) and time.monotonic() < deadline:
             time.sleep(0.1)
-        ok = subprocess.run(cmd, env={**os.environ, "OTELWAX_HEALTH_PORT": str(port)}, timeout=30)
-        assert ok.returncode == 0
+        yield
     finally:
         server.kill()
         server.wait()
+
+
+def test_healthcheck_command_works_against_a_real_metrics_server() -> None:
+    """The HEALTHCHECK command succeeds on a live /healthz and fails on a closed port."""
+    cmd = [sys.executable if c == "python" else c for c in _healthcheck_cmd()]
+    port = free_port()
+    with _metrics_server(port):
+        ok = subprocess.run(cmd, env={**os.environ, "OTELWAX_HEALTH_PORT": str(port)}, timeout=30)
+        assert ok.returncode == 0
     env = {**os.environ, "OTELWAX_HEALTH_PORT": str(free_port())}
     bad = subprocess.run(cmd, env=env, capture_output=True, timeout=30)
     assert bad.returncode != 0
+
+
+def test_healthcheck_command_with_the_readiness_path_fails_on_503() -> None:
+    """Compose sets OTELWAX_HEALTH_PATH=/readyz: the same command then fails while a flow's
+    sink breaker is open (alive, not ready), and liveness still passes."""
+    cmd = [sys.executable if c == "python" else c for c in _healthcheck_cmd()]
+    port = free_port()
+    open_breaker = (
+        "from otelwax.resilience import BreakerConfig, CircuitBreaker; "
+        "br = CircuitBreaker(BreakerConfig(failure_threshold=1), name='sink.x'); "
+        "br.record_failure()"
+    )
+    with _metrics_server(port, open_breaker):
+        env = {**os.environ, "OTELWAX_HEALTH_PORT": str(port)}
+        ready = subprocess.run(
+            cmd, env={**env, "OTELWAX_HEALTH_PATH": "/readyz"}, capture_output=True, timeout=30
+        )
+        assert ready.returncode != 0 and b"503" in ready.stderr
+        assert subprocess.run(cmd, env=env, timeout=30).returncode == 0
 
 
 def test_requirements_step_installs_the_pyproject_dependencies(tmp_path: Path) -> None:

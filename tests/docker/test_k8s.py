@@ -113,13 +113,12 @@ def test_ingest_deployment_matches_the_brief_and_the_code() -> None:
     assert _port(c, "otlp-grpc") == defaults.grpc.port == 4317
     assert _port(c, "otlp-http") == defaults.http.port == 4318
     assert _port(c, "metrics") == defaults.metrics.port
-    for probe in ("livenessProbe", "readinessProbe"):
+    # Both ports serve the health paths (connectors/ingest/http.py); readiness is the one that
+    # turns 503 while Kafka is down, liveness stays 200 while the process serves.
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         get = c[probe]["httpGet"]
-        assert get["path"] == "/healthz"
-        assert get["port"] in (
-            "otlp-http",
-            "metrics",
-        )  # both serve /healthz (connectors/ingest/http.py)
+        assert get["path"] == path
+        assert get["port"] in ("otlp-http", "metrics")
     assert c["args"][:1] == ["ingest"]
     sc = dep["spec"]["template"]["spec"]["securityContext"]
     assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0
@@ -207,6 +206,7 @@ def test_flow_statefulset_forms_a_bytewax_cluster(signal: str, tmp_path: Path) -
     # Metrics and probes on the port the flow serves /metrics on (set in its config file).
     assert _port(flow, "metrics") == int(fenv["OTELWAX_HEALTH_PORT"]) == 9464
     assert flow["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert flow["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     annotations = sts["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(_port(flow, "metrics"))
 
