@@ -106,7 +106,12 @@ class ClickHouseConfig(StrictModel):
     """Where and how rows are stored. Validation does no I/O; ``open_client`` connects."""
 
     mode: Literal["embedded", "server"] = "embedded"
-    path: str = Field(".data/chdb", description="embedded: chdb data folder")
+    path: str = Field(
+        ".data/chdb/{flow}",
+        description="embedded: chdb data folder; {flow} is the flow's name (traces, logs, "
+        "metrics, spanmetrics), so flows sharing this section each get a folder: chdb allows "
+        "one process per folder",
+    )
     host: str = "127.0.0.1"
     port: int = Field(9000, gt=0, lt=65536, description="server: native protocol port")
     http_port: int = Field(8123, gt=0, lt=65536, description="server: HTTP port (inserts)")
@@ -138,6 +143,12 @@ class ClickHouseConfig(StrictModel):
         if not IDENT_RE.match(v):
             raise ValueError(f"must match {IDENT_RE.pattern}")
         return v
+
+    def for_flow(self, flow: str) -> ClickHouseConfig:
+        """This config with ``{flow}`` in ``path`` replaced by ``flow``."""
+        if "{flow}" not in self.path:
+            return self
+        return self.model_copy(update={"path": self.path.replace("{flow}", flow)})
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -317,6 +328,11 @@ class EmbeddedClient:
     """chdb-backed client; all instances of a process share one engine (thread-safe)."""
 
     def __init__(self, cfg: ClickHouseConfig) -> None:
+        if "{flow}" in cfg.path:
+            raise ValueError(
+                f"clickhouse.path {cfg.path!r}: {{flow}} is resolved by a flow's settings; "
+                "outside a flow use ClickHouseConfig.for_flow(name) or a path without it"
+            )
         self.cfg = cfg
         self._engine = _ChdbEngine.acquire(cfg.path)
         self._closed = False
@@ -570,6 +586,14 @@ def _encoder(atype: pa.DataType, t: _T) -> Callable[[pa.Array], list[Any]]:
         if name in ("Int64", "UInt64"):
             return lambda a: [_ns(a).astype("<i8").tobytes()]
         raise _Incompatible(f"{atype} cannot be stored as {t.render(False)}")
+    if name == "Bool" and (pa.types.is_boolean(atype) or pa.types.is_integer(atype)):
+        # Native Bool is one byte per row, like UInt8
+        def enc_bool(a: pa.Array) -> list[Any]:
+            if a.null_count:
+                a = pc.fill_null(a, False if pa.types.is_boolean(atype) else 0)
+            return [a.to_numpy(zero_copy_only=False).astype("u1").tobytes()]
+
+        return enc_bool
     if name in _INT_TYPES:
         if pa.types.is_integer(atype) or pa.types.is_floating(atype):
             dt = np.dtype(_INT_TYPES[name]).newbyteorder("<")

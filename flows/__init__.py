@@ -11,7 +11,9 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["FlowConfigError", "exits_on_bad_config", "lazy_flow"]
+from pydantic import model_validator
+
+__all__ = ["FlowConfigError", "exits_on_bad_config", "lazy_flow", "own_store"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,3 +65,19 @@ def lazy_flow(name: str, build: Callable[[], Any]) -> Callable[[str], Any]:
         raise AttributeError(f"module 'flows.{name}' has no attribute {attr!r}")
 
     return __getattr__
+
+
+def own_store(flow: str) -> Any:
+    """A model validator for a flow's settings: ``{flow}`` in its ``clickhouse.path`` becomes
+    ``flow``, so flows sharing one ``clickhouse`` section get an embedded folder each.
+
+    Use as ``_own_store = own_store("traces")`` in the settings class body.
+    """
+
+    def resolve(self: Any) -> Any:
+        ch = getattr(self, "clickhouse", None)
+        if ch is not None and "{flow}" in ch.path:
+            object.__setattr__(self, "clickhouse", ch.for_flow(flow))  # settings are frozen
+        return self
+
+    return model_validator(mode="after")(resolve)

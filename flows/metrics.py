@@ -76,7 +76,7 @@ from connectors.kafka_source import (
 from connectors.prom_translate import SeriesBatch, tables_to_series
 from connectors.remote_write import RemoteWriteConfig
 from connectors.remote_write_order import write_in_order
-from flows import exits_on_bad_config, lazy_flow
+from flows import exits_on_bad_config, lazy_flow, own_store
 from otelwax.health import HealthConfig
 from otelwax.logs import instrument
 from otelwax.metric_schemas import HISTOGRAM, METRIC_SCHEMAS, SUM
@@ -142,6 +142,7 @@ class MetricsFlowSettings(StrictModel):
     )
     source_batch_size: int = Field(1000, gt=0, description="bytewax source: records per poll")
     clickhouse: ClickHouseConfig | None = Field(default_factory=_default_clickhouse)
+    _own_store = own_store("metrics")
     remote_write: RemoteWriteConfig | None = Field(
         None, description="Prometheus remote-write (off unless set here or in sinks.remote_write)"
     )

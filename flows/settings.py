@@ -34,6 +34,7 @@ from connectors.dlq import DeadLetterConfig
 from connectors.kafka import TOPIC_LOGS, KafkaConfig
 from connectors.kafka_source import KafkaSourceConfig
 from connectors.otlp_export import JaegerExporterConfig
+from flows import own_store
 from otelwax.health import HealthConfig
 from otelwax.settings import StrictModel, ValidationError, format_errors
 
@@ -127,6 +128,8 @@ class FlowSettings(ServingSettings):
 class TracesFlowSettings(FlowSettings):
     """Everything ``flows.traces`` needs."""
 
+    _own_store = own_store("traces")
+
     jaeger: JaegerExporterConfig = Field(
         default_factory=JaegerExporterConfig,
         description="also export spans to Jaeger over OTLP/gRPC (off unless enabled: true)",
@@ -155,6 +158,7 @@ class LogsFlowSettings(FlowSettings):
     ``topic: x`` is accepted as a shorthand for ``source: {topic: x}``.
     """
 
+    _own_store = own_store("logs")
     source: LogsSourceConfig = Field(default_factory=LogsSourceConfig)  # type: ignore[assignment]
     sink: LogsSinkConfig = Field(default_factory=LogsSinkConfig)  # type: ignore[assignment]
     metrics_port: int | None = Field(

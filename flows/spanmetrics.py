@@ -48,7 +48,7 @@ from connectors.kafka_source import (
 from connectors.prom_translate import tables_to_series
 from connectors.remote_write import RemoteWriteConfig
 from connectors.remote_write_order import write_in_order
-from flows import exits_on_bad_config, lazy_flow
+from flows import exits_on_bad_config, lazy_flow, own_store
 from flows.metrics import (
     MetricChunk,
     MetricsClickHouseConfig,
@@ -90,6 +90,7 @@ class SpanMetricsFlowSettings(ServingSettings):
         None, description="Prometheus remote-write (off unless set here or in sinks.remote_write)"
     )
     clickhouse: MetricsClickHouseConfig | None = None
+    _own_store = own_store("spanmetrics")
     late_topic: str | None = Field(
         None, description="rejected spans, reason in the otelwax.reason header (late_policy: route)"
     )

@@ -1,25 +1,33 @@
-"""``otelwax clickhouse init|check``: create the ClickHouse tables, or check what they accept.
+"""``otelwax clickhouse init|check``: create each flow's ClickHouse tables, or check them.
 
-    otelwax clickhouse init  [-c FILE] [--dry-run] [connection overrides]
-    otelwax clickhouse check [-c FILE] [connection overrides]
+    otelwax clickhouse init  [-c FILE] [--flow traces ...] [--dry-run] [connection overrides]
+    otelwax clickhouse check [-c FILE] [--flow traces ...] [connection overrides]
 
-The connection comes from the ``clickhouse`` section of the deployment config (``-c``,
-else ``$OTELWAX_CONFIG``, else the defaults: embedded chdb in ``.data/chdb``); flags override
-it. ``init`` runs the DDL (idempotent, ``IF NOT EXISTS``); ``--dry-run`` only prints it.
-``check`` prints every problem (missing table, missing or incompatible column) and exits 1 if
-there is one.
+Each flow writes to its own store (``flows.<flow>.clickhouse``, else the top-level
+``clickhouse`` section, else the defaults: embedded chdb in ``.data/chdb/<flow>``), so both
+actions go flow by flow: traces → ``otel_traces``, logs → ``otel_logs``, metrics and
+spanmetrics → the ``otel_metrics_*`` tables. Without ``--flow``: every flow that has a
+ClickHouse output. Flags override the connection of every flow handled.
+
+``init`` runs the DDL (idempotent, ``IF NOT EXISTS``); ``--dry-run`` only prints it. ``check``
+reads only (an embedded folder that does not exist yet is reported, not created) and prints
+every problem — missing table, missing or incompatible column, no deduplication window — with
+the command that fixes it; it exits 1 if there is one.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
-# flag -> (type, help); each overrides that key of the config's clickhouse section.
+FLOWS = ("traces", "logs", "metrics", "spanmetrics")
+
+# flag -> (type, help); each overrides that key of the flows' clickhouse settings.
 _OVERRIDES: dict[str, tuple[type, str]] = {
     "mode": (str, "embedded (chdb in --path) or server"),
-    "path": (str, "embedded: chdb data folder"),
+    "path": (str, "embedded: chdb data folder ({flow} becomes the flow's name)"),
     "host": (str, "server: host name"),
     "port": (int, "server: native protocol port (9000)"),
     "http_port": (int, "server: HTTP port (8123)"),
@@ -34,6 +42,12 @@ ENV_VARS = {"OTELWAX_CLICKHOUSE_PASSWORD": "server password (default of clickhou
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["init", "check"], help="create tables / check them")
     parser.add_argument("-c", "--config", help="deployment YAML (default: $OTELWAX_CONFIG)")
+    parser.add_argument(
+        "--flow",
+        action="append",
+        choices=FLOWS,
+        help="only this flow's tables (repeatable; default: every flow with ClickHouse)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="init: print the DDL, run nothing")
     parser.add_argument(
         "--variant",
@@ -45,16 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{name.replace('_', '-')}", type=typ, dest=f"ch_{name}", help=text)
 
 
-def _config(args: argparse.Namespace) -> Any:
+def _with_overrides(base: Any, args: argparse.Namespace, flow: str) -> Any:
     from connectors.clickhouse import ClickHouseConfig
-    from otelwax.config import ConfigError, load_config
     from otelwax.settings import ValidationError, format_errors
 
-    try:
-        base = load_config(args.config).clickhouse
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        raise SystemExit(1) from exc
     data = base.model_dump()
     data["password"] = base.password  # keep the secret as a secret
     for name in _OVERRIDES:
@@ -68,48 +76,150 @@ def _config(args: argparse.Namespace) -> Any:
         tables["ttl_days"] = args.ttl_days
     data["tables"] = tables
     try:
-        return ClickHouseConfig.model_validate(data)
+        return ClickHouseConfig.model_validate(data).for_flow(flow)
     except ValidationError as exc:
-        for line in format_errors(exc, "clickhouse", ClickHouseConfig):
+        for line in format_errors(exc, f"flows.{flow}.clickhouse", ClickHouseConfig):
             print(line, file=sys.stderr)
         raise SystemExit(1) from exc
 
 
-def run(args: argparse.Namespace) -> int:
-    from connectors.clickhouse import check_table, init_schema, open_client
-    from connectors.clickhouse_schema import schema_ddl
+def flow_stores(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """(flow, its ClickHouseConfig) for the flows handled, overrides applied."""
+    from otelwax.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        raise SystemExit(1) from exc
+    out = []
+    for flow in args.flow or FLOWS:
+        ch = getattr(cfg.flow_settings(flow), "clickhouse", None)
+        if ch is None:
+            if args.flow:
+                print(f"flows.{flow}: has no ClickHouse output (clickhouse: null)", file=sys.stderr)
+                raise SystemExit(1)
+            continue
+        out.append((flow, _with_overrides(ch, args, flow)))
+    return out
+
+
+def _where(cfg: Any) -> str:
+    return f"embedded {cfg.path}" if cfg.mode == "embedded" else f"server {cfg.host}:{cfg.port}"
+
+
+def _tables(flow: str, cfg: Any) -> list[tuple[str, Any]]:
+    """(table, Arrow schema) the flow writes."""
+    from otelwax.metric_schemas import METRIC_SCHEMAS
     from otelwax.schemas import LOGS_SCHEMA, TRACES_SCHEMA
 
-    cfg = _config(args)
-    where = cfg.path if cfg.mode == "embedded" else f"{cfg.host}:{cfg.port}"
-    if args.action == "init" and args.dry_run:
-        legacy = cfg.tables.variant == "legacy"
-        for sql in schema_ddl(
-            cfg.database, cfg.traces_table, cfg.logs_table, cfg.tables, legacy=legacy
-        ):
-            print(sql.rstrip() + ";\n")
-        return 0
-    client = open_client(cfg)
-    try:
-        if args.action == "init":
-            stmts = init_schema(client, cfg)
-            print(f"clickhouse ({cfg.mode} {where}): {len(stmts)} statements run; tables ready:")
-            for t in (cfg.traces_table, cfg.logs_table):
-                print(f"  {cfg.database}.{t}")
-            return 0
-        problems: list[str] = []
-        for table, schema in ((cfg.traces_table, TRACES_SCHEMA), (cfg.logs_table, LOGS_SCHEMA)):
-            problems += check_table(client, f"{cfg.database}.{table}", schema)
-        for p in problems:
-            print(f"problem: {p}")
-        if problems:
-            return 1
-        dedup = client.supports_dedup_token(f"{cfg.database}.{cfg.traces_table}")
-        print(
-            f"clickhouse ({cfg.mode} {where}): {cfg.database}.{cfg.traces_table} and "
-            f"{cfg.database}.{cfg.logs_table} accept every column; "
-            f"insert deduplication tokens {'supported' if dedup else 'NOT supported'}"
+    if flow == "traces":
+        return [(cfg.traces_table, TRACES_SCHEMA)]
+    if flow == "logs":
+        return [(cfg.logs_table, LOGS_SCHEMA)]
+    return list(METRIC_SCHEMAS.items())
+
+
+def _ddl(flow: str, cfg: Any, legacy: bool) -> list[str]:
+    from connectors.clickhouse_metrics_schema import metrics_ddl
+    from connectors.clickhouse_schema import schema_ddl
+
+    if flow in ("traces", "logs"):
+        traces = cfg.traces_table if flow == "traces" else None
+        logs = cfg.logs_table if flow == "logs" else None
+        return schema_ddl(cfg.database, traces, logs, cfg.tables, legacy=legacy)
+    return metrics_ddl(cfg.database, ttl_days=cfg.tables.ttl_days)
+
+
+def _too_old(flow: str, client: Any, explicit: bool) -> str | None:
+    """Why ``flow``'s tables cannot live on this server (None: they can)."""
+    if flow in ("metrics", "spanmetrics") and getattr(client, "legacy", False):
+        version = getattr(client, "version", "") or "< 20"
+        return (
+            f"{flow}: ClickHouse {version} is too old for the otel_metrics_* tables (Map, "
+            f"DateTime64); point flows.{flow}.clickhouse at ClickHouse 20+ or chdb, or set it "
+            "to null" + ("" if explicit else " (skipped)")
         )
-        return 0
+    return None
+
+
+def _init(flow: str, cfg: Any, dry_run: bool, explicit: bool) -> bool:
+    from connectors.clickhouse import open_client
+    from connectors.clickhouse_schema import create_schema
+
+    if dry_run:
+        for sql in _ddl(flow, cfg, legacy=cfg.tables.variant == "legacy"):
+            print(sql.rstrip() + ";\n")
+        return True
+    client = open_client(cfg.model_copy(update={"create_schema": False}))
+    try:
+        too_old = _too_old(flow, client, explicit)
+        if too_old:
+            print(too_old, file=sys.stderr)
+            return not explicit
+        if flow in ("traces", "logs"):
+            traces = cfg.traces_table if flow == "traces" else None
+            logs = cfg.logs_table if flow == "logs" else None
+            stmts = create_schema(client, cfg.database, traces, logs, cfg.tables)
+        else:
+            stmts = _ddl(flow, cfg, legacy=False)
+            for sql in stmts:
+                client.execute(sql)
+        names = ", ".join(f"{cfg.database}.{t}" for t, _ in _tables(flow, cfg))
+        print(f"{flow} ({_where(cfg)}): {len(stmts)} statements run; ready: {names}")
+        return True
     finally:
         client.close()
+
+
+def _check(flow: str, cfg: Any, config: str | None, explicit: bool) -> list[str]:
+    from connectors.clickhouse import check_table, open_client
+    from connectors.clickhouse_intents import check_dedup_window
+
+    fix = f"otelwax clickhouse init{f' -c {config}' if config else ''} --flow {flow}"
+    if cfg.mode == "embedded" and not Path(cfg.path).is_dir():
+        return [f"{flow}: {cfg.path} does not exist yet (the flow creates it, or run: {fix})"]
+    client = open_client(cfg.model_copy(update={"create_schema": False}))
+    problems: list[str] = []
+    try:
+        too_old = _too_old(flow, client, explicit)
+        if too_old:
+            if explicit:
+                return [too_old]
+            print(f"note: {too_old}")
+            return []
+        for table, schema in _tables(flow, cfg):
+            found = check_table(client, f"{cfg.database}.{table}", schema)
+            problems += [f"{flow}: {p} (fix: {fix})" for p in found]
+            if not found:
+                try:  # a small window is logged as a warning
+                    check_dedup_window(client, cfg.database, table, min_window=100)
+                except RuntimeError as exc:
+                    problems.append(f"{flow}: {exc}")
+        if not problems:
+            tables = [t for t, _ in _tables(flow, cfg)]
+            dedup = client.supports_dedup_token(f"{cfg.database}.{tables[0]}")
+            print(
+                f"{flow} ({_where(cfg)}): {cfg.database}: {', '.join(tables)} accept every "
+                f"column; insert deduplication tokens {'supported' if dedup else 'NOT supported'}"
+            )
+    finally:
+        client.close()
+    return problems
+
+
+def run(args: argparse.Namespace) -> int:
+    stores = flow_stores(args)
+    if not stores:
+        print("no flow writes to ClickHouse in this config", file=sys.stderr)
+        return 1
+    explicit = bool(args.flow)
+    if args.action == "init":
+        ok = [_init(flow, cfg, args.dry_run, explicit) for flow, cfg in stores]
+        return 0 if all(ok) else 1
+    problems: list[str] = []
+    for flow, cfg in stores:
+        problems += _check(flow, cfg, args.config, explicit)
+    for p in problems:
+        print(f"problem: {p}")
+    return 1 if problems else 0

@@ -195,7 +195,9 @@ except ImportError:  # pragma: no cover - until the Jaeger sink lands
 
 
 class SinksConfig(StrictModel):
-    """Sinks besides ClickHouse (off unless configured)."""
+    """Sinks besides ClickHouse (off unless configured), shared like the top-level sections:
+    ``remote_write`` goes to flows.metrics and flows.spanmetrics, ``jaeger`` to flows.traces,
+    unless a flow sets its own (``null`` turns it off for that flow)."""
 
     remote_write: RemoteWriteConfig | None = None
     jaeger: JaegerSinkConfig | None = None
@@ -230,13 +232,38 @@ def _inherit(section: dict[str, Any], key: str, value: Any, model: Any) -> dict[
     return {**section, key: value}
 
 
+# sinks.<key> -> the flows that write to it unless they set their own (null included)
+_SHARED_SINKS = {"remote_write": ("metrics", "spanmetrics"), "jaeger": ("traces",)}
+
+
+def _share_sinks(data: dict[str, Any], copied: list[str]) -> dict[str, Any]:
+    """Copy ``sinks.remote_write``/``sinks.jaeger`` into the flows that use them."""
+    sinks, flows = data.get("sinks"), data.get("flows", {})
+    if not isinstance(sinks, dict) or not isinstance(flows, dict):
+        return data
+    flows = dict(flows)
+    for key, names in _SHARED_SINKS.items():
+        if sinks.get(key) is None:
+            continue
+        for name in names:
+            sec = flows.get(name, {})
+            if isinstance(sec, dict) and key not in sec:
+                value = sinks[key]
+                if key == "jaeger" and isinstance(value, dict):
+                    value = {"enabled": True, **value}  # listed under sinks: on
+                flows[name] = {**sec, key: value}
+                copied.append(f"flows.{name}.{key}")
+    return {**data, "flows": flows}
+
+
 def share_sections(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Copy top-level ``kafka``/``clickhouse`` into ``ingest`` and the flows (see _inherit).
+    """Copy top-level ``kafka``/``clickhouse`` into ``ingest`` and the flows (see _inherit),
+    and ``sinks.remote_write``/``sinks.jaeger`` into the flows writing to them.
 
     Returns the new data and the dotted paths that received a copy.
     """
-    data = dict(data)
     copied: list[str] = []
+    data = _share_sinks(dict(data), copied)
     shared = {k: data[k] for k in ("kafka", "clickhouse") if data.get(k) is not None}
     if not shared:
         return data, copied

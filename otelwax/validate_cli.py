@@ -62,18 +62,40 @@ def _build_problems(cfg: OtelwaxConfig) -> list[str]:
     return out
 
 
+def _store(ch: Any) -> str:
+    if ch is None:
+        return ""
+    if ch.mode == "embedded":
+        return f"chdb {ch.path}"
+    return f"clickhouse {ch.host}:{ch.port}/{ch.database}"
+
+
+def _flow_summary(cfg: OtelwaxConfig, name: str) -> str:
+    """``name: <where it writes> (+ operators)`` from the flow's own (shared-in) settings."""
+    try:
+        s = cfg.flow_settings(name)
+    except ConfigError:
+        return f"{name}: (settings model not importable)"
+    outs = [_store(getattr(s, "clickhouse", None))]
+    rw = getattr(s, "remote_write", None)
+    if rw is not None:
+        outs.append(f"remote-write {rw.url}")
+    jaeger = getattr(s, "jaeger", None)
+    if jaeger is not None and jaeger.enabled:
+        outs.append(f"jaeger {jaeger.endpoint}")
+    outs = [o for o in outs if o]
+    text = f"{name} → " + (" + ".join(outs) if outs else "nothing (no output configured)")
+    if name in ("traces", "logs"):
+        specs = cfg.operator_specs(name)
+        if specs:
+            text += f" after {len(specs)} operator{'s' if len(specs) != 1 else ''} ("
+            text += ", ".join(sp.name or sp.type for sp in specs) + ")"
+    return text
+
+
 def _summary(cfg: OtelwaxConfig) -> str:
-    ch = cfg.clickhouse
-    store = f"embedded chdb ({ch.path})" if ch.mode == "embedded" else f"{ch.host}:{ch.port}"
-    parts = [f"kafka {cfg.kafka.bootstrap_servers}", f"clickhouse {store}"]
-    for sig in ("traces", "logs"):
-        specs = cfg.operator_specs(sig)
-        kinds = ", ".join(s.name or s.type for s in specs)
-        parts.append(f"{sig}: {len(specs)} operator{'s' if len(specs) != 1 else ''}"
-                     + (f" ({kinds})" if kinds else ""))  # fmt: skip
-    sinks = [n for n in ("remote_write", "jaeger") if getattr(cfg.sinks, n) is not None]
-    parts.append("sinks: " + (", ".join(sinks) if sinks else "clickhouse only"))
-    return "; ".join(parts)
+    flows = "\n  ".join(_flow_summary(cfg, n) for n in ("traces", "logs", "metrics", "spanmetrics"))
+    return f"kafka {cfg.ingest.kafka.bootstrap_servers}\n  {flows}"
 
 
 def run(args: Any) -> int:

@@ -31,7 +31,7 @@ def test_config_defaults_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = ClickHouseConfig()
     assert (cfg.mode, cfg.path, cfg.database, cfg.traces_table) == (
         "embedded",
-        ".data/chdb",
+        ".data/chdb/{flow}",
         "otel",
         "otel_traces",
     )
@@ -351,7 +351,8 @@ def test_cli_init_and_check(clickhouse_server, ch_server, capsys: pytest.Capture
     ]  # fmt: skip
     assert main(["clickhouse", "check", *conn]) == 1
     out = capsys.readouterr().out
-    assert f"problem: table {ch_server.cfg.database}.otel_traces does not exist" in out
+    assert f"problem: traces: table {ch_server.cfg.database}.otel_traces does not exist" in out
+    assert "metrics: ClickHouse 18.16" in out and "(skipped)" in out  # not a problem unasked
     assert main(["clickhouse", "init", *conn]) == 0
     assert main(["clickhouse", "check", *conn]) == 0
     assert "accept every column; insert deduplication tokens supported" in capsys.readouterr().out
@@ -414,6 +415,27 @@ def test_native_encoding_of_modern_types_read_by_chdb(chdb_client) -> None:
                 assert g[k] == e[k], k
 
 
+def test_native_encoding_of_bool_read_by_chdb(chdb_client) -> None:
+    """Bool columns (the metrics tables' IsMonotonic) encode as one byte per row; nulls as
+    false. ``check_table`` used to call a bool column incompatible with Bool."""
+    from connectors.clickhouse import encode_native, plan_columns
+
+    db = chdb_client.cfg.database
+    chdb_client.execute(f"CREATE TABLE {db}.b (k UInt32, v Bool) ENGINE = MergeTree ORDER BY k")
+    batch = pa.RecordBatch.from_pydict(
+        {"k": pa.array([1, 2, 3], pa.uint32()), "v": pa.array([True, None, False])}
+    )
+    assert check_table(chdb_client, f"{db}.b", batch.schema) == []
+    plan = plan_columns(batch.schema, chdb_client.table_columns(f"{db}.b"))
+    eng = chdb_client._engine
+    with eng.lock, eng.session.send_insert(f"INSERT INTO {db}.b (k, v)", "Native") as ins:
+        ins.append(bytes(encode_native(batch, plan)))
+        ins.finish()
+    assert chdb_client.execute(f"SELECT k, v FROM {db}.b ORDER BY k") == [
+        (1, True), (2, False), (3, False)
+    ]
+
+
 def test_a_second_process_on_a_chdb_folder_is_told_what_to_change(tmp_path) -> None:
     """Two flows on one embedded folder: the second gets the fix, not chdb's lock message."""
     import subprocess
@@ -443,3 +465,36 @@ def test_a_second_process_on_a_chdb_folder_is_told_what_to_change(tmp_path) -> N
     finally:
         first.kill()
         first.wait()
+
+
+def test_cli_works_flow_by_flow_and_check_creates_nothing(tmp_path) -> None:
+    """Each flow has its own embedded folder; ``check`` on a traces-only store neither
+    complains about otel_logs nor creates folders no flow uses (a subprocess: one chdb per
+    process)."""
+    import os
+    import subprocess
+    import sys
+
+    conf = tmp_path / "otelwax.yaml"
+    conf.write_text(f'clickhouse: {{path: "{tmp_path}/chdb/{{flow}}"}}\n')
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "otelwax", "clickhouse", *args, "-c", str(conf)],
+            capture_output=True, text=True, timeout=180, env=dict(os.environ),
+        )  # fmt: skip
+
+    res = cli("check")
+    assert res.returncode == 1 and not (tmp_path / "chdb").exists()
+    assert f"traces: {tmp_path}/chdb/traces does not exist yet" in res.stdout
+    assert "otelwax clickhouse init -c" in res.stdout and "--flow traces" in res.stdout
+    assert cli("init", "--flow", "traces").returncode == 0
+    assert sorted(p.name for p in (tmp_path / "chdb").iterdir()) == ["traces"]
+    res = cli("check", "--flow", "traces")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "otel_traces accept every column" in res.stdout and "otel_logs" not in res.stdout
+    assert cli("init").returncode == 0  # every flow, metrics tables included
+    res = cli("check")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert sorted(p.name for p in (tmp_path / "chdb").iterdir()) == ["logs", "metrics", "traces"]
+    assert "otel_metrics_gauge" in res.stdout

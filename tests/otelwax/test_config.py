@@ -120,7 +120,8 @@ def test_cli_prints_every_problem_and_fails() -> None:
 def test_cli_valid_file_summary() -> None:
     res = _validate("configs/examples/pii-and-sampling.yaml")
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "valid" in res.stdout and "traces: 4 operators" in res.stdout
+    assert "valid" in res.stdout
+    assert "traces → chdb .data/chdb/traces after 4 operators" in res.stdout
 
 
 def test_cli_imports_user_modules(tmp_path: Path) -> None:
@@ -169,3 +170,35 @@ def test_cli_refuses_an_operator_the_flow_cannot_run(tmp_path: Path) -> None:
 def test_every_shipped_config_validates(path: Path) -> None:
     res = _validate("-c", str(path), env={"OTELWAX_CLICKHOUSE_PASSWORD": "x"})
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_sinks_are_shared_with_the_flows_that_write_to_them(tmp_path: Path) -> None:
+    """``sinks:`` used to be validated and then ignored; now it drives the flows, and the
+    summary says where each flow writes."""
+    f = tmp_path / "x.yaml"
+    f.write_text(
+        "sinks:\n"
+        "  remote_write: {url: 'http://prom:9090/api/v1/write'}\n"
+        "  jaeger: {endpoint: '127.0.0.1:14317'}\n"
+        "flows:\n  spanmetrics: {remote_write: null}\n"
+    )
+    cfg = load_config(f, env={})
+    assert cfg.flow_settings("metrics").remote_write.url == "http://prom:9090/api/v1/write"
+    assert cfg.flow_settings("spanmetrics").remote_write is None  # its own null wins
+    jaeger = cfg.flow_settings("traces").jaeger
+    assert (jaeger.enabled, jaeger.endpoint) == (True, "127.0.0.1:14317")
+    out = _validate("-c", str(f)).stdout
+    assert "traces → chdb .data/chdb/traces + jaeger 127.0.0.1:14317" in out
+    assert "metrics → chdb .data/chdb/metrics + remote-write http://prom:9090/api/v1/write" in out
+    assert "spanmetrics → nothing (no output configured)" in out
+
+
+def test_each_flow_gets_its_own_embedded_folder(tmp_path: Path) -> None:
+    """chdb allows one process per folder: a shared clickhouse section (or none) used to put
+    every flow in one folder, so the second flow could not start."""
+    for text in ("{}\n", "clickhouse: {path: '/srv/chdb/{flow}'}\n"):
+        f = tmp_path / "x.yaml"
+        f.write_text(text)
+        cfg = load_config(f, env={})
+        paths = {n: cfg.flow_settings(n).clickhouse.path for n in ("traces", "logs", "metrics")}
+        assert len(set(paths.values())) == 3 and all(paths[n].endswith(n) for n in paths)
