@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         for f, w in mon.flows.items():
             if w.longest_stall > args.stuck_after:
                 report.violate(f"{f}.stalled", f"no progress with lag for {w.longest_stall:.0f}s")
-        report.add("soak", "seed", seed)
+        report.add("soak", "seed", str(seed))
         report.add("soak", "shim requests", ", ".join(f"{k}={v}" for k, v in
                                                        sorted(ledger.stats.items())))
         for e in ctx.events:

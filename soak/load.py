@@ -183,6 +183,9 @@ def _exporters(sender: Sender) -> tuple[Any, Any, type]:
         def shutdown(self) -> None:
             pass
 
+        def force_flush(self, timeout_millis: int = 30_000) -> bool:
+            return True
+
     class Metrics(MetricExporter):
         def export(self, data: Any, timeout_millis: float = 10_000, **kw: Any) -> Any:
             ok = sender.send("metrics", encode_metrics(data))

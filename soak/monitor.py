@@ -93,7 +93,7 @@ class Monitor(threading.Thread):
         self.flows = {f: FlowWatch() for f in FLOWS}
         self.peak_rss: dict[str, int] = defaultdict(int)
         self.shim: FlowWatch = FlowWatch()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._procs: dict[int, psutil.Process] = {}
 
     def pids(self) -> dict[str, list[int]]:
@@ -129,14 +129,14 @@ class Monitor(threading.Thread):
         self.shim.update(scrape(self.stack.ports.shim_metrics), now)
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._halt.wait(self.interval):
             try:
                 self.sample()
             except Exception:  # sampling is best effort; never end the soak
                 pass
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(10)
 
     def drained(self) -> bool:
