@@ -1,7 +1,9 @@
 """Once a second: peak RSS of every process, and each flow's consumer lag and stored counters.
 
-A flow *stalls* while it has lag (or is down with lag) and its stored counters do not move;
-the longest stall of each flow is reported. Counters restart at zero when a flow restarts, so
+A flow *stalls* while it has work and its stored counters do not move: work is consumer lag,
+being down, or input the shim accepted for its signal since the flow last stored something (a
+flow whose source read everything but whose sink is stuck shows no lag). The longest stall of
+each flow is reported. Counters restart at zero when a flow restarts, so
 totals here add the increases seen between samples (a sample that went down counts from 0).
 """
 
@@ -21,6 +23,8 @@ from soak.stack import FLOWS, Stack, http_get
 LINE = re.compile(r'^(otelwax_\w+?)(?:_total)?\{([^}]*)\} ([0-9.eE+-]+|NaN)$')
 LABEL = re.compile(r'(\w+)="([^"]*)"')
 STORED = re.compile(r"clickhouse|remote_write|jaeger")
+INPUT = {"traces": "traces", "spanmetrics": "traces", "logs": "logs", "metrics": "metrics"}
+"""The shim's input (``ingest_<signal>``) each flow stores."""
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
@@ -46,11 +50,12 @@ class FlowWatch:
         self.last: dict[Any, float] = {}
         self.totals: dict[Any, float] = defaultdict(float)
         """(name, component, reason) → increases summed across restarts."""
-        self.stall_since: float | None = None
+        self.last_progress = time.monotonic()
         self.longest_stall = 0.0
         self.max_lag = 0.0
 
-    def update(self, samples: dict[Any, float] | None, now: float) -> None:
+    def update(self, samples: dict[Any, float] | None, now: float, input_at: float = 0.0) -> None:
+        """Take one scrape (None: down); ``input_at``: when the shim last accepted its input."""
         progressed = False
         self.up = samples is not None
         if samples is not None:
@@ -68,12 +73,11 @@ class FlowWatch:
                     self.totals[(name, lab.get("component", ""), lab.get("reason", ""))] += inc
                     if name == "otelwax_sent" and STORED.search(lab.get("component", "")):
                         progressed = True
-        if progressed or (self.up and self.lag <= 0):
-            self.stall_since = None
-        elif self.stall_since is None:
-            self.stall_since = now
+        pending = not self.up or self.lag > 0 or input_at > self.last_progress
+        if progressed or not pending:
+            self.last_progress = now
         else:
-            self.longest_stall = max(self.longest_stall, now - self.stall_since)
+            self.longest_stall = max(self.longest_stall, now - self.last_progress)
 
     def total(self, name: str, component_re: str, reason: str | None = None) -> float:
         pat = re.compile(component_re)
@@ -93,6 +97,7 @@ class Monitor(threading.Thread):
         self.flows = {f: FlowWatch() for f in FLOWS}
         self.peak_rss: dict[str, int] = defaultdict(int)
         self.shim: FlowWatch = FlowWatch()
+        self.input_at: dict[str, float] = defaultdict(float)
         self._halt = threading.Event()
         self._procs: dict[int, psutil.Process] = {}
 
@@ -124,9 +129,13 @@ class Monitor(threading.Thread):
         for role, pids in self.pids().items():
             total = sum(self._rss(pid) for pid in pids)
             self.peak_rss[role] = max(self.peak_rss[role], total)
-        for name, watch in self.flows.items():
-            watch.update(scrape(self.stack.ports.flow(name)), now)
+        before = {c: self.shim.total("otelwax_sent", f"^ingest_{c}$") for c in INPUT.values()}
         self.shim.update(scrape(self.stack.ports.shim_metrics), now)
+        for c, n in before.items():
+            if self.shim.total("otelwax_sent", f"^ingest_{c}$") > n:
+                self.input_at[c] = now
+        for name, watch in self.flows.items():
+            watch.update(scrape(self.stack.ports.flow(name)), now, self.input_at[INPUT[name]])
 
     def run(self) -> None:
         while not self._halt.wait(self.interval):

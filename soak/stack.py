@@ -269,7 +269,8 @@ class Stack:
                 threading.Timer(delay, self._restart, (proc,)).start()
 
     def _restart(self, proc: Proc) -> None:
-        if not self._stop.is_set():
+        # An injected restart may have come first: never run two copies of one process.
+        if not self._stop.is_set() and proc.supervise and proc.pid is None:
             proc.start()
 
     def restart(self, name: str) -> None:
@@ -283,6 +284,8 @@ class Stack:
         out: dict[str, int | None] = {}
         for n in names:
             p = self.procs.get(n)
+            if p is not None:
+                p.supervise = False  # stopped for good: not a crash, not to be restarted
             if p and p.popen and p.popen.poll() is None:
                 p.paused = True
                 p.popen.send_signal(signal.SIGINT)
