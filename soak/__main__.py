@@ -164,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
         for f, w in mon.flows.items():
             if w.longest_stall > args.stuck_after:
                 report.violate(f"{f}.stalled", f"no progress with lag for {w.longest_stall:.0f}s")
+            elif w.longest_behind > args.stuck_after:
+                report.violate(f"{f}.behind", f"not caught up once in {w.longest_behind:.0f}s")
         report.add("soak", "seed", str(seed))
         report.add("soak", "shim requests", ", ".join(f"{k}={v}" for k, v in
                                                        sorted(ledger.stats.items())))
@@ -179,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
                      for n, p in stack.procs.items()},
             peak_rss_mib={k: round(v / 2**20) for k, v in mon.peak_rss.items()},
             stalls_s={f: round(w.longest_stall, 1) for f, w in mon.flows.items()},
+            behind_s={f: round(w.longest_behind, 1) for f, w in mon.flows.items()},
         )
         return 1 if report.violations else 0
     finally:

@@ -52,6 +52,9 @@ class FlowWatch:
         """(name, component, reason) → increases summed across restarts."""
         self.last_progress = time.monotonic()
         self.longest_stall = 0.0
+        self.caught_up = time.monotonic()
+        self.longest_behind = 0.0
+        """Longest time without once being caught up (a crash loop progresses, never catches up)."""
         self.max_lag = 0.0
 
     def update(self, samples: dict[Any, float] | None, now: float, input_at: float = 0.0) -> None:
@@ -74,6 +77,9 @@ class FlowWatch:
                     if name == "otelwax_sent" and STORED.search(lab.get("component", "")):
                         progressed = True
         pending = not self.up or self.lag > 0 or input_at > self.last_progress
+        if self.up and self.lag <= 0:
+            self.caught_up = now
+        self.longest_behind = max(self.longest_behind, now - self.caught_up)
         if progressed or not pending:
             self.last_progress = now
         else:

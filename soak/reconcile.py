@@ -414,8 +414,8 @@ def _processes(rep: Report, stack: Stack, mon: Monitor) -> None:
     for role, rss in sorted(mon.peak_rss.items()):
         rep.add("peak RSS (MiB)", role, round(rss / 2**20))
     for name, w in mon.flows.items():
-        rep.add("flows", f"{name}: longest stall s / max lag",
-                f"{w.longest_stall:.0f} / {int(w.max_lag):,}")
+        rep.add("flows", f"{name}: longest stall s / behind s / max lag",
+                f"{w.longest_stall:.0f} / {w.longest_behind:.0f} / {int(w.max_lag):,}")
     for name, proc in stack.procs.items():
         if proc.crashes:
             rep.add("flows", f"{name}: crashes (not injected)", len(proc.crashes))
