@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench lint services stop clean wipe
+.PHONY: setup run test bench soak lint services stop clean wipe
 
 $(STAMP): pyproject.toml native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ test: setup
 
 bench: setup
 	@scripts/bench.sh
+
+# SOAK_ARGS="--duration 30m --seed 7 --faults kill_flows,burst --keep" make soak
+soak: setup
+	@scripts/go-tools.sh telemetrygen
+	@scripts/services/jaeger.sh build
+	@$(PY) -m soak $(SOAK_ARGS)
 
 lint: setup
 	@$(VENV)/bin/ruff check .
