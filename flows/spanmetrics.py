@@ -7,7 +7,7 @@ every span exactly once, and its batching is driven by that (offset ranges, inte
 span metrics need event-time state that must not be replayed into ClickHouse semantics, can run
 with a different parallelism, and can be restarted (or lag) without holding up span storage. Both
 read the same topic with their own offsets, so neither waits for the other. The windowing itself
-lives in ``operators.windows.span_metrics`` and takes any span batch stream, so it can be wired
+lives in ``operators.red_metrics.span_metrics`` and takes any span batch stream, so it can be wired
 into ``flows.traces`` too, if one consumer is preferred.
 
 Steps: kafka (``connectors.kafka_source``: one bytewax partition per Kafka partition, exports
@@ -56,7 +56,8 @@ from flows.metrics import (
     load_flow_settings,
 )
 from flows.settings import ServingSettings
-from operators.windows import INGEST_TIME_KEY, REASON_KEY, SpanMetricsConfig, span_metrics
+from operators.red_metrics import SpanMetricsConfig, span_metrics
+from operators.windows import INGEST_TIME_KEY, REASON_KEY
 from otelwax.logs import instrument
 from otelwax.telemetry import ComponentMetrics, serve_metrics
 
