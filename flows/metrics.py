@@ -203,6 +203,8 @@ class MetricChunk:
     """(topic, partition, first, last, records) when the chunk is one source range."""
     replay: bool = False
     """The range's boundaries come from a recorded intent (do not record it again)."""
+    own_insert: bool = False
+    """Insert alone under ``token``, which identifies exactly these rows (a closed window)."""
 
 
 class _Decode:
@@ -536,11 +538,12 @@ class _ClickHousePartition(StatelessSinkPartition[MetricChunk]):
                     ],
                     "otel_metrics",
                 )
-            for c in ranged:
+        for c in items:
+            if c.range is not None or c.own_insert:
                 for table, batch in c.tables.items():
                     if batch.num_rows:
                         self._insert(table, batch, f"{c.token}/{table}")
-        loose = [c for c in items if c.range is None]
+        loose = [c for c in items if c.range is None and not c.own_insert]
         if not loose:
             return
         token_base = hashlib.sha1("|".join(c.token for c in loose).encode()).hexdigest()

@@ -63,7 +63,7 @@ __all__ = [
 
 ENV_CONFIG = "OTELWAX_CONFIG"
 log = logging.getLogger(__name__)
-SIGNALS = ("traces", "metrics", "logs", "spanmetrics")
+SIGNALS = ("traces", "metrics", "logs", "spanmetrics", "logmetrics")
 
 # --- component models (the real ones when they are importable) --------------------------------
 
@@ -119,6 +119,7 @@ _LAZY_FLOWS: dict[str, tuple[tuple[str, str], ...]] = {
         ("flows.settings", "SpanMetricsFlowSettings"),
         ("flows.spanmetrics", "SpanMetricsFlowSettings"),
     ),
+    "logmetrics": (("flows.logmetrics", "LogMetricsFlowSettings"),),
 }
 
 
@@ -161,16 +162,14 @@ def _lazy_flow(name: str) -> Any:
 
 
 class FlowsConfig(StrictModel):
-    """The dataflows: ``traces`` and ``logs`` with their operator pipelines, ``metrics`` and
-    ``spanmetrics``. All but ``traces`` are validated with their flow's own model, imported
-    when validating (see ``flow_model`` and ``OtelwaxConfig.flow_settings``)."""
+    """The dataflows (``traces`` and ``logs`` with operator pipelines). All but ``traces`` are
+    validated with their flow's own model, imported when validating (see ``flow_model``)."""
 
     traces: TracesFlowSettings = Field(default_factory=TracesFlowSettings)
     logs: Annotated[Any, BeforeValidator(_lazy_flow("logs"))] = Field(default_factory=dict)
     metrics: Annotated[Any, BeforeValidator(_lazy_flow("metrics"))] = Field(default_factory=dict)
-    spanmetrics: Annotated[Any, BeforeValidator(_lazy_flow("spanmetrics"))] = Field(
-        default_factory=dict
-    )
+    spanmetrics: Annotated[Any, BeforeValidator(_lazy_flow("spanmetrics"))] = Field({})
+    logmetrics: Annotated[Any, BeforeValidator(_lazy_flow("logmetrics"))] = Field({})
 
 
 try:
