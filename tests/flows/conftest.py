@@ -297,6 +297,31 @@ class WindowFlowRun:
         self.cmd = [sys.executable, "-m", "bytewax.run", self.module]
         self.cmd += ["-r", str(rec), "-s", "1", "-b", "10"]
 
+    @classmethod
+    def one_second_windows(
+        cls, tmp: Path, flow: str, bootstrap: str, topic: str, write_url: str
+    ) -> WindowFlowRun:
+        """``flows.<flow>`` with 1 s windows and no lateness over ``topic``, writing to
+        ``write_url`` and embedded chdb in ``tmp/chdb``; small ranges and tiny remote-write
+        requests keep it busy long enough to be killed mid-way."""
+        return cls(
+            tmp,
+            f"flows.{flow}",
+            {
+                "kafka": {"bootstrap_servers": bootstrap},
+                "topic": topic,
+                "source_batch_size": 3,
+                "source_max_delay_s": 0.05,
+                flow: {"window_s": 1, "allowed_lateness_s": 0, "max_age_s": None},
+                "remote_write": {
+                    "url": write_url,
+                    "max_samples_per_request": 2,
+                    "order": {"delay_s": 0.1},
+                },
+                "clickhouse": {"path": str(tmp / "chdb"), "create_schema": True},
+            },
+        )
+
     def kill_when(self, reached: Callable[[], bool], timeout: float = 90.0) -> None:
         """Start the flow and SIGKILL it as soon as ``reached()`` (polled) is true; fails when
         the flow ends first."""

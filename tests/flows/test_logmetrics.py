@@ -131,23 +131,8 @@ def test_restart_after_sigkill_continues_the_counters(
         partition=0,
     )
     chdb = tmp_path / "chdb"
-    run = WindowFlowRun(
-        tmp_path,
-        "flows.logmetrics",
-        {
-            "kafka": {"bootstrap_servers": kafka_bootstrap},
-            "topic": topic,
-            "source_batch_size": 3,
-            "source_max_delay_s": 0.05,
-            "logmetrics": {"window_s": 1, "allowed_lateness_s": 0, "max_age_s": None},
-            # tiny requests keep the flow busy long enough to be killed mid-way
-            "remote_write": {
-                "url": own_prometheus.write_url,
-                "max_samples_per_request": 2,
-                "order": {"delay_s": 0.1},
-            },
-            "clickhouse": {"path": str(chdb), "create_schema": True},
-        },
+    run = WindowFlowRun.one_second_windows(
+        tmp_path, "logmetrics", kafka_bootstrap, topic, own_prometheus.write_url
     )
     sel = f'otelwax_log_records_total{{service_name="{svc}"}}'
 

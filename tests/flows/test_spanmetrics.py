@@ -372,22 +372,8 @@ def test_restart_after_sigkill_continues_the_counters(
         [_request(svc, [(base + i / per_window, 3, "GET", 1 + i % 2)]) for i in range(n)],
     )
     chdb = tmp_path / "chdb"
-    run = WindowFlowRun(
-        tmp_path,
-        "flows.spanmetrics",
-        {
-            "kafka": {"bootstrap_servers": kafka_bootstrap},
-            "topic": topic,
-            "source_batch_size": 3,
-            "source_max_delay_s": 0.05,
-            "spanmetrics": {"window_s": 1, "allowed_lateness_s": 0, "max_age_s": None},
-            "remote_write": {
-                "url": own_prometheus.write_url,
-                "max_samples_per_request": 2,  # keeps the flow busy long enough to kill it
-                "order": {"delay_s": 0.1},
-            },
-            "clickhouse": {"path": str(chdb), "create_schema": True},
-        },
+    run = WindowFlowRun.one_second_windows(
+        tmp_path, "spanmetrics", kafka_bootstrap, topic, own_prometheus.write_url
     )
     calls = f'traces_span_metrics_calls_total{{service_name="{svc}"}}'
     count = f'traces_span_metrics_duration_milliseconds_count{{service_name="{svc}"}}'
