@@ -224,6 +224,8 @@ class MetricChunk:
     """The range's boundaries come from a recorded intent (do not record it again)."""
     topic_id: str = ""
     """The Kafka topic's id recorded with the range's intent (part of ``token``)."""
+    own_insert: bool = False
+    """Insert alone under ``token``, which identifies exactly these rows (a closed window)."""
 
 
 class _Decode:
@@ -565,7 +567,12 @@ class _ClickHousePartition(StatelessSinkPartition[MetricChunk]):
                 done.append(_stored_range(c))
             if self.intents is not None:
                 self.intents.confirm(done)
-        loose = [c for c in items if c.range is None]
+        for c in items:  # closed windows: their token identifies exactly these rows
+            if c.range is None and c.own_insert:
+                for table, batch in c.tables.items():
+                    if batch.num_rows:
+                        self._insert(table, batch, f"{c.token}/{table}")
+        loose = [c for c in items if c.range is None and not c.own_insert]
         if not loose:
             return
         token_base = hashlib.sha1("|".join(c.token for c in loose).encode()).hexdigest()

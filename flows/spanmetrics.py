@@ -7,15 +7,17 @@ every span exactly once, and its batching is driven by that (offset ranges, inte
 span metrics need event-time state that must not be replayed into ClickHouse semantics, can run
 with a different parallelism, and can be restarted (or lag) without holding up span storage. Both
 read the same topic with their own offsets, so neither waits for the other. The windowing itself
-lives in ``operators.windows.span_metrics`` and takes any span batch stream, so it can be wired
+lives in ``operators.red_metrics.span_metrics`` and takes any span batch stream, so it can be wired
 into ``flows.traces`` too, if one consumer is preferred.
 
-Steps: kafka (``connectors.kafka_source``: one bytewax partition per Kafka partition, exports
-``otelwax_kafka_consumer_lag``) → decode (``otelwax.codec.decode_traces``, one batch per offset
-range, in order) → ``span_metrics``
-(tumbling windows on span end time, watermark bounded by each range's Kafka timestamp,
-cumulative totals, cardinality limit, idle series evicted, rejected spans counted)
-→ Prometheus remote-write (and, optionally, the ``otel_metrics_sum/histogram`` tables in chdb);
+Steps (source, decode and outputs are ``flows.windowed``'s, shared with ``flows.logmetrics``,
+which also says what is exactly once): kafka (``connectors.kafka_source``: one bytewax
+partition per Kafka partition, exports ``otelwax_kafka_consumer_lag``) → decode
+(``otelwax.codec.decode_traces``, one batch per offset range, in order) → ``span_metrics``
+(``operators.red_metrics``: tumbling windows on span end time, watermark bounded by each
+range's Kafka timestamp, cumulative totals, cardinality limit, idle series evicted, rejected
+spans counted) → Prometheus remote-write (and, optionally, the ``otel_metrics_sum/histogram``
+tables in chdb);
 rejected spans (late, too far in the future or past) are dropped (counted) or, with
 ``late_policy: route``, written to ``late_topic`` as Arrow IPC streams with the reason in the
 ``otelwax.reason`` header.
@@ -32,39 +34,19 @@ import logging
 import os
 from typing import Any
 
-import pyarrow as pa
-from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 from pydantic import Field
 
-from connectors.kafka import TOPIC_SPANS, KafkaConfig
-from connectors.kafka_source import (
-    KafkaRange,
-    KafkaSourceConfig,
-    NoIntents,
-    PartitionedKafkaSource,
-    RangeCutConfig,
-)
-from connectors.prom_translate import tables_to_series
-from connectors.remote_write import RemoteWriteConfig
-from connectors.remote_write_order import write_in_order
+from connectors.kafka import TOPIC_SPANS
 from flows import exits_on_bad_config, lazy_flow, own_store
-from flows.metrics import (
-    MetricChunk,
-    MetricsClickHouseConfig,
-    MetricsClickHouseSink,
-    load_flow_settings,
-)
-from flows.settings import ServingSettings
-from operators.windows import INGEST_TIME_KEY, REASON_KEY, SpanMetricsConfig, span_metrics
-from otelwax.logs import instrument
-from otelwax.telemetry import ComponentMetrics, serve_metrics
+from flows.metrics import load_flow_settings
+from flows.windowed import WindowFlowSettings, window_dataflow
+from operators.red_metrics import SpanMetricsConfig, span_metrics
 
 __all__ = [
     "SpanMetricsFlowSettings",
     "build",
     "build_from_settings",
-    "kafka_source",
     "load_settings",
 ]
 
@@ -74,26 +56,13 @@ ENV_CONFIG = "OTELWAX_CONFIG"
 DEPRECATED_ENV_CONFIG = "OTELWAX_SPANMETRICS_CONFIG"  # read only when $OTELWAX_CONFIG is unset
 
 
-class SpanMetricsFlowSettings(ServingSettings):
+class SpanMetricsFlowSettings(WindowFlowSettings):
     """Everything ``flows.spanmetrics`` needs."""
 
     flow_id: str = Field("otelwax_spanmetrics", min_length=1)
-    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     topic: str = Field(TOPIC_SPANS, min_length=1)
-    tail: bool = Field(True, description="keep waiting for records at the end of the topic")
-    source_batch_size: int = Field(1000, gt=0, description="Kafka records per offset range")
-    source_max_delay_s: float = Field(
-        0.5, gt=0, le=60, description="cut a partition's range when its oldest record is this old"
-    )
     spanmetrics: SpanMetricsConfig = Field(default_factory=SpanMetricsConfig)
-    remote_write: RemoteWriteConfig | None = Field(
-        None, description="Prometheus remote-write (off unless set here or in sinks.remote_write)"
-    )
-    clickhouse: MetricsClickHouseConfig | None = None
     _own_store = own_store("spanmetrics")
-    late_topic: str | None = Field(
-        None, description="rejected spans, reason in the otelwax.reason header (late_policy: route)"
-    )
     metrics_port: int | None = Field(
         9467, ge=0, le=65535, description="serve /metrics here (None: do not serve)"
     )
@@ -124,117 +93,18 @@ _SPAN_COLUMNS = [
 ]
 
 
-class _Decode:
-    """flat_map_batch mapper: Kafka ranges → one span batch per range, in offset order."""
-
-    def __init__(self) -> None:
-        self.metrics = ComponentMetrics("spanmetrics_decode", "records")
-
-    def __call__(self, ranges: list[KafkaRange]) -> list[pa.RecordBatch]:
-        from otelwax.codec import decode_traces
-
-        out: list[pa.RecordBatch] = []
-        for r in ranges:
-            self.metrics.received(len(r.values))
-            if not r.values:
-                continue
-            res = decode_traces(r.values)
-            if res.errors:
-                self.metrics.dropped(len(res.errors), "decode_error")
-                for i, reason in res.errors[:5]:
-                    log.warning(
-                        "%s[%d]@%d: undecodable record dropped: %s",
-                        r.topic,
-                        r.partition,
-                        r.offsets[i],
-                        reason,
-                        extra={
-                            "topic": r.topic,
-                            "partition": r.partition,
-                            "offset": r.offsets[i],
-                            "reason": reason,
-                        },
-                    )
-            if res.batch.num_rows:
-                # the watermark never passes the ingest time (see operators.windows)
-                meta = {INGEST_TIME_KEY: str(r.first_timestamp_ms).encode()}
-                out.append(res.batch.select(_SPAN_COLUMNS).replace_schema_metadata(meta))
-        return out
-
-
-def kafka_source(settings: SpanMetricsFlowSettings) -> PartitionedKafkaSource:
-    """``connectors.kafka_source`` over ``topic`` (no intents: nothing here is replayed into
-    ClickHouse); serves ``/metrics`` when it builds its first partition, so an idle flow is
-    observable and answers the ``/healthz`` probe."""
-    cfg = KafkaSourceConfig(
-        topic=settings.topic,
-        batch=RangeCutConfig(
-            max_records=settings.source_batch_size, max_delay_s=settings.source_max_delay_s
-        ),
-        stop_at_end=not settings.tail,
-        group_id=settings.flow_id,
-    )
-    port, addr = settings.metrics_port, settings.metrics_addr
-
-    def on_start() -> None:
-        if port is not None:
-            serve_metrics(port, addr, settings.health)
-
-    return PartitionedKafkaSource(settings.kafka, cfg, NoIntents, on_start)
-
-
-def _late_to_kafka(batch: pa.RecordBatch | pa.Table) -> Any:
-    from bytewax.connectors.kafka import KafkaSinkMessage
-
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, batch.schema) as w:
-        w.write(batch)
-    reason = (batch.schema.metadata or {}).get(REASON_KEY, b"late")
-    return KafkaSinkMessage(
-        key=None, value=sink.getvalue().to_pybytes(), headers=[("otelwax.reason", reason)]
-    )
-
-
 def build_from_settings(settings: SpanMetricsFlowSettings) -> Dataflow:
-    """Wire the dataflow from validated settings (no I/O).
-
-    Checked here rather than in the settings: a config file that does not run this flow
-    (no output configured for it) still validates."""
-    from bytewax.connectors.kafka import KafkaSink
-
-    if settings.clickhouse is None and settings.remote_write is None:
-        raise ValueError(
-            "nothing to write to: set flows.spanmetrics.clickhouse and/or a remote_write "
-            "(flows.spanmetrics.remote_write or sinks.remote_write)"
-        )
-
-    flow = Dataflow(settings.flow_id)
-    ranges = op.input("kafka", flow, kafka_source(settings))
-    spans = op.flat_map_batch("decode", ranges, _Decode())
-    out = span_metrics("span_metrics", spans, settings.spanmetrics)
-    if settings.remote_write is not None:
-        series = op.map("to_series", out.metrics, tables_to_series)
-        write_in_order("remote_write", series, settings.remote_write, "spanmetrics")
-    if settings.clickhouse is not None:
-        chunks = op.map("to_chunk", out.metrics, lambda t: MetricChunk(t))
-        op.output("clickhouse", chunks, MetricsClickHouseSink(settings.clickhouse))
-    if settings.spanmetrics.late_policy == "route" and settings.late_topic:
-        late = op.map("late_to_kafka", out.late, _late_to_kafka)
-        op.output(
-            "late_spans",
-            late,
-            KafkaSink(
-                [settings.kafka.bootstrap_servers],
-                settings.late_topic,
-                add_config={
-                    k: str(v)
-                    for k, v in settings.kafka.client_conf().items()
-                    if k != "bootstrap.servers"
-                },
-            ),
-        )
-    # Logging is set up as the flow starts; records logged inside a step carry its step id.
-    return instrument(flow, level=settings.log_level, fmt=settings.log_format)
+    """Wire the dataflow from validated settings (no I/O)."""
+    cfg = settings.spanmetrics
+    return window_dataflow(
+        settings,
+        "traces",
+        _SPAN_COLUMNS,
+        lambda spans: span_metrics("span_metrics", spans, cfg),
+        cfg,
+        "spanmetrics",
+        "late_spans",
+    )
 
 
 @exits_on_bad_config("spanmetrics")

@@ -1,50 +1,42 @@
-"""Event-time windowed span metrics (RED) on Arrow batches.
+"""Event-time tumbling windows that count records into cumulative metric series.
 
-``span_metrics(step_id, spans, cfg)`` turns a stream of span batches (``otelwax.schemas``'
-``TRACES_SCHEMA`` columns; only ``Timestamp``, ``Duration``, ``ServiceName``, ``SpanName``,
-``SpanKind``, ``StatusCode``, ``SpanAttributes``, ``ResourceAttributes`` are read) into metric
-tables (``otel_metrics_sum`` / ``otel_metrics_histogram`` rows, cumulative) named like the
-Collector's spanmetrics connector, so existing dashboards work:
+The machinery shared by span RED metrics (``operators.red_metrics``) and log counts
+(``operators.log_counts``): a subclass of :class:`EventTimeWindows` says when a record happened
+(``event_times``), how a window's rows fold into per-series aggregates (``aggregate``) and how
+series become metric tables (``tables``); everything about time lives here.
 
-    traces.span.metrics.calls      monotonic sum  → traces_span_metrics_calls_total
-    traces.span.metrics.duration   histogram, ms  → traces_span_metrics_duration_milliseconds_*
-
-with attributes ``service.name``, ``span.name``, ``span.kind``, ``status.code`` plus the
-configured extra dimensions (span attribute, else resource attribute, else the default, else
-absent), and the connector's default buckets (2 … 15 000 ms).
-
-Windows: tumbling, on span **end** time (``Timestamp + Duration``), ``window_s`` long. The
-watermark is the largest end time seen, **but never past the batch's ingest time**, minus
+Windows: tumbling, ``window_s`` long, on the subclass's event time. The watermark is the
+largest event time seen, **but never past the batch's ingest time**, minus
 ``allowed_lateness_s``; a window closes when the watermark passes its end, and then its series
 are added to the running (cumulative) totals and emitted with the window end as timestamp (so
 no sample is written with a future timestamp). The ingest time is the schema metadata
-``otelwax.ingest_time_ms`` (``flows.spanmetrics`` sets the Kafka timestamp of the range's first
-record), capped by the processing clock, which stands in when it is absent. Spans are
-rejected, counted (``dropped{reason=...}``) and, with ``late_policy: route``, returned on the
-``late`` stream with the reason in the schema metadata ``otelwax.reason``:
+``otelwax.ingest_time_ms`` (the flows set the Kafka timestamp of the range's first record),
+capped by the processing clock, which stands in when it is absent. Records are rejected,
+counted (``dropped{reason=...}``) and, with ``late_policy: route``, returned on the ``late``
+stream with the reason in the schema metadata ``otelwax.reason``:
 
-    future    ends more than ``max_future_skew_s`` ahead of the processing clock
-    too_old   ended more than ``max_age_s`` before its ingest time (off with ``max_age_s: null``)
+    future    more than ``max_future_skew_s`` ahead of the processing clock
+    too_old   more than ``max_age_s`` before its ingest time (off with ``max_age_s: null``)
     late      its window has already closed
 
-A span ahead of the clock by less than the skew (a host with a fast clock) is counted in its
+A record ahead of the clock by less than the skew (a host with a fast clock) is counted in its
 window, which stays open until the ingest time passes it; it neither moves the watermark nor
-makes other spans late, also while a backlog is read. When no span arrives for
+makes other records late, also while a backlog is read. When nothing arrives for
 ``idle_close_s`` (processing time), the windows the clock has passed close; when the input
 ends, every open window closes.
 
-Determinism: span metrics are at-least-once (bytewax replays the input from the last
+Determinism: window metrics are at-least-once (bytewax replays the input from the last
 snapshot). The watermark bound and ``too_old`` use Kafka timestamps, which a replay reads
 again (up to where ranges are cut); only the ``future`` check uses the processing clock,
 because a range carries only its first record's timestamp, a lower bound for the others. The
-clock only grows, so a replay accepts every span the first run accepted and may accept a span
+clock only grows, so a replay accepts every record the first run accepted and may accept one
 it rejected as ``future``. A restored snapshot is checked against the clock: a watermark or
-closed mark ahead of it (written by a version without this bound, or on a host whose clock
-was wrong) is forgotten, as at a first start, and open windows and series dated beyond the
-skew are dropped (counted), so a bad snapshot recovers instead of making every span late.
+closed mark ahead of it (written on a host whose clock was wrong) is forgotten, as at a first
+start, and open windows and series dated beyond the skew are dropped (counted), so a bad
+snapshot recovers instead of making every record late.
 
 Series state: a series (its cumulative totals) with no update for ``series_ttl_s`` of event
-time (the watermark) is evicted (``dropped{unit="series",reason="evicted"}``), so memory is
+time (the closed mark) is evicted (``dropped{unit="series",reason="evicted"}``), so memory is
 bounded by the series active within the TTL. A series that comes back starts again from zero
 with a new ``StartTimeUnix``: Prometheus sees a counter reset, which ``rate``/``increase``
 handle (as the spanmetrics connector's ``metrics_expiration`` and Tempo's ``stale_duration``).
@@ -53,10 +45,10 @@ Cardinality: at most ``cardinality_limit`` series per window; the rest fold into
 series with the single attribute ``otel.metric.overflow="true"`` (series already known from
 earlier windows are kept first, then the busiest).
 
-Aggregation is columnar: each batch is grouped once with ``pyarrow`` ``group_by`` by (window,
-dimensions, bucket); Python touches only the groups, never single spans. The state (open
-windows, totals, watermark, closed windows) is a bytewax ``stateful`` operator's snapshot, so
-it survives recovery.
+Aggregates are lists whose first item is the record count; the other items are numbers or
+lists of numbers, added item by item. The cumulative entry of a series is
+``[start ns, *aggregate, end of its last window ns]``. The state (open windows, totals,
+watermark, closed mark) is a bytewax ``stateful`` operator's snapshot, so it survives recovery.
 """
 
 from __future__ import annotations
@@ -64,7 +56,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
-import itertools
 import logging
 import time
 import zlib
@@ -77,96 +68,94 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from bytewax import operators as op
-from bytewax.dataflow import Stream, operator
+from bytewax.dataflow import Stream
 from bytewax.operators import StatefulLogic
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from otelwax.metric_schemas import HISTOGRAM, HISTOGRAM_SCHEMA, SUM, SUM_SCHEMA
+from otelwax.metric_schemas import SUM_SCHEMA
 from otelwax.settings import StrictModel
 from otelwax.telemetry import ComponentMetrics
 
 __all__ = [
-    "DEFAULT_BUCKETS_MS",
     "INGEST_TIME_KEY",
+    "OVERFLOW_ATTR",
     "REASON_KEY",
+    "Aggregate",
+    "Attrs",
     "Dimension",
-    "SpanMetricsAggregator",
-    "SpanMetricsConfig",
-    "SpanMetricsStreams",
-    "span_metrics",
+    "EventTimeWindows",
+    "WindowConfig",
+    "WindowLogic",
+    "WindowStreams",
+    "fill",
+    "windowed",
 ]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUCKETS_MS = (
-    2.0, 4.0, 6.0, 8.0, 10.0, 50.0, 100.0, 200.0, 400.0, 800.0,
-    1000.0, 1400.0, 2000.0, 5000.0, 10000.0, 15000.0,
-)  # fmt: skip
 OVERFLOW_ATTR = "otel.metric.overflow"
 INGEST_TIME_KEY = b"otelwax.ingest_time_ms"
 REASON_KEY = b"otelwax.reason"
-_OVERFLOW_KEY = ("\x00overflow",)
-_CUMULATIVE = 2
+OVERFLOW_KEY = ("\x00overflow",)
+CUMULATIVE = 2
+
+Attrs = list[tuple[str, str]]
+Aggregate = list[Any]
 
 
 class Dimension(StrictModel):
-    """An extra dimension: span attribute ``name``, else resource attribute, else ``default``."""
+    """An extra dimension: record attribute ``name``, else resource attribute, else
+    ``default``, else absent."""
 
     name: str = Field(..., min_length=1)
     default: str | None = None
 
 
-class SpanMetricsConfig(StrictModel):
-    """Span metrics (RED) windows."""
+class WindowConfig(StrictModel):
+    """Event-time windows: length, lateness, the watermark's bounds, series limits."""
 
     window_s: float = Field(10.0, gt=0, description="tumbling window length (event time)")
-    allowed_lateness_s: float = Field(5.0, ge=0, description="how late a span may still count")
+    allowed_lateness_s: float = Field(5.0, ge=0, description="how late a record may still count")
     idle_close_s: float = Field(
-        30.0, gt=0, description="close all windows after this long without spans (wall clock)"
+        30.0, gt=0, description="close all windows after this long without input (wall clock)"
     )
     dimensions: list[Dimension] = Field(default_factory=list)
-    buckets_ms: list[float] = Field(default_factory=lambda: list(DEFAULT_BUCKETS_MS))
     cardinality_limit: int = Field(1000, gt=0, description="series per window before overflow")
-    namespace: str = Field("traces.span.metrics", min_length=1)
     max_future_skew_s: float = Field(
-        300.0, gt=0, description="drop spans ending further ahead of the clock (reason future)"
+        300.0, gt=0, description="drop records further ahead of the clock (reason future)"
     )
     max_age_s: float | None = Field(
-        86_400.0, gt=0, description="drop spans ending longer ago (reason too_old); null: off"
+        86_400.0, gt=0, description="drop records older than this at ingest (too_old); null: off"
     )
     series_ttl_s: float | None = Field(
         900.0, gt=0, description="evict series without update for this long (event time)"
     )
     late_policy: Literal["drop", "route"] = Field(
-        "drop", description="rejected spans (late, future, too_old): drop, or route (late_topic)"
+        "drop", description="rejected records (late, future, too_old): drop, or route (late_topic)"
     )
     shards: int = Field(
         1, gt=0, description="state keys (by service name hash); >1 spreads load over workers"
     )
 
-    @field_validator("buckets_ms")
-    @classmethod
-    def _sorted(cls, v: list[float]) -> list[float]:
-        if not v or any(b <= a for a, b in itertools.pairwise(v)) or v[0] <= 0:
-            raise ValueError("must be a non-empty, strictly increasing list of positive numbers")
-        return v
 
-
-_FIXED = ("ServiceName", "SpanName", "SpanKind", "StatusCode")
-_ATTR_NAMES = ("service.name", "span.name", "span.kind", "status.code")
-
-
-class SpanMetricsAggregator:
-    """The windowing state machine, independent of bytewax (the operator wraps it).
+class EventTimeWindows:
+    """The windowing state machine, independent of bytewax (:class:`WindowLogic` wraps it).
 
     ``add(batch)`` → (metric table dicts emitted by windows that closed, rejected row batches);
     ``advance()`` → tables of windows the clock has passed; ``close_all()`` → tables of every
     open window; ``snapshot()`` → picklable state. ``clock`` is the processing clock (ns).
+    Subclasses set ``component``/``unit``/``attributes_column`` and implement
+    ``event_times``, ``aggregate``, ``zero``, ``series_attrs`` and ``tables``.
     """
+
+    component: str = "windows"
+    unit: str = "records"
+    attributes_column: str = "LogAttributes"
+    """The record's own attribute map, looked up before the resource's for a dimension."""
 
     def __init__(
         self,
-        cfg: SpanMetricsConfig,
+        cfg: WindowConfig,
         state: dict[str, Any] | None = None,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
@@ -177,21 +166,79 @@ class SpanMetricsAggregator:
         self.skew_ns = int(cfg.max_future_skew_s * 1e9)
         self.max_age_ns = None if cfg.max_age_s is None else int(cfg.max_age_s * 1e9)
         self.ttl_ns = None if cfg.series_ttl_s is None else int(cfg.series_ttl_s * 1e9)
-        self.bounds = np.asarray(cfg.buckets_ms, dtype=np.float64)
-        self.nb = len(self.bounds) + 1
-        self.metrics = ComponentMetrics("span_metrics", "spans")
-        self.series_metrics = ComponentMetrics("span_metrics", "series")
+        self.metrics = ComponentMetrics(self.component, self.unit)
+        self.series_metrics = ComponentMetrics(self.component, "series")
         s = state or {}
         self.max_end: int | None = s.get("max_end")
         self.closed_upto: int | None = s.get("closed_upto")  # windows ending <= this are closed
-        self.windows: dict[int, dict[tuple, list]] = s.get("windows", {})
-        # key -> [start ns, calls, duration sum ms, bucket counts, end of the last window ns]
-        self.cum: dict[tuple, list] = s.get("cum", {})
+        self.windows: dict[int, dict[tuple, Aggregate]] = s.get("windows", {})
+        self.cum: dict[tuple, list] = s.get("cum", {})  # key -> [start, *aggregate, last end]
         self.late_total: int = s.get("late_total", 0)
-        self._attr_cache: dict[tuple, tuple[list, list]] = {}
+        self._attr_cache: dict[tuple, tuple[Attrs, Attrs]] = {}
         if state:
             self._check_restored(self.clock())
 
+    # -- what a subclass defines --
+    def event_times(self, batch: pa.RecordBatch | pa.Table, ref: int) -> np.ndarray:
+        """Each row's event time (ns, int64); ``ref`` is the batch's ingest time."""
+        raise NotImplementedError
+
+    def aggregate(self, batch: pa.RecordBatch | pa.Table, win: np.ndarray) -> None:
+        """Fold the accepted rows into ``self.slot(window start, series key)``."""
+        raise NotImplementedError
+
+    def zero(self) -> Aggregate:
+        """An empty aggregate: ``[count, ...]``."""
+        raise NotImplementedError
+
+    def series_attrs(self, key: tuple) -> tuple[Attrs, Attrs]:
+        """(resource attributes, attributes) of a series key (not the overflow key)."""
+        raise NotImplementedError
+
+    def tables(self, rows: list[tuple[tuple, list]], end_ns: int) -> dict[str, pa.RecordBatch]:
+        """Metric tables of ``rows`` (series key, cumulative entry) at ``end_ns``."""
+        raise NotImplementedError
+
+    # -- helpers for subclasses --
+    def slot(self, w: int, key: tuple) -> Aggregate:
+        series = self.windows.setdefault(w, {})
+        agg = series.get(key)
+        if agg is None:
+            agg = series[key] = self.zero()
+        return agg
+
+    def dimension(self, batch: pa.RecordBatch | pa.Table, d: Dimension) -> pa.Array:
+        own = pc.map_lookup(batch.column(self.attributes_column), pa.scalar(d.name), "first")
+        res = pc.map_lookup(batch.column("ResourceAttributes"), pa.scalar(d.name), "first")
+        parts = [own, res]
+        if d.default is not None:
+            parts.append(pa.scalar(d.default))
+        return pc.coalesce(*parts)
+
+    def dimension_attrs(self, values: Iterable[str | None]) -> Attrs:
+        """The configured dimensions' (name, value) pairs of a key, absent ones left out."""
+        return [
+            (d.name, v) for d, v in zip(self.cfg.dimensions, values, strict=True) if v is not None
+        ]
+
+    def common_columns(
+        self, rows: list[tuple[tuple, list]], end_ns: int, scope: str
+    ) -> dict[str, pa.Array]:
+        """The columns every metric table of ``rows`` shares (attributes, times, temporality)."""
+        n = len(rows)
+        res, attrs = zip(*(self._attrs(k) for k, _ in rows), strict=True) if n else ((), ())
+        svc = [r[0][1] if r else "" for r in res]
+        return {
+            "ResourceAttributes": pa.array(list(res), SUM_SCHEMA.field("ResourceAttributes").type),
+            "ServiceName": pa.array(svc, pa.string()),
+            "ScopeName": pa.array([scope] * n, pa.string()),
+            "Attributes": pa.array(list(attrs), SUM_SCHEMA.field("Attributes").type),
+            "StartTimeUnix": pa.array([c[0] for _, c in rows], pa.int64()).cast(pa.timestamp("ns")),
+            "TimeUnix": pa.array([end_ns] * n, pa.int64()).cast(pa.timestamp("ns")),
+            "AggregationTemporality": pa.array([CUMULATIVE] * n, pa.int32()),
+        }
+
+    # -- state --
     def _floor(self, t: int) -> int:
         return t - t % self.window_ns
 
@@ -204,8 +251,9 @@ class SpanMetricsAggregator:
         bad_closed = self.closed_upto is not None and self.closed_upto > self._floor(now)
         if bad_end or bad_closed:
             log.warning(
-                "span metrics: restored watermark %.0f s and closed mark %.0f s ahead of the "
-                "clock; forgotten",
+                "%s: restored watermark %.0f s and closed mark %.0f s ahead of the clock; "
+                "forgotten",
+                self.component,
                 ((self.max_end or now) - now) / 1e9,
                 ((self.closed_upto or now) - now) / 1e9,
             )
@@ -214,10 +262,11 @@ class SpanMetricsAggregator:
         future = [w for w in self.windows if w > bound]
         n = sum(agg[0] for w in future for agg in self.windows.pop(w).values())
         self.metrics.dropped(n, "future")
+        width = len(self.zero()) + 1
         for c in self.cum.values():
-            if len(c) == 4:  # written before series had a last update: as if updated now
+            if len(c) == width:  # written before series had a last update: as if updated now
                 c.append(min(self._floor(now), max(c[0], self.closed_upto or c[0])))
-        reset = [k for k, c in self.cum.items() if max(c[0], c[4]) > bound]
+        reset = [k for k, c in self.cum.items() if max(c[0], c[-1]) > bound]
         for k in reset:
             del self.cum[k]
         self.series_metrics.dropped(len(reset), "future")
@@ -238,14 +287,6 @@ class SpanMetricsAggregator:
         return len(self.windows)
 
     # -- ingest --
-    def _dimension(self, batch: pa.RecordBatch | pa.Table, d: Dimension) -> pa.Array:
-        span = pc.map_lookup(batch.column("SpanAttributes"), pa.scalar(d.name), "first")
-        res = pc.map_lookup(batch.column("ResourceAttributes"), pa.scalar(d.name), "first")
-        parts = [span, res]
-        if d.default is not None:
-            parts.append(pa.scalar(d.default))
-        return pc.coalesce(*parts)
-
     def add(
         self, batch: pa.RecordBatch | pa.Table
     ) -> tuple[list[dict[str, pa.RecordBatch]], list[pa.RecordBatch | pa.Table]]:
@@ -263,9 +304,7 @@ class SpanMetricsAggregator:
         self.metrics.received(n)
         now = self.clock()
         ref = min(now, _ingest_time_ns(batch) or now)
-        start = batch.column("Timestamp").cast(pa.int64()).to_numpy(zero_copy_only=False)
-        dur = batch.column("Duration").to_numpy(zero_copy_only=False).astype(np.int64)
-        end = start + dur
+        end = self.event_times(batch, ref)
         win = end - np.mod(end, self.window_ns)
         checks = [("future", end > now + self.skew_ns)]
         if self.max_age_ns is not None:
@@ -289,49 +328,16 @@ class SpanMetricsAggregator:
                 rejected.append(rows.replace_schema_metadata(meta))
         if not keep.all():
             batch = batch.filter(pa.array(keep))
-            end, win, dur = end[keep], win[keep], dur[keep]
+            end, win = end[keep], win[keep]
         if batch.num_rows:
-            self._aggregate(batch, win, dur)
+            self.aggregate(batch, win)
             m = int(end.max())
             self.max_end = m if self.max_end is None else max(self.max_end, m)
         out = []
         if self.max_end is not None:
-            # A span ahead of its ingest time (within the skew) does not move the watermark.
+            # A record ahead of its ingest time (within the skew) does not move the watermark.
             out = self._close_until(min(self.max_end, ref) - self.lateness_ns)
         return out, rejected
-
-    def _aggregate(self, batch: pa.RecordBatch | pa.Table, win: np.ndarray, dur: np.ndarray):
-        dur_ms = dur / 1e6
-        bucket = np.searchsorted(self.bounds, dur_ms, side="left")
-        cols: dict[str, Any] = {"w": win}
-        names = ["w"]
-        for i, c in enumerate(_FIXED):
-            cols[f"k{i}"] = batch.column(c)
-            names.append(f"k{i}")
-        for j, d in enumerate(self.cfg.dimensions):
-            cols[f"d{j}"] = self._dimension(batch, d)
-            names.append(f"d{j}")
-        cols["b"] = bucket
-        cols["dur"] = dur_ms
-        t = pa.table(cols)
-        g = t.group_by([*names, "b"], use_threads=False).aggregate(
-            [("dur", "sum"), ("dur", "count")]
-        )
-        keys = [g.column(nm).to_pylist() for nm in names[1:]]
-        ws = g.column("w").to_pylist()
-        bs = g.column("b").to_pylist()
-        sums = g.column("dur_sum").to_pylist()
-        counts = g.column("dur_count").to_pylist()
-        nb = self.nb
-        for i in range(g.num_rows):
-            key = tuple(k[i] for k in keys)
-            series = self.windows.setdefault(ws[i], {})
-            agg = series.get(key)
-            if agg is None:
-                agg = series[key] = [0, 0.0, [0] * nb]
-            agg[0] += counts[i]
-            agg[1] += sums[i]
-            agg[2][bs[i]] += counts[i]
 
     # -- closing --
     def _close_until(self, watermark: int) -> list[dict[str, pa.RecordBatch]]:
@@ -354,7 +360,7 @@ class SpanMetricsAggregator:
 
     def close_all(self) -> list[dict[str, pa.RecordBatch]]:
         """Close every open window (end of input), including windows still ahead of the clock;
-        the closed mark stays behind the clock so that on-time spans never become late."""
+        the closed mark stays behind the clock so that on-time records never become late."""
         ready = sorted(self.windows)
         with _no_gc():
             out = [self._close(w) for w in ready]
@@ -370,7 +376,7 @@ class SpanMetricsAggregator:
         if self.ttl_ns is None or self.closed_upto is None:
             return
         cutoff = self.closed_upto - self.ttl_ns
-        stale = [k for k, c in self.cum.items() if c[4] < cutoff]
+        stale = [k for k, c in self.cum.items() if c[-1] < cutoff]
         for k in stale:
             del self.cum[k]
         self.series_metrics.dropped(len(stale), "evicted")
@@ -381,70 +387,44 @@ class SpanMetricsAggregator:
         if len(series) > limit:
             ranked = sorted(series.items(), key=lambda kv: (kv[0] not in self.cum, -kv[1][0]))
             kept = dict(ranked[:limit])
-            over = [0, 0.0, [0] * self.nb]
+            over = self.zero()
             for _, agg in ranked[limit:]:
-                over[0] += agg[0]
-                over[1] += agg[1]
-                over[2] = [a + b for a, b in zip(over[2], agg[2], strict=True)]
+                _add_into(over, agg)
             self.metrics.dropped(len(ranked) - limit, "cardinality_overflow_series")
-            kept[_OVERFLOW_KEY] = over
+            kept[OVERFLOW_KEY] = over
             series = kept
         end = w + self.window_ns
         rows = []
         for key, agg in series.items():
             c = self.cum.get(key)
             if c is None:
-                c = self.cum[key] = [w, 0, 0.0, [0] * self.nb, end]
-            c[1] += agg[0]
-            c[2] += agg[1]
-            c[3] = [a + b for a, b in zip(c[3], agg[2], strict=True)]
-            c[4] = end
+                c = self.cum[key] = [w, *self.zero(), end]
+            _add_into(c, agg, 1)
+            c[-1] = end
             rows.append((key, c))
         self.metrics.sent(sum(a[0] for a in series.values()))
-        return self._tables(rows, end)
+        return self.tables(rows, end)
 
-    def _attrs(self, key: tuple) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    def _attrs(self, key: tuple) -> tuple[Attrs, Attrs]:
         hit = self._attr_cache.get(key)
         if hit is None:
             if len(self._attr_cache) > 100_000:
                 self._attr_cache.clear()
-            hit = self._attr_cache[key] = self._make_attrs(key)
+            if key == OVERFLOW_KEY:
+                hit = ([], [(OVERFLOW_ATTR, "true")])
+            else:
+                hit = self.series_attrs(key)
+            self._attr_cache[key] = hit
         return hit
 
-    def _make_attrs(self, key: tuple) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-        if key == _OVERFLOW_KEY:
-            return [], [(OVERFLOW_ATTR, "true")]
-        attrs = list(zip(_ATTR_NAMES, key[:4], strict=True))
-        for d, v in zip(self.cfg.dimensions, key[4:], strict=True):
-            if v is not None:
-                attrs.append((d.name, v))
-        return [("service.name", key[0])], attrs
 
-    def _tables(self, rows: list[tuple[tuple, list]], end_ns: int) -> dict[str, pa.RecordBatch]:
-        n = len(rows)
-        res, attrs = zip(*(self._attrs(k) for k, _ in rows), strict=True) if n else ((), ())
-        svc = [r[0][1] if r else "" for r in res]
-        common = {
-            "ResourceAttributes": pa.array(list(res), SUM_SCHEMA.field("ResourceAttributes").type),
-            "ServiceName": pa.array(svc, pa.string()),
-            "ScopeName": pa.array(["spanmetricsconnector"] * n, pa.string()),
-            "Attributes": pa.array(list(attrs), SUM_SCHEMA.field("Attributes").type),
-            "StartTimeUnix": pa.array([c[0] for _, c in rows], pa.int64()).cast(pa.timestamp("ns")),
-            "TimeUnix": pa.array([end_ns] * n, pa.int64()).cast(pa.timestamp("ns")),
-            "AggregationTemporality": pa.array([_CUMULATIVE] * n, pa.int32()),
-        }
-        calls = dict(common)
-        calls["MetricName"] = pa.array([f"{self.cfg.namespace}.calls"] * n, pa.string())
-        calls["Value"] = pa.array([float(c[1]) for _, c in rows], pa.float64())
-        calls["IsMonotonic"] = pa.array([True] * n, pa.bool_())
-        hist = dict(common)
-        hist["MetricName"] = pa.array([f"{self.cfg.namespace}.duration"] * n, pa.string())
-        hist["MetricUnit"] = pa.array(["ms"] * n, pa.string())
-        hist["Count"] = pa.array([c[1] for _, c in rows], pa.uint64())
-        hist["Sum"] = pa.array([c[2] for _, c in rows], pa.float64())
-        hist["BucketCounts"] = pa.array([list(c[3]) for _, c in rows], pa.list_(pa.uint64()))
-        hist["ExplicitBounds"] = pa.array([list(self.cfg.buckets_ms)] * n, pa.list_(pa.float64()))
-        return {SUM: _fill(SUM_SCHEMA, calls, n), HISTOGRAM: _fill(HISTOGRAM_SCHEMA, hist, n)}
+def _add_into(dst: list, src: Aggregate, at: int = 0) -> None:
+    """``dst[at:at+len(src)] += src`` item by item (lists element-wise)."""
+    for i, v in enumerate(src, at):
+        if isinstance(v, list):
+            dst[i] = [a + b for a, b in zip(dst[i], v, strict=True)]
+        else:
+            dst[i] += v
 
 
 def _ingest_time_ns(batch: pa.RecordBatch | pa.Table) -> int | None:
@@ -465,7 +445,7 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _fill(schema: pa.Schema, cols: dict[str, pa.Array], n: int) -> pa.RecordBatch:
+def fill(schema: pa.Schema, cols: dict[str, pa.Array], n: int) -> pa.RecordBatch:
     """A batch of ``schema`` from the given columns; the others get empty/zero values."""
     arrays = []
     for f in schema:
@@ -489,10 +469,13 @@ def _fill(schema: pa.Schema, cols: dict[str, pa.Array], n: int) -> pa.RecordBatc
 # --- bytewax operator -------------------------------------------------------------------------
 
 
-class _WindowLogic(StatefulLogic[Any, tuple[str, Any], dict[str, Any]]):
-    def __init__(self, cfg: SpanMetricsConfig, resume: dict[str, Any] | None) -> None:
-        self.agg = SpanMetricsAggregator(cfg, resume)
-        self.idle = timedelta(seconds=cfg.idle_close_s)
+class WindowLogic(StatefulLogic[Any, tuple[str, Any], dict[str, Any]]):
+    """One state key's windows in a bytewax ``stateful`` step; emits ``("metrics", tables)``
+    and ``("late", rows)``."""
+
+    def __init__(self, agg: EventTimeWindows) -> None:
+        self.agg = agg
+        self.idle = timedelta(seconds=agg.cfg.idle_close_s)
         self.last_arrival = datetime.now(UTC)
 
     @staticmethod
@@ -510,7 +493,7 @@ class _WindowLogic(StatefulLogic[Any, tuple[str, Any], dict[str, Any]]):
 
     def on_notify(self) -> tuple[Iterable[tuple[str, Any]], bool]:
         tables = self.agg.advance()
-        log.info("span metrics: idle for %s, closed %d windows", self.idle, len(tables))
+        log.info("%s: idle for %s, closed %d windows", self.agg.component, self.idle, len(tables))
         return self._emit(tables), StatefulLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[tuple[str, Any]], bool]:
@@ -527,7 +510,7 @@ class _WindowLogic(StatefulLogic[Any, tuple[str, Any], dict[str, Any]]):
         return self.agg.snapshot()
 
 
-def _shard_batches(batch: pa.RecordBatch | pa.Table, shards: int) -> list[tuple[str, Any]]:
+def shard_batches(batch: pa.RecordBatch | pa.Table, shards: int) -> list[tuple[str, Any]]:
     """(shard key, rows) pairs; a service always lands in the same shard (crc32 of its name)."""
     if shards == 1:
         return [("0", batch)]
@@ -542,25 +525,28 @@ def _shard_batches(batch: pa.RecordBatch | pa.Table, shards: int) -> list[tuple[
 
 
 @dataclass(frozen=True)
-class SpanMetricsStreams:
-    """Outputs of :func:`span_metrics`."""
+class WindowStreams:
+    """Outputs of :func:`windowed`."""
 
     metrics: Stream[dict[str, pa.RecordBatch]]
-    """Cumulative ``otel_metrics_sum``/``otel_metrics_histogram`` tables per closed window."""
+    """Cumulative metric tables (``otel_metrics_*`` name → rows) per closed window."""
     late: Stream[pa.RecordBatch]
-    """Rejected span rows, one batch per reason (``late``, ``future``, ``too_old``) in the
-    schema metadata key ``otelwax.reason`` (only with ``late_policy: route``)."""
+    """Rejected rows, one batch per reason (``late``, ``future``, ``too_old``) in the schema
+    metadata key ``otelwax.reason`` (only with ``late_policy: route``)."""
 
 
-@operator
-def span_metrics(
-    step_id: str, up: Stream[pa.RecordBatch], cfg: SpanMetricsConfig
-) -> SpanMetricsStreams:
-    """Span batches → span-metric tables per closed event-time window (+ rejected rows)."""
-    keyed = op.flat_map("shard", up, lambda b: _shard_batches(b, cfg.shards))
-    tagged = op.stateful("window", keyed, lambda resume: _WindowLogic(cfg, resume))
+def windowed(
+    up: Stream[pa.RecordBatch],
+    cfg: WindowConfig,
+    make: Callable[[dict[str, Any] | None], EventTimeWindows],
+) -> WindowStreams:
+    """The steps of a window operator (call it inside an ``@operator`` function):
+    ``shard`` → ``window`` (stateful, one :class:`WindowLogic` per shard built by ``make``
+    from its resume state) → ``split`` into metrics and rejected rows."""
+    keyed = op.flat_map("shard", up, lambda b: shard_batches(b, cfg.shards))
+    tagged = op.stateful("window", keyed, lambda resume: WindowLogic(make(resume)))
     values = op.map("unkey", tagged, lambda kv: kv[1])
     b = op.branch("split", values, lambda tv: tv[0] == "metrics")
     metrics = op.map("metrics", b.trues, lambda tv: tv[1])
     late = op.map("late", b.falses, lambda tv: tv[1])
-    return SpanMetricsStreams(metrics, late)
+    return WindowStreams(metrics, late)

@@ -45,7 +45,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "clickhouse": ("otelwax.clickhouse_cli", "create (init) or check the ClickHouse tables"),
     "flow": (
         "otelwax.flow_cli",
-        "run a dataflow (traces|logs|metrics|spanmetrics) with recovery/cluster args",
+        "run a dataflow (traces|logs|metrics|spanmetrics|logmetrics) with recovery/cluster args",
     ),
     "query": (
         "otelwax.query_cli",

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-FLOWS = ("traces", "logs", "metrics", "spanmetrics")
+FLOWS = ("traces", "logs", "metrics", "spanmetrics", "logmetrics")
 
 # flag -> (type, help); each overrides that key of the flows' clickhouse settings.
 _OVERRIDES: dict[str, tuple[type, str]] = {
@@ -133,7 +133,7 @@ def _ddl(flow: str, cfg: Any, legacy: bool) -> list[str]:
 
 def _too_old(flow: str, client: Any, explicit: bool) -> str | None:
     """Why ``flow``'s tables cannot live on this server (None: they can)."""
-    if flow in ("metrics", "spanmetrics") and getattr(client, "legacy", False):
+    if flow not in ("traces", "logs") and getattr(client, "legacy", False):
         version = getattr(client, "version", "") or "< 20"
         return (
             f"{flow}: ClickHouse {version} is too old for the otel_metrics_* tables (Map, "

@@ -65,7 +65,7 @@ __all__ = [
 
 ENV_CONFIG = "OTELWAX_CONFIG"
 log = logging.getLogger(__name__)
-SIGNALS = ("traces", "metrics", "logs", "spanmetrics")
+SIGNALS = ("traces", "metrics", "logs", "spanmetrics", "logmetrics")
 
 # --- component models (the real ones when they are importable) --------------------------------
 
@@ -121,6 +121,7 @@ _LAZY_FLOWS: dict[str, tuple[tuple[str, str], ...]] = {
         ("flows.settings", "SpanMetricsFlowSettings"),
         ("flows.spanmetrics", "SpanMetricsFlowSettings"),
     ),
+    "logmetrics": (("flows.logmetrics", "LogMetricsFlowSettings"),),
 }
 
 
@@ -163,16 +164,14 @@ def _lazy_flow(name: str) -> Any:
 
 
 class FlowsConfig(StrictModel):
-    """The dataflows: ``traces`` and ``logs`` with their operator pipelines, ``metrics`` and
-    ``spanmetrics``. All but ``traces`` are validated with their flow's own model, imported
-    when validating (see ``flow_model`` and ``OtelwaxConfig.flow_settings``)."""
+    """The dataflows (``traces`` and ``logs`` with operator pipelines). All but ``traces`` are
+    validated with their flow's own model, imported when validating (see ``flow_model``)."""
 
     traces: TracesFlowSettings = Field(default_factory=TracesFlowSettings)
     logs: Annotated[Any, BeforeValidator(_lazy_flow("logs"))] = Field(default_factory=dict)
     metrics: Annotated[Any, BeforeValidator(_lazy_flow("metrics"))] = Field(default_factory=dict)
-    spanmetrics: Annotated[Any, BeforeValidator(_lazy_flow("spanmetrics"))] = Field(
-        default_factory=dict
-    )
+    spanmetrics: Annotated[Any, BeforeValidator(_lazy_flow("spanmetrics"))] = Field({})
+    logmetrics: Annotated[Any, BeforeValidator(_lazy_flow("logmetrics"))] = Field({})
 
 
 try:
@@ -196,8 +195,8 @@ except ImportError:  # pragma: no cover - until the Jaeger sink lands
 
 class SinksConfig(StrictModel):
     """Sinks besides ClickHouse (off unless configured), shared like the top-level sections:
-    ``remote_write`` goes to flows.metrics and flows.spanmetrics, ``jaeger`` to flows.traces,
-    unless a flow sets its own (``null`` turns it off for that flow)."""
+    ``remote_write`` goes to the metrics flows (metrics, spanmetrics, logmetrics), ``jaeger`` to
+    flows.traces, unless a flow sets its own (``null`` turns it off for that flow)."""
 
     remote_write: RemoteWriteConfig | None = None
     jaeger: JaegerSinkConfig | None = None
@@ -233,7 +232,10 @@ def _inherit(section: dict[str, Any], key: str, value: Any, model: Any) -> dict[
 
 
 # sinks.<key> -> the flows that write to it unless they set their own (null included)
-_SHARED_SINKS = {"remote_write": ("metrics", "spanmetrics"), "jaeger": ("traces",)}
+_SHARED_SINKS = {
+    "remote_write": ("metrics", "spanmetrics", "logmetrics"),
+    "jaeger": ("traces",),
+}
 
 
 def _share_sinks(data: dict[str, Any], copied: list[str]) -> dict[str, Any]:

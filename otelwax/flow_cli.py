@@ -1,5 +1,5 @@
-"""``otelwax flow traces|metrics|logs|spanmetrics``: run a dataflow with recovery and cluster
-arguments.
+"""``otelwax flow traces|metrics|logs|spanmetrics|logmetrics``: run a dataflow with recovery
+and cluster arguments.
 
     otelwax flow traces -c configs/traces.yaml            # one process, 1 worker
     otelwax flow traces -c x.yaml -w 2                    # 2 worker threads
@@ -36,6 +36,7 @@ FLOWS = {
     "metrics": "flows.metrics",
     "logs": "flows.logs",
     "spanmetrics": "flows.spanmetrics",
+    "logmetrics": "flows.logmetrics",
 }
 
 

@@ -94,7 +94,9 @@ def _flow_summary(cfg: OtelwaxConfig, name: str) -> str:
 
 
 def _summary(cfg: OtelwaxConfig) -> str:
-    flows = "\n  ".join(_flow_summary(cfg, n) for n in ("traces", "logs", "metrics", "spanmetrics"))
+    from otelwax.config import SIGNALS
+
+    flows = "\n  ".join(_flow_summary(cfg, n) for n in SIGNALS)
     return f"kafka {cfg.ingest.kafka.bootstrap_servers}\n  {flows}"
 
 

@@ -63,6 +63,16 @@ def prom_values(url: str, query: str) -> dict[tuple[tuple[str, str], ...], float
     return out
 
 
+def prom_history(url: str, selector: str, window: str = "1h") -> dict[str, list[float]]:
+    """{"k=v,..." labels: sample values in time order} of every series of ``selector`` over
+    the last ``window``."""
+    out = {}
+    for item in prom_query(url, f"{selector}[{window}]"):
+        labels = ",".join(f"{k}={v}" for k, v in sorted(item["metric"].items()))
+        out[labels] = [float(v) for _, v in item["values"]]
+    return out
+
+
 def wait_for(url: str, query: str, n: int = 1, timeout: float = 20.0) -> list[dict[str, Any]]:
     """Poll an instant query until it returns at least ``n`` series."""
     deadline = time.monotonic() + timeout

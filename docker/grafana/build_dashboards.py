@@ -27,6 +27,8 @@ CH_TIME_SERIES, CH_TABLE, CH_LOGS, CH_TRACE = 0, 1, 2, 3
 # Server-side spans: what a service answers (RED is measured on these).
 ENTRY_KINDS = 'span_kind=~"SPAN_KIND_SERVER|SPAN_KIND_CONSUMER"'
 SVC = 'service_name=~"$service"'
+# Error log records by event time (flows.logmetrics; severity is the SeverityNumber range).
+ERROR_LOGS = f'otelwax_log_records_total{{severity=~"ERROR|FATAL",{SVC}}}'
 
 
 class Layout:
@@ -324,6 +326,23 @@ def service_overview() -> dict[str, Any]:
                     )
                 ],
                 unit="reqps",
+            ),
+            24,
+            8,
+        ),
+        lay.row("Logs by event time (flows.logmetrics)"),
+        lay.place(
+            panel(
+                "timeseries",
+                "Error logs per second",
+                [
+                    prom_target(
+                        f"sum by (service_name) (rate({ERROR_LOGS}{rate}))", "{{service_name}}"
+                    )
+                ],
+                unit="cps",
+                description="Log records with severity ERROR or FATAL, counted in the window of "
+                "their own timestamp (a backlog lands where it belongs). Alert: ServiceErrorLogs.",
             ),
             24,
             8,

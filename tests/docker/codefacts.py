@@ -29,6 +29,8 @@ SPAN_METRICS = {
     "traces_span_metrics_duration_milliseconds_sum": SPAN_METRIC_LABELS,
     "traces_span_metrics_duration_milliseconds_count": SPAN_METRIC_LABELS,
 }
+# Log record counts of flows.logmetrics (operators.log_counts), without extra dimensions.
+LOG_METRICS = {"otelwax_log_records_total": {"service_name", "severity"}}
 # Labels Prometheus adds to every scraped or remote-written series.
 TARGET_LABELS = {"job", "instance"}
 BUILTIN = {"up": set()}
@@ -146,7 +148,7 @@ def check_promql(expr: str, recorded: set[str], where: str) -> list[str]:
     """Problems of ``expr`` against the code: unknown metrics, labels, components, operations."""
     problems = []
     cm = code_metrics()
-    known = {**BUILTIN, **SPAN_METRICS, **cm.labels}
+    known = {**BUILTIN, **SPAN_METRICS, **LOG_METRICS, **cm.labels}
     comps, ops = component_patterns(), operation_names()
     for sel in promql_selectors(expr):
         if sel.metric is None:

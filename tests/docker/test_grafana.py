@@ -199,3 +199,16 @@ def test_clickhouse_queries_run_on_the_sink_tables(tmp_path: Path) -> None:
     assert [(r["SeverityText"], int(r["records"])) for r in by_severity] == [("ERROR", 1)]
     assert rows["logs.json 'Latest records'"][0]["body"] == "payment failed"
     assert rows["traces.json variable service"] == [{"ServiceName": "checkout"}]
+
+
+def test_error_log_panel_counts_what_the_alert_counts() -> None:
+    """The service overview shows the error-log rate the ServiceErrorLogs alert fires on."""
+    dash = _load(GRAFANA / "dashboards" / "service-overview.json")
+    (p,) = [p for p in _panels(dash) if p["title"] == "Error logs per second"]
+    expr = p["targets"][0]["expr"]
+    assert expr.startswith("sum by (service_name) (rate(otelwax_log_records_total{")
+    rules = yaml.safe_load((ROOT / "docker/prometheus/alerts.yml").read_text())["groups"]
+    name = "service:log_errors:rate5m"
+    (rec,) = [r for g in rules for r in g["rules"] if r.get("record") == name]
+    for matcher in re.findall(r'severity=~"[^"]*"', rec["expr"]):
+        assert matcher in expr

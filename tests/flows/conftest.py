@@ -253,3 +253,100 @@ def flow_run(
     yield from flow_runs(
         tmp_path, kafka_bootstrap, make_topic, prefix="spans", module="flows.traces"
     )
+
+
+def chdb_query(path: Path | str, sql: str) -> list[list[str]]:
+    """CSV rows of ``sql`` on an embedded chdb folder, read in a separate process (the test
+    process may hold another chdb folder)."""
+    script = (
+        "import chdb.session, sys\n"
+        "s = chdb.session.Session(sys.argv[1])\n"
+        "print(s.query(sys.argv[2], 'CSV').data())\n"
+        "s.close()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(path), sql],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return [line.replace('"', "").split(",") for line in out.splitlines() if line.strip()]
+
+
+@dataclass
+class WindowFlowRun:
+    """An event-time metrics flow (``flows.spanmetrics``/``flows.logmetrics``) run as
+    ``python -m bytewax.run <module>`` with bytewax recovery (1 s snapshots), reading
+    ``$OTELWAX_CONFIG`` = ``settings`` to the end of its topic (``tail: false``)."""
+
+    tmp: Path
+    module: str
+    settings: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        rec = self.tmp / "recovery"
+        rec.mkdir()
+        subprocess.run(
+            [sys.executable, "-m", "bytewax.recovery", str(rec), "1"], check=True, cwd=ROOT
+        )
+        cfg = self.tmp / "flow.yaml"
+        cfg.write_text(yaml.safe_dump({**self.settings, "tail": False, "metrics_port": None}))
+        self.env = dict(os.environ, OTELWAX_CONFIG=str(cfg), PYTHONPATH=str(ROOT))
+        self.env.pop("OTELWAX_METRICS_PORT", None)
+        self.cmd = [sys.executable, "-m", "bytewax.run", self.module]
+        self.cmd += ["-r", str(rec), "-s", "1", "-b", "10"]
+
+    @classmethod
+    def one_second_windows(
+        cls, tmp: Path, flow: str, bootstrap: str, topic: str, write_url: str
+    ) -> WindowFlowRun:
+        """``flows.<flow>`` with 1 s windows and no lateness over ``topic``, writing to
+        ``write_url`` and embedded chdb in ``tmp/chdb``; small ranges and tiny remote-write
+        requests keep it busy long enough to be killed mid-way."""
+        return cls(
+            tmp,
+            f"flows.{flow}",
+            {
+                "kafka": {"bootstrap_servers": bootstrap},
+                "topic": topic,
+                "source_batch_size": 3,
+                "source_max_delay_s": 0.05,
+                flow: {"window_s": 1, "allowed_lateness_s": 0, "max_age_s": None},
+                "remote_write": {
+                    "url": write_url,
+                    "max_samples_per_request": 2,
+                    "order": {"delay_s": 0.1},
+                },
+                "clickhouse": {"path": str(tmp / "chdb"), "create_schema": True},
+            },
+        )
+
+    def kill_when(self, reached: Callable[[], bool], timeout: float = 90.0) -> None:
+        """Start the flow and SIGKILL it as soon as ``reached()`` (polled) is true; fails when
+        the flow ends first."""
+        log = self.tmp / "killed.log"
+        with open(log, "wb") as fh:
+            proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=fh, stderr=fh)
+        deadline = time.monotonic() + timeout
+        killed = False
+        try:
+            while time.monotonic() < deadline and proc.poll() is None:
+                if reached():
+                    proc.send_signal(signal.SIGKILL)
+                    killed = True
+                    break
+                time.sleep(0.05)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+        tail = log.read_text(errors="replace")[-3000:]
+        assert killed, f"flow ended (rc {proc.returncode}) before it could be killed:\n{tail}"
+
+    def run_to_end(self, timeout: float = 120.0) -> None:
+        """Run the flow again from its recovery snapshot until the topic is drained."""
+        res = subprocess.run(
+            self.cmd, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

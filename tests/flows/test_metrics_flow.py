@@ -18,6 +18,7 @@ from bytewax.testing import run_main
 
 from flows.metrics import build_from_settings, load_settings
 from tests.conftest import free_port
+from tests.flows.conftest import chdb_query
 from tests.promfixtures import (  # noqa: F401
     counter,
     gauge,
@@ -386,23 +387,9 @@ def test_delta_to_cumulative_after_sigkill_with_recovery(
 
 def _chdb_counts(path: Path, table: str) -> tuple[int, int]:
     """(rows, distinct data points) of otel.<table>, read in a separate process."""
-    script = (
-        "import chdb.session, sys\n"
-        "s = chdb.session.Session(sys.argv[1])\n"
-        "q = ('SELECT count(), uniqExact(MetricName, Attributes, TimeUnix) '\n"
-        "     f'FROM otel.{sys.argv[2]}')\n"
-        "print(s.query(q, 'CSV').data().strip())\n"
-        "s.close()\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", script, str(path), table],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout.strip()
-    rows, distinct = (int(x) for x in out.split(","))
-    return rows, distinct
+    sql = f"SELECT count(), uniqExact(MetricName, Attributes, TimeUnix) FROM otel.{table}"
+    ((rows, distinct),) = chdb_query(path, sql)
+    return int(rows), int(distinct)
 
 
 @pytest.mark.slow

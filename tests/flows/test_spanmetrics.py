@@ -355,3 +355,46 @@ def test_one_span_a_day_ahead_leaves_the_next_thousand_counted(
     assert max(newest.values()) <= time.time()
     routed = _routed(kafka_bootstrap, late_topic)
     assert [(reason, t.num_rows) for reason, t in routed] == [(b"future", 1)]
+
+
+def test_restart_after_sigkill_continues_the_counters(
+    kafka_bootstrap: str, make_topic, own_prometheus: PrometheusService, tmp_path
+) -> None:
+    """SIGKILL flows.spanmetrics while it writes; restarted from its snapshot, calls and the
+    duration histogram continue: no counter reset, totals equal to the spans sent, one sample
+    per window, and each window's rows once in ClickHouse."""
+    from tests.flows.conftest import WindowFlowRun, chdb_query
+    from tests.promfixtures import prom_history
+
+    topic = make_topic("spans_kill", partitions=1)
+    svc = unique_job("smkill")
+    base = (int(time.time()) - 240) // 10 * 10  # within Prometheus' 5 min lookback
+    n, per_window = 4000, 20  # 200 windows of 1 s
+    _produce(
+        kafka_bootstrap,
+        topic,
+        [_request(svc, [(base + i / per_window, 3, "GET", 1 + i % 2)]) for i in range(n)],
+    )
+    chdb = tmp_path / "chdb"
+    run = WindowFlowRun.one_second_windows(
+        tmp_path, "spanmetrics", kafka_bootstrap, topic, own_prometheus.write_url
+    )
+    calls = f'traces_span_metrics_calls_total{{service_name="{svc}"}}'
+    count = f'traces_span_metrics_duration_milliseconds_count{{service_name="{svc}"}}'
+    run.kill_when(
+        lambda: 0 < max(prom_values(own_prometheus.url, calls).values(), default=0) < n / 2
+    )
+    run.run_to_end()
+
+    for sel in (calls, count):
+        final = prom_values(own_prometheus.url, sel)
+        assert sorted(final.values()) == [n / 2, n / 2], sel
+        assert set(prom_values(own_prometheus.url, f"resets({sel}[1h])").values()) == {0.0}
+        for samples in prom_history(own_prometheus.url, sel).values():
+            assert samples == sorted(samples) and len(samples) == n // per_window
+    rows = chdb_query(
+        chdb,
+        "SELECT count(), uniqExact(Attributes, TimeUnix), max(Count) "
+        "FROM otel.otel_metrics_histogram",
+    )
+    assert rows == [[str(2 * n // per_window), str(2 * n // per_window), str(n // 2)]]

@@ -106,7 +106,7 @@ def test_an_unexpected_error_is_one_line_with_the_way_to_the_traceback(
     assert "Traceback" not in "\n".join(err) and "--log-level DEBUG" in err[1]
 
 
-@pytest.mark.parametrize("flow", ["traces", "logs", "metrics", "spanmetrics"])
+@pytest.mark.parametrize("flow", ["traces", "logs", "metrics", "spanmetrics", "logmetrics"])
 def test_a_flow_with_a_bad_config_ends_quickly_with_the_problems_and_no_traceback(
     flow: str, tmp_path: Path
 ) -> None:

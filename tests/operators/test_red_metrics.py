@@ -1,4 +1,4 @@
-"""Event-time span-metrics windows: assignment by end time, lateness, overflow, recovery."""
+"""Span-metrics windows (operators.red_metrics): end time, lateness, overflow, recovery."""
 
 from __future__ import annotations
 
@@ -11,14 +11,13 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from connectors.prom_translate import tables_to_series
-from operators.windows import (
+from operators.red_metrics import (
     DEFAULT_BUCKETS_MS,
-    INGEST_TIME_KEY,
-    Dimension,
     SpanMetricsAggregator,
     SpanMetricsConfig,
     span_metrics,
 )
+from operators.windows import INGEST_TIME_KEY, Dimension, WindowLogic
 from otelwax.schemas import TRACES_SCHEMA
 
 S = 10**9
@@ -221,9 +220,7 @@ def test_config_validation() -> None:
 def test_idle_timeout_closes_open_windows() -> None:
     from datetime import UTC, datetime, timedelta
 
-    from operators.windows import _WindowLogic
-
-    logic = _WindowLogic(cfg(idle_close_s=30), None)
+    logic = WindowLogic(SpanMetricsAggregator(cfg(idle_close_s=30)))
     assert logic.notify_at() is None  # nothing open: no timer
     emitted, _ = logic.on_item(spans([(T0 + 1, 1, "a", "op")]))
     assert list(emitted) == []
@@ -238,7 +235,7 @@ def test_idle_timeout_closes_open_windows() -> None:
     logic.on_item(spans([(T0 + 2, 1, "a", "op")]))
     assert logic.agg.late_total == 1
     # and the state round-trips through a snapshot
-    again = _WindowLogic(cfg(), pickle.loads(pickle.dumps(logic.snapshot())))
+    again = WindowLogic(SpanMetricsAggregator(cfg(), pickle.loads(pickle.dumps(logic.snapshot()))))
     assert again.agg.cum == logic.agg.cum
 
 
@@ -340,8 +337,6 @@ def test_spans_older_than_max_age_are_dropped_and_routed() -> None:
 def test_restore_clamps_a_stored_watermark_far_ahead_of_now() -> None:
     """A snapshot written while one span a day ahead drove the watermark (the state the
     unbounded watermark left behind) recovers: on-time spans count again after a restart."""
-    from operators.windows import _WindowLogic
-
     now = _now_s()
     ahead = (now + 86_400) * S
     future_key = ("a", "op", "SPAN_KIND_SERVER", "STATUS_CODE_UNSET")
@@ -353,7 +348,7 @@ def test_restore_clamps_a_stored_watermark_far_ahead_of_now() -> None:
         "late_total": 0,
     }
     future_before = _dropped("future")
-    logic = _WindowLogic(cfg(), pickle.loads(pickle.dumps(bad)))
+    logic = WindowLogic(SpanMetricsAggregator(cfg(), pickle.loads(pickle.dumps(bad))))
     assert _dropped("future") - future_before == 1  # the open future window's span
     emitted: list = []
     for i in range(3):
@@ -408,9 +403,7 @@ def test_eviction_survives_a_snapshot() -> None:
 def test_idle_leaves_a_window_ahead_of_the_clock_open_until_the_clock_passes_it() -> None:
     from datetime import UTC, datetime, timedelta
 
-    from operators.windows import _WindowLogic
-
-    logic = _WindowLogic(cfg(idle_close_s=1), None)
+    logic = WindowLogic(SpanMetricsAggregator(cfg(idle_close_s=1)))
     logic.on_item(spans([(time.time() + 120, 1, "skewed", "op")]))  # within the 300 s skew
     emitted, _ = logic.on_notify()  # idle: the clock has not reached the window
     assert list(emitted) == [] and logic.agg.open_windows == 1
