@@ -11,6 +11,8 @@ values go as ``{name:Type}`` parameters.
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +20,9 @@ from typing import Any
 from connectors.clickhouse import ClickHouseClient
 from connectors.clickhouse_schema import qualified
 
-__all__ = ["QUERIES", "QueryError", "QueryResult", "Tables", "run_query"]
+log = logging.getLogger(__name__)
+
+__all__ = ["QUERIES", "QueryError", "QueryResult", "Tables", "run_query", "serve_queries"]
 
 
 class QueryError(ValueError):
@@ -198,3 +202,21 @@ def run_query(
     if fn is None:
         raise QueryError(f"unknown query {name!r}: one of {', '.join(QUERIES)}")
     return fn(client, tables, dict(params or {}))
+
+
+def serve_queries(client: ClickHouseClient, tables: Tables) -> None:
+    """Answer ``/query/NAME?param=value`` on this process's metrics port with ``client``
+    (a flow's embedded chdb, which no other process can open while the flow runs)."""
+    from otelwax.telemetry import add_route
+
+    def answer(name: str, params: dict[str, str]) -> tuple[int, bytes]:
+        try:
+            result = run_query(client, tables, name.strip("/"), params)
+        except QueryError as exc:
+            return 400, json.dumps({"error": str(exc)}).encode()
+        except Exception as exc:  # the flow goes on; the caller sees why
+            log.warning("query %s failed: %s", name, exc)
+            return 500, json.dumps({"error": str(exc)}).encode()
+        return 200, json.dumps(result.to_json()).encode()
+
+    add_route("/query/", answer)

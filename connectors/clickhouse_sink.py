@@ -102,6 +102,11 @@ class ClickHouseSinkConfig(StrictModel):
         "(used when the flow's source tracks stored ranges; off: each batch is stored before "
         "the worker goes on)",
     )
+    serve_queries: bool = Field(
+        True,
+        description="embedded chdb: answer `otelwax query --flow URL` (/query/NAME) on the "
+        "flow's metrics port, since no other process can open the folder while the flow runs",
+    )
 
 
 # --- the sink ---------------------------------------------------------------------------------
@@ -488,6 +493,10 @@ class ClickHouseSink(DynamicSink[StoredRange]):
                 except Exception:
                     c.close()
                     raise
+            if conn.mode == "embedded" and self.config.serve_queries:
+                from connectors.clickhouse_query import Tables, serve_queries
+
+                serve_queries(c, Tables.of(self.connection))
             return c
 
         return _ClientHolder.get(self.client_key(), _open, hold)

@@ -19,7 +19,9 @@ Components that work in batches also observe each batch's size in
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, make_wsgi_app
@@ -98,16 +100,36 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
+Route = Callable[[str, dict[str, str]], tuple[int, bytes]]
+"""A handler of a path prefix: (rest of the path, query parameters) → (status, JSON body)."""
+
+_routes: dict[str, Route] = {}
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error"}
+
+
+def add_route(prefix: str, handler: Route) -> None:
+    """Answer ``prefix...`` paths on every metrics port of this process with ``handler``
+    (e.g. ``/query/`` of an embedded ClickHouse sink); the last handler of a prefix wins."""
+    with _lock:
+        _routes[prefix] = handler
+
+
 def metrics_app(registry: CollectorRegistry = REGISTRY, health: Health = HEALTH) -> Any:
-    """WSGI app: the health paths answered by ``health``, anything else by Prometheus."""
+    """WSGI app: the health paths answered by ``health``, routes added with
+    :func:`add_route`, anything else by Prometheus."""
     metrics = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: Any) -> Any:
-        answer = health.answer(environ.get("PATH_INFO", ""))
+        path = environ.get("PATH_INFO", "")
+        answer = health.answer(path)
         if answer is None:
-            return metrics(environ, start_response)
+            prefix = next((p for p in list(_routes) if path.startswith(p)), None)
+            if prefix is None:
+                return metrics(environ, start_response)
+            query = dict(parse_qsl(environ.get("QUERY_STRING", "")))
+            answer = _routes[prefix](path[len(prefix) :], query)
         status, body = answer
-        reason = "OK" if status == 200 else "Service Unavailable"
+        reason = _REASONS.get(status, "Service Unavailable")
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
         start_response(f"{status} {reason}", headers)
         return [body]

@@ -86,8 +86,17 @@ for p in "${genpids[@]}"; do wait "$p" || echo "telemetrygen $p exited with $?";
 say "waiting until the flows stored everything the shim accepted"
 python scripts/demo.py drain 8888 9464 9465 9466 120
 
+say "writing an HTML report (otelwax query, answered by the running traces flow)"
+lags=(--lag traces=http://127.0.0.1:9464 --lag metrics=http://127.0.0.1:9465 --lag logs=http://127.0.0.1:9466)
+otelwax query report --flow http://127.0.0.1:9464 "${lags[@]}" --html "$RUN/report.html" \
+  || echo "report: not written (see above)"
+
 say "stopping the flows"
 for i in 1 2 3; do kill -INT "${pids[$i]}" 2>/dev/null || true; done
 for i in 1 2 3; do timeout 60 tail --pid="${pids[$i]}" -f /dev/null || true; done
 
 python scripts/demo.py summary "$RUN"
+if [ -f "$RUN/report.html" ]; then
+  printf '\n\033[1mOpen the report:\033[0m file://%s\n' "$RUN/report.html"
+  echo "  (services, errors and p99 over time, the slowest trace's waterfall, lag per flow)"
+fi
