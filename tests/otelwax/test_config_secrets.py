@@ -47,7 +47,12 @@ def test_literal_secrets_in_kafka_extra_and_headers_are_refused_by_path() -> Non
 def test_secrets_from_the_environment_load() -> None:
     data = {
         "kafka": {"extra": {"sasl.password": "${env:KAFKA_PW}", "sasl.username": "u"}},
-        "sinks": {"remote_write": {"headers": {"Authorization": "Bearer ${env:PROM_TOKEN}"}}},
+        "sinks": {
+            "remote_write": {
+                "url": "http://prom:9090/api/v1/write",
+                "headers": {"Authorization": "Bearer ${env:PROM_TOKEN}"},
+            }
+        },
     }
     env = {"KAFKA_PW": "hunter2", "PROM_TOKEN": "abc"}
     cfg, problems = validate_data(data, env)
