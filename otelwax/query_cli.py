@@ -64,6 +64,9 @@ class _Remote:
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
 
+    def close(self) -> None:
+        pass
+
     def run(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
         qs = urllib.parse.urlencode(params)
         try:
@@ -91,6 +94,9 @@ class _Local:
         from connectors.clickhouse_query import run_query
 
         return run_query(self.client, self.tables, name, params).to_json()
+
+    def close(self) -> None:
+        self.client.close()
 
 
 def _clickhouse(config: str | None) -> Any:
@@ -184,6 +190,13 @@ def run(args: argparse.Namespace) -> int:
         print("otelwax query trace: give the trace id", file=sys.stderr)
         return 2
     src, where = _source(args)
+    try:
+        return _run(src, where, args)
+    finally:
+        src.close()  # an embedded chdb folder is free again for the flow
+
+
+def _run(src: Any, where: str, args: argparse.Namespace) -> int:
     if args.action == "report":
         return _report(src, where, args)
     params: dict[str, Any] = {"since_s": args.since, "limit": args.limit}

@@ -104,3 +104,5 @@ def test_query_command_prints_tables_and_writes_the_report(
         assert element in html, element
     assert html.count('class="span"') >= 2  # the slowest trace's spans as waterfall rows
     assert "<script" not in html and "http" not in html.split("<body>", 1)[1]
+    # the command let go of the folder: only the fixture's client holds the engine now
+    assert chdb_client._engine.refs == 1

@@ -483,7 +483,8 @@ def test_settings_from_the_shared_deployment_config(tmp_path: Path) -> None:
 
 def test_old_per_flow_config_variables_are_deprecated_fallbacks(tmp_path: Path) -> None:
     own = tmp_path / "metrics.yaml"
-    own.write_text(yaml.safe_dump({"topic": "old", "clickhouse": None}))
+    rw = {"url": "http://127.0.0.1:9/api/v1/write"}  # an output: clickhouse is off
+    own.write_text(yaml.safe_dump({"topic": "old", "clickhouse": None, "remote_write": rw}))
     shared = tmp_path / "otelwax.yaml"
     shared.write_text(yaml.safe_dump({"flows": {"metrics": {"topic": "new"}}}))
     assert load_settings(None, env={"OTELWAX_METRICS_CONFIG": str(own)}).topic == "old"
