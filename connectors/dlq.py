@@ -37,7 +37,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import Field
 
-from connectors.kafka import HEADER_CONTENT_TYPE, TOPIC_DLQ, KafkaConfig
+from connectors.kafka import HEADER_CONTENT_TYPE, TOPIC_DLQ, KafkaConfig, quiet
 from otelwax.settings import StrictModel
 from otelwax.telemetry import ComponentMetrics
 
@@ -203,7 +203,7 @@ class DeadLetterProducer:
             }
         )
         conf.update(cfg.extra)
-        self._producer = Producer(conf)
+        self._producer = Producer(quiet(conf))
         self._fatal = _not_retryable()
         self._topic_seen = False
         self.metrics = ComponentMetrics("dlq", "records")

@@ -6,8 +6,11 @@ Topic names, record keys and encoding follow the OpenTelemetry Collector's kafka
 
 from __future__ import annotations
 
+import logging
+import re
+import threading
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -44,6 +47,10 @@ class KafkaConfig(StrictModel):
         json_schema_extra=secret_keys(SECRET_PROPERTIES),
     )
 
+    connect_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="how long a flow waits for Kafka's metadata at start"
+    )
+
     def client_conf(self) -> dict[str, str | int | bool]:
         """librdkafka properties common to every client."""
         conf: dict[str, str | int | bool] = {
@@ -52,6 +59,46 @@ class KafkaConfig(StrictModel):
         }
         conf.update(self.extra)
         return conf
+
+
+class _RepeatFilter(logging.Filter):
+    """Lets the first of a kind of librdkafka message through per ``window_s``; the next one
+    after the window says how many were held back. A broker that is down makes librdkafka log
+    the same connect failure ~20 times a second per client."""
+
+    def __init__(self, window_s: float = 60.0) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        fac = str(args[0]) if args else ""
+        text = re.sub(r"\d+", "N", str(args[-1]) if args else record.getMessage())
+        now = time.monotonic()
+        with self._lock:
+            first, held = self._seen.get((fac, text), (0.0, 0))
+            if first and now - first < self.window_s:
+                self._seen[(fac, text)] = (first, held + 1)
+                return False
+            self._seen[(fac, text)] = (now, 0)
+            if len(self._seen) > 1000:  # bounded: forget the oldest kinds
+                for k in sorted(self._seen, key=lambda k: self._seen[k][0])[:500]:
+                    del self._seen[k]
+        if held:
+            record.msg = f"{record.msg} ({held} more like this in the last {self.window_s:g} s)"
+        return True
+
+
+LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+LIBRDKAFKA_LOG.addFilter(_RepeatFilter())
+
+
+def quiet(conf: dict[str, Any]) -> dict[str, Any]:
+    """``conf`` with librdkafka's log lines sent through Python logging (logger
+    ``librdkafka``), where repeats are rate-limited, instead of straight to stderr."""
+    return {**conf, "logger": LIBRDKAFKA_LOG}
 
 
 def wait_ready(bootstrap: str, timeout: float = 60.0) -> None:

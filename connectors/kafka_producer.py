@@ -39,7 +39,7 @@ from typing import Any, Literal
 from prometheus_client import Counter
 from pydantic import Field
 
-from connectors.kafka import KafkaConfig
+from connectors.kafka import KafkaConfig, quiet
 from otelwax.settings import StrictModel
 from otelwax.telemetry import ComponentMetrics
 
@@ -263,8 +263,7 @@ class AsyncProducer:
 
         conf = self.librdkafka_conf()
         conf["error_cb"] = self._on_error
-        conf["logger"] = log
-        return Producer(conf)
+        return Producer(quiet(conf))  # repeated client errors rate-limited
 
     def close(self, timeout: float = 30.0) -> int:
         """Stop the threads and flush; returns the number of records left unflushed."""

@@ -36,7 +36,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from prometheus_client import Gauge
 from pydantic import Field
 
-from connectors.kafka import TOPIC_SPANS, KafkaConfig
+from connectors.kafka import TOPIC_SPANS, KafkaConfig, quiet
 from otelwax.health import HEALTH
 from otelwax.settings import StrictModel
 from otelwax.telemetry import ComponentMetrics
@@ -302,7 +302,7 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
             }
         )
         conf.update(cfg.extra)
-        self._consumer = Consumer(conf)
+        self._consumer = Consumer(quiet(conf))
         tp = TopicPartition(self._topic, partition)
         low, high = self._consumer.get_watermark_offsets(tp, timeout=30)
         default = low if cfg.start == "earliest" else high
@@ -562,15 +562,31 @@ class PartitionedKafkaSource(FixedPartitionedSource[KafkaRange, int]):
         self._start_once()
         if self.config.partitions is not None:
             return [str(p) for p in self.config.partitions]
+        from confluent_kafka import KafkaException
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient(self.kafka.client_conf())
-        md = admin.list_topics(self.config.topic, timeout=30)
-        topic = md.topics.get(self.config.topic)
+        from otelwax.startup import exit_at_start
+
+        kafka, name = self.kafka, self.config.topic
+        # Our own line says what failed: librdkafka's would repeat it ~20 times a second.
+        admin = AdminClient({**kafka.client_conf(), "log_level": 0})
+        try:
+            md = admin.list_topics(name, timeout=kafka.connect_timeout_s)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else exc
+            exit_at_start(
+                f"Kafka at {kafka.bootstrap_servers} did not answer within "
+                f"{kafka.connect_timeout_s:g} s ({getattr(err, 'str', lambda: err)()}): start it, "
+                "or point kafka.bootstrap_servers (or $OTELWAX_KAFKA_BOOTSTRAP) at it",
+                exc,
+            )
+        topic = md.topics.get(name)
         if topic is None or topic.error is not None or not topic.partitions:
-            raise RuntimeError(
-                f"kafka topic {self.config.topic!r} not found at {self.kafka.bootstrap_servers}"
-                + (f": {topic.error}" if topic is not None and topic.error else "")
+            why = f" ({topic.error.str()})" if topic is not None and topic.error else ""
+            exit_at_start(
+                f"Kafka topic {name!r} does not exist at {kafka.bootstrap_servers}{why}: create "
+                f"it (otelwax kafka create-topics --bootstrap {kafka.bootstrap_servers} {name}) "
+                "or set this flow's source topic"
             )
         return [str(p) for p in sorted(topic.partitions)]
 

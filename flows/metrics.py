@@ -707,9 +707,9 @@ def _serving_source_cls() -> type:
 
         def build_part(self, step_id: str, for_part: str, resume_state: Any) -> Any:
             if self.metrics_port:
-                from otelwax.telemetry import serve_metrics
+                from otelwax.telemetry import serve_flow_metrics
 
-                serve_metrics(self.metrics_port, health=self.health)
+                serve_flow_metrics(self.metrics_port, health=self.health)
             return super().build_part(step_id, for_part, resume_state)
 
     return ServingKafkaSource
@@ -748,9 +748,9 @@ def ranges_source(settings: MetricsFlowSettings) -> PartitionedKafkaSource:
 
     def on_start() -> None:
         if port:
-            from otelwax.telemetry import serve_metrics
+            from otelwax.telemetry import serve_flow_metrics
 
-            serve_metrics(port, health=settings.health)
+            serve_flow_metrics(port, health=settings.health)
 
     # Without ClickHouse there is nothing to re-cut for: an empty reader (also sidesteps
     # kafka_source's intents=None path, which calls list(offset)).

@@ -44,7 +44,7 @@ from connectors.dlq import DeadLetter, DeadLetterError, DeadLetterProducer, row_
 from connectors.kafka_source import KafkaRange, PartitionedKafkaSource, RangeAcks
 from otelwax.logs import current_step, instrument
 from otelwax.schemas import LOGS_SCHEMA, TRACES_SCHEMA
-from otelwax.telemetry import ComponentMetrics, serve_metrics
+from otelwax.telemetry import ComponentMetrics, serve_flow_metrics
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +382,7 @@ def build_dataflow(
 
     def on_start() -> None:
         if port is not None:
-            serve_metrics(port, addr, settings.health)
+            serve_flow_metrics(port, addr, settings.health)
 
     acks = RangeAcks()  # every range reaches the sink: the steps below are all 1:1 maps
     sink = clickhouse_sink(settings, signal, acks)

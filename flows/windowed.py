@@ -54,7 +54,7 @@ from flows.metrics import MetricChunk, MetricsClickHouseConfig, MetricsClickHous
 from flows.settings import ServingSettings
 from operators.windows import INGEST_TIME_KEY, REASON_KEY, WindowConfig, WindowStreams
 from otelwax.logs import instrument
-from otelwax.telemetry import ComponentMetrics, serve_metrics
+from otelwax.telemetry import ComponentMetrics, serve_flow_metrics
 
 __all__ = [
     "WindowDecode",
@@ -148,7 +148,7 @@ def window_source(settings: WindowFlowSettings) -> PartitionedKafkaSource:
 
     def on_start() -> None:
         if port is not None:
-            serve_metrics(port, addr, settings.health)
+            serve_flow_metrics(port, addr, settings.health)
 
     return PartitionedKafkaSource(settings.kafka, cfg, NoIntents, on_start)
 

@@ -47,6 +47,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "otelwax.flow_cli",
         "run a dataflow (traces|logs|metrics|spanmetrics|logmetrics) with recovery/cluster args",
     ),
+    "kafka": ("otelwax.kafka_admin", "create the topics otelwax uses, or wait for the broker"),
     "query": (
         "otelwax.query_cli",
         "see what landed: row counts, services, traces, a trace, an HTML report",

@@ -155,3 +155,21 @@ def serve_metrics(
         )
         threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         _served[port] = server
+
+
+def serve_flow_metrics(
+    port: int, addr: str = "0.0.0.0", health: HealthConfig | None = None
+) -> None:
+    """:func:`serve_metrics` for a flow starting up: a port already in use ends the process
+    with one line naming the port and the setting to change (``otelwax.startup``)."""
+    try:
+        serve_metrics(port, addr, health)
+    except OSError as exc:
+        from otelwax.startup import exit_at_start
+
+        exit_at_start(
+            f"metrics port {addr}:{port} is not available ({exc.strerror or exc}): another "
+            "flow or process serves there; set this flow's metrics_port (or "
+            "$OTELWAX_METRICS_PORT) to a free port, or to null to serve none",
+            exc,
+        )
