@@ -98,7 +98,7 @@ def test_multi_stage_with_a_rust_toolchain_in_the_builder() -> None:
     copies = [a for w, a in builder if w == "COPY"]
     assert any(a.startswith("--from=rust /usr/local/cargo") for a in copies)
     runs = "\n".join(a for w, a in builder if w == "RUN")
-    assert "pip install --no-deps ." in runs and "import otelwax._native" in runs
+    assert "pip install --no-deps ." in runs and 'python -P -c "import otelwax._native"' in runs
     # The runtime takes only the virtualenv (and configs) from the builder: no toolchain.
     runtime_copies = _final("COPY")
     assert all(a.startswith("--from=builder") for a in runtime_copies)
