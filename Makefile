@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench soak lint services stop clean wipe
+.PHONY: setup run test e2e bench soak lint services stop clean wipe
 
 $(STAMP): pyproject.toml native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ run: setup
 
 test: setup
 	@scripts/test.sh
+
+# The otelwax image built with podman and run against real services (not part of `make test`).
+e2e: setup
+	@scripts/e2e.sh
 
 bench: setup
 	@scripts/bench.sh

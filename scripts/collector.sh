@@ -14,7 +14,8 @@ WORK="$ROOT/.cache/otelcol-build"
 export GOFLAGS="${GOFLAGS:--trimpath}"
 mkdir -p "$BIN" "$WORK"
 
-want="$BUILDER_VERSION $(sha256sum "$MANIFEST" | cut -d' ' -f1)"
+# Comments do not change the binary: only the manifest's other lines count.
+want="$BUILDER_VERSION $(grep -v '^[[:space:]]*#' "$MANIFEST" | sha256sum | cut -d' ' -f1)"
 stamp="$BIN/.otelcol-bench.version"
 if [ -x "$OUT" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   exit 0

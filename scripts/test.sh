@@ -28,6 +28,7 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 scripts/services/jaeger.sh build
+scripts/collector.sh  # the Collector of tests/interop/ (and of the benchmark)
 
 scripts/kafka.sh wipe >/dev/null
 scripts/kafka.sh start

@@ -76,15 +76,31 @@ def test_hadolint_is_real(hadolint: str, tmp_path: Path) -> None:
     assert res.returncode != 0 and "DL3007" in res.stdout  # 'latest' tag
 
 
+def _default_froms() -> list[str]:
+    """The FROM lines with the global ARG defaults substituted (what a plain build uses)."""
+    args: dict[str, str] = {}
+    froms: list[str] = []
+    for word, rest in _instructions():
+        if word == "ARG" and not froms and "=" in rest:
+            name, _, default = rest.partition("=")
+            args[name] = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], default)
+        elif word == "FROM":
+            froms.append(re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], rest))
+    return froms
+
+
 def test_multi_stage_with_a_rust_toolchain_in_the_builder() -> None:
-    froms = [a for w, a in _instructions() if w == "FROM"]
+    froms = _default_froms()
     assert len(froms) >= 3
     assert froms[-1].endswith(" AS runtime") and "-slim" in froms[-1]
+    assert froms[0].startswith("rust:1.") and froms[0].endswith(" AS rust")
+    # One base for the builder and the runtime: the virtualenv's interpreter is the same.
+    assert froms[-2].split()[0] == froms[-1].split()[0] == "python:3.11-slim-trixie"
     builder = next(s for s in _stages() if s[0][1].endswith(" AS builder"))
     copies = [a for w, a in builder if w == "COPY"]
     assert any(a.startswith("--from=rust /usr/local/cargo") for a in copies)
     runs = "\n".join(a for w, a in builder if w == "RUN")
-    assert "pip install --no-deps ." in runs and "import otelwax._native" in runs
+    assert "pip install --no-deps ." in runs and 'python -P -c "import otelwax._native"' in runs
     # The runtime takes only the virtualenv (and configs) from the builder: no toolchain.
     runtime_copies = _final("COPY")
     assert all(a.startswith("--from=builder") for a in runtime_copies)

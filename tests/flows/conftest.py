@@ -7,6 +7,7 @@ The test process reads ClickHouse only after the flow process exited.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -202,6 +203,21 @@ def chdb_rows(path: Path | str, sql: str) -> list[tuple[Any, ...]]:
         return list(client.execute(sql))
     finally:
         client.close()
+
+
+def chdb_query(path: Path | str, sql: str) -> list[list[Any]]:
+    """Rows of ``sql`` on an embedded chdb folder, read in a separate process: chdb allows one
+    data path per process, so a test that reads several flows' folders cannot use chdb_rows."""
+    script = (
+        "import chdb.session, sys\n"
+        "s = chdb.session.Session(sys.argv[1])\n"
+        "print(s.query(sys.argv[2], 'JSONCompact').data())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(path), sql], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)["data"]
 
 
 def flow_runs(
