@@ -205,9 +205,10 @@ def chdb_rows(path: Path | str, sql: str) -> list[tuple[Any, ...]]:
         client.close()
 
 
-def chdb_query(path: Path | str, sql: str) -> list[list[Any]]:
-    """Rows of ``sql`` on an embedded chdb folder, read in a separate process: chdb allows one
-    data path per process, so a test that reads several flows' folders cannot use chdb_rows."""
+def chdb_json(path: Path | str, sql: str) -> list[list[Any]]:
+    """Typed rows (JSON) of ``sql`` on an embedded chdb folder, read in a separate process:
+    chdb allows one data path per process, so a test that reads several flows' folders cannot
+    use chdb_rows (64-bit integers come as strings, as ClickHouse quotes them in JSON)."""
     script = (
         "import chdb.session, sys\n"
         "s = chdb.session.Session(sys.argv[1])\n"

@@ -29,7 +29,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from tests import otlpgen
 from tests.conftest import ROOT, free_port
 from tests.connectors.ingest.conftest import start_shim
-from tests.flows.conftest import FlowRun, chdb_query, consume_all, flow_runs
+from tests.flows.conftest import FlowRun, chdb_json, consume_all, flow_runs
 from tests.promfixtures import gauge, metrics_request
 
 from .conftest import OtlpHttpSink, send_grpc, start_collector
@@ -200,15 +200,15 @@ def test_collector_kafkaexporter_feeds_the_flows(
             rc = p.wait()
         assert rc == 0, log()
 
-    stored_spans = chdb_query(
+    stored_spans = chdb_json(
         Path(traces.settings["clickhouse"]["path"]), "SELECT TraceId, SpanId FROM otel.otel_traces"
     )
     assert Counter(tuple(r) for r in stored_spans) == _span_ids(sent["traces"])
-    stored_logs = chdb_query(
+    stored_logs = chdb_json(
         Path(logs.settings["clickhouse"]["path"]), "SELECT Body FROM otel.otel_logs"
     )
     assert Counter(r[0] for r in stored_logs) == _log_bodies(sent["logs"])
-    stored_points = chdb_query(
+    stored_points = chdb_json(
         metrics_chdb,
         "SELECT MetricName, toUnixTimestamp64Nano(TimeUnix), Value, Attributes['p']"
         " FROM otel.otel_metrics_gauge",
