@@ -173,11 +173,17 @@ def build_server(
         loop = None
     server.add_generic_rpc_handlers(OtlpGrpcService(handler, token, loop).generic_handlers())
     addr = f"{host}:{port}"
-    if cert_file and key_file:
-        creds = grpc.ssl_server_credentials(
-            [(Path(key_file).read_bytes(), Path(cert_file).read_bytes())]
-        )
-        bound = server.add_secure_port(addr, creds)
-    else:
-        bound = server.add_insecure_port(addr)
+    try:
+        if cert_file and key_file:
+            creds = grpc.ssl_server_credentials(
+                [(Path(key_file).read_bytes(), Path(cert_file).read_bytes())]
+            )
+            bound = server.add_secure_port(addr, creds)
+        else:
+            bound = server.add_insecure_port(addr)
+    except RuntimeError as exc:  # grpc says only "Failed to bind": the usual cause is named
+        raise OSError(
+            f"OTLP/gRPC port {addr} is not available (in use?): set ingest.grpc.port "
+            "(--grpc-port) to a free port, or stop the process that holds it"
+        ) from exc
     return server, bound

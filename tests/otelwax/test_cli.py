@@ -132,3 +132,23 @@ def test_a_flow_with_a_bad_config_ends_quickly_with_the_problems_and_no_tracebac
         assert expect in res.stderr and "otelwax validate" in res.stderr
         # each problem once (the metrics flows' models used to rebuild the flow on import)
         assert res.stderr.count(expect) == 1, res.stderr
+
+
+def test_the_shim_on_a_busy_grpc_port_says_which_port_and_what_to_set() -> None:
+    import socket
+
+    from tests.conftest import free_port
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = _otelwax(
+            "ingest", "--host", "127.0.0.1", "--grpc-port", str(port),
+            "--http-port", str(free_port()), "--metrics-port", str(free_port()),
+            "--kafka-bootstrap", f"127.0.0.1:{free_port()}",
+            env={"GRPC_VERBOSITY": "NONE"},
+        )  # fmt: skip
+    assert res.returncode == 1
+    assert f"otelwax ingest: error: OTLP/gRPC port 127.0.0.1:{port} is not available" in res.stderr
+    assert "Traceback" not in res.stderr and "--grpc-port" in res.stderr
