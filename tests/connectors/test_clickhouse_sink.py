@@ -32,7 +32,17 @@ def sink_for(chdb_client):
         )
         return ClickHouseSink(conn, ClickHouseSinkConfig(), acks=acks, sort_key=TRACES_SORT_KEY)
 
-    return make
+    yield make
+    # Clients a test got with sink.client() outside a partition: close them, or the process's
+    # chdb engine stays on this folder and later tests cannot open theirs.
+    from connectors.clickhouse_sink import _ClientHolder
+
+    with _ClientHolder._lock:
+        left = list(_ClientHolder._clients.values())
+        _ClientHolder._clients.clear()
+        _ClientHolder._refs.clear()
+    for c in left:
+        c.close()
 
 
 def _ranges(acks: RangeAcks, n: int) -> list[StoredRange]:
