@@ -22,7 +22,9 @@ from soak.stack import FLOWS, Stack, http_get
 
 LINE = re.compile(r'^(otelwax_\w+?)(?:_total)?\{([^}]*)\} ([0-9.eE+-]+|NaN)$')
 LABEL = re.compile(r'(\w+)="([^"]*)"')
-STORED = re.compile(r"clickhouse|remote_write|jaeger")
+# Components whose sent counter means "stored": sinks, and the window flows' remote-write
+# (component named after the flow).
+STORED = re.compile(r"clickhouse|remote_write|jaeger|^spanmetrics$|^logmetrics$")
 INPUT = {"traces": "traces", "spanmetrics": "traces", "logs": "logs", "metrics": "metrics"}
 """The shim's input (``ingest_<signal>``) each flow stores."""
 

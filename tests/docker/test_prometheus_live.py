@@ -1,6 +1,6 @@
 """A real Prometheus with docker/prometheus's config and rules, fed the way the stack feeds it.
 
-Span metrics come from otelwax's own pipeline (operators.windows span-metrics aggregator →
+Span metrics come from otelwax's own pipeline (operators.red_metrics span-metrics aggregator →
 connectors.prom_translate → connectors.remote_write into the remote-write receiver), and
 otelwax's self-metrics are remote-written with the labels the code uses. Then every Prometheus
 query of the dashboards runs against it, and every alert rule evaluates without error, with the
@@ -135,6 +135,8 @@ def _self_metrics(start_s: float, minutes: int) -> Any:
         ("otelwax_sent_total", {"component": "clickhouse_sink", "unit": "rows"}, 900),
         ("otelwax_failed_total", {"component": "clickhouse_sink", "unit": "rows"}, 5),
         ("otelwax_sent_total", {"component": "dlq", "unit": "records"}, 1),
+        # flows.logmetrics' counter (its own series, not a self-metric; the same shape)
+        ("otelwax_log_records_total", {"service_name": "checkout", "severity": "ERROR"}, 120),
         (
             "otelwax_dropped_total",
             {"component": "operator:pii", "unit": "spans", "reason": "filtered"},
@@ -178,7 +180,7 @@ def fed(prometheus: str) -> str:
     """Prometheus holding 15 minutes of span metrics and self-metrics, ending now."""
     from connectors.prom_translate import SeriesBatch, tables_to_series
     from connectors.remote_write import RemoteWriteClient, RemoteWriteConfig
-    from operators.windows import SpanMetricsAggregator, SpanMetricsConfig
+    from operators.red_metrics import SpanMetricsAggregator, SpanMetricsConfig
 
     minutes = 15
     start = time.time() - minutes * 60 - 30
