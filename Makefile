@@ -37,6 +37,7 @@ soak: setup
 
 lint: setup
 	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/lint-imports --no-cache --no-logo
 
 services: setup
 	@scripts/kafka.sh start

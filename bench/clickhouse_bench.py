@@ -35,13 +35,13 @@ import pyarrow as pa  # noqa: E402
 
 from connectors.clickhouse import (  # noqa: E402
     ClickHouseConfig,
-    _python_column,
     encode_native,
     init_schema,
     open_client,
     plan_columns,
 )
 from connectors.clickhouse_schema import TableOptions  # noqa: E402
+from connectors.clickhouse_server import _python_column  # noqa: E402
 from otelwax.codec import decode_traces  # noqa: E402
 from tests.otlpgen import trace_payloads  # noqa: E402
 

@@ -184,7 +184,7 @@ def load_flow_settings(
     Sources, later ones winning: defaults; the YAML file ``config_path`` or ``$OTELWAX_CONFIG``
     (``deprecated_env`` is read only when ``$OTELWAX_CONFIG`` is unset) — either ``model``
     itself or a whole otelwax config (``flows.<section>`` with the shared top-level
-    ``kafka``/``clickhouse``, through ``otelwax.config``); ``OTELWAX_KAFKA_BOOTSTRAP``,
+    ``kafka``/``clickhouse``, through ``otelwax.cli.config``); ``OTELWAX_KAFKA_BOOTSTRAP``,
     ``OTELWAX_METRICS_PORT`` and ``OTELWAX_<SECTION>__a__b=<yaml>``; keyword ``overrides``
     nested with ``__``. Raises ``ValueError`` listing every problem as ``key.path: msg``.
     """

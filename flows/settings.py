@@ -10,7 +10,7 @@ Sources, later ones winning:
 1. defaults (embedded chdb in ``.data/chdb``, Kafka ``127.0.0.1:9092``, topic ``otlp_spans``
    or ``otlp_logs``);
 2. a YAML file: ``build("configs/x.yaml")`` or ``$OTELWAX_CONFIG``. The file is either this
-   model itself or a whole otelwax config (``otelwax.config``: ``flows.traces`` or
+   model itself or a whole otelwax config (``otelwax.cli.config``: ``flows.traces`` or
    ``flows.logs`` plus the shared top-level ``kafka``/``clickhouse``, ``${env:VAR}`` substitution);
 3. environment: ``OTELWAX_KAFKA_BOOTSTRAP``, ``OTELWAX_METRICS_PORT``, ``OTELWAX_LOG_LEVEL``,
    ``OTELWAX_LOG_FORMAT`` (text|json), and any nested key as
@@ -257,7 +257,7 @@ def load_flow_settings(
         if any(k in loaded for k in ("flows", "ingest", "sinks")):
             # A whole otelwax config: its loader substitutes ${env:...} and shares the
             # top-level kafka/clickhouse sections with flows.<section>.
-            from otelwax.config import load_config
+            from otelwax.cli.config import load_config
 
             loaded = load_config(path, env).flow_settings(section).model_dump(exclude_unset=True)
         data = loaded

@@ -33,7 +33,7 @@ class StrictModel(BaseModel):
 def secret_keys(pattern: str) -> dict[str, Any]:
     """``json_schema_extra`` of a free-form ``dict`` field (librdkafka properties, HTTP
     headers) whose entries with a key matching ``pattern`` (case-insensitive regex) are
-    secrets: ``otelwax.config`` refuses them as literals, like ``SecretStr`` fields."""
+    secrets: ``otelwax.cli.config`` refuses them as literals, like ``SecretStr`` fields."""
     return {"secret_keys": pattern}
 
 

@@ -79,9 +79,9 @@ start() {
     -Dlog4j2.configurationFile=$KAFKA_DATA/log4j2.yaml -cp '$LIBS/*' kafka.Kafka $CONF" >"$LOG" 2>&1 &
   echo $! > "$PIDFILE"
   echo "kafka: starting (pid $(cat "$PIDFILE")), log $LOG"
-  "$PY" -m otelwax.kafka_admin wait --bootstrap "127.0.0.1:$KAFKA_PORT" --timeout 90 || {
+  "$PY" -m otelwax.cli.kafka wait --bootstrap "127.0.0.1:$KAFKA_PORT" --timeout 90 || {
     echo "kafka: did not become ready; last log lines:"; tail -n 30 "$LOG"; stop; exit 1; }
-  "$PY" -m otelwax.kafka_admin create-topics --bootstrap "127.0.0.1:$KAFKA_PORT" \
+  "$PY" -m otelwax.cli.kafka create-topics --bootstrap "127.0.0.1:$KAFKA_PORT" \
     --partitions "${KAFKA_PARTITIONS:-4}"
   echo "kafka: ready on 127.0.0.1:$KAFKA_PORT"
 }

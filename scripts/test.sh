@@ -34,6 +34,7 @@ scripts/kafka.sh wipe >/dev/null
 scripts/kafka.sh start
 
 ruff check . || { echo "ruff: lint errors (see above)"; exit 1; }
+lint-imports --no-cache --no-logo || { echo "lint-imports: a layer contract is broken (README: Architecture)"; exit 1; }
 set +e
 python -m pytest "$@"
 rc=$?

@@ -97,7 +97,8 @@ def load_section(path: Path) -> dict[str, Any]:
     section copied into ``ingest`` unless it sets its own. Any other mapping is read as an
     IngestConfig (with ``${env:VAR}`` substitution too). Raises ValueError listing problems.
     """
-    from otelwax.config import ConfigError, read_yaml, share_sections, substitute_env
+    from connectors.ingest.config import IngestConfig
+    from otelwax.configfile import ConfigError, read_yaml, share_sections, substitute_env
 
     try:
         raw = read_yaml(path)
@@ -110,7 +111,7 @@ def load_section(path: Path) -> dict[str, Any]:
     if problems:
         raise ValueError("; ".join(problems))
     if full:
-        data, _copied = share_sections(data)
+        data, _copied = share_sections(data, {"ingest": IngestConfig}.get)
         data = data.get("ingest") or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: the ingest section must be a mapping")

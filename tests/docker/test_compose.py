@@ -116,10 +116,10 @@ def test_start_order(compose_project: dict[str, Any]) -> None:
 def test_topic_init_runs_the_real_admin_command(
     compose_project: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import otelwax.kafka_admin as ka
+    import otelwax.cli.kafka as ka
 
     svc = _svc(compose_project, "topic-init")
-    assert svc["entrypoint"] == ["python", "-m", "otelwax.kafka_admin"]
+    assert svc["entrypoint"] == ["python", "-m", "otelwax.cli.kafka"]
     # Parse the command with the module's own parser (without running it).
     seen: dict[str, Any] = {}
 
@@ -136,8 +136,8 @@ def test_topic_init_runs_the_real_admin_command(
 
 def _flow_argv(signal: str, svc: dict[str, Any], tmp_path: Path) -> list[str]:
     """The ``python -m bytewax.run ...`` argv the flow service's shell line ends in."""
-    from otelwax.flow_cli import FLOWS as CLI_FLOWS
-    from otelwax.flow_cli import add_arguments, build_command
+    from otelwax.cli.flow import FLOWS as CLI_FLOWS
+    from otelwax.cli.flow import add_arguments, build_command
 
     script, env = svc["command"][0], svc["environment"]
     last = script.split(";")[-1].split()
@@ -195,7 +195,7 @@ def test_flow_modules_exist(signal: str) -> None:
 
 
 def test_compose_config_loads_with_the_code(compose_project: dict[str, Any]) -> None:
-    from otelwax.config import load_config
+    from otelwax.cli.config import load_config
 
     conf = DOCKER / "config"
     assert load_config(conf / "otelwax.yaml").flows.traces.clickhouse.host == "clickhouse"

@@ -234,7 +234,7 @@ def test_dockerignore_keeps_local_state_out_of_the_context() -> None:
         assert p not in ignored
 
 
-@pytest.mark.parametrize("module", ["otelwax.cli", "otelwax.kafka_admin", "bytewax.run"])
+@pytest.mark.parametrize("module", ["otelwax.cli", "otelwax.cli.kafka", "bytewax.run"])
 def test_modules_the_image_runs_exist(module: str) -> None:
     import importlib.util
 

@@ -55,7 +55,7 @@ def build_context(dest: Path) -> list[str]:
 
 def test_context_excludes_local_state_and_keeps_the_sources(tmp_path: Path) -> None:
     sent = set(build_context(tmp_path / "ctx"))
-    for must in ("pyproject.toml", "README.md", "native/Cargo.toml", "otelwax/cli.py"):
+    for must in ("pyproject.toml", "README.md", "native/Cargo.toml", "otelwax/cli/__init__.py"):
         assert must in sent
     for path in sent:
         assert not path.startswith((".venv/", ".data/", ".cache/", ".git/", "tests/"))
@@ -95,7 +95,9 @@ def test_builder_step_builds_the_wheel_with_the_native_codec(tmp_path: Path) -> 
         assert "otelwax = otelwax.cli:main" in z.read(entry_points).decode()
         z.extractall(tmp_path / "site")
     assert any(n.startswith("otelwax/_native") and n.endswith(".so") for n in names)
-    for pkg in ("flows/traces.py", "flows/metrics.py", "connectors/kafka.py", "otelwax/cli.py"):
+    for pkg in (
+        "flows/traces.py", "flows/metrics.py", "connectors/kafka.py", "otelwax/cli/__init__.py"
+    ):
         assert pkg in names
     # The builder's own check, against the wheel's files (dependencies from this venv).
     check = "import otelwax._native, otelwax.cli, connectors.kafka, otelwax.telemetry, flows"

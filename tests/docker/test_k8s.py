@@ -141,9 +141,9 @@ def test_ingest_args_parse_with_the_real_cli() -> None:
 def _flow_argv(signal: str, env: dict[str, str], config: str) -> list[str]:
     """The ``python -m bytewax.run ...`` argv the flow container ends up running, with the
     mounted config file replaced by ``config`` (a local copy of the ConfigMap's file)."""
+    from otelwax.cli.flow import FLOWS as CLI_FLOWS
+    from otelwax.cli.flow import add_arguments, build_command
     from otelwax.cluster import cluster_args
-    from otelwax.flow_cli import FLOWS as CLI_FLOWS
-    from otelwax.flow_cli import add_arguments, build_command
 
     flow = _container(find_k8s(k8s_documents(), "StatefulSet", f"otelwax-flow-{signal}"), "flow")
     if signal in CLI_FLOWS:
@@ -259,7 +259,7 @@ def test_configmap_config_loads_with_the_code(tmp_path: Path) -> None:
     for name, text in cm["data"].items():
         (tmp_path / name).write_text(text)
     main = tmp_path / "otelwax.yaml"
-    from otelwax.config import load_config
+    from otelwax.cli.config import load_config
 
     load_config(main)  # what `otelwax validate` checks
     ingest = load_ingest_config(main)
@@ -378,15 +378,15 @@ def test_readme_explains_scaling() -> None:
 def test_init_job_commands_work_with_the_code(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The topic step parses with otelwax.kafka_admin; the table step runs `otelwax clickhouse
+    """The topic step parses with otelwax.cli.kafka; the table step runs `otelwax clickhouse
     init --dry-run` for real on the ConfigMap's file and prints the DDL of both tables."""
-    import otelwax.kafka_admin as ka
+    import otelwax.cli.kafka as ka
     from connectors.kafka import DEFAULT_TOPICS
 
     job = find_k8s(k8s_documents(), "Job", "otelwax-init")
     spec = job["spec"]["template"]["spec"]
     topics = spec["initContainers"][0]["command"]
-    assert topics[:3] == ["python", "-m", "otelwax.kafka_admin"]
+    assert topics[:3] == ["python", "-m", "otelwax.cli.kafka"]
     seen: dict[str, Any] = {}
     monkeypatch.setattr(ka, "create_topics", lambda b, t, p: seen.update(b=b, t=t, p=p) or [])
     assert ka.main(topics[3:]) == 0

@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
+from otelwax.cli.flow import build_command
 from otelwax.cluster import cluster_args, ordinal_from_hostname
-from otelwax.flow_cli import build_command
 
 
 def test_pod_ordinal_and_headless_service_peers() -> None:
@@ -63,7 +63,7 @@ def _ns(flow: str, config: str | None = None) -> argparse.Namespace:
 
 def test_init_recovery_only_on_process_zero_of_a_cluster(tmp_path, capsys) -> None:
     """Partitions are shared by the processes of a cluster: only ordinal 0 creates them."""
-    from otelwax.flow_cli import run
+    from otelwax.cli.flow import run
 
     rec = tmp_path / "rec"
     cfg = tmp_path / "t.yaml"
@@ -83,7 +83,7 @@ def test_init_recovery_only_on_process_zero_of_a_cluster(tmp_path, capsys) -> No
 
 
 def test_init_recovery_from_bytewax_variable_for_every_flow(tmp_path) -> None:
-    from otelwax.flow_cli import init_recovery
+    from otelwax.cli.flow import init_recovery
 
     for i, flow in enumerate(("metrics", "logs", "spanmetrics")):
         rec = tmp_path / f"rec{i}"
@@ -104,7 +104,7 @@ def test_spanmetrics_is_a_flow_of_otelwax_flow() -> None:
 
 def test_logs_flow_command_carries_recovery_from_settings(tmp_path, capsys) -> None:
     """``recovery:`` of a logs config reaches bytewax (-r/-s/-b) and --init-recovery."""
-    from otelwax.flow_cli import run
+    from otelwax.cli.flow import run
 
     rec = tmp_path / "rec"
     cfg = tmp_path / "l.yaml"

@@ -316,7 +316,7 @@ def test_logs_settings_errors_name_their_keys(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as err:
         load_settings(str(f), env={})
     assert "sink.dedup" in str(err.value) and "source.btach: unknown key" in str(err.value)
-    from otelwax.config import ConfigError, load_config
+    from otelwax.cli.config import ConfigError, load_config
 
     f.write_text("flows:\n  logs: {sourse: {}}\n")
     with pytest.raises(ConfigError, match=r"flows\.logs\.sourse: unknown key"):

@@ -143,8 +143,8 @@ def test_bad_config() -> None:
 def test_decoded_otlp_through_the_example_pipeline_leaves_no_pii() -> None:
     """OTLP requests → the flows' decoder → the operators of configs/examples/pii-and-sampling."""
     from operators.registry import run_pipeline
+    from otelwax.cli.config import load_config
     from otelwax.codec import decode_traces
-    from otelwax.config import load_config
     from tests.operators.batches import PII_VALUES, pii_trace_payloads
 
     batch = decode_traces(pii_trace_payloads(10, 4)).batch

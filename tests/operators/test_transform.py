@@ -120,7 +120,7 @@ def test_hash_matches_sha256_and_leaves_other_keys() -> None:
 
 
 def test_hash_with_salt_from_env(tmp_path) -> None:
-    from otelwax.config import load_config
+    from otelwax.cli.config import load_config
 
     f = tmp_path / "c.yaml"
     f.write_text(

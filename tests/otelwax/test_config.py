@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from otelwax.config import ConfigError, load_config
+from otelwax.cli.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "testdata" / "config"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from otelwax.config import ConfigError, load_config, validate_data
+from otelwax.cli.config import ConfigError, load_config, validate_data
 
 WAY_OUT = "secrets must come from the environment; write ${env:VARIABLE}"
 

@@ -1,6 +1,9 @@
 """The deployment configuration: one YAML file, validated completely before any I/O.
 
-    from otelwax.config import load_config
+Part of the composition root: it imports every component's settings model. The file-level
+steps (YAML, ``${env:...}``, shared sections) are ``otelwax.configfile``, in the core.
+
+    from otelwax.cli.config import load_config
     cfg = load_config()              # $OTELWAX_CONFIG, or defaults when unset
     cfg = load_config("configs/otelwax.yaml")
     cfg.flows.traces                 # the traces flow settings (flows.settings)
@@ -39,8 +42,7 @@ import os
 import re
 import typing
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -51,62 +53,35 @@ from pydantic import (
     model_validator,
 )
 
+from connectors.clickhouse import ClickHouseConfig
+from connectors.ingest.config import IngestConfig
 from connectors.kafka import KafkaConfig
+from connectors.otlp_export import JaegerExporterConfig as JaegerSinkConfig
+from connectors.remote_write import RemoteWriteConfig
+from flows.settings import TracesFlowSettings
+from otelwax import configfile
+from otelwax.configfile import (  # re-exported: the loader's API in one place
+    ENV_CONFIG,
+    SIGNALS,
+    ConfigError,
+    read_yaml,
+    substitute_env,
+)
 from otelwax.settings import StrictModel, format_errors, union_members, union_tag
 
 __all__ = [
     "ENV_CONFIG",
+    "SIGNALS",
     "ConfigError",
     "OtelwaxConfig",
     "load_config",
+    "read_yaml",
+    "share_sections",
     "substitute_env",
     "validate_data",
 ]
 
-ENV_CONFIG = "OTELWAX_CONFIG"
 log = logging.getLogger(__name__)
-SIGNALS = ("traces", "metrics", "logs", "spanmetrics", "logmetrics")
-
-# --- component models (the real ones when they are importable) --------------------------------
-
-try:
-    from connectors.ingest.config import IngestConfig
-except ImportError:  # pragma: no cover - the ingest component is part of the repo
-
-    class IngestConfig(StrictModel):  # type: ignore[no-redef]
-        """Placeholder until connectors.ingest.config is importable."""
-
-        kafka: KafkaConfig = Field(default_factory=KafkaConfig)
-
-
-try:
-    from connectors.clickhouse import ClickHouseConfig
-except ImportError:  # pragma: no cover - until connectors/clickhouse.py lands
-
-    class ClickHouseConfig(StrictModel):  # type: ignore[no-redef]
-        """Placeholder: embedded chdb by default, or a server."""
-
-        mode: Literal["embedded", "server"] = "embedded"
-        path: str = ".data/chdb"
-        host: str = "127.0.0.1"
-        port: int = Field(9000, gt=0, lt=65536)
-        user: str = "default"
-        password: SecretStr = SecretStr("")
-        database: str = "otel"
-
-
-try:
-    from flows.settings import TracesFlowSettings
-except ImportError:  # pragma: no cover - until flows/settings.py imports cleanly
-
-    class TracesFlowSettings(StrictModel):  # type: ignore[no-redef]
-        """Placeholder for flows.settings.TracesFlowSettings."""
-
-        kafka: KafkaConfig = Field(default_factory=KafkaConfig)
-        clickhouse: ClickHouseConfig = Field(default_factory=ClickHouseConfig)
-        operators: list[dict[str, Any]] = Field(default_factory=list)
-        metrics_port: int | None = Field(9464, ge=0, le=65535)
-
 
 # Flows kept as raw mappings here and validated with their real model, imported lazily (only
 # when validating; see ``flow_model``): the metrics flows' models live in their flow modules,
@@ -174,25 +149,6 @@ class FlowsConfig(StrictModel):
     logmetrics: Annotated[Any, BeforeValidator(_lazy_flow("logmetrics"))] = Field({})
 
 
-try:
-    from connectors.remote_write import RemoteWriteConfig
-except ImportError:  # pragma: no cover
-
-    class RemoteWriteConfig(StrictModel):  # type: ignore[no-redef]
-        url: str = "http://127.0.0.1:19090/api/v1/write"
-
-
-try:
-    from connectors.otlp_export import JaegerExporterConfig as JaegerSinkConfig
-except ImportError:  # pragma: no cover - until the Jaeger sink lands
-
-    class JaegerSinkConfig(StrictModel):  # type: ignore[no-redef]
-        """OTLP export of spans to Jaeger."""
-
-        enabled: bool = False
-        endpoint: str = Field("127.0.0.1:4317", min_length=1)
-
-
 class SinksConfig(StrictModel):
     """Sinks besides ClickHouse (off unless configured), shared like the top-level sections:
     ``remote_write`` goes to the metrics flows (metrics, spanmetrics, logmetrics), ``jaeger`` to
@@ -211,92 +167,9 @@ def _section_model(name: str) -> type[BaseModel] | None:
     return flow_model(name)
 
 
-def _inherit(section: dict[str, Any], key: str, value: Any, model: Any) -> dict[str, Any] | None:
-    """``section`` with the shared ``key`` section added, or None when it must not be added.
-
-    Not added when the section sets its own, when its model has no such field, or when the
-    field is off by default (``None``, e.g. ClickHouse for spanmetrics). The shared values are
-    laid over the field's own default settings (e.g. ``create_schema: true`` of a flow).
-    """
-    if key in section or model is None:
-        return None
-    field = model.model_fields.get(key)
-    if field is None:
-        return None
-    default = field.get_default(call_default_factory=True)
-    if default is None:
-        return None
-    if isinstance(default, BaseModel) and isinstance(value, dict):
-        value = {**default.model_dump(exclude_defaults=True, by_alias=True), **value}
-    return {**section, key: value}
-
-
-# sinks.<key> -> the flows that write to it unless they set their own (null included)
-_SHARED_SINKS = {
-    "remote_write": ("metrics", "spanmetrics", "logmetrics"),
-    "jaeger": ("traces",),
-}
-
-
-def _share_sinks(data: dict[str, Any], copied: list[str]) -> dict[str, Any]:
-    """Copy ``sinks.remote_write``/``sinks.jaeger`` into the flows that use them."""
-    sinks, flows = data.get("sinks"), data.get("flows", {})
-    if not isinstance(sinks, dict) or not isinstance(flows, dict):
-        return data
-    flows = dict(flows)
-    for key, names in _SHARED_SINKS.items():
-        if sinks.get(key) is None:
-            continue
-        for name in names:
-            sec = flows.get(name, {})
-            if isinstance(sec, dict) and key not in sec:
-                value = sinks[key]
-                if key == "jaeger" and isinstance(value, dict):
-                    value = {"enabled": True, **value}  # listed under sinks: on
-                flows[name] = {**sec, key: value}
-                copied.append(f"flows.{name}.{key}")
-    return {**data, "flows": flows}
-
-
 def share_sections(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Copy top-level ``kafka``/``clickhouse`` into ``ingest`` and the flows (see _inherit),
-    and ``sinks.remote_write``/``sinks.jaeger`` into the flows writing to them.
-
-    Returns the new data and the dotted paths that received a copy.
-    """
-    copied: list[str] = []
-    data = _share_sinks(dict(data), copied)
-    shared = {k: data[k] for k in ("kafka", "clickhouse") if data.get(k) is not None}
-    if not shared:
-        return data, copied
-    targets: list[tuple[str, dict[str, Any], str]] = []
-    ingest = data.get("ingest", {})
-    if isinstance(ingest, dict):
-        targets.append(("ingest", ingest, "ingest"))
-    flows = data.get("flows", {})
-    if not isinstance(flows, dict):
-        return data, copied
-    flows = dict(flows)
-    for sig in SIGNALS:
-        sec = flows.get(sig, {})
-        if isinstance(sec, dict):
-            targets.append((sig, sec, f"flows.{sig}"))
-    for name, sec, path in targets:
-        model = _section_model(name)
-        for key, value in shared.items():
-            if name == "ingest" and key != "kafka":
-                continue
-            new = _inherit(sec, key, value, model)
-            if new is not None:
-                sec = new
-                copied.append(f"{path}.{key}")
-        if name == "ingest":
-            if sec or "ingest" in data:
-                data["ingest"] = sec
-        elif sec or name in flows:
-            flows[name] = sec
-    data["flows"] = flows
-    return data, copied
+    """``otelwax.configfile.share_sections`` with the models of ingest and the flows."""
+    return configfile.share_sections(data, _section_model)
 
 
 class OtelwaxConfig(StrictModel):
@@ -330,126 +203,6 @@ class OtelwaxConfig(StrictModel):
 
         flow = getattr(self.flows, signal)
         return parse_specs(getattr(flow, "operators", None) or [])
-
-
-# --- errors -----------------------------------------------------------------------------------
-
-
-class ConfigError(ValueError):
-    """The configuration has problems; ``problems`` lists ``key.path: message`` lines."""
-
-    def __init__(self, problems: list[str], source: str | None = None) -> None:
-        self.problems = problems
-        self.source = source
-        head = f"{source}: " if source else ""
-        n = len(problems)
-        super().__init__(
-            f"{head}{n} configuration problem{'s' if n != 1 else ''}:\n  " + "\n  ".join(problems)
-        )
-
-
-# --- env substitution -------------------------------------------------------------------------
-
-_ENV_RE = re.compile(r"\$\$|\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{([^}]*)\}")
-
-
-def _sub_str(s: str, env: Mapping[str, str], path: str, problems: list[str]) -> tuple[str, bool]:
-    used_env = False
-
-    def repl(m: re.Match[str]) -> str:
-        nonlocal used_env
-        if m.group(0) == "$$":
-            return "$"
-        if m.group(3) is not None:
-            problems.append(
-                f"{path}: bad reference ${{{m.group(3)}}}; use ${{env:NAME}} or "
-                "${env:NAME:-default}"
-            )
-            return m.group(0)
-        name, default = m.group(1), m.group(2)
-        used_env = True
-        if name in env:
-            return env[name]
-        if default is not None:
-            return default
-        problems.append(f"{path}: environment variable {name} is not set")
-        return ""
-
-    return _ENV_RE.sub(repl, s), used_env
-
-
-def substitute_env(
-    data: Any, env: Mapping[str, str], path: str = "", problems: list[str] | None = None,
-    from_env: set[str] | None = None,
-) -> Any:  # fmt: skip
-    """Replace ``${env:...}`` in every string of ``data`` (keys untouched).
-
-    Appends a problem per unset variable; adds the dotted path of each value that used the
-    environment to ``from_env``.
-    """
-    problems = [] if problems is None else problems
-    if isinstance(data, str):
-        out, used = _sub_str(data, env, path, problems)
-        if used and from_env is not None:
-            from_env.add(path)
-        return out
-    if isinstance(data, dict):
-        return {
-            k: substitute_env(v, env, f"{path}.{k}" if path else str(k), problems, from_env)
-            for k, v in data.items()
-        }
-    if isinstance(data, list):
-        return [
-            substitute_env(v, env, f"{path}.{i}" if path else str(i), problems, from_env)
-            for i, v in enumerate(data)
-        ]
-    return data
-
-
-# --- YAML -------------------------------------------------------------------------------------
-
-
-def _yaml_loader() -> type:
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    def construct_mapping(loader: Any, node: Any, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, Any] = {}
-        for key_node, _ in node.value:
-            key = loader.construct_object(key_node, deep=deep)
-            if key in seen:
-                mark = key_node.start_mark
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
-            seen[key] = True
-        return loader.construct_mapping(node, deep=deep)
-
-    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
-    return Loader
-
-
-def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Parse a config file; raises ConfigError for unreadable files and YAML syntax errors."""
-    import yaml
-
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ConfigError([f"cannot read the file: {exc.strerror or exc}"], str(p)) from None
-    try:
-        data = yaml.load(text, Loader=_yaml_loader())  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{where}YAML syntax error: {problem}"], str(p)) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(["the top level must be a mapping of sections"], str(p))
-    return data
 
 
 # --- error rendering --------------------------------------------------------------------------

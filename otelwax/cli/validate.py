@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any
 
-from otelwax.config import ENV_CONFIG, ConfigError, OtelwaxConfig, read_yaml, validate_data
+from otelwax.cli.config import ENV_CONFIG, ConfigError, OtelwaxConfig, read_yaml, validate_data
 
 ENV_VARS = {"OTELWAX_<FLOW>__<key>__<key>": "one flow setting, e.g. OTELWAX_TRACES__source__topic"}
 
@@ -94,7 +94,7 @@ def _flow_summary(cfg: OtelwaxConfig, name: str) -> str:
 
 
 def _summary(cfg: OtelwaxConfig) -> str:
-    from otelwax.config import SIGNALS
+    from otelwax.cli.config import SIGNALS
 
     flows = "\n  ".join(_flow_summary(cfg, n) for n in SIGNALS)
     return f"kafka {cfg.ingest.kafka.bootstrap_servers}\n  {flows}"

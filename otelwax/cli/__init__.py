@@ -1,4 +1,6 @@
-"""The ``otelwax`` command. Each subcommand lives in its own module, imported only when used.
+"""The ``otelwax`` command: the composition root, the one package that imports every layer
+(flows, connectors, operators, the core; README "Architecture"). ``SUBCOMMANDS`` is the table of
+components. Each subcommand lives in its own module, imported only when used.
 
 A subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``; it may set
 ``ENV_VARS`` (name -> what it sets), listed under its ``--help``. Every command takes the
@@ -41,15 +43,15 @@ COMMON_ENV = {
 # name -> (module, one-line help). Later components add their own line here.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("connectors.ingest.cli", "run the OTLP ingest shim (gRPC :4317, HTTP :4318)"),
-    "validate": ("otelwax.validate_cli", "check a config file and print every problem"),
-    "clickhouse": ("otelwax.clickhouse_cli", "create (init) or check the ClickHouse tables"),
+    "validate": ("otelwax.cli.validate", "check a config file and print every problem"),
+    "clickhouse": ("otelwax.cli.clickhouse", "create (init) or check the ClickHouse tables"),
     "flow": (
-        "otelwax.flow_cli",
+        "otelwax.cli.flow",
         "run a dataflow (traces|logs|metrics|spanmetrics|logmetrics) with recovery/cluster args",
     ),
-    "kafka": ("otelwax.kafka_admin", "create the topics otelwax uses, or wait for the broker"),
+    "kafka": ("otelwax.cli.kafka", "create the topics otelwax uses, or wait for the broker"),
     "query": (
-        "otelwax.query_cli",
+        "otelwax.cli.query",
         "see what landed: row counts, services, traces, a trace, an HTML report",
     ),
 }
@@ -125,6 +127,3 @@ def one_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return "; ".join(lines[:6]) + (f" (+{len(lines) - 6} more)" if len(lines) > 6 else "")
 
-
-if __name__ == "__main__":
-    sys.exit(main())

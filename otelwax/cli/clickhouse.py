@@ -85,7 +85,7 @@ def _with_overrides(base: Any, args: argparse.Namespace, flow: str) -> Any:
 
 def flow_stores(args: argparse.Namespace) -> list[tuple[str, Any]]:
     """(flow, its ClickHouseConfig) for the flows handled, overrides applied."""
-    from otelwax.config import ConfigError, load_config
+    from otelwax.cli.config import ConfigError, load_config
 
     try:
         cfg = load_config(args.config)

@@ -100,7 +100,7 @@ class _Local:
 
 
 def _clickhouse(config: str | None) -> Any:
-    from otelwax.config import load_config
+    from otelwax.cli.config import load_config
 
     cfg = load_config(config)
     traces = getattr(cfg.flows, "traces", None)

@@ -8,7 +8,7 @@ Without topic names, ``create-topics`` creates the shim's three topics and the d
 topic of the config (``ingest.topics``, ``flows.traces.dead_letters.topic``), or the defaults
 (``otlp_spans``, ``otlp_metrics``, ``otlp_logs``, ``otlp_dlq``). Existing topics are left as
 they are. Partitions are the unit of parallelism: give at least as many as flow workers.
-Also ``python -m otelwax.kafka_admin ...`` (the Kubernetes init job and scripts/kafka.sh).
+Also ``python -m otelwax.cli.kafka ...`` (the Kubernetes init job and scripts/kafka.sh).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def _from_config(args: argparse.Namespace) -> tuple[str, list[str]]:
     topics = list(getattr(args, "topics", None) or [])
     bootstrap = args.bootstrap
     if args.config:
-        from otelwax.config import load_config
+        from otelwax.cli.config import load_config
 
         cfg = load_config(args.config)
         bootstrap = bootstrap or cfg.ingest.kafka.bootstrap_servers
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="otelwax.kafka_admin")
+    p = argparse.ArgumentParser(prog="otelwax.cli.kafka")
     add_arguments(p)
     return run(p.parse_args(argv))
 

@@ -1,0 +1,117 @@
+"""What every ClickHouse client shares: the ``ClickHouseClient`` protocol, ``ClickHouseError``
+and which errors are transient, table names and ``{name:Type}`` query parameters."""
+
+from __future__ import annotations
+
+import http.client
+import re
+from typing import Any, Protocol, runtime_checkable
+
+import pyarrow as pa
+
+from connectors.clickhouse_schema import quote_ident
+
+__all__ = ["ClickHouseClient", "ClickHouseError", "is_transient"]
+
+TOKEN_RE = re.compile(r"^[A-Za-z0-9_.:/@=+,-]{1,512}$")
+_PARAM_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*):[^{}]+\}")
+
+
+class ClickHouseError(RuntimeError):
+    """A ClickHouse error with its server error code (0 when the server did not answer)."""
+
+    def __init__(self, message: str, code: int = 0, *, transient: bool | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.transient = transient
+
+
+# Server error codes worth retrying: overload, timeouts, network, read-only replica, parts.
+TRANSIENT_CODES = {3, 159, 160, 164, 173, 202, 203, 209, 210, 241, 242, 252, 285, 319, 425, 999}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors that may pass on retry (connection refused, timeouts, overload)."""
+    if isinstance(exc, ClickHouseError) and exc.transient is not None:
+        return exc.transient
+    code = getattr(exc, "code", None)
+    try:
+        from clickhouse_driver import errors as cd_errors
+
+        if isinstance(exc, cd_errors.NetworkError | cd_errors.SocketTimeoutError):
+            return True
+        if isinstance(exc, cd_errors.ServerException):
+            return code in TRANSIENT_CODES
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(exc, ConnectionError | TimeoutError | http.client.HTTPException | OSError):
+        return True
+    if isinstance(exc, ClickHouseError):
+        return code in TRANSIENT_CODES or code == 0
+    return False
+
+
+@runtime_checkable
+class ClickHouseClient(Protocol):
+    """What flows and sinks use; both chdb and the server implement it."""
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+        """Run one statement; ``{name:Type}`` placeholders are filled from ``params``."""
+        ...
+
+    def insert_arrow(
+        self, table: str, batch: pa.RecordBatch, *, dedup_token: str | None = None
+    ) -> int:
+        """Insert the batch's columns the table has; returns rows written (0 if deduplicated)."""
+        ...
+
+    def table_columns(self, table: str) -> dict[str, str]:
+        """Insertable columns of ``table`` (``name -> type``); {} when it does not exist."""
+        ...
+
+    def supports_dedup_token(self, table: str | None = None) -> bool:
+        """True when a repeated ``dedup_token`` is skipped (natively or emulated)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def split_table(table: str, default_db: str) -> tuple[str, str]:
+    db, _, name = table.rpartition(".")
+    db = db or default_db
+    quote_ident(db)
+    quote_ident(name)
+    return db, name
+
+
+def check_token(token: str | None) -> None:
+    if token is not None and not TOKEN_RE.match(token):
+        raise ValueError(f"dedup token {token!r} must match {TOKEN_RE.pattern}")
+
+
+def _sql_literal(v: Any) -> str:
+    """A ClickHouse literal for a parameter value (strings escaped)."""
+    if v is None:
+        return "NULL"
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_sql_literal(x) for x in v) + "]"
+    s = str(v).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{s}'"
+
+
+def substitute_params(sql: str, params: dict[str, Any] | None) -> str:
+    """Replace ``{name:Type}`` placeholders with escaped literals (for servers without params)."""
+    if not params:
+        return sql
+
+    def rep(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in params:
+            raise KeyError(f"query parameter {name!r} not given")
+        return _sql_literal(params[name])
+
+    return _PARAM_RE.sub(rep, sql)

@@ -1,0 +1,177 @@
+"""Embedded ClickHouse (chdb) in this process: ``EmbeddedClient``.
+
+chdb allows one engine (one data path) per process, so every ``EmbeddedClient`` of a process
+shares one session behind a lock (bytewax worker threads may insert concurrently). Arrow goes
+in through chdb's ``Python()`` table function, reading the buffers directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from connectors.clickhouse_client import (
+    TRANSIENT_CODES,
+    ClickHouseError,
+    check_token,
+    split_table,
+)
+from connectors.clickhouse_config import ClickHouseConfig
+from connectors.clickhouse_schema import quote_ident
+
+__all__ = ["CHDB_MALLOC_CONF", "EmbeddedClient"]
+
+log = logging.getLogger(__name__)
+
+CHDB_MALLOC_CONF = "dirty_decay_ms:300,muzzy_decay_ms:0"
+"""``JE_MALLOC_CONF`` for chdb's allocator unless set: return freed pages to the OS soon."""
+
+
+class _ChdbEngine:
+    """The one chdb session of this process (chdb allows a single data path per process)."""
+
+    _instance: _ChdbEngine | None = None
+    _guard = threading.Lock()
+
+    def __init__(self, path: str) -> None:
+        # chdb's jemalloc keeps freed pages for 10 s by default: a flow peaked at ~1 GiB RSS.
+        # Decay 0 gave ~800 MiB but page faults cost a third of the flow's throughput and
+        # doubled query CPU; 300 ms kept ~930 MiB at full speed (bench/traces_flow_bench.py).
+        # Read once when chdb loads; a value set by the user wins.
+        os.environ.setdefault("JE_MALLOC_CONF", CHDB_MALLOC_CONF)
+        from chdb import session
+
+        Path(path).mkdir(parents=True, exist_ok=True)
+        self.path = path
+        try:
+            self.session = session.Session(path)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ClickHouseError(
+                f"cannot open embedded chdb at {path} ({first}); chdb allows one process per "
+                "folder: if another flow runs on it, give each flow its own clickhouse.path "
+                "(e.g. flows.logs.clickhouse.path: .data/chdb-logs) or use a ClickHouse "
+                "server (clickhouse.mode: server)",
+                transient=False,
+            ) from exc
+        self.lock = threading.RLock()
+        self.refs = 0
+
+    @classmethod
+    def acquire(cls, path: str) -> _ChdbEngine:
+        real = str(Path(path).resolve())
+        with cls._guard:
+            inst = cls._instance
+            if inst is not None and inst.path != real:
+                raise ClickHouseError(
+                    f"chdb is already open on {inst.path!r} in this process; "
+                    f"cannot open {real!r} too (one embedded data path per process)",
+                    transient=False,
+                )
+            if inst is None:
+                inst = cls._instance = _ChdbEngine(real)
+                log.info("chdb: opened embedded ClickHouse at %s", real)
+            inst.refs += 1
+            return inst
+
+    def release(self) -> None:
+        with _ChdbEngine._guard:
+            self.refs -= 1
+            if self.refs <= 0 and _ChdbEngine._instance is self:
+                with self.lock:
+                    self.session.close()
+                _ChdbEngine._instance = None
+                log.info("chdb: closed %s", self.path)
+
+
+def _chdb_error(exc: Exception) -> ClickHouseError:
+    msg = str(exc)
+    m = re.search(r"Code: (\d+)", msg)
+    code = int(m.group(1)) if m else 0
+    return ClickHouseError(msg, code, transient=code in TRANSIENT_CODES)
+
+
+class EmbeddedClient:
+    """chdb-backed client; all instances of a process share one engine (thread-safe)."""
+
+    def __init__(self, cfg: ClickHouseConfig) -> None:
+        if "{flow}" in cfg.path:
+            raise ValueError(
+                f"clickhouse.path {cfg.path!r}: {{flow}} is resolved by a flow's settings; "
+                "outside a flow use ClickHouseConfig.for_flow(name) or a path without it"
+            )
+        self.cfg = cfg
+        self._engine = _ChdbEngine.acquire(cfg.path)
+        self._closed = False
+        self._columns: dict[str, dict[str, str]] = {}
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+        with self._engine.lock:
+            try:
+                res = self._engine.session.query(sql, "ArrowTable", params=params)
+            except Exception as exc:
+                raise _chdb_error(exc) from exc
+        if not isinstance(res, pa.Table) or res.num_columns == 0:
+            return []
+        cols = [c.to_pylist() for c in res.columns]
+        return list(zip(*cols, strict=True))
+
+    def table_columns(self, table: str) -> dict[str, str]:
+        db, name = split_table(table, self.cfg.database)
+        rows = self.execute(
+            "SELECT name, type FROM system.columns WHERE database = {db:String} "
+            "AND table = {t:String} AND default_kind NOT IN ('ALIAS', 'MATERIALIZED') "
+            "ORDER BY position",
+            {"db": db, "t": name},
+        )
+        return {str(n): str(t) for n, t in rows}
+
+    def supports_dedup_token(self, table: str | None = None) -> bool:
+        return True
+
+    def insert_arrow(
+        self, table: str, batch: pa.RecordBatch, *, dedup_token: str | None = None
+    ) -> int:
+        check_token(dedup_token)
+        if batch.num_rows == 0:
+            return 0
+        db, name = split_table(table, self.cfg.database)
+        key = f"{db}.{name}"
+        cols = self._columns.get(key)
+        if cols is None:
+            cols = self._columns[key] = self.table_columns(key)
+            if not cols:
+                raise ClickHouseError(f"table {key} does not exist", 60, transient=False)
+        names = [n for n in batch.schema.names if n in cols]
+        if len(names) != batch.num_columns:
+            batch = batch.select(names)
+        collist = ", ".join(f"`{n}`" for n in names)
+        settings = ""
+        if dedup_token is not None:
+            settings = f" SETTINGS insert_deduplication_token = '{dedup_token}'"
+        # chdb's Python() table function finds ``otelwax_batch`` in this frame by name; it
+        # reads the Arrow buffers directly (measured ~2x faster than an ArrowStream body at
+        # 100K rows: bench/clickhouse_bench.py).
+        otelwax_batch = batch  # noqa: F841
+        sql = (
+            f"INSERT INTO {quote_ident(db)}.{quote_ident(name)} ({collist}){settings} "
+            "SELECT * FROM Python(otelwax_batch)"
+        )
+        with self._engine.lock:
+            try:
+                self._engine.session.query(sql)
+            except Exception as exc:
+                raise _chdb_error(exc) from exc
+        # chdb cannot tell a deduplicated insert apart: report the rows handed over.
+        return batch.num_rows
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._engine.release()

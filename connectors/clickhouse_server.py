@@ -1,0 +1,280 @@
+"""A ClickHouse server: ``ServerClient``.
+
+Queries go over the native protocol (clickhouse-driver); inserts are ``Native`` blocks POSTed to
+the HTTP interface (``insert_format: native_http``), or Python column lists handed to
+clickhouse-driver (``insert_format: driver``, the slower baseline). ClickHouse 18.16 (legacy
+layout, no ``insert_deduplication_token``, no server-side parameters) is handled here.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import itertools
+import logging
+import re
+import threading
+import urllib.parse
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from connectors.clickhouse_client import (
+    ClickHouseError,
+    check_token,
+    split_table,
+    substitute_params,
+)
+from connectors.clickhouse_config import ClickHouseConfig
+from connectors.clickhouse_native import (
+    TOKEN_COLUMN,
+    InsertPlan,
+    PlanColumn,
+    encode_native,
+    map_parts,
+    nanoseconds,
+    plan_columns,
+)
+from connectors.clickhouse_schema import quote_ident
+from connectors.clickhouse_types import parse_type
+
+__all__ = ["ServerClient"]
+
+log = logging.getLogger(__name__)
+
+
+class ServerClient:
+    """A ClickHouse server: native protocol for queries, Native-over-HTTP (or driver) inserts."""
+
+    def __init__(self, cfg: ClickHouseConfig) -> None:
+        from clickhouse_driver import Client
+
+        self.cfg = cfg
+        self._driver = Client(
+            host=cfg.host,
+            port=cfg.port,
+            user=cfg.user,
+            password=cfg.password.get_secret_value(),
+            database="default",
+            secure=cfg.secure,
+            verify=cfg.tls.verify,
+            ca_certs=cfg.tls.ca_file,
+            connect_timeout=cfg.connect_timeout_s,
+            send_receive_timeout=cfg.timeout_s,
+        )
+        self._lock = threading.RLock()
+        self._http: http.client.HTTPConnection | None = None
+        self._plans: dict[tuple[str, pa.Schema], InsertPlan] = {}
+        self._columns: dict[str, dict[str, str]] = {}
+        self.version = ""
+        self.legacy = False
+
+    def connect(self) -> None:
+        """Ask the server its version (raises when it cannot be reached)."""
+        self.version = str(self.execute("SELECT version()")[0][0])
+        self.legacy = int(self.version.split(".")[0]) < 20
+        log.info(
+            "ClickHouse server %s at %s:%d (%s)",
+            self.version,
+            self.cfg.host,
+            self.cfg.port,
+            "legacy layout" if self.legacy else "modern",
+        )
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+        with self._lock:
+            try:
+                return list(self._driver.execute(substitute_params(sql, params)) or [])
+            except Exception:
+                self._driver.disconnect()
+                raise
+
+    def table_columns(self, table: str) -> dict[str, str]:
+        db, name = split_table(table, self.cfg.database)
+        rows = self.execute(
+            "SELECT name, type, default_kind FROM system.columns "
+            "WHERE database = {db:String} AND table = {t:String}",
+            {"db": db, "t": name},
+        )
+        return {str(n): str(t) for n, t, k in rows if k not in ("ALIAS", "MATERIALIZED")}
+
+    def supports_dedup_token(self, table: str | None = None) -> bool:
+        if not self.legacy:
+            return True
+        if table is None:
+            return False
+        return TOKEN_COLUMN in self._table_cols(table)
+
+    def _table_cols(self, table: str) -> dict[str, str]:
+        db, name = split_table(table, self.cfg.database)
+        key = f"{db}.{name}"
+        cols = self._columns.get(key)
+        if cols is None:
+            cols = self.table_columns(key)
+            if not cols:
+                raise ClickHouseError(f"table {key} does not exist", 60, transient=False)
+            self._columns[key] = cols
+        return cols
+
+    def _plan(self, table: str, schema: pa.Schema) -> InsertPlan:
+        db, name = split_table(table, self.cfg.database)
+        key = (f"{db}.{name}", schema)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = plan_columns(schema, self._table_cols(key[0]))
+            if plan.problems:
+                log.warning("%s: %s", key[0], "; ".join(plan.problems))
+            self._plans[key] = plan
+        return plan
+
+    def insert_arrow(
+        self, table: str, batch: pa.RecordBatch, *, dedup_token: str | None = None
+    ) -> int:
+        check_token(dedup_token)
+        if batch.num_rows == 0:
+            return 0
+        db, name = split_table(table, self.cfg.database)
+        qt = f"{quote_ident(db)}.{quote_ident(name)}"
+        plan = self._plan(f"{db}.{name}", batch.schema)
+        if dedup_token is not None and self.legacy:
+            if not plan.token_column:
+                raise ClickHouseError(
+                    f"{db}.{name} has no {TOKEN_COLUMN} column: this server cannot deduplicate "
+                    "inserts (recreate the table with `otelwax clickhouse init`)",
+                    transient=False,
+                )
+            seen = self._token_rows(qt, dedup_token)
+            if seen >= batch.num_rows:
+                log.info("%s: token %s already stored, insert skipped", qt, dedup_token)
+                return 0
+            if seen:
+                # Part of an earlier try landed (a batch spanning partitions is written as one
+                # part per partition). Remove it, then insert the whole batch again: a mutation
+                # only touches parts that exist when it is created, never the new insert.
+                log.warning(
+                    "%s: token %s partly stored (%d of %d rows); replacing it",
+                    qt,
+                    dedup_token,
+                    seen,
+                    batch.num_rows,
+                )
+                self.execute(
+                    f"ALTER TABLE {qt} DELETE WHERE {TOKEN_COLUMN} = {{tok:String}}",
+                    {"tok": dedup_token},
+                )
+        if self.cfg.insert_format == "driver":
+            self._insert_driver(qt, batch, plan, dedup_token)
+        else:
+            self._insert_http(qt, batch, plan, dedup_token)
+        return batch.num_rows
+
+    def _token_rows(self, qt: str, token: str) -> int:
+        rows = self.execute(
+            f"SELECT count() FROM {qt} WHERE {TOKEN_COLUMN} = {{tok:String}}", {"tok": token}
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def _http_conn(self) -> http.client.HTTPConnection:
+        if self._http is None:
+            c = self.cfg
+            if c.secure:
+                self._http = http.client.HTTPSConnection(
+                    c.host, c.http_port, timeout=c.timeout_s, context=c.tls.ssl_context()
+                )
+            else:
+                self._http = http.client.HTTPConnection(c.host, c.http_port, timeout=c.timeout_s)
+        return self._http
+
+    def _insert_http(
+        self, qt: str, batch: pa.RecordBatch, plan: InsertPlan, token: str | None
+    ) -> None:
+        body = encode_native(batch, plan, token or "")
+        cols = ", ".join(f"`{c.name}`" for c in plan.cols)
+        q: dict[str, str] = {"query": f"INSERT INTO {qt} ({cols}) FORMAT Native"}
+        if token is not None and not self.legacy:
+            q["insert_deduplication_token"] = token
+        auth = f"{self.cfg.user}:{self.cfg.password.get_secret_value()}".encode()
+        headers = {
+            "Authorization": "Basic " + base64.b64encode(auth).decode(),
+            "Content-Type": "application/octet-stream",
+        }
+        url = "/?" + urllib.parse.urlencode(q)
+        with self._lock:
+            for attempt in (1, 2):  # a kept-alive connection may have been closed by the server
+                conn = self._http_conn()
+                try:
+                    conn.request("POST", url, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    text = resp.read()
+                    break
+                except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                    conn.close()
+                    self._http = None
+                    if attempt == 2:
+                        raise
+                except Exception:
+                    conn.close()
+                    self._http = None
+                    raise
+        if resp.status != 200:
+            msg = text.decode(errors="replace").strip()
+            m = re.search(r"Code: (\d+)", msg)
+            code = int(m.group(1)) if m else 0
+            raise ClickHouseError(f"insert into {qt} failed: {msg[:500]}", code)
+
+    def _insert_driver(
+        self, qt: str, batch: pa.RecordBatch, plan: InsertPlan, token: str | None
+    ) -> None:
+        columns = [_python_column(batch, c, token or "") for c in plan.cols]
+        cols = ", ".join(f"`{c.name}`" for c in plan.cols)
+        settings = {"insert_deduplication_token": token} if token and not self.legacy else None
+        with self._lock:
+            try:
+                self._driver.execute(
+                    f"INSERT INTO {qt} ({cols}) VALUES", columns, columnar=True, settings=settings
+                )
+            except Exception:
+                self._driver.disconnect()
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._driver.disconnect()
+            if self._http is not None:
+                self._http.close()
+                self._http = None
+
+
+def _python_column(batch: pa.RecordBatch, c: PlanColumn, token: str) -> list[Any]:
+    """Baseline conversion for clickhouse-driver: Arrow → Python lists (per-row objects)."""
+    if not c.source:
+        return [token] * batch.num_rows
+    a = batch.column(c.source)
+    base = parse_type(c.ch_type)
+    if c.name.endswith((".keys", ".values")) and c.name != c.source:
+        part = 0 if c.name.endswith(".keys") else 1
+        return _python_parts(a, part)
+    if pa.types.is_timestamp(a.type):
+        if base.name == "DateTime":
+            return pc.cast(a, pa.timestamp("s", tz="UTC"), safe=False).to_pylist()
+        return nanoseconds(a).tolist()
+    if pa.types.is_list(a.type) and pa.types.is_timestamp(a.type.value_type):
+        return _relist(a, a.flatten().cast(pa.int64())).to_pylist()
+    return a.to_pylist()
+
+
+def _python_parts(a: pa.Array, part: int) -> list[Any]:
+    if pa.types.is_map(a.type):
+        return _relist(a, map_parts(a)[part]).to_pylist()
+    inner = _python_parts(a.flatten(), part)
+    offs = a.offsets.to_numpy(zero_copy_only=False)
+    o0 = int(offs[0])
+    return [inner[int(x) - o0 : int(y) - o0] for x, y in itertools.pairwise(offs)]
+
+
+def _relist(a: pa.Array, values: pa.Array) -> pa.Array:
+    """A list array with ``a``'s sizes over ``values`` (rebased offsets)."""
+    offs = a.offsets.to_numpy(zero_copy_only=False).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offs - offs[0]), values)

@@ -1,0 +1,5 @@
+import sys
+
+from otelwax.cli import main
+
+sys.exit(main())
