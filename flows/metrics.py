@@ -160,6 +160,9 @@ class MetricsFlowSettings(StrictModel):
         default_factory=HealthConfig,
         description="when /readyz and /livez on the metrics port turn 503 (otelwax.health)",
     )
+    progress_s: float | None = Field(
+        30.0, ge=0, description="log a progress line this often (records/s, rows, lag); 0: off"
+    )
 
     @model_validator(mode="after")
     def _has_output(self) -> MetricsFlowSettings:
@@ -747,9 +750,11 @@ def ranges_source(settings: MetricsFlowSettings) -> PartitionedKafkaSource:
     port = settings.metrics_port
 
     def on_start() -> None:
-        if port:
-            from otelwax.telemetry import serve_flow_metrics
+        from otelwax.telemetry import serve_flow_metrics, start_progress_log, stop_on_sigterm
 
+        stop_on_sigterm()
+        start_progress_log(settings.progress_s)
+        if port:
             serve_flow_metrics(port, health=settings.health)
 
     # Without ClickHouse there is nothing to re-cut for: an empty reader (also sidesteps

@@ -44,7 +44,12 @@ from connectors.dlq import DeadLetter, DeadLetterError, DeadLetterProducer, row_
 from connectors.kafka_source import KafkaRange, PartitionedKafkaSource, RangeAcks
 from otelwax.logs import current_step, instrument
 from otelwax.schemas import LOGS_SCHEMA, TRACES_SCHEMA
-from otelwax.telemetry import ComponentMetrics, serve_flow_metrics
+from otelwax.telemetry import (
+    ComponentMetrics,
+    serve_flow_metrics,
+    start_progress_log,
+    stop_on_sigterm,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +107,7 @@ class FlowSettings(Protocol):
     metrics_port: int | None
     metrics_addr: str
     health: Any
+    progress_s: float | None
     log_level: str
     log_format: str
 
@@ -381,6 +387,8 @@ def build_dataflow(
     addr = settings.metrics_addr
 
     def on_start() -> None:
+        stop_on_sigterm()
+        start_progress_log(settings.progress_s)
         if port is not None:
             serve_flow_metrics(port, addr, settings.health)
 

@@ -100,6 +100,9 @@ class ServingSettings(StrictModel):
         default_factory=HealthConfig,
         description="when /readyz and /livez on the metrics port turn 503 (otelwax.health)",
     )
+    progress_s: float | None = Field(
+        30.0, ge=0, description="log a progress line this often (records/s, rows, lag); 0: off"
+    )
 
 
 class FlowSettings(ServingSettings):

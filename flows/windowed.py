@@ -54,7 +54,12 @@ from flows.metrics import MetricChunk, MetricsClickHouseConfig, MetricsClickHous
 from flows.settings import ServingSettings
 from operators.windows import INGEST_TIME_KEY, REASON_KEY, WindowConfig, WindowStreams
 from otelwax.logs import instrument
-from otelwax.telemetry import ComponentMetrics, serve_flow_metrics
+from otelwax.telemetry import (
+    ComponentMetrics,
+    serve_flow_metrics,
+    start_progress_log,
+    stop_on_sigterm,
+)
 
 __all__ = [
     "WindowDecode",
@@ -147,6 +152,8 @@ def window_source(settings: WindowFlowSettings) -> PartitionedKafkaSource:
     port, addr = settings.metrics_port, settings.metrics_addr
 
     def on_start() -> None:
+        stop_on_sigterm()
+        start_progress_log(settings.progress_s)
         if port is not None:
             serve_flow_metrics(port, addr, settings.health)
 

@@ -173,3 +173,107 @@ def serve_flow_metrics(
             "$OTELWAX_METRICS_PORT) to a free port, or to null to serve none",
             exc,
         )
+
+
+# --- progress lines ----------------------------------------------------------------------------
+
+_progress_started = False
+
+
+def _totals(registry: CollectorRegistry) -> dict[str, Any]:
+    """What a flow did so far, from its own counters: records read, rows stored, samples sent,
+    consumer lag per topic and partition."""
+    out: dict[str, Any] = {"read": 0.0, "rows": 0.0, "samples": 0.0, "lag": {}}
+    for fam in registry.collect():
+        for s in fam.samples:
+            lab = s.labels
+            if s.name == "otelwax_received_total" and lab.get("component") == "kafka_source":
+                out["read"] += s.value if lab.get("unit") == "records" else 0
+            elif s.name == "otelwax_sent_total" and lab.get("unit") == "rows":
+                out["rows"] += s.value if lab.get("component", "").startswith("clickhouse") else 0
+            elif s.name == "otelwax_sent_total" and lab.get("unit") == "samples":
+                out["samples"] += s.value
+            elif s.name == "otelwax_kafka_consumer_lag":
+                out["lag"][(lab.get("topic", ""), lab.get("partition", ""))] = s.value
+    return out
+
+
+def _lag_text(lag: dict[tuple[str, str], float]) -> str:
+    topics: dict[str, list[tuple[int, float]]] = {}
+    for (topic, part), v in lag.items():
+        topics.setdefault(topic, []).append((int(part) if part.isdigit() else -1, v))
+    parts = []
+    for topic, vals in sorted(topics.items()):
+        total = sum(v for _, v in vals)
+        worst = max(vals, key=lambda pv: pv[1])
+        parts.append(f"{topic} {total:,.0f} (max p{worst[0]}: {worst[1]:,.0f})")
+    return "; lag " + ", ".join(parts) if parts else ""
+
+
+def progress_line(now: dict[str, Any], before: dict[str, Any], seconds: float) -> str:
+    """One progress line from two :func:`_totals` ``seconds`` apart."""
+    rate = (now["read"] - before["read"]) / seconds if seconds > 0 else 0.0
+    text = f"progress: {rate:,.0f} records/s, {now['read']:,.0f} read"
+    if now["rows"]:
+        text += f", {now['rows']:,.0f} rows stored (+{now['rows'] - before['rows']:,.0f})"
+    if now["samples"]:
+        text += f", {now['samples']:,.0f} samples sent"
+    return text + _lag_text(now["lag"])
+
+
+def start_progress_log(
+    interval_s: float | None, registry: CollectorRegistry = REGISTRY
+) -> None:
+    """Log a progress line every ``interval_s`` (None/0: none) from a daemon thread, and a
+    "stopped" line with the totals when the process exits (once per process)."""
+    global _progress_started
+    import atexit
+    import logging
+    import time
+
+    with _lock:
+        if _progress_started:
+            return
+        _progress_started = True
+    log = logging.getLogger("otelwax.progress")
+    start = time.monotonic()
+
+    def stopped() -> None:
+        t = _totals(registry)
+        log.info(
+            "stopped after %.0f s: %s records read, %s rows stored, %s samples sent; ranges "
+            "not yet stored are read again on the next start",
+            time.monotonic() - start,
+            f"{t['read']:,.0f}",
+            f"{t['rows']:,.0f}",
+            f"{t['samples']:,.0f}",
+        )
+
+    atexit.register(stopped)
+    if not interval_s:
+        return
+
+    def loop() -> None:
+        before, t0 = _totals(registry), time.monotonic()
+        while True:
+            time.sleep(interval_s)
+            now, t1 = _totals(registry), time.monotonic()
+            log.info("%s", progress_line(now, before, t1 - t0))
+            before, t0 = now, t1
+
+    threading.Thread(target=loop, name="progress", daemon=True).start()
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (Kubernetes, compose, systemd) stops the flow like Ctrl-C: bytewax ends the
+    run, the exit handlers log what was done. Python's default is to die at once. Only the
+    main thread can set it; elsewhere (``-w N`` worker threads) nothing changes."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
