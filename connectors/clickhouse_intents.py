@@ -305,13 +305,14 @@ def dedup_window_problem(
     if window <= 0:
         return logging.ERROR, (
             f"{table} has no {name}: replays after a crash would insert duplicates; "
-            f"recreate it with `otelwax clickhouse init` or "
+            f"run `otelwax clickhouse migrate --apply` or "
             + fix.format(t=table, s=name, v=max(min_window, 1000))
         )
     if window < min_window:
         return logging.WARNING, (
             f"{table}: {name} = {window} is below {min_window}: a range inserted just before a "
             "crash is only deduplicated if fewer inserts reach the table until its replay; "
+            "run `otelwax clickhouse migrate --apply` or "
             + fix.format(t=table, s=name, v=min_window)
         )
     seconds = settings.get(_WINDOW_SETTINGS[2], 0)

@@ -34,7 +34,7 @@ import logging
 import re
 from typing import Any, Literal, Protocol
 
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from otelwax.settings import StrictModel
 
@@ -83,6 +83,8 @@ def qualified(database: str, table: str) -> str:
 class TableOptions(StrictModel):
     """How the tables are created (no I/O: a pure description)."""
 
+    model_config = ConfigDict(**StrictModel.model_config, populate_by_name=True)
+
     variant: Literal["auto", "modern", "legacy"] = Field(
         "auto", description="auto = legacy for servers older than 20.1, else modern"
     )
@@ -104,6 +106,31 @@ class TableOptions(StrictModel):
         "slower inserts (bench/query_bench.py)",
     )
     index_granularity: int = Field(8192, gt=0)
+    logs_layout: Literal["five_minutes", "timestamp_time"] = Field(
+        "five_minutes",
+        description="(modern) new logs tables: five_minutes = the clickhouseexporter's 2026 "
+        "layout (ORDER BY toStartOfFiveMinutes(Timestamp), ServiceName, Timestamp; no "
+        "TimestampTime; materialized __otel_materialized_* resource columns); timestamp_time = "
+        "the earlier layout. Existing tables keep theirs (their layout is read, not assumed)",
+    )
+    text_indexes: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="(modern, five_minutes logs) text(tokenizer) indexes instead of bloom "
+        "filters; auto = on for ClickHouse >= 26.2, as the clickhouseexporter does",
+    )
+    json_attributes: bool = Field(
+        False,
+        alias="json",
+        description="the clickhouseexporter's `json: true` tables (JSON-typed attributes plus "
+        "*AttributesKeys columns): not writable by otelwax yet, so true is refused",
+    )
+
+    @field_validator("json_attributes")
+    @classmethod
+    def _no_json(cls, v: bool) -> bool:
+        if v:
+            raise ValueError(JSON_REFUSED)
+        return v
 
     @field_validator("ttl_days")
     @classmethod
@@ -111,6 +138,34 @@ class TableOptions(StrictModel):
         if v > 36500:
             raise ValueError("must be <= 36500 (100 years)")
         return v
+
+
+JSON_REFUSED = (
+    "JSON-typed attribute tables (the clickhouseexporter's `json: true`) cannot be written by "
+    "otelwax: its Arrow batches carry attributes as Map(String, String); use Map tables "
+    "(json: false, the default) or a separate table for the exporter"
+)
+
+# The clickhouseexporter's (2026) materialized resource columns of the logs table.
+MATERIALIZED_RESOURCE_KEYS = (
+    "k8s.cluster.name",
+    "k8s.container.name",
+    "k8s.deployment.name",
+    "k8s.namespace.name",
+    "k8s.node.name",
+    "k8s.pod.name",
+    "k8s.pod.uid",
+    "deployment.environment.name",
+)
+
+
+def text_indexes_for_version(version: str) -> bool:
+    """Whether ClickHouse ``version`` has ``text`` indexes (26.2 and later)."""
+    try:
+        major, minor = (int(p) for p in version.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (26, 2)
 
 
 def variant_for_version(version: str) -> Literal["modern", "legacy"]:
@@ -219,52 +274,101 @@ GROUP BY TraceId""")
     return out
 
 
-def logs_ddl(database: str, table: str, opts: TableOptions, *, legacy: bool = False) -> list[str]:
-    """CREATE statement for the logs table."""
+def logs_ddl(
+    database: str,
+    table: str,
+    opts: TableOptions,
+    *,
+    legacy: bool = False,
+    text_index: bool = False,
+) -> list[str]:
+    """CREATE statement for the logs table (``text_index``: the server has text indexes)."""
     if legacy:
         return [_legacy_logs(database, table, opts)]
+    if opts.logs_layout == "timestamp_time":
+        return [_logs_timestamp_time(database, table, opts)]
     t = qualified(database, table)
     z = _c(opts, "ZSTD(1)")
-    attrs = "Map(LowCardinality(String), String)"
-    idx = ""
-    if opts.skip_indexes:
-        idx = """
-    INDEX idx_trace_id TraceId TYPE bloom_filter(0.001) GRANULARITY 1,
-    INDEX idx_res_attr_key mapKeys(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
-    INDEX idx_res_attr_value mapValues(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
-    INDEX idx_scope_attr_key mapKeys(ScopeAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
-    INDEX idx_scope_attr_value mapValues(ScopeAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
-    INDEX idx_log_attr_key mapKeys(LogAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
-    INDEX idx_log_attr_value mapValues(LogAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
-    INDEX idx_body Body TYPE tokenbf_v1(32768, 3, 0) GRANULARITY 8"""
-    part = PARTITIONS[opts.partition_by].format(ts="TimestampTime")
-    cols = f"""    Timestamp DateTime64(9){_c(opts, "Delta(8), ZSTD(1)")},
-    TimestampTime DateTime DEFAULT toDateTime(Timestamp),
-    TraceId String{z},
-    SpanId String{z},
-    TraceFlags UInt8,
-    SeverityText LowCardinality(String){z},
-    SeverityNumber UInt8,
-    ServiceName LowCardinality(String){z},
-    Body String{z},
-    ResourceSchemaUrl LowCardinality(String){z},
-    ResourceAttributes {attrs}{z},
-    ScopeSchemaUrl LowCardinality(String){z},
-    ScopeName String{z},
-    ScopeVersion LowCardinality(String){z},
-    ScopeAttributes {attrs}{z},
-    LogAttributes {attrs}{z},
-    EventName String{z}"""
-    body = cols + ("," + idx if idx else "")
+    cols = [
+        f"Timestamp DateTime64(9){_c(opts, 'Delta(8), ZSTD(1)')}",
+        *_log_columns(opts),
+        *(
+            f"`__otel_materialized_{k}` LowCardinality(String) MATERIALIZED "
+            f"ResourceAttributes['{k}']{z}"
+            for k in MATERIALIZED_RESOURCE_KEYS
+        ),
+    ]
+    use_text = opts.text_indexes == "on" or (opts.text_indexes == "auto" and text_index)
+    if opts.skip_indexes and use_text:
+        cols += _log_indexes("TYPE text(tokenizer = 'array')", "TYPE text(tokenizer = 'array')")
+        cols.append("INDEX idx_lower_body lower(Body) TYPE text(tokenizer = 'splitByNonAlpha')")
+    elif opts.skip_indexes:
+        cols += _log_indexes(_BLOOM.format(p="0.001"), _BLOOM.format(p="0.01"))
+        cols.append("INDEX idx_lower_body lower(Body) TYPE tokenbf_v1(32768, 3, 0) GRANULARITY 8")
+    body = ",\n".join(f"    {c}" for c in cols)
     return [
         f"""CREATE TABLE IF NOT EXISTS {t} (
 {body}
 ) ENGINE = MergeTree
-PARTITION BY {part}
+PARTITION BY {PARTITIONS[opts.partition_by].format(ts="Timestamp")}
+ORDER BY (toStartOfFiveMinutes(Timestamp), ServiceName, Timestamp)
+{_ttl(opts, "toDateTime(Timestamp)")}{_settings(opts)}"""
+    ]
+
+
+_BLOOM = "TYPE bloom_filter({p}) GRANULARITY 1"
+
+
+def _log_indexes(trace_id: str, maps: str) -> list[str]:
+    """The logs table's TraceId and attribute-map indexes (``TYPE ...`` clauses given)."""
+    out = [f"INDEX idx_trace_id TraceId {trace_id}"]
+    for short, m in (("res", "Resource"), ("scope", "Scope"), ("log", "Log")):
+        out.append(f"INDEX idx_{short}_attr_key mapKeys({m}Attributes) {maps}")
+        out.append(f"INDEX idx_{short}_attr_value mapValues({m}Attributes) {maps}")
+    return out
+
+
+def _log_columns(opts: TableOptions) -> list[str]:
+    """The logs columns after ``Timestamp`` (both modern layouts)."""
+    z = _c(opts, "ZSTD(1)")
+    attrs = "Map(LowCardinality(String), String)"
+    return [
+        f"TraceId String{z}",
+        f"SpanId String{z}",
+        "TraceFlags UInt8",
+        f"SeverityText LowCardinality(String){z}",
+        "SeverityNumber UInt8",
+        f"ServiceName LowCardinality(String){z}",
+        f"Body String{z}",
+        f"ResourceSchemaUrl LowCardinality(String){z}",
+        f"ResourceAttributes {attrs}{z}",
+        f"ScopeSchemaUrl LowCardinality(String){z}",
+        f"ScopeName String{z}",
+        f"ScopeVersion LowCardinality(String){z}",
+        f"ScopeAttributes {attrs}{z}",
+        f"LogAttributes {attrs}{z}",
+        f"EventName String{z}",
+    ]
+
+
+def _logs_timestamp_time(database: str, table: str, opts: TableOptions) -> str:
+    """The clickhouseexporter's logs layout before 2026 (``TimestampTime`` in the key)."""
+    cols = [
+        f"Timestamp DateTime64(9){_c(opts, 'Delta(8), ZSTD(1)')}",
+        "TimestampTime DateTime DEFAULT toDateTime(Timestamp)",
+        *_log_columns(opts),
+    ]
+    if opts.skip_indexes:
+        cols += _log_indexes(_BLOOM.format(p="0.001"), _BLOOM.format(p="0.01"))
+        cols.append("INDEX idx_body Body TYPE tokenbf_v1(32768, 3, 0) GRANULARITY 8")
+    body = ",\n".join(f"    {c}" for c in cols)
+    return f"""CREATE TABLE IF NOT EXISTS {qualified(database, table)} (
+{body}
+) ENGINE = MergeTree
+PARTITION BY {PARTITIONS[opts.partition_by].format(ts="TimestampTime")}
 PRIMARY KEY (ServiceName, TimestampTime)
 ORDER BY (ServiceName, TimestampTime, Timestamp)
 {_ttl(opts, "TimestampTime")}{_settings(opts)}"""
-    ]
 
 
 def _legacy_part(opts: TableOptions, ts: str) -> str:
@@ -347,13 +451,14 @@ def schema_ddl(
     opts: TableOptions,
     *,
     legacy: bool = False,
+    text_index: bool = False,
 ) -> list[str]:
     """Every statement to create the database and the tables (None skips a table)."""
     out = [f"CREATE DATABASE IF NOT EXISTS {quote_ident(database)}"]
     if traces_table:
         out += traces_ddl(database, traces_table, opts, legacy=legacy)
     if logs_table:
-        out += logs_ddl(database, logs_table, opts, legacy=legacy)
+        out += logs_ddl(database, logs_table, opts, legacy=legacy, text_index=text_index)
     return out
 
 
@@ -370,14 +475,24 @@ def create_schema(
 ) -> list[str]:
     """Create the database and tables (idempotent: IF NOT EXISTS). Returns the statements run.
 
-    With ``variant="auto"`` the server version decides between modern and legacy DDL.
+    With ``variant="auto"`` the server version decides between modern and legacy DDL, with
+    ``text_indexes="auto"`` whether the logs table gets text indexes (ClickHouse >= 26.2).
     """
     variant = opts.variant
-    if variant == "auto":
+    version = ""
+    if variant == "auto" or opts.text_indexes == "auto":
         version = str(client.execute("SELECT version()")[0][0])
+    if variant == "auto":
         variant = variant_for_version(version)
         log.info("ClickHouse %s: using the %s table layout", version, variant)
-    stmts = schema_ddl(database, traces_table, logs_table, opts, legacy=variant == "legacy")
+    stmts = schema_ddl(
+        database,
+        traces_table,
+        logs_table,
+        opts,
+        legacy=variant == "legacy",
+        text_index=text_indexes_for_version(version),
+    )
     for sql in stmts:
         client.execute(sql)
     return stmts

@@ -53,6 +53,8 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from pydantic import Field
 
 from connectors.clickhouse_intents import Blocking, IntentLog, check_dedup_window
+from connectors.clickhouse_migrate import MIGRATE_HINT, table_layout
+from connectors.clickhouse_schema import JSON_REFUSED
 from connectors.kafka_source import range_token
 from otelwax.logs import carry_step
 from otelwax.schemas import LOGS_SCHEMA, TRACES_SCHEMA
@@ -473,17 +475,21 @@ class ClickHouseSink(DynamicSink[StoredRange]):
                     time.sleep(delay)
                     delay = min(delay * 2, self.connection.retry.max_backoff_s or 5.0)
             self.intent_log(c).create()
+            if table_layout(c, self.connection.database, self.table_name) == "json":
+                c.close()
+                raise RuntimeError(f"clickhouse health check: {table}: {JSON_REFUSED}")
             problems = clickhouse.check_table(c, table, self.schema)
             for p in problems:
                 if "does not exist" in p:
                     c.close()
                     raise RuntimeError(f"clickhouse health check: {p}")
-                log.warning("clickhouse health check: %s", p)
+                log.warning("clickhouse health check: %s; %s", p, MIGRATE_HINT)
             if not self.lookup_dedup and not c.supports_dedup_token(table):
                 c.close()
                 raise RuntimeError(
                     f"clickhouse health check: {table} cannot deduplicate replays (no insert "
-                    "tokens and no InsertToken column); recreate it with `otelwax clickhouse init`"
+                    "tokens and no InsertToken column); `otelwax clickhouse migrate --apply` "
+                    "adds the column"
                 )
             if self.config.dedup != "lookup":
                 try:

@@ -1,7 +1,9 @@
-"""``otelwax clickhouse init|check``: create each flow's ClickHouse tables, or check them.
+"""``otelwax clickhouse init|check|migrate``: create each flow's ClickHouse tables, check
+them, or bring older ones up to this version.
 
-    otelwax clickhouse init  [-c FILE] [--flow traces ...] [--dry-run] [connection overrides]
-    otelwax clickhouse check [-c FILE] [--flow traces ...] [connection overrides]
+    otelwax clickhouse init    [-c FILE] [--flow traces ...] [--dry-run] [connection overrides]
+    otelwax clickhouse check   [-c FILE] [--flow traces ...] [connection overrides]
+    otelwax clickhouse migrate [-c FILE] [--flow traces ...] [--apply] [connection overrides]
 
 Each flow writes to its own store (``flows.<flow>.clickhouse``, else the top-level
 ``clickhouse`` section, else the defaults: embedded chdb in ``.data/chdb/<flow>``), so both
@@ -12,7 +14,11 @@ ClickHouse output. Flags override the connection of every flow handled.
 ``init`` runs the DDL (idempotent, ``IF NOT EXISTS``); ``--dry-run`` only prints it. ``check``
 reads only (an embedded folder that does not exist yet is reported, not created) and prints
 every problem — missing table, missing or incompatible column, no deduplication window — with
-the command that fixes it; it exits 1 if there is one.
+the command that fixes it; it exits 1 if there is one. ``migrate`` (traces and logs tables)
+prints how each live table differs from what this version creates for its layout (missing
+columns and indexes, TTL, settings such as the deduplication window) and, with ``--apply``,
+runs the additive statements (ADD COLUMN, ADD INDEX, MODIFY SETTING, MODIFY TTL); it never
+drops or rewrites data, and reports what only a new table can change.
 """
 
 from __future__ import annotations
@@ -40,7 +46,11 @@ ENV_VARS = {"OTELWAX_CLICKHOUSE_PASSWORD": "server password (default of clickhou
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["init", "check"], help="create tables / check them")
+    parser.add_argument(
+        "action",
+        choices=["init", "check", "migrate"],
+        help="create tables / check them / show (and --apply) what this version adds",
+    )
     parser.add_argument("-c", "--config", help="deployment YAML (default: $OTELWAX_CONFIG)")
     parser.add_argument(
         "--flow",
@@ -49,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="only this flow's tables (repeatable; default: every flow with ClickHouse)",
     )
     parser.add_argument("--dry-run", action="store_true", help="init: print the DDL, run nothing")
+    parser.add_argument(
+        "--apply", action="store_true", help="migrate: run the additive statements shown"
+    )
     parser.add_argument(
         "--variant",
         choices=["auto", "modern", "legacy"],
@@ -208,6 +221,36 @@ def _check(flow: str, cfg: Any, config: str | None, explicit: bool) -> list[str]
     return problems
 
 
+def _migrate(flow: str, cfg: Any, apply: bool) -> bool:
+    """Print (and with ``apply`` run) ``flow``'s migration; False when something is left."""
+    from connectors.clickhouse import open_client
+    from connectors.clickhouse_migrate import apply_changes, plan_migration
+
+    if flow not in ("traces", "logs"):
+        print(f"{flow}: no migrations for the otel_metrics_* tables (skipped)")
+        return True
+    if cfg.mode == "embedded" and not Path(cfg.path).is_dir():
+        print(f"{flow}: {cfg.path} does not exist yet (nothing to migrate)")
+        return True
+    client = open_client(cfg.model_copy(update={"create_schema": False}))
+    try:
+        table = cfg.traces_table if flow == "traces" else cfg.logs_table
+        changes = plan_migration(client, cfg.database, table, flow, cfg.tables)
+        if not changes:
+            print(f"{flow} ({_where(cfg)}): {cfg.database}.{table} is up to date")
+            return True
+        for c in changes:
+            print(f"{flow}: {c.what}")
+            if c.sql:
+                print(f"  {'running' if apply else 'would run'}: {c.sql}")
+        if apply:
+            n = apply_changes(client, changes)
+            print(f"{flow} ({_where(cfg)}): {n} statements run")
+        return all(c.sql is None for c in changes) or apply
+    finally:
+        client.close()
+
+
 def run(args: argparse.Namespace) -> int:
     stores = flow_stores(args)
     if not stores:
@@ -216,6 +259,9 @@ def run(args: argparse.Namespace) -> int:
     explicit = bool(args.flow)
     if args.action == "init":
         ok = [_init(flow, cfg, args.dry_run, explicit) for flow, cfg in stores]
+        return 0 if all(ok) else 1
+    if args.action == "migrate":
+        ok = [_migrate(flow, cfg, args.apply) for flow, cfg in stores]
         return 0 if all(ok) else 1
     problems: list[str] = []
     for flow, cfg in stores:

@@ -1,0 +1,224 @@
+"""What differs between a live otelwax table and what this version creates, and the additive
+part of closing the gap (``otelwax clickhouse migrate``).
+
+The expected table is not parsed from DDL text: the DDL this version would run (for the
+*live* table's layout — an older logs layout stays that layout) is created under a scratch
+name next to it, read back from ``system.columns`` / ``system.data_skipping_indices`` /
+``system.tables``, and dropped. What is missing is added (ADD COLUMN, ADD INDEX, MODIFY
+SETTING, MODIFY TTL, the trace-id lookup table); what cannot be changed in place (sorting
+key, column types, extra columns) is only reported. Nothing is ever dropped but the scratch
+table.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from connectors.clickhouse_schema import (
+    JSON_REFUSED,
+    TableOptions,
+    logs_ddl,
+    qualified,
+    quote_ident,
+    text_indexes_for_version,
+    traces_ddl,
+)
+
+__all__ = ["MIGRATE_HINT", "Change", "apply_changes", "plan_migration", "table_layout"]
+
+MIGRATE_HINT = (
+    "`otelwax clickhouse migrate` shows what differs from this version's tables, --apply adds it"
+)
+
+Layout = Literal["legacy", "json", "timestamp_time", "five_minutes", "modern"]
+
+# Settings a migration raises to what this version creates (never lowers).
+_SETTINGS = ("non_replicated_deduplication_window", "ttl_only_drop_parts")
+SCRATCH_SUFFIX = "__otelwax_expected"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One difference: ``sql`` is the additive statement closing it (None: report only)."""
+
+    what: str
+    sql: str | None = None
+
+
+def _columns(client: Any, database: str, table: str) -> dict[str, tuple[str, ...]]:
+    """``name -> (type, default_kind, default_expression[, codec])`` in table order."""
+    legacy = getattr(client, "legacy", False)
+    codec = "" if legacy else ", compression_codec"
+    rows = client.execute(
+        f"SELECT name, type, default_kind, default_expression{codec} FROM system.columns "
+        "WHERE database = {db:String} AND table = {t:String}",
+        {"db": database, "t": table},
+    )
+    return {str(r[0]): tuple(str(v) for v in r[1:]) for r in rows}
+
+
+def table_layout(client: Any, database: str, table: str) -> Layout | None:
+    """The live table's layout (None: no such table), read from its columns.
+
+    ``legacy``: 18.16 layout (``TimestampNs``); ``json``: JSON-typed attributes (the
+    clickhouseexporter's ``json: true``); logs: ``timestamp_time`` (the exporter's layout
+    before 2026, ``TimestampTime`` in the key) or ``five_minutes`` (2026); traces: ``modern``.
+    """
+    cols = _columns(client, database, table)
+    if not cols:
+        return None
+    if "TimestampNs" in cols:
+        return "legacy"
+    if any(c[0].startswith("JSON") for n, c in cols.items() if n.endswith("Attributes")):
+        return "json"
+    if "TimestampTime" in cols:
+        return "timestamp_time"
+    if "SpanName" in cols:
+        return "modern"
+    return "five_minutes"
+
+
+def _indexes(client: Any, database: str, table: str) -> dict[str, tuple[str, str, int]]:
+    rows = client.execute(
+        "SELECT name, type_full, expr, granularity FROM system.data_skipping_indices "
+        "WHERE database = {db:String} AND table = {t:String}",
+        {"db": database, "t": table},
+    )
+    return {str(n): (str(t), str(e), int(g)) for n, t, e, g in rows}
+
+
+def _engine_full(client: Any, database: str, table: str) -> str:
+    rows = client.execute(
+        "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+        {"db": database, "t": table},
+    )
+    return str(rows[0][0]) if rows else ""
+
+
+def _ttl(engine_full: str) -> str:
+    m = re.search(r"\bTTL (.+?)(?: SETTINGS |$)", engine_full)
+    return m.group(1).strip() if m else ""
+
+
+def _setting(engine_full: str, name: str) -> int | None:
+    m = re.search(rf"\b{name}\s*=\s*(\d+)", engine_full)
+    return int(m.group(1)) if m else None
+
+
+def _column_sql(name: str, spec: tuple[str, ...]) -> str:
+    typ, kind, expr = spec[0], spec[1], spec[2]
+    out = f"`{name}` {typ}"
+    if kind and expr:
+        out += f" {kind} {expr}"
+    if len(spec) > 3 and spec[3]:
+        out += f" {spec[3]}"
+    return out
+
+
+def _expected_ddl(
+    kind: str, database: str, table: str, opts: TableOptions, layout: Layout, version: str
+) -> str:
+    legacy = layout == "legacy"
+    if kind == "traces":
+        return traces_ddl(database, table, opts, legacy=legacy)[0]
+    if layout in ("timestamp_time", "five_minutes"):
+        opts = opts.model_copy(update={"logs_layout": layout})
+    text = text_indexes_for_version(version)
+    return logs_ddl(database, table, opts, legacy=legacy, text_index=text)[0]
+
+
+def plan_migration(
+    client: Any, database: str, table: str, kind: Literal["traces", "logs"], opts: TableOptions
+) -> list[Change]:
+    """The differences between ``database.table`` and what this version expects of it.
+
+    Creates and drops a scratch table ``<table>__otelwax_expected`` (empty) in ``database``.
+    """
+    layout = table_layout(client, database, table)
+    t = qualified(database, table)
+    if layout is None:
+        return [Change(f"{t} does not exist (create it with `otelwax clickhouse init`)")]
+    if layout == "json":
+        return [Change(f"{t}: {JSON_REFUSED}")]
+    legacy = layout == "legacy"
+    version = str(client.execute("SELECT version()")[0][0])
+    scratch = f"{table}{SCRATCH_SUFFIX}"
+    quote_ident(scratch)
+    s = qualified(database, scratch)
+    client.execute(f"DROP TABLE IF EXISTS {s}")
+    client.execute(_expected_ddl(kind, database, scratch, opts, layout, version))
+    try:
+        want_cols = _columns(client, database, scratch)
+        want_idx = {} if legacy else _indexes(client, database, scratch)
+        want_engine = "" if legacy else _engine_full(client, database, scratch)
+    finally:
+        client.execute(f"DROP TABLE IF EXISTS {s}")
+    have_cols = _columns(client, database, table)
+    changes: list[Change] = []
+    for name, spec in want_cols.items():
+        if name not in have_cols:
+            changes.append(
+                Change(
+                    f"{t}: column {name} ({spec[0]}) is missing",
+                    f"ALTER TABLE {t} ADD COLUMN {_column_sql(name, spec)}",
+                )
+            )
+        elif have_cols[name][0] != spec[0]:
+            have = have_cols[name][0]
+            changes.append(Change(f"{t}: column {name} is {have}, this version creates {spec[0]}"))
+    for name in have_cols.keys() - want_cols.keys():
+        changes.append(Change(f"{t}: column {name} is not one this version creates (kept)"))
+    if legacy:
+        return changes
+    have_idx = _indexes(client, database, table)
+    for name, (typ, expr, gran) in want_idx.items():
+        if name not in have_idx:
+            changes.append(
+                Change(
+                    f"{t}: index {name} ({typ} on {expr}) is missing (covers parts written "
+                    f"after it is added; MATERIALIZE INDEX {name} builds it for older ones)",
+                    f"ALTER TABLE {t} ADD INDEX {quote_ident(name)} {expr} TYPE {typ} "
+                    f"GRANULARITY {gran}",
+                )
+            )
+        elif have_idx[name][0] != typ:
+            changes.append(Change(f"{t}: index {name} is {have_idx[name][0]}, not {typ}"))
+    changes += _engine_changes(t, _engine_full(client, database, table), want_engine)
+    if kind == "traces" and opts.trace_lookup:
+        lookup = f"{table}_trace_id_ts"
+        if not _columns(client, database, lookup):
+            for sql in traces_ddl(database, table, opts)[1:]:
+                changes.append(Change(f"{t}: trace-id lookup {lookup} is missing", sql))
+    return changes
+
+
+def _engine_changes(t: str, have: str, want: str) -> list[Change]:
+    out = []
+    for name in _SETTINGS:
+        w, h = _setting(want, name), _setting(have, name)
+        if w is not None and (h is None or h < w):
+            out.append(
+                Change(
+                    f"{t}: {name} is {h if h is not None else 'unset'}, this version sets {w}",
+                    f"ALTER TABLE {t} MODIFY SETTING {name} = {w}",
+                )
+            )
+    wt, ht = _ttl(want), _ttl(have)
+    if wt and wt != ht:
+        sql = f"ALTER TABLE {t} MODIFY TTL {wt}"
+        out.append(Change(f"{t}: TTL is {ht or 'none'}, wanted {wt}", sql))
+    elif ht and not wt:
+        out.append(Change(f"{t}: TTL {ht} kept (ttl_days is 0; REMOVE TTL by hand to keep rows)"))
+    return out
+
+
+def apply_changes(client: Any, changes: list[Change]) -> int:
+    """Run the additive statements of ``changes``; returns how many ran."""
+    n = 0
+    for c in changes:
+        if c.sql:
+            client.execute(c.sql)
+            n += 1
+    return n
