@@ -1,6 +1,7 @@
 """Runs SQL in a fresh chdb session on the otelwax tables; used by test_grafana.py.
 
-    python chdb_queries.py DATA_DIR < queries.json   ->   {"results": [...], "errors": [...]}
+    python chdb_queries.py DATA_DIR [TABLE_OPTIONS_JSON] < queries.json
+        ->   {"results": [...], "errors": [...]}
 
 A separate process, because chdb allows one data path per process and other tests use theirs.
 The tables come from connectors.clickhouse_schema (the DDL the sinks use), with one span and
@@ -30,7 +31,9 @@ SEED = [
 def main() -> int:
     queries = json.load(sys.stdin)
     s = session.Session(sys.argv[1])
-    for sql in schema_ddl("otel", "otel_traces", "otel_logs", TableOptions(variant="modern")):
+    opts = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    opts = TableOptions.model_validate({"variant": "modern", **opts})
+    for sql in schema_ddl("otel", "otel_traces", "otel_logs", opts, text_index=True):
         s.query(sql)
     for sql in SEED:
         s.query(sql)

@@ -163,7 +163,12 @@ def _expand(sql: str, now: int) -> str:
     return sql
 
 
-def test_clickhouse_queries_run_on_the_sink_tables(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "tables",
+    [{}, {"text_indexes": "off"}, {"logs_layout": "timestamp_time"}],
+    ids=["five_minutes-text", "five_minutes-bloom", "timestamp_time"],
+)
+def test_clickhouse_queries_run_on_the_sink_tables(tmp_path: Path, tables: dict) -> None:
     now = int(time.time())
     named: list[tuple[str, str]] = []
     for path in DASHBOARDS:
@@ -177,7 +182,12 @@ def test_clickhouse_queries_run_on_the_sink_tables(tmp_path: Path) -> None:
                 named.append((f"{path.name} variable {v['name']}", _expand(v["query"], now)))
     assert len(named) >= 8
     res = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("chdb_queries.py")), str(tmp_path / "ch")],
+        [
+            sys.executable,
+            str(Path(__file__).with_name("chdb_queries.py")),
+            str(tmp_path / "ch"),
+            json.dumps(tables),
+        ],
         input=json.dumps([sql for _, sql in named]),
         capture_output=True,
         text=True,
