@@ -189,8 +189,9 @@ def plan_migration(
     if kind == "traces" and opts.trace_lookup:
         lookup = f"{table}_trace_id_ts"
         if not _columns(client, database, lookup):
-            for sql in traces_ddl(database, table, opts)[1:]:
-                changes.append(Change(f"{t}: trace-id lookup {lookup} is missing", sql))
+            lk_table, lk_view = traces_ddl(database, table, opts)[1:]
+            changes.append(Change(f"{t}: trace-id lookup table {lookup} is missing", lk_table))
+            changes.append(Change(f"{t}: its materialized view {lookup}_mv is missing", lk_view))
     return changes
 
 

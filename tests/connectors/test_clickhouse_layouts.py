@@ -166,3 +166,22 @@ def test_migrate_cli_on_the_legacy_server_adds_the_column(clickhouse_server, cap
     finally:
         client.execute(f"DROP DATABASE IF EXISTS {db}")
         client.close()
+
+
+def test_migrate_recreates_a_missing_trace_lookup_and_sets_the_ttl(chdb_client) -> None:
+    db, table = chdb_client.cfg.database, f"spans_{uuid.uuid4().hex[:8]}"
+    from connectors.clickhouse_schema import create_schema
+
+    create_schema(chdb_client, db, table, None, TableOptions(variant="modern", trace_lookup=False))
+    want = TableOptions(ttl_days=7)
+    shown = [c.what for c in plan_migration(chdb_client, db, table, "traces", want)]
+    assert any(f"lookup table {table}_trace_id_ts is missing" in w for w in shown)
+    assert any("TTL is none, wanted toDateTime(Timestamp) + toIntervalDay(7)" in w for w in shown)
+    apply_changes(chdb_client, plan_migration(chdb_client, db, table, "traces", want))
+    assert plan_migration(chdb_client, db, table, "traces", want) == []
+    chdb_client.execute(
+        f"INSERT INTO {db}.{table} (Timestamp, TraceId, SpanId, ServiceName) "
+        "VALUES (now64(9), 'abc', '01', 's')"
+    )
+    got = chdb_client.execute(f"SELECT TraceId FROM {db}.{table}_trace_id_ts")
+    assert got == [("abc",)]
