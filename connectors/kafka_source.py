@@ -6,7 +6,9 @@ inserts need a replay to cut the *same* ranges as the first run, so that each in
 same deduplication token. This source therefore
 
 - owns one confluent-kafka consumer per Kafka partition, ``assign()``-ed to an exact offset (no
-  consumer-group rebalancing, no commits: the position lives in bytewax's recovery snapshot);
+  consumer-group rebalancing; the position lives in bytewax's recovery snapshot). The confirmed
+  offset is committed to the consumer group for Kafka's lag tools only, never read back
+  (``connectors.kafka_offsets``);
 - buffers messages and cuts a :class:`KafkaRange` when ``max_records``, ``max_bytes`` or
   ``max_delay_s`` is reached;
 - on (re)start asks an :class:`IntentReader` (ranges the sink recorded before inserting them)
@@ -37,6 +39,7 @@ from prometheus_client import Gauge
 from pydantic import Field
 
 from connectors.kafka import TOPIC_SPANS, KafkaConfig, quiet
+from connectors.kafka_offsets import OffsetCommitter, commit_callback
 from otelwax.health import HEALTH
 from otelwax.settings import StrictModel
 from otelwax.telemetry import ComponentMetrics
@@ -56,6 +59,7 @@ __all__ = [
 ]
 
 _START_LOCK = threading.Lock()
+_END_CONFIRM_S = 60
 
 CONSUMER_LAG = Gauge(
     "otelwax_kafka_consumer_lag",
@@ -90,8 +94,16 @@ class KafkaSourceConfig(StrictModel):
         "earliest", description="Where a partition with no snapshot and no intents starts"
     )
     batch: RangeCutConfig = Field(default_factory=RangeCutConfig)
-    group_id: str = Field(
-        "otelwax-flows", min_length=1, description="librdkafka needs one; nothing is committed"
+    group_id: str | None = Field(
+        None,
+        min_length=1,
+        description="consumer group the confirmed offsets are committed to, so Kafka's tools "
+        "show the flow's lag (default: the flow's name)",
+    )
+    commit_offsets: bool = Field(
+        True,
+        description="commit each partition's confirmed offset to group_id (visibility only: "
+        "a flow resumes from its snapshots and intents, never from a committed offset)",
     )
     poll_max_messages: int = Field(5_000, gt=0, description="messages per consume() call")
     max_inflight_bytes: int = Field(
@@ -161,6 +173,8 @@ class RangeAcks:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._open: dict[tuple[str, int], deque[tuple[int, int]]] = {}
+        self._emitted_next: dict[tuple[str, int], int] = {}
+        self._watchers: dict[tuple[str, int], Callable[[int], None]] = {}
         self.inflight_bytes = 0
         """Payload bytes of all unconfirmed ranges (sources pause reading above a budget)."""
         self.error: BaseException | None = None
@@ -173,22 +187,43 @@ class RangeAcks:
     def reset(self, topic: str, partition: int) -> None:
         """Forget a partition's unconfirmed ranges (its source partition starts afresh)."""
         with self._lock:
+            self._emitted_next.pop((topic, partition), None)
             for _, nbytes in self._open.pop((topic, partition), ()):
                 self.inflight_bytes -= nbytes
 
-    def emitted(self, topic: str, partition: int, first: int, nbytes: int) -> None:
+    def watch(self, topic: str, partition: int, fn: Callable[[int], None] | None) -> None:
+        """Call ``fn(offset)`` (from the confirming thread) whenever the partition's confirmed
+        prefix grows: ``offset`` is the first one not confirmed stored. None stops it."""
+        with self._lock:
+            if fn is None:
+                self._watchers.pop((topic, partition), None)
+            else:
+                self._watchers[(topic, partition)] = fn
+
+    def emitted(
+        self, topic: str, partition: int, first: int, nbytes: int, last: int | None = None
+    ) -> None:
         with self._lock:
             self._open.setdefault((topic, partition), deque()).append((first, nbytes))
             self.inflight_bytes += nbytes
+            if last is not None:
+                self._emitted_next[(topic, partition)] = last + 1
 
     def stored(self, topic: str, partition: int, first: int) -> None:
+        key = (topic, partition)
         with self._lock:
-            q = self._open.get((topic, partition))
+            q = self._open.get(key)
             for i, (f, nbytes) in enumerate(q or ()):
                 if f == first:  # almost always i == 0: stored in emission order
                     del q[i]  # type: ignore[arg-type]
                     self.inflight_bytes -= nbytes
-                    return
+                    break
+            else:
+                return
+            watcher = self._watchers.get(key) if i == 0 else None
+            confirmed = q[0][0] if q else self._emitted_next.get(key)  # type: ignore[index]
+        if watcher is not None and confirmed is not None:
+            watcher(confirmed)
 
     def oldest(self, topic: str, partition: int) -> int | None:
         """First offset of the partition's oldest unconfirmed range, or None."""
@@ -285,7 +320,7 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         conf = kafka.client_conf()
         conf.update(
             {
-                "group.id": cfg.group_id,
+                "group.id": cfg.group_id or "otelwax-flows",
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "enable.partition.eof": True,
@@ -301,8 +336,15 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
                 "fetch.queue.backoff.ms": 5,
             }
         )
+        commits = ComponentMetrics("kafka_offset_commit", "partitions")
+        conf["on_commit"] = commit_callback(commits)
         conf.update(cfg.extra)
         self._consumer = Consumer(quiet(conf))
+        # Never enable.auto.commit: only what the sink confirmed (or a snapshot covers) is
+        # committed, and assign() below always names the start offset, so no commit is read.
+        self._commits = OffsetCommitter(
+            self._consumer, self._topic, partition, commits, cfg.commit_offsets
+        )
         tp = TopicPartition(self._topic, partition)
         low, high = self._consumer.get_watermark_offsets(tp, timeout=30)
         default = low if cfg.start == "earliest" else high
@@ -325,6 +367,7 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         self._planned = planned
         if acks is not None:
             acks.reset(self._topic, partition)
+            acks.watch(self._topic, partition, self._commits.commit)
         self._next = start  # snapshot: offset after the last emitted range
         self._tp = TopicPartition(self._topic, partition)
         self._consumer.assign([TopicPartition(self._topic, partition, start)])
@@ -347,6 +390,7 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         self._since = 0.0
         self._eof = False
         self._done = False
+        self._gave_up = False
         self._last_got = False
         self._paused = False
         self._lag_label = CONSUMER_LAG.labels(self._topic, str(partition))
@@ -416,7 +460,7 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         self._next = last + 1
         if rng.values:
             if self._acks is not None:
-                self._acks.emitted(self._topic, self._partition, first, rng.nbytes)
+                self._acks.emitted(self._topic, self._partition, first, rng.nbytes, last)
             out.append(rng)
             self._metrics.sent(len(rng.values))
 
@@ -452,11 +496,13 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
     def next_batch(self) -> list[KafkaRange]:
         from confluent_kafka import KafkaError
 
-        if self._done:
-            raise StopIteration
         acks = self._acks
         if acks is not None and acks.error is not None:
             raise RuntimeError(f"sink failed, stopping the source: {acks.error}") from acks.error
+        if self._done:
+            if self._confirming():
+                return []
+            raise StopIteration
         self._paused = acks is not None and acks.inflight_bytes >= self._cfg.max_inflight_bytes
         self._progress.tick(waiting=self._paused)
         if self._paused:
@@ -498,6 +544,7 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
                 self._emit(out, self._planned.pop(0))
             self._emit(out, None)
             self._done = True
+            self._since = time.monotonic()  # start of the wait in _confirming
         now = time.monotonic()
         if out or now - self._lag_at >= 2.0:  # cached watermark: no broker round trip
             self._lag_at = now
@@ -509,7 +556,23 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
                 pass
         return out
 
+    def _confirming(self) -> bool:
+        """At the end (stop_at_end), wait (bounded) for the sink to confirm the last ranges,
+        so their offsets are committed before the consumer closes."""
+        if self._acks is None or not self._cfg.commit_offsets or self._gave_up:
+            return False
+        if self._acks.oldest(self._topic, self._partition) is None:
+            return False
+        if time.monotonic() - self._since < _END_CONFIRM_S:
+            return True
+        self._gave_up = True
+        log.warning("kafka %s[%d]: last ranges not confirmed stored in %d s; not committed",
+                    self._topic, self._partition, _END_CONFIRM_S)  # fmt: skip
+        return False
+
     def next_awake(self) -> datetime | None:
+        if self._done:
+            return datetime.now(UTC) + timedelta(seconds=0.01) if self._confirming() else None
         if self._paused:
             return datetime.now(UTC) + timedelta(seconds=0.002)
         if self._last_got or self._done:
@@ -525,10 +588,15 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
             oldest = self._acks.oldest(self._topic, self._partition)
             if oldest is not None:
                 return min(oldest, self._next)
+            return self._next
+        self._commits.commit(self._next)  # no confirming sink: what the epoch covers
         return self._next
 
     def close(self) -> None:
         HEALTH.forget(self._progress.name)
+        if self._acks is not None:
+            self._acks.watch(self._topic, self._partition, None)
+        self._commits.close()
         self._consumer.close()
 
 

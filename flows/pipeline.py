@@ -399,7 +399,10 @@ def build_dataflow(
         return sink.intent_log(sink.client())
 
     flow = Dataflow(settings.sink.flow)
-    source = PartitionedKafkaSource(settings.kafka, settings.source, intents, on_start, acks)
+    src = settings.source
+    if src.group_id is None:  # offsets are committed for lag tools under the flow's name
+        src = src.model_copy(update={"group_id": settings.sink.flow})
+    source = PartitionedKafkaSource(settings.kafka, src, intents, on_start, acks)
     ranges = op.input("kafka", flow, source)
     outbox = _DeadLetterOutbox(settings)
     decoded = op.map("decode", ranges, _Decode(signal))
