@@ -219,6 +219,49 @@ def _env_overrides(
     return out
 
 
+def env_origins(env: dict[str, str], section: str) -> dict[str, str]:
+    """Dotted key path (inside flow ``section``) → the ``OTELWAX_<SECTION>__a__b`` variable
+    that sets it, so a bad value is blamed on the variable, not on the file."""
+    prefix = f"OTELWAX_{section.upper()}__"
+    return {
+        key[len(prefix) :].replace("__", "."): key
+        for key in env
+        if key.startswith(prefix) and len(key) > len(prefix)
+    }
+
+
+def blame_env(lines: list[str], origins: dict[str, str]) -> list[str]:
+    """``lines`` (``key.path: message``) with ``(from $VAR)`` where the key came from ``VAR``."""
+    out = []
+    for line in lines:
+        key = line.split(":", 1)[0].strip()
+        var = next(
+            (v for k, v in origins.items() if key == k or key.endswith("." + k)), None
+        )  # the key may carry the section's own prefix (flows.traces.source...)
+        out.append(f"{line} (from ${var})" if var else line)
+    return out
+
+
+def env_hints(env: dict[str, str], sections: tuple[str, ...]) -> list[str]:
+    """Variables that look like flow overrides but are not read: the prefix is case-sensitive
+    and names a flow (``OTELWAX_TRACES__source__topic``)."""
+    wanted = {f"OTELWAX_{s.upper()}__" for s in sections}
+    hints = []
+    for key in sorted(env):
+        if "__" not in key or not key.upper().startswith("OTELWAX_"):
+            continue
+        head = key.split("__", 1)[0] + "__"
+        if head in wanted:
+            continue
+        if head.upper() in wanted:
+            fix = head.upper() + key.split("__", 1)[1]
+            hints.append(f"${key} is not read: the prefix is case-sensitive; write ${fix}")
+        else:
+            flows = ", ".join(sorted(w[:-2] for w in wanted))
+            hints.append(f"${key} is not read: no flow {head[8:-2]!r}; prefixes: {flows}")
+    return hints
+
+
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
@@ -273,7 +316,7 @@ def load_flow_settings(
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        lines = format_errors(exc, model=model)
+        lines = blame_env(format_errors(exc, model=model), env_origins(env, section))
         where = f"{path}: " if path else ""
         raise ValueError(
             where + f"invalid {section} flow settings:\n  " + "\n  ".join(lines)

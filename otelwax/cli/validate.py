@@ -13,7 +13,9 @@ import os
 import sys
 from typing import Any
 
+from flows.settings import blame_env, env_hints, env_origins
 from otelwax.cli.config import ENV_CONFIG, ConfigError, OtelwaxConfig, read_yaml, validate_data
+from otelwax.configfile import SIGNALS
 
 ENV_VARS = {"OTELWAX_<FLOW>__<key>__<key>": "one flow setting, e.g. OTELWAX_TRACES__source__topic"}
 
@@ -94,10 +96,36 @@ def _flow_summary(cfg: OtelwaxConfig, name: str) -> str:
 
 
 def _summary(cfg: OtelwaxConfig) -> str:
-    from otelwax.cli.config import SIGNALS
-
     flows = "\n  ".join(_flow_summary(cfg, n) for n in SIGNALS)
     return f"kafka {cfg.ingest.kafka.bootstrap_servers}\n  {flows}"
+
+
+def _with_env_overrides(
+    data: dict[str, Any], env: dict[str, str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """``data`` with each flow's ``OTELWAX_<FLOW>__a__b`` variables laid over its section, as
+    the flow does when it starts; and dotted path → variable, to blame bad values on it."""
+    import yaml
+
+    flows = dict(data.get("flows") or {}) if isinstance(data.get("flows", {}), dict) else None
+    origins: dict[str, str] = {}
+    if flows is None:
+        return data, origins
+    for section in SIGNALS:
+        found = env_origins(env, section)
+        if not found:
+            continue
+        sec = dict(flows.get(section) or {})
+        for dotted, var in found.items():
+            cur = sec
+            *parents, last = dotted.split(".")
+            for part in parents:
+                cur[part] = dict(cur.get(part) or {}) if isinstance(cur.get(part), dict) else {}
+                cur = cur[part]
+            cur[last] = yaml.safe_load(env[var])
+            origins[f"flows.{section}.{dotted}"] = var
+        flows[section] = sec
+    return {**data, "flows": flows}, origins
 
 
 def run(args: Any) -> int:
@@ -112,9 +140,13 @@ def run(args: Any) -> int:
         for p in exc.problems:
             print(f"{label}: {p}")
         return 1
+    data, origins = _with_env_overrides(data, dict(os.environ))
     cfg, problems = validate_data(data)
     if cfg is not None and not args.no_imports:
         problems = _build_problems(cfg)
+    problems = blame_env(problems, origins)
+    for hint in env_hints(dict(os.environ), SIGNALS):
+        print(f"{label}: note: {hint}")
     if problems or cfg is None:
         n = len(problems)
         print(f"{label}: {n} problem{'s' if n != 1 else ''}")

@@ -205,3 +205,28 @@ def test_each_flow_gets_its_own_embedded_folder(tmp_path: Path) -> None:
         cfg = load_config(f, env={})
         paths = {n: cfg.flow_settings(n).clickhouse.path for n in ("traces", "logs", "metrics")}
         assert len(set(paths.values())) == 3 and all(paths[n].endswith(n) for n in paths)
+
+
+def test_validate_reads_the_environment_like_the_flows_and_blames_bad_values_on_it() -> None:
+    """``OTELWAX_TRACES__source__batch__max_delay_s=fast`` used to validate; a bad value is
+    blamed on the variable, and look-alike variables the flows do not read get a hint."""
+    var = "OTELWAX_TRACES__source__batch__max_delay_s"
+    res = _validate("-c", "configs/otelwax.yaml", env={var: "fast"})
+    assert res.returncode == 1
+    assert "flows.traces.source.batch.max_delay_s: Input should be a valid number" in res.stdout
+    assert f"(from ${var})" in res.stdout
+    res = _validate(
+        "-c", "configs/otelwax.yaml",
+        env={"otelwax_traces__source__topic": "x", "OTELWAX_TRACE__source__topic": "y"},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout
+    assert "write $OTELWAX_TRACES__source__topic" in res.stdout
+    assert "$OTELWAX_TRACE__source__topic is not read: no flow 'TRACE'" in res.stdout
+
+
+def test_a_flow_blames_a_bad_environment_value_on_the_variable(tmp_path: Path) -> None:
+    from flows.settings import load_settings
+
+    var = "OTELWAX_TRACES__source__batch__max_delay_s"
+    with pytest.raises(ValueError, match=rf"max_delay_s: .* \(from \${var}\)"):
+        load_settings(None, env={var: "fast"})
