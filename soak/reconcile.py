@@ -417,6 +417,9 @@ def _processes(rep: Report, stack: Stack, mon: Monitor) -> None:
         rep.add("flows", f"{name}: longest stall s / behind s / max lag",
                 f"{w.longest_stall:.0f} / {w.longest_behind:.0f} / {int(w.max_lag):,}")
     for name, proc in stack.procs.items():
+        if proc.refused_starts:  # counted, not a violation: the stall check still applies
+            n = len(proc.refused_starts)
+            rep.add("flows", f"{name}: refused to start (exit 2, one line)", n)
         if proc.crashes:
             rep.add("flows", f"{name}: crashes (not injected)", len(proc.crashes))
             rep.violate(f"{name}.crashed", f"exited {len(proc.crashes)} times on its own; last "

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from otelwax.startup import EXIT_CANNOT_START
+
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +72,9 @@ class Proc:
     popen: subprocess.Popen[bytes] | None = None
     starts: int = 0
     crashes: list[dict[str, Any]] = field(default_factory=list)
+    refused_starts: list[dict[str, Any]] = field(default_factory=list)
+    """Exits with otelwax's "cannot start" code (2) and line: e.g. started while Kafka was
+    down in an injected outage. The orchestrator restarts it, as Kubernetes would."""
     paused: bool = False
     """True between an injected stop and the restart that follows it (not a crash)."""
 
@@ -263,7 +268,12 @@ class Stack:
                     continue
                 delay = min(backoff.get(proc.name, 0.5) * 2, 10.0)
                 backoff[proc.name] = delay
-                proc.crashes.append({"t": time.time(), "rc": rc, "tail": proc.tail(1500)})
+                tail = proc.tail(1500)
+                event = {"t": time.time(), "rc": rc, "tail": tail}
+                if rc == EXIT_CANNOT_START and "cannot start: " in tail:
+                    proc.refused_starts.append(event)  # a start-up check said no, in one line
+                else:
+                    proc.crashes.append(event)
                 log.warning("%s exited with %s; restarting in %.0fs", proc.name, rc, delay)
                 proc.paused = True
                 threading.Timer(delay, self._restart, (proc,)).start()
