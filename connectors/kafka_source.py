@@ -67,6 +67,8 @@ __all__ = [
 
 _START_LOCK = threading.Lock()
 _END_CONFIRM_S = 60
+_STUCK_CHECK_S = 10.0
+"""An idle partition asks the broker this often whether records are waiting."""
 
 CONSUMER_LAG = Gauge(
     "otelwax_kafka_consumer_lag",
@@ -233,6 +235,8 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         self._paused = False
         self._lag_label = CONSUMER_LAG.labels(self._topic, str(partition))
         self._lag_at = 0.0
+        self._checked_at = time.monotonic()  # last broker watermark look-up (stuck fetch check)
+        self._got_at = time.monotonic()  # last message fetched
         self._progress = HEALTH.progress(f"{self._topic}[{partition}]")  # /livez, /readyz
 
     # --- where to start --------------------------------------------------------------------
@@ -373,6 +377,7 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         if got:
             self._metrics.received(got)
             self._bytes_metrics.received(nbytes)
+            self._got_at = time.monotonic()
         self._last_got = bool(got)
         if self._values and not self._in_planned():
             if time.monotonic() - self._since >= self._cfg.batch.max_delay_s:
@@ -392,7 +397,37 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
                     self._lag_label.set(max(0, high - self._next))
             except Exception:  # lag is best effort
                 pass
+        if not got and now - self._checked_at >= _STUCK_CHECK_S:
+            self._check_stuck(now)
         return out
+
+    def _check_stuck(self, now: float) -> None:
+        """Ask the broker (not the fetcher's cache) where the partition ends. The cached high
+        watermark only moves while fetches succeed, so a fetcher that never resumed after a
+        broker restart showed lag 0 while records waited (seen in the soak). Records waiting
+        and none fetched for ``_STUCK_CHECK_S``: assign the partition again at the next offset
+        to read (nothing emitted is read twice: offsets below ``_next`` are skipped)."""
+        self._checked_at = now
+        try:
+            _low, high = self._consumer.get_watermark_offsets(self._tp, timeout=1.0)
+        except Exception:  # broker unreachable: librdkafka reconnects; look again later
+            return
+        resume = self._offsets[-1] + 1 if self._offsets else self._next  # after the buffer
+        behind = max(0, high - resume)
+        self._lag_label.set(max(0, high - self._next))
+        if behind and now - self._got_at >= _STUCK_CHECK_S:
+            from confluent_kafka import TopicPartition
+
+            log.warning(
+                "kafka %s[%d]: %d records waiting and none fetched for %.0f s; assigning the "
+                "partition again at %d",
+                self._topic, self._partition, behind, now - self._got_at, resume,
+            )  # fmt: skip
+            self._metrics.failed()
+            self._consumer.resume([self._tp])  # a fetch state that survives assign() too
+            self._consumer.unassign()
+            self._consumer.assign([TopicPartition(self._topic, self._partition, resume)])
+            self._got_at = now
 
     def _confirming(self) -> bool:
         """At the end (stop_at_end), wait (bounded) for the sink to confirm the last ranges,

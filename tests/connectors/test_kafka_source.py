@@ -156,3 +156,26 @@ def test_intents_of_another_topic_incarnation_are_a_loud_error_until_reset(
     finally:
         part.close()
     assert [r[3] for r in old.resets] == [0] and old.resets[0][2] not in ("", old.history[0])
+
+
+def test_a_fetcher_that_stopped_fetching_is_found_and_resumed(
+    kafka_bootstrap: str, make_topic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a broker restart one partition's fetcher never fetched again while its cached
+    lag said 0 (soak, 71 metric points never stored). The idle partition asks the broker,
+    shows the real lag and assigns itself again. A paused fetcher stands in for a stuck one."""
+    from confluent_kafka import TopicPartition
+
+    import connectors.kafka_source as ks
+
+    monkeypatch.setattr(ks, "_STUCK_CHECK_S", 0.5)
+    topic = make_topic("stuck", partitions=1)
+    produce(kafka_bootstrap, topic, [b"x"] * 10, partition=0)
+    part = _source(kafka_bootstrap, topic, None).build_part("kafka", "0", None)
+    assert [(r.first, r.last) for r in _drain(part, 1)] == [(0, 9)]
+    part._consumer.pause([TopicPartition(topic, 0)])  # fetches nothing from now on
+    produce(kafka_bootstrap, topic, [b"y"] * 10, partition=0)
+    got = _drain(part, 1, timeout=15)
+    assert [(r.first, r.last) for r in got] == [(10, 19)]  # found, assigned again, read once
+    assert part._metrics is not None
+    part.close()
