@@ -40,7 +40,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=None, help="fault schedule seed (random)")
     ap.add_argument("--faults", default="all",
                     help=f"comma list, 'all', 'smoke' or 'none' (known: {', '.join(FAULTS)})")
-    ap.add_argument("--each", type=int, default=3, help="times each fault is injected")
+    ap.add_argument("--each", type=int, default=8, help="times each fault is injected")
     ap.add_argument("--outage", type=seconds, default=15.0, help="how long a service stays down")
     ap.add_argument("--traces-per-s", type=float, default=50.0, help="SDK traces/s (4 spans)")
     ap.add_argument("--drain", type=seconds, default=180.0, help="bound on the final drain")
