@@ -49,6 +49,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "otelwax.cli.flow",
         "run a dataflow (traces|logs|metrics|spanmetrics|logmetrics) with recovery/cluster args",
     ),
+    "doctor": (
+        "otelwax.cli.doctor",
+        "check that every configured Kafka, ClickHouse, Prometheus and Jaeger answers",
+    ),
     "kafka": ("otelwax.cli.kafka", "create the topics otelwax uses, or wait for the broker"),
     "query": (
         "otelwax.cli.query",
