@@ -63,11 +63,16 @@ def _chart(cid: str, title: str, timeline: Sequence[dict[str, Any]], metric: str
     lines, legend = [], []
     for i, (svc, points) in enumerate(sorted(series.items())):
         color = _PALETTE[i % len(_PALETTE)]
-        pts = " ".join(xy(m, points.get(m, 0.0)) for m in minutes)
+        coords = [xy(m, points.get(m, 0.0)) for m in minutes]
         lines.append(
             f'<polyline class="series" data-service="{escape(svc)}" fill="none" '
-            f'stroke="{color}" stroke-width="2" points="{pts}"/>'
+            f'stroke="{color}" stroke-width="2" points="{" ".join(coords)}"/>'
         )
+        # a dot per minute: a run shorter than two minutes still shows its values
+        lines += [
+            f'<circle cx="{c.split(",")[0]}" cy="{c.split(",")[1]}" r="3" fill="{color}"/>'
+            for c in coords
+        ]
         legend.append(f'<span><i style="background:{color}"></i>{escape(svc)}</span>')
     axis = (
         f'<text x="4" y="14" font-size="11">{top:g}</text>'

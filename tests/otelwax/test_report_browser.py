@@ -77,3 +77,13 @@ def test_report_renders_in_a_real_browser(tmp_path: Path) -> None:
     assert img.size == (1200, 2200)
     # the two services' lines and the error span's red bar are drawn, not just text
     assert _has(img, BLUE) and _has(img, ORANGE) and _has(img, RED)
+
+
+def test_a_run_shorter_than_two_minutes_still_draws_its_values() -> None:
+    """`make run` sends 10 s of telemetry: one minute per service, which a line alone cannot
+    show (its charts were empty)."""
+    data = _data()
+    data["timeline"] = [r for r in data["timeline"] if r["minute"] == data["timeline"][0]["minute"]]
+    html = render_report(data)
+    chart = html.split('id="chart-spans"', 1)[1].split("</svg>", 1)[0]
+    assert chart.count("<circle") == 2  # one dot per service
