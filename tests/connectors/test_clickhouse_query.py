@@ -22,7 +22,13 @@ def _spans_now() -> pa.RecordBatch:
     return decode_traces(trace_payloads(2, base_time_ns=base)).batch
 
 
-def _check_queries(client, tables: Tables, batch: pa.RecordBatch) -> None:
+def _store_and_check_queries(client) -> None:
+    """Create the tables on ``client``, store spans dated now, and check every query."""
+    cfg = client.cfg
+    init_schema(client, cfg)
+    batch = _spans_now()
+    client.insert_arrow(cfg.traces_table, batch)
+    tables = Tables.of(cfg)
     rows = batch.to_pylist()
     counts = run_query(client, tables, "counts").as_dicts()
     assert {"table": tables.traces, "rows": len(rows)} in counts
@@ -58,19 +64,11 @@ def _check_queries(client, tables: Tables, batch: pa.RecordBatch) -> None:
 
 
 def test_queries_on_chdb(chdb_client) -> None:
-    cfg = chdb_client.cfg
-    init_schema(chdb_client, cfg)
-    batch = _spans_now()
-    chdb_client.insert_arrow(cfg.traces_table, batch)
-    _check_queries(chdb_client, Tables.of(cfg), batch)
+    _store_and_check_queries(chdb_client)
 
 
 def test_queries_on_the_legacy_layout_of_a_1816_server(ch_server) -> None:
-    cfg = ch_server.cfg
-    init_schema(ch_server, cfg)
-    batch = _spans_now()
-    ch_server.insert_arrow(cfg.traces_table, batch)
-    _check_queries(ch_server, Tables.of(cfg), batch)
+    _store_and_check_queries(ch_server)
 
 
 def test_a_missing_table_says_how_to_create_it(chdb_client) -> None:
