@@ -46,6 +46,9 @@ class KafkaRange:
     nbytes: int = 0
     topic_id: str = ""
     """The topic's id (Kafka's UUID) as recorded in the range's intent; empty when unknown."""
+    lag: int = -1
+    """Records after this range in its partition when it was cut (from the high watermark of
+    the last fetch, no broker round trip); -1 when unknown."""
 
     @property
     def token(self) -> str:

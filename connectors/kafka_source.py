@@ -148,6 +148,7 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         bytes_metrics: ComponentMetrics,
         acks: RangeAcks | None = None,
         topic_id: str = "",
+        announce: bool = False,
     ) -> None:
         from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
@@ -223,6 +224,12 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
             high,
             len(planned),
         )
+        # An empty range first: where the partition starts and how much is left to read.
+        self._announce = (
+            KafkaRange(self._topic, partition, start, start - 1, [], [], lag=max(0, high - start))
+            if announce
+            else None
+        )
         self._values: list[bytes] = []
         self._offsets: list[int] = []
         self._nbytes = 0
@@ -297,6 +304,7 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
             self._ts0,
             self._nbytes,
             self._topic_id if topic_id is None else topic_id,  # a replay keeps its token
+            self._records_after(last),
         )
         self._values, self._offsets, self._nbytes = [], [], 0
         self._next = last + 1
@@ -305,6 +313,14 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
                 self._acks.emitted(self._topic, self._partition, first, rng.nbytes, last)
             out.append(rng)
             self._metrics.sent(len(rng.values))
+
+    def _records_after(self, last: int) -> int:
+        """Records in the partition after offset ``last`` as of the last fetch (-1: unknown)."""
+        try:
+            _low, high = self._consumer.get_watermark_offsets(self._tp, cached=True)
+        except Exception:  # best effort, like the lag gauge
+            return -1
+        return max(0, high - last - 1) if high >= 0 else -1
 
     def _in_planned(self) -> bool:
         return bool(self._planned and self._offsets and self._offsets[0] >= self._planned[0][0])
@@ -353,6 +369,9 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
             return []
         msgs = self._consumer.consume(self._cfg.poll_max_messages, 0)
         out: list[KafkaRange] = []
+        if self._announce is not None:
+            out.append(self._announce)
+            self._announce = None
         got = 0
         nbytes = 0
         for m in msgs:
@@ -489,6 +508,8 @@ class PartitionedKafkaSource(FixedPartitionedSource[KafkaRange, int]):
     intents: Callable[[], IntentReader] | None = None
     on_start: Callable[[], None] | None = None
     acks: RangeAcks | None = None
+    announce: bool = False
+    """Emit an empty range per partition before its records (see ``KafkaRange.lag``)."""
     _started: bool = field(default=False, init=False, repr=False)
     _topic_id: str | None = field(default=None, init=False, repr=False)
 
@@ -551,6 +572,7 @@ class PartitionedKafkaSource(FixedPartitionedSource[KafkaRange, int]):
             ComponentMetrics("kafka_source", "bytes"),
             self.acks,
             self.topic_id(),
+            self.announce,
         )
 
 

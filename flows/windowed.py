@@ -5,7 +5,8 @@
     source     connectors.kafka_source (one bytewax partition per Kafka partition, no intents)
     decode     WindowDecode: one Arrow batch per offset range, in order, with the Kafka
                timestamp of the range's first record as ``otelwax.ingest_time_ms`` (the
-               watermark never passes it, see operators.windows)
+               watermark never passes it, see operators.windows), its partition and the
+               records left behind it (operators.watermark)
     outputs    write_windows: cumulative tables → remote-write in series order
                (connectors.remote_write_order) and/or the ``otel_metrics_*`` tables
                (flows.metrics' sink); rejected rows → ``late_topic`` (Arrow IPC, reason header)
@@ -52,7 +53,8 @@ from connectors.remote_write import RemoteWriteConfig
 from connectors.remote_write_order import write_in_order
 from flows.metrics import MetricChunk, MetricsClickHouseConfig, MetricsClickHouseSink
 from flows.settings import ServingSettings
-from operators.windows import INGEST_TIME_KEY, REASON_KEY, WindowConfig, WindowStreams
+from operators.watermark import INGEST_TIME_KEY, LAG_KEY, PARTITION_KEY
+from operators.windows import REASON_KEY, WindowConfig, WindowStreams
 from otelwax.logs import instrument
 from otelwax.telemetry import (
     ComponentMetrics,
@@ -112,8 +114,6 @@ class WindowDecode:
         out: list[pa.RecordBatch] = []
         for r in ranges:
             self.metrics.received(len(r.values))
-            if not r.values:
-                continue
             res = self.decode(r.values)
             if res.errors:
                 self.metrics.dropped(len(res.errors), "decode_error")
@@ -131,9 +131,15 @@ class WindowDecode:
                             "reason": reason,
                         },
                     )
-            if res.batch.num_rows:
-                meta = {INGEST_TIME_KEY: str(r.first_timestamp_ms).encode()}
-                out.append(res.batch.select(self.columns).replace_schema_metadata(meta))
+            # Also a range with no decodable record: it tells the windows how far its
+            # partition is read (operators.watermark).
+            meta = {
+                PARTITION_KEY: f"{r.topic}:{r.partition}".encode(),
+                LAG_KEY: str(r.lag).encode(),
+            }
+            if r.values:  # not the empty range a partition starts with
+                meta[INGEST_TIME_KEY] = str(r.first_timestamp_ms).encode()
+            out.append(res.batch.select(self.columns).replace_schema_metadata(meta))
         return out
 
 
@@ -157,7 +163,7 @@ def window_source(settings: WindowFlowSettings) -> PartitionedKafkaSource:
         if port is not None:
             serve_flow_metrics(port, addr, settings.health)
 
-    return PartitionedKafkaSource(settings.kafka, cfg, NoIntents, on_start)
+    return PartitionedKafkaSource(settings.kafka, cfg, NoIntents, on_start, announce=True)
 
 
 def late_to_kafka(batch: pa.RecordBatch | pa.Table) -> Any:

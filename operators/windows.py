@@ -6,7 +6,8 @@ The machinery shared by span RED metrics (``operators.red_metrics``) and log cou
 series become metric tables (``tables``); everything about time lives here.
 
 Windows: tumbling, ``window_s`` long, on the subclass's event time. The watermark is the
-largest event time seen, **but never past the batch's ingest time**, minus
+largest event time seen, **but never past the batch's ingest time**, per Kafka partition, and
+then the slowest of the partitions still being read (``operators.watermark``), minus
 ``allowed_lateness_s``; a window closes when the watermark passes its end, and then its series
 are added to the running (cumulative) totals and emitted with the window end as timestamp (so
 no sample is written with a future timestamp). The ingest time is the schema metadata
@@ -22,8 +23,9 @@ stream with the reason in the schema metadata ``otelwax.reason``:
 A record ahead of the clock by less than the skew (a host with a fast clock) is counted in its
 window, which stays open until the ingest time passes it; it neither moves the watermark nor
 makes other records late, also while a backlog is read. When nothing arrives for
-``idle_close_s`` (processing time), the windows the clock has passed close; when the input
-ends, every open window closes.
+``idle_close_s`` (processing time), the windows the clock has passed close, but not past a
+partition that still has records to read (until it stalls); when the input ends, every open
+window closes.
 
 Determinism: window metrics are at-least-once (bytewax replays the input from the last
 snapshot). The watermark bound and ``too_old`` use Kafka timestamps, which a replay reads
@@ -72,6 +74,7 @@ from bytewax.dataflow import Stream
 from bytewax.operators import StatefulLogic
 from pydantic import Field
 
+from operators.watermark import INGEST_TIME_KEY, PartitionClocks
 from otelwax.metric_schemas import SUM_SCHEMA
 from otelwax.settings import StrictModel
 from otelwax.telemetry import ComponentMetrics
@@ -94,7 +97,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 OVERFLOW_ATTR = "otel.metric.overflow"
-INGEST_TIME_KEY = b"otelwax.ingest_time_ms"
 REASON_KEY = b"otelwax.reason"
 OVERFLOW_KEY = ("\x00overflow",)
 CUMULATIVE = 2
@@ -118,6 +120,12 @@ class WindowConfig(StrictModel):
     allowed_lateness_s: float = Field(5.0, ge=0, description="how late a record may still count")
     idle_close_s: float = Field(
         30.0, gt=0, description="close all windows after this long without input (wall clock)"
+    )
+    partition_stall_s: float = Field(
+        120.0,
+        gt=0,
+        description="a partition with records left that delivers none for this long stops "
+        "holding windows open (wall clock)",
     )
     dimensions: list[Dimension] = Field(default_factory=list)
     cardinality_limit: int = Field(1000, gt=0, description="series per window before overflow")
@@ -174,6 +182,7 @@ class EventTimeWindows:
         self.windows: dict[int, dict[tuple, Aggregate]] = s.get("windows", {})
         self.cum: dict[tuple, list] = s.get("cum", {})  # key -> [start, *aggregate, last end]
         self.late_total: int = s.get("late_total", 0)
+        self.clocks = PartitionClocks(cfg.partition_stall_s, s.get("parts"))
         self._attr_cache: dict[tuple, tuple[Attrs, Attrs]] = {}
         if state:
             self._check_restored(self.clock())
@@ -259,6 +268,7 @@ class EventTimeWindows:
             )
             self.max_end = None if bad_end else self.max_end
             self.closed_upto = None if bad_closed else self.closed_upto
+        self.clocks.check_restored(now, bound)
         future = [w for w in self.windows if w > bound]
         n = sum(agg[0] for w in future for agg in self.windows.pop(w).values())
         self.metrics.dropped(n, "future")
@@ -279,6 +289,7 @@ class EventTimeWindows:
                 "windows": self.windows,
                 "cum": self.cum,
                 "late_total": self.late_total,
+                "parts": self.clocks.snapshot(),
             }
         )
 
@@ -299,11 +310,12 @@ class EventTimeWindows:
         self, batch: pa.RecordBatch | pa.Table
     ) -> tuple[list[dict[str, pa.RecordBatch]], list[pa.RecordBatch | pa.Table]]:
         n = batch.num_rows
-        if n == 0:
-            return [], []
-        self.metrics.received(n)
         now = self.clock()
         ref = min(now, _ingest_time_ns(batch) or now)
+        if n == 0:  # a range with no decodable record still says where its partition is
+            self.clocks.update(batch, ref, None)
+            return [], []
+        self.metrics.received(n)
         end = self.event_times(batch, ref)
         win = end - np.mod(end, self.window_ns)
         checks = [("future", end > now + self.skew_ns)]
@@ -329,14 +341,14 @@ class EventTimeWindows:
         if not keep.all():
             batch = batch.filter(pa.array(keep))
             end, win = end[keep], win[keep]
+        m = None
         if batch.num_rows:
             self.aggregate(batch, win)
             m = int(end.max())
             self.max_end = m if self.max_end is None else max(self.max_end, m)
-        out = []
-        if self.max_end is not None:
-            # A record ahead of its ingest time (within the skew) does not move the watermark.
-            out = self._close_until(min(self.max_end, ref) - self.lateness_ns)
+        self.clocks.update(batch, ref, m)
+        source = self.clocks.source_clock()
+        out = [] if source is None else self._close_until(source - self.lateness_ns)
         return out, rejected
 
     # -- closing --
@@ -350,13 +362,22 @@ class EventTimeWindows:
         return out
 
     def advance(self) -> list[dict[str, pa.RecordBatch]]:
-        """Close the windows the clock has passed (idle input: the watermark follows the clock)."""
+        """Close the windows the clock has passed (idle input: the watermark follows the clock),
+        not past a partition with records left to read (a stalled source is not idle)."""
+        bound = self.clocks.idle_bound(self.clock())
+        if bound is None:
+            return []
         with _no_gc():
-            return self._close_until(self.clock() - self.lateness_ns)
+            return self._close_until(bound - self.lateness_ns)
 
     def next_due_ns(self) -> int | None:
-        """When the clock will have passed the oldest open window (None: nothing open)."""
-        return min(self.windows) + self.window_ns + self.lateness_ns if self.windows else None
+        """When the clock will have passed the oldest open window (None: nothing open), and,
+        while a partition with records left holds the watermark, it will have stalled."""
+        if not self.windows:
+            return None
+        due = min(self.windows) + self.window_ns + self.lateness_ns
+        stall = self.clocks.stall_in_ns()
+        return due if stall is None else max(due, self.clock() + stall)
 
     def close_all(self) -> list[dict[str, pa.RecordBatch]]:
         """Close every open window (end of input), including windows still ahead of the clock;

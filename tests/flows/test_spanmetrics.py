@@ -398,3 +398,45 @@ def test_restart_after_sigkill_continues_the_counters(
         "FROM otel.otel_metrics_histogram",
     )
     assert rows == [[str(2 * n // per_window), str(2 * n // per_window), str(n // 2)]]
+
+
+def test_a_partition_with_a_backlog_is_counted_not_late(
+    kafka_bootstrap: str, make_topic, prometheus_url: str
+) -> None:
+    """Partition 1 holds a minute-old backlog (12,000 records, more than one poll reads),
+    partition 0 current spans. Whichever the flow reads first, the backlog's spans are counted
+    in Prometheus, none is late: a caught-up partition does not close the windows another
+    one is still reading."""
+    from confluent_kafka import Producer
+
+    topic = make_topic("spans", partitions=2)
+    svc = unique_job("smbacklog")
+    now = time.time()
+    p = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 50})
+    old = 12_000
+    for i in range(old):
+        t = now - 70 + 40 * i / old
+        p.produce(topic, _request(svc, [(t, 1, "old", 1)]), partition=1, timestamp=int(t * 1000))
+    for i in range(50):
+        p.produce(topic, _request(svc, [(now - 2 + i * 0.01, 1, "new", 1)]), partition=0)
+    assert p.flush(30) == 0
+
+    late = {"component": "span_metrics", "unit": "spans", "reason": "late"}
+    before = REGISTRY.get_sample_value("otelwax_dropped_total", late) or 0
+    settings = load_settings(
+        None,
+        kafka={"bootstrap_servers": kafka_bootstrap},
+        topic=topic,
+        tail=False,
+        source_batch_size=500,
+        spanmetrics={"window_s": 10, "allowed_lateness_s": 5},
+        remote_write={"url": f"{prometheus_url}/api/v1/write"},
+        metrics_port=None,
+    )
+    run_main(build_from_settings(settings))
+    assert (REGISTRY.get_sample_value("otelwax_dropped_total", late) or 0) - before == 0
+
+    query = f'sum by (span_name) (traces_span_metrics_calls_total{{service_name="{svc}"}})'
+    wait_for(prometheus_url, query)
+    got = prom_values(prometheus_url, query)
+    assert got == {(("span_name", "old"),): float(old), (("span_name", "new"),): 50.0}

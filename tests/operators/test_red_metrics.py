@@ -17,6 +17,7 @@ from operators.red_metrics import (
     SpanMetricsConfig,
     span_metrics,
 )
+from operators.watermark import LAG_KEY, PARTITION_KEY
 from operators.windows import INGEST_TIME_KEY, Dimension, WindowLogic
 from otelwax.schemas import TRACES_SCHEMA
 
@@ -412,3 +413,47 @@ def test_idle_leaves_a_window_ahead_of_the_clock_open_until_the_clock_passes_it(
     emitted, _ = logic.on_eof()  # the end of the input closes it
     assert [tag for tag, _ in emitted] == ["metrics"]
     assert logic.agg.closed_upto is not None and logic.agg.closed_upto <= time.time_ns()
+
+
+def from_partition(
+    batch: pa.RecordBatch, part: int, left: int, t_s: float | None
+) -> pa.RecordBatch:
+    """The batch as flows.windowed hands it on from Kafka partition ``part`` with ``left``
+    records behind it; ``t_s`` None: the empty batch a partition starts with."""
+    meta = {PARTITION_KEY: f"spans:{part}".encode(), LAG_KEY: str(left).encode()}
+    if t_s is not None:
+        meta[INGEST_TIME_KEY] = str(round(t_s * 1000)).encode()
+    return batch.replace_schema_metadata(meta)
+
+
+def test_a_partition_read_behind_the_others_is_not_late() -> None:
+    """After a restart, partition 1 has a minute of backlog while partition 0 is caught up.
+    Partition 0's current spans must not close the windows partition 1 has yet to deliver:
+    its spans count, none is late, and the windows close once it has caught up."""
+    clock = FakeClock(T0 + 120)
+    agg = SpanMetricsAggregator(cfg(), clock=clock)
+    emitted: list[dict] = []
+    for part, left in ((0, 0), (1, 3)):
+        agg.add(from_partition(spans([])[:0], part, left, None))
+    emitted += agg.add(from_partition(spans([(T0 + 118, 1, "svc", "now")]), 0, 0, T0 + 119))[0]
+    for i, left in enumerate((2, 1, 0)):  # the backlog, 20 s per batch
+        t = T0 + 60 + 20 * i
+        emitted += agg.add(from_partition(spans([(t + 1, 1, "svc", "old")]), 1, left, t + 2))[0]
+    assert agg.late_total == 0
+    counted = calls(emitted)
+    assert counted[("svc", "old", "STATUS_CODE_UNSET")][-1][1] == 3
+    # caught up: windows up to the slowest caught-up clock minus lateness are closed
+    assert agg.closed_upto == T0 * S + 110 * S
+
+
+def test_a_stalled_partition_stops_holding_the_windows() -> None:
+    """A partition with records left that delivers nothing for ``partition_stall_s`` no
+    longer holds the watermark: the others' windows close."""
+    clock = FakeClock(T0 + 60)
+    agg = SpanMetricsAggregator(cfg(partition_stall_s=0.2), clock=clock)
+    agg.add(from_partition(spans([(T0 + 10, 1, "svc", "old")]), 1, 5, T0 + 11))
+    out, _ = agg.add(from_partition(spans([(T0 + 58, 1, "svc", "now")]), 0, 0, T0 + 59))
+    assert out == []  # partition 1 (at T0+10) holds
+    time.sleep(0.3)
+    out, _ = agg.add(from_partition(spans([(T0 + 59, 1, "svc", "now")]), 0, 0, T0 + 59))
+    assert calls(out)[("svc", "old", "STATUS_CODE_UNSET")][-1][1] == 1
