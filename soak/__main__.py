@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         report.add("soak", "seed", str(seed))
         report.add("soak", "shim requests", ", ".join(f"{k}={v}" for k, v in
                                                        sorted(ledger.stats.items())))
-        for e in ctx.events:
+        for e in sorted(ctx.events, key=lambda e: e["t"]):
             report.add("faults", f"t={e['t']:>5}s {e['fault']}", e.get("error") or e.get("detail"))
         print(report.text(), flush=True)
         result.update(

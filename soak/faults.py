@@ -2,7 +2,8 @@
 
 Every fault is a function ``(ctx) -> detail`` that returns when the system is back in its
 normal configuration (a stopped service started again, a burst over). :class:`FaultRunner`
-runs a seeded schedule of them one after the other and records when each ran and what it saw.
+runs a seeded schedule of them, kinds overlapping, and records when each ran and what it saw
+(the moments are seeded; the random choices inside faults of different kinds interleave).
 """
 
 from __future__ import annotations
@@ -203,7 +204,9 @@ def schedule(
 
 
 class FaultRunner(threading.Thread):
-    """Runs a schedule (seconds after ``t0``), one fault at a time, recording each."""
+    """Runs a schedule (seconds after ``t0``), recording each fault. Faults of one kind run
+    one at a time, faults of different kinds overlap (one thread per kind), as production
+    faults do: a broker restart while a flow is killed, a sink down during a burst."""
 
     def __init__(self, ctx: Context, plan: list[tuple[float, str]], t0: float) -> None:
         super().__init__(name="faults", daemon=True)
@@ -211,7 +214,23 @@ class FaultRunner(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        for at, name in self.plan:
+        kinds = sorted({name for _, name in self.plan})
+        threads = [
+            threading.Thread(
+                target=self._run_kind,
+                args=([at for at, n in self.plan if n == kind], kind),
+                name=f"fault-{kind}",
+                daemon=True,
+            )
+            for kind in kinds
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def _run_kind(self, moments: list[float], name: str) -> None:
+        for at in moments:
             if self.stopping.wait(max(0.0, self.t0 + at - time.time())):
                 return
             start = time.time()

@@ -4,7 +4,9 @@ A flow *stalls* while it has work and its stored counters do not move: work is c
 being down, or input the shim accepted for its signal since the flow last stored something (a
 flow whose source read everything but whose sink is stuck shows no lag). The longest stall of
 each flow is reported. Counters restart at zero when a flow restarts, so
-totals here add the increases seen between samples (a sample that went down counts from 0).
+totals here add the increases seen between samples of one process, and the whole first sample
+of a new process (its pid tells, not whether a counter went down: a restarted flow that
+replays quickly passes its predecessor's value before it is first scraped).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class FlowWatch:
         self.lag = 0.0
         self.up = False
         self.last: dict[Any, float] = {}
+        self.pid = 0
         self.totals: dict[Any, float] = defaultdict(float)
         """(name, component, reason) → increases summed across restarts."""
         self.last_progress = time.monotonic()
@@ -59,10 +62,15 @@ class FlowWatch:
         """Longest time without once being caught up (a crash loop progresses, never catches up)."""
         self.max_lag = 0.0
 
-    def update(self, samples: dict[Any, float] | None, now: float, input_at: float = 0.0) -> None:
-        """Take one scrape (None: down); ``input_at``: when the shim last accepted its input."""
+    def update(
+        self, samples: dict[Any, float] | None, now: float, input_at: float = 0.0, pid: int = 0
+    ) -> None:
+        """Take one scrape (None: down) of process ``pid``; ``input_at``: when the shim last
+        accepted its input."""
         progressed = False
         self.up = samples is not None
+        if samples is not None and pid != self.pid:
+            self.pid, self.last = pid, {}  # a new process: its counters started at zero
         if samples is not None:
             self.lag = sum(v for (n, _), v in samples.items() if n == "otelwax_kafka_consumer_lag")
             self.max_lag = max(self.max_lag, self.lag)
@@ -138,12 +146,24 @@ class Monitor(threading.Thread):
             total = sum(self._rss(pid) for pid in pids)
             self.peak_rss[role] = max(self.peak_rss[role], total)
         before = {c: self.shim.total("otelwax_sent", f"^ingest_{c}$") for c in INPUT.values()}
-        self.shim.update(scrape(self.stack.ports.shim_metrics), now)
+        samples, pid = self._scrape("shim", self.stack.ports.shim_metrics)
+        self.shim.update(samples, now, pid=pid)
         for c, n in before.items():
             if self.shim.total("otelwax_sent", f"^ingest_{c}$") > n:
                 self.input_at[c] = now
         for name, watch in self.flows.items():
-            watch.update(scrape(self.stack.ports.flow(name)), now, self.input_at[INPUT[name]])
+            samples, pid = self._scrape(name, self.stack.ports.flow(name))
+            watch.update(samples, now, self.input_at[INPUT[name]], pid)
+
+    def _scrape(self, name: str, port: int) -> tuple[dict[Any, float] | None, int]:
+        """(samples, pid) of process ``name``; None when it does not answer or was replaced
+        while it was scraped."""
+        proc = self.stack.procs.get(name)
+        pid = (proc.pid or 0) if proc is not None else 0
+        samples = scrape(port)
+        if proc is not None and (proc.pid or 0) != pid:
+            return None, pid
+        return samples, pid
 
     def run(self) -> None:
         while not self._halt.wait(self.interval):
