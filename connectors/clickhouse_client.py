@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import http.client
 import re
+import time
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import pyarrow as pa
@@ -87,6 +89,62 @@ def split_table(table: str, default_db: str) -> tuple[str, str]:
 def check_token(token: str | None) -> None:
     if token is not None and not TOKEN_RE.match(token):
         raise ValueError(f"dedup token {token!r} must match {TOKEN_RE.pattern}")
+
+
+def insert_target(
+    table: str, default_db: str, batch: pa.RecordBatch, token: str | None
+) -> tuple[str, str] | None:
+    """``(database, table)`` that ``batch`` goes to, None when it has no rows; checks the token."""
+    check_token(token)
+    if batch.num_rows == 0:
+        return None
+    return split_table(table, default_db)
+
+
+COLUMNS_MAX_AGE_S = 10.0
+"""How long a table's column list is trusted: a column that another process adds
+(``otelwax clickhouse migrate --apply`` while a flow runs) is written from then on."""
+
+_READ_ONLY = re.compile(r"\s*(SELECT|WITH|SHOW|DESCRIBE|DESC|EXISTS|EXPLAIN)\b", re.IGNORECASE)
+
+
+class TableColumns:
+    """Insertable columns of each ``db.table``, read again when older than COLUMNS_MAX_AGE_S,
+    after a statement that may change a table (anything but a read) and after a failed insert.
+
+    A stale list would leave a newly added column empty, or name a column that is gone.
+    """
+
+    def __init__(self, read: Callable[[str], dict[str, str]]) -> None:
+        self._read = read
+        self._cols: dict[str, tuple[float, dict[str, str]]] = {}
+
+    def get(self, table: str) -> dict[str, str]:
+        """``name -> type`` of ``table``; raises when the table does not exist.
+
+        The same dict comes back while the columns stay the same, so what is built from it
+        may be cached by its identity.
+        """
+        now = time.monotonic()
+        hit = self._cols.get(table)
+        if hit is not None and now - hit[0] < COLUMNS_MAX_AGE_S:
+            return hit[1]
+        cols = self._read(table)
+        if not cols:
+            self._cols.pop(table, None)
+            raise ClickHouseError(f"table {table} does not exist", 60, transient=False)
+        if hit is not None and hit[1] == cols:
+            cols = hit[1]
+        self._cols[table] = (now, cols)
+        return cols
+
+    def after(self, sql: str) -> None:
+        """Forget every table when ``sql`` may have changed one."""
+        if not _READ_ONLY.match(sql):
+            self._cols.clear()
+
+    def forget(self, table: str) -> None:
+        self._cols.pop(table, None)
 
 
 def _sql_literal(v: Any) -> str:

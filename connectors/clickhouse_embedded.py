@@ -19,7 +19,8 @@ import pyarrow as pa
 from connectors.clickhouse_client import (
     TRANSIENT_CODES,
     ClickHouseError,
-    check_token,
+    TableColumns,
+    insert_target,
     split_table,
 )
 from connectors.clickhouse_config import ClickHouseConfig
@@ -62,6 +63,29 @@ class _ChdbEngine:
             ) from exc
         self.lock = threading.RLock()
         self.refs = 0
+        # On the engine, not the client: a table changed through any client of the process
+        # is read again by all of them.
+        self.columns = TableColumns(self.read_columns)
+
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table | None:
+        """Run one statement; a statement that may change a table resets the column lists."""
+        with self.lock:
+            try:
+                return self.session.query(sql, "ArrowTable", params=params)
+            except Exception as exc:
+                raise _chdb_error(exc) from exc
+            finally:
+                self.columns.after(sql)
+
+    def read_columns(self, table: str) -> dict[str, str]:
+        db, _, name = table.rpartition(".")
+        res = self.query(
+            "SELECT name, type FROM system.columns WHERE database = {db:String} "
+            "AND table = {t:String} AND default_kind NOT IN ('ALIAS', 'MATERIALIZED') "
+            "ORDER BY position",
+            {"db": db, "t": name},
+        )
+        return dict(zip(*_pylists(res), strict=True))
 
     @classmethod
     def acquire(cls, path: str) -> _ChdbEngine:
@@ -97,6 +121,13 @@ def _chdb_error(exc: Exception) -> ClickHouseError:
     return ClickHouseError(msg, code, transient=code in TRANSIENT_CODES)
 
 
+def _pylists(res: pa.Table | None) -> list[list]:
+    """A query result's columns as Python lists (none for a statement without a result)."""
+    if not isinstance(res, pa.Table) or res.num_columns == 0:
+        return []
+    return [c.to_pylist() for c in res.columns]
+
+
 class EmbeddedClient:
     """chdb-backed client; all instances of a process share one engine (thread-safe)."""
 
@@ -109,28 +140,13 @@ class EmbeddedClient:
         self.cfg = cfg
         self._engine = _ChdbEngine.acquire(cfg.path)
         self._closed = False
-        self._columns: dict[str, dict[str, str]] = {}
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
-        with self._engine.lock:
-            try:
-                res = self._engine.session.query(sql, "ArrowTable", params=params)
-            except Exception as exc:
-                raise _chdb_error(exc) from exc
-        if not isinstance(res, pa.Table) or res.num_columns == 0:
-            return []
-        cols = [c.to_pylist() for c in res.columns]
-        return list(zip(*cols, strict=True))
+        return list(zip(*_pylists(self._engine.query(sql, params)), strict=True))
 
     def table_columns(self, table: str) -> dict[str, str]:
         db, name = split_table(table, self.cfg.database)
-        rows = self.execute(
-            "SELECT name, type FROM system.columns WHERE database = {db:String} "
-            "AND table = {t:String} AND default_kind NOT IN ('ALIAS', 'MATERIALIZED') "
-            "ORDER BY position",
-            {"db": db, "t": name},
-        )
-        return {str(n): str(t) for n, t in rows}
+        return self._engine.read_columns(f"{db}.{name}")
 
     def supports_dedup_token(self, table: str | None = None) -> bool:
         return True
@@ -138,16 +154,12 @@ class EmbeddedClient:
     def insert_arrow(
         self, table: str, batch: pa.RecordBatch, *, dedup_token: str | None = None
     ) -> int:
-        check_token(dedup_token)
-        if batch.num_rows == 0:
+        target = insert_target(table, self.cfg.database, batch, dedup_token)
+        if target is None:
             return 0
-        db, name = split_table(table, self.cfg.database)
-        key = f"{db}.{name}"
-        cols = self._columns.get(key)
-        if cols is None:
-            cols = self._columns[key] = self.table_columns(key)
-            if not cols:
-                raise ClickHouseError(f"table {key} does not exist", 60, transient=False)
+        db, name = target
+        columns = self._engine.columns
+        cols = columns.get(f"{db}.{name}")
         names = [n for n in batch.schema.names if n in cols]
         if len(names) != batch.num_columns:
             batch = batch.select(names)
@@ -167,6 +179,7 @@ class EmbeddedClient:
             try:
                 self._engine.session.query(sql)
             except Exception as exc:
+                columns.forget(f"{db}.{name}")
                 raise _chdb_error(exc) from exc
         # chdb cannot tell a deduplicated insert apart: report the rows handed over.
         return batch.num_rows
