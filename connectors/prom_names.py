@@ -95,23 +95,18 @@ def _unit_tokens(unit: str) -> tuple[list[str], list[str]]:
     if not unit:
         return [], []
     main, _, per = unit.partition("/")
-    main_words: list[str] = []
-    per_words: list[str] = []
-    main = main.strip()
-    if main:
-        word = UNIT_WORDS.get(main)
-        if word is None:
-            word = "_".join(t for t in _NON_NAME.split(main) if t)
-        if word:
-            main_words = [word]
-    per = per.strip()
-    if per:
-        word = PER_UNIT_WORDS.get(per)
-        if word is None:
-            word = "_".join(t for t in _NON_NAME.split(per) if t)
-        if word:
-            per_words = ["per", word]
-    return main_words, per_words
+    main_word = _unit_word(main, UNIT_WORDS)
+    per_word = _unit_word(per, PER_UNIT_WORDS)
+    return ([main_word] if main_word else []), (["per", per_word] if per_word else [])
+
+
+def _unit_word(part: str, words: dict[str, str]) -> str:
+    """The word of one side of a unit: a known one, else its characters as a name."""
+    part = part.strip()
+    if not part:
+        return ""
+    word = words.get(part)
+    return word if word is not None else "_".join(t for t in _NON_NAME.split(part) if t)
 
 
 @lru_cache(maxsize=65536)
