@@ -11,6 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import pyarrow as pa
 
+from connectors.clickhouse_config import ClickHouseConfig
 from connectors.clickhouse_schema import quote_ident
 
 __all__ = ["ClickHouseClient", "ClickHouseError", "is_transient"]
@@ -91,16 +92,6 @@ def check_token(token: str | None) -> None:
         raise ValueError(f"dedup token {token!r} must match {TOKEN_RE.pattern}")
 
 
-def insert_target(
-    table: str, default_db: str, batch: pa.RecordBatch, token: str | None
-) -> tuple[str, str] | None:
-    """``(database, table)`` that ``batch`` goes to, None when it has no rows; checks the token."""
-    check_token(token)
-    if batch.num_rows == 0:
-        return None
-    return split_table(table, default_db)
-
-
 COLUMNS_MAX_AGE_S = 10.0
 """How long a table's column list is trusted: a column that another process adds
 (``otelwax clickhouse migrate --apply`` while a flow runs) is written from then on."""
@@ -173,3 +164,28 @@ def substitute_params(sql: str, params: dict[str, Any] | None) -> str:
         return _sql_literal(params[name])
 
     return _PARAM_RE.sub(rep, sql)
+
+
+class InsertingClient:
+    """What both clients do around an insert: check the token, skip an empty batch, resolve the
+    table, and forget its column list when the insert fails (the table may have changed)."""
+
+    cfg: ClickHouseConfig
+    columns: TableColumns
+
+    def insert_arrow(
+        self, table: str, batch: pa.RecordBatch, *, dedup_token: str | None = None
+    ) -> int:
+        """Insert the batch's columns the table has; returns rows written (0 if deduplicated)."""
+        check_token(dedup_token)
+        if batch.num_rows == 0:
+            return 0
+        db, name = split_table(table, self.cfg.database)
+        try:
+            return self._insert(db, name, batch, dedup_token)
+        except Exception:
+            self.columns.forget(f"{db}.{name}")
+            raise
+
+    def _insert(self, db: str, name: str, batch: pa.RecordBatch, token: str | None) -> int:
+        raise NotImplementedError

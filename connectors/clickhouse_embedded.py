@@ -19,8 +19,8 @@ import pyarrow as pa
 from connectors.clickhouse_client import (
     TRANSIENT_CODES,
     ClickHouseError,
+    InsertingClient,
     TableColumns,
-    insert_target,
     split_table,
 )
 from connectors.clickhouse_config import ClickHouseConfig
@@ -128,7 +128,7 @@ def _pylists(res: pa.Table | None) -> list[list]:
     return [c.to_pylist() for c in res.columns]
 
 
-class EmbeddedClient:
+class EmbeddedClient(InsertingClient):
     """chdb-backed client; all instances of a process share one engine (thread-safe)."""
 
     def __init__(self, cfg: ClickHouseConfig) -> None:
@@ -139,6 +139,7 @@ class EmbeddedClient:
             )
         self.cfg = cfg
         self._engine = _ChdbEngine.acquire(cfg.path)
+        self.columns = self._engine.columns
         self._closed = False
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
@@ -151,22 +152,15 @@ class EmbeddedClient:
     def supports_dedup_token(self, table: str | None = None) -> bool:
         return True
 
-    def insert_arrow(
-        self, table: str, batch: pa.RecordBatch, *, dedup_token: str | None = None
-    ) -> int:
-        target = insert_target(table, self.cfg.database, batch, dedup_token)
-        if target is None:
-            return 0
-        db, name = target
-        columns = self._engine.columns
-        cols = columns.get(f"{db}.{name}")
+    def _insert(self, db: str, name: str, batch: pa.RecordBatch, token: str | None) -> int:
+        cols = self.columns.get(f"{db}.{name}")
         names = [n for n in batch.schema.names if n in cols]
         if len(names) != batch.num_columns:
             batch = batch.select(names)
         collist = ", ".join(f"`{n}`" for n in names)
         settings = ""
-        if dedup_token is not None:
-            settings = f" SETTINGS insert_deduplication_token = '{dedup_token}'"
+        if token is not None:
+            settings = f" SETTINGS insert_deduplication_token = '{token}'"
         # chdb's Python() table function finds ``otelwax_batch`` in this frame by name; it
         # reads the Arrow buffers directly (measured ~2x faster than an ArrowStream body at
         # 100K rows: bench/clickhouse_bench.py).
@@ -179,7 +173,6 @@ class EmbeddedClient:
             try:
                 self._engine.session.query(sql)
             except Exception as exc:
-                columns.forget(f"{db}.{name}")
                 raise _chdb_error(exc) from exc
         # chdb cannot tell a deduplicated insert apart: report the rows handed over.
         return batch.num_rows

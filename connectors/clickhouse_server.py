@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 
 from connectors.clickhouse_client import (
     ClickHouseError,
+    InsertingClient,
     TableColumns,
-    insert_target,
     split_table,
     substitute_params,
 )
@@ -46,7 +46,7 @@ __all__ = ["ServerClient"]
 log = logging.getLogger(__name__)
 
 
-class ServerClient:
+class ServerClient(InsertingClient):
     """A ClickHouse server: native protocol for queries, Native-over-HTTP (or driver) inserts."""
 
     def __init__(self, cfg: ClickHouseConfig) -> None:
@@ -67,7 +67,7 @@ class ServerClient:
         )
         self._lock = threading.RLock()
         self._http: http.client.HTTPConnection | None = None
-        self._columns = TableColumns(self.table_columns)
+        self.columns = TableColumns(self.table_columns)
         # Built from the column list it is keyed with: a changed list makes a new plan.
         self._plans: dict[tuple[str, pa.Schema], tuple[dict[str, str], InsertPlan]] = {}
         self.version = ""
@@ -93,7 +93,7 @@ class ServerClient:
                 self._driver.disconnect()
                 raise
             finally:
-                self._columns.after(sql)
+                self.columns.after(sql)
 
     def table_columns(self, table: str) -> dict[str, str]:
         db, name = split_table(table, self.cfg.database)
@@ -110,10 +110,10 @@ class ServerClient:
         if table is None:
             return False
         db, name = split_table(table, self.cfg.database)
-        return TOKEN_COLUMN in self._columns.get(f"{db}.{name}")
+        return TOKEN_COLUMN in self.columns.get(f"{db}.{name}")
 
     def _plan(self, table: str, schema: pa.Schema) -> InsertPlan:
-        cols = self._columns.get(table)
+        cols = self.columns.get(table)
         hit = self._plans.get((table, schema))
         if hit is not None and hit[0] is cols:
             return hit[1]
@@ -122,19 +122,6 @@ class ServerClient:
             log.warning("%s: %s", table, "; ".join(plan.problems))
         self._plans[(table, schema)] = (cols, plan)
         return plan
-
-    def insert_arrow(
-        self, table: str, batch: pa.RecordBatch, *, dedup_token: str | None = None
-    ) -> int:
-        target = insert_target(table, self.cfg.database, batch, dedup_token)
-        if target is None:
-            return 0
-        db, name = target
-        try:
-            return self._insert(db, name, batch, dedup_token)
-        except Exception:
-            self._columns.forget(f"{db}.{name}")
-            raise
 
     def _insert(self, db: str, name: str, batch: pa.RecordBatch, dedup_token: str | None) -> int:
         qt = f"{quote_ident(db)}.{quote_ident(name)}"
