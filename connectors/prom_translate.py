@@ -176,6 +176,10 @@ def _col(batch: pa.RecordBatch | pa.Table, name: str) -> list:
     return batch.column(name).to_pylist()
 
 
+def _cols(batch: pa.RecordBatch | pa.Table, *names: str) -> list[list]:
+    return [batch.column(name).to_pylist() for name in names]
+
+
 class _MapCol:
     """A map column: one string key per row (built in C++ by pyarrow: hashing a str is cached,
     hashing a tuple of pairs is not) and the row's pairs on demand (cache misses only)."""
@@ -268,10 +272,8 @@ def _histogram_labels(
 
 def _add_histogram_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
     rows = _Rows(batch)
-    counts = _col(batch, "Count")
-    sums = _col(batch, "Sum")
-    bucket_counts = _col(batch, "BucketCounts")
-    bounds = _col(batch, "ExplicitBounds")
+    fields = ("Count", "Sum", "BucketCounts", "ExplicitBounds")
+    counts, sums, bucket_counts, bounds = _cols(batch, *fields)
     cache = ctx.series
     add = ctx.out.add
     for i in rows.recorded(ctx):
@@ -298,10 +300,9 @@ def _add_histogram_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
 
 def _add_summary_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
     rows = _Rows(batch)
-    counts = _col(batch, "Count")
-    sums = _col(batch, "Sum")
-    qs = _col(batch, "ValueAtQuantiles.Quantile")
-    qv = _col(batch, "ValueAtQuantiles.Value")
+    counts, sums, qs, qv = _cols(
+        batch, "Count", "Sum", "ValueAtQuantiles.Quantile", "ValueAtQuantiles.Value"
+    )
     out = ctx.out
     for i in rows.recorded(ctx):
         t = rows.ts[i]
@@ -331,7 +332,7 @@ _EXP_HISTOGRAM_FIELDS = (
 
 def _add_exp_histogram_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
     rows = _Rows(batch)
-    cols = [_col(batch, c) for c in _EXP_HISTOGRAM_FIELDS]
+    cols = _cols(batch, *_EXP_HISTOGRAM_FIELDS)
     out = ctx.out
     for i in rows.recorded(ctx):
         h = encode_native_histogram(*(c[i] if c[i] is not None else [] for c in cols))

@@ -14,6 +14,7 @@ without nulls.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -78,12 +79,7 @@ def _compile_operand(node: Node, schema: pa.Schema) -> _Val:
         scalar = pa.scalar(v) if v is not None else pa.scalar(None, pa.string())
         return _Val(kind, lambda _b, s=scalar: s, True)
     if isinstance(node, Column):
-        idx = schema.get_field_index(node.name)
-        if idx < 0:
-            raise ExprError(
-                f"unknown column {node.name!r}{_did_you_mean(node.name, schema)}", node.pos
-            )
-        t = schema.field(idx).type
+        idx, t = _field(schema, node.name, node.pos)
         kind = _kind_of(t)
         if kind is None:
             raise ExprError(
@@ -95,23 +91,21 @@ def _compile_operand(node: Node, schema: pa.Schema) -> _Val:
             return _Val("number", lambda b, i=idx: pc.cast(b.column(i), pa.int64()))
         return _Val(kind, lambda b, i=idx: b.column(i))
     if isinstance(node, MapLookup):
-        idx = schema.get_field_index(node.column)
-        if idx < 0:
-            raise ExprError(
-                f"unknown column {node.column!r}{_did_you_mean(node.column, schema)}", node.pos
-            )
-        t = schema.field(idx).type
+        idx, t = _field(schema, node.column, node.pos)
         if not (pa.types.is_map(t) and _kind_of(t.item_type) == "string"):
             raise ExprError(f"column {node.column!r} is not an attribute map", node.pos)
         return _Val("string", lambda b, i=idx, k=node.key: map_get(b.column(i), k))
     raise ExprError("expected a value", getattr(node, "pos", None))
 
 
-def _did_you_mean(name: str, schema: pa.Schema) -> str:
-    import difflib
-
-    match = difflib.get_close_matches(name, schema.names, n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+def _field(schema: pa.Schema, name: str, pos: int) -> tuple[int, pa.DataType]:
+    """Index and type of column ``name``; an unknown name is an error naming the closest one."""
+    idx = schema.get_field_index(name)
+    if idx < 0:
+        match = difflib.get_close_matches(name, schema.names, n=1)
+        hint = f" (did you mean {match[0]!r}?)" if match else ""
+        raise ExprError(f"unknown column {name!r}{hint}", pos)
+    return idx, schema.field(idx).type
 
 
 _CMP = {
