@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import http.client
 import re
+import time
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import pyarrow as pa
 
+from connectors.clickhouse_config import ClickHouseConfig
 from connectors.clickhouse_schema import quote_ident
 
 __all__ = ["ClickHouseClient", "ClickHouseError", "is_transient"]
@@ -89,6 +92,52 @@ def check_token(token: str | None) -> None:
         raise ValueError(f"dedup token {token!r} must match {TOKEN_RE.pattern}")
 
 
+COLUMNS_MAX_AGE_S = 10.0
+"""How long a table's column list is trusted: a column that another process adds
+(``otelwax clickhouse migrate --apply`` while a flow runs) is written from then on."""
+
+_READ_ONLY = re.compile(r"\s*(SELECT|WITH|SHOW|DESCRIBE|DESC|EXISTS|EXPLAIN)\b", re.IGNORECASE)
+
+
+class TableColumns:
+    """Insertable columns of each ``db.table``, read again when older than COLUMNS_MAX_AGE_S,
+    after a statement that may change a table (anything but a read) and after a failed insert.
+
+    A stale list would leave a newly added column empty, or name a column that is gone.
+    """
+
+    def __init__(self, read: Callable[[str], dict[str, str]]) -> None:
+        self._read = read
+        self._cols: dict[str, tuple[float, dict[str, str]]] = {}
+
+    def get(self, table: str) -> dict[str, str]:
+        """``name -> type`` of ``table``; raises when the table does not exist.
+
+        The same dict comes back while the columns stay the same, so what is built from it
+        may be cached by its identity.
+        """
+        now = time.monotonic()
+        hit = self._cols.get(table)
+        if hit is not None and now - hit[0] < COLUMNS_MAX_AGE_S:
+            return hit[1]
+        cols = self._read(table)
+        if not cols:
+            self._cols.pop(table, None)
+            raise ClickHouseError(f"table {table} does not exist", 60, transient=False)
+        if hit is not None and hit[1] == cols:
+            cols = hit[1]
+        self._cols[table] = (now, cols)
+        return cols
+
+    def after(self, sql: str) -> None:
+        """Forget every table when ``sql`` may have changed one."""
+        if not _READ_ONLY.match(sql):
+            self._cols.clear()
+
+    def forget(self, table: str) -> None:
+        self._cols.pop(table, None)
+
+
 def _sql_literal(v: Any) -> str:
     """A ClickHouse literal for a parameter value (strings escaped)."""
     if v is None:
@@ -115,3 +164,28 @@ def substitute_params(sql: str, params: dict[str, Any] | None) -> str:
         return _sql_literal(params[name])
 
     return _PARAM_RE.sub(rep, sql)
+
+
+class InsertingClient:
+    """What both clients do around an insert: check the token, skip an empty batch, resolve the
+    table, and forget its column list when the insert fails (the table may have changed)."""
+
+    cfg: ClickHouseConfig
+    columns: TableColumns
+
+    def insert_arrow(
+        self, table: str, batch: pa.RecordBatch, *, dedup_token: str | None = None
+    ) -> int:
+        """Insert the batch's columns the table has; returns rows written (0 if deduplicated)."""
+        check_token(dedup_token)
+        if batch.num_rows == 0:
+            return 0
+        db, name = split_table(table, self.cfg.database)
+        try:
+            return self._insert(db, name, batch, dedup_token)
+        except Exception:
+            self.columns.forget(f"{db}.{name}")
+            raise
+
+    def _insert(self, db: str, name: str, batch: pa.RecordBatch, token: str | None) -> int:
+        raise NotImplementedError

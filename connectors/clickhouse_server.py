@@ -23,7 +23,8 @@ import pyarrow.compute as pc
 
 from connectors.clickhouse_client import (
     ClickHouseError,
-    check_token,
+    InsertingClient,
+    TableColumns,
     split_table,
     substitute_params,
 )
@@ -45,7 +46,7 @@ __all__ = ["ServerClient"]
 log = logging.getLogger(__name__)
 
 
-class ServerClient:
+class ServerClient(InsertingClient):
     """A ClickHouse server: native protocol for queries, Native-over-HTTP (or driver) inserts."""
 
     def __init__(self, cfg: ClickHouseConfig) -> None:
@@ -66,8 +67,9 @@ class ServerClient:
         )
         self._lock = threading.RLock()
         self._http: http.client.HTTPConnection | None = None
-        self._plans: dict[tuple[str, pa.Schema], InsertPlan] = {}
-        self._columns: dict[str, dict[str, str]] = {}
+        self.columns = TableColumns(self.table_columns)
+        # Built from the column list it is keyed with: a changed list makes a new plan.
+        self._plans: dict[tuple[str, pa.Schema], tuple[dict[str, str], InsertPlan]] = {}
         self.version = ""
         self.legacy = False
 
@@ -90,6 +92,8 @@ class ServerClient:
             except Exception:
                 self._driver.disconnect()
                 raise
+            finally:
+                self.columns.after(sql)
 
     def table_columns(self, table: str) -> dict[str, str]:
         db, name = split_table(table, self.cfg.database)
@@ -105,37 +109,21 @@ class ServerClient:
             return True
         if table is None:
             return False
-        return TOKEN_COLUMN in self._table_cols(table)
-
-    def _table_cols(self, table: str) -> dict[str, str]:
         db, name = split_table(table, self.cfg.database)
-        key = f"{db}.{name}"
-        cols = self._columns.get(key)
-        if cols is None:
-            cols = self.table_columns(key)
-            if not cols:
-                raise ClickHouseError(f"table {key} does not exist", 60, transient=False)
-            self._columns[key] = cols
-        return cols
+        return TOKEN_COLUMN in self.columns.get(f"{db}.{name}")
 
     def _plan(self, table: str, schema: pa.Schema) -> InsertPlan:
-        db, name = split_table(table, self.cfg.database)
-        key = (f"{db}.{name}", schema)
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = plan_columns(schema, self._table_cols(key[0]))
-            if plan.problems:
-                log.warning("%s: %s", key[0], "; ".join(plan.problems))
-            self._plans[key] = plan
+        cols = self.columns.get(table)
+        hit = self._plans.get((table, schema))
+        if hit is not None and hit[0] is cols:
+            return hit[1]
+        plan = plan_columns(schema, cols)
+        if plan.problems:
+            log.warning("%s: %s", table, "; ".join(plan.problems))
+        self._plans[(table, schema)] = (cols, plan)
         return plan
 
-    def insert_arrow(
-        self, table: str, batch: pa.RecordBatch, *, dedup_token: str | None = None
-    ) -> int:
-        check_token(dedup_token)
-        if batch.num_rows == 0:
-            return 0
-        db, name = split_table(table, self.cfg.database)
+    def _insert(self, db: str, name: str, batch: pa.RecordBatch, dedup_token: str | None) -> int:
         qt = f"{quote_ident(db)}.{quote_ident(name)}"
         plan = self._plan(f"{db}.{name}", batch.schema)
         if dedup_token is not None and self.legacy:

@@ -1,27 +1,17 @@
-"""OpenTelemetry → Prometheus translation (names, labels, series) for the remote-write sink.
+"""OpenTelemetry metric tables → Prometheus series for the remote-write sink.
 
 Follows the OpenTelemetry "Prometheus and OpenMetrics compatibility" specification, the way the
-Collector's ``pkg/translator/prometheus`` does it with metric suffixes enabled:
+Collector's ``pkg/translator/prometheus`` does it with metric suffixes enabled (names and labels:
+:mod:`connectors.prom_names`):
 
-- metric names: characters outside ``[a-zA-Z0-9_:]`` become ``_`` (runs collapse), a leading
-  digit gets a ``_`` prefix; the unit is appended as a word (``s`` → ``_seconds``, ``By`` →
-  ``_bytes``, ``ms`` → ``_milliseconds``, ``m/s`` → ``_meters_per_second``; ``{annotations}``
-  are dropped) unless the name already contains it; gauges with unit ``1`` get ``_ratio``;
-  monotonic sums are counters and get ``_total`` (moved to the end when already present);
 - non-monotonic sums are gauges; histograms give ``_bucket{le}`` (cumulative counts, ``+Inf``
   last), ``_sum`` and ``_count``; summaries give the base name with a ``quantile`` label, plus
   ``_sum`` and ``_count``;
-- label names: invalid characters → ``_``, a leading digit gets ``key_``, a single leading
-  ``_`` gets ``key``; when two attributes map to the same label their values are joined with
-  ``;`` in key order; labels with an empty value are left out (Prometheus treats them as
-  absent);
-- ``job`` = ``service.namespace/service.name`` (or ``service.name``), ``instance`` =
-  ``service.instance.id``; every other resource attribute goes to one ``target_info`` gauge
+- every resource attribute but those of ``job``/``instance`` goes to one ``target_info`` gauge
   (value 1) per resource, with the same ``job``/``instance``;
-- exponential histograms become Prometheus *native* histograms (remote-write 1.0's
-  ``TimeSeries.histograms``; the receiving Prometheus needs ``--enable-feature=native-histograms``):
-  schema = scale (scales above 8 are downscaled by merging buckets, below -4 are skipped with
-  reason ``exponential_histogram_scale``), counts delta-encoded in one span per sign;
+- exponential histograms become Prometheus *native* histograms
+  (:mod:`connectors.prom_native_histogram`); scales below -4 are skipped with reason
+  ``exponential_histogram_scale``;
 - data points flagged "no recorded value" (``Flags & 1``) are skipped.
 
 Timestamps become milliseconds. The output is a :class:`SeriesBatch`: samples keyed by their
@@ -31,158 +21,28 @@ sorted label set, which the remote-write sink encodes.
 from __future__ import annotations
 
 import gc
-import re
-from collections.abc import Iterable, Mapping, Sequence
-from functools import lru_cache
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-__all__ = [
-    "SeriesBatch",
-    "job_instance",
-    "metric_name",
-    "sanitize_label_name",
-    "tables_to_series",
-]
+from connectors.prom_names import (
+    KIND_COUNTER,
+    KIND_GAUGE,
+    KIND_HISTOGRAM,
+    KIND_SUMMARY,
+    RESOURCE_JOB_KEYS,
+    format_float,
+    job_instance,
+    labels_from_pairs,
+    metric_name,
+)
+from connectors.prom_native_histogram import encode_native_histogram
+
+__all__ = ["Labels", "SeriesBatch", "tables_to_series"]
 
 Labels = tuple[tuple[str, str], ...]
-
-UNIT_WORDS: dict[str, str] = {
-    # time
-    "d": "days",
-    "h": "hours",
-    "min": "minutes",
-    "s": "seconds",
-    "ms": "milliseconds",
-    "us": "microseconds",
-    "ns": "nanoseconds",
-    # bytes
-    "By": "bytes",
-    "KiBy": "kibibytes",
-    "MiBy": "mebibytes",
-    "GiBy": "gibibytes",
-    "TiBy": "tibibytes",
-    "KBy": "kilobytes",
-    "MBy": "megabytes",
-    "GBy": "gigabytes",
-    "TBy": "terabytes",
-    # SI
-    "m": "meters",
-    "V": "volts",
-    "A": "amperes",
-    "J": "joules",
-    "W": "watts",
-    "g": "grams",
-    # misc
-    "Cel": "celsius",
-    "Hz": "hertz",
-    "1": "",
-    "%": "percent",
-}
-PER_UNIT_WORDS: dict[str, str] = {
-    "s": "second",
-    "m": "minute",
-    "h": "hour",
-    "d": "day",
-    "w": "week",
-    "mo": "month",
-    "y": "year",
-}
-
-_NON_NAME = re.compile(r"[^a-zA-Z0-9]+")
-_BAD_LABEL = re.compile(r"[^a-zA-Z0-9_]")
-_ANNOTATION = re.compile(r"\{[^}]*\}")
-
-KIND_GAUGE = "gauge"
-KIND_COUNTER = "counter"
-KIND_HISTOGRAM = "histogram"
-KIND_SUMMARY = "summary"
-
-RESOURCE_JOB_KEYS = ("service.name", "service.namespace", "service.instance.id")
-
-
-def _unit_tokens(unit: str) -> tuple[list[str], list[str]]:
-    """(main unit words, per-unit words) for a UCUM unit string."""
-    unit = _ANNOTATION.sub("", unit or "").strip()
-    if not unit:
-        return [], []
-    main, _, per = unit.partition("/")
-    main_words: list[str] = []
-    per_words: list[str] = []
-    main = main.strip()
-    if main:
-        word = UNIT_WORDS.get(main)
-        if word is None:
-            word = "_".join(t for t in _NON_NAME.split(main) if t)
-        if word:
-            main_words = [word]
-    per = per.strip()
-    if per:
-        word = PER_UNIT_WORDS.get(per)
-        if word is None:
-            word = "_".join(t for t in _NON_NAME.split(per) if t)
-        if word:
-            per_words = ["per", word]
-    return main_words, per_words
-
-
-@lru_cache(maxsize=65536)
-def metric_name(name: str, unit: str, kind: str) -> str:
-    """The Prometheus base metric name for an OTel metric (before ``_bucket``/``_sum``/...).
-
-    ``kind`` is one of ``gauge``, ``counter`` (monotonic sum), ``histogram``, ``summary``.
-    """
-    tokens = [t for t in _NON_NAME.split(name) if t]
-    main_words, per_words = _unit_tokens(unit)
-    for word in main_words:
-        if word not in tokens:
-            tokens.append(word)
-    if per_words and per_words[1] not in tokens:
-        tokens.extend(per_words)
-    if kind == KIND_COUNTER:
-        tokens = [t for t in tokens if t != "total"]
-        tokens.append("total")
-    if kind == KIND_GAUGE and (unit or "").strip() == "1" and "ratio" not in tokens:
-        tokens.append("ratio")
-    out = "_".join(tokens) or "_"
-    if out[0].isdigit():
-        out = "_" + out
-    return out
-
-
-@lru_cache(maxsize=65536)
-def sanitize_label_name(name: str) -> str:
-    """A valid Prometheus label name for an attribute key."""
-    if not name:
-        return "key_"
-    out = _BAD_LABEL.sub("_", name)
-    if out[0].isdigit():
-        out = "key_" + out
-    elif out.startswith("_") and not out.startswith("__"):
-        out = "key" + out
-    return out
-
-
-def _labels_from_pairs(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """Sanitized label dict; colliding names have their values joined with ';' in key order."""
-    groups: dict[str, list[tuple[str, str]]] = {}
-    for key, value in pairs:
-        groups.setdefault(sanitize_label_name(key), []).append((key, value))
-    out: dict[str, str] = {}
-    for label, kvs in groups.items():
-        value = kvs[0][1] if len(kvs) == 1 else ";".join(v for _, v in sorted(kvs))
-        if value:  # Prometheus: an empty label value is the same as no label
-            out[label] = value
-    return out
-
-
-def job_instance(resource: Mapping[str, str]) -> tuple[str, str]:
-    """(job, instance) from resource attributes, per the compatibility spec."""
-    svc = resource.get("service.name", "")
-    ns = resource.get("service.namespace", "")
-    job = f"{ns}/{svc}" if ns and svc else (svc or ns)
-    return job, resource.get("service.instance.id", "")
 
 
 class SeriesBatch:
@@ -226,24 +86,6 @@ class SeriesBatch:
         return len(self.series)
 
 
-def _fmt_float(x: float) -> str:
-    """Prometheus label value for a bound or quantile (Go ``strconv.FormatFloat(f, 'f', -1)``)."""
-    if x == float("inf"):
-        return "+Inf"
-    if x == float("-inf"):
-        return "-Inf"
-    if x != x:
-        return "NaN"
-    if x == int(x) and abs(x) < 1e21:
-        return str(int(x))
-    r = repr(x)
-    if "e" in r or "E" in r:
-        from decimal import Decimal
-
-        r = format(Decimal(r), "f")
-    return r
-
-
 _CACHE_MAX = 200_000
 
 
@@ -282,7 +124,7 @@ class _Ctx:
             ti: Labels | None = None
             others = [(k, v) for k, v in pairs if k not in RESOURCE_JOB_KEYS]
             if others:
-                labels = _labels_from_pairs(others)
+                labels = labels_from_pairs(others)
                 labels.pop("job", None)
                 labels.pop("instance", None)
                 labels["__name__"] = "target_info"
@@ -303,9 +145,20 @@ class _Ctx:
     def labels(self, key: str, col: _MapCol, i: int) -> dict[str, str]:
         lab = self.attrs.get(key)
         if lab is None:
-            lab = _labels_from_pairs(col.pairs(i))
+            lab = labels_from_pairs(col.pairs(i))
             self.attrs[key] = lab
         return lab
+
+    def series_labels(self, rows: _Rows, i: int, kind: str, name_kind: str) -> Labels:
+        """The label set of row ``i``'s one series (``kind`` tells series of a name apart)."""
+        rk = rows.res.keys[i]
+        key = (rk, rows.attrs.keys[i], rows.names[i], rows.units[i], kind)
+        labels = self.series.get(key)
+        if labels is None:
+            lab = _base_labels(self, rk, rows.attrs, i)
+            lab["__name__"] = metric_name(rows.names[i], rows.units[i], name_kind)
+            labels = self.series[key] = tuple(sorted(lab.items()))
+        return labels
 
 
 def _base_labels(ctx: _Ctx, rkey: str, attrs: _MapCol, i: int) -> dict[str, str]:
@@ -323,6 +176,10 @@ def _col(batch: pa.RecordBatch | pa.Table, name: str) -> list:
     return batch.column(name).to_pylist()
 
 
+def _cols(batch: pa.RecordBatch | pa.Table, *names: str) -> list[list]:
+    return [batch.column(name).to_pylist() for name in names]
+
+
 class _MapCol:
     """A map column: one string key per row (built in C++ by pyarrow: hashing a str is cached,
     hashing a tuple of pairs is not) and the row's pairs on demand (cache misses only)."""
@@ -330,8 +187,6 @@ class _MapCol:
     __slots__ = ("col", "keys")
 
     def __init__(self, batch: pa.RecordBatch | pa.Table, name: str) -> None:
-        import pyarrow.compute as pc
-
         col = batch.column(name)
         if isinstance(col, pa.ChunkedArray):
             col = col.combine_chunks()
@@ -360,39 +215,40 @@ class _MapCol:
 
 
 def _ts_ms(col: pa.Array | pa.ChunkedArray) -> list[int]:
-    import pyarrow.compute as pc
-
     return pc.divide(col.cast(pa.int64()), 1_000_000).to_pylist()
+
+class _Rows:
+    """The columns every metric table has, read once per batch."""
+
+    __slots__ = ("_flags", "attrs", "names", "res", "ts", "units")
+
+    def __init__(self, batch: pa.RecordBatch | pa.Table) -> None:
+        self.names = _col(batch, "MetricName")
+        self.units = _col(batch, "MetricUnit")
+        self.res = _MapCol(batch, "ResourceAttributes")
+        self.attrs = _MapCol(batch, "Attributes")
+        self.ts = _ts_ms(batch.column("TimeUnix"))
+        self._flags = _col(batch, "Flags")
+
+    def recorded(self, ctx: _Ctx) -> Iterator[int]:
+        """Rows with a recorded value, their resource noted; the others are counted skipped."""
+        res, ts = self.res, self.ts
+        for i, flags in enumerate(self._flags):
+            if flags & 1:
+                ctx.out.skip("no_recorded_value")
+                continue
+            ctx.resource(res.keys[i], res, i, ts[i])
+            yield i
 
 
 def _add_scalar_rows(
     ctx: _Ctx, batch: pa.RecordBatch | pa.Table, kind_of_row: Sequence[str], values: Sequence
 ) -> None:
-    names = _col(batch, "MetricName")
-    units = _col(batch, "MetricUnit")
-    res = _MapCol(batch, "ResourceAttributes")
-    attrs = _MapCol(batch, "Attributes")
-    rkeys = res.keys
-    akeys = attrs.keys
-    flags = _col(batch, "Flags")
-    ts = _ts_ms(batch.column("TimeUnix"))
-    out = ctx.out
-    cache = ctx.series
-    add = out.add
-    for i in range(len(names)):
-        if flags[i] & 1:
-            out.skip("no_recorded_value")
-            continue
-        t = ts[i]
-        rk = rkeys[i]
-        ctx.resource(rk, res, i, t)
-        key = (rk, akeys[i], names[i], units[i], kind_of_row[i])
-        labels = cache.get(key)
-        if labels is None:
-            lab = _base_labels(ctx, rk, attrs, i)
-            lab["__name__"] = metric_name(names[i], units[i], kind_of_row[i])
-            labels = cache[key] = tuple(sorted(lab.items()))
-        add(labels, t, float(values[i]))
+    rows = _Rows(batch)
+    add = ctx.out.add
+    for i in rows.recorded(ctx):
+        kind = kind_of_row[i]
+        add(ctx.series_labels(rows, i, kind, kind), rows.ts[i], float(values[i]))
 
 
 def _histogram_labels(
@@ -407,7 +263,7 @@ def _histogram_labels(
     base["__name__"] = pname + "_bucket"
     buckets = []
     for bound in bounds:
-        base["le"] = _fmt_float(bound)
+        base["le"] = format_float(bound)
         buckets.append(tuple(sorted(base.items())))
     base["le"] = "+Inf"
     inf = tuple(sorted(base.items()))
@@ -415,33 +271,21 @@ def _histogram_labels(
 
 
 def _add_histogram_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
-    names = _col(batch, "MetricName")
-    units = _col(batch, "MetricUnit")
-    res = _MapCol(batch, "ResourceAttributes")
-    attrs = _MapCol(batch, "Attributes")
-    rkeys = res.keys
-    akeys = attrs.keys
-    flags = _col(batch, "Flags")
-    counts = _col(batch, "Count")
-    sums = _col(batch, "Sum")
-    bucket_counts = _col(batch, "BucketCounts")
-    bounds = _col(batch, "ExplicitBounds")
-    ts = _ts_ms(batch.column("TimeUnix"))
-    out = ctx.out
+    rows = _Rows(batch)
+    fields = ("Count", "Sum", "BucketCounts", "ExplicitBounds")
+    counts, sums, bucket_counts, bounds = _cols(batch, *fields)
     cache = ctx.series
-    add = out.add
-    for i in range(len(names)):
-        if flags[i] & 1:
-            out.skip("no_recorded_value")
-            continue
-        t = ts[i]
-        rk = rkeys[i]
-        ctx.resource(rk, res, i, t)
+    add = ctx.out.add
+    for i in rows.recorded(ctx):
+        t = rows.ts[i]
+        rk = rows.res.keys[i]
         bd = tuple(bounds[i] or ())
-        key = (rk, akeys[i], names[i], units[i], KIND_HISTOGRAM, bd)
+        key = (rk, rows.attrs.keys[i], rows.names[i], rows.units[i], KIND_HISTOGRAM, bd)
         hit = cache.get(key)
         if hit is None:
-            hit = cache[key] = _histogram_labels(ctx, rk, attrs, i, names[i], units[i], bd)
+            hit = cache[key] = _histogram_labels(
+                ctx, rk, rows.attrs, i, rows.names[i], rows.units[i], bd
+            )
         count_l, sum_l, bucket_l, inf_l = hit
         add(count_l, t, float(counts[i]))
         add(sum_l, t, float(sums[i]))
@@ -455,160 +299,58 @@ def _add_histogram_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
 
 
 def _add_summary_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
-    names = _col(batch, "MetricName")
-    units = _col(batch, "MetricUnit")
-    res = _MapCol(batch, "ResourceAttributes")
-    attrs = _MapCol(batch, "Attributes")
-    rkeys = res.keys
-    flags = _col(batch, "Flags")
-    counts = _col(batch, "Count")
-    sums = _col(batch, "Sum")
-    qs = _col(batch, "ValueAtQuantiles.Quantile")
-    qv = _col(batch, "ValueAtQuantiles.Value")
-    ts = _ts_ms(batch.column("TimeUnix"))
+    rows = _Rows(batch)
+    counts, sums, qs, qv = _cols(
+        batch, "Count", "Sum", "ValueAtQuantiles.Quantile", "ValueAtQuantiles.Value"
+    )
     out = ctx.out
-    for i in range(len(names)):
-        if flags[i] & 1:
-            out.skip("no_recorded_value")
-            continue
-        t = ts[i]
-        ctx.resource(rkeys[i], res, i, t)
-        base = _base_labels(ctx, rkeys[i], attrs, i)
-        name = metric_name(names[i], units[i], KIND_SUMMARY)
+    for i in rows.recorded(ctx):
+        t = rows.ts[i]
+        base = _base_labels(ctx, rows.res.keys[i], rows.attrs, i)
+        name = metric_name(rows.names[i], rows.units[i], KIND_SUMMARY)
         base["__name__"] = name + "_count"
         out.add(tuple(sorted(base.items())), t, float(counts[i]))
         base["__name__"] = name + "_sum"
         out.add(tuple(sorted(base.items())), t, float(sums[i]))
         base["__name__"] = name
         for q, v in zip(qs[i] or [], qv[i] or [], strict=False):
-            base["quantile"] = _fmt_float(q)
+            base["quantile"] = format_float(q)
             out.add(tuple(sorted(base.items())), t, float(v))
 
 
-def _zigzag(n: int) -> int:
-    return (n << 1) ^ (n >> 63)
-
-
-def _pb_varint(n: int) -> bytes:
-    n &= 0xFFFFFFFFFFFFFFFF
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _downscale(offset: int, counts: list[int], by: int) -> tuple[int, list[int]]:
-    """Merge buckets 2**by to 1 (OTel index i → i >> by), as a lower scale requires."""
-    if by <= 0 or not counts:
-        return offset, counts
-    merged: dict[int, int] = {}
-    for k, c in enumerate(counts):
-        j = (offset + k) >> by
-        merged[j] = merged.get(j, 0) + c
-    lo, hi = min(merged), max(merged)
-    return lo, [merged.get(j, 0) for j in range(lo, hi + 1)]
-
-
-def _buckets_fields(offset: int, counts: list[int], span_tag: int, delta_tag: int) -> bytes:
-    if not counts:
-        return b""
-    # OTel bucket i covers (base^i, base^(i+1)]; Prometheus bucket j covers (base^(j-1), base^j].
-    span = b"\x08" + _pb_varint(_zigzag(offset + 1)) + b"\x10" + _pb_varint(len(counts))
-    out = bytes((span_tag,)) + _pb_varint(len(span)) + span
-    deltas = bytearray()
-    prev = 0
-    for c in counts:
-        deltas += _pb_varint(_zigzag(c - prev))
-        prev = c
-    return out + bytes((delta_tag,)) + _pb_varint(len(deltas)) + bytes(deltas)
-
-
-NATIVE_MIN_SCALE = -4
-NATIVE_MAX_SCALE = 8
-DEFAULT_ZERO_THRESHOLD = 1e-128
-
-
-def encode_native_histogram(
-    count: int,
-    total: float,
-    scale: int,
-    zero_count: int,
-    pos_offset: int,
-    pos_counts: list[int],
-    neg_offset: int,
-    neg_counts: list[int],
-) -> bytes | None:
-    """``prometheus.Histogram`` fields (no timestamp) for an OTel exponential histogram point,
-    or None when its scale is below Prometheus' smallest schema (-4).
-
-    Scales above 8 are reduced to 8 by merging buckets; bucket indexes shift by one (OTel
-    buckets are lower-exclusive, Prometheus' upper-inclusive at the same boundaries).
-    """
-    if scale < NATIVE_MIN_SCALE:
-        return None
-    if scale > NATIVE_MAX_SCALE:
-        by = scale - NATIVE_MAX_SCALE
-        pos_offset, pos_counts = _downscale(pos_offset, pos_counts, by)
-        neg_offset, neg_counts = _downscale(neg_offset, neg_counts, by)
-        scale = NATIVE_MAX_SCALE
-    out = b"\x08" + _pb_varint(count)  # count_int
-    out += b"\x19" + _pack_d(total)  # sum
-    out += b"\x20" + _pb_varint(_zigzag(scale))  # schema
-    out += b"\x29" + _pack_d(DEFAULT_ZERO_THRESHOLD)  # zero_threshold
-    out += b"\x30" + _pb_varint(zero_count)  # zero_count_int
-    out += _buckets_fields(neg_offset, neg_counts, 0x42, 0x4A)  # negative spans 8 / deltas 9
-    out += _buckets_fields(pos_offset, pos_counts, 0x5A, 0x62)  # positive spans 11 / deltas 12
-    return out
-
-
-def _pack_d(x: float) -> bytes:
-    import struct
-
-    return struct.pack("<d", x)
+_EXP_HISTOGRAM_FIELDS = (
+    "Count",
+    "Sum",
+    "Scale",
+    "ZeroCount",
+    "PositiveOffset",
+    "PositiveBucketCounts",
+    "NegativeOffset",
+    "NegativeBucketCounts",
+)
 
 
 def _add_exp_histogram_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
-    names = _col(batch, "MetricName")
-    units = _col(batch, "MetricUnit")
-    res = _MapCol(batch, "ResourceAttributes")
-    attrs = _MapCol(batch, "Attributes")
-    rkeys = res.keys
-    akeys = attrs.keys
-    flags = _col(batch, "Flags")
-    cols = [
-        _col(batch, c)
-        for c in (
-            "Count",
-            "Sum",
-            "Scale",
-            "ZeroCount",
-            "PositiveOffset",
-            "PositiveBucketCounts",
-            "NegativeOffset",
-            "NegativeBucketCounts",
-        )
-    ]
-    ts = _ts_ms(batch.column("TimeUnix"))
+    rows = _Rows(batch)
+    cols = _cols(batch, *_EXP_HISTOGRAM_FIELDS)
     out = ctx.out
-    for i in range(len(names)):
-        if flags[i] & 1:
-            out.skip("no_recorded_value")
-            continue
-        t = ts[i]
-        ctx.resource(rkeys[i], res, i, t)
+    for i in rows.recorded(ctx):
         h = encode_native_histogram(*(c[i] if c[i] is not None else [] for c in cols))
         if h is None:
             out.skip("exponential_histogram_scale")
             continue
-        key = (rkeys[i], akeys[i], names[i], units[i], "native_histogram")
-        labels = ctx.series.get(key)
-        if labels is None:
-            lab = _base_labels(ctx, rkeys[i], attrs, i)
-            lab["__name__"] = metric_name(names[i], units[i], KIND_HISTOGRAM)
-            labels = ctx.series[key] = tuple(sorted(lab.items()))
-        out.add(labels, t, h)  # type: ignore[arg-type]
+        labels = ctx.series_labels(rows, i, "native_histogram", KIND_HISTOGRAM)
+        out.add(labels, rows.ts[i], h)  # type: ignore[arg-type]
+
+
+def _cumulative(batch: pa.RecordBatch | pa.Table, out: SeriesBatch) -> pa.RecordBatch | pa.Table:
+    """``batch`` without its delta-temporality rows, which are counted skipped."""
+    delta = pc.equal(batch.column("AggregationTemporality"), 1)
+    n_delta = pc.sum(delta).as_py() or 0
+    if n_delta:
+        out.skip("delta_temporality", n_delta)
+        batch = batch.filter(pc.invert(delta))
+    return batch
 
 
 def tables_to_series(
@@ -640,35 +382,14 @@ def _tables_to_series(
         if table.endswith("_gauge"):
             _add_scalar_rows(ctx, batch, [KIND_GAUGE] * batch.num_rows, _col(batch, "Value"))
         elif table.endswith("_sum"):
-            temporality = batch.column("AggregationTemporality")
-            import pyarrow.compute as pc
-
-            delta = pc.equal(temporality, 1)
-            n_delta = pc.sum(delta).as_py() or 0
-            if n_delta:
-                out.skip("delta_temporality", n_delta)
-                batch = batch.filter(pc.invert(delta))
+            batch = _cumulative(batch, out)
             mono = _col(batch, "IsMonotonic")
             kinds = [KIND_COUNTER if m else KIND_GAUGE for m in mono]
             _add_scalar_rows(ctx, batch, kinds, _col(batch, "Value"))
         elif table.endswith("_exponential_histogram"):
-            import pyarrow.compute as pc
-
-            delta = pc.equal(batch.column("AggregationTemporality"), 1)
-            n_delta = pc.sum(delta).as_py() or 0
-            if n_delta:
-                out.skip("delta_temporality", n_delta)
-                batch = batch.filter(pc.invert(delta))
-            _add_exp_histogram_rows(ctx, batch)
+            _add_exp_histogram_rows(ctx, _cumulative(batch, out))
         elif table.endswith("_histogram"):
-            import pyarrow.compute as pc
-
-            delta = pc.equal(batch.column("AggregationTemporality"), 1)
-            n_delta = pc.sum(delta).as_py() or 0
-            if n_delta:
-                out.skip("delta_temporality", n_delta)
-                batch = batch.filter(pc.invert(delta))
-            _add_histogram_rows(ctx, batch)
+            _add_histogram_rows(ctx, _cumulative(batch, out))
         elif table.endswith("_summary"):
             _add_summary_rows(ctx, batch)
         else:

@@ -186,7 +186,7 @@ def encode_samples(samples: Iterable[tuple[int, float | bytes]]) -> bytes:
     """The ``samples`` fields of a TimeSeries.
 
     A value that is ``bytes`` is a native histogram (``prometheus.Histogram`` fields without
-    the timestamp, see ``connectors.prom_translate.encode_native_histogram``); it goes to the
+    the timestamp, see ``connectors.prom_native_histogram.encode_native_histogram``); it goes to the
     ``histograms`` field (4) with its timestamp (field 15) appended.
     """
     parts = []

@@ -22,7 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import field_validator, model_validator
 
-from operators.expr import ExprError, columns_of, compile_expr, filter_batch, parse
+from operators.arrow_kernels import filter_batch
+from operators.expr import compile_expr
+from operators.expr_syntax import ExprError, columns_of, parse
 from otelwax.settings import StrictModel
 
 __all__ = ["FilterConfig", "build"]

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
-from operators.expr import check_regex
+from operators.expr_syntax import check_regex
 from operators.transform import (
     apply_to_maps,
     filter_map_entries,

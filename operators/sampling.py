@@ -46,7 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
-from operators.expr import filter_batch
+from operators.arrow_kernels import filter_batch
 from otelwax.settings import StrictModel
 
 __all__ = [

@@ -37,7 +37,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, SecretStr, field_validator
 
-from operators.expr import Column, ExprError, MapLookup, _Parser, check_regex, map_get
+from operators.arrow_kernels import map_get
+from operators.expr_syntax import Column, ExprError, MapLookup, Parser, check_regex
 from otelwax.settings import StrictModel
 
 __all__ = [
@@ -219,7 +220,7 @@ def sha256_hex(values: pa.Array, salt: bytes = b"") -> pa.Array:
 
 def parse_ref(text: str) -> Column | MapLookup:
     """Parse ``Column`` or ``Map['key']``; raises ExprError."""
-    p = _Parser(text)
+    p = Parser(text)
     node = p.operand()
     if p.peek().kind != "end":
         raise ExprError(f"unexpected {p.peek().text!r}", p.peek().pos)

@@ -498,3 +498,81 @@ def test_cli_works_flow_by_flow_and_check_creates_nothing(tmp_path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     assert sorted(p.name for p in (tmp_path / "chdb").iterdir()) == ["logs", "metrics", "traces"]
     assert "otel_metrics_gauge" in res.stdout
+
+
+# --- a table that changes under a running client -----------------------------------------------
+
+
+def _spans(n: int = 20) -> pa.RecordBatch:
+    return decode_traces(trace_payloads(1, seed=5)).batch.slice(0, n)
+
+
+def _create_spans_table(client, db: str, name: str) -> None:
+    client.execute(
+        f"CREATE TABLE {db}.{name} (Timestamp DateTime, SpanId String) "
+        "ENGINE = MergeTree ORDER BY Timestamp"
+    )
+
+
+def _services_stored(client, db: str, name: str) -> list[tuple]:
+    return client.execute(
+        f"SELECT ServiceName, count() FROM {db}.{name} GROUP BY ServiceName ORDER BY ServiceName"
+    )
+
+
+def test_chdb_insert_writes_a_column_another_client_added(chdb_client) -> None:
+    """A migration adds a column while a flow writes: the flow's next batch fills it."""
+    from connectors.clickhouse import open_client
+
+    db = chdb_client.cfg.database
+    _create_spans_table(chdb_client, db, "spans")
+    batch = _spans()
+    services = sorted(set(batch.column("ServiceName").to_pylist()))
+    assert chdb_client.insert_arrow("spans", batch) == 20
+    other = open_client(chdb_client.cfg)  # e.g. `otelwax clickhouse migrate --apply`
+    try:
+        other.execute(f"ALTER TABLE {db}.spans ADD COLUMN ServiceName String")
+    finally:
+        other.close()
+    assert chdb_client.insert_arrow("spans", batch) == 20
+    stored = dict(_services_stored(chdb_client, db, "spans"))
+    assert stored.pop("") == 20  # the rows written before the column existed
+    assert sorted(stored) == services and sum(stored.values()) == 20
+    # Dropped and created again without SpanId: the next insert writes what the table has.
+    chdb_client.execute(f"DROP TABLE {db}.spans")
+    chdb_client.execute(
+        f"CREATE TABLE {db}.spans (Timestamp DateTime, ServiceName String) "
+        "ENGINE = MergeTree ORDER BY Timestamp"
+    )
+    assert chdb_client.insert_arrow("spans", batch) == 20
+    assert sum(n for _, n in _services_stored(chdb_client, db, "spans")) == 20
+
+
+def test_server_insert_writes_a_column_added_while_it_runs(
+    ch_server, clickhouse_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Columns added through this client, or by another process, are written from then on."""
+    from connectors import clickhouse_client
+    from connectors.clickhouse import open_client
+    from tests.connectors.conftest import server_config
+
+    db = ch_server.cfg.database
+    _create_spans_table(ch_server, db, "spans")
+    batch = _spans()
+    assert ch_server.insert_arrow("spans", batch) == 20
+    ch_server.execute(f"ALTER TABLE {db}.spans ADD COLUMN ServiceName String")
+    assert ch_server.insert_arrow("spans", batch) == 20
+    stored = dict(_services_stored(ch_server, db, "spans"))
+    assert stored.pop("") == 20 and sum(stored.values()) == 20
+    # Another process (`otelwax clickhouse migrate --apply`) adds a column: seen once the
+    # cached column list is older than its maximum age.
+    monkeypatch.setattr(clickhouse_client, "COLUMNS_MAX_AGE_S", 0.2)
+    other = open_client(server_config(clickhouse_server, db))
+    try:
+        other.execute(f"ALTER TABLE {db}.spans ADD COLUMN SpanName String")
+    finally:
+        other.close()
+    time.sleep(0.3)
+    assert ch_server.insert_arrow("spans", batch) == 20
+    names = ch_server.execute(f"SELECT count() FROM {db}.spans WHERE SpanName != ''")
+    assert names == [(20,)]

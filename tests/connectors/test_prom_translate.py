@@ -6,12 +6,8 @@ import time
 
 import pytest
 
-from connectors.prom_translate import (
-    job_instance,
-    metric_name,
-    sanitize_label_name,
-    tables_to_series,
-)
+from connectors.prom_names import job_instance, metric_name, sanitize_label_name
+from connectors.prom_translate import tables_to_series
 from otelwax.codec.pymetrics import decode_metrics
 from tests.promfixtures import counter, gauge, histogram, metrics_request, summary
 
@@ -117,7 +113,7 @@ def test_exponential_histograms_become_native_histogram_samples() -> None:
         Metric,
     )
 
-    from connectors.prom_translate import encode_native_histogram
+    from connectors.prom_native_histogram import encode_native_histogram
 
     now = time.time_ns()
 

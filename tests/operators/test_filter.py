@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from operators.expr import ExprError, compile_expr, parse
+from operators.expr import compile_expr
+from operators.expr_syntax import ExprError, parse
 from operators.registry import build_pipeline
 from otelwax.schemas import LOGS_SCHEMA, TRACES_SCHEMA
 from tests.operators.batches import logs_batch, spans_batch

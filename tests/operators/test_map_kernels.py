@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.expr import map_get
+from operators.arrow_kernels import map_get
 from operators.transform import filter_map_entries, map_parts, set_map_key
 
 MAP = pa.map_(pa.string(), pa.string())
