@@ -18,6 +18,7 @@ from tests import otlpgen
 from tests.conftest import ROOT, free_port
 from tests.connectors.conftest import ServerAddr, server_config
 from tests.flows.conftest import FlowRun, produce
+from tests.flows.test_traces_server import _server_settings
 
 SMALL = {"n_resources": 2, "spans_per_resource": 10}
 ZK_SCRIPT = ROOT / "scripts" / "services" / "zookeeper.sh"
@@ -86,18 +87,8 @@ def _count(srv: ServerAddr, db: str) -> int:
 
 
 def _settings(srv: ServerAddr, db: str) -> dict:
-    return {
-        "mode": "server",
-        "host": srv.host,
-        "port": srv.port,
-        "http_port": srv.http_port,
-        "database": db,
-        "create_schema": True,
-        "cluster_name": "otelwax",
-        "table_engine": {"name": "ReplicatedMergeTree"},
-        "connect_timeout_s": 2.0,
-        "timeout_s": 20.0,
-    }
+    replicated = {"cluster_name": "otelwax", "table_engine": {"name": "ReplicatedMergeTree"}}
+    return {**_server_settings(srv, db), **replicated, "timeout_s": 20.0}
 
 
 def _kill_when(
