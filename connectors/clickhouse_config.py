@@ -97,6 +97,16 @@ class ClickHouseConfig(StrictModel):
         data["tables"] = tables
         return data
 
+    @model_validator(mode="after")
+    def _cluster_needs_server(self) -> ClickHouseConfig:
+        t = self.tables
+        if self.mode == "embedded" and (t.cluster_name or t.table_engine.replicated):
+            raise ValueError(
+                "cluster_name and Replicated table engines need mode: server (embedded chdb "
+                "is one process, without ZooKeeper)"
+            )
+        return self
+
     @field_validator("database", "traces_table", "logs_table")
     @classmethod
     def _ident(cls, v: str) -> str:

@@ -57,6 +57,12 @@ def test_bad_cluster_names_and_distributed_without_a_cluster_are_refused() -> No
     assert "needs cluster_name" in _error(tables={"distributed": True})
 
 
+def test_cluster_options_need_a_server() -> None:
+    msg = _error(mode="embedded", cluster_name="prod")
+    assert "need mode: server" in msg
+    assert "need mode: server" in _error(mode="embedded", table_engine=REPLICATED)
+
+
 def test_cluster_name_with_mergetree_is_accepted_as_the_exporter_does() -> None:
     """The exporter then creates an unreplicated table on every node; so does otelwax."""
     cfg = _cfg(cluster_name="prod")
