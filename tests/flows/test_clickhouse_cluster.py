@@ -194,3 +194,46 @@ def test_tables_created_on_cluster_exist_on_both_replicas_with_their_window(
         assert all("replicated_deduplication_window = 1000" in f for n, _, f in rows
                    if not n.endswith("_dist")), rows  # fmt: skip
     _rows(ch_cluster.a, f"DROP DATABASE IF EXISTS {db} ON CLUSTER otelwax")
+
+
+def test_range_partly_stored_through_one_replica_is_completed_through_the_other(
+    ch_cluster: Cluster,
+) -> None:
+    """18.16 has no insert tokens: a range found partly stored (the flow died between the
+    per-partition parts of one insert) is inserted again. On a Replicated table that must not
+    DELETE the stored part first: the replica would skip re-inserting it (its block hash is in
+    ZooKeeper) and its rows would be gone."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from connectors.clickhouse import open_client
+    from connectors.clickhouse_schema import create_schema
+    from otelwax.codec.pydecode import decode_traces
+
+    db = f"rp_{uuid.uuid4().hex[:8]}"
+    kw = {"cluster_name": "otelwax", "table_engine": {"name": "ReplicatedMergeTree"}}
+    batch = decode_traces(otlpgen.trace_payloads(2, seed=32)).batch  # 200 spans
+    ts = batch.column("Timestamp")
+    two_days = pa.array([2 * 86400 * 10**9 if i >= 100 else 0 for i in range(len(batch))])
+    earlier = pc.subtract(ts.cast(pa.int64()), two_days).cast(ts.type)
+    batch = batch.set_column(batch.schema.get_field_index("Timestamp"), "Timestamp", earlier)
+    a = open_client(server_config(ch_cluster.a, db, **kw))
+    b = open_client(server_config(ch_cluster.b, db, **kw))
+    try:
+        create_schema(a, db, "otel_traces", None, a.cfg.tables)
+        a.insert_arrow("otel_traces", batch.slice(0, 100), dedup_token="p:3:0-1")  # one part
+        assert b.insert_arrow("otel_traces", batch, dedup_token="p:3:0-1") == 200
+        for srv in (ch_cluster.a, ch_cluster.b):
+            _rows(srv, f"SYSTEM SYNC REPLICA {db}.otel_traces")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and _rows(  # a DELETE would run in background
+                srv, f"SELECT count() FROM system.mutations WHERE database = '{db}' AND NOT is_done"
+            )[0][0]:
+                time.sleep(0.2)
+            got = _rows(srv, f"SELECT count(), uniqExact(SpanId) FROM {db}.otel_traces")[0]
+            assert tuple(got) == (200, 200), f"replica {srv.port}: {got}"
+        assert b.insert_arrow("otel_traces", batch, dedup_token="p:3:0-1") == 0
+    finally:
+        a.close()
+        b.close()
+        _rows(ch_cluster.a, f"DROP DATABASE IF EXISTS {db} ON CLUSTER otelwax")
