@@ -237,3 +237,31 @@ def test_range_partly_stored_through_one_replica_is_completed_through_the_other(
         a.close()
         b.close()
         _rows(ch_cluster.a, f"DROP DATABASE IF EXISTS {db} ON CLUSTER otelwax")
+
+
+def test_migrate_adds_a_missing_column_on_every_replica(ch_cluster: Cluster) -> None:
+    from connectors.clickhouse import open_client
+    from connectors.clickhouse_migrate import apply_changes, plan_migration
+    from connectors.clickhouse_schema import create_schema
+
+    db = f"rm_{uuid.uuid4().hex[:8]}"
+    kw = {"cluster_name": "otelwax", "table_engine": {"name": "ReplicatedMergeTree"}}
+    a = open_client(server_config(ch_cluster.a, db, **kw))
+    try:
+        create_schema(a, db, "otel_traces", None, a.cfg.tables)
+        a.execute(f"ALTER TABLE {db}.otel_traces ON CLUSTER otelwax DROP COLUMN StatusMessage")
+        changes = plan_migration(a, db, "otel_traces", "traces", a.cfg.tables)
+        sqls = [c.sql for c in changes if c.sql]
+        assert sqls == [
+            f"ALTER TABLE `{db}`.`otel_traces` ON CLUSTER `otelwax` ADD COLUMN "
+            "`StatusMessage` String"
+        ], changes
+        assert apply_changes(a, changes) == 1
+        q = f"SELECT count() FROM system.columns WHERE database = '{db}' AND name = 'StatusMessage'"
+        for srv in (ch_cluster.a, ch_cluster.b):
+            assert _rows(srv, q) == [(1,)], srv.port
+        leftover = _rows(ch_cluster.a, f"SELECT name FROM system.tables WHERE database = '{db}'")
+        assert leftover == [("otel_traces",)]  # the scratch table is gone
+    finally:
+        a.close()
+        _rows(ch_cluster.a, f"DROP DATABASE IF EXISTS {db} ON CLUSTER otelwax")
