@@ -69,11 +69,14 @@ class TableEngine(StrictModel):
         return self.name.startswith("Replicated")
 
     def check_params(self) -> None:
-        """Replicated params must give each table its own ZooKeeper path (``{table}``)."""
-        if self.replicated and self.params and "{table}" not in self.params:
+        """Replicated params must give each table its own ZooKeeper path (``{table}``, or the
+        server's ``{uuid}`` macro of Atomic databases)."""
+        unique = "{table}" in self.params or "{uuid}" in self.params
+        if self.replicated and self.params and not unique:
             raise ValueError(
-                "ReplicatedMergeTree params must contain {table}: otelwax creates several "
-                "tables (spans, trace-id lookup, intents) and each needs its own ZooKeeper path"
+                "ReplicatedMergeTree params must contain {table} (or {uuid}): otelwax creates "
+                "several tables (spans, trace-id lookup, intents), each needs its own "
+                "ZooKeeper path"
             )
 
     def clause(self, database: str, table: str, family: Literal["", "Aggregating"] = "") -> str:

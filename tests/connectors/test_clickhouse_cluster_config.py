@@ -50,6 +50,8 @@ def test_engine_params_are_quoted_literals_only(params: str) -> None:
 def test_replicated_params_without_table_would_share_one_zookeeper_path() -> None:
     msg = _error(table_engine={"name": "ReplicatedMergeTree", "params": "'/ch/t', '{replica}'"})
     assert "{table}" in msg
+    uuid = {"name": "ReplicatedMergeTree", "params": "'/ch/{uuid}/{shard}', '{replica}'"}
+    assert _cfg(table_engine=uuid).tables.table_engine.params.startswith("'/ch/{uuid}")
 
 
 def test_bad_cluster_names_and_distributed_without_a_cluster_are_refused() -> None:
