@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 import ssl
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from connectors.clickhouse_schema import IDENT_RE, TableOptions
 from otelwax.resilience import BreakerConfig, RetryConfig
@@ -78,6 +78,34 @@ class ClickHouseConfig(StrictModel):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exporter_names(cls, data: Any) -> Any:
+        """The clickhouseexporter's top-level ``cluster_name`` / ``table_engine`` are
+        ``tables.cluster_name`` / ``tables.table_engine`` here; both spellings work."""
+        if not isinstance(data, dict) or not ({"cluster_name", "table_engine"} & data.keys()):
+            return data
+        data = dict(data)
+        tables = data.get("tables")
+        tables = dict(tables) if isinstance(tables, dict) else {}
+        for key in ("cluster_name", "table_engine"):
+            if key in data:
+                if key in tables:
+                    raise ValueError(f"{key} is given twice (top level and tables.{key})")
+                tables[key] = data.pop(key)
+        data["tables"] = tables
+        return data
+
+    @model_validator(mode="after")
+    def _cluster_needs_server(self) -> ClickHouseConfig:
+        t = self.tables
+        if self.mode == "embedded" and (t.cluster_name or t.table_engine.replicated):
+            raise ValueError(
+                "cluster_name and Replicated table engines need mode: server (embedded chdb "
+                "is one process, without ZooKeeper)"
+            )
+        return self
 
     @field_validator("database", "traces_table", "logs_table")
     @classmethod

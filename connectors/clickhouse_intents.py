@@ -101,19 +101,26 @@ class Blocking:
                 time.sleep(self._policy.cfg.max_backoff_s)
 
 
-def intents_ddl(qualified_table: str, ttl_days: int = 0) -> str:
+def intents_ddl(
+    qualified_table: str, ttl_days: int = 0, opts: Any = None, database: str = "", table: str = ""
+) -> str:
     """DDL of the intent table (works on ClickHouse 18.16 and current versions).
 
     ``ttl_days`` > 0 adds a TTL (servers >= 19.6, chdb); old intents are only needed for
     ranges Kafka could still replay, so anything older than the topic's retention can go.
+    ``opts`` (``TableOptions``) places it like the data tables: ``ON CLUSTER`` and the same
+    engine, so a flow restarting against another replica sees its intents and marks.
     """
     ttl = f" TTL written_at + INTERVAL {int(ttl_days)} DAY" if ttl_days > 0 else ""
     added = "".join(f"{name} {ddl}, " for name, ddl in ADDED_COLUMNS.items())
+    engine = opts.engine(database, table) if opts is not None else "MergeTree"
     return (
-        f"CREATE TABLE IF NOT EXISTS {qualified_table} (flow String, topic String, "
+        f"CREATE TABLE IF NOT EXISTS {qualified_table}{opts.on_cluster if opts else ''} ("
+        "flow String, topic String, "
         "kafka_partition UInt32, first_offset UInt64, last_offset UInt64, target String, "
         f"group_id UInt64, records UInt32, {added}written_at DateTime DEFAULT now()) "
-        "ENGINE = MergeTree() PARTITION BY toYYYYMM(written_at) "
+        f"ENGINE = {engine}{'()' if engine == 'MergeTree' else ''} "
+        "PARTITION BY toYYYYMM(written_at) "
         f"ORDER BY (flow, topic, kafka_partition, first_offset){ttl}"
     )
 
@@ -141,6 +148,7 @@ class IntentLog:
         self.flow = cfg.flow
         self.target = target
         self._ttl_days = cfg.intents_ttl_days
+        self._opts = conn.tables
         self.metrics = ComponentMetrics("intents", "ranges")
         self._blocking = Blocking(conn, f"clickhouse intents ({self.table})", self.metrics)
         # Rows since the partition's latest reset (max() of no rows is 0: all of them).
@@ -151,11 +159,14 @@ class IntentLog:
 
     def create(self) -> None:
         """Create the database and the intent table if missing, or add its newer columns."""
+        on = self._opts.on_cluster
         self._blocking.call(
-            lambda: self.client.execute(f"CREATE DATABASE IF NOT EXISTS {self._qdb}")
+            lambda: self.client.execute(f"CREATE DATABASE IF NOT EXISTS {self._qdb}{on}")
         )
         ttl = 0 if getattr(self.client, "legacy", False) else self._ttl_days
-        self._blocking.call(lambda: self.client.execute(intents_ddl(self._qt, ttl)))
+        ddl = intents_ddl(self._qt, ttl, self._opts, self._db, self._name)
+        self._blocking.call(lambda: self.client.execute(ddl))
+        self._sync_replica()
         for _ in range(3):  # another process may add a column at the same time
             have = {
                 str(r[0])
@@ -177,6 +188,17 @@ class IntentLog:
             except Exception as exc:
                 log.warning("%s: adding columns %s: %s", self.table, missing, exc)
         raise RuntimeError(f"{self.table}: could not add the columns {list(ADDED_COLUMNS)}")
+
+    def _sync_replica(self) -> None:
+        """On a Replicated intent table, wait until this replica has every row the others
+        have (the intents and marks a flow wrote through another replica before it stopped);
+        otherwise a restart against this replica would replay stored ranges as unknown."""
+        rows = self._rows(
+            "SELECT engine FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+            {"db": self._db, "t": self._name},
+        )
+        if rows and str(rows[0][0]).startswith("Replicated"):
+            self._blocking.call(lambda: self.client.execute(f"SYSTEM SYNC REPLICA {self._qt}"))
 
     def _rows(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         return list(self._blocking.call(lambda: self.client.execute(sql, params)) or [])

@@ -14,6 +14,7 @@ back-quoted; there are no values in DDL.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pyarrow as pa
 
@@ -74,15 +75,21 @@ def metrics_ddl(
     ttl_days: int = 0,
     dedup_window: int = 1000,
     skip_indexes: bool = True,
+    opts: Any = None,
 ) -> list[str]:
     """``CREATE DATABASE`` + ``CREATE TABLE IF NOT EXISTS`` for every metrics table.
 
-    ``tables`` maps the canonical names (``otel_metrics_gauge``, ...) to the names to create.
+    ``tables`` maps the canonical names (``otel_metrics_gauge``, ...) to the names to create;
+    ``opts`` (``TableOptions``), when given, places them: ``ON CLUSTER`` and the table engine.
     """
     db = quote_ident(database)
-    stmts = [f"CREATE DATABASE IF NOT EXISTS {db}"]
+    on = opts.on_cluster if opts is not None else ""
+    window = opts.table_engine.window_setting() if opts is not None else ""
+    stmts = [f"CREATE DATABASE IF NOT EXISTS {db}{on}"]
     for canonical, schema in METRIC_SCHEMAS.items():
-        name = quote_ident((tables or {}).get(canonical, canonical))
+        raw = (tables or {}).get(canonical, canonical)
+        name = quote_ident(raw)
+        engine = opts.engine(database, raw) if opts is not None else "MergeTree"
         cols = _columns(schema)
         if skip_indexes:
             for col in ("ResourceAttributes", "ScopeAttributes", "Attributes"):
@@ -97,11 +104,11 @@ def metrics_ddl(
         body = ",\n    ".join(cols)
         ttl = f"TTL toDateTime(TimeUnix) + toIntervalDay({int(ttl_days)})\n" if ttl_days else ""
         stmts.append(
-            f"CREATE TABLE IF NOT EXISTS {db}.{name} (\n    {body}\n) ENGINE = MergeTree\n"
+            f"CREATE TABLE IF NOT EXISTS {db}.{name}{on} (\n    {body}\n) ENGINE = {engine}\n"
             "PARTITION BY toDate(TimeUnix)\n"
             "ORDER BY (ServiceName, MetricName, Attributes, toUnixTimestamp64Nano(TimeUnix))\n"
             f"{ttl}"
             f"SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1, "
-            f"non_replicated_deduplication_window = {int(dedup_window)}"
+            f"{window or 'non_replicated_deduplication_window'} = {int(dedup_window)}"
         )
     return stmts

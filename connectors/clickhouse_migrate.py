@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from connectors.clickhouse_cluster import TableEngine
 from connectors.clickhouse_schema import (
     JSON_REFUSED,
     TableOptions,
@@ -147,8 +148,10 @@ def plan_migration(
     scratch = f"{table}{SCRATCH_SUFFIX}"
     quote_ident(scratch)
     s = qualified(database, scratch)
+    # The scratch table lives on this server only, unreplicated: no ZooKeeper path to clean up.
+    local = opts.model_copy(update={"cluster_name": None, "table_engine": TableEngine()})
     client.execute(f"DROP TABLE IF EXISTS {s}")
-    client.execute(_expected_ddl(kind, database, scratch, opts, layout, version))
+    client.execute(_expected_ddl(kind, database, scratch, local, layout, version))
     try:
         want_cols = _columns(client, database, scratch)
         want_idx = {} if legacy else _indexes(client, database, scratch)
@@ -156,13 +159,14 @@ def plan_migration(
     finally:
         client.execute(f"DROP TABLE IF EXISTS {s}")
     have_cols = _columns(client, database, table)
+    alter = f"ALTER TABLE {t}{opts.on_cluster}"
     changes: list[Change] = []
     for name, spec in want_cols.items():
         if name not in have_cols:
             changes.append(
                 Change(
                     f"{t}: column {name} ({spec[0]}) is missing",
-                    f"ALTER TABLE {t} ADD COLUMN {_column_sql(name, spec)}",
+                    f"{alter} ADD COLUMN {_column_sql(name, spec)}",
                 )
             )
         elif have_cols[name][0] != spec[0]:
@@ -179,13 +183,13 @@ def plan_migration(
                 Change(
                     f"{t}: index {name} ({typ} on {expr}) is missing (covers parts written "
                     f"after it is added; MATERIALIZE INDEX {name} builds it for older ones)",
-                    f"ALTER TABLE {t} ADD INDEX {quote_ident(name)} {expr} TYPE {typ} "
+                    f"{alter} ADD INDEX {quote_ident(name)} {expr} TYPE {typ} "
                     f"GRANULARITY {gran}",
                 )
             )
         elif have_idx[name][0] != typ:
             changes.append(Change(f"{t}: index {name} is {have_idx[name][0]}, not {typ}"))
-    changes += _engine_changes(t, _engine_full(client, database, table), want_engine)
+    changes += _engine_changes(t, alter, _engine_full(client, database, table), want_engine)
     if kind == "traces" and opts.trace_lookup:
         lookup = f"{table}_trace_id_ts"
         if not _columns(client, database, lookup):
@@ -195,20 +199,24 @@ def plan_migration(
     return changes
 
 
-def _engine_changes(t: str, have: str, want: str) -> list[Change]:
+def _engine_changes(t: str, alter: str, have: str, want: str) -> list[Change]:
     out = []
+    replicated = have.startswith("Replicated")
     for name in _SETTINGS:
-        w, h = _setting(want, name), _setting(have, name)
+        w = _setting(want, name)
+        if replicated and name == "non_replicated_deduplication_window":
+            name = "replicated_deduplication_window"  # the scratch table is unreplicated
+        h = _setting(have, name)
         if w is not None and (h is None or h < w):
             out.append(
                 Change(
                     f"{t}: {name} is {h if h is not None else 'unset'}, this version sets {w}",
-                    f"ALTER TABLE {t} MODIFY SETTING {name} = {w}",
+                    f"{alter} MODIFY SETTING {name} = {w}",
                 )
             )
     wt, ht = _ttl(want), _ttl(have)
     if wt and wt != ht:
-        sql = f"ALTER TABLE {t} MODIFY TTL {wt}"
+        sql = f"{alter} MODIFY TTL {wt}"
         out.append(Change(f"{t}: TTL is {ht or 'none'}, wanted {wt}", sql))
     elif ht and not wt:
         out.append(Change(f"{t}: TTL {ht} kept (ttl_days is 0; REMOVE TTL by hand to keep rows)"))

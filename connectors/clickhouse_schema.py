@@ -34,8 +34,9 @@ import logging
 import re
 from typing import Any, Literal, Protocol
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from connectors.clickhouse_cluster import TableEngine, distributed_ddl, distributed_name, on_cluster
 from otelwax.settings import StrictModel
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+CLUSTER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
 
 # Arrow columns whose order equals each table's ORDER BY (toDateTime(Timestamp) then Timestamp
 # orders as Timestamp alone), modern and legacy layouts alike. A block that arrives sorted is
@@ -125,6 +127,45 @@ class TableOptions(StrictModel):
         "*AttributesKeys columns): not writable by otelwax yet, so true is refused",
     )
 
+    cluster_name: str | None = Field(
+        None,
+        description="the clickhouseexporter's cluster_name: DDL runs ON CLUSTER this cluster "
+        "(the server needs remote_servers and distributed_ddl config)",
+    )
+    table_engine: TableEngine = Field(
+        default_factory=TableEngine,
+        description="the clickhouseexporter's table_engine {name, params}: MergeTree or "
+        "ReplicatedMergeTree (connectors/clickhouse_cluster.py)",
+    )
+    distributed: bool = Field(
+        False,
+        description="also create <table>_dist Distributed tables over the cluster's shards "
+        "(for queries; flows write the local tables); needs cluster_name",
+    )
+
+    @field_validator("cluster_name")
+    @classmethod
+    def _cluster(cls, v: str | None) -> str | None:
+        if v is not None and not CLUSTER_RE.match(v):
+            raise ValueError(f"must match {CLUSTER_RE.pattern}")
+        return v
+
+    @model_validator(mode="after")
+    def _placement(self) -> TableOptions:
+        self.table_engine.check_params()
+        if self.distributed and not self.cluster_name:
+            raise ValueError("distributed: true needs cluster_name (the cluster to read from)")
+        return self
+
+    @property
+    def on_cluster(self) -> str:
+        """`` ON CLUSTER `name``` when ``cluster_name`` is set, else empty."""
+        return on_cluster(self.cluster_name)
+
+    def engine(self, database: str, table: str, family: Literal["", "Aggregating"] = "") -> str:
+        """The ``ENGINE`` of ``database.table`` (``table_engine``)."""
+        return self.table_engine.clause(database, table, family)
+
     @field_validator("json_attributes")
     @classmethod
     def _no_json(cls, v: bool) -> bool:
@@ -190,7 +231,7 @@ def _settings(opts: TableOptions, *, dedup: bool = True, ttl: bool = True) -> st
     if ttl and opts.ttl_days:
         s.append("ttl_only_drop_parts = 1")
     if dedup and opts.dedup_window:
-        s.append(f"non_replicated_deduplication_window = {int(opts.dedup_window)}")
+        s.append(f"{opts.table_engine.window_setting()} = {int(opts.dedup_window)}")
     return "SETTINGS " + ", ".join(s)
 
 
@@ -213,7 +254,7 @@ def traces_ddl(database: str, table: str, opts: TableOptions, *, legacy: bool = 
     part = PARTITIONS[opts.partition_by].format(ts="Timestamp")
     attrs = "Map(LowCardinality(String), String)"
     proj = ",\n    PROJECTION by_trace (SELECT * ORDER BY TraceId)" if opts.trace_projection else ""
-    main = f"""CREATE TABLE IF NOT EXISTS {t} (
+    main = f"""CREATE TABLE IF NOT EXISTS {t}{opts.on_cluster} (
     Timestamp DateTime64(9){_c(opts, "Delta(8), ZSTD(1)")},
     TraceId String{z},
     SpanId String{z},
@@ -244,7 +285,7 @@ def traces_ddl(database: str, table: str, opts: TableOptions, *, legacy: bool = 
         CAST(ResourceAttributes, 'Array(Tuple(String, String))')),
     SpanAttributeItems Array(String) ALIAS arrayMap(kv -> concat(kv.1, '=', kv.2),
         CAST(SpanAttributes, 'Array(Tuple(String, String))')){proj}
-) ENGINE = MergeTree
+) ENGINE = {opts.engine(database, table)}
 PARTITION BY {part}
 PRIMARY KEY (ServiceName, SpanName, toDateTime(Timestamp))
 ORDER BY (ServiceName, SpanName, toDateTime(Timestamp), Timestamp)
@@ -254,15 +295,15 @@ ORDER BY (ServiceName, SpanName, toDateTime(Timestamp), Timestamp)
         lk = qualified(database, f"{table}_trace_id_ts")
         mv = qualified(database, f"{table}_trace_id_ts_mv")
         lpart = "toStartOfWeek(Start)" if opts.partition_by != "none" else "tuple()"
-        out.append(f"""CREATE TABLE IF NOT EXISTS {lk} (
+        out.append(f"""CREATE TABLE IF NOT EXISTS {lk}{opts.on_cluster} (
     TraceId String{z},
     Start SimpleAggregateFunction(min, DateTime){z},
     End SimpleAggregateFunction(max, DateTime){z}
-) ENGINE = AggregatingMergeTree
+) ENGINE = {opts.engine(database, f"{table}_trace_id_ts", "Aggregating")}
 PARTITION BY {lpart}
 ORDER BY (TraceId)
 {_ttl(opts, "toDateTime(Start)")}{_settings(opts, dedup=False)}""")
-        out.append(f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {mv}
+        out.append(f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {mv}{opts.on_cluster}
 TO {lk}
 AS SELECT
     TraceId,
@@ -307,9 +348,9 @@ def logs_ddl(
         cols.append("INDEX idx_lower_body lower(Body) TYPE tokenbf_v1(32768, 3, 0) GRANULARITY 8")
     body = ",\n".join(f"    {c}" for c in cols)
     return [
-        f"""CREATE TABLE IF NOT EXISTS {t} (
+        f"""CREATE TABLE IF NOT EXISTS {t}{opts.on_cluster} (
 {body}
-) ENGINE = MergeTree
+) ENGINE = {opts.engine(database, table)}
 PARTITION BY {PARTITIONS[opts.partition_by].format(ts="Timestamp")}
 ORDER BY (toStartOfFiveMinutes(Timestamp), ServiceName, Timestamp)
 {_ttl(opts, "toDateTime(Timestamp)")}{_settings(opts)}"""
@@ -362,13 +403,21 @@ def _logs_timestamp_time(database: str, table: str, opts: TableOptions) -> str:
         cols += _log_indexes(_BLOOM.format(p="0.001"), _BLOOM.format(p="0.01"))
         cols.append("INDEX idx_body Body TYPE tokenbf_v1(32768, 3, 0) GRANULARITY 8")
     body = ",\n".join(f"    {c}" for c in cols)
-    return f"""CREATE TABLE IF NOT EXISTS {qualified(database, table)} (
+    return f"""CREATE TABLE IF NOT EXISTS {qualified(database, table)}{opts.on_cluster} (
 {body}
-) ENGINE = MergeTree
+) ENGINE = {opts.engine(database, table)}
 PARTITION BY {PARTITIONS[opts.partition_by].format(ts="TimestampTime")}
 PRIMARY KEY (ServiceName, TimestampTime)
 ORDER BY (ServiceName, TimestampTime, Timestamp)
 {_ttl(opts, "TimestampTime")}{_settings(opts)}"""
+
+
+def _legacy_settings(opts: TableOptions) -> str:
+    """18.16 has no insert tokens, but Replicated tables deduplicate replayed insert blocks."""
+    s = f"SETTINGS index_granularity = {int(opts.index_granularity)}"
+    if opts.table_engine.replicated and opts.dedup_window:
+        s += f", replicated_deduplication_window = {int(opts.dedup_window)}"
+    return s
 
 
 def _legacy_part(opts: TableOptions, ts: str) -> str:
@@ -378,7 +427,7 @@ def _legacy_part(opts: TableOptions, ts: str) -> str:
 def _legacy_traces(database: str, table: str, opts: TableOptions) -> str:
     if opts.ttl_days:
         log.warning("legacy ClickHouse has no TTL: ttl_days=%d ignored", opts.ttl_days)
-    return f"""CREATE TABLE IF NOT EXISTS {qualified(database, table)} (
+    return f"""CREATE TABLE IF NOT EXISTS {qualified(database, table)}{opts.on_cluster} (
     Timestamp DateTime,
     TimestampNs Int64,
     TraceId String,
@@ -407,16 +456,16 @@ def _legacy_traces(database: str, table: str, opts: TableOptions) -> str:
     `Links.Attributes.keys` Array(Array(String)),
     `Links.Attributes.values` Array(Array(String)),
     InsertToken String
-) ENGINE = MergeTree
+) ENGINE = {opts.engine(database, table)}
 PARTITION BY {_legacy_part(opts, "Timestamp")}
 ORDER BY (ServiceName, SpanName, Timestamp)
-SETTINGS index_granularity = {int(opts.index_granularity)}"""
+{_legacy_settings(opts)}"""
 
 
 def _legacy_logs(database: str, table: str, opts: TableOptions) -> str:
     if opts.ttl_days:
         log.warning("legacy ClickHouse has no TTL: ttl_days=%d ignored", opts.ttl_days)
-    return f"""CREATE TABLE IF NOT EXISTS {qualified(database, table)} (
+    return f"""CREATE TABLE IF NOT EXISTS {qualified(database, table)}{opts.on_cluster} (
     Timestamp DateTime,
     TimestampNs Int64,
     TraceId String,
@@ -438,10 +487,10 @@ def _legacy_logs(database: str, table: str, opts: TableOptions) -> str:
     `LogAttributes.values` Array(String),
     EventName String,
     InsertToken String
-) ENGINE = MergeTree
+) ENGINE = {opts.engine(database, table)}
 PARTITION BY {_legacy_part(opts, "Timestamp")}
 ORDER BY (ServiceName, Timestamp)
-SETTINGS index_granularity = {int(opts.index_granularity)}"""
+{_legacy_settings(opts)}"""
 
 
 def schema_ddl(
@@ -454,11 +503,22 @@ def schema_ddl(
     text_index: bool = False,
 ) -> list[str]:
     """Every statement to create the database and the tables (None skips a table)."""
-    out = [f"CREATE DATABASE IF NOT EXISTS {quote_ident(database)}"]
+    out = [f"CREATE DATABASE IF NOT EXISTS {quote_ident(database)}{opts.on_cluster}"]
     if traces_table:
         out += traces_ddl(database, traces_table, opts, legacy=legacy)
     if logs_table:
         out += logs_ddl(database, logs_table, opts, legacy=legacy, text_index=text_index)
+    if opts.distributed and opts.cluster_name:
+        for table in (t for t in (traces_table, logs_table) if t):
+            out.append(
+                distributed_ddl(
+                    qualified(database, distributed_name(table)),
+                    qualified(database, table),
+                    opts.cluster_name,
+                    database,
+                    table,
+                )
+            )
     return out
 
 

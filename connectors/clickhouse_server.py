@@ -70,6 +70,7 @@ class ServerClient(InsertingClient):
         self.columns = TableColumns(self.table_columns)
         # Built from the column list it is keyed with: a changed list makes a new plan.
         self._plans: dict[tuple[str, pa.Schema], tuple[dict[str, str], InsertPlan]] = {}
+        self._replicated: dict[str, bool] = {}
         self.version = ""
         self.legacy = False
 
@@ -133,11 +134,23 @@ class ServerClient(InsertingClient):
                     "inserts (recreate the table with `otelwax clickhouse init`)",
                     transient=False,
                 )
+            replicated = self._replica_synced(f"{db}.{name}", qt)
             seen = self._token_rows(qt, dedup_token)
             if seen >= batch.num_rows:
                 log.info("%s: token %s already stored, insert skipped", qt, dedup_token)
                 return 0
-            if seen:
+            if seen and replicated:
+                # A Replicated table skips the blocks of this insert it already holds (their
+                # hashes are in ZooKeeper): inserting it again stores exactly the missing ones.
+                # Deleting first would lose rows: the re-inserted blocks would be skipped.
+                log.warning(
+                    "%s: token %s partly stored (%d of %d rows); inserting the rest",
+                    qt,
+                    dedup_token,
+                    seen,
+                    batch.num_rows,
+                )
+            elif seen:
                 # Part of an earlier try landed (a batch spanning partitions is written as one
                 # part per partition). Remove it, then insert the whole batch again: a mutation
                 # only touches parts that exist when it is created, never the new insert.
@@ -157,6 +170,23 @@ class ServerClient(InsertingClient):
         else:
             self._insert_http(qt, batch, plan, dedup_token)
         return batch.num_rows
+
+    def _replica_synced(self, key: str, qt: str) -> bool:
+        """Whether ``key`` is a Replicated table; the first time, wait until this replica has
+        every part the others have, so tokens stored through another replica are counted."""
+        known = self._replicated.get(key)
+        if known is None:
+            db, name = split_table(key, self.cfg.database)
+            rows = self.execute(
+                "SELECT engine FROM system.tables WHERE database = {db:String} "
+                "AND name = {t:String}",
+                {"db": db, "t": name},
+            )
+            known = bool(rows) and str(rows[0][0]).startswith("Replicated")
+            if known:
+                self.execute(f"SYSTEM SYNC REPLICA {qt}")
+            self._replicated[key] = known
+        return known
 
     def _token_rows(self, qt: str, token: str) -> int:
         rows = self.execute(

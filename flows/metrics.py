@@ -499,7 +499,7 @@ def open_metrics_client(cfg: ClickHouseConfig) -> Any:
         )
     try:
         if cfg.create_schema:
-            for stmt in metrics_ddl(cfg.database, ttl_days=cfg.tables.ttl_days):
+            for stmt in metrics_ddl(cfg.database, ttl_days=cfg.tables.ttl_days, opts=cfg.tables):
                 client.execute(stmt)
         for table in METRIC_SCHEMAS:  # a replayed range is skipped by its token
             check_dedup_window(client, cfg.database, table, min_window=100)

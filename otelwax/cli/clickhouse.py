@@ -141,7 +141,7 @@ def _ddl(flow: str, cfg: Any, legacy: bool) -> list[str]:
         traces = cfg.traces_table if flow == "traces" else None
         logs = cfg.logs_table if flow == "logs" else None
         return schema_ddl(cfg.database, traces, logs, cfg.tables, legacy=legacy)
-    return metrics_ddl(cfg.database, ttl_days=cfg.tables.ttl_days)
+    return metrics_ddl(cfg.database, ttl_days=cfg.tables.ttl_days, opts=cfg.tables)
 
 
 def _too_old(flow: str, client: Any, explicit: bool) -> str | None:

@@ -3,6 +3,10 @@
 # process — no systemd — with its own config, data, log and PID file.
 #   scripts/services/clickhouse.sh start|stop|status|restart|wipe
 # Env: CH_TCP_PORT (19000, native protocol), CH_HTTP_PORT (18123), CH_DATA (.data/clickhouse).
+# A replica of a cluster (ReplicatedMergeTree, ON CLUSTER DDL) when CH_ZK_PORT is set: the
+# ZooKeeper on 127.0.0.1:CH_ZK_PORT (scripts/services/zookeeper.sh), CH_CLUSTER (otelwax) of one
+# shard whose replicas are the native ports CH_CLUSTER_PORTS ("9000,9001"), this one named
+# CH_REPLICA (macros {shard}=CH_SHARD (01), {replica}), replicating on CH_INTERSERVER_PORT.
 # The test fixture (tests/connectors/conftest.py) starts it once per session.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -33,6 +37,22 @@ answers() {
   reply=$(timeout 2 cat <&3 || true)
   exec 3>&- 3<&-
   [[ "$reply" == *"Ok."* ]]
+}
+
+cluster_conf() {
+  [[ -n "${CH_ZK_PORT:-}" ]] || return 0
+  local replicas="" port
+  for port in ${CH_CLUSTER_PORTS//,/ }; do
+    replicas+="<replica><host>127.0.0.1</host><port>$port</port></replica>"
+  done
+  cat <<XML
+    <interserver_http_host>127.0.0.1</interserver_http_host>
+    <interserver_http_port>${CH_INTERSERVER_PORT:?CH_INTERSERVER_PORT is required with CH_ZK_PORT}</interserver_http_port>
+    <zookeeper><node><host>127.0.0.1</host><port>$CH_ZK_PORT</port></node><session_timeout_ms>10000</session_timeout_ms></zookeeper>
+    <macros><shard>${CH_SHARD:-01}</shard><replica>${CH_REPLICA:?CH_REPLICA is required with CH_ZK_PORT}</replica></macros>
+    <remote_servers><${CH_CLUSTER:-otelwax}><shard><internal_replication>true</internal_replication>$replicas</shard></${CH_CLUSTER:-otelwax}></remote_servers>
+    <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>
+XML
 }
 
 write_conf() {
@@ -67,6 +87,7 @@ write_conf() {
     <builtin_dictionaries_reload_interval>3600</builtin_dictionaries_reload_interval>
     <max_session_timeout>3600</max_session_timeout>
     <default_session_timeout>60</default_session_timeout>
+$(cluster_conf)
 </yandex>
 XML
   cat > "$CH_DATA/users.xml" <<XML
