@@ -78,6 +78,12 @@ class OffsetCommitter:
                 self._metrics.failed()
                 log.warning("kafka %s[%d]: no commit: %s", self._topic, self._partition, exc)
 
+    def use(self, consumer: Any) -> None:
+        """Commit through ``consumer`` from now on (the partition's consumer was replaced)."""
+        with self._lock:
+            if self._consumer is not None:
+                self._consumer = consumer
+
     def close(self) -> None:
         """Stop committing (before the consumer closes)."""
         with self._lock:

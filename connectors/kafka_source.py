@@ -180,7 +180,8 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         commits = ComponentMetrics("kafka_offset_commit", "partitions")
         conf["on_commit"] = commit_callback(commits)
         conf.update(cfg.extra)
-        self._consumer = Consumer(quiet(conf))
+        self._conf = quiet(conf)
+        self._consumer = Consumer(self._conf)
         # Never enable.auto.commit: only what the sink confirmed (or a snapshot covers) is
         # committed, and assign() below always names the start offset, so no commit is read.
         self._commits = OffsetCommitter(
@@ -244,6 +245,7 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         self._lag_at = 0.0
         self._checked_at = time.monotonic()  # last broker watermark look-up (stuck fetch check)
         self._got_at = time.monotonic()  # last message fetched
+        self._reassigned_at: float | None = None  # last watchdog re-assignment
         self._progress = HEALTH.progress(f"{self._topic}[{partition}]")  # /livez, /readyz
 
     # --- where to start --------------------------------------------------------------------
@@ -425,28 +427,68 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         watermark only moves while fetches succeed, so a fetcher that never resumed after a
         broker restart showed lag 0 while records waited (seen in the soak). Records waiting
         and none fetched for ``_STUCK_CHECK_S``: assign the partition again at the next offset
-        to read (nothing emitted is read twice: offsets below ``_next`` are skipped)."""
+        to read (nothing emitted is read twice: offsets below ``_next`` are skipped). Still
+        none fetched ``_STUCK_CHECK_S`` after that, or no answer from the broker for three
+        times as long while the cache says records wait (a consumer whose connections never
+        recovered, also seen in the soak): replace the consumer."""
         self._checked_at = now
+        resume = self._offsets[-1] + 1 if self._offsets else self._next  # after the buffer
         try:
             _low, high = self._consumer.get_watermark_offsets(self._tp, timeout=1.0)
-        except Exception:  # broker unreachable: librdkafka reconnects; look again later
-            return
-        resume = self._offsets[-1] + 1 if self._offsets else self._next  # after the buffer
+            answered = True
+        except Exception:  # broker unreachable, or this consumer's connection is wedged
+            high, answered = self._cached_high(), False
         behind = max(0, high - resume)
-        self._lag_label.set(max(0, high - self._next))
-        if behind and now - self._got_at >= _STUCK_CHECK_S:
-            from confluent_kafka import TopicPartition
-
+        if answered:
+            self._lag_label.set(max(0, high - self._next))
+        idle = now - self._got_at
+        if not behind or idle < _STUCK_CHECK_S:
+            return
+        self._metrics.failed()
+        again = self._reassigned_at is not None and self._reassigned_at >= self._got_at
+        if not answered and idle < 3 * _STUCK_CHECK_S:
+            return  # the broker may be down for everyone: librdkafka reconnects on its own
+        if answered and not again:
             log.warning(
                 "kafka %s[%d]: %d records waiting and none fetched for %.0f s; assigning the "
                 "partition again at %d",
-                self._topic, self._partition, behind, now - self._got_at, resume,
+                self._topic, self._partition, behind, idle, resume,
             )  # fmt: skip
-            self._metrics.failed()
-            self._consumer.resume([self._tp])  # a fetch state that survives assign() too
-            self._consumer.unassign()
-            self._consumer.assign([TopicPartition(self._topic, self._partition, resume)])
-            self._got_at = now
+            self._assign(resume)
+        else:
+            log.warning(
+                "kafka %s[%d]: %d records waiting and none fetched for %.0f s (%s); replacing "
+                "the consumer, resuming at %d",
+                self._topic, self._partition, behind, idle,
+                "after a re-assignment" if answered else "the broker does not answer it",
+                resume,
+            )  # fmt: skip
+            self._replace_consumer(resume)
+        self._reassigned_at = self._got_at = now
+
+    def _cached_high(self) -> int:
+        try:
+            return int(self._consumer.get_watermark_offsets(self._tp, cached=True)[1])
+        except Exception:
+            return -1
+
+    def _assign(self, offset: int) -> None:
+        from confluent_kafka import TopicPartition
+
+        self._consumer.resume([self._tp])  # a fetch state that survives assign() too
+        self._consumer.unassign()
+        self._consumer.assign([TopicPartition(self._topic, self._partition, offset)])
+
+    def _replace_consumer(self, offset: int) -> None:
+        from confluent_kafka import Consumer, TopicPartition
+
+        old, self._consumer = self._consumer, Consumer(self._conf)
+        self._commits.use(self._consumer)
+        self._consumer.assign([TopicPartition(self._topic, self._partition, offset)])
+        try:
+            old.close()
+        except Exception as exc:  # it was broken already
+            log.info("kafka %s[%d]: old consumer: %s", self._topic, self._partition, exc)
 
     def _confirming(self) -> bool:
         """At the end (stop_at_end), wait (bounded) for the sink to confirm the last ranges,

@@ -4,6 +4,7 @@ in-flight budget that pauses reading until the sink confirms."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -178,4 +179,48 @@ def test_a_fetcher_that_stopped_fetching_is_found_and_resumed(
     got = _drain(part, 1, timeout=15)
     assert [(r.first, r.last) for r in got] == [(10, 19)]  # found, assigned again, read once
     assert part._metrics is not None
+    part.close()
+
+
+class _Wedged:
+    """A consumer whose fetcher is gone: fetches nothing, whatever it is assigned; the broker
+    still answers its watermark queries."""
+
+    def __init__(self, consumer: Any) -> None:
+        self._c = consumer
+
+    def consume(self, *args: Any) -> list:
+        return []
+
+    def resume(self, *args: Any) -> None:
+        pass
+
+    def unassign(self) -> None:
+        pass
+
+    def assign(self, *args: Any) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._c, name)
+
+
+def test_a_consumer_that_stays_stuck_after_reassignment_is_replaced(
+    kafka_bootstrap: str, make_topic, monkeypatch
+) -> None:
+    """A consumer whose fetcher does not recover when its partition is assigned again (seen
+    in the soak after broker restarts: 7 records waited for minutes) is replaced, and the
+    waiting records are read once."""
+    import connectors.kafka_source as ks
+
+    monkeypatch.setattr(ks, "_STUCK_CHECK_S", 0.5)
+    topic = make_topic("wedged", partitions=1)
+    produce(kafka_bootstrap, topic, [b"x"] * 10, partition=0)
+    part = _source(kafka_bootstrap, topic, None).build_part("kafka", "0", None)
+    assert [(r.first, r.last) for r in _drain(part, 1)] == [(0, 9)]
+    wedged = part._consumer = _Wedged(part._consumer)
+    produce(kafka_bootstrap, topic, [b"y"] * 10, partition=0)
+    got = _drain(part, 1, timeout=15)
+    assert [(r.first, r.last) for r in got] == [(10, 19)]
+    assert part._consumer is not wedged
     part.close()
