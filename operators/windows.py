@@ -532,7 +532,9 @@ class WindowLogic(StatefulLogic[Any, tuple[str, Any], dict[str, Any]]):
 
 
 def shard_batches(batch: pa.RecordBatch | pa.Table, shards: int) -> list[tuple[str, Any]]:
-    """(shard key, rows) pairs; a service always lands in the same shard (crc32 of its name)."""
+    """(shard key, rows) pairs; a service always lands in the same shard (crc32 of its name).
+    A shard without rows gets the batch's empty slice: its schema metadata still tells the
+    shard's watermark where the partition is (``operators.watermark``)."""
     if shards == 1:
         return [("0", batch)]
     enc = pc.dictionary_encode(batch.column("ServiceName"))
@@ -542,7 +544,11 @@ def shard_batches(batch: pa.RecordBatch | pa.Table, shards: int) -> list[tuple[s
         [zlib.crc32(v.encode()) % shards for v in enc.dictionary.to_pylist()], dtype=np.int64
     )
     idx = per_value[enc.indices.to_numpy(zero_copy_only=False)]
-    return [(str(s), batch.filter(pa.array(idx == s))) for s in np.unique(idx)]
+    present = set(np.unique(idx).tolist())
+    return [
+        (str(s), batch.filter(pa.array(idx == s)) if s in present else batch.slice(0, 0))
+        for s in range(shards)
+    ]
 
 
 @dataclass(frozen=True)

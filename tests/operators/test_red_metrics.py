@@ -457,3 +457,16 @@ def test_a_stalled_partition_stops_holding_the_windows() -> None:
     time.sleep(0.3)
     out, _ = agg.add(from_partition(spans([(T0 + 59, 1, "svc", "now")]), 0, 0, T0 + 59))
     assert calls(out)[("svc", "old", "STATUS_CODE_UNSET")][-1][1] == 1
+
+
+def test_every_shard_hears_where_each_partition_is() -> None:
+    """With ``shards: 4`` a batch whose services all hash to one shard still reaches the
+    others (no rows, same partition metadata), so a shard whose services went quiet on a
+    partition does not keep waiting for that partition to catch up."""
+    from operators.windows import shard_batches
+
+    batch = from_partition(spans([(T0 + 1, 1, "svc", "op")] * 3), 1, 0, T0 + 2)
+    out = dict(shard_batches(batch, 4))
+    assert sorted(out) == ["0", "1", "2", "3"]
+    assert sum(b.num_rows for b in out.values()) == 3
+    assert all(b.schema.metadata == batch.schema.metadata for b in out.values())
