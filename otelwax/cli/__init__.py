@@ -58,6 +58,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "otelwax.cli.query",
         "see what landed: row counts, services, traces, a trace, an HTML report",
     ),
+    "replay": (
+        "otelwax.cli.replay",
+        "store a time window of a flow's Kafka topic again, exactly once (backfill)",
+    ),
 }
 
 
@@ -100,6 +104,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if a in SUBCOMMANDS), None)
+    if command is not None:
+        argv = _join_dash_values(argv, SUBCOMMANDS[command][0])
     args = build_parser(command).parse_args(argv)
     # Given on the command line, they also apply to the processes a command starts
     # (``otelwax flow`` execs ``python -m bytewax.run``, whose flow reads the variables).
@@ -120,6 +126,18 @@ def main(argv: list[str] | None = None) -> int:
         if not log.isEnabledFor(logging.DEBUG):
             print("  (run with --log-level DEBUG for the traceback)", file=sys.stderr)
         return 1
+
+
+def _join_dash_values(argv: list[str], module: str) -> list[str]:
+    """``--from -2h`` as ``--from=-2h``: argparse takes a value starting with ``-`` for an
+    option. A module lists the flags whose values may (``DASH_VALUES``)."""
+    flags = getattr(importlib.import_module(module), "DASH_VALUES", ())
+    out: list[str] = []
+    it = iter(argv)
+    for a in it:
+        nxt = next(it, None) if a in flags else None
+        out.append(f"{a}={nxt}" if nxt is not None else a)
+    return out
 
 
 def one_line(exc: BaseException) -> str:
