@@ -267,8 +267,9 @@ def start_progress_log(
 
 def stop_on_sigterm() -> None:
     """SIGTERM (Kubernetes, compose, systemd) stops the flow like Ctrl-C: bytewax ends the
-    run, the exit handlers log what was done. Python's default is to die at once. Only the
-    main thread can set it; elsewhere (``-w N`` worker threads) nothing changes."""
+    run, the exit handlers log what was done. Python's default is to die at once. Both stop
+    quietly: the "stopped" line, exit code 0 (:func:`_quiet_stop`). Only the main thread can
+    set it; elsewhere (``-w N`` worker threads) nothing changes."""
     import signal
 
     if threading.current_thread() is not threading.main_thread():
@@ -279,6 +280,7 @@ def stop_on_sigterm() -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
 
 
 _PANIC_START = re.compile(r"^thread '.*' panicked at ")
@@ -323,6 +325,8 @@ def _quiet_stop() -> None:
         with os.fdopen(r, "rb") as src:
             for line in src:
                 text = line.decode(errors="replace")
+                if not text.strip():
+                    continue  # the interrupted run's reports end in blank lines
                 if _PANIC_START.match(text) or (skipping and _PANIC_MORE.match(text)):
                     skipping = True
                     continue
