@@ -29,7 +29,10 @@ class Progress:
         stream: TextIO | None = None,
         every_s: float = 5.0,
         tty: bool | None = None,
+        quiet: bool = False,
     ) -> None:
+        """``quiet``: show nothing (a command with too little work for a bar)."""
+        self.quiet = quiet
         self.label = label
         self.unit = unit
         self._out = stream or sys.stderr
@@ -50,7 +53,7 @@ class Progress:
     def update(self, done: int, total: int) -> None:
         self._done, self._total = done, total
         now = time.monotonic()
-        if now - self._shown_at >= self._every:
+        if not self.quiet and now - self._shown_at >= self._every:
             self._shown_at = now
             self._show()
 
@@ -74,6 +77,8 @@ class Progress:
 
     def close(self) -> None:
         """Show the final state (the bar ends its line)."""
+        if self.quiet:
+            return
         if self._tty:
             self._show()
             if self._drawn:
