@@ -3,8 +3,9 @@
 components. Each subcommand lives in its own module, imported only when used.
 
 A subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``; it may set
-``ENV_VARS`` (name -> what it sets), listed under its ``--help``. Every command takes the
-config file as ``-c/--config FILE`` (default ``$OTELWAX_CONFIG``).
+``ENV_VARS`` (name -> what it sets), listed under its ``--help``, and ``DASH_VALUES``, flags
+whose values may start with ``-`` (``replay --from -2h``). Every command that reads the config
+takes it as ``-c/--config FILE`` (default ``$OTELWAX_CONFIG``).
 
 An error a command does not handle itself ends as one line on stderr and exit code 1; the
 traceback is logged at DEBUG (``--log-level DEBUG``).
@@ -62,6 +63,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "otelwax.cli.replay",
         "store a time window of a flow's Kafka topic again, exactly once (backfill)",
     ),
+    "completion": ("otelwax.cli.completion", "print a bash completion script for otelwax"),
 }
 
 
