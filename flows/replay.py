@@ -36,7 +36,10 @@ from connectors.kafka_ranges import KafkaRange
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReplaySummary", "Segment", "plan_segments", "replay"]
+__all__ = [
+    "ReplaySummary", "Segment", "Target", "metrics_target", "pipeline_target", "plan_segments",
+    "replay",
+]  # fmt: skip
 
 _READ_IDLE_S = 30.0
 """A segment's records stop arriving for this long: the replay fails (broker gone)."""
@@ -231,51 +234,109 @@ def _cut(
         yield emit(offsets[0], offsets[-1], False, topic_id)
 
 
-def replay(
-    settings: Any,
-    signal: Any,
-    from_ms: int,
-    to_ms: int,
-    table: str | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> ReplaySummary:
-    """Store the records of ``signal``'s topic between ``from_ms`` and ``to_ms`` (Kafka
-    timestamps, ms) exactly once into the flow's table, or ``table`` (created like it when
-    missing). ``progress(done, total)`` is called as records are handled (skipped ones count).
-    """
-    from connectors.kafka_source import describe_topic_id
+@dataclass
+class Target:
+    """Where a replay stores: the flow's topic, its intents and its exactly-once sink path."""
+
+    kafka: Any
+    topic: str
+    partitions: list[int] | None
+    cut: Any
+    """``RangeCutConfig`` of the flow: new ranges are cut by records and bytes like its own."""
+    own_table: bool
+    """The flow's own table(s): new ranges only below its frontier."""
+    open: Callable[[], tuple[Any, Any]]
+    """Opens ``(intent log, sink partition)``; the partition's ``close()`` closes the client."""
+    convert: Callable[[KafkaRange], Any]
+    """A range to what the sink partition's ``write_batch`` takes."""
+    rows: Callable[[Any], int]
+
+
+def pipeline_target(settings: Any, signal: Any, table: str | None = None) -> Target:
+    """Target of ``flows.traces``/``flows.logs`` (``flows.pipeline``): ``signal``'s table, or
+    ``table`` (created like it when missing; its own intents)."""
     from flows.pipeline import range_steps
 
-    t0 = time.monotonic()
     conn = settings.clickhouse
     own = getattr(conn, signal.table_field)
-    target = table or own
     if table and table != own:
         conn = conn.model_copy(update={"create_schema": True})
     sink_cfg = settings.sink.model_copy(update={"overlap": False, "serve_queries": False})
     sink = ClickHouseSink(
-        conn, sink_cfg, table=target, schema=signal.schema, sort_key=signal.sort_key
+        conn, sink_cfg, table=table or own, schema=signal.schema, sort_key=signal.sort_key
     )
-    topic = settings.source.topic
+    steps = [fn for _, fn in range_steps(settings, signal)]
+
+    def open_() -> tuple[Any, Any]:
+        intents = sink.intent_log(sink.client())
+        return intents, sink.build("clickhouse", 0, 1)  # holds the client until close()
+
+    def convert(rng: KafkaRange) -> Any:
+        item: Any = rng
+        for fn in steps:
+            item = fn(item)
+        return item
+
+    src = settings.source
+    return Target(
+        settings.kafka, src.topic, src.partitions, src.batch, not table or table == own, open_,
+        convert, lambda r: r.batch.num_rows,
+    )  # fmt: skip
+
+
+def metrics_target(settings: Any) -> Target:
+    """Target of ``flows.metrics`` (its ``otel_metrics_*`` tables and intents; ClickHouse
+    only: Prometheus remote-write is not replayed)."""
+    from flows import metrics
+
+    if settings.clickhouse is None or settings.intents_table is None:
+        raise ValueError("flows.metrics has no ClickHouse output (clickhouse: null)")
+    if settings.source != "ranges":
+        raise ValueError("flows.metrics reads with `source: bytewax`: it records no ranges")
+    sink = metrics.MetricsClickHouseSink(settings.clickhouse, settings.intents_table)
+    decode = metrics._Decode()
+
+    def open_() -> tuple[Any, Any]:
+        part = sink.build("clickhouse", 0, 1)
+        return part.intents, part
+
+    return Target(
+        settings.kafka, settings.topic, None, settings.ranges, True, open_,
+        lambda rng: decode([rng])[0], lambda c: sum(b.num_rows for b in c.tables.values()),
+    )  # fmt: skip
+
+
+def replay(
+    target: Target,
+    from_ms: int,
+    to_ms: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> ReplaySummary:
+    """Store the records of ``target``'s topic between ``from_ms`` and ``to_ms`` (Kafka
+    timestamps, ms) exactly once. ``progress(done, total)`` is called as offsets are handled
+    (skipped ones count)."""
+    from connectors.kafka_source import describe_topic_id
+
+    t0 = time.monotonic()
+    topic = target.topic
     summary = ReplaySummary()
-    reader = _Reader(settings.kafka, topic)
+    reader = _Reader(target.kafka, topic)
     try:
-        timeout = settings.kafka.connect_timeout_s
+        timeout = target.kafka.connect_timeout_s
         md = reader.consumer.list_topics(topic, timeout=timeout)
         meta = md.topics.get(topic)
         if meta is None or meta.error is not None or not meta.partitions:
             raise RuntimeError(f"Kafka topic {topic!r} does not exist")
-        partitions = sorted(settings.source.partitions or meta.partitions)
+        partitions = sorted(target.partitions or meta.partitions)
         windows = reader.windows(partitions, from_ms, to_ms, timeout)
         summary.partitions, summary.windows = len(partitions), windows
-        topic_id = describe_topic_id(settings.kafka, topic)
-        intents = sink.intent_log(sink.client())
-        part = sink.build("clickhouse", 0, 1)  # holds the client; its close() closes it
+        topic_id = describe_topic_id(target.kafka, topic)
+        intents, part = target.open()
         try:
             plans = {}
             for p, (start, end) in windows.items():
                 frontier = None
-                if target == own:  # the flow's own table: beyond its frontier is the flow's
+                if target.own_table:  # beyond the flow's frontier the flow stores itself
                     frontier = intents.pending_from(topic, p)
                     frontier = start if frontier is None else frontier
                 plans[p], left = plan_segments(
@@ -285,7 +346,6 @@ def replay(
                 summary.left_to_flow += left
                 summary.records_in_window += end - start
             total = sum(s.last - s.first + 1 for segs in plans.values() for s in segs)
-            steps = [fn for _, fn in range_steps(settings, signal)]
             done = 0
             report = progress or (lambda done, total: None)
             for p, segs in plans.items():
@@ -294,16 +354,13 @@ def replay(
                     if seg.kind == "stored":
                         summary.ranges_skipped += 1
                     else:
-                        for rng in _cut(reader, topic, p, seg, topic_id, settings.source.batch):
+                        for rng in _cut(reader, topic, p, seg, topic_id, target.cut):
                             summary.records_read += len(rng.values)
-                            item: Any = rng
-                            for fn in steps:
-                                item = fn(item)
-                            batch.append(item)
+                            batch.append(target.convert(rng))
                             if len(batch) >= _BATCH_RANGES:
-                                _store(part, batch, summary)
+                                _store(part, batch, summary, target.rows)
                                 report(done + rng.last - seg.first + 1, total)
-                        _store(part, batch, summary)
+                        _store(part, batch, summary, target.rows)
                     done += seg.last - seg.first + 1
                     report(done, total)
         finally:
@@ -314,13 +371,15 @@ def replay(
     return summary
 
 
-def _store(part: Any, batch: list[Any], summary: ReplaySummary) -> None:
+def _store(
+    part: Any, batch: list[Any], summary: ReplaySummary, rows: Callable[[Any], int]
+) -> None:
     """Store ``batch`` through the sink's exactly-once path and empty it."""
     if not batch:
         return
     part.write_batch(batch)
     for r in batch:
-        summary.rows_stored += r.batch.num_rows
+        summary.rows_stored += rows(r)
         if r.replay:
             summary.ranges_recut += 1
         else:

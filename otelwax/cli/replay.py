@@ -1,5 +1,5 @@
-"""``otelwax replay traces|logs``: store a time window of a flow's Kafka topic again, exactly
-once (a backfill), with a progress bar and a summary.
+"""``otelwax replay traces|logs|metrics``: store a time window of a flow's Kafka topic again,
+exactly once (a backfill), with a progress bar and a summary.
 
     otelwax replay traces -c otelwax.yaml --from -2h                    # the last two hours
     otelwax replay logs -c otelwax.yaml --from 2026-12-06T09:00:00Z --to 2026-12-06T10:00:00Z
@@ -12,7 +12,8 @@ timestamps (when the shim wrote them). The window goes through the flow's exactl
 cut anew, so replaying what is stored stores nothing and a second run is a no-op; a replay
 that was killed is finished by running it again. Into the flow's own table, records the flow
 has not reached yet are left to it (the summary counts them); ``--table`` replays into another
-table (created like the flow's when missing), whose deduplication is its own.
+table (created like the flow's when missing), whose deduplication is its own. Metrics are
+replayed into the ``otel_metrics_*`` tables only (not to Prometheus remote-write).
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ import re
 import sys
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 ENV_VARS = {
     "OTELWAX_KAFKA_BOOTSTRAP": "Kafka bootstrap servers (overrides the file)",
     "OTELWAX_<FLOW>__<key>__<key>": "one flow setting, e.g. OTELWAX_TRACES__source__topic",
 }
 
-SIGNALS = ("traces", "logs")
+SIGNALS = ("traces", "logs", "metrics")
 DASH_VALUES = ("--from", "--to")
 """Relative times start with ``-`` (``--from -2h``)."""
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -79,6 +81,27 @@ def _iso(ms: int) -> str:
     )
 
 
+def _target(args: argparse.Namespace) -> tuple[Any, str, str]:
+    """The replay target of ``args``, where it stores and the topic it reads."""
+    from flows import pipeline, replay
+
+    if args.signal == "metrics":
+        from flows.metrics import load_settings as load_metrics
+
+        m = load_metrics(args.config)
+        db = m.clickhouse.database if m.clickhouse is not None else "?"
+        return replay.metrics_target(m), f"{db}.otel_metrics_*", m.topic
+    if args.signal == "traces":
+        from flows.traces import load_settings
+    else:
+        from flows.logs import load_settings  # type: ignore[assignment]
+    settings = load_settings(args.config)
+    signal = pipeline.TRACES if args.signal == "traces" else pipeline.LOGS
+    table = args.table or getattr(settings.clickhouse, signal.table_field)
+    where = f"{settings.clickhouse.database}.{table}"
+    return replay.pipeline_target(settings, signal, args.table), where, settings.source.topic
+
+
 def run(args: argparse.Namespace) -> int:
     now_ms = int(time.time() * 1000)
     try:
@@ -88,28 +111,22 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--from ({_iso(from_ms)}) must be before --to ({_iso(to_ms)})")
         if args.table is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.table):
             raise ValueError(f"--table {args.table!r}: letters, digits and _ only")
+        if args.table is not None and args.signal == "metrics":
+            raise ValueError("--table: the metrics flow writes several tables; replay into them")
     except ValueError as exc:
         print(f"otelwax replay: error: {exc}", file=sys.stderr)
         return 2
 
-    from flows import pipeline, replay
+    from flows import replay
     from otelwax.cli.progress import Progress
 
-    if args.signal == "traces":
-        from flows.traces import load_settings
-    else:
-        from flows.logs import load_settings  # type: ignore[assignment]
-    settings = load_settings(args.config)
-    signal = pipeline.TRACES if args.signal == "traces" else pipeline.LOGS
-    table = args.table or getattr(settings.clickhouse, signal.table_field)
-    where = f"{settings.clickhouse.database}.{table}"
+    target, where, topic = _target(args)
     print(
-        f"replay {args.signal}: {settings.source.topic} from {_iso(from_ms)} to {_iso(to_ms)} "
-        f"into {where}",
+        f"replay {args.signal}: {topic} from {_iso(from_ms)} to {_iso(to_ms)} into {where}",
         file=sys.stderr,
     )
     with Progress(f"replay {args.signal}", "records", every_s=args.progress_every) as bar:
-        s = replay.replay(settings, signal, from_ms, to_ms, args.table, bar.update)
+        s = replay.replay(target, from_ms, to_ms, bar.update)
     windows = ", ".join(f"{p}:{a}..{b}" for p, (a, b) in sorted(s.windows.items()) if b > a)
     print(
         f"replay {args.signal}: {s.records_in_window} records in the window "

@@ -10,10 +10,12 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from flows.replay import Segment, plan_segments
 from tests import otlpgen
 from tests.flows.conftest import ROOT, chdb_rows, produce
+from tests.promfixtures import gauge, metrics_request
 
 COUNT = "SELECT count(), uniqExact(TraceId, SpanId) FROM otel.{t}"
 
@@ -110,6 +112,36 @@ def test_replay_killed_mid_way_finishes_on_the_next_run(flow_run) -> None:
     assert chdb_rows(path, COUNT.format(t="backfill")) == [(400, 400)], (killed_at, res.stdout)
 
 
+def test_metrics_replay_leaves_unstored_records_to_the_flow_and_skips_stored_ones(
+    kafka_bootstrap: str, make_topic, tmp_path
+) -> None:
+    topic = make_topic("mreplay", partitions=2)
+    t = time.time_ns()
+    reqs = [
+        metrics_request({"service.name": "svc"}, [gauge("g", [(t + i, float(i), {"i": str(i)})])])
+        for i in range(10)
+    ]
+    produce(kafka_bootstrap, topic, reqs)
+    chdb = tmp_path / "chdb"
+    cfg = tmp_path / "metrics.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "kafka": {"bootstrap_servers": kafka_bootstrap}, "topic": topic, "tail": False,
+        "remote_write": None, "clickhouse": {"path": str(chdb), "create_schema": True},
+    }))  # fmt: skip
+    # Before the flow ran: its table is the flow's to fill, the replay stores nothing.
+    res = replay("metrics", "-c", str(cfg), "--from", "-10m")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "10 records left to the running flow" in res.stdout, res.stdout
+    env = dict(os.environ, OTELWAX_CONFIG=str(cfg), PYTHONPATH=str(ROOT))
+    subprocess.run([sys.executable, "-m", "bytewax.run", "flows.metrics"], cwd=ROOT, env=env,
+                   check=True, timeout=120, capture_output=True)  # fmt: skip
+    res = replay("metrics", "-c", str(cfg), "--from", "-10m")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "0 new range(s) and 0 unfinished one(s) stored" in res.stdout, res.stdout
+    assert "0 records left" in res.stdout, res.stdout
+    assert chdb_rows(chdb, "SELECT count() FROM otel.otel_metrics_gauge") == [(10,)]
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
@@ -117,11 +149,13 @@ def test_replay_killed_mid_way_finishes_on_the_next_run(flow_run) -> None:
         (["--from", "2026-12-06T09:00:00"], "has no time zone"),
         (["--from", "-1h", "--to", "-2h"], "must be before --to"),
         (["--from", "-1h", "--table", "a;b"], "--table 'a;b'"),
+        (["--from", "-1h", "--table", "m", "metrics"], "the metrics flow writes several"),
     ],
 )
 def test_bad_times_are_one_line_and_exit_2(args: list[str], says: str) -> None:
     t0 = time.monotonic()
-    res = replay("traces", *args)
+    signal_ = args.pop() if args[-1] == "metrics" else "traces"
+    res = replay(signal_, *args)
     assert res.returncode == 2, res.stderr
     assert res.stderr.count("\n") == 1 and says in res.stderr, res.stderr
     assert res.stderr.startswith("otelwax replay: error: ")
