@@ -15,7 +15,8 @@ construction (:func:`plan_segments`):
 - only the **gaps** between recorded ranges are cut anew (intents recorded before the insert,
   like the flow). Into the flow's own table they are cut only below the flow's frontier (where
   its unfinished ranges begin, ``IntentLog.pending_from``): the flow never reads below it
-  again, while past it the flow stores the records itself, so those are left to it. Into
+  again, while past it the flow stores the records itself (its unfinished ranges included),
+  so those are left to it. Into
   another table (``--table``) the window is that table's alone.
 
 A second replay of a window therefore finds every range stored and inserts nothing, and a
@@ -68,11 +69,11 @@ def plan_segments(
     """What to do with the window ``[start, end)`` of a partition.
 
     ``recorded`` are the intents ``(first, last, topic_id)`` with ``last >= start`` (sorted),
-    ``stored`` the ranges marked stored, ``frontier`` the offset from which new ranges are left
-    to the flow (None: no limit). Recorded ranges are kept whole (they may reach outside the
-    window); overlapping leftovers of an inconsistent history keep the earlier one, as the
-    flow's source does. Returns the segments in offset order and the number of offsets left
-    to the flow.
+    ``stored`` the ranges marked stored, ``frontier`` the offset from which new ranges and
+    unfinished recorded ones are left to the flow (None: no limit). Recorded ranges are kept
+    whole (they may reach outside the window); overlapping leftovers of an inconsistent history
+    keep the earlier one, as the flow's source does. Returns the segments in offset order and
+    the number of offsets left to the flow.
     """
     limit = end if frontier is None else max(start, min(end, frontier))
     segs: list[Segment] = []
@@ -89,9 +90,11 @@ def plan_segments(
         if segs and first <= segs[-1].last:
             continue
         gap(first)
-        kind: Literal["stored", "recorded"] = "stored" if (first, last) in stored else "recorded"
-        segs.append(Segment(first, last, kind, topic_id))
         pos = max(pos, last + 1)
+        kind: Literal["stored", "recorded"] = "stored" if (first, last) in stored else "recorded"
+        if kind == "recorded" and frontier is not None and first >= limit:
+            continue  # the flow's unfinished range: it stores it (two writers could race)
+        segs.append(Segment(first, last, kind, topic_id))
     gap(end)
     # Offsets past the limit that no recorded range covers: the flow's to store.
     left = end - limit

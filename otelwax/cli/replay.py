@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         f"({s.partitions} partitions{': ' + windows if windows else ''}); "
         f"{s.ranges_new} new range(s) and {s.ranges_recut} unfinished one(s) stored "
         f"({s.records_read} records, {s.rows_stored} rows), {s.ranges_skipped} range(s) "
-        f"already stored skipped; {s.left_to_flow} records left to the running flow; "
+        f"already stored skipped; {s.left_to_flow} records left to the flow; "
         f"{s.seconds:.1f} s"
     )
     if s.left_to_flow:

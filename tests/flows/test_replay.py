@@ -44,6 +44,9 @@ def test_plan_skips_stored_recuts_unfinished_and_cuts_only_gaps() -> None:
     # The flow's own table: nothing new at or past its frontier (the flow stores it).
     segs, left = plan_segments(5, 60, recorded, {(10, 19), (40, 49)}, frontier=50)
     assert segs[-1] == Segment(40, 49, "stored", "id") and left == 10
+    # The flow's unfinished ranges at its frontier are its own to store.
+    segs, left = plan_segments(5, 60, recorded, {(10, 19)}, frontier=20)
+    assert segs == [Segment(5, 9, "new"), Segment(10, 19, "stored", "id")] and left == 40
     # A recorded range reaching into the window is kept whole (its token).
     segs, _ = plan_segments(15, 25, recorded, set(), frontier=None)
     assert segs == [Segment(10, 19, "recorded", "id"), Segment(20, 29, "recorded", "id")]
@@ -76,7 +79,7 @@ def test_replay_is_exactly_once_after_the_flow_into_another_table_and_twice(flow
     # Records the flow has not reached yet are left to it, not stored behind its back.
     produce(run.bootstrap, run.topic, otlpgen.trace_payloads(2, seed=9, n_resources=1))
     res = replay("traces", "-c", cfg, "--from", "-10m")
-    assert "2 records left to the running flow" in res.stdout, res.stdout
+    assert "2 records left to the flow" in res.stdout, res.stdout
     run.run_to_end()
     assert chdb_rows(path, "SELECT count() = uniqExact(TraceId, SpanId) FROM otel.otel_traces") \
         == [(1,)]
@@ -131,7 +134,7 @@ def test_metrics_replay_leaves_unstored_records_to_the_flow_and_skips_stored_one
     # Before the flow ran: its table is the flow's to fill, the replay stores nothing.
     res = replay("metrics", "-c", str(cfg), "--from", "-10m")
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "10 records left to the running flow" in res.stdout, res.stdout
+    assert "10 records left to the flow" in res.stdout, res.stdout
     env = dict(os.environ, OTELWAX_CONFIG=str(cfg), PYTHONPATH=str(ROOT))
     subprocess.run([sys.executable, "-m", "bytewax.run", "flows.metrics"], cwd=ROOT, env=env,
                    check=True, timeout=120, capture_output=True)  # fmt: skip
