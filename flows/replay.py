@@ -16,8 +16,7 @@ construction (:func:`plan_segments`):
   like the flow). Into the flow's own table they are cut only below the flow's frontier (where
   its unfinished ranges begin, ``IntentLog.pending_from``): the flow never reads below it
   again, while past it the flow stores the records itself (its unfinished ranges included),
-  so those are left to it. Into
-  another table (``--table``) the window is that table's alone.
+  so those are left to it. Into another table (``--table``) the window is that table's alone.
 
 A second replay of a window therefore finds every range stored and inserts nothing, and a
 replay killed at any point is finished by running it again. Replay stores into ClickHouse only
