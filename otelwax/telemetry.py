@@ -331,21 +331,28 @@ def _quiet_stop() -> None:
                     skipping = True
                     continue
                 skipping = False
-                os.write(saved, line)
+                try:
+                    os.write(saved, line)
+                except OSError:
+                    pass  # stderr's reader went away: keep draining, or writers would block
 
     forwarder = threading.Thread(target=forward, name="stderr-filter", daemon=True)
     forwarder.start()
     previous = sys.excepthook
 
-    def hook(typ: type[BaseException], exc: BaseException, tb: Any) -> None:
-        if not _interrupted(exc):
-            previous(typ, exc, tb)
-            return
-        atexit._run_exitfuncs()
+    def unfilter() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os.dup2(saved, 2)  # the pipe's last writer closes: the forwarder drains and ends
         forwarder.join(5)
+
+    def hook(typ: type[BaseException], exc: BaseException, tb: Any) -> None:
+        if not _interrupted(exc):  # another error while stopping: shown as usual
+            previous(typ, exc, tb)
+            unfilter()
+            return
+        atexit._run_exitfuncs()
+        unfilter()
         os._exit(0)
 
     sys.excepthook = hook
