@@ -117,9 +117,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"otelwax replay: error: {exc}", file=sys.stderr)
         return 2
 
+    import logging
+    import os
+
     from flows import replay
     from otelwax.cli.progress import Progress
+    from otelwax.logs import ENV_LOG_LEVEL
 
+    if not os.environ.get(ENV_LOG_LEVEL):  # the bar and the summary say it; warnings still show
+        for name in ("connectors", "flows", "otelwax.codec"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     target, where, topic = _target(args)
     print(
         f"replay {args.signal}: {topic} from {_iso(from_ms)} to {_iso(to_ms)} into {where}",
@@ -127,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     )
     with Progress(f"replay {args.signal}", "records", every_s=args.progress_every) as bar:
         s = replay.replay(target, from_ms, to_ms, bar.update)
-    windows = ", ".join(f"{p}:{a}..{b}" for p, (a, b) in sorted(s.windows.items()) if b > a)
+    windows = ", ".join(f"{p}:{a}..{b - 1}" for p, (a, b) in sorted(s.windows.items()) if b > a)
     print(
         f"replay {args.signal}: {s.records_in_window} records in the window "
         f"({s.partitions} partitions{': ' + windows if windows else ''}); "
