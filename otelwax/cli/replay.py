@@ -132,8 +132,17 @@ def run(args: argparse.Namespace) -> int:
         f"replay {args.signal}: {topic} from {_iso(from_ms)} to {_iso(to_ms)} into {where}",
         file=sys.stderr,
     )
-    with Progress(f"replay {args.signal}", "records", every_s=args.progress_every) as bar:
-        s = replay.replay(target, from_ms, to_ms, bar.update)
+    try:
+        with Progress(f"replay {args.signal}", "records", every_s=args.progress_every) as bar:
+            s = replay.replay(target, from_ms, to_ms, bar.update)
+    except RuntimeError as exc:
+        if "one process per folder" not in str(exc):
+            raise
+        raise RuntimeError(
+            f"the embedded chdb folder of {where} is in use, most likely by the running "
+            f"flows.{args.signal}: stop it for the replay (chdb opens a folder in one process "
+            "at a time), or store into a ClickHouse server"
+        ) from exc
     windows = ", ".join(f"{p}:{a}..{b - 1}" for p, (a, b) in sorted(s.windows.items()) if b > a)
     print(
         f"replay {args.signal}: {s.records_in_window} records in the window "

@@ -115,6 +115,18 @@ def test_replay_killed_mid_way_finishes_on_the_next_run(flow_run) -> None:
     assert chdb_rows(path, COUNT.format(t="backfill")) == [(400, 400)], (killed_at, res.stdout)
 
 
+def test_replay_on_a_chdb_folder_a_running_flow_holds_says_to_stop_the_flow(flow_run) -> None:
+    run = flow_run(partitions=1)
+    p = run.start()
+    deadline = time.monotonic() + 60
+    while "start at" not in run.log_text():
+        assert p.poll() is None and time.monotonic() < deadline, run.log_text()
+        time.sleep(0.3)
+    res = replay("traces", "-c", str(run.config_path), "--from", "-1h")
+    assert res.returncode == 1, res.stderr
+    assert "is in use, most likely by the running flows.traces: stop it" in res.stderr
+
+
 def test_metrics_replay_leaves_unstored_records_to_the_flow_and_skips_stored_ones(
     kafka_bootstrap: str, make_topic, tmp_path
 ) -> None:
