@@ -60,6 +60,7 @@ __all__ = [
     "Signal",
     "build_dataflow",
     "clickhouse_sink",
+    "range_steps",
     "resolve_operators",
 ]
 
@@ -368,6 +369,29 @@ def clickhouse_sink(
     )
 
 
+def range_steps(
+    settings: FlowSettings,
+    signal: Signal,
+    batch_operators: Sequence[BatchOperator | tuple[str, BatchOperator]] | None = None,
+) -> list[tuple[str, Callable[[Any], Any]]]:
+    """The 1:1 steps from a :class:`KafkaRange` to the :class:`StoredRange` the sink takes,
+    as ``(step_id, fn)``: decode, dead letters, then each operator (configured ones first).
+    The flow maps them one by one; ``otelwax replay`` (``flows.replay``) composes them."""
+    outbox = _DeadLetterOutbox(settings)
+    steps: list[tuple[str, Callable[[Any], Any]]] = [
+        ("decode", _Decode(signal)),
+        ("dead_letters", _DeadLetters(outbox)),
+    ]
+    ops = resolve_operators(settings.operators, signal)
+    for item in batch_operators or []:
+        ops.append(item if isinstance(item, tuple) else (getattr(item, "__name__", "op"), item))
+    policy = settings.operators_on_error
+    for i, (name, fn) in enumerate(ops):
+        step = re.sub(r"[^A-Za-z0-9_]", "_", f"op_{i}_{name}")
+        steps.append((step, _ApplyOperator(name, step, fn, policy, outbox)))
+    return steps
+
+
 # --- the dataflow -----------------------------------------------------------------------------
 
 
@@ -404,16 +428,9 @@ def build_dataflow(
         src = src.model_copy(update={"group_id": settings.sink.flow})
     source = PartitionedKafkaSource(settings.kafka, src, intents, on_start, acks)
     ranges = op.input("kafka", flow, source)
-    outbox = _DeadLetterOutbox(settings)
-    decoded = op.map("decode", ranges, _Decode(signal))
-    stored = op.map("dead_letters", decoded, _DeadLetters(outbox))
-    ops = resolve_operators(settings.operators, signal)
-    for item in batch_operators or []:
-        ops.append(item if isinstance(item, tuple) else (getattr(item, "__name__", "op"), item))
-    policy = settings.operators_on_error
-    for i, (name, fn) in enumerate(ops):
-        step = re.sub(r"[^A-Za-z0-9_]", "_", f"op_{i}_{name}")
-        stored = op.map(step, stored, _ApplyOperator(name, step, fn, policy, outbox))
+    stored: Any = ranges
+    for step, fn in range_steps(settings, signal, batch_operators):
+        stored = op.map(step, stored, fn)
     for step_id, extra in outputs:
         op.output(step_id, stored, extra)
     op.output("clickhouse", stored, sink)

@@ -18,6 +18,7 @@ Components that work in batches also observe each batch's size in
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -266,14 +267,92 @@ def start_progress_log(
 
 def stop_on_sigterm() -> None:
     """SIGTERM (Kubernetes, compose, systemd) stops the flow like Ctrl-C: bytewax ends the
-    run, the exit handlers log what was done. Python's default is to die at once. Only the
-    main thread can set it; elsewhere (``-w N`` worker threads) nothing changes."""
+    run, the exit handlers log what was done. Python's default is to die at once. Both stop
+    quietly: the "stopped" line, exit code 0 (:func:`_quiet_stop`). Only the main thread can
+    set it; elsewhere (``-w N`` worker threads) nothing changes."""
     import signal
 
     if threading.current_thread() is not threading.main_thread():
         return
 
     def interrupt(signum: int, frame: Any) -> None:
+        _quiet_stop()
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+
+
+_PANIC_START = re.compile(r"^thread '.*' panicked at ")
+_PANIC_MORE = re.compile(r"^(Box<dyn Any>|stack backtrace:|note: |\s+\d+: |\s+at )")
+_stopping = False
+
+
+def _interrupted(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is (or was raised from) the interrupt of :func:`stop_on_sigterm`."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, KeyboardInterrupt) or "signal received" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _quiet_stop() -> None:
+    """Make the SIGTERM stop one line and exit code 0 (once per process).
+
+    bytewax stops on the interrupt by panicking in Rust (the panic report goes to fd 2) and
+    re-raising it as "signal received" at the top (a traceback, exit code 1). From the signal
+    on, fd 2 passes through a thread that drops the panic report's lines, and an uncaught
+    interrupt runs the exit handlers (the "stopped" line, chdb closed by then) and exits 0.
+    """
+    global _stopping
+    import atexit
+    import os
+    import sys
+
+    if _stopping:
+        return
+    _stopping = True
+    sys.stderr.flush()
+    saved = os.dup(2)
+    r, w = os.pipe()
+    os.dup2(w, 2)
+    os.close(w)
+
+    def forward() -> None:
+        skipping = False
+        with os.fdopen(r, "rb") as src:
+            for line in src:
+                text = line.decode(errors="replace")
+                if not text.strip():
+                    continue  # the interrupted run's reports end in blank lines
+                if _PANIC_START.match(text) or (skipping and _PANIC_MORE.match(text)):
+                    skipping = True
+                    continue
+                skipping = False
+                try:
+                    os.write(saved, line)
+                except OSError:
+                    pass  # stderr's reader went away: keep draining, or writers would block
+
+    forwarder = threading.Thread(target=forward, name="stderr-filter", daemon=True)
+    forwarder.start()
+    previous = sys.excepthook
+
+    def unfilter() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe's last writer closes: the forwarder drains and ends
+        forwarder.join(5)
+
+    def hook(typ: type[BaseException], exc: BaseException, tb: Any) -> None:
+        if not _interrupted(exc):  # another error while stopping: shown as usual
+            previous(typ, exc, tb)
+            unfilter()
+            return
+        atexit._run_exitfuncs()
+        unfilter()
+        os._exit(0)
+
+    sys.excepthook = hook

@@ -12,6 +12,9 @@ DURATION=${DEMO_DURATION:-10s}
 RATE=${DEMO_RATE:-200}
 export OTELWAX_KAFKA_BOOTSTRAP=127.0.0.1:9092
 export OTELWAX_CONFIG="$RUN/otelwax.yaml"
+# Each flow gets its own metrics port below (the report reads each one's lag there); a port
+# from the environment would override them all, so only one flow could serve.
+unset OTELWAX_METRICS_PORT
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 # Job control: background jobs of a script otherwise start with SIGINT ignored, and bytewax

@@ -3,8 +3,9 @@
 components. Each subcommand lives in its own module, imported only when used.
 
 A subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``; it may set
-``ENV_VARS`` (name -> what it sets), listed under its ``--help``. Every command takes the
-config file as ``-c/--config FILE`` (default ``$OTELWAX_CONFIG``).
+``ENV_VARS`` (name -> what it sets), listed under its ``--help``, and ``DASH_VALUES``, flags
+whose values may start with ``-`` (``replay --from -2h``). Every command that reads the config
+takes it as ``-c/--config FILE`` (default ``$OTELWAX_CONFIG``).
 
 An error a command does not handle itself ends as one line on stderr and exit code 1; the
 traceback is logged at DEBUG (``--log-level DEBUG``).
@@ -58,6 +59,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "otelwax.cli.query",
         "see what landed: row counts, services, traces, a trace, an HTML report",
     ),
+    "replay": (
+        "otelwax.cli.replay",
+        "store a time window of a flow's Kafka topic again, exactly once (backfill)",
+    ),
+    "completion": ("otelwax.cli.completion", "print a bash completion script for otelwax"),
 }
 
 
@@ -100,6 +106,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if a in SUBCOMMANDS), None)
+    if command is not None:
+        argv = _join_dash_values(argv, SUBCOMMANDS[command][0])
     args = build_parser(command).parse_args(argv)
     # Given on the command line, they also apply to the processes a command starts
     # (``otelwax flow`` execs ``python -m bytewax.run``, whose flow reads the variables).
@@ -120,6 +128,18 @@ def main(argv: list[str] | None = None) -> int:
         if not log.isEnabledFor(logging.DEBUG):
             print("  (run with --log-level DEBUG for the traceback)", file=sys.stderr)
         return 1
+
+
+def _join_dash_values(argv: list[str], module: str) -> list[str]:
+    """``--from -2h`` as ``--from=-2h``: argparse takes a value starting with ``-`` for an
+    option. A module lists the flags whose values may (``DASH_VALUES``)."""
+    flags = getattr(importlib.import_module(module), "DASH_VALUES", ())
+    out: list[str] = []
+    it = iter(argv)
+    for a in it:
+        nxt = next(it, None) if a in flags else None
+        out.append(f"{a}={nxt}" if nxt is not None else a)
+    return out
 
 
 def one_line(exc: BaseException) -> str:

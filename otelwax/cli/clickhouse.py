@@ -244,7 +244,14 @@ def _migrate(flow: str, cfg: Any, apply: bool) -> bool:
             if c.sql:
                 print(f"  {'running' if apply else 'would run'}: {c.sql}")
         if apply:
-            n = apply_changes(client, changes)
+            from otelwax.cli.progress import Progress
+
+            todo = [c for c in changes if c.sql]
+            n = 0
+            with Progress(f"{flow}: migrate", "statements") as bar:
+                for c in todo:  # an ALTER on a big table can take a while
+                    n += apply_changes(client, [c])
+                    bar.update(n, len(todo))
             print(f"{flow} ({_where(cfg)}): {n} statements run")
         return all(c.sql is None for c in changes) or apply
     finally:
@@ -258,7 +265,13 @@ def run(args: argparse.Namespace) -> int:
         return 1
     explicit = bool(args.flow)
     if args.action == "init":
-        ok = [_init(flow, cfg, args.dry_run, explicit) for flow, cfg in stores]
+        from otelwax.cli.progress import Progress
+
+        ok = []
+        with Progress("clickhouse init", "flows", quiet=args.dry_run or len(stores) < 2) as bar:
+            for flow, cfg in stores:
+                ok.append(_init(flow, cfg, args.dry_run, explicit))
+                bar.update(len(ok), len(stores))
         return 0 if all(ok) else 1
     if args.action == "migrate":
         ok = [_migrate(flow, cfg, args.apply) for flow, cfg in stores]

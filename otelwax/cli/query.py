@@ -124,7 +124,8 @@ def _source(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def lag_rows(specs: list[str]) -> list[dict[str, Any]]:
-    """Consumer lag per topic from each ``[NAME=]URL`` flow metrics endpoint."""
+    """Consumer lag per topic from each ``[NAME=]URL`` flow metrics endpoint; a flow that
+    cannot be reached or publishes no lag gets a row saying so."""
     rows: list[dict[str, Any]] = []
     pat = re.compile(r'^otelwax_kafka_consumer_lag\{([^}]*)\}\s+([0-9.eE+-]+)$')
     for spec in specs:
@@ -143,6 +144,9 @@ def lag_rows(specs: list[str]) -> list[dict[str, Any]]:
                 topic = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1))).get("topic", "")
                 per_topic[topic] = per_topic.get(topic, 0.0) + float(m.group(2))
         rows += [{"flow": name, "topic": t, "lag": int(v)} for t, v in sorted(per_topic.items())]
+        if not per_topic:  # answered, but no partition reading yet: say so, not nothing
+            why = "no consumer lag published (its Kafka partitions have not started yet)"
+            rows.append({"flow": name, "topic": why, "lag": ""})
     return rows
 
 

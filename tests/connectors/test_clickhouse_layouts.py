@@ -159,6 +159,7 @@ def test_migrate_cli_on_the_legacy_server_adds_the_column(clickhouse_server, cap
         out = capsys.readouterr().out
         assert "column EventName (String) is missing" in out and "would run" in out
         assert main([*flags, "--apply"]) == 0
+        assert "logs: migrate: 100% 1/1 statements" in capsys.readouterr().err  # no TTY: a line
         assert main(flags) == 0
         assert "is up to date" in capsys.readouterr().out
         assert "EventName" in client.table_columns(f"{db}.otel_logs")
