@@ -191,7 +191,7 @@ def test_settings_report_every_problem_with_its_key_path() -> None:
     msg = str(err.value)
     assert "spanmetrics.window_s" in msg
     assert "spanmetrics.lateness: unknown key" in msg
-    assert 'topik: unknown key (did you mean "topic"?)' in msg
+    assert 'topik: unknown key (did you mean "topic"? it moved to source.topic)' in msg
 
 
 def test_serves_metrics_on_its_metrics_port(
