@@ -716,8 +716,9 @@ def test_restart_with_recovery_resends_nothing_prometheus_already_has(
 def test_idle_delta_series_are_evicted_after_their_ttl(
     kafka_bootstrap: str, make_topic, own_prometheus, tmp_path: Path
 ) -> None:
-    """A delta series not updated for ``delta_to_cumulative.ttl_s`` is forgotten (counted): its next point
-    starts a new cumulative series (a counter reset) instead of adding to a total kept forever."""
+    """A delta series not updated for ``delta_to_cumulative.ttl_s`` is forgotten (counted): its
+    next point starts a new cumulative series (a counter reset) instead of adding to a total
+    kept forever."""
     prometheus_url = own_prometheus.url  # private: its head accepts samples near now
     from bytewax.recovery import RecoveryConfig, init_db_dir
 
