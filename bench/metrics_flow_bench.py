@@ -48,6 +48,18 @@ def child(topic: str, kafka: str, n_points: int, profile: str | None) -> None:
         common.pop("progress_s")
         settings = load_settings(None, env={}, topic=topic, tail=False, **common)
     flow = build_from_settings(settings)
+    import otelwax.codec
+
+    decode, spent = otelwax.codec.decode_metrics, {"decode": 0.0}
+
+    def timed_decode(values: list[bytes]) -> object:
+        t = time.perf_counter()
+        try:
+            return decode(values)
+        finally:
+            spent["decode"] += time.perf_counter() - t
+
+    otelwax.codec.decode_metrics = timed_decode  # both trees import it when decoding
     t0 = time.perf_counter()
     if profile:
         import cProfile
@@ -65,7 +77,14 @@ def child(topic: str, kafka: str, n_points: int, profile: str | None) -> None:
         for t in ("otel_metrics_gauge", "otel_metrics_sum", "otel_metrics_histogram")
     )
     s.close()
-    print(json.dumps({"seconds": secs, "rows": rows, "points": n_points}))
+    from prometheus_client import REGISTRY
+
+    for m in REGISTRY.collect():  # seconds spent per (component, operation), all threads
+        for smp in m.samples:
+            if smp.name == "otelwax_latency_seconds_sum" and smp.value:
+                spent[f"{smp.labels['component']}.{smp.labels['operation']}"] = smp.value
+    where = {k: round(v, 2) for k, v in spent.items()}
+    print(json.dumps({"seconds": secs, "rows": rows, "points": n_points, "where": where}))
 
 
 def main() -> int:
@@ -111,7 +130,7 @@ def main() -> int:
                 rate = r["points"] / r["seconds"]
                 results[name].append(rate)
                 print(f"run {run + 1} {name:<8} {r['seconds']:7.2f} s  {rate:>10,.0f} dp/s  "
-                      f"rows {r['rows']}", flush=True)  # fmt: skip
+                      f"rows {r['rows']}  s in {r.get('where')}", flush=True)  # fmt: skip
     finally:
         delete_topics(args.kafka, [topic])
     for name, rates in results.items():
