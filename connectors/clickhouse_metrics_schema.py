@@ -14,13 +14,18 @@ back-quoted; there are no values in DDL.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from otelwax.metric_schemas import METRIC_SCHEMAS
 
-__all__ = ["metrics_ddl", "quote_ident"]
+if TYPE_CHECKING:
+    from connectors.clickhouse_config import ClickHouseConfig
+
+__all__ = ["MIN_SERVER_MAJOR", "metrics_ddl", "prepare_metrics_tables", "quote_ident"]
+
+MIN_SERVER_MAJOR = 20
 
 IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
@@ -112,3 +117,22 @@ def metrics_ddl(
             f"{window or 'non_replicated_deduplication_window'} = {int(dedup_window)}"
         )
     return stmts
+
+
+def prepare_metrics_tables(client: Any, cfg: ClickHouseConfig) -> None:
+    """Refuse a server older than ClickHouse 20 (the tables need Map and DateTime64), then,
+    with ``cfg.create_schema``, create the database and the metrics tables (I/O)."""
+    from connectors.clickhouse import ClickHouseError
+
+    if getattr(client, "legacy", False):
+        version = getattr(client, "version", "") or "< 20"
+        raise ClickHouseError(
+            f"ClickHouse server {version} at {cfg.host}:{cfg.port} is too old for the metrics "
+            f"tables (otel_metrics_* need Map and DateTime64: ClickHouse {MIN_SERVER_MAJOR}.x "
+            "or newer); point flows.metrics.clickhouse at a newer server, use embedded chdb "
+            "(mode: embedded), or set clickhouse: null to write to Prometheus only",
+            transient=False,
+        )
+    if cfg.create_schema:
+        for stmt in metrics_ddl(cfg.database, ttl_days=cfg.tables.ttl_days, opts=cfg.tables):
+            client.execute(stmt)

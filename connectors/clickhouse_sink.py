@@ -68,6 +68,7 @@ __all__ = [
     "ClickHouseSinkConfig",
     "IntentLog",
     "StoredRange",
+    "StoredRows",
 ]
 
 T = TypeVar("T")
@@ -174,10 +175,28 @@ class StoredRange:
     replay: bool = False
     first_timestamp_ms: int = 0
     topic_id: str = ""
+    tables: dict[str, pa.RecordBatch] | None = None
+    """Rows per table for a sink with ``routes`` (the metrics tables); ``batch`` is unused."""
 
     @property
     def token(self) -> str:
         return range_token(self.topic, self.partition, self.first, self.last, self.topic_id)
+
+    @property
+    def num_rows(self) -> int:
+        if self.tables is None:
+            return self.batch.num_rows
+        return sum(b.num_rows for b in self.tables.values())
+
+
+@dataclass(slots=True)
+class StoredRows:
+    """Rows not tied to one Kafka range (a closed event-time window), each table inserted
+    under ``token/table``: the token identifies exactly these rows, so an identical replay is
+    skipped by ClickHouse. No intents: what to replay is the flow's snapshot's business."""
+
+    token: str
+    tables: dict[str, pa.RecordBatch]
 
 
 def _key(r: StoredRange) -> tuple[str, int, int, int]:
@@ -252,12 +271,13 @@ class _ClientHolder:
                 cls._clients.pop(key).close()
 
 
-class _SinkPartition(StatelessSinkPartition[StoredRange]):
+class _SinkPartition(StatelessSinkPartition[StoredRange | StoredRows]):
     def __init__(self, sink: ClickHouseSink, worker_index: int) -> None:
         from connectors.clickhouse_schema import quote_ident
 
         conn = sink.connection
         self._cfg = sink.config
+        self._db = conn.database
         self._name = sink.table_name
         self._table = f"{conn.database}.{self._name}"
         self._qt = f"{quote_ident(conn.database)}.{quote_ident(self._name)}"
@@ -286,7 +306,7 @@ class _SinkPartition(StatelessSinkPartition[StoredRange]):
         log.info(
             "clickhouse sink (worker %d): %s, dedup by %s%s",
             worker_index,
-            self._table,
+            ", ".join(sink.routes) if sink.routes else self._table,
             mode,
             ", inserts overlapped with decode" if self._writer else "",
         )
@@ -304,7 +324,22 @@ class _SinkPartition(StatelessSinkPartition[StoredRange]):
         keys = pc.binary_join_element_wise(batch.column("TraceId"), batch.column("SpanId"), ":")
         return batch.filter(pc.invert(pc.is_in(keys, value_set=have)))
 
+    def _insert_tables(self, token: str, tables: dict[str, pa.RecordBatch]) -> None:
+        """Each non-empty table under ``token/table`` (routed rows: one insert per table)."""
+        for name, batch in tables.items():
+            if batch.num_rows:
+                table, tok = f"{self._db}.{name}", f"{token}/{name}"
+                with self._latency.time():
+                    self._blocking.call(
+                        lambda t=table, b=batch, k=tok: self._client.insert_arrow(
+                            t, b, dedup_token=k
+                        )
+                    )
+
     def _insert(self, r: StoredRange) -> None:
+        if r.tables is not None:
+            self._insert_tables(r.token, r.tables)
+            return
         batch = r.batch
         if batch.num_rows == 0:
             return
@@ -331,22 +366,31 @@ class _SinkPartition(StatelessSinkPartition[StoredRange]):
         with self._latency.time():
             self._blocking.call(attempt, failed)
 
-    def write_batch(self, items: list[StoredRange]) -> None:
+    def write_batch(self, items: list[StoredRange | StoredRows]) -> None:
         if self._sort_keys:
             for r in items:
-                if r.batch.num_rows > 1:
+                if isinstance(r, StoredRange) and r.tables is None and r.batch.num_rows > 1:
                     r.batch = r.batch.take(pc.sort_indices(r.batch, sort_keys=self._sort_keys))
         if self._writer is not None:
             self._writer.submit(items)
         else:
             self._write(items)
 
-    def _write(self, items: list[StoredRange]) -> None:
+    def _write(self, all_items: list[StoredRange | StoredRows]) -> None:
         # Items arrive in the order the sources emitted them. A run of new ranges gets its
         # intents in one insert, written only after every earlier item (replays included) is
         # stored: so everything before a partition's latest intent group is known stored.
         # Once the batch is stored its ranges are marked so, which is what a replay of a
         # quiet partition's range relies on (its token may have left the dedup window).
+        items: list[StoredRange] = []
+        for r in all_items:
+            if isinstance(r, StoredRows):
+                n = sum(b.num_rows for b in r.tables.values())
+                self._metrics.received(n)
+                self._insert_tables(r.token, r.tables)
+                self._metrics.sent(n)
+            else:
+                items.append(r)
         stored = self._stored_replays(items)
         i = 0
         while i < len(items):
@@ -377,7 +421,7 @@ class _SinkPartition(StatelessSinkPartition[StoredRange]):
         }
 
     def _store(self, r: StoredRange, already: bool = False) -> None:
-        rows = r.batch.num_rows
+        rows = r.num_rows
         self._metrics.received(rows)
         self._metrics.batch(rows)
         if already:
@@ -401,7 +445,7 @@ class _SinkPartition(StatelessSinkPartition[StoredRange]):
 
 
 @dataclass
-class ClickHouseSink(DynamicSink[StoredRange]):
+class ClickHouseSink(DynamicSink[StoredRange | StoredRows]):
     """Exactly-once ClickHouse sink for :class:`StoredRange` items (one per Kafka range).
 
     ``connection`` is ``connectors.clickhouse.ClickHouseConfig``; rows go to its
@@ -413,6 +457,12 @@ class ClickHouseSink(DynamicSink[StoredRange]):
     flow's source shares (``connectors.kafka_source.RangeAcks``): the sink confirms each stored
     range there, which is what lets it overlap inserts with decoding (``config.overlap``).
     ``sort_key``: the columns the table is ordered by (``config.presort``).
+
+    ``routes`` (table → schema) makes it a multi-table sink: each range's ``tables`` go to
+    those tables of the database, each under the token ``<range token>/<table>``, and ``table``
+    names the group in the intents; ``prepare(client, connection)`` then checks the server and
+    creates the tables (with ``create_schema``). :class:`StoredRows` items (no Kafka range)
+    are inserted under their own token, without intents.
     """
 
     connection: Any
@@ -421,16 +471,22 @@ class ClickHouseSink(DynamicSink[StoredRange]):
     schema: pa.Schema = TRACES_SCHEMA
     acks: Any = None
     sort_key: tuple[str, ...] = ()
+    routes: dict[str, pa.Schema] | None = None
+    prepare: Callable[[Any, Any], None] | None = None
 
     @property
     def table_name(self) -> str:
-        """The target table (without the database)."""
+        """The target table (without the database), or the intents' name of ``routes``."""
         return self.table or self.connection.traces_table
 
     @property
     def lookup_dedup(self) -> bool:
         """Whether rows can be deduplicated by ``(TraceId, SpanId)`` lookup (traces only)."""
-        return self.schema.equals(TRACES_SCHEMA)
+        return self.routes is None and self.schema.equals(TRACES_SCHEMA)
+
+    def targets(self) -> dict[str, pa.Schema]:
+        """Table (without the database) → schema of every table the sink writes."""
+        return dict(self.routes) if self.routes is not None else {self.table_name: self.schema}
 
     def client_key(self) -> str:
         return f"{self.connection!r}:{self.table_name}"
@@ -439,6 +495,9 @@ class ClickHouseSink(DynamicSink[StoredRange]):
         """Create the target table (traces or logs layout) when ``create_schema`` is set."""
         from connectors.clickhouse_schema import create_schema
 
+        if self.prepare is not None:
+            self.prepare(client, self.connection)
+            return
         if not self.connection.create_schema:
             return
         name = self.table_name
@@ -447,11 +506,32 @@ class ClickHouseSink(DynamicSink[StoredRange]):
         elif self.schema.equals(LOGS_SCHEMA):
             create_schema(client, self.connection.database, None, name, self.connection.tables)
 
+    def _check(self, c: Any) -> None:
+        """Refuse tables the sink cannot write exactly once (raises; warns on fixable ones)."""
+        from connectors import clickhouse
+
+        db = self.connection.database
+        for name, schema in self.targets().items():
+            table = f"{db}.{name}"
+            if table_layout(c, db, name) == "json":
+                raise RuntimeError(f"clickhouse health check: {table}: {JSON_REFUSED}")
+            for p in clickhouse.check_table(c, table, schema):
+                if "does not exist" in p:
+                    raise RuntimeError(f"clickhouse health check: {p}")
+                log.warning("clickhouse health check: %s; %s", p, MIGRATE_HINT)
+            if not self.lookup_dedup and not c.supports_dedup_token(table):
+                raise RuntimeError(
+                    f"clickhouse health check: {table} cannot deduplicate replays (no insert "
+                    "tokens and no InsertToken column); `otelwax clickhouse migrate --apply` "
+                    "adds the column"
+                )
+            if self.config.dedup != "lookup":
+                check_dedup_window(c, db, name, self.config.min_dedup_window)
+
     def client(self, hold: bool = False) -> Any:
         """The process's client for ``connection`` (opened and prepared on first use)."""
         from connectors import clickhouse
 
-        table = f"{self.connection.database}.{self.table_name}"
         conn = self.connection.model_copy(update={"create_schema": False})  # DDL: _create_table
 
         def _open() -> Any:
@@ -474,31 +554,12 @@ class ClickHouseSink(DynamicSink[StoredRange]):
                     log.warning("clickhouse not reachable (%s); retrying in %.1f s", exc, delay)
                     time.sleep(delay)
                     delay = min(delay * 2, self.connection.retry.max_backoff_s or 5.0)
-            self.intent_log(c).create()
-            if table_layout(c, self.connection.database, self.table_name) == "json":
+            try:
+                self.intent_log(c).create()
+                self._check(c)
+            except Exception:
                 c.close()
-                raise RuntimeError(f"clickhouse health check: {table}: {JSON_REFUSED}")
-            problems = clickhouse.check_table(c, table, self.schema)
-            for p in problems:
-                if "does not exist" in p:
-                    c.close()
-                    raise RuntimeError(f"clickhouse health check: {p}")
-                log.warning("clickhouse health check: %s; %s", p, MIGRATE_HINT)
-            if not self.lookup_dedup and not c.supports_dedup_token(table):
-                c.close()
-                raise RuntimeError(
-                    f"clickhouse health check: {table} cannot deduplicate replays (no insert "
-                    "tokens and no InsertToken column); `otelwax clickhouse migrate --apply` "
-                    "adds the column"
-                )
-            if self.config.dedup != "lookup":
-                try:
-                    check_dedup_window(
-                        c, self.connection.database, self.table_name, self.config.min_dedup_window
-                    )
-                except Exception:
-                    c.close()
-                    raise
+                raise
             if conn.mode == "embedded" and self.config.serve_queries:
                 from connectors.clickhouse_query import Tables, serve_queries
 
@@ -508,9 +569,11 @@ class ClickHouseSink(DynamicSink[StoredRange]):
         return _ClientHolder.get(self.client_key(), _open, hold)
 
     def intent_log(self, client: Any) -> IntentLog:
-        """The intents of this flow and target table."""
-        table = f"{self.connection.database}.{self.table_name}"
-        return IntentLog(client, self.connection, self.config, table)
+        """The intents of this flow and target table (``routes``: of the group ``table``)."""
+        target = self.table_name
+        if self.routes is None:
+            target = f"{self.connection.database}.{target}"
+        return IntentLog(client, self.connection, self.config, target)
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _SinkPartition:
         return _SinkPartition(self, worker_index)

@@ -38,8 +38,8 @@ from pydantic import Field
 
 from connectors.kafka import TOPIC_LOGS
 from flows import exits_on_bad_config, lazy_flow, own_store
-from flows.settings import load_flow_settings
-from flows.windowed import WindowFlowSettings, window_dataflow
+from flows.settings import WindowFlowSettings, load_flow_settings, source_defaults
+from flows.windowed import window_dataflow
 from operators.log_counts import COLUMNS, LogCountsConfig, log_counts
 from operators.windows import WindowStreams
 
@@ -49,8 +49,7 @@ __all__ = ["LogMetricsFlowSettings", "build", "build_from_settings", "load_setti
 class LogMetricsFlowSettings(WindowFlowSettings):
     """Everything ``flows.logmetrics`` needs."""
 
-    flow_id: str = Field("otelwax_logmetrics", min_length=1)
-    topic: str = Field(TOPIC_LOGS, min_length=1)
+    _source_defaults = source_defaults(topic=TOPIC_LOGS, group_id="otelwax_logmetrics")
     logmetrics: LogCountsConfig = Field(default_factory=LogCountsConfig)
     _own_store = own_store("logmetrics")
     metrics_port: int | None = Field(

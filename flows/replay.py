@@ -287,24 +287,25 @@ def pipeline_target(settings: Any, signal: Any, table: str | None = None) -> Tar
 
 
 def metrics_target(settings: Any) -> Target:
-    """Target of ``flows.metrics`` (its ``otel_metrics_*`` tables and intents; ClickHouse
-    only: Prometheus remote-write is not replayed)."""
+    """Target of ``flows.metrics`` (its ``otel_metrics_*`` tables and intents, through the
+    same exactly-once sink as the flow; ClickHouse only: Prometheus remote-write is not
+    replayed)."""
     from flows import metrics
 
-    if settings.clickhouse is None or settings.intents_table is None:
+    if settings.clickhouse is None:
         raise ValueError("flows.metrics has no ClickHouse output (clickhouse: null)")
-    if settings.source != "ranges":
-        raise ValueError("flows.metrics reads with `source: bytewax`: it records no ranges")
-    sink = metrics.MetricsClickHouseSink(settings.clickhouse, settings.intents_table)
+    sink_cfg = settings.sink.model_copy(update={"overlap": False, "serve_queries": False})
+    sink = metrics.metrics_sink(settings.clickhouse, sink_cfg)
     decode = metrics._Decode()
 
     def open_() -> tuple[Any, Any]:
-        part = sink.build("clickhouse", 0, 1)
-        return part.intents, part
+        intents = sink.intent_log(sink.client())
+        return intents, sink.build("clickhouse", 0, 1)
 
+    src = settings.source
     return Target(
-        settings.kafka, settings.topic, None, settings.ranges, True, open_,
-        lambda rng: decode([rng])[0], lambda c: sum(b.num_rows for b in c.tables.values()),
+        settings.kafka, src.topic, src.partitions, src.batch, True, open_, decode,
+        lambda r: sum(b.num_rows for b in r.tables.values()),
     )  # fmt: skip
 
 

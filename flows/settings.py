@@ -1,9 +1,16 @@
-"""Settings of the traces and logs flows (``flows.traces``, ``flows.logs``): one validated
-model each, loaded with no I/O beyond reading the config file.
+"""Settings of the flows: one validated model each, loaded with no I/O beyond reading the
+config file.
 
-Both flows run the same steps (``flows.pipeline``): ``FlowSettings`` holds what they share;
-``TracesFlowSettings`` adds the Jaeger export; ``LogsFlowSettings`` has the logs defaults (topic
+Every flow has one shape (``KafkaFlowSettings``): ``kafka``, ``source`` (the range source:
+``topic``, ``stop_at_end``, ``batch``, ...), ``recovery``, the serving keys (``log_level``,
+``health``, ``metrics_port``...), then its outputs. The traces and logs flows run the same steps
+(``flows.pipeline``): ``FlowSettings`` adds ClickHouse, the sink, operators and the DLQ;
+``TracesFlowSettings`` the Jaeger export; ``LogsFlowSettings`` has the logs defaults (topic
 ``otlp_logs``, table ``otel_logs``, intents namespace ``logs``, ``/metrics`` on 9466).
+``MetricsFlowSettings`` (``flows.metrics``) and ``WindowFlowSettings`` (``flows.spanmetrics``,
+``flows.logmetrics``) have the same source, recovery and serving keys. Keys of older versions
+are refused with the key they moved to (``moved_keys``: ``topic: unknown key: moved to
+source.topic``).
 
 Sources, later ones winning:
 
@@ -24,17 +31,19 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from connectors.clickhouse import ClickHouseConfig
 from connectors.clickhouse_sink import ClickHouseSinkConfig
 from connectors.dlq import DeadLetterConfig
-from connectors.kafka import TOPIC_LOGS, KafkaConfig
-from connectors.kafka_source import KafkaSourceConfig
+from connectors.kafka import TOPIC_LOGS, TOPIC_METRICS, KafkaConfig
+from connectors.kafka_source import KafkaSourceConfig, RangeCutConfig
 from connectors.otlp_export import JaegerExporterConfig
+from connectors.remote_write import RemoteWriteConfig
 from flows import own_store
+from operators.delta_cumulative import DeltaToCumulativeConfig
 from otelwax.health import HealthConfig
 from otelwax.settings import StrictModel, ValidationError, format_errors
 
@@ -42,10 +51,13 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "FlowSettings",
+    "KafkaFlowSettings",
     "LogsFlowSettings",
+    "MetricsFlowSettings",
     "OperatorsOnError",
     "RecoverySettings",
     "TracesFlowSettings",
+    "WindowFlowSettings",
     "load_flow_settings",
     "load_logs_settings",
     "load_settings",
@@ -105,11 +117,53 @@ class ServingSettings(StrictModel):
     )
 
 
-class FlowSettings(ServingSettings):
-    """What a flow built by ``flows.pipeline`` needs (Kafka ranges → Arrow → ClickHouse)."""
+def source_defaults(**defaults: Any) -> Any:
+    """A model validator filling ``source`` keys the config leaves out with this flow's
+    defaults (``topic``, ``group_id``): one source model, a default topic per flow.
+
+    Use as ``_source_defaults = source_defaults(topic="x")`` in the settings class body.
+    """
+
+    def fill(cls: Any, data: Any) -> Any:
+        if isinstance(data, dict):
+            src = data.get("source")
+            if src is None and "source" not in data:
+                src = {}
+            if isinstance(src, dict):
+                data = {**data, "source": {**defaults, **src}}
+        return data
+
+    return model_validator(mode="before")(classmethod(fill))
+
+
+_TAIL = "source.stop_at_end (tail: false is stop_at_end: true)"
+
+
+class KafkaFlowSettings(ServingSettings):
+    """What every flow has: Kafka, its range source, bytewax recovery, ``/metrics``."""
 
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     source: KafkaSourceConfig = Field(default_factory=KafkaSourceConfig)
+    recovery: RecoverySettings = Field(default_factory=RecoverySettings)
+    metrics_port: int | None = Field(
+        9464, ge=0, le=65535, description="serve /metrics here (None: do not serve)"
+    )
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source_is_settings(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            raise ValueError(
+                f"{v!r} is no longer a choice: every flow reads Kafka offset ranges, and "
+                "source holds that source's settings (source.topic, source.stop_at_end, "
+                "source.batch.max_records, ...)"
+            )
+        return v
+
+
+class FlowSettings(KafkaFlowSettings):
+    """What a flow built by ``flows.pipeline`` needs (Kafka ranges → Arrow → ClickHouse)."""
+
     dead_letters: DeadLetterConfig = Field(default_factory=DeadLetterConfig)
     clickhouse: ClickHouseConfig = Field(
         default_factory=lambda: ClickHouseConfig(create_schema=True),
@@ -122,10 +176,6 @@ class FlowSettings(ServingSettings):
         "(resolved by operators.registry)",
     )
     operators_on_error: OperatorsOnError = Field(default_factory=OperatorsOnError)
-    recovery: RecoverySettings = Field(default_factory=RecoverySettings)
-    metrics_port: int | None = Field(
-        9464, ge=0, le=65535, description="serve /metrics here (None: do not serve)"
-    )
 
 
 class TracesFlowSettings(FlowSettings):
@@ -183,6 +233,110 @@ class LogsFlowSettings(FlowSettings):
                 raise ValueError("topic: set either topic or source.topic, not both")
             data["source"] = {**source, "topic": topic}
         return data
+
+
+class MetricsSourceConfig(KafkaSourceConfig):
+    """The Kafka source of the metrics flow: where it resumes after a restart."""
+
+    resume: Literal["auto", "snapshot", "stored"] = Field(
+        "auto",
+        description="after a restart: snapshot = from bytewax's snapshot (keeps "
+        "delta→cumulative exact; needs recovery); stored = past the ranges ClickHouse already "
+        "has (like flows.traces; without recovery); auto = snapshot when the process runs with "
+        "bytewax recovery (-r or $BYTEWAX_RECOVERY_DIRECTORY), else stored",
+    )
+
+
+class MetricsSinkConfig(ClickHouseSinkConfig):
+    """Intents of the metrics flow; each table of a range is inserted under the token
+    ``<range>/<table>``. The tables' ORDER BY starts with a Map (``Attributes``), which Arrow
+    cannot sort by, so ClickHouse sorts (``presort`` has no effect)."""
+
+    flow: str = Field("metrics", min_length=1, description="namespace of this flow's intents")
+    dedup: Literal["token"] = Field(  # type: ignore[assignment]
+        "token", description="insert tokens (the metrics tables need ClickHouse 20+)"
+    )
+
+
+class MetricsFlowSettings(KafkaFlowSettings):
+    """Everything ``flows.metrics`` needs."""
+
+    moved_keys: ClassVar[dict[str, str]] = {
+        "topic": "source.topic",
+        "tail": _TAIL,
+        "ranges": "source.batch",
+        "source_batch_size": "source.batch.max_records",
+        "flow_id": "source.group_id",
+        "resume": "source.resume",
+        "intents_table": "sink.intents_table",
+        "delta_shards": "delta_to_cumulative.shards",
+        "delta_ttl_s": "delta_to_cumulative.ttl_s",
+    }
+    _source_defaults = source_defaults(topic=TOPIC_METRICS, group_id="otelwax_metrics")
+    source: MetricsSourceConfig = Field(default_factory=MetricsSourceConfig)  # type: ignore[assignment]
+    clickhouse: ClickHouseConfig | None = Field(
+        default_factory=lambda: ClickHouseConfig(create_schema=True),
+        description="the otel_metrics_* tables (ClickHouse 20+ or chdb); null: Prometheus only",
+    )
+    _own_store = own_store("metrics")
+    sink: MetricsSinkConfig = Field(default_factory=MetricsSinkConfig)
+    remote_write: RemoteWriteConfig | None = Field(
+        None, description="Prometheus remote-write (off unless set here or in sinks.remote_write)"
+    )
+    delta_to_cumulative: DeltaToCumulativeConfig = Field(
+        default_factory=DeltaToCumulativeConfig,
+        description="remote-write branch: delta sums/histograms → cumulative series",
+    )
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="serve /metrics here")
+
+    @property
+    def flow_id(self) -> str:
+        """The dataflow's name (its step ids' prefix): the consumer group."""
+        return self.source.group_id or "otelwax_metrics"
+
+    @model_validator(mode="after")
+    def _has_output(self) -> MetricsFlowSettings:
+        if self.clickhouse is None and self.remote_write is None:
+            raise ValueError(
+                "nothing to write to: set remote_write (here or sinks.remote_write) "
+                "and/or clickhouse"
+            )
+        return self
+
+
+class WindowSourceConfig(KafkaSourceConfig):
+    """The source of an event-time window flow: small ranges, cut often (the watermark moves
+    per range)."""
+
+    batch: RangeCutConfig = Field(
+        default_factory=lambda: RangeCutConfig(max_records=1000, max_delay_s=0.5)
+    )
+
+
+class WindowFlowSettings(KafkaFlowSettings):
+    """Source, sinks and serving of a flow that counts records in event-time windows
+    (``flows.windowed``); each flow sets its source defaults (``source_defaults``)."""
+
+    moved_keys: ClassVar[dict[str, str]] = {
+        "topic": "source.topic",
+        "tail": _TAIL,
+        "source_batch_size": "source.batch.max_records",
+        "source_max_delay_s": "source.batch.max_delay_s",
+        "flow_id": "source.group_id",
+    }
+    source: WindowSourceConfig = Field(default_factory=WindowSourceConfig)  # type: ignore[assignment]
+    remote_write: RemoteWriteConfig | None = Field(
+        None, description="Prometheus remote-write (off unless set here or in sinks.remote_write)"
+    )
+    clickhouse: ClickHouseConfig | None = None
+    late_topic: str | None = Field(
+        None, description="rejected records, reason in the otelwax.reason header (policy route)"
+    )
+
+    @property
+    def flow_id(self) -> str:
+        """The dataflow's name (its step ids' prefix): the consumer group."""
+        return self.source.group_id or "otelwax_windows"
 
 
 S = TypeVar("S", bound=StrictModel)

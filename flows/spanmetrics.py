@@ -39,8 +39,8 @@ from pydantic import Field
 
 from connectors.kafka import TOPIC_SPANS
 from flows import exits_on_bad_config, lazy_flow, own_store
-from flows.metrics import load_flow_settings
-from flows.windowed import WindowFlowSettings, window_dataflow
+from flows.settings import WindowFlowSettings, load_flow_settings, source_defaults
+from flows.windowed import window_dataflow
 from operators.red_metrics import SpanMetricsConfig, span_metrics
 
 __all__ = [
@@ -59,8 +59,7 @@ DEPRECATED_ENV_CONFIG = "OTELWAX_SPANMETRICS_CONFIG"  # read only when $OTELWAX_
 class SpanMetricsFlowSettings(WindowFlowSettings):
     """Everything ``flows.spanmetrics`` needs."""
 
-    flow_id: str = Field("otelwax_spanmetrics", min_length=1)
-    topic: str = Field(TOPIC_SPANS, min_length=1)
+    _source_defaults = source_defaults(topic=TOPIC_SPANS, group_id="otelwax_spanmetrics")
     spanmetrics: SpanMetricsConfig = Field(default_factory=SpanMetricsConfig)
     _own_store = own_store("spanmetrics")
     metrics_port: int | None = Field(
@@ -77,7 +76,12 @@ def load_settings(
     config: ``flows.spanmetrics`` plus the shared ``kafka``), the environment
     (``OTELWAX_SPANMETRICS__a__b``) and keyword overrides nested with ``__``."""
     return load_flow_settings(
-        SpanMetricsFlowSettings, "spanmetrics", config_path, env, overrides, DEPRECATED_ENV_CONFIG
+        SpanMetricsFlowSettings,
+        "spanmetrics",
+        config_path,
+        env,
+        deprecated_env=DEPRECATED_ENV_CONFIG,
+        **overrides,
     )
 
 

@@ -1,7 +1,7 @@
 """What the event-time metrics flows share (``flows.spanmetrics``, ``flows.logmetrics``).
 
-    settings   WindowFlowSettings: Kafka topic and range cuts, remote-write, optional ClickHouse,
-               late topic, /metrics port
+    settings   flows.settings.WindowFlowSettings: Kafka source (topic, range cuts), remote-write,
+               optional ClickHouse, late topic, /metrics port
     source     connectors.kafka_source (one bytewax partition per Kafka partition, no intents)
     decode     WindowDecode: one Arrow batch per offset range, in order, with the Kafka
                timestamp of the range's first record as ``otelwax.ingest_time_ms`` (the
@@ -38,21 +38,13 @@ from typing import Any
 import pyarrow as pa
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow, Stream
-from pydantic import Field
 
-from connectors.kafka import KafkaConfig
-from connectors.kafka_source import (
-    KafkaRange,
-    KafkaSourceConfig,
-    NoIntents,
-    PartitionedKafkaSource,
-    RangeCutConfig,
-)
+from connectors.clickhouse_sink import StoredRows
+from connectors.kafka_source import KafkaRange, NoIntents, PartitionedKafkaSource
 from connectors.prom_translate import tables_to_series
-from connectors.remote_write import RemoteWriteConfig
 from connectors.remote_write_order import write_in_order
-from flows.metrics import MetricChunk, MetricsClickHouseConfig, MetricsClickHouseSink
-from flows.settings import ServingSettings
+from flows.metrics import metrics_sink
+from flows.settings import WindowFlowSettings
 from operators.watermark import INGEST_TIME_KEY, LAG_KEY, PARTITION_KEY
 from operators.windows import REASON_KEY, WindowConfig, WindowStreams
 from otelwax.logs import instrument
@@ -74,29 +66,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class WindowFlowSettings(ServingSettings):
-    """Source, sinks and serving of a flow that counts records in event-time windows."""
-
-    flow_id: str = Field(..., min_length=1)
-    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
-    topic: str = Field(..., min_length=1)
-    tail: bool = Field(True, description="keep waiting for records at the end of the topic")
-    source_batch_size: int = Field(1000, gt=0, description="Kafka records per offset range")
-    source_max_delay_s: float = Field(
-        0.5, gt=0, le=60, description="cut a partition's range when its oldest record is this old"
-    )
-    remote_write: RemoteWriteConfig | None = Field(
-        None, description="Prometheus remote-write (off unless set here or in sinks.remote_write)"
-    )
-    clickhouse: MetricsClickHouseConfig | None = None
-    late_topic: str | None = Field(
-        None, description="rejected records, reason in the otelwax.reason header (policy route)"
-    )
-    metrics_port: int | None = Field(
-        None, ge=0, le=65535, description="serve /metrics here (None: do not serve)"
-    )
 
 
 class WindowDecode:
@@ -147,14 +116,7 @@ def window_source(settings: WindowFlowSettings) -> PartitionedKafkaSource:
     """``connectors.kafka_source`` over ``topic`` (no intents: the window state is replayed
     from bytewax's snapshot, never past it); serves ``/metrics`` when it builds its first
     partition, so an idle flow is observable and answers the ``/healthz`` probe."""
-    cfg = KafkaSourceConfig(
-        topic=settings.topic,
-        batch=RangeCutConfig(
-            max_records=settings.source_batch_size, max_delay_s=settings.source_max_delay_s
-        ),
-        stop_at_end=not settings.tail,
-        group_id=settings.flow_id,
-    )
+    cfg = settings.source.model_copy(update={"group_id": settings.flow_id})
     port, addr = settings.metrics_port, settings.metrics_addr
 
     def on_start() -> None:
@@ -179,7 +141,7 @@ def late_to_kafka(batch: pa.RecordBatch | pa.Table) -> Any:
     )
 
 
-def window_chunk(flow_id: str, tables: dict[str, pa.RecordBatch]) -> MetricChunk:
+def window_chunk(flow_id: str, tables: dict[str, pa.RecordBatch]) -> StoredRows:
     """One closed window's tables as a chunk inserted alone, its token a hash of its rows (a
     replay that closes the window with the same totals carries the same token)."""
     digest = hashlib.sha1()
@@ -189,7 +151,7 @@ def window_chunk(flow_id: str, tables: dict[str, pa.RecordBatch]) -> MetricChunk
             w.write(tables[name])
         digest.update(name.encode())
         digest.update(sink.getvalue())
-    return MetricChunk(tables, f"{flow_id}:{digest.hexdigest()}", own_insert=True)
+    return StoredRows(f"{flow_id}:{digest.hexdigest()}", tables)
 
 
 def write_windows(
@@ -210,7 +172,7 @@ def write_windows(
     if settings.clickhouse is not None:
         flow_id = settings.flow_id
         chunks = op.map("to_chunk", out.metrics, lambda t: window_chunk(flow_id, t))
-        op.output("clickhouse", chunks, MetricsClickHouseSink(settings.clickhouse))
+        op.output("clickhouse", chunks, metrics_sink(settings.clickhouse))
     if windows.late_policy == "route" and settings.late_topic:
         late: Stream[Any] = op.map("late_to_kafka", out.late, late_to_kafka)
         conf = settings.kafka.client_conf()

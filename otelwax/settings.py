@@ -97,13 +97,20 @@ def union_tag(model: type[BaseModel]) -> str | None:
     return None
 
 
-def _suggestion(model: Any, loc: tuple[Any, ...]) -> str:
-    """' (did you mean "x"?)' for an unknown key when its owner has a close field name."""
+def _suggestion(model: Any, loc: tuple[Any, ...], path: str = "") -> str:
+    """' (did you mean "x"?)' for an unknown key when its owner has a close field name, or
+    ': moved to a.b' when the owner lists the key in its ``moved_keys`` (a renamed setting)."""
     owner = _model_at(model, loc)
     if owner is None or not loc:
         return ""
+    moved: dict[str, str] = getattr(owner, "moved_keys", {})
+    parent = path.rsplit(".", 1)[0] + "." if "." in path else ""
+    if str(loc[-1]) in moved:
+        return f": moved to {parent}{moved[str(loc[-1])]}"
     names = [f.alias or n for n, f in owner.model_fields.items()]
-    match = difflib.get_close_matches(str(loc[-1]), names, n=1)
+    match = difflib.get_close_matches(str(loc[-1]), [*names, *moved], n=1)
+    if match and match[0] in moved:
+        return f' (did you mean "{match[0]}"? it moved to {parent}{moved[match[0]]})'
     return f' (did you mean "{match[0]}"?)' if match else ""
 
 
@@ -112,7 +119,8 @@ def format_errors(exc: ValidationError, prefix: str = "", model: Any = None) -> 
 
     ``model`` (the validated model, or a union of models) lets an unknown key get a "did you
     mean" with the closest field of the model that owns it, through nested models, lists, dicts,
-    optionals and discriminated unions.
+    optionals and discriminated unions; a key the owner lists in its ``moved_keys`` class
+    attribute (``{"old": "new.dotted.key"}``) gets "moved to <new dotted path>" instead.
     """
     lines = []
     for err in exc.errors():
@@ -122,6 +130,6 @@ def format_errors(exc: ValidationError, prefix: str = "", model: Any = None) -> 
             path = f"{prefix}.{path}" if path else prefix
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key" + _suggestion(model, loc)
+            msg = "unknown key" + _suggestion(model, loc, path)
         lines.append(f"{path}: {msg}")
     return lines

@@ -6,10 +6,10 @@ and cluster arguments.
     otelwax flow traces -c x.yaml --init-recovery         # create recovery partitions first
     OTELWAX_REPLICAS=3 otelwax flow traces -c x.yaml      # StatefulSet: -i/-a from HOSTNAME
 
-Recovery comes from the flow's settings (traces, logs: ``recovery.directory``,
-``snapshot_interval_s``, ``backup_interval_s``) or, for every flow, bytewax's own
-``$BYTEWAX_RECOVERY_DIRECTORY``; the command ``exec``s ``python -m bytewax.run`` with them.
-``--init-recovery`` creates the partitions (traces, logs: ``recovery.partitions``, else
+Recovery comes from the flow's settings (``recovery.directory``, ``snapshot_interval_s``,
+``backup_interval_s``) or bytewax's own ``$BYTEWAX_RECOVERY_DIRECTORY``; the command
+``exec``s ``python -m bytewax.run`` with them.
+``--init-recovery`` creates the partitions (``recovery.partitions``, else
 ``$OTELWAX_RECOVERY_PARTITIONS``, default 1) when the directory has none yet; in a cluster
 (``OTELWAX_REPLICAS`` > 1) only process 0 does, as the partitions are shared by every process.
 """
@@ -42,11 +42,14 @@ FLOWS = {
 
 def _recovery_settings(args: argparse.Namespace, env: dict[str, str]) -> RecoverySettings | None:
     """``recovery`` of the flow's settings (flows with a settings model), else None."""
-    from flows.settings import LogsFlowSettings, TracesFlowSettings, load_flow_settings
+    from flows.settings import load_flow_settings
+    from otelwax.cli.config import _section_model
 
-    model = {"traces": TracesFlowSettings, "logs": LogsFlowSettings}.get(args.flow)
-    if model is None:
+    model = _section_model(args.flow)
+    if model is None or "recovery" not in model.model_fields:
         return None
+    if args.config and not Path(args.config).exists():
+        return None  # the flow itself says so, with the way out
     return load_flow_settings(model, args.flow, args.config, env).recovery
 
 

@@ -90,7 +90,7 @@ def _target(args: argparse.Namespace) -> tuple[Any, str, str]:
 
         m = load_metrics(args.config)
         db = m.clickhouse.database if m.clickhouse is not None else "?"
-        return replay.metrics_target(m), f"{db}.otel_metrics_*", m.topic
+        return replay.metrics_target(m), f"{db}.otel_metrics_*", m.source.topic
     if args.signal == "traces":
         from flows.traces import load_settings
     else:

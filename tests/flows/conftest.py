@@ -308,7 +308,9 @@ class WindowFlowRun:
             [sys.executable, "-m", "bytewax.recovery", str(rec), "1"], check=True, cwd=ROOT
         )
         cfg = self.tmp / "flow.yaml"
-        cfg.write_text(yaml.safe_dump({**self.settings, "tail": False, "metrics_port": None}))
+        settings = {**self.settings, "metrics_port": None}
+        settings["source"] = {**settings.get("source", {}), "stop_at_end": True}
+        cfg.write_text(yaml.safe_dump(settings))
         self.env = dict(os.environ, OTELWAX_CONFIG=str(cfg), PYTHONPATH=str(ROOT))
         self.env.pop("OTELWAX_METRICS_PORT", None)
         self.cmd = [sys.executable, "-m", "bytewax.run", self.module]
@@ -326,9 +328,7 @@ class WindowFlowRun:
             f"flows.{flow}",
             {
                 "kafka": {"bootstrap_servers": bootstrap},
-                "topic": topic,
-                "source_batch_size": 3,
-                "source_max_delay_s": 0.05,
+                "source": {"topic": topic, "batch": {"max_records": 3, "max_delay_s": 0.05}},
                 flow: {"window_s": 1, "allowed_lateness_s": 0, "max_age_s": None},
                 "remote_write": {
                     "url": write_url,

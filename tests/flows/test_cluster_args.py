@@ -117,3 +117,15 @@ def test_logs_flow_command_carries_recovery_from_settings(tmp_path, capsys) -> N
     assert f"flows.logs:build({str(cfg)!r})" in out
     assert f"-r {rec} -s 4 -b 0" in out
     assert len(list(rec.glob("part-*.sqlite3"))) == 2
+
+
+@pytest.mark.parametrize("flow", ["metrics", "spanmetrics", "logmetrics"])
+def test_every_flow_command_carries_recovery_from_its_settings(tmp_path, flow: str) -> None:
+    """One settings shape: ``recovery:`` of a metrics or window flow config reaches bytewax
+    like the traces flow's (those flows had no such key before)."""
+    cfg = tmp_path / "m.yaml"
+    rw = "remote_write: {url: 'http://127.0.0.1:9/api/v1/write'}\n"
+    rec = "recovery: {directory: /rec, snapshot_interval_s: 2, backup_interval_s: 0}\n"
+    cfg.write_text(rw + rec)
+    cmd = build_command(argparse.Namespace(flow=flow, config=str(cfg), workers=1), {})
+    assert cmd[4:] == ["-w", "1", "-r", "/rec", "-s", "2", "-b", "0"]

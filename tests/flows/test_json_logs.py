@@ -84,9 +84,7 @@ def test_metrics_flow_with_bytewax_source_logs_decode_errors_with_its_step(
         yaml.safe_dump(
             {
                 "kafka": {"bootstrap_servers": kafka_bootstrap},
-                "topic": topic,
-                "source": "bytewax",
-                "tail": False,
+                "source": {"topic": topic, "stop_at_end": True},
                 "clickhouse": None,
                 "remote_write": {"url": f"{prometheus_url}/api/v1/write"},
             }

@@ -88,9 +88,8 @@ def test_log_counts_by_event_time_reach_prometheus(
     settings = load_settings(
         None,
         env={"OTELWAX_KAFKA_BOOTSTRAP": kafka_bootstrap, "OTELWAX_METRICS_PORT": "none"},
-        topic=topic,
-        tail=False,
-        source_batch_size=1,  # one record per batch: arrival order = produce order
+        # one record per batch: arrival order = produce order
+        source={"topic": topic, "stop_at_end": True, "batch": {"max_records": 1}},
         logmetrics={"window_s": 10, "allowed_lateness_s": 5, "dimensions": [route]},
         remote_write={"url": f"{prometheus_url}/api/v1/write"},
     )

@@ -49,11 +49,10 @@ def _settings(bootstrap: str, topic: str, prom: str | None, **kw):
     return load_settings(
         None,
         kafka={"bootstrap_servers": bootstrap},
-        topic=topic,
-        tail=False,
+        source={"topic": topic, "stop_at_end": True, **kw.pop("source", {})},
         clickhouse=None,
         remote_write={"url": f"{prom}/api/v1/write"} if prom else None,
-        **{"delta_shards": 8, **kw},
+        **{"delta_to_cumulative": {"shards": 8}, **kw},
     )
 
 
@@ -273,8 +272,7 @@ def test_metrics_tables_in_chdb_hold_every_point_once(
         yaml.safe_dump(
             {
                 "kafka": {"bootstrap_servers": kafka_bootstrap},
-                "topic": topic,
-                "tail": False,
+                "source": {"topic": topic, "stop_at_end": True},
                 "remote_write": None,
                 "clickhouse": {"path": str(chdb_path), "database": "otel", "create_schema": True},
             }
@@ -341,16 +339,18 @@ def test_delta_to_cumulative_after_sigkill_with_recovery(
         yaml.safe_dump(
             {
                 "kafka": {"bootstrap_servers": kafka_bootstrap},
-                "topic": topic,
-                "tail": False,
-                "ranges": {"max_records": 3, "max_delay_s": 0.05},
+                "source": {
+                    "topic": topic,
+                    "stop_at_end": True,
+                    "batch": {"max_records": 3, "max_delay_s": 0.05},
+                },
                 "clickhouse": None,
                 # tiny requests keep the flow busy long enough to be killed mid-way
                 "remote_write": {
                     "url": f"{prometheus_url}/api/v1/write",
                     "max_samples_per_request": 2,
                 },
-                "delta_shards": 4,
+                "delta_to_cumulative": {"shards": 4},
             }
         )
     )
@@ -419,9 +419,11 @@ def test_chdb_exactly_once_after_sigkill(kafka_bootstrap: str, make_topic, tmp_p
         yaml.safe_dump(
             {
                 "kafka": {"bootstrap_servers": kafka_bootstrap},
-                "topic": topic,
-                "tail": False,
-                "ranges": {"max_records": 5, "max_delay_s": 0.05},
+                "source": {
+                    "topic": topic,
+                    "stop_at_end": True,
+                    "batch": {"max_records": 5, "max_delay_s": 0.05},
+                },
                 "remote_write": None,
                 "clickhouse": {"path": str(chdb_path), "create_schema": True},
             }
@@ -461,21 +463,22 @@ def test_settings_from_the_shared_deployment_config(tmp_path: Path) -> None:
                 "kafka": {"bootstrap_servers": "kafka-1:9092"},
                 "clickhouse": {"mode": "server", "host": "ch", "database": "otel"},
                 "flows": {
-                    "metrics": {"topic": "m1", "delta_shards": 4},
-                    "spanmetrics": {"topic": "s1", "metrics_port": 9500},
+                    "metrics": {"source": {"topic": "m1"}, "delta_to_cumulative": {"shards": 4}},
+                    "spanmetrics": {"source": {"topic": "s1"}, "metrics_port": 9500},
                 },
             }
         )
     )
     env = {"OTELWAX_CONFIG": str(cfg), "OTELWAX_METRICS_PORT": "9999"}
     m = load_settings(None, env=env)
-    assert (m.topic, m.delta_shards, m.metrics_port) == ("m1", 4, 9999)
+    assert (m.source.topic, m.delta_to_cumulative.shards, m.metrics_port) == ("m1", 4, 9999)
     assert m.kafka.bootstrap_servers == "kafka-1:9092"
     assert m.clickhouse is not None
     assert (m.clickhouse.mode, m.clickhouse.host, m.clickhouse.database) == ("server", "ch", "otel")
     assert m.clickhouse.create_schema  # the flow's own default under the shared section
-    s = load_spanmetrics(None, env={"OTELWAX_CONFIG": str(cfg), "OTELWAX_SPANMETRICS__tail": "0"})
-    assert (s.topic, s.metrics_port, s.tail) == ("s1", 9500, False)
+    env = {"OTELWAX_CONFIG": str(cfg), "OTELWAX_SPANMETRICS__source__stop_at_end": "1"}
+    s = load_spanmetrics(None, env=env)
+    assert (s.source.topic, s.metrics_port, s.source.stop_at_end) == ("s1", 9500, True)
     assert s.kafka.bootstrap_servers == "kafka-1:9092"
     assert s.clickhouse is None  # off by default: not turned on by the shared section
     assert load_spanmetrics(None, env={}).metrics_port == 9467
@@ -484,21 +487,24 @@ def test_settings_from_the_shared_deployment_config(tmp_path: Path) -> None:
 def test_old_per_flow_config_variables_are_deprecated_fallbacks(tmp_path: Path) -> None:
     own = tmp_path / "metrics.yaml"
     rw = {"url": "http://127.0.0.1:9/api/v1/write"}  # an output: clickhouse is off
-    own.write_text(yaml.safe_dump({"topic": "old", "clickhouse": None, "remote_write": rw}))
+    own.write_text(
+        yaml.safe_dump({"source": {"topic": "old"}, "clickhouse": None, "remote_write": rw})
+    )
     shared = tmp_path / "otelwax.yaml"
-    shared.write_text(yaml.safe_dump({"flows": {"metrics": {"topic": "new"}}}))
-    assert load_settings(None, env={"OTELWAX_METRICS_CONFIG": str(own)}).topic == "old"
+    shared.write_text(yaml.safe_dump({"flows": {"metrics": {"source": {"topic": "new"}}}}))
+    assert load_settings(None, env={"OTELWAX_METRICS_CONFIG": str(own)}).source.topic == "old"
     both = {"OTELWAX_METRICS_CONFIG": str(own), "OTELWAX_CONFIG": str(shared)}
-    assert load_settings(None, env=both).topic == "new"
+    assert load_settings(None, env=both).source.topic == "new"
 
 
 def test_invalid_shared_config_names_the_key_path(tmp_path: Path) -> None:
     cfg = tmp_path / "otelwax.yaml"
-    cfg.write_text(yaml.safe_dump({"flows": {"metrics": {"delta_shards": 0, "topik": "x"}}}))
+    flow = {"delta_to_cumulative": {"shards": 0}, "topik": "x"}
+    cfg.write_text(yaml.safe_dump({"flows": {"metrics": flow}}))
     with pytest.raises(ValueError) as err:
         load_settings(None, env={"OTELWAX_CONFIG": str(cfg)})
     msg = str(err.value)
-    assert "delta_shards" in msg and "topik" in msg
+    assert "delta_to_cumulative.shards" in msg and "topik" in msg
 
 
 def test_clickhouse_server_older_than_20_is_refused_at_start(
@@ -522,7 +528,12 @@ def test_clickhouse_server_older_than_20_is_refused_at_start(
                     "http_port": srv.http_port,
                     "database": db,
                 },
-                "flows": {"metrics": {"topic": topic, "tail": False, "remote_write": None}},
+                "flows": {
+                    "metrics": {
+                        "source": {"topic": topic, "stop_at_end": True},
+                        "remote_write": None,
+                    }
+                },
             }
         )
     )
@@ -626,8 +637,7 @@ def test_one_series_spread_over_partitions_reaches_prometheus_in_full(
         yaml.safe_dump(
             {
                 "kafka": {"bootstrap_servers": kafka_bootstrap},
-                "topic": topic,
-                "ranges": {"max_records": 10, "max_delay_s": 0.05},
+                "source": {"topic": topic, "batch": {"max_records": 10, "max_delay_s": 0.05}},
                 "clickhouse": None,
                 "remote_write": {"url": f"{prometheus_url}/api/v1/write"},
                 "metrics_port": port,
@@ -674,7 +684,10 @@ def test_restart_with_recovery_resends_nothing_prometheus_already_has(
     rec.mkdir()
     init_db_dir(rec, 1)
     settings = _settings(
-        kafka_bootstrap, topic, prometheus_url, ranges={"max_records": 10, "max_delay_s": 0.05}
+        kafka_bootstrap,
+        topic,
+        prometheus_url,
+        source={"batch": {"max_records": 10, "max_delay_s": 0.05}},
     )
     ooo, rejected = _dropped("remote_write", "out_of_order"), _dropped("remote_write", "http_400")
 
@@ -703,8 +716,9 @@ def test_restart_with_recovery_resends_nothing_prometheus_already_has(
 def test_idle_delta_series_are_evicted_after_their_ttl(
     kafka_bootstrap: str, make_topic, own_prometheus, tmp_path: Path
 ) -> None:
-    """A delta series not updated for ``delta_ttl_s`` is forgotten (counted): its next point
-    starts a new cumulative series (a counter reset) instead of adding to a total kept forever."""
+    """A delta series not updated for ``delta_to_cumulative.ttl_s`` is forgotten (counted): its
+    next point starts a new cumulative series (a counter reset) instead of adding to a total
+    kept forever."""
     prometheus_url = own_prometheus.url  # private: its head accepts samples near now
     from bytewax.recovery import RecoveryConfig, init_db_dir
 
@@ -713,7 +727,8 @@ def test_idle_delta_series_are_evicted_after_their_ttl(
     rec = tmp_path / "recovery"
     rec.mkdir()
     init_db_dir(rec, 1)
-    settings = _settings(kafka_bootstrap, topic, prometheus_url, delta_shards=1, delta_ttl_s=1)
+    dtc = {"shards": 1, "ttl_s": 1}
+    settings = _settings(kafka_bootstrap, topic, prometheus_url, delta_to_cumulative=dtc)
     expired = _dropped("delta_to_cumulative", "expired", unit="series")
 
     def point(t: int, v: float) -> bytes:

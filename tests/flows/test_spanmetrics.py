@@ -94,9 +94,8 @@ def test_span_metrics_reach_prometheus_with_out_of_order_and_late_spans(
     settings = load_settings(
         None,
         kafka={"bootstrap_servers": kafka_bootstrap},
-        topic=topic,
-        tail=False,
-        source_batch_size=1,  # one record per batch: arrival order = produce order
+        # one record per batch: arrival order = produce order
+        source={"topic": topic, "stop_at_end": True, "batch": {"max_records": 1}},
         spanmetrics={"window_s": 10, "allowed_lateness_s": 5},
         remote_write={"url": f"{prometheus_url}/api/v1/write"},
         metrics_port=None,
@@ -144,9 +143,8 @@ def _routing_settings(bootstrap: str, topic: str, late_topic: str, **overrides: 
     return load_settings(
         None,
         kafka={"bootstrap_servers": bootstrap},
-        topic=topic,
-        tail=False,
-        source_batch_size=1,  # one record per batch: arrival order = produce order
+        # one record per batch: arrival order = produce order
+        source={"topic": topic, "stop_at_end": True, "batch": {"max_records": 1}},
         spanmetrics={"window_s": 10, "allowed_lateness_s": 5, "late_policy": "route"},
         late_topic=late_topic,
         metrics_port=None,
@@ -193,7 +191,7 @@ def test_settings_report_every_problem_with_its_key_path() -> None:
     msg = str(err.value)
     assert "spanmetrics.window_s" in msg
     assert "spanmetrics.lateness: unknown key" in msg
-    assert 'topik: unknown key (did you mean "topic"?)' in msg
+    assert 'topik: unknown key (did you mean "topic"? it moved to source.topic)' in msg
 
 
 def test_serves_metrics_on_its_metrics_port(
@@ -213,8 +211,7 @@ def test_serves_metrics_on_its_metrics_port(
         None,
         env={"OTELWAX_METRICS_PORT": str(port)},
         kafka={"bootstrap_servers": kafka_bootstrap},
-        topic=topic,
-        tail=False,
+        source={"topic": topic, "stop_at_end": True},
         remote_write={"url": f"{prometheus_url}/api/v1/write"},
     )
     assert settings.metrics_port == port
@@ -261,7 +258,7 @@ def test_running_flow_serves_healthz_and_consumer_lag_and_logs_json(
         yaml.safe_dump(
             {
                 "kafka": {"bootstrap_servers": kafka_bootstrap},
-                "topic": topic,
+                "source": {"topic": topic},
                 "remote_write": {"url": f"{prometheus_url}/api/v1/write"},
                 "metrics_port": port,
             }
@@ -426,9 +423,7 @@ def test_a_partition_with_a_backlog_is_counted_not_late(
     settings = load_settings(
         None,
         kafka={"bootstrap_servers": kafka_bootstrap},
-        topic=topic,
-        tail=False,
-        source_batch_size=500,
+        source={"topic": topic, "stop_at_end": True, "batch": {"max_records": 500}},
         spanmetrics={"window_s": 10, "allowed_lateness_s": 5},
         remote_write={"url": f"{prometheus_url}/api/v1/write"},
         metrics_port=None,

@@ -165,8 +165,7 @@ def test_collector_kafkaexporter_feeds_the_flows(
         yaml.safe_dump(
             {
                 "kafka": {"bootstrap_servers": kafka_bootstrap},
-                "topic": metrics_topic,
-                "tail": False,
+                "source": {"topic": metrics_topic, "stop_at_end": True},
                 "remote_write": None,
                 "clickhouse": {"path": str(metrics_chdb), "create_schema": True},
             }

@@ -90,7 +90,7 @@ def test_env_substitution_and_shared_sections(tmp_path: Path) -> None:
     assert cfg.flow_settings("spanmetrics").clickhouse is None
     logmetrics = cfg.flow_settings("logmetrics")  # flows.logmetrics, shared kafka, no ClickHouse
     assert logmetrics.kafka.bootstrap_servers == "k1:9092,k2:9092"
-    assert (logmetrics.topic, logmetrics.clickhouse) == ("otlp_logs", None)
+    assert (logmetrics.source.topic, logmetrics.clickhouse) == ("otlp_logs", None)
     assert cfg.clickhouse.password.get_secret_value() == "s3cret"
     assert "s3cret" not in repr(cfg)
 
