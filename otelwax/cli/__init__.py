@@ -149,5 +149,8 @@ def one_line(exc: BaseException) -> str:
     if not text:
         return type(exc).__name__
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return "; ".join(lines[:6]) + (f" (+{len(lines) - 6} more)" if len(lines) > 6 else "")
+    head = lines[0].rstrip(":") + (": " if len(lines) > 1 and lines[0].endswith(":") else "")
+    rest = "; ".join(lines[1:6])
+    more = f" (+{len(lines) - 6} more)" if len(lines) > 6 else ""
+    return (head + rest if head.endswith(": ") else "; ".join([head, *lines[1:6]])) + more
 

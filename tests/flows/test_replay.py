@@ -140,7 +140,8 @@ def test_metrics_replay_leaves_unstored_records_to_the_flow_and_skips_stored_one
     chdb = tmp_path / "chdb"
     cfg = tmp_path / "metrics.yaml"
     cfg.write_text(yaml.safe_dump({
-        "kafka": {"bootstrap_servers": kafka_bootstrap}, "topic": topic, "tail": False,
+        "kafka": {"bootstrap_servers": kafka_bootstrap},
+        "source": {"topic": topic, "stop_at_end": True},
         "remote_write": None, "clickhouse": {"path": str(chdb), "create_schema": True},
     }))  # fmt: skip
     # Before the flow ran: its table is the flow's to fill, the replay stores nothing.
