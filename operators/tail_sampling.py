@@ -1,0 +1,576 @@
+"""tail_sampling: whole-trace decisions by *event* time, deterministic on replay.
+
+::
+
+    - type: tail_sampling
+      decision_wait: 10s           # of event time after the trace's first span was read
+      max_traces: 50000            # traces waiting for a decision (memory bound)
+      overflow: decide_early       # over the bound: decide the oldest now | drop them
+      decided_cache: 100000        # decided trace ids remembered for spans arriving later
+      policies:                    # a trace is kept when any policy keeps it
+        - {name: errors, type: status_code, status_codes: [ERROR]}
+        - {name: slow, type: latency, threshold: 2s}
+        - {name: base, type: probabilistic, sampling_percentage: 5}
+        - {name: gold, type: string_attribute, key: customer.tier, values: [gold]}
+        - {name: big, type: numeric_attribute, key: http.response.size, min_value: 1000000}
+        - {name: budget, type: rate_limiting, spans_per_second: 500}
+        - name: slow-checkout       # every sub-policy must keep the trace
+          type: and
+          policies: [{type: latency, threshold: 1s},
+                     {type: string_attribute, key: http.route, values: [/checkout]}]
+
+Clock. One sampler per Kafka partition (records are keyed by trace id, so a partition holds
+whole traces). Its clock is the largest Kafka record timestamp read so far, in offset order
+(the shim's ingest time: a client's clock cannot move it). The spans of one record share its
+timestamp. A trace's first span read at clock ``c`` makes the trace *due* at
+``c + decision_wait``; it is decided just before the first record that moves the clock to or
+past that point, from the spans read until then. Spans of a decided trace that come later
+follow the decision while the trace id is in the decided cache (evicted oldest decision first);
+after that they start a new trace.
+
+Nothing depends on wall-clock time or on how the records were cut into batches, so the kept
+set is a function of the partition's records alone (the test's offline oracle computes it),
+and a replay from a snapshot re-creates the same output per batch. The flip side: a
+partition that receives no records decides nothing until it does (``flush`` decides all at the
+end of input). Over ``max_traces`` (checked after each batch, so the ranges of a replay
+decide the same) the oldest traces are decided early or dropped; both are counted.
+
+Policies see only what the columns hold: StatusCode, Timestamp + Duration (latency = last end
+- first start), TraceId (``probabilistic`` is the head sampler's consistent rule, so a head
+sampler at p% upstream and this policy at p% agree), span and resource attribute maps
+(``string_attribute``: exact values or ``regex``; ``numeric_attribute``: values parsed as
+numbers). ``rate_limiting`` keeps traces in decision order while the spans it kept within the
+current second of the clock stay within ``spans_per_second``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Annotated, Any, Literal, Union
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+
+from operators.sampling import head_keep_mask, parse_seconds
+from otelwax.settings import StrictModel
+from otelwax.telemetry import ComponentMetrics
+
+__all__ = ["TailSampler", "TailSamplingConfig", "build_tail"]
+
+log = logging.getLogger(__name__)
+
+_STATUS = {"ERROR": "STATUS_CODE_ERROR", "OK": "STATUS_CODE_OK", "UNSET": "STATUS_CODE_UNSET"}
+
+
+class _Policy(StrictModel):
+    name: str | None = None
+
+
+class StatusCodePolicy(_Policy):
+    type: Literal["status_code"]
+    status_codes: list[Literal["ERROR", "OK", "UNSET"]] = Field(min_length=1)
+
+
+class LatencyPolicy(_Policy):
+    type: Literal["latency"]
+    threshold: float = Field(gt=0, description="seconds (or '500ms', '2s')")
+    upper_threshold: float | None = Field(None, gt=0)
+    _secs = field_validator("threshold", "upper_threshold", mode="before")(parse_seconds)
+
+
+class ProbabilisticPolicy(_Policy):
+    type: Literal["probabilistic"]
+    sampling_percentage: float = Field(ge=0, le=100)
+
+
+class StringAttributePolicy(_Policy):
+    type: Literal["string_attribute"]
+    key: str = Field(min_length=1)
+    values: list[str] = Field(min_length=1)
+    regex: bool = False
+    invert_match: bool = False
+
+
+class NumericAttributePolicy(_Policy):
+    type: Literal["numeric_attribute"]
+    key: str = Field(min_length=1)
+    min_value: float | None = None
+    max_value: float | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> NumericAttributePolicy:
+        if self.min_value is None and self.max_value is None:
+            raise ValueError("set min_value, max_value or both")
+        return self
+
+
+class RateLimitingPolicy(_Policy):
+    type: Literal["rate_limiting"]
+    spans_per_second: int = Field(gt=0)
+
+
+def _policy_type(v: Any) -> str | None:
+    return v.get("type") if isinstance(v, dict) else getattr(v, "type", None)
+
+
+def _tagged(*models: type[_Policy]) -> Any:
+    """A union of policy models told apart by their ``type``."""
+    tags = [Annotated[m, Tag(m.model_fields["type"].annotation.__args__[0])] for m in models]
+    return Annotated[Union[tuple(tags)], Discriminator(_policy_type)]  # noqa: UP007
+
+
+_LEAVES = (StatusCodePolicy, LatencyPolicy, ProbabilisticPolicy, StringAttributePolicy,
+           NumericAttributePolicy)  # fmt: skip
+LeafPolicy = _tagged(*_LEAVES)
+
+
+class AndPolicy(_Policy):
+    type: Literal["and"]
+    policies: list[LeafPolicy] = Field(min_length=1)
+
+
+Policy = _tagged(*_LEAVES, RateLimitingPolicy, AndPolicy)
+
+
+class TailSamplingConfig(StrictModel):
+    """Tail sampling of whole traces by event time (see the module doc)."""
+
+    type: Literal["tail_sampling"]
+    name: str | None = None
+    decision_wait: float = Field(10.0, gt=0, description="seconds (or '500ms', '10s')")
+    policies: list[Policy] = Field(
+        default_factory=lambda: [StatusCodePolicy(type="status_code", status_codes=["ERROR"])],
+        min_length=1,
+    )
+    max_traces: int = Field(50_000, gt=0, description="traces waiting for a decision")
+    overflow: Literal["decide_early", "drop"] = "decide_early"
+    decided_cache: int = Field(100_000, ge=0)
+
+    _secs = field_validator("decision_wait", mode="before")(parse_seconds)
+
+    def problems(self, schema: pa.Schema) -> list[tuple[str, str]]:
+        need = ("TraceId", "StatusCode", "Timestamp", "Duration", "SpanAttributes")
+        if any(n not in schema.names for n in need):
+            return [("type", "tail_sampling works on traces only")]
+        return []
+
+
+# --- span-level evidence ----------------------------------------------------------------------
+
+
+def _attr(batch: pa.RecordBatch | pa.Table, key: str) -> pa.Array:
+    """The value of ``key`` in each span's attributes, else its resource's (null when neither)."""
+    span = pc.map_lookup(batch.column("SpanAttributes"), key, "first")
+    res = pc.map_lookup(batch.column("ResourceAttributes"), key, "first")
+    return pc.coalesce(span, res)
+
+
+_NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+
+
+def _leaf_mask(p: Any, t: pa.Table) -> pa.Array | None:
+    """Per span: does this span make ``p`` keep its trace? None for trace-level policies."""
+    if p.type == "status_code":
+        return pc.is_in(t.column("StatusCode"), pa.array([_STATUS[s] for s in p.status_codes]))
+    if p.type == "string_attribute":
+        v = _attr(t, p.key)
+        if p.regex:
+            m = pc.match_substring_regex(v, "|".join(f"(?:{x})" for x in p.values))
+        else:
+            m = pc.is_in(v, pa.array(p.values, pa.string()))
+        m = pc.fill_null(m, False)
+        return pc.invert(m) if p.invert_match else m
+    if p.type == "numeric_attribute":
+        v = _attr(t, p.key)
+        ok = pc.fill_null(pc.match_substring_regex(v, _NUMBER), False)
+        num = pc.cast(pc.if_else(ok, v, "0"), pa.float64())
+        m = ok
+        if p.min_value is not None:
+            m = pc.and_(m, pc.greater_equal(num, p.min_value))
+        if p.max_value is not None:
+            m = pc.and_(m, pc.less_equal(num, p.max_value))
+        return m
+    return None
+
+
+class _Verdicts:
+    """Per-trace policy evaluation over the spans of the traces being decided."""
+
+    def __init__(self, cfg: TailSamplingConfig) -> None:
+        self.cfg = cfg
+        leaves: list[Any] = []
+        for p in cfg.policies:
+            leaves.extend(p.policies if p.type == "and" else [p])
+        self._span_leaves = [p for p in leaves if _leaf_mask(p, _EMPTY) is not None]
+
+    def evaluate(
+        self, spans: pa.Table, order: pa.Array, at_ms: np.ndarray, rate: dict[str, list[int]]
+    ) -> np.ndarray:
+        """Keep mask aligned with ``order`` (trace ids in decision order; ``at_ms`` is the clock
+        at each decision); ``rate`` holds each rate limiter's [second, spans kept in it]."""
+        start = pc.cast(spans.column("Timestamp"), pa.int64())
+        cols: dict[str, Any] = {
+            "TraceId": spans.column("TraceId"),
+            "s": start,
+            "e": pc.add(start, pc.cast(spans.column("Duration"), pa.int64())),
+        }
+        aggs: list[tuple[str, str]] = [("s", "min"), ("e", "max"), ("s", "count")]
+        for i, p in enumerate(self._span_leaves):
+            cols[f"p{i}"] = _leaf_mask(p, spans)
+            aggs.append((f"p{i}", "any"))
+        agg = pa.table(cols).group_by("TraceId", use_threads=False).aggregate(aggs)
+        idx = pc.index_in(order, agg.column("TraceId")).to_numpy(zero_copy_only=False)
+        n_spans = agg.column("s_count").to_numpy()[idx]
+        lat_ns = (agg.column("e_max").to_numpy() - agg.column("s_min").to_numpy())[idx]
+        span_any = {
+            id(p): np.asarray(agg.column(f"p{i}_any").to_numpy(zero_copy_only=False), bool)[idx]
+            for i, p in enumerate(self._span_leaves)
+        }
+
+        def leaf(p: Any) -> np.ndarray:
+            if id(p) in span_any:
+                return span_any[id(p)]
+            if p.type == "latency":
+                m = lat_ns >= int(p.threshold * 1e9)
+                if p.upper_threshold is not None:
+                    m &= lat_ns <= int(p.upper_threshold * 1e9)
+                return m
+            if p.type == "probabilistic":
+                return head_keep_mask(order, p.sampling_percentage, keep_invalid=False)
+            raise AssertionError(p.type)
+
+        keep = np.zeros(len(order), dtype=bool)
+        for j, p in enumerate(self.cfg.policies):
+            if p.type == "rate_limiting":
+                keep |= _rate_limit(p, f"{j}", n_spans, at_ms, rate)
+            elif p.type == "and":
+                m = np.ones(len(order), dtype=bool)
+                for q in p.policies:
+                    m &= leaf(q)
+                keep |= m
+            else:
+                keep |= leaf(p)
+        return keep
+
+
+def _rate_limit(
+    p: RateLimitingPolicy, key: str, n_spans: np.ndarray, at_ms: np.ndarray, rate: dict
+) -> np.ndarray:
+    """Greedy in decision order: keep a trace while the second of the clock has room."""
+    second, used = rate.get(key, [-1, 0])
+    out = np.zeros(len(n_spans), dtype=bool)
+    for i, (n, at) in enumerate(zip(n_spans.tolist(), (at_ms // 1000).tolist(), strict=True)):
+        if at != second:
+            second, used = at, 0
+        if used + n <= p.spans_per_second:
+            used += n
+            out[i] = True
+    rate[key] = [second, used]
+    return out
+
+
+_EMPTY = pa.table(
+    {
+        "StatusCode": pa.array([], pa.string()),
+        "SpanAttributes": pa.array([], pa.map_(pa.string(), pa.string())),
+        "ResourceAttributes": pa.array([], pa.map_(pa.string(), pa.string())),
+    }
+)
+
+
+# --- the kernel -------------------------------------------------------------------------------
+
+
+def _concat(chunks: list[pa.Array], typ: pa.DataType) -> pa.Array:
+    if not chunks:
+        return pa.array([], typ)
+    return pa.concat_arrays(chunks) if len(chunks) > 1 else chunks[0]
+
+
+def _positions(values: pa.Array, value_set: pa.Array) -> np.ndarray:
+    """Index of each value in ``value_set`` (-1 when absent)."""
+    if len(value_set) == 0:
+        return np.full(len(values), -1, dtype=np.int64)
+    pos = pc.fill_null(pc.index_in(values, value_set=value_set), -1)
+    return pos.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+class TailSampler:
+    """Deterministic tail sampler of one Kafka partition (see the module doc).
+
+    ``process(batch, ts_ms)`` takes the next spans in offset order with the Kafka timestamp of
+    each span's record and returns the kept spans of every trace decided meanwhile, plus
+    later spans of traces decided kept before. State (all immutable Arrow data, so a copy for
+    a snapshot is cheap): the clock, the waiting traces ``(TraceId, due_ms, seq)`` and their
+    spans, the decided cache and the rate limiters. Pickles as compressed Arrow IPC.
+    """
+
+    drop_reason = "sampled"
+    stateful = True
+
+    def __init__(self, cfg: TailSamplingConfig, schema: pa.Schema) -> None:
+        self.cfg = cfg
+        self.schema = schema
+        self._wait_ms = round(cfg.decision_wait * 1000)
+        self._verdicts = _Verdicts(cfg)
+        self._metrics: ComponentMetrics | None = None
+        self.clock_ms: int | None = None
+        self._seq = 0
+        self._spans = schema.empty_table()
+        self._traces = pa.table({"TraceId": pa.array([], pa.string()),
+                                 "due": pa.array([], pa.int64()),
+                                 "seq": pa.array([], pa.int64())})  # fmt: skip
+        self._cache_ids: list[pa.Array] = []
+        self._cache_keep: list[pa.Array] = []
+        self._rate: dict[str, list[int]] = {}
+        self.dropped_rows = 0
+        """Spans sampled out by the last call."""
+        self.overflow_rows = 0
+        """Spans dropped by the last call because ``max_traces`` was exceeded (``drop``)."""
+        self.stats = {"kept": 0, "sampled": 0, "early": 0, "overflow": 0}
+        """Traces decided by the last call: kept, sampled out, decided early, dropped over
+        ``max_traces``."""
+
+    def fresh(self) -> TailSampler:
+        """A new, empty sampler with this one's configuration."""
+        return TailSampler(self.cfg, self.schema)
+
+    # -- state --------------------------------------------------------------------------
+
+    @property
+    def waiting_traces(self) -> int:
+        return self._traces.num_rows
+
+    @property
+    def buffered_rows(self) -> int:
+        return self._spans.num_rows
+
+    @property
+    def nbytes(self) -> int:
+        """Arrow bytes held (waiting spans, trace table, decided cache)."""
+        cache = sum(a.nbytes for a in self._cache_ids + self._cache_keep)
+        return self._spans.nbytes + self._traces.nbytes + cache
+
+    def __deepcopy__(self, memo: dict) -> TailSampler:
+        # bytewax deep-copies state for a snapshot: Arrow data is immutable, share it.
+        new = object.__new__(TailSampler)
+        new.__dict__.update(self.__dict__)
+        new._cache_ids, new._cache_keep = list(self._cache_ids), list(self._cache_keep)
+        new._rate = {k: list(v) for k, v in self._rate.items()}
+        new.stats = dict(self.stats)
+        new._metrics = None
+        return new
+
+    def __getstate__(self) -> dict:
+        ids = _concat(self._cache_ids, pa.string())
+        keep = _concat(self._cache_keep, pa.bool_())
+        return {
+            "cfg": self.cfg.model_dump(),
+            "clock_ms": self.clock_ms,
+            "seq": self._seq,
+            "rate": self._rate,
+            "spans": _ipc(self._spans),
+            "traces": _ipc(self._traces),
+            "cache": _ipc(pa.table({"TraceId": ids, "keep": keep})),
+        }
+
+    def __setstate__(self, s: dict) -> None:
+        spans = _unipc(s["spans"])
+        self.__init__(TailSamplingConfig.model_validate(s["cfg"]), spans.schema)
+        self.clock_ms, self._seq, self._rate = s["clock_ms"], s["seq"], s["rate"]
+        self._spans, self._traces = spans, _unipc(s["traces"])
+        cache = _unipc(s["cache"])
+        if cache.num_rows:
+            self._cache_ids = [cache.column("TraceId").combine_chunks()]
+            self._cache_keep = [cache.column("keep").combine_chunks()]
+
+    # -- protocol -----------------------------------------------------------------------
+
+    def process(self, batch: pa.RecordBatch | pa.Table, ts_ms: Any) -> pa.Table:
+        """Read ``batch`` (spans in offset order; ``ts_ms`` the record timestamp of each row,
+        an int or an array); returns the spans kept now."""
+        t = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        if not t.schema.equals(self.schema):
+            t = t.cast(self.schema)  # e.g. nullability: rows are kept together with held ones
+        n = t.num_rows
+        self._reset_counts()
+        if n == 0:
+            return self.schema.empty_table()
+        ts = np.broadcast_to(np.asarray(ts_ms, dtype=np.int64), (n,))
+        start = int(ts[0]) if self.clock_ms is None else self.clock_ms
+        clock = np.maximum.accumulate(np.maximum(ts, start))
+        out: list[pa.Table] = []
+        fresh = self._follow_decisions(t, out)
+        self._read(t, fresh, clock, out)
+        self.clock_ms = int(clock[-1])
+        self._bound(out)
+        return _table(out, self.schema)
+
+    def flush(self) -> pa.Table:
+        """Decide every waiting trace now (end of input)."""
+        self._reset_counts()
+        out: list[pa.Table] = []
+        self._decide_oldest(self._traces.num_rows, out, drop=False)
+        return _table(out, self.schema)
+
+    def _reset_counts(self) -> None:
+        self.dropped_rows = 0
+        self.overflow_rows = 0
+        self.stats = dict.fromkeys(self.stats, 0)
+
+    # -- steps --------------------------------------------------------------------------
+
+    def _follow_decisions(self, t: pa.Table, out: list[pa.Table]) -> np.ndarray | None:
+        """Spans of traces in the decided cache follow their decision; returns the mask of
+        the other rows (None: all)."""
+        if not self._cache_ids:
+            return None
+        ids = _concat(self._cache_ids, pa.string())
+        keep = _concat(self._cache_keep, pa.bool_()).to_numpy(zero_copy_only=False)
+        pos = _positions(t.column("TraceId").combine_chunks(), ids)
+        decided = pos >= 0
+        if not decided.any():
+            return None
+        kept = decided & keep[np.where(decided, pos, 0)]
+        if kept.any():
+            out.append(t.filter(pa.array(kept)))
+        self.dropped_rows += int(decided.sum() - kept.sum())
+        return ~decided
+
+    def _read(
+        self, t: pa.Table, fresh: np.ndarray | None, clock: np.ndarray, out: list[pa.Table]
+    ) -> None:
+        """Add the ``fresh`` rows of ``t``; decide every trace whose due time the clock
+        reaches, from the spans read before that row."""
+        n = t.num_rows
+        rows = np.arange(n)
+        if fresh is not None:
+            t, rows = t.filter(pa.array(fresh)), rows[fresh]
+        tid = t.column("TraceId").combine_chunks()
+        firsts = (
+            pa.table({"TraceId": tid, "i": pa.array(rows)})
+            .group_by("TraceId", use_threads=False)
+            .aggregate([("i", "min")])
+            .sort_by("i_min")
+        )
+        old = self._traces
+        is_new = _positions(firsts.column("TraceId").combine_chunks(), old.column("TraceId")) < 0
+        new = firsts.filter(pa.array(is_new))
+        seq0 = self._seq
+        self._seq += new.num_rows
+        traces = pa.concat_tables([
+            old,
+            pa.table({"TraceId": new.column("TraceId"),
+                      "due": pa.array(clock[new.column("i_min").to_numpy()] + self._wait_ms),
+                      "seq": pa.array(np.arange(seq0, self._seq, dtype=np.int64))}),
+        ]).combine_chunks()  # fmt: skip
+        at = np.searchsorted(clock, traces.column("due").to_numpy(), side="left")
+        decided = at < n
+        if not decided.any():
+            self._traces = traces
+            self._spans = pa.concat_tables([self._spans, t]).combine_chunks()
+            return
+        row_at = at[_positions(tid, traces.column("TraceId"))]
+        row_decided = row_at < n
+        order = np.lexsort((traces.column("seq").to_numpy(), at))  # decision order
+        order = order[decided[order]]
+        d_ids = traces.column("TraceId").take(pa.array(order)).combine_chunks()
+        self._traces = traces.filter(pa.array(~decided))
+        held = pc.is_in(self._spans.column("TraceId"), value_set=d_ids)
+        spans = pa.concat_tables([
+            self._spans.filter(held), t.filter(pa.array(row_decided & (rows < row_at)))
+        ])  # fmt: skip
+        late = t.filter(pa.array(row_decided & (rows >= row_at)))
+        self._spans = pa.concat_tables(
+            [self._spans.filter(pc.invert(held)), t.filter(pa.array(~row_decided))]
+        ).combine_chunks()
+        keep = self._verdicts.evaluate(spans, d_ids, clock[at[order]], self._rate)
+        self._emit(d_ids, keep, [spans, late], out)
+
+    def _emit(
+        self, ids: pa.Array, keep: np.ndarray, parts: list[pa.Table], out: list[pa.Table]
+    ) -> None:
+        """Output the kept traces' spans, count the rest, remember the decisions."""
+        kept_ids = ids.filter(pa.array(keep))
+        for part in parts:
+            if part.num_rows == 0:
+                continue
+            k = part.filter(pc.is_in(part.column("TraceId"), value_set=kept_ids))
+            self.dropped_rows += part.num_rows - k.num_rows
+            if k.num_rows:
+                out.append(k)
+        self.stats["kept"] += int(keep.sum())
+        self.stats["sampled"] += int(len(keep) - keep.sum())
+        self._remember(ids, pa.array(keep))
+
+    def _remember(self, ids: pa.Array, keep: pa.Array) -> None:
+        if self.cfg.decided_cache == 0 or len(ids) == 0:
+            return
+        self._cache_ids.append(ids)
+        self._cache_keep.append(keep)
+        over = sum(len(c) for c in self._cache_ids) - self.cfg.decided_cache
+        while over > 0:  # evict the oldest decisions first
+            head = len(self._cache_ids[0])
+            if head <= over:
+                self._cache_ids.pop(0)
+                self._cache_keep.pop(0)
+                over -= head
+            else:
+                self._cache_ids[0] = self._cache_ids[0].slice(over)
+                self._cache_keep[0] = self._cache_keep[0].slice(over)
+                over = 0
+
+    def _bound(self, out: list[pa.Table]) -> None:
+        """Over ``max_traces`` after a batch: the oldest traces are decided early or dropped."""
+        over = self._traces.num_rows - self.cfg.max_traces
+        if over <= 0:
+            return
+        drop = self.cfg.overflow == "drop"
+        log.warning("tail_sampling: %d traces waiting (max_traces %d): %s the %d oldest",
+                    self._traces.num_rows, self.cfg.max_traces,
+                    "dropping" if drop else "deciding", over)  # fmt: skip
+        self._decide_oldest(over, out, drop)
+        self.stats["overflow" if drop else "early"] += over
+
+    def _decide_oldest(self, k: int, out: list[pa.Table], drop: bool) -> None:
+        """Decide (``drop``: drop) the ``k`` oldest waiting traces (``_traces`` is in seq
+        order) at the current clock."""
+        if k <= 0:
+            return
+        ids = self._traces.column("TraceId").slice(0, k).combine_chunks()
+        self._traces = self._traces.slice(k).combine_chunks()
+        held = pc.is_in(self._spans.column("TraceId"), value_set=ids)
+        spans = self._spans.filter(held)
+        self._spans = self._spans.filter(pc.invert(held)).combine_chunks()
+        if drop:
+            self.overflow_rows += spans.num_rows
+            self._remember(ids, pa.array(np.zeros(k, dtype=bool)))
+            return
+        at = np.full(k, self.clock_ms or 0, dtype=np.int64)
+        self._emit(ids, self._verdicts.evaluate(spans, ids, at, self._rate), [spans], out)
+
+
+def _ipc(t: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    opts = pa.ipc.IpcWriteOptions(compression="lz4")
+    with pa.ipc.new_stream(sink, t.schema, options=opts) as w:
+        w.write_table(t)
+    return sink.getvalue()
+
+
+def _unipc(b: bytes) -> pa.Table:
+    return pa.ipc.open_stream(b).read_all()
+
+
+def _table(parts: list[pa.Table], schema: pa.Schema) -> pa.Table:
+    if not parts:
+        return schema.empty_table()
+    return pa.concat_tables(parts).combine_chunks()
+
+
+def build_tail(cfg: TailSamplingConfig, schema: pa.Schema) -> TailSampler:
+    """Factory used by the registry."""
+    return TailSampler(cfg, schema)
