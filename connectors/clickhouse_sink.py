@@ -174,6 +174,9 @@ class StoredRange:
     replay: bool = False
     first_timestamp_ms: int = 0
     topic_id: str = ""
+    row_times_ms: Any = None
+    """Kafka timestamp of each row's record (numpy int64), for a stateful operator's clock;
+    None once it has run (the sink ignores it)."""
 
     @property
     def token(self) -> str:

@@ -14,7 +14,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ class KafkaRange:
     nbytes: int = 0
     topic_id: str = ""
     """The topic's id (Kafka's UUID) as recorded in the range's intent; empty when unknown."""
+    timestamps: list[int] = field(default_factory=list)
+    """Kafka timestamp (ms) of each record: the event clock of stateful operators."""
 
     @property
     def token(self) -> str:

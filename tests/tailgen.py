@@ -48,6 +48,7 @@ def trace_mix(
     late_rate: float = 0.08,
     late_after_ms: int = 2500,
     mean_spans: int = 6,
+    t0_ms: int = T0_MS,
 ) -> list[Record]:
     """Records of ``n_traces`` traces starting ``spacing_ms`` apart (event time), sorted by
     timestamp. A trace has 1..3*``mean_spans`` spans in 1-3 records within 400 ms of its
@@ -58,7 +59,7 @@ def trace_mix(
     recs: list[Record] = []
     for j in range(n_traces):
         tid = rng.randbytes(16)
-        t_ms = T0_MS + int(j * spacing_ms)
+        t_ms = t0_ms + int(j * spacing_ms)
         n = max(1, min(3 * mean_spans, int(rng.expovariate(1 / mean_spans)) + 1))
         slow = rng.random() < slow_rate
         err_at = rng.randrange(n) if rng.random() < error_rate else -1

@@ -52,15 +52,10 @@ def _build_problems(cfg: OtelwaxConfig) -> list[str]:
                     out.append(f"{where}.module: {problem}")
                     continue
             try:
-                op = build_operator(spec, sig, i)
+                build_operator(spec, sig, i)
             except OperatorError as exc:
                 out.append(f"{where}: {exc}")
                 continue
-            if op.stateful:  # flows.pipeline.resolve_operators refuses them at start
-                out.append(
-                    f"{where}.type: {op.kind} keeps rows across Kafka ranges, which flows.{sig} "
-                    "cannot replay exactly once; use probabilistic_sampler (by trace id) instead"
-                )
     return out
 
 

@@ -10,6 +10,17 @@ from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+MIX_POLICIES: list[dict[str, Any]] = [
+    {"type": "status_code", "status_codes": ["ERROR"]},
+    {"type": "latency", "threshold": 2},
+    {"type": "probabilistic", "sampling_percentage": 10},
+    {"type": "and", "policies": [
+        {"type": "string_attribute", "key": "customer.tier", "values": ["gold"]},
+        {"type": "numeric_attribute", "key": "http.response.size", "min_value": 1e6}]},
+    {"type": "rate_limiting", "spans_per_second": 40},
+]  # fmt: skip
+"""Every policy type, for ``tests.tailgen.trace_mix`` (errors, slow roots, gold customers)."""
+
 _CODES = {"UNSET": 0, "OK": 1, "ERROR": 2}
 
 

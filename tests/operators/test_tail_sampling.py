@@ -18,7 +18,7 @@ from operators.tail_sampling import TailSampler, TailSamplingConfig
 from otelwax.codec import decode_traces
 from otelwax.schemas import TRACES_SCHEMA
 from tests.operators.batches import random_spans, spans_batch
-from tests.operators.tail_oracle import kept_spans
+from tests.operators.tail_oracle import MIX_POLICIES, kept_spans
 from tests.tailgen import trace_mix
 
 T = {k: f"{i:032x}" for i, k in enumerate(["a", "b", "c", "d", "e"], start=1)}
@@ -178,23 +178,14 @@ def _feed(k: TailSampler, part: list) -> list[str]:
     return k.process(res.batch, ts).column("SpanId").to_pylist()
 
 
-POLICIES = [
-    {"type": "status_code", "status_codes": ["ERROR"]},
-    {"type": "latency", "threshold": 2},
-    {"type": "probabilistic", "sampling_percentage": 10},
-    {"type": "and", "policies": [
-        {"type": "string_attribute", "key": "customer.tier", "values": ["gold"]},
-        {"type": "numeric_attribute", "key": "http.response.size", "min_value": 1e6}]},
-    {"type": "rate_limiting", "spans_per_second": 40},
-]  # fmt: skip
 
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_any_cut_into_batches_keeps_what_the_oracle_keeps(seed: int) -> None:
     recs = trace_mix(700, seed=seed)
-    expected, _ = kept_spans([(0, r.ts_ms, r.value) for r in recs], 1.0, POLICIES)
+    expected, _ = kept_spans([(0, r.ts_ms, r.value) for r in recs], 1.0, MIX_POLICIES)
     rnd = random.Random(seed)
-    k = sampler(*POLICIES, wait=1)
+    k = sampler(*MIX_POLICIES, wait=1)
     got: list[str] = []
     i = 0
     while i < len(recs):
