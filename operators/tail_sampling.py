@@ -291,11 +291,24 @@ def _concat(chunks: list[pa.Array], typ: pa.DataType) -> pa.Array:
 
 
 def _positions(values: pa.Array, value_set: pa.Array) -> np.ndarray:
-    """Index of each value in ``value_set`` (-1 when absent)."""
-    if len(value_set) == 0:
-        return np.full(len(values), -1, dtype=np.int64)
+    """Index of each value in ``value_set`` (-1 when absent). A hash table is built per call:
+    over ``value_set`` when it is small, else over ``values`` first, to pick the few entries
+    of a large set (the decided cache, the waiting traces) that a batch can hit."""
+    none = np.full(len(values), -1, dtype=np.int64)
+    if len(value_set) == 0 or len(values) == 0:
+        return none
+    where = None
+    if len(value_set) > 2 * len(values):
+        hit = pc.is_in(value_set, value_set=pc.unique(values))
+        where = np.flatnonzero(hit.to_numpy(zero_copy_only=False))
+        if len(where) == 0:
+            return none
+        value_set = value_set.filter(hit)
     pos = pc.fill_null(pc.index_in(values, value_set=value_set), -1)
-    return pos.to_numpy(zero_copy_only=False).astype(np.int64)
+    pos = pos.to_numpy(zero_copy_only=False).astype(np.int64)
+    if where is None:
+        return pos
+    return np.where(pos >= 0, where[np.maximum(pos, 0)], -1)
 
 
 class TailSampler:
@@ -319,7 +332,8 @@ class TailSampler:
         self._metrics: ComponentMetrics | None = None
         self.clock_ms: int | None = None
         self._seq = 0
-        self._spans = schema.empty_table()
+        self._held: list[pa.RecordBatch] = []  # waiting spans, in arrival order
+        self._held_due: list[int] = []  # per chunk: the earliest due time of its traces
         self._traces = pa.table({"TraceId": pa.array([], pa.string()),
                                  "due": pa.array([], pa.int64()),
                                  "seq": pa.array([], pa.int64())})  # fmt: skip
@@ -346,19 +360,20 @@ class TailSampler:
 
     @property
     def buffered_rows(self) -> int:
-        return self._spans.num_rows
+        return sum(b.num_rows for b in self._held)
 
     @property
     def nbytes(self) -> int:
         """Arrow bytes held (waiting spans, trace table, decided cache)."""
         cache = sum(a.nbytes for a in self._cache_ids + self._cache_keep)
-        return self._spans.nbytes + self._traces.nbytes + cache
+        return sum(b.nbytes for b in self._held) + self._traces.nbytes + cache
 
     def __deepcopy__(self, memo: dict) -> TailSampler:
         # bytewax deep-copies state for a snapshot: Arrow data is immutable, share it.
         new = object.__new__(TailSampler)
         new.__dict__.update(self.__dict__)
         new._cache_ids, new._cache_keep = list(self._cache_ids), list(self._cache_keep)
+        new._held, new._held_due = list(self._held), list(self._held_due)
         new._rate = {k: list(v) for k, v in self._rate.items()}
         new.stats = dict(self.stats)
         new._metrics = None
@@ -372,7 +387,8 @@ class TailSampler:
             "clock_ms": self.clock_ms,
             "seq": self._seq,
             "rate": self._rate,
-            "spans": _ipc(self._spans),
+            "spans": _ipc(pa.Table.from_batches(self._held, self.schema)),
+            "chunks": [(b.num_rows, d) for b, d in zip(self._held, self._held_due, strict=True)],
             "traces": _ipc(self._traces),
             "cache": _ipc(pa.table({"TraceId": ids, "keep": keep})),
         }
@@ -381,7 +397,12 @@ class TailSampler:
         spans = _unipc(s["spans"])
         self.__init__(TailSamplingConfig.model_validate(s["cfg"]), spans.schema)
         self.clock_ms, self._seq, self._rate = s["clock_ms"], s["seq"], s["rate"]
-        self._spans, self._traces = spans, _unipc(s["traces"])
+        self._traces = _unipc(s["traces"])
+        start = 0
+        for n, due in s["chunks"]:
+            self._held.extend(spans.slice(start, n).combine_chunks().to_batches())
+            self._held_due.append(due)
+            start += n
         cache = _unipc(s["cache"])
         if cache.num_rows:
             self._cache_ids = [cache.column("TraceId").combine_chunks()]
@@ -428,8 +449,11 @@ class TailSampler:
         the other rows (None: all)."""
         if not self._cache_ids:
             return None
-        ids = _concat(self._cache_ids, pa.string())
-        keep = _concat(self._cache_keep, pa.bool_()).to_numpy(zero_copy_only=False)
+        if len(self._cache_ids) > 1:  # one array, so the next batch needs no concatenation
+            self._cache_ids = [_concat(self._cache_ids, pa.string())]
+            self._cache_keep = [_concat(self._cache_keep, pa.bool_())]
+        ids = self._cache_ids[0]
+        keep = self._cache_keep[0].to_numpy(zero_copy_only=False)
         pos = _positions(t.column("TraceId").combine_chunks(), ids)
         decided = pos >= 0
         if not decided.any():
@@ -467,28 +491,62 @@ class TailSampler:
                       "due": pa.array(clock[new.column("i_min").to_numpy()] + self._wait_ms),
                       "seq": pa.array(np.arange(seq0, self._seq, dtype=np.int64))}),
         ]).combine_chunks()  # fmt: skip
-        at = np.searchsorted(clock, traces.column("due").to_numpy(), side="left")
+        due = traces.column("due").to_numpy()
+        at = np.searchsorted(clock, due, side="left")
         decided = at < n
+        row_pos = _positions(tid, traces.column("TraceId"))
         if not decided.any():
             self._traces = traces
-            self._spans = pa.concat_tables([self._spans, t]).combine_chunks()
+            if t.num_rows:
+                self._hold(t, int(due[row_pos].min()))
             return
-        row_at = at[_positions(tid, traces.column("TraceId"))]
+        row_at = at[row_pos]
         row_decided = row_at < n
         order = np.lexsort((traces.column("seq").to_numpy(), at))  # decision order
         order = order[decided[order]]
         d_ids = traces.column("TraceId").take(pa.array(order)).combine_chunks()
         self._traces = traces.filter(pa.array(~decided))
-        held = pc.is_in(self._spans.column("TraceId"), value_set=d_ids)
         spans = pa.concat_tables([
-            self._spans.filter(held), t.filter(pa.array(row_decided & (rows < row_at)))
+            self._take(d_ids, int(due[decided].max())),
+            t.filter(pa.array(row_decided & (rows < row_at))),
         ])  # fmt: skip
         late = t.filter(pa.array(row_decided & (rows >= row_at)))
-        self._spans = pa.concat_tables(
-            [self._spans.filter(pc.invert(held)), t.filter(pa.array(~row_decided))]
-        ).combine_chunks()
+        if not row_decided.all():
+            self._hold(t.filter(pa.array(~row_decided)), int(due[row_pos[~row_decided]].min()))
         keep = self._verdicts.evaluate(spans, d_ids, clock[at[order]], self._rate)
         self._emit(d_ids, keep, [spans, late], out)
+
+    def _hold(self, t: pa.Table, min_due: int) -> None:
+        for b in t.combine_chunks().to_batches():
+            self._held.append(b)
+            self._held_due.append(min_due)
+
+    def _take(self, ids: pa.Array, max_due: int) -> pa.Table:
+        """Remove and return the held spans of ``ids`` (traces due by ``max_due``). Only
+        chunks holding a trace due by then are looked at (decisions hit the oldest chunks),
+        and only those holding some of ``ids`` are copied."""
+        look = [i for i, d in enumerate(self._held_due) if d <= max_due]
+        if not look:
+            return self.schema.empty_table()
+        tids = pa.chunked_array([self._held[i].column("TraceId") for i in look], pa.string())
+        hit = pc.is_in(tids, value_set=ids).to_numpy(zero_copy_only=False)  # one hash table
+        taken: list[pa.RecordBatch] = []
+        start = 0
+        for i in look:
+            b = self._held[i]
+            m = hit[start : start + b.num_rows]
+            start += b.num_rows
+            k = int(m.sum())
+            if k == b.num_rows:
+                taken.append(b)
+                self._held[i] = None  # type: ignore[call-overload]
+            elif k:
+                taken.append(b.filter(pa.array(m)))
+                self._held[i] = b.filter(pa.array(~m))
+        keep = [i for i, b in enumerate(self._held) if b is not None]
+        self._held = [self._held[i] for i in keep]
+        self._held_due = [self._held_due[i] for i in keep]
+        return pa.Table.from_batches(taken, self.schema)
 
     def _emit(
         self, ids: pa.Array, keep: np.ndarray, parts: list[pa.Table], out: list[pa.Table]
@@ -541,10 +599,9 @@ class TailSampler:
         if k <= 0:
             return
         ids = self._traces.column("TraceId").slice(0, k).combine_chunks()
+        last_due = self._traces.column("due")[k - 1].as_py()  # dues grow with seq
         self._traces = self._traces.slice(k).combine_chunks()
-        held = pc.is_in(self._spans.column("TraceId"), value_set=ids)
-        spans = self._spans.filter(held)
-        self._spans = self._spans.filter(pc.invert(held)).combine_chunks()
+        spans = self._take(ids, last_due)
         if drop:
             self.overflow_rows += spans.num_rows
             self._remember(ids, pa.array(np.zeros(k, dtype=bool)))
