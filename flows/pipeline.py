@@ -11,6 +11,11 @@ One item is one Kafka offset range of one partition (``connectors.kafka_source``
 the operators keep a range's rows in that range, so a replay after a crash re-inserts the
 same rows under the same deduplication token (``connectors.clickhouse_sink``).
 
+With ``tail_sampling`` (the first operator) a ``tail_sampling`` step keyed by partition sits
+before the other operators: a range leaves it with the spans its records made decided. Its
+state is snapshotted with the source's offset; the sink then stores synchronously and the
+source resumes exactly at the snapshot (see :class:`_TailSampling`).
+
 An operator that raises (``operators_on_error``) is called again on the range's rows, up to
 ``attempts`` times; then (``action: dlq``) the rows are bisected, each half tried once, down to
 the single rows it fails on, which go to the DLQ with the error and the step id while the
@@ -245,6 +250,8 @@ class _TailSampling:
     def __call__(self, state: Any, r: StoredRange) -> tuple[Any, StoredRange]:
         if state is None:
             state = self._op.new_kernel()
+        elif state.cfg != self._op.kernel.cfg:  # restored from a run with another config
+            state.configure(self._op.kernel.cfg)
         n = r.batch.num_rows
         self._metrics.received(n)
         out = state.process(r.batch, r.row_times_ms)
