@@ -17,14 +17,19 @@ WAIT_S = 1.0
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recovery", [True, False], ids=["bytewax-recovery", "intents-only"])
+@pytest.mark.parametrize(
+    ("recovery", "workers"),
+    [(True, 1), (False, 1), (True, 2)],
+    ids=["bytewax-recovery", "intents-only", "recovery-2-workers"],
+)
 def test_sigkill_at_random_moments_stores_exactly_the_oracles_spans(
-    flow_run, recovery: bool
+    flow_run, recovery: bool, workers: int
 ) -> None:
     """Errors, slow roots, gold customers, late spans (2.5 s after the trace started, after
     its decision) in 2 partitions; small ranges cut by time, so where ranges end depends on
     timing and a replay must re-cut them from the intents and feed them to the snapshot's
-    sampler state. Without recovery, a restart rebuilds the state from the first range."""
+    sampler state. Without recovery, a restart rebuilds the state from the first range. With
+    two workers a partition's ranges move to the worker that owns its sampler (and sink)."""
     rnd = random.Random()
     seed = rnd.randrange(1 << 30)
     run = flow_run(
@@ -33,7 +38,7 @@ def test_sigkill_at_random_moments_stores_exactly_the_oracles_spans(
         operators=[{"type": "tail_sampling", "decision_wait": WAIT_S, "policies": MIX_POLICIES}],
     )
     if recovery:
-        run.init_recovery(partitions=1)
+        run.init_recovery(partitions=workers)
     recs = trace_mix(900, seed=seed, t0_ms=int(time.time() * 1000) - 120_000)
     half = len(recs) * 2 // 3
 
@@ -51,14 +56,15 @@ def test_sigkill_at_random_moments_stores_exactly_the_oracles_spans(
     producer = threading.Thread(target=late_produce, daemon=True)
     producer.start()
     kills = run.kill_at_random_moments(
-        rnd, 3, span=(1.0, 3.0), after="codec: using", recovery=recovery, snapshot_s=1
+        rnd, 3, span=(1.0, 3.0), after="codec: using", recovery=recovery, snapshot_s=1,
+        extra=["-w", str(workers)],
     )
     producer.join(60)
     # A record 10 s later on each partition moves its clock past every trace's decision.
     tick = trace_mix(1, seed=seed + 1, t0_ms=recs[-1].ts_ms + 10_000)[0]  # a trace of its own
     for p in (0, 1):
         produce(run.bootstrap, run.topic, [tick.value], [tick.key], p, [tick.ts_ms])
-    run.run_to_end(recovery=recovery, snapshot_s=1, timeout=120)
+    run.run_to_end(recovery=recovery, snapshot_s=1, timeout=120, extra=["-w", str(workers)])
 
     msgs = sorted(consume_all(run.bootstrap, run.topic), key=lambda m: (m.partition(), m.offset()))
     assert len(msgs) == len(recs) + 2
