@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from tests.flows.conftest import chdb_rows, consume_all, produce
-from tests.operators.tail_oracle import MIX_POLICIES, kept_spans
+from tests.conftest import free_port
+from tests.flows.conftest import chdb_rows, consume_all, produce, scrape_metrics
+from tests.operators.tail_oracle import MIX_POLICIES, kept_spans, spans_of
 from tests.tailgen import trace_mix
 
 WAIT_S = 1.0
@@ -80,3 +81,33 @@ def test_sigkill_at_random_moments_stores_exactly_the_oracles_spans(
     )
     assert waiting == 2  # the two tick traces wait for a clock that never comes
     assert kills >= 2, why
+
+
+def test_decisions_are_counted_on_metrics(flow_run) -> None:
+    """/metrics: spans kept (sent) and sampled out (dropped) as rows, decided traces kept and
+    sampled out as traces, equal to what the oracle decides."""
+    run = flow_run(
+        partitions=1,
+        operators=[{"type": "tail_sampling", "decision_wait": WAIT_S, "policies": MIX_POLICIES}],
+    )
+    recs = trace_mix(150, seed=5, t0_ms=int(time.time() * 1000) - 60_000)
+    recs.append(trace_mix(1, seed=6, t0_ms=recs[-1].ts_ms + 10_000)[0])  # moves the clock
+    produce(run.bootstrap, run.topic, [r.value for r in recs], [r.key for r in recs], 0,
+            [r.ts_ms for r in recs])  # fmt: skip
+    kept, waiting = kept_spans([(0, r.ts_ms, r.value) for r in recs], WAIT_S, MIX_POLICIES)
+    spans = [s for r in recs for s in spans_of(r.value)]
+    kept_traces = {s.trace_id for s in spans if s.span_id in kept}
+    port = free_port()
+    p = run.start(env={"OTELWAX_METRICS_PORT": str(port)})
+    c = 'component="operator.tail_sampling.0"'
+    rows = f'otelwax_sent_total{{{c},unit="rows"}} {float(len(kept))}'
+    traces = f'otelwax_sent_total{{{c},unit="traces"}} {float(len(kept_traces))}'
+    text = scrape_metrics(port, rows, traces)
+    p.kill()
+    assert rows in text and traces in text, text[-3000:]
+    assert waiting == 1
+    sampled = 150 - len(kept_traces)
+    assert f'otelwax_dropped_total{{{c},reason="sampled",unit="traces"}} {float(sampled)}' in text
+    tick_spans = len(spans_of(recs[-1].value))
+    dropped_rows = float(len(spans) - len(kept) - tick_spans)
+    assert f'otelwax_dropped_total{{{c},reason="sampled",unit="rows"}} {dropped_rows}' in text
