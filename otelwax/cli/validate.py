@@ -90,6 +90,22 @@ def _flow_summary(cfg: OtelwaxConfig, name: str) -> str:
     return text
 
 
+def _recovery_notes(cfg: OtelwaxConfig) -> list[str]:
+    """tail_sampling without a recovery directory works, but replays a lot after restarts."""
+    try:
+        tail = any(sp.type == "tail_sampling" for sp in cfg.operator_specs("traces"))
+        recovery = cfg.flow_settings("traces").recovery.directory
+    except ConfigError:
+        return []
+    if not tail or recovery is not None:
+        return []
+    return [
+        "flows.traces: tail_sampling keeps waiting traces in bytewax snapshots; without "
+        "flows.traces.recovery.directory (or -r when run by bytewax.run) every restart replays "
+        "each partition from its first recorded range"
+    ]
+
+
 def _summary(cfg: OtelwaxConfig) -> str:
     flows = "\n  ".join(_flow_summary(cfg, n) for n in SIGNALS)
     return f"kafka {cfg.ingest.kafka.bootstrap_servers}\n  {flows}"
@@ -140,7 +156,7 @@ def run(args: Any) -> int:
     if cfg is not None and not args.no_imports:
         problems = _build_problems(cfg)
     problems = blame_env(problems, origins)
-    for hint in env_hints(dict(os.environ), SIGNALS):
+    for hint in env_hints(dict(os.environ), SIGNALS) + (_recovery_notes(cfg) if cfg else []):
         print(f"{label}: note: {hint}")
     if problems or cfg is None:
         n = len(problems)

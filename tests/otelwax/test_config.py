@@ -169,6 +169,11 @@ def test_cli_refuses_an_operator_the_flow_cannot_run(tmp_path: Path) -> None:
     f.write_text("flows:\n  traces:\n    operators:\n      - {type: tail_sampling}\n")
     res = _validate("-c", str(f))
     assert res.returncode == 0, res.stdout
+    assert "note: flows.traces: tail_sampling keeps waiting traces in bytewax" in res.stdout
+    f.write_text("flows:\n  traces:\n    recovery: {directory: /tmp/r}\n    operators:\n"
+                 "      - {type: tail_sampling}\n")  # fmt: skip
+    res = _validate("-c", str(f))
+    assert res.returncode == 0 and "note:" not in res.stdout, res.stdout
 
 
 @pytest.mark.parametrize(
