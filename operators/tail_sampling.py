@@ -26,7 +26,8 @@ timestamp. A trace's first span read at clock ``c`` makes the trace *due* at
 ``c + decision_wait``; it is decided just before the first record that moves the clock to or
 past that point, from the spans read until then. Spans of a decided trace that come later
 follow the decision while the trace id is in the decided cache (evicted oldest decision first);
-after that they start a new trace.
+after that they start a new trace (spans later in the same batch as their trace's decision
+always follow it, so keep ``decided_cache`` above the decisions of one range).
 
 Nothing depends on wall-clock time or on how the records were cut into batches, so the kept
 set is a function of the partition's records alone (the test's offline oracle computes it),
