@@ -246,6 +246,7 @@ class _TailSampling:
         self._op = op  # operators.registry.BatchOperator (a fresh kernel per partition)
         self._metrics = op.metrics
         self._traces = ComponentMetrics(f"operator.{op.name}", "traces")
+        self._early = ComponentMetrics(f"operator.{op.name}", "traces_decided_early")
 
     def __call__(self, state: Any, r: StoredRange) -> tuple[Any, StoredRange]:
         if state is None:
@@ -264,7 +265,7 @@ class _TailSampling:
         self._traces.sent(st["kept"])
         self._traces.dropped(st["sampled"], "sampled")
         self._traces.dropped(st["overflow"], "tail_overflow")
-        self._traces.dropped(st["early"], "decided_early")  # decided, counted as an event
+        self._early.sent(st["early"])  # also counted kept or sampled out above
         return state, r
 
 
