@@ -177,6 +177,9 @@ class StoredRange:
     topic_id: str = ""
     tables: dict[str, pa.RecordBatch] | None = None
     """Rows per table for a sink with ``routes`` (the metrics tables); ``batch`` is unused."""
+    row_times_ms: Any = None
+    """Kafka timestamp of each row's record (numpy int64), for a stateful operator's clock;
+    None once it has run (the sink ignores it)."""
 
     @property
     def token(self) -> str:

@@ -14,7 +14,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ class KafkaRange:
     lag: int = -1
     """Records after this range in its partition when it was cut (from the high watermark of
     the last fetch, no broker round trip); -1 when unknown."""
+    timestamps: list[int] = field(default_factory=list)
+    """Kafka timestamp (ms) of each record: the event clock of stateful operators."""
 
     @property
     def token(self) -> str:

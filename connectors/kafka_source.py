@@ -149,6 +149,7 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         acks: RangeAcks | None = None,
         topic_id: str = "",
         announce: bool = False,
+        stateful: bool = False,
     ) -> None:
         from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
@@ -196,6 +197,8 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         pending = None
         if intents is not None:
             pending = intents.pending_from(self._topic, partition)
+            if stateful:
+                pending, default = self._stateful_start(intents, resume_state, default)
         start, planned = plan_start(
             resume_state,
             pending,
@@ -233,6 +236,7 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         )
         self._values: list[bytes] = []
         self._offsets: list[int] = []
+        self._stamps: list[int] = []
         self._nbytes = 0
         self._ts0 = 0
         self._since = 0.0
@@ -249,6 +253,25 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         self._progress = HEALTH.progress(f"{self._topic}[{partition}]")  # /livez, /readyz
 
     # --- where to start --------------------------------------------------------------------
+    def _stateful_start(
+        self, intents: IntentReader, resume: int | None, default: int
+    ) -> tuple[None, int]:
+        """(pending, default) for a flow with stateful operators: their state is the
+        snapshot's, so the partition replays from the snapshot even over stored ranges (they
+        are re-cut and skipped as stored); with no snapshot, from the first recorded range."""
+        if resume is not None:
+            return None, default
+        recorded = intents.ranges_from(self._topic, self._partition, 0)
+        if recorded:
+            log.warning(
+                "kafka %s[%d]: stateful operators and no recovery snapshot: replaying from the "
+                "first recorded range (offset %d) to rebuild their state; run the flow with "
+                "bytewax recovery (-r) to resume from snapshots",
+                self._topic, self._partition, recorded[0][0],
+            )  # fmt: skip
+            return None, recorded[0][0]
+        return None, default
+
     def _stale(
         self, intents: IntentReader | None, resume: int | None, high: int, default: int
     ) -> bool:
@@ -306,9 +329,10 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
             self._ts0,
             self._nbytes,
             self._topic_id if topic_id is None else topic_id,  # a replay keeps its token
-            self._records_after(last),
+            timestamps=self._stamps,
+            lag=self._records_after(last),
         )
-        self._values, self._offsets, self._nbytes = [], [], 0
+        self._values, self._offsets, self._stamps, self._nbytes = [], [], [], 0
         self._next = last + 1
         if rng.values:
             if self._acks is not None:
@@ -344,6 +368,7 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
             self._ts0 = ts_ms
         self._values.append(value)
         self._offsets.append(offset)
+        self._stamps.append(ts_ms)
         self._nbytes += len(value)
         if planned and offset >= planned[0][0]:
             if offset == planned[0][1]:
@@ -552,6 +577,9 @@ class PartitionedKafkaSource(FixedPartitionedSource[KafkaRange, int]):
     acks: RangeAcks | None = None
     announce: bool = False
     """Emit an empty range per partition before its records (see ``KafkaRange.lag``)."""
+    stateful: bool = False
+    """The flow has stateful operators (snapshotted with this source): resume from the
+    snapshot, never past it to the sink's latest intent (see ``_RangePartition``)."""
     _started: bool = field(default=False, init=False, repr=False)
     _topic_id: str | None = field(default=None, init=False, repr=False)
 
@@ -615,6 +643,7 @@ class PartitionedKafkaSource(FixedPartitionedSource[KafkaRange, int]):
             self.acks,
             self.topic_id(),
             self.announce,
+            self.stateful,
         )
 
 

@@ -11,6 +11,11 @@ One item is one Kafka offset range of one partition (``connectors.kafka_source``
 the operators keep a range's rows in that range, so a replay after a crash re-inserts the
 same rows under the same deduplication token (``connectors.clickhouse_sink``).
 
+With ``tail_sampling`` (the first operator) a ``tail_sampling`` step keyed by partition sits
+before the other operators: a range leaves it with the spans its records made decided. Its
+state is snapshotted with the source's offset; the sink then stores synchronously and the
+source resumes exactly at the snapshot (see :class:`_TailSampling`).
+
 An operator that raises (``operators_on_error``) is called again on the range's rows, up to
 ``attempts`` times; then (``action: dlq``) the rows are bisected, each half tried once, down to
 the single rows it fails on, which go to the DLQ with the error and the step id while the
@@ -33,6 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
@@ -119,19 +125,28 @@ class FlowSettings(Protocol):
 class _Decoded:
     """A range after decode: its rows and the payloads that failed."""
 
-    __slots__ = ("batch", "letters", "rng")
+    __slots__ = ("batch", "letters", "rng", "row_times_ms")
 
-    def __init__(self, rng: KafkaRange, batch: pa.RecordBatch, letters: list[DeadLetter]) -> None:
+    def __init__(
+        self,
+        rng: KafkaRange,
+        batch: pa.RecordBatch,
+        letters: list[DeadLetter],
+        row_times_ms: np.ndarray | None = None,
+    ) -> None:
         self.rng = rng
         self.batch = batch
         self.letters = letters
+        self.row_times_ms = row_times_ms
 
 
 class _Decode:
-    """OTLP payloads of one range → one Arrow batch; undecodable payloads become letters."""
+    """OTLP payloads of one range → one Arrow batch; undecodable payloads become letters.
+    ``row_times``: also each row's Kafka record timestamp (for a stateful operator)."""
 
-    def __init__(self, signal: Signal) -> None:
+    def __init__(self, signal: Signal, row_times: bool = False) -> None:
         self._signal = signal
+        self._row_times = row_times
         self._fn: Callable[[Sequence[bytes]], Any] | None = None
         self._rows = ComponentMetrics("decode", signal.unit)
         self._records = ComponentMetrics("decode", "records")
@@ -150,7 +165,10 @@ class _Decode:
         self._records.sent(len(rng.values) - len(letters))
         self._rows.sent(res.batch.num_rows)
         self._rows.batch(res.batch.num_rows)
-        return _Decoded(rng, res.batch, letters)
+        times = None
+        if self._row_times:
+            times = np.repeat(np.asarray(rng.timestamps, np.int64), res.rows_per_payload)
+        return _Decoded(rng, res.batch, letters, times)
 
 
 class _DeadLetterOutbox:
@@ -214,7 +232,42 @@ class _DeadLetters:
             r.replay,
             r.first_timestamp_ms,
             r.topic_id,
+            d.row_times_ms,
         )
+
+
+class _TailSampling:
+    """``stateful_map`` mapper of the tail sampler (one per Kafka partition, the key): each
+    range leaves with the spans its records made decided (see ``operators.tail_sampling``),
+    under its own token. The sampler is the step's state, snapshotted by bytewax with the
+    source's offset; the source resumes exactly there (``stateful``), so a replay feeds the
+    same ranges to the same state and re-creates each range's insert."""
+
+    def __init__(self, op: Any) -> None:
+        self._op = op  # operators.registry.BatchOperator (a fresh kernel per partition)
+        self._metrics = op.metrics
+        self._traces = ComponentMetrics(f"operator.{op.name}", "traces")
+        self._early = ComponentMetrics(f"operator.{op.name}", "traces_decided_early")
+
+    def __call__(self, state: Any, r: StoredRange) -> tuple[Any, StoredRange]:
+        if state is None:
+            state = self._op.new_kernel()
+        elif state.cfg != self._op.kernel.cfg:  # restored from a run with another config
+            state.configure(self._op.kernel.cfg)
+        n = r.batch.num_rows
+        self._metrics.received(n)
+        out = state.process(r.batch, r.row_times_ms)
+        r.batch = _one_batch(out.to_batches(), r.batch.schema)
+        r.row_times_ms = None
+        self._metrics.sent(r.batch.num_rows)
+        self._metrics.dropped(state.dropped_rows, "sampled")
+        self._metrics.dropped(state.overflow_rows, "tail_overflow")
+        st = state.stats
+        self._traces.sent(st["kept"])
+        self._traces.dropped(st["sampled"], "sampled")
+        self._traces.dropped(st["overflow"], "tail_overflow")
+        self._early.sent(st["early"])  # also counted kept or sampled out above
+        return state, r
 
 
 class _ApplyOperator:
@@ -336,20 +389,14 @@ def resolve_operators(
 ) -> list[tuple[str, BatchOperator]]:
     """Turn ``operators:`` config entries into callables via ``operators.registry``.
 
-    Only stateless operators are allowed here: a stateful one (tail sampling) would move rows
-    between Kafka ranges, so a replayed range could no longer reproduce its insert.
+    A stateful operator (``tail_sampling``, first when present) is returned too; the
+    dataflow runs it as a snapshotted per-partition step (:class:`_TailSampling`).
     """
     if not specs:
         return []
     from operators import registry  # owned by the operators component
 
     ops = registry.build_pipeline(registry.parse_specs(list(specs)), signal.name)
-    stateful = [o.name for o in ops if getattr(o, "stateful", False)]
-    if stateful:
-        raise ValueError(
-            f"operators {stateful}: stateful operators are not supported in flows.{signal.name} "
-            "(exactly-once needs each Kafka range's rows to stay in that range)"
-        )
     return [(o.name, o) for o in ops]
 
 
@@ -373,16 +420,27 @@ def range_steps(
     settings: FlowSettings,
     signal: Signal,
     batch_operators: Sequence[BatchOperator | tuple[str, BatchOperator]] | None = None,
+    ops: list[tuple[str, Any]] | None = None,
+    row_times: bool = False,
 ) -> list[tuple[str, Callable[[Any], Any]]]:
     """The 1:1 steps from a :class:`KafkaRange` to the :class:`StoredRange` the sink takes,
-    as ``(step_id, fn)``: decode, dead letters, then each operator (configured ones first).
-    The flow maps them one by one; ``otelwax replay`` (``flows.replay``) composes them."""
+    as ``(step_id, fn)``: decode, dead letters, then each operator (``ops``, default the
+    configured ones, then ``batch_operators``). The flow maps them one by one (a stateful
+    tail_sampling step goes after the first two); ``otelwax replay`` composes them, and
+    refuses a flow with a stateful operator (its output depends on what came before)."""
     outbox = _DeadLetterOutbox(settings)
     steps: list[tuple[str, Callable[[Any], Any]]] = [
-        ("decode", _Decode(signal)),
+        ("decode", _Decode(signal, row_times=row_times)),
         ("dead_letters", _DeadLetters(outbox)),
     ]
-    ops = resolve_operators(settings.operators, signal)
+    if ops is None:
+        ops = resolve_operators(settings.operators, signal)
+        if any(getattr(fn, "stateful", False) for _, fn in ops):
+            raise ValueError(
+                f"{signal.name} has a stateful operator (tail_sampling), whose output depends "
+                "on the records before a range: it cannot be replayed range by range"
+            )
+    ops = list(ops)
     for item in batch_operators or []:
         ops.append(item if isinstance(item, tuple) else (getattr(item, "__name__", "op"), item))
     policy = settings.operators_on_error
@@ -416,7 +474,12 @@ def build_dataflow(
         if port is not None:
             serve_flow_metrics(port, addr, settings.health)
 
-    acks = RangeAcks()  # every range reaches the sink: the steps below are all 1:1 maps
+    ops = resolve_operators(settings.operators, signal)
+    tail = ops.pop(0)[1] if ops and getattr(ops[0][1], "stateful", False) else None
+    # Every range reaches the sink: the steps below are all 1:1 maps. With a stateful step the
+    # sink stores each batch before the epoch can close (no overlap), so a snapshot's offset
+    # and the step's state agree and nothing before the offset is unstored.
+    acks = None if tail is not None else RangeAcks()
     sink = clickhouse_sink(settings, signal, acks)
 
     def intents() -> Any:
@@ -426,11 +489,18 @@ def build_dataflow(
     src = settings.source
     if src.group_id is None:  # offsets are committed for lag tools under the flow's name
         src = src.model_copy(update={"group_id": settings.sink.flow})
-    source = PartitionedKafkaSource(settings.kafka, src, intents, on_start, acks)
+    source = PartitionedKafkaSource(
+        settings.kafka, src, intents, on_start, acks, stateful=tail is not None
+    )
     ranges = op.input("kafka", flow, source)
+    steps = range_steps(settings, signal, batch_operators, ops, row_times=tail is not None)
     stored: Any = ranges
-    for step, fn in range_steps(settings, signal, batch_operators):
+    for i, (step, fn) in enumerate(steps):
         stored = op.map(step, stored, fn)
+        if i == 1 and tail is not None:  # after decode and dead letters: the first operator
+            keyed = op.key_on("by_partition", stored, lambda r: f"{r.topic}:{r.partition}")
+            sampled = op.stateful_map("tail_sampling", keyed, _TailSampling(tail))
+            stored = op.key_rm("tail_sampled", sampled)
     for step_id, extra in outputs:
         op.output(step_id, stored, extra)
     op.output("clickhouse", stored, sink)

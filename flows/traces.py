@@ -9,6 +9,7 @@ one partition, see ``connectors.kafka_source``):
 
     kafka (PartitionedKafkaSource) → decode (OTLP → pa.RecordBatch, bad payloads set aside)
       → dead_letters (bad payloads to the DLQ topic, waits for Kafka's ack)
+      [→ tail_sampling (per partition, by event time, state in bytewax snapshots)]
       → op_<i> (batch operators, Arrow in/out) → clickhouse (intent, then deduplicated insert)
 
 Importing this module does no network I/O: ``flow`` is built from the config file named by
@@ -30,7 +31,7 @@ __all__ = ["BatchOperator", "build", "build_from_settings", "load_settings"]
 
 
 def resolve_operators(specs: Sequence[dict[str, Any]]) -> list[tuple[str, BatchOperator]]:
-    """``operators:`` config entries as callables (stateless only; see ``flows.pipeline``)."""
+    """``operators:`` config entries as callables (see ``flows.pipeline``)."""
     return pipeline.resolve_operators(specs, TRACES)
 
 

@@ -15,8 +15,8 @@ Every ``BatchOperator`` has ``name``, ``kind``, ``stateful`` and:
   stateful ones return whatever became ready (possibly an empty batch) — prefer ``process``.
 - ``process(batch, now=None) -> list[batch]``: batches ready after this input (stateless: one).
 - ``flush() -> list[batch]``: what a stateful operator still holds (end of input/shutdown).
-- ``next_deadline() -> float | None``: wall-clock seconds when ``process`` should be called
-  again even without input (for bytewax ``StatefulLogic.notify_at``); None for stateless.
+- ``next_deadline() -> None``: stateful operators decide by the records' event time
+  (``now`` given to ``process``), never by the wall clock.
 
 It counts rows on ``/metrics`` as ``component="operator.<name>", unit="rows"``: received (in),
 sent (out) and dropped (reason ``filtered`` / ``sampled``), and ``failed`` for batches whose
@@ -29,7 +29,7 @@ YAML entries (``type`` selects the operator; ``name`` defaults to ``<type>.<inde
       - {type: transform, actions: [...]}
       - {type: redact}
       - {type: probabilistic_sampler, sampling_percentage: 25}
-      - {type: tail_sampling, decision_wait: 10s, latency_threshold: 2s}
+      - {type: tail_sampling, decision_wait: 10s, policies: [{type: latency, threshold: 2s}]}
       - {module: "mypkg.ops:scrub", config: {field: value}}        # a user operator
 
 A user operator is ``module.path:attr``. By default ``attr`` is a function
@@ -54,6 +54,7 @@ from pydantic import BeforeValidator, Discriminator, Field, Tag, TypeAdapter, fi
 from operators import filter as filter_op
 from operators import redact as redact_op
 from operators import sampling as sampling_op
+from operators import tail_sampling as tail_op
 from operators import transform as transform_op
 from otelwax.schemas import LOGS_SCHEMA, TRACES_SCHEMA
 from otelwax.settings import StrictModel
@@ -72,7 +73,6 @@ __all__ = [
     "parse_spec",
     "parse_specs",
     "spec_problems",
-    "stateful_pipeline",
 ]
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ _BUILTIN: dict[str, tuple[type[StrictModel], Callable[..., Any]]] = {
     "transform": (transform_op.TransformConfig, transform_op.build),
     "redact": (redact_op.RedactConfig, redact_op.build),
     "probabilistic_sampler": (sampling_op.ProbabilisticSamplerConfig, sampling_op.build_head),
-    "tail_sampling": (sampling_op.TailSamplingConfig, sampling_op.build_tail),
+    "tail_sampling": (tail_op.TailSamplingConfig, tail_op.build_tail),
 }
 OPERATOR_TYPES = (*_BUILTIN, "module")
 
@@ -260,7 +260,7 @@ OperatorSpec = Annotated[
         Annotated[transform_op.TransformConfig, Tag("transform")],
         Annotated[redact_op.RedactConfig, Tag("redact")],
         Annotated[sampling_op.ProbabilisticSamplerConfig, Tag("probabilistic_sampler")],
-        Annotated[sampling_op.TailSamplingConfig, Tag("tail_sampling")],
+        Annotated[tail_op.TailSamplingConfig, Tag("tail_sampling")],
         Annotated[ModuleConfig, Tag("module")],
     ],
     Discriminator(_tag),
@@ -295,7 +295,15 @@ def spec_problems(specs: Sequence[Any], signal: str) -> list[tuple[str, str]]:
     stateful = [i for i, s in enumerate(specs) if s.type == "tail_sampling"]
     if len(stateful) > 1:
         out.append((f"{stateful[1]}.type", "only one tail_sampling step per flow"))
+    elif stateful and stateful[0] != 0:
+        out.append((f"{stateful[0]}.type", TAIL_FIRST))
     return out
+
+
+TAIL_FIRST = (
+    "tail_sampling must be the first operator: its clock is each span's Kafka record time, "
+    "which only the decoded rows carry (operators after it see the sampled spans)"
+)
 
 
 def _step_name(spec: Any, index: int) -> str:
@@ -322,6 +330,10 @@ class BatchOperator:
     def __repr__(self) -> str:
         return f"BatchOperator({self.name!r}, kind={self.kind!r})"
 
+    def new_kernel(self) -> Any:
+        """A fresh kernel of a stateful operator (a flow keeps one per Kafka partition)."""
+        return self.kernel.fresh()
+
     def _error(self, exc: Exception) -> OperatorError:
         if isinstance(exc, OperatorError):
             return exc
@@ -342,8 +354,12 @@ class BatchOperator:
         self._schema = batch.schema
         try:
             if self.stateful:
-                outs = self.kernel.process(batch, now)
+                if now is None:
+                    raise ValueError("a stateful operator needs the event time (now=) of the "
+                                     "records, never the wall clock (see operators.tail_sampling)")
+                outs = self.kernel.process(batch, int(now * 1000)).to_batches()
                 dropped = self.kernel.dropped_rows
+                self.metrics.dropped(self.kernel.overflow_rows, "tail_overflow")
             else:
                 out = self.apply(batch)
                 outs = [out]
@@ -368,14 +384,15 @@ class BatchOperator:
         """Emit what a stateful operator still holds (nothing for stateless ones)."""
         if not self.stateful:
             return []
-        outs = self.kernel.flush()
+        outs = self.kernel.flush().to_batches()
         self.metrics.sent(sum(b.num_rows for b in outs))
         self.metrics.dropped(self.kernel.dropped_rows, self.drop_reason)
         return outs
 
     def next_deadline(self) -> float | None:
-        """When a stateful operator wants ``process`` called without input (epoch seconds)."""
-        return self.kernel.next_deadline() if self.stateful else None
+        """When ``process`` should be called without input: never (decisions follow the
+        records' event time, not the wall clock)."""
+        return None
 
 
 def build_operator(spec: Any, signal: str, index: int = 0) -> BatchOperator:
@@ -489,44 +506,3 @@ def build_batch_operator(spec: Any, signal: str = "traces", index: int = 0) -> B
             "; ".join(f"operators.{index}.{f.split('.', 1)[1]}: {m}" for f, m in problems)
         )
     return build_operator(spec, signal, index)
-
-
-def stateful_pipeline(step_id: str, up: Any, specs: Sequence[Any], signal: str) -> Any:
-    """Run a pipeline with stateful operators in a bytewax flow (keyed stream → keyed stream).
-
-    ``up`` is a ``KeyedStream[pa.RecordBatch]``; key it by something that keeps traces together
-    (the Kafka partition: records are keyed by trace id). Each key gets its own ``Pipeline``;
-    bytewax's ``notify_at`` drives decisions when no data arrives; end of input flushes. The
-    buffered state is not snapshotted (see ``operators.sampling``). Stateless pipelines do not
-    need this: ``op.map(step_id, stream, lambda b: run_pipeline(ops, b))`` is enough.
-    """
-    from datetime import UTC, datetime
-
-    from bytewax import operators as bop
-    from bytewax.operators import StatefulLogic
-
-    if any(isinstance(s, dict) for s in specs):
-        specs = parse_specs(specs)
-    build_pipeline(specs, signal)  # validate once, at flow build time
-
-    class _Logic(StatefulLogic):
-        def __init__(self) -> None:
-            self.pipe = Pipeline(build_pipeline(specs, signal))
-
-        def on_item(self, value: pa.RecordBatch) -> tuple[list[pa.RecordBatch], bool]:
-            return self.pipe.process(value), False
-
-        def on_notify(self) -> tuple[list[pa.RecordBatch], bool]:
-            return self.pipe.tick(), False
-
-        def on_eof(self) -> tuple[list[pa.RecordBatch], bool]:
-            return self.pipe.flush(), False
-
-        def notify_at(self) -> datetime | None:
-            t = self.pipe.next_deadline()
-            return None if t is None else datetime.fromtimestamp(t, tz=UTC)
-
-        def snapshot(self) -> None:
-            return None
-
-    return bop.stateful(step_id, up, lambda _resume: _Logic())

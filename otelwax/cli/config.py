@@ -303,7 +303,7 @@ def _secret_entries(
 
 def _operator_problems(data: dict[str, Any], problems: list[str], from_env: set[str]) -> None:
     """Validate every flow's operator entries one by one (so all problems are found)."""
-    from operators.registry import SIGNAL_SCHEMAS, OperatorSpec, parse_spec
+    from operators.registry import SIGNAL_SCHEMAS, TAIL_FIRST, OperatorSpec, parse_spec
 
     global _ALL_TAGS
     if not _ALL_TAGS:
@@ -338,6 +338,8 @@ def _operator_problems(data: dict[str, Any], problems: list[str], from_env: set[
                 tails.append(i)
         if len(tails) > 1:
             problems.append(f"{prefix}.{tails[1]}.type: only one tail_sampling step per flow")
+        elif tails and tails[0] != 0:
+            problems.append(f"{prefix}.{tails[0]}.type: {TAIL_FIRST}")
 
 
 def validate_data(

@@ -52,15 +52,10 @@ def _build_problems(cfg: OtelwaxConfig) -> list[str]:
                     out.append(f"{where}.module: {problem}")
                     continue
             try:
-                op = build_operator(spec, sig, i)
+                build_operator(spec, sig, i)
             except OperatorError as exc:
                 out.append(f"{where}: {exc}")
                 continue
-            if op.stateful:  # flows.pipeline.resolve_operators refuses them at start
-                out.append(
-                    f"{where}.type: {op.kind} keeps rows across Kafka ranges, which flows.{sig} "
-                    "cannot replay exactly once; use probabilistic_sampler (by trace id) instead"
-                )
     return out
 
 
@@ -93,6 +88,22 @@ def _flow_summary(cfg: OtelwaxConfig, name: str) -> str:
             text += f" after {len(specs)} operator{'s' if len(specs) != 1 else ''} ("
             text += ", ".join(sp.name or sp.type for sp in specs) + ")"
     return text
+
+
+def _recovery_notes(cfg: OtelwaxConfig) -> list[str]:
+    """tail_sampling without a recovery directory works, but replays a lot after restarts."""
+    try:
+        tail = any(sp.type == "tail_sampling" for sp in cfg.operator_specs("traces"))
+        recovery = cfg.flow_settings("traces").recovery.directory
+    except ConfigError:
+        return []
+    if not tail or recovery is not None:
+        return []
+    return [
+        "flows.traces: tail_sampling keeps waiting traces in bytewax snapshots; without "
+        "flows.traces.recovery.directory (or -r when run by bytewax.run) every restart replays "
+        "each partition from its first recorded range"
+    ]
 
 
 def _summary(cfg: OtelwaxConfig) -> str:
@@ -145,7 +156,7 @@ def run(args: Any) -> int:
     if cfg is not None and not args.no_imports:
         problems = _build_problems(cfg)
     problems = blame_env(problems, origins)
-    for hint in env_hints(dict(os.environ), SIGNALS):
+    for hint in env_hints(dict(os.environ), SIGNALS) + (_recovery_notes(cfg) if cfg else []):
         print(f"{label}: note: {hint}")
     if problems or cfg is None:
         n = len(problems)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -33,8 +34,10 @@ def produce(
     values: Sequence[bytes],
     keys: Sequence[bytes | None] | None = None,
     partition: int | None = None,
+    timestamps: Sequence[int] | None = None,
 ) -> None:
-    """Write records the way the shim does (value = OTLP request, key = trace id hex)."""
+    """Write records the way the shim does (value = OTLP request, key = trace id hex);
+    ``timestamps``: each record's Kafka timestamp (ms) instead of the time of sending."""
     from confluent_kafka import Producer
 
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
@@ -42,6 +45,8 @@ def produce(
         kw: dict[str, Any] = {}
         if partition is not None:
             kw["partition"] = partition
+        if timestamps is not None:
+            kw["timestamp"] = timestamps[i]
         key = keys[i] if keys is not None else uuid.uuid4().hex.encode()
         while True:
             try:
@@ -172,6 +177,33 @@ class FlowRun:
         return "\n".join(
             f"--- {p.name}\n{p.read_text(errors='replace')[-last:]}" for p in self.logs
         )
+
+    def kill_at_random_moments(
+        self,
+        rnd: random.Random,
+        times: int,
+        span: tuple[float, float] = (2.0, 4.5),
+        after: str | None = None,
+        **kw: Any,
+    ) -> int:
+        """Start the flow ``times`` times (``start(**kw)``) and SIGKILL it after a random
+        ``span`` of seconds each time, counted from when its log shows ``after`` (waited
+        for up to 60 s; a loaded machine may take seconds to start a flow); returns how many
+        runs were killed (not ended)."""
+        kills = 0
+        for _ in range(times):
+            p = self.start(**kw)
+            deadline = time.monotonic() + 60
+            while after and p.poll() is None and time.monotonic() < deadline:
+                if after in self.logs[-1].read_text(errors="replace"):
+                    break
+                time.sleep(0.1)
+            time.sleep(rnd.uniform(*span))
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+                kills += 1
+        return kills
 
     def kill_all(self) -> None:
         for p in self.procs:

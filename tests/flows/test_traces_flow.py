@@ -133,14 +133,9 @@ def test_sigkill_at_random_moments_stores_every_span_exactly_once(
 
     producer = threading.Thread(target=late_produce, daemon=True)
     producer.start()
-    kills = 0
-    for _ in range(4):
-        p = run.start(recovery=recovery, snapshot_s=1, extra=["-w", str(workers)])
-        time.sleep(rnd.uniform(2.0, 4.5))
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-            kills += 1
+    kills = run.kill_at_random_moments(
+        rnd, 4, recovery=recovery, snapshot_s=1, extra=["-w", str(workers)]
+    )
     producer.join(60)
     run.run_to_end(recovery=recovery, snapshot_s=1, timeout=180, extra=["-w", str(workers)])
 

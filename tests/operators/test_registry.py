@@ -14,7 +14,6 @@ from operators.registry import (
     build_batch_operator,
     build_pipeline,
     run_pipeline,
-    stateful_pipeline,
 )
 from tests.operators.batches import random_spans, spans_batch
 
@@ -145,26 +144,6 @@ def test_stateless_pipeline_in_a_bytewax_flow() -> None:
     run_main(flow)
     assert sum(b.num_rows for b in out) == 6
     assert {dict(m)["m"] for b in out for m in b.column("SpanAttributes").to_pylist()} == {"****"}
-
-
-def test_stateful_pipeline_in_a_bytewax_flow() -> None:
-    spans = [
-        {"TraceId": f"{t:032x}", "SpanId": f"{t}-{i}",
-         "StatusCode": "STATUS_CODE_ERROR" if t % 2 and i == 2 else "STATUS_CODE_UNSET"}
-        for t in range(1, 7) for i in range(3)
-    ]  # fmt: skip
-    # Spans of each trace spread over three batches (as they would arrive from Kafka).
-    batches = [spans_batch([s for s in spans if s["SpanId"].endswith(f"-{i}")]) for i in range(3)]
-    out: list = []
-    flow = Dataflow("ops_stateful")
-    s = op.input("in", flow, TestingSource(batches))
-    keyed = op.key_on("by_partition", s, lambda _b: "p0")
-    res = stateful_pipeline("tail", keyed, [{"type": "tail_sampling", "decision_wait": 60}],
-                            "traces")  # fmt: skip
-    op.output("out", op.key_rm("unkey", res), TestingSink(out))
-    run_main(flow)
-    kept = sorted(s for b in out for s in b.column("SpanId").to_pylist())
-    assert kept == sorted(f"{t}-{i}" for t in (1, 3, 5) for i in range(3))
 
 
 def test_pipeline_skips_empty_batches() -> None:

@@ -158,13 +158,22 @@ def test_cli_show_masks_secrets(tmp_path: Path) -> None:
 
 
 def test_cli_refuses_an_operator_the_flow_cannot_run(tmp_path: Path) -> None:
-    """What validates, runs: flows.traces refuses stateful operators at start, so validate
-    does too (configs/examples/clickhouse-server.yaml used to validate with tail_sampling)."""
+    """What validates, runs: flows.traces runs tail_sampling only as its first operator (its
+    clock is each row's Kafka record time), so validate refuses it elsewhere."""
     f = tmp_path / "x.yaml"
-    f.write_text("flows:\n  traces:\n    operators:\n      - {type: tail_sampling}\n")
+    f.write_text("flows:\n  traces:\n    operators:\n      - {type: redact}\n"
+                 "      - {type: tail_sampling, decision_wait: 5s}\n")  # fmt: skip
     res = _validate("-c", str(f))
     assert res.returncode == 1
-    assert "flows.traces.operators.0.type: tail_sampling keeps rows across" in res.stdout
+    assert "flows.traces.operators.1.type: tail_sampling must be the first operator" in res.stdout
+    f.write_text("flows:\n  traces:\n    operators:\n      - {type: tail_sampling}\n")
+    res = _validate("-c", str(f))
+    assert res.returncode == 0, res.stdout
+    assert "note: flows.traces: tail_sampling keeps waiting traces in bytewax" in res.stdout
+    f.write_text("flows:\n  traces:\n    recovery: {directory: /tmp/r}\n    operators:\n"
+                 "      - {type: tail_sampling}\n")  # fmt: skip
+    res = _validate("-c", str(f))
+    assert res.returncode == 0 and "note:" not in res.stdout, res.stdout
 
 
 @pytest.mark.parametrize(
