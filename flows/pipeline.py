@@ -232,7 +232,7 @@ class _DeadLetters:
             r.replay,
             r.first_timestamp_ms,
             r.topic_id,
-            d.row_times_ms,
+            row_times_ms=d.row_times_ms,
         )
 
 
