@@ -3,6 +3,8 @@
 The multi-member gzip request carries real spans: when the shim says 200 they are in the
 ledger like any acknowledged span, so a shim that reads only the first member loses them
 visibly. A slowloris holds connections open while a normal request must still be served.
+A valid request answered 503 (retryable: another fault has the broker down) is sent again,
+as a client would, for up to ``RETRY_503_S``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,17 @@ from soak.load import Ledger
 
 PROTO = {"Content-Type": "application/x-protobuf"}
 MiB = 1 << 20
+RETRY_503_S = 90.0
+
+
+def _post_valid(port: int, body: bytes, headers: dict[str, str], timeout: float = 15.0) -> int:
+    """POST a valid request; a 503 is retried (a second apart) for up to ``RETRY_503_S``."""
+    deadline = time.monotonic() + RETRY_503_S
+    while True:
+        status = http_post(port, "/v1/traces", body, headers, timeout=timeout)
+        if status != 503 or time.monotonic() > deadline:
+            return status
+        time.sleep(1.0)
 
 
 def _request(rng: random.Random, n_spans: int) -> Any:
@@ -51,7 +64,7 @@ def run_hostile(port: int, ledger: Ledger, rng: random.Random) -> list[dict[str,
     # Two gzip members, each a request of its own: together one valid request.
     a, b = _request(rng, 3), _request(rng, 3)
     body = raw_gzip_members([a.SerializeToString(), b.SerializeToString()])
-    status = http_post(port, "/v1/traces", body, {**PROTO, "Content-Encoding": "gzip"})
+    status = _post_valid(port, body, {**PROTO, "Content-Encoding": "gzip"})
     merged = type(a)()
     merged.MergeFrom(a)
     merged.MergeFrom(b)
@@ -77,6 +90,10 @@ def run_hostile(port: int, ledger: Ledger, rng: random.Random) -> list[dict[str,
         t0 = time.monotonic()
         status = http_post(port, "/v1/traces", req.SerializeToString(), PROTO, timeout=10)
         took = time.monotonic() - t0
+        if status == 503:  # the broker is down (another fault): retried, still while held
+            t0 = time.monotonic()
+            status = _post_valid(port, req.SerializeToString(), PROTO, timeout=10)
+            took = 0.0 if status == 200 else time.monotonic() - t0
         ledger.record("traces", req, 1, status == 200, "ok" if status == 200 else "failed")
         case("slowloris_served", status if took < 5 else -2, {200}, seconds=round(took, 2),
              held=len(socks))
