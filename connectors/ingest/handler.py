@@ -37,7 +37,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from connectors.ingest.config import IngestConfig
 from connectors.ingest.otlp_json import JsonError, parse_json
-from connectors.ingest.wire import WireError, count_items, split_request
+from connectors.ingest.wire import WireError, count_items, split_request, validates
 from connectors.kafka import CONTENT_TYPE_PROTO, HEADER_CONTENT_TYPE, HEADER_INGEST_TIME
 from connectors.kafka_producer import AsyncProducer, Backpressure, QueueFull, TopicInfo
 from otelwax.telemetry import ComponentMetrics
@@ -281,7 +281,8 @@ class RequestHandler:
         m = self.metrics[signal.name]
         self.requests.received()
         self.bytes_in.received(len(payload))
-        if self.config.validate_payload and not validated:
+        validate = self.config.validate_payload and not validated
+        if validate and not validates(signal.name):  # else the split checks it, same pass
             try:
                 signal.request_cls.FromString(payload)
             except DecodeError as exc:
@@ -291,7 +292,7 @@ class RequestHandler:
                 ) from exc
         topic, limit = await self._topic(signal)
         try:
-            split = split_request(payload, signal.name, limit)
+            split = split_request(payload, signal.name, limit, validate)
         except WireError as exc:
             self.requests.dropped(reason="malformed")
             raise InvalidArgument(f"malformed protobuf {signal.name} request: {exc}") from exc
