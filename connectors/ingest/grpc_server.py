@@ -69,7 +69,7 @@ class OtlpGrpcService:
                 if exc.grpc_code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL):
                     log.warning("ingest grpc: %s %s", exc.grpc_code.name, exc.message)
                 await context.abort(exc.grpc_code, exc.message, trailing_metadata=trailing)
-            return handler.response_message(signal, result).SerializeToString()
+            return handler.response_bytes(signal, result)
 
         if self.loop is None:
             return grpc.unary_unary_rpc_method_handler(
@@ -97,7 +97,7 @@ class OtlpGrpcService:
                 if exc.grpc_code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL):
                     log.warning("ingest grpc: %s %s", exc.grpc_code.name, exc.message)
                 context.abort(exc.grpc_code, exc.message)
-            return handler.response_message(signal, result).SerializeToString()
+            return handler.response_bytes(signal, result)
 
         return grpc.unary_unary_rpc_method_handler(
             export_threaded, request_deserializer=None, response_serializer=None

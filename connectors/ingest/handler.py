@@ -408,6 +408,12 @@ class RequestHandler:
             return self.limit
         return min(self.limit, info.max_message_bytes - RECORD_OVERHEAD)
 
+    def response_bytes(self, signal: Signal, result: ExportResult) -> bytes:
+        """The serialized response; b"" (an empty message) when everything was accepted."""
+        if not (result.rejected or result.error_message):
+            return b""
+        return self.response_message(signal, result).SerializeToString()
+
     def response_message(self, signal: Signal, result: ExportResult) -> Message:
         """The Export*ServiceResponse, with partial_success when items were rejected."""
         resp = signal.response_cls()
