@@ -9,7 +9,9 @@ of a server is read from ``/proc/<pid>/stat`` (utime + stime, all threads, plus 
    ingest`` (shim) and (b) the Collector built by ``scripts/collector.sh`` (otlpreceiver →
    kafkaexporter, otlp_proto, split per trace id, lz4, acks=all, no sending queue, so both
    answer after Kafka acknowledged). Every record in each topic is read back and decoded to
-   count the spans that really reached Kafka.
+   count the spans that really reached Kafka. ``--ingest-loads otlpgen`` sends realistic spans
+   instead: ``tests.otlpgen`` requests of 100 spans (~420 B/span, 20 traces of 5 spans, 8
+   attributes and an event each) from ``--workers`` gRPC clients, one request in flight each.
 2. ``consume``: one preloaded topic (``tests.otlpgen`` 100-span requests) read by (a) the
    Collector (kafkareceiver → batch → debug exporter, verbosity basic), (b) otelwax without a
    sink (the flow's own source and decode step → a counting sink: Kafka → decode → Arrow
@@ -291,7 +293,43 @@ def telemetrygen(port: int, traces: int, procs: int, core: int | None, log: Path
     return time.perf_counter() - t0
 
 
-def run_ingest(name: str, args: argparse.Namespace, tmp: Path) -> dict:
+def otlpgen_load(port: int, payloads: list[bytes], workers: int) -> float:
+    """Send every payload (ExportTraceServiceRequest) over gRPC from ``workers`` threads, one
+    request in flight each; returns wall seconds until the last was answered OK."""
+    import grpc
+
+    def send(part: list[bytes]) -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = ch.unary_unary(
+                "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                request_serializer=None,
+                response_deserializer=None,
+            )
+            for p in part:
+                call(p, timeout=60)
+
+    t0 = time.perf_counter()
+    ts = [threading.Thread(target=send, args=(payloads[i::workers],)) for i in range(workers)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return time.perf_counter() - t0
+
+
+_OTLPGEN: dict[int, list[bytes]] = {}
+
+
+def _otlpgen_payloads(n: int) -> list[bytes]:
+    """``n`` 100-span requests (built once per size, reused by every run)."""
+    if n not in _OTLPGEN:
+        from tests import otlpgen
+
+        _OTLPGEN[n] = otlpgen.trace_payloads(n, seed=13)
+    return _OTLPGEN[n]
+
+
+def run_ingest(name: str, args: argparse.Namespace, tmp: Path, load: str = "telemetrygen") -> dict:
     topic = create_topic(args.partitions)
     log = tmp / f"ingest-{name}.log"
     gen_log = tmp / f"telemetrygen-{name}.log"
@@ -310,24 +348,37 @@ def run_ingest(name: str, args: argparse.Namespace, tmp: Path) -> dict:
         sampler = Sampler(proc.pid)
         sampler.start()
         try:
-            warm_traces = max(args.workers, args.ingest_spans // 10 // 10)
-            telemetrygen(port, warm_traces, args.workers, args.load_core, gen_log)
-            time.sleep(0.5)
-            cpu0 = cpu_seconds(proc.pid)
-            traces = args.ingest_spans // 10
-            wall = telemetrygen(port, traces, args.workers, args.load_core, gen_log)
-            cpu = cpu_seconds(proc.pid) - cpu0
+            if load == "otlpgen":
+                payloads = _otlpgen_payloads(max(args.workers, args.ingest_spans // 100))
+                warmup = payloads[: max(args.workers, len(payloads) // 10)]
+                otlpgen_load(port, warmup, args.workers)
+                warm = 100 * len(warmup)
+                time.sleep(0.5)
+                cpu0 = cpu_seconds(proc.pid)
+                wall = otlpgen_load(port, payloads, args.workers)
+                cpu = cpu_seconds(proc.pid) - cpu0
+                sent = 100 * len(payloads)
+            else:
+                warm_traces = max(args.workers, args.ingest_spans // 10 // 10)
+                telemetrygen(port, warm_traces, args.workers, args.load_core, gen_log)
+                time.sleep(0.5)
+                cpu0 = cpu_seconds(proc.pid)
+                traces = args.ingest_spans // 10
+                wall = telemetrygen(port, traces, args.workers, args.load_core, gen_log)
+                cpu = cpu_seconds(proc.pid) - cpu0
+                sent = (traces // args.workers) * args.workers * 10
+                warm = (warm_traces // args.workers) * args.workers * 10
         finally:
             sampler.stop.set()
             stop(proc)
         records, spans_in_kafka = count_in_kafka(topic)
     finally:
         drop_topic(topic)
-    sent = (traces // args.workers) * args.workers * 10
-    warm = (warm_traces // args.workers) * args.workers * 10
     measured = min(sent, max(0, spans_in_kafka - warm))
     return {
-        "stage": "1 ingest: OTLP gRPC → Kafka acked",
+        "stage": "1 ingest: OTLP gRPC → Kafka acked"
+        if load == "telemetrygen"
+        else "1 ingest otlpgen: gRPC → Kafka acked",
         "system": name,
         "spans_sent": sent,
         "spans": measured,
@@ -726,6 +777,13 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--repeat", type=int, default=3, help="runs per system (median reported)")
     ap.add_argument("--only", nargs="+", choices=["ingest", "consume", "latency"])
+    ap.add_argument(
+        "--ingest-loads",
+        nargs="+",
+        choices=["telemetrygen", "otlpgen"],
+        default=["telemetrygen", "otlpgen"],
+        help="stage 1 loads: telemetrygen's small spans, otlpgen's realistic 100-span requests",
+    )
     ap.add_argument("--nosink-flow", metavar="TOPIC", help=argparse.SUPPRESS)
     ap.add_argument("--big-prefetch", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -746,13 +804,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="otelwax-sbs-") as d:
         tmp = Path(d)
         if "ingest" in only:
-            runs: dict[str, list[dict]] = {}
-            for _ in range(args.repeat):  # interleaved, so machine noise hits both alike
-                for name in ("otelwax shim", "Collector otlp → kafka"):
-                    r = run_ingest(name, args, tmp)
-                    runs.setdefault(name, []).append(r)
-                    print(table([r]), flush=True)
-            rows.extend(median_run(rs) for rs in runs.values())
+            for load in args.ingest_loads:
+                runs: dict[str, list[dict]] = {}
+                for _ in range(args.repeat):  # interleaved, so machine noise hits both alike
+                    for name in ("otelwax shim", "Collector otlp → kafka"):
+                        r = run_ingest(name, args, tmp, load)
+                        runs.setdefault(name, []).append(r)
+                        print(table([r]), flush=True)
+                rows.extend(median_run(rs) for rs in runs.values())
         if "consume" in only:
             topic = create_topic(args.partitions)
             try:

@@ -29,6 +29,7 @@ to be down new batches are refused at once, and a probe re-checks every second.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
@@ -154,9 +155,11 @@ class _Batch:
         "topic",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, topic: str, n: int, on_finish: Any) -> None:
-        self.loop = loop
-        self.fut: asyncio.Future[Delivery] = loop.create_future()
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop | None, topic: str, n: int, on_finish: Any
+    ) -> None:
+        self.loop = loop  # None: a thread waits on ``fut``, finished by the poll thread
+        self.fut: Any = loop.create_future() if loop is not None else concurrent.futures.Future()
         self.topic = topic
         self.n = n
         self.expected = n  # written by the loop thread only
@@ -177,9 +180,12 @@ class _Batch:
             self.error = err
         self.reported += 1
         if self.reported == self.expected:
-            self.loop.call_soon_threadsafe(self.on_finish, self)
+            if self.loop is None:
+                self.on_finish(self)
+            else:
+                self.loop.call_soon_threadsafe(self.on_finish, self)
 
-    def abandon(self, queued: int) -> None:  # event loop: only ``queued`` records will report
+    def abandon(self, queued: int) -> None:  # producing thread: only ``queued`` will report
         self.expected = queued
         if self.reported == queued:
             self.on_finish(self)
@@ -214,6 +220,7 @@ class AsyncProducer:
         self._down_since = 0.0
         self._fatal: Any = None
         self._closed = False
+        self._finish_lock = threading.Lock()
 
     # -- configuration -------------------------------------------------------------------------
     def librdkafka_conf(self) -> dict[str, Any]:
@@ -306,8 +313,12 @@ class AsyncProducer:
 
     async def lookup_topic(self, topic: str) -> TopicInfo | None:
         """Read ``topic``'s metadata now (in a worker thread); None when Kafka does not answer."""
+        return await asyncio.to_thread(self.lookup_topic_blocking, topic)
+
+    def lookup_topic_blocking(self, topic: str) -> TopicInfo | None:
+        """:meth:`lookup_topic` for a thread that may block (up to ~2 s)."""
         self._topics.setdefault(topic, None)
-        return await asyncio.to_thread(self._refresh_topic, topic, 2.0)
+        return self._refresh_topic(topic, 2.0)
 
     def _refresh_topic(self, topic: str, timeout: float) -> TopicInfo | None:
         """Blocking: does ``topic`` exist, and its max.message.bytes. Caches the answer."""
@@ -362,8 +373,13 @@ class AsyncProducer:
         records: Sequence[tuple[bytes | None, bytes]],
         headers: Headers | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
-    ) -> asyncio.Future[Delivery]:
+        threaded: bool = False,
+    ) -> Any:
         """Queue every ``(key, value)`` record; the future resolves once each reported.
+
+        The future is the running loop's (or ``loop``'s); with ``threaded``, a
+        ``concurrent.futures.Future`` that the poll thread resolves directly, for a caller
+        that is not on an event loop and blocks on it (no hop through the loop).
 
         It resolves to a :class:`Delivery` (records Kafka refused for good listed in it) or
         raises :class:`KafkaUnavailable` when a record failed in a way a retry may fix.
@@ -380,7 +396,9 @@ class AsyncProducer:
         n = len(records)
         if len(p) + n > c.queue_max_messages:
             raise QueueFull("Kafka producer queue is full", c.retry_after_s)
-        batch = _Batch(loop or asyncio.get_running_loop(), topic, n, self._finish)
+        batch = _Batch(
+            None if threaded else loop or asyncio.get_running_loop(), topic, n, self._finish
+        )
         cb = batch.on_delivery
         produce = p.produce
         done = 0
@@ -399,10 +417,12 @@ class AsyncProducer:
         self.metrics.received(n)
         return batch.fut
 
-    def _finish(self, batch: _Batch) -> None:  # event loop, once every queued record reported
-        if batch.finished:
-            return
-        batch.finished = True
+    def _finish(self, batch: _Batch) -> None:  # once every queued record reported
+        # The loop (or, threaded, the poll thread; then abandon() may race it: hence the lock).
+        with self._finish_lock:
+            if batch.finished:
+                return
+            batch.finished = True
         self.metrics.sent(batch.ok)
         self.metrics.failed(batch.reported - batch.ok)
         if batch.fut.done() or batch.error is not None:

@@ -25,6 +25,7 @@ instead of after the delivery timeout; a topic whose ``max.message.bytes`` is be
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -37,9 +38,15 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from connectors.ingest.config import IngestConfig
 from connectors.ingest.otlp_json import JsonError, parse_json
-from connectors.ingest.wire import WireError, count_items, split_request
+from connectors.ingest.wire import SplitResult, WireError, count_items, split_request, validates
 from connectors.kafka import CONTENT_TYPE_PROTO, HEADER_CONTENT_TYPE, HEADER_INGEST_TIME
-from connectors.kafka_producer import AsyncProducer, Backpressure, QueueFull, TopicInfo
+from connectors.kafka_producer import (
+    AsyncProducer,
+    Backpressure,
+    Delivery,
+    QueueFull,
+    TopicInfo,
+)
 from otelwax.telemetry import ComponentMetrics
 
 # Headroom for the record key, headers and Kafka's per-record overhead.
@@ -149,7 +156,8 @@ class Unavailable(IngestError):
 
 
 class Admission:
-    """Bounds the requests and request bytes in flight in this process (event loop only).
+    """Bounds the requests and request bytes in flight in this process (the event loop and
+    the threaded gRPC server's threads alike: changes are made under ``lock``).
 
     Bytes are held from the moment they are known (Content-Length, a body chunk, the growth by
     decompression or JSON decoding) until the answer; past a limit the request is refused with
@@ -163,14 +171,17 @@ class Admission:
         self.retry_after = retry_after
         self.bytes = 0
         self.requests = 0
+        self.lock = threading.Lock()
 
     def hold(self) -> Hold:
         """A context manager holding one request slot; raises Overloaded when none is free."""
-        if self.requests >= self.max_requests:
-            raise Overloaded(
-                f"too many requests in flight ({self.requests}); retry later", self.retry_after
-            )
-        return Hold(self)
+        with self.lock:
+            if self.requests >= self.max_requests:
+                raise Overloaded(
+                    f"too many requests in flight ({self.requests}); retry later",
+                    self.retry_after,
+                )
+            return Hold(self)
 
 
 class Hold:
@@ -178,7 +189,7 @@ class Hold:
 
     __slots__ = ("adm", "n")
 
-    def __init__(self, adm: Admission) -> None:
+    def __init__(self, adm: Admission) -> None:  # under adm.lock
         self.adm = adm
         self.n = 0
         adm.requests += 1
@@ -186,22 +197,24 @@ class Hold:
     def grow(self, n: int) -> None:
         """Hold ``n`` more bytes; raises Overloaded when that passes the limit."""
         adm = self.adm
-        if adm.bytes + n > adm.max_bytes and adm.bytes > self.n:
-            raise Overloaded(
-                f"too many request bytes in flight ({adm.bytes} of {adm.max_bytes}); "
-                "retry later",
-                adm.retry_after,
-            )
-        adm.bytes += n
-        self.n += n
+        with adm.lock:
+            if adm.bytes + n > adm.max_bytes and adm.bytes > self.n:
+                raise Overloaded(
+                    f"too many request bytes in flight ({adm.bytes} of {adm.max_bytes}); "
+                    "retry later",
+                    adm.retry_after,
+                )
+            adm.bytes += n
+            self.n += n
 
     def __enter__(self) -> Hold:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.adm.bytes -= self.n
-        self.adm.requests -= 1
-        self.n = 0
+        with self.adm.lock:
+            self.adm.bytes -= self.n
+            self.adm.requests -= 1
+            self.n = 0
 
 
 @dataclass(slots=True)
@@ -264,9 +277,27 @@ class RequestHandler:
             raise self.refuse(exc) from None
 
     async def export_bounded(self, signal: Signal, payload: bytes) -> ExportResult:
-        """:meth:`export` holding ``payload``'s bytes in the admission (gRPC)."""
+        """:meth:`export` holding ``payload``'s bytes in the admission (gRPC on grpc.aio)."""
         with self.admit(len(payload)):
             return await self.export(signal, payload)
+
+    def export_blocking(self, signal: Signal, payload: bytes) -> ExportResult:
+        """:meth:`export_bounded` for a thread off the event loop (the threaded gRPC server):
+        it splits, produces and waits for Kafka itself, without a hop through the loop (that
+        hop cost as much CPU as the gRPC call). Blocks until every record is acknowledged."""
+        with self.admit(len(payload)):
+            topic = self.topics[signal.name]
+            info = self.producer.topic_info(topic)
+            if info is None:
+                info = self.producer.lookup_topic_blocking(topic)
+            split = self._split(signal, payload, False, topic, info)
+            delivery = None
+            if split.records:
+                try:
+                    delivery = self._produce(topic, split, threaded=True).result()
+                except Backpressure as exc:
+                    raise self._refused(signal, split, exc) from exc
+            return self._done(signal, topic, split, delivery)
 
     def decode_json(self, signal: Signal, body: bytes) -> bytes:
         """OTLP/JSON body → serialized protobuf request; raises InvalidArgument."""
@@ -278,10 +309,33 @@ class RequestHandler:
 
     async def export(self, signal: Signal, payload: bytes, validated: bool = False) -> ExportResult:
         """Accept ``payload`` (a serialized Export*ServiceRequest) once Kafka has it all."""
+        topic = self.topics[signal.name]
+        info = self.producer.topic_info(topic)
+        if info is None:
+            info = await self.producer.lookup_topic(topic)
+        split = self._split(signal, payload, validated, topic, info)
+        delivery = None
+        if split.records:
+            try:
+                delivery = await self._produce(topic, split)
+            except Backpressure as exc:
+                raise self._refused(signal, split, exc) from exc
+        return self._done(signal, topic, split, delivery)
+
+    def _split(
+        self,
+        signal: Signal,
+        payload: bytes,
+        validated: bool,
+        topic: str,
+        info: TopicInfo | None,
+    ) -> SplitResult:
+        """Count, validate and split one request; raises InvalidArgument or Unavailable."""
         m = self.metrics[signal.name]
         self.requests.received()
         self.bytes_in.received(len(payload))
-        if self.config.validate_payload and not validated:
+        validate = self.config.validate_payload and not validated
+        if validate and not validates(signal.name):  # else the split checks it, same pass
             try:
                 signal.request_cls.FromString(payload)
             except DecodeError as exc:
@@ -289,54 +343,60 @@ class RequestHandler:
                 raise InvalidArgument(
                     f"malformed protobuf {signal.name} request: {exc or 'cannot parse'}"
                 ) from exc
-        topic, limit = await self._topic(signal)
+        limit = self._limit(signal, topic, info)
         try:
-            split = split_request(payload, signal.name, limit)
+            split = split_request(payload, signal.name, limit, validate)
         except WireError as exc:
             self.requests.dropped(reason="malformed")
             raise InvalidArgument(f"malformed protobuf {signal.name} request: {exc}") from exc
         m.received(split.items)
         if split.rejected:
             m.dropped(split.rejected, reason="too_large")
+        return split
+
+    def _produce(self, topic: str, split: SplitResult, threaded: bool = False) -> Any:
+        """Queue the records; the future of their :class:`Delivery` (raises Backpressure)."""
+        headers: Any = [
+            (HEADER_CONTENT_TYPE, CONTENT_TYPE_PROTO),
+            (HEADER_INGEST_TIME, str(time.time_ns()).encode()),
+        ]
+        return self.producer.produce_batch(topic, split.records, headers, threaded=threaded)
+
+    def _refused(self, signal: Signal, split: SplitResult, exc: Backpressure) -> IngestError:
+        """Count a request Kafka could not take (now or after queueing); the error to answer."""
+        reason = "queue_full" if isinstance(exc, QueueFull) else "kafka_unavailable"
+        self.metrics[signal.name].dropped(split.items - split.rejected, reason=reason)
+        self.requests.dropped(reason=reason)
+        cls = Overloaded if isinstance(exc, QueueFull) else Unavailable
+        return cls(str(exc), exc.retry_after)
+
+    def _done(
+        self, signal: Signal, topic: str, split: SplitResult, delivery: Delivery | None
+    ) -> ExportResult:
+        """Count an answered request; its result (a partial success when Kafka refused some)."""
+        m = self.metrics[signal.name]
         accepted = split.items - split.rejected
         rejected, error = split.rejected, split.error or ""
-        if split.records:
-            headers: Any = [
-                (HEADER_CONTENT_TYPE, CONTENT_TYPE_PROTO),
-                (HEADER_INGEST_TIME, str(time.time_ns()).encode()),
-            ]
-            try:
-                delivery = await self.producer.produce_batch(topic, split.records, headers)
-            except Backpressure as exc:
-                reason = "queue_full" if isinstance(exc, QueueFull) else "kafka_unavailable"
-                m.dropped(accepted, reason=reason)
-                self.requests.dropped(reason=reason)
-                cls = Overloaded if isinstance(exc, QueueFull) else Unavailable
-                raise cls(str(exc), exc.retry_after) from exc
-            if delivery.refused:
-                # Kafka will never take these records: a partial success, so the client does
-                # not retry (and duplicate) the rest.
-                lost = sum(count_items(v, signal.name) for v in delivery.refused)
-                m.dropped(lost, reason="refused_by_kafka")
-                accepted -= lost
-                rejected += lost
-                msg = (
-                    f"{len(delivery.refused)} Kafka record(s) holding {lost} {signal.unit} "
-                    f"refused by topic {topic}: {delivery.error}"
-                )
-                error = f"{error}; {msg}" if error else msg
+        if delivery is not None and delivery.refused:
+            # Kafka will never take these records: a partial success, so the client does
+            # not retry (and duplicate) the rest.
+            lost = sum(count_items(v, signal.name) for v in delivery.refused)
+            m.dropped(lost, reason="refused_by_kafka")
+            accepted -= lost
+            rejected += lost
+            msg = (
+                f"{len(delivery.refused)} Kafka record(s) holding {lost} {signal.unit} "
+                f"refused by topic {topic}: {delivery.error}"
+            )
+            error = f"{error}; {msg}" if error else msg
         m.sent(accepted)
         self.requests.sent()
         return ExportResult(split.items, rejected, error)
 
-    async def _topic(self, signal: Signal) -> tuple[str, int]:
-        """The signal's topic and record limit; raises Unavailable when it does not exist."""
-        topic = self.topics[signal.name]
-        info: TopicInfo | None = self.producer.topic_info(topic)
+    def _limit(self, signal: Signal, topic: str, info: TopicInfo | None) -> int:
+        """The record limit for ``topic``; raises Unavailable when it does not exist."""
         if info is None:
-            info = await self.producer.lookup_topic(topic)
-        if info is None:
-            return topic, self.limit  # Kafka does not answer: the producer will say so
+            return self.limit  # Kafka does not answer: the producer will say so
         if not info.exists:
             self.requests.dropped(reason="topic_missing")
             raise Unavailable(
@@ -345,8 +405,14 @@ class RequestHandler:
                 self.config.producer.retry_after_s,
             )
         if info.max_message_bytes is None:
-            return topic, self.limit
-        return topic, min(self.limit, info.max_message_bytes - RECORD_OVERHEAD)
+            return self.limit
+        return min(self.limit, info.max_message_bytes - RECORD_OVERHEAD)
+
+    def response_bytes(self, signal: Signal, result: ExportResult) -> bytes:
+        """The serialized response; b"" (an empty message) when everything was accepted."""
+        if not (result.rejected or result.error_message):
+            return b""
+        return self.response_message(signal, result).SerializeToString()
 
     def response_message(self, signal: Signal, result: ExportResult) -> Message:
         """The Export*ServiceResponse, with partial_success when items were rejected."""

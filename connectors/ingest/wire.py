@@ -24,16 +24,36 @@ Kafka keys:
 A record larger than ``limit`` bytes is split further at item granularity (same key). An item
 that cannot fit in a record on its own (with its resource and scope) is rejected: it is
 reported back to the client as a partial success, never sent.
+
+Traces, the hot path, are split by the native module (``otelwax._native.split_traces``) when it
+is built: the same records byte for byte, and with ``validate`` the whole request is checked in
+that one pass as a protobuf parser would, so the shim needs no second parse. The Python split
+below is the reference and the fallback (``OTELWAX_CODEC=python`` forces it).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from otelwax.protowire import varint
 
 __all__ = ["SplitResult", "WireError", "count_datapoints", "count_items", "split_request"]
+
+
+def _load_native_split() -> Callable[[bytes, int, bool], tuple[list, int, int]] | None:
+    if os.environ.get("OTELWAX_CODEC", "auto").lower() == "python":
+        return None
+    try:  # the extension itself, not otelwax.codec.native: that one imports pyarrow
+        from otelwax import _native  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return getattr(_native, "split_traces", None)  # an older build lacks it
+
+
+native_split_traces = _load_native_split()
 
 # Overhead for one nested length-delimited header (tag + up to 5 varint bytes), rounded up.
 _HDR = 6
@@ -339,12 +359,26 @@ def count_items(payload: bytes, signal: str) -> int:
     return sum(len(sc.items) for r in resources for sc in r.scopes)
 
 
-def split_request(payload: bytes, signal: str, limit: int) -> SplitResult:
+def validates(signal: str) -> bool:
+    """Whether :func:`split_request` can validate ``signal`` requests fully (native traces)."""
+    return signal == "traces" and native_split_traces is not None
+
+
+def split_request(
+    payload: bytes, signal: str, limit: int, validate: bool = False
+) -> SplitResult:
     """Split an ``Export{Trace,Metrics,Logs}ServiceRequest`` into Kafka records.
 
     ``signal`` is ``traces``, ``metrics`` or ``logs``; ``limit`` is the largest record value.
+    ``validate`` also checks what a protobuf parser would (only where :func:`validates`).
     Raises :class:`WireError` when the payload is not well formed.
     """
+    if signal == "traces" and native_split_traces is not None:
+        try:
+            records, items, rejected = native_split_traces(payload, limit, validate)
+        except ValueError as exc:
+            raise WireError(str(exc)) from exc
+        return _result(SplitResult(records, items), rejected, rejected, signal, limit)
     try:
         return _split(payload, signal, limit)
     except IndexError as exc:
@@ -422,12 +456,18 @@ def _split(payload: bytes, signal: str, limit: int) -> SplitResult:
             rejected_groups.extend(rej)
             records.extend((key, _encode(resources, c)) for c in chunks)
 
-    result = SplitResult(records, items_total)
+    rejected = _rejected_count(rejected_groups, metrics) if rejected_groups else 0
+    return _result(SplitResult(records, items_total), rejected, len(rejected_groups), signal, limit)
+
+
+def _result(
+    result: SplitResult, rejected: int, rejected_groups: int, signal: str, limit: int
+) -> SplitResult:
     if rejected_groups:
-        result.rejected = _rejected_count(rejected_groups, metrics)
+        result.rejected = rejected
         what = {"traces": "span", "metrics": "metric", "logs": "log record"}[signal]
         result.error = (
-            f"{len(rejected_groups)} {what}(s) larger than the maximum Kafka record size "
+            f"{rejected_groups} {what}(s) larger than the maximum Kafka record size "
             f"({limit} bytes) were rejected"
         )
     return result

@@ -5,6 +5,7 @@
 //!   decode_logs(payloads: list[bytes])   -> same
 //!   decode_metrics(payloads: list[bytes]) -> ({table: pyarrow.RecordBatch}, errors, rows)
 //!   encode_traces(schema_capsule, array_capsule) -> bytes   (ExportTraceServiceRequest)
+//!   split_traces(payload, limit, validate) -> ([(key, value)], spans, rejected)  (ingest)
 //! The batch is handed over through the Arrow C data interface (no copy) with the exact
 //! otelwax.schemas schema; errors is a list of (index, reason) and rows the row count each
 //! payload contributed. encode_traces takes the capsules of `batch.__arrow_c_array__()`.
@@ -23,6 +24,7 @@ pub mod encode;
 pub mod logs;
 pub mod metrics;
 pub mod render;
+pub mod split;
 pub mod traces;
 pub mod walk;
 pub mod wire;
@@ -36,7 +38,7 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyCapsule, PyDict};
+use pyo3::types::{PyBytes, PyCapsule, PyDict, PyList, PyTuple};
 use std::collections::HashMap;
 
 pub type DecodeOut<O> = (O, Vec<(usize, String)>, Vec<usize>);
@@ -255,6 +257,38 @@ fn decode_metrics<'py>(
     Ok((d, errors, rows))
 }
 
+/// Splits a serialized ExportTraceServiceRequest into Kafka records of at most `limit` bytes,
+/// one trace per record: returns ([(key or None, value)], spans, spans rejected as too large).
+/// With `validate`, the request is also checked as a protobuf parser would; raises ValueError
+/// naming the problem when it is malformed.
+#[pyfunction]
+fn split_traces<'py>(
+    py: Python<'py>,
+    payload: &[u8],
+    limit: usize,
+    validate: bool,
+) -> PyResult<(Bound<'py, PyList>, usize, usize)> {
+    // The GIL stays held: the split takes tens of microseconds, and giving the GIL away to
+    // the other server threads and taking it back costs more than that buys.
+    let out = catch_unwind(AssertUnwindSafe(|| {
+        split::split_traces(payload, limit, validate)
+    }));
+    let s = match out {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(PyValueError::new_err(e)),
+        Err(_) => return Err(PyRuntimeError::new_err("internal splitter error (panic)")),
+    };
+    let mut recs = Vec::with_capacity(s.records.len());
+    for (k, v) in &s.records {
+        let key = match k {
+            Some(k) => PyBytes::new(py, k).into_any(),
+            None => py.None().into_bound(py),
+        };
+        recs.push(PyTuple::new(py, [key, PyBytes::new(py, v).into_any()])?);
+    }
+    Ok((PyList::new(py, recs)?, s.items, s.rejected))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<CArray>()?;
@@ -262,6 +296,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_logs, m)?)?;
     m.add_function(wrap_pyfunction!(decode_metrics, m)?)?;
     m.add_function(wrap_pyfunction!(encode_traces, m)?)?;
+    m.add_function(wrap_pyfunction!(split_traces, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

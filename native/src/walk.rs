@@ -137,7 +137,8 @@ impl ResourceScratch {
     }
 }
 
-fn validate_entity_ref(buf: &[u8]) -> Res<()> {
+/// Checks one EntityRef message (its strings are UTF-8).
+pub fn validate_entity_ref(buf: &[u8]) -> Res<()> {
     let mut r = Reader::new(buf);
     while let Some((f, v)) = r.next()? {
         if let (1..=4, Val::Bytes(b)) = (f, v) {

@@ -147,6 +147,12 @@ impl<'a> Reader<'a> {
         self.pos >= self.buf.len()
     }
 
+    /// Bytes consumed so far.
+    #[inline]
+    pub fn offset(&self) -> usize {
+        self.pos
+    }
+
     #[inline]
     pub fn read_varint(&mut self) -> Res<u64> {
         self.varint()

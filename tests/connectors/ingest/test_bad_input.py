@@ -15,9 +15,11 @@ import pytest
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
+from connectors.ingest.wire import validates
 from tests.otlpgen import trace_request
 
 from .conftest import Shim, consume, start_shim
+from .test_wire import unparsable_requests
 
 MAX_BODY = 1024 * 1024
 PROTO = "application/x-protobuf"
@@ -158,6 +160,26 @@ def test_grpc_bad_input_status(small_shim: Shim, payload: bytes, code: grpc.Stat
     out = _grpc_export(small_shim.grpc_target, TRACE_SVC, GOOD)
     assert ExportTraceServiceResponse.FromString(out) == ExportTraceServiceResponse()
     assert httpx.get(small_shim.http_url + "/healthz", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("name", "payload"), unparsable_requests(), ids=[n for n, _ in unparsable_requests()]
+)
+def test_unparsable_inside_a_span_is_refused(small_shim: Shim, name: str, payload: bytes) -> None:
+    """A request whose framing is fine but whose content a protobuf parser refuses (bad UTF-8,
+    a truncated attribute) gets 400 / INVALID_ARGUMENT on both doors, with a message naming
+    the flaw when the native split checked it."""
+    url = small_shim.http_url + "/v1/traces"
+    r = httpx.post(url, content=payload, headers={"content-type": PROTO})
+    assert r.status_code == 400
+    http_msg = status_pb2.Status.FromString(r.content).message
+    with pytest.raises(grpc.RpcError) as ei:
+        _grpc_export(small_shim.grpc_target, TRACE_SVC, payload)
+    assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for msg in (http_msg, ei.value.details()):
+        assert msg.startswith("malformed protobuf traces request: "), msg
+        if validates("traces") and name == "span-name-utf8":
+            assert "invalid UTF-8 in Span.name" in msg
 
 
 def test_grpc_unknown_method(small_shim: Shim) -> None:
