@@ -115,11 +115,28 @@ class KafkaSourceConfig(StrictModel):
         "a flow resumes from its snapshots and intents, never from a committed offset)",
     )
     poll_max_messages: int = Field(5_000, gt=0, description="messages per consume() call")
+    prefetch_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=256 * 1024 * 1024,
+        description="bytes librdkafka fetches ahead per partition (its queue; one fetch of up "
+        "to half of it may be on the way besides): memory grows with it times the partitions "
+        "a process reads",
+    )
     max_inflight_bytes: int = Field(
         48 * 1024 * 1024,
         gt=0,
-        description="payload bytes emitted but not yet stored, per process, above which the "
-        "source stops reading (flows whose sink confirms stored ranges; bounds memory)",
+        description="payload bytes read but not yet stored (ranges being cut and emitted "
+        "ones), per process, above which the source stops reading (flows whose sink confirms "
+        "stored ranges; bounds memory: decoded rows take ~2-3x their payload)",
+    )
+    release_memory_s: float = Field(
+        1.0,
+        ge=0,
+        le=3600,
+        description="every N s the flow process returns freed memory to the OS (glibc heap "
+        "trim, Arrow's pool; buffers >= 1 MiB are unmapped on free); 0 = leave it to the "
+        "allocators (~150-250 MiB more RSS under a backlog)",
     )
     idle_poll_s: float = Field(0.02, gt=0, le=5, description="sleep between empty polls")
     stop_at_end: bool = Field(
@@ -165,12 +182,11 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
                 "enable.auto.offset.store": False,
                 "enable.partition.eof": True,
                 "auto.offset.reset": "earliest",
-                "fetch.max.bytes": max(cfg.batch.max_bytes, 4_194_304),
-                "max.partition.fetch.bytes": min(
-                    max(cfg.batch.max_bytes // 4, 1_048_576), 8_388_608
-                ),
-                # local prefetch per partition: about one range (bounds RSS)
-                "queued.max.messages.kbytes": min(max(cfg.batch.max_bytes // 1024, 4096), 65_536),
+                # librdkafka's prefetch of this partition (one consumer per partition): its
+                # queue plus one fetch in flight, ~1.5 x prefetch_bytes (bounds RSS)
+                "queued.max.messages.kbytes": max(cfg.prefetch_bytes // 1024, 1),
+                "fetch.max.bytes": max(cfg.prefetch_bytes, 1_048_576),
+                "max.partition.fetch.bytes": max(cfg.prefetch_bytes // 2, 1_048_576),
                 # librdkafka waits this long (default 1 s) to fetch again once the prefetch
                 # queue was full: with a backlog every partition stalled a second per range.
                 "fetch.queue.backoff.ms": 5,
@@ -345,14 +361,24 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
             if self._confirming():
                 return []
             raise StopIteration
-        self._paused = acks is not None and acks.inflight_bytes >= self._cfg.max_inflight_bytes
+        # Decoded ranges queue up between bytewax steps faster than they are stored (16 alive
+        # at once were seen): hold reading until the sink catches up. The budget counts the
+        # ranges being cut too (one per partition), except a replayed range, which must reach
+        # its recorded end.
+        self._paused = (
+            acks is not None
+            and acks.held_bytes >= self._cfg.max_inflight_bytes
+            and not self._in_planned()
+        )
         self._progress.tick(waiting=self._paused)
         if self._paused:
-            # Decoded ranges queue up between bytewax steps faster than they are stored
-            # (16 alive at once were seen): hold reading until the sink catches up.
-            return []
+            out: list[KafkaRange] = []
+            if self._values and time.monotonic() - self._since >= self._cfg.batch.max_delay_s:
+                self._emit(out, None)  # a range being cut frees its share of the budget
+                acks.buffered(self._topic, self._partition, 0)  # type: ignore[union-attr]
+            return out
         msgs = self._consumer.consume(self._cfg.poll_max_messages, 0)
-        out: list[KafkaRange] = []
+        out = []
         got = 0
         nbytes = 0
         for m in msgs:
@@ -388,6 +414,8 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
             self._emit(out, None)
             self._done = True
             self._since = time.monotonic()  # start of the wait in _confirming
+        if acks is not None:
+            acks.buffered(self._topic, self._partition, self._nbytes)
         now = time.monotonic()
         if out or now - self._lag_at >= 2.0:  # cached watermark: no broker round trip
             self._lag_at = now
@@ -469,6 +497,7 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         HEALTH.forget(self._progress.name)
         if self._acks is not None:
             self._acks.watch(self._topic, self._partition, None)
+            self._acks.buffered(self._topic, self._partition, 0)
         self._commits.close()
         self._consumer.close()
 
