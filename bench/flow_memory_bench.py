@@ -315,6 +315,10 @@ def main() -> int:
         t = time.monotonic()
         spans = produce(topic, args.spans, args.pool)
         print(f"produced {spans} spans into {topic} in {time.monotonic() - t:.0f} s", flush=True)
+    if "server" in args.target:  # started if not running (as traces_flow_bench.py does)
+        subprocess.run(
+            [str(ROOT / "scripts/services/clickhouse.sh"), "start"], check=True, capture_output=True
+        )
     results: dict[str, list[dict]] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="otelwax-mem-bench-") as d:
