@@ -163,3 +163,20 @@ def delete_topics(bootstrap: str, topics: list[str], timeout: float = 30.0) -> N
         except Exception as exc:
             if "UNKNOWN_TOPIC" not in str(exc):
                 raise
+
+
+def describe_topic_id(kafka: KafkaConfig, topic: str) -> str:
+    """``topic``'s id from the broker (AdminClient.describe_topics), "" when unavailable."""
+    from confluent_kafka import TopicCollection
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(quiet(kafka.client_conf()))
+    try:
+        fut = admin.describe_topics(TopicCollection([topic]), request_timeout=30)[topic]
+        topic_id = fut.result().topic_id
+    except Exception as exc:  # older brokers; a missing topic fails in list_parts/consume
+        logging.getLogger(__name__).warning(
+            "kafka %s: no topic id (%s): recreation shows by offsets only", topic, exc
+        )
+        return ""
+    return str(topic_id) if topic_id is not None else ""

@@ -77,8 +77,18 @@ class RangeAcks:
         self._watchers: dict[tuple[str, int], Callable[[int], None]] = {}
         self.inflight_bytes = 0
         """Payload bytes of all unconfirmed ranges (sources pause reading above a budget)."""
+        self._buffered: dict[tuple[str, int], int] = {}
         self.error: BaseException | None = None
         """Set by a sink that stopped storing: its sources stop too, instead of waiting."""
+
+    def buffered(self, topic: str, partition: int, nbytes: int) -> None:
+        """A source partition holds ``nbytes`` of payload in the range it is cutting."""
+        self._buffered[(topic, partition)] = nbytes
+
+    @property
+    def held_bytes(self) -> int:
+        """Payload bytes read and not yet stored: ranges being cut plus unconfirmed ones."""
+        return self.inflight_bytes + sum(self._buffered.values())
 
     def fail(self, exc: BaseException) -> None:
         """The sink cannot store any more: sources raise ``exc`` on their next poll."""
@@ -88,6 +98,7 @@ class RangeAcks:
         """Forget a partition's unconfirmed ranges (its source partition starts afresh)."""
         with self._lock:
             self._emitted_next.pop((topic, partition), None)
+            self._buffered.pop((topic, partition), None)
             for _, nbytes in self._open.pop((topic, partition), ()):
                 self.inflight_bytes -= nbytes
 

@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from prometheus_client import Gauge
 
-from connectors.kafka import KafkaConfig, quiet
+from connectors.kafka import KafkaConfig, describe_topic_id, quiet
 from connectors.kafka_offsets import OffsetCommitter, commit_callback
 from connectors.kafka_ranges import (
     IntentReader,
@@ -106,12 +106,11 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
                 "enable.auto.offset.store": False,
                 "enable.partition.eof": True,
                 "auto.offset.reset": "earliest",
-                "fetch.max.bytes": max(cfg.batch.max_bytes, 4_194_304),
-                "max.partition.fetch.bytes": min(
-                    max(cfg.batch.max_bytes // 4, 1_048_576), 8_388_608
-                ),
-                # local prefetch per partition: about one range (bounds RSS)
-                "queued.max.messages.kbytes": min(max(cfg.batch.max_bytes // 1024, 4096), 65_536),
+                # librdkafka's prefetch of this partition (one consumer per partition): its
+                # queue plus one fetch in flight, ~1.5 x prefetch_bytes (bounds RSS)
+                "queued.max.messages.kbytes": max(cfg.prefetch_bytes // 1024, 1),
+                "fetch.max.bytes": max(cfg.prefetch_bytes, 1_048_576),
+                "max.partition.fetch.bytes": max(cfg.prefetch_bytes // 2, 1_048_576),
                 # librdkafka waits this long (default 1 s) to fetch again once the prefetch
                 # queue was full: with a backlog every partition stalled a second per range.
                 "fetch.queue.backoff.ms": 5,
@@ -327,14 +326,24 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
             if self._confirming():
                 return []
             raise StopIteration
-        self._paused = acks is not None and acks.inflight_bytes >= self._cfg.max_inflight_bytes
+        # Decoded ranges queue up between bytewax steps faster than they are stored (16 alive
+        # at once were seen): hold reading until the sink catches up. The budget counts the
+        # ranges being cut too (one per partition), except a replayed range, which must reach
+        # its recorded end.
+        self._paused = (
+            acks is not None
+            and acks.held_bytes >= self._cfg.max_inflight_bytes
+            and not self._in_planned()
+        )
         self._progress.tick(waiting=self._paused)
         if self._paused:
-            # Decoded ranges queue up between bytewax steps faster than they are stored
-            # (16 alive at once were seen): hold reading until the sink catches up.
-            return []
+            out: list[KafkaRange] = []
+            if self._values and time.monotonic() - self._since >= self._cfg.batch.max_delay_s:
+                self._emit(out, None)  # a range being cut frees its share of the budget
+                acks.buffered(self._topic, self._partition, 0)  # type: ignore[union-attr]
+            return out
         msgs = self._consumer.consume(self._cfg.poll_max_messages, 0)
-        out: list[KafkaRange] = []
+        out = []
         if self._announce is not None:
             out.append(self._announce)
             self._announce = None
@@ -373,6 +382,8 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
             self._emit(out, None)
             self._done = True
             self._since = time.monotonic()  # start of the wait in _confirming
+        if acks is not None:
+            acks.buffered(self._topic, self._partition, self._nbytes)
         now = time.monotonic()
         if out or now - self._lag_at >= 2.0:  # cached watermark: no broker round trip
             self._lag_at = now
@@ -488,6 +499,7 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         HEALTH.forget(self._progress.name)
         if self._acks is not None:
             self._acks.watch(self._topic, self._partition, None)
+            self._acks.buffered(self._topic, self._partition, 0)
         self._commits.close()
         self._consumer.close()
 
@@ -578,18 +590,3 @@ class PartitionedKafkaSource(FixedPartitionedSource[KafkaRange, int]):
             self.announce,
             self.stateful,
         )
-
-
-def describe_topic_id(kafka: KafkaConfig, topic: str) -> str:
-    """``topic``'s id from the broker (AdminClient.describe_topics), "" when unavailable."""
-    from confluent_kafka import TopicCollection
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient(kafka.client_conf())
-    try:
-        fut = admin.describe_topics(TopicCollection([topic]), request_timeout=30)[topic]
-        topic_id = fut.result().topic_id
-    except Exception as exc:  # older brokers; a missing topic fails in list_parts/consume
-        log.warning("kafka %s: no topic id (%s): recreation shows by offsets only", topic, exc)
-        return ""
-    return str(topic_id) if topic_id is not None else ""

@@ -50,11 +50,28 @@ class KafkaSourceConfig(StrictModel):
         "a flow resumes from its snapshots and intents, never from a committed offset)",
     )
     poll_max_messages: int = Field(5_000, gt=0, description="messages per consume() call")
+    prefetch_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=256 * 1024 * 1024,
+        description="bytes librdkafka fetches ahead per partition (its queue; one fetch of up "
+        "to half of it may be on the way besides): memory grows with it times the partitions "
+        "a process reads",
+    )
     max_inflight_bytes: int = Field(
         48 * 1024 * 1024,
         gt=0,
-        description="payload bytes emitted but not yet stored, per process, above which the "
-        "source stops reading (flows whose sink confirms stored ranges; bounds memory)",
+        description="payload bytes read but not yet stored (ranges being cut and emitted "
+        "ones), per process, above which the source stops reading (flows whose sink confirms "
+        "stored ranges; bounds memory: decoded rows take ~2-3x their payload)",
+    )
+    release_memory_s: float = Field(
+        1.0,
+        ge=0,
+        le=3600,
+        description="every N s the flow process returns freed memory to the OS (glibc heap "
+        "trim, Arrow's pool; buffers >= 1 MiB are unmapped on free); 0 = leave it to the "
+        "allocators (~150-250 MiB more RSS under a backlog)",
     )
     idle_poll_s: float = Field(0.02, gt=0, le=5, description="sleep between empty polls")
     stop_at_end: bool = Field(

@@ -49,6 +49,7 @@ from connectors.clickhouse_sink import ClickHouseSink, StoredRange
 from connectors.dlq import DeadLetter, DeadLetterError, DeadLetterProducer, row_letters
 from connectors.kafka_source import KafkaRange, PartitionedKafkaSource, RangeAcks
 from otelwax.logs import current_step, instrument
+from otelwax.memory import start_release
 from otelwax.schemas import LOGS_SCHEMA, TRACES_SCHEMA
 from otelwax.telemetry import (
     ComponentMetrics,
@@ -471,6 +472,7 @@ def build_dataflow(
     def on_start() -> None:
         stop_on_sigterm()
         start_progress_log(settings.progress_s)
+        start_release(settings.source.release_memory_s)
         if port is not None:
             serve_flow_metrics(port, addr, settings.health)
 

@@ -318,7 +318,7 @@ def replay(
     """Store the records of ``target``'s topic between ``from_ms`` and ``to_ms`` (Kafka
     timestamps, ms) exactly once. ``progress(done, total)`` is called as offsets are handled
     (skipped ones count)."""
-    from connectors.kafka_source import describe_topic_id
+    from connectors.kafka import describe_topic_id
 
     t0 = time.monotonic()
     topic = target.topic

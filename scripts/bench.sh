@@ -71,6 +71,7 @@ BENCHES=(
   "operators|bench/operators_bench.py --spans 100000 --repeat 3"
   "clickhouse|bench/clickhouse_bench.py --rows 200000 --server-rows 100000"
   "traces_flow|bench/traces_flow_bench.py --spans 300000 --latency-rate 0"
+  "flow_memory|bench/flow_memory_bench.py --spans 1000000 --target chdb server"
   "metrics|bench/metrics_bench.py --requests 300 --spans 100000"
 )
 

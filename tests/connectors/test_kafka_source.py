@@ -224,3 +224,74 @@ def test_a_consumer_that_stays_stuck_after_reassignment_is_replaced(
     assert [(r.first, r.last) for r in got] == [(10, 19)]
     assert part._consumer is not wedged
     part.close()
+
+
+def test_the_budget_counts_the_ranges_being_cut(kafka_bootstrap: str, make_topic) -> None:
+    """Payload buffered in partially cut ranges counts against max_inflight_bytes: with one
+    partition holding half a range, the other stops reading before it can emit one."""
+    topic = make_topic("held", partitions=2)
+    produce(kafka_bootstrap, topic, [b"a" * 100 for _ in range(5)], partition=0)
+    produce(kafka_bootstrap, topic, [b"b" * 100 for _ in range(30)], partition=1)
+    acks = RangeAcks()
+    src = _source(kafka_bootstrap, topic, acks, max_inflight_bytes=1000, poll_max_messages=5)
+    p0, p1 = src.build_part("kafka", "0", None), src.build_part("kafka", "1", None)
+    try:
+        deadline = time.monotonic() + 20
+        while acks.held_bytes < 500 and time.monotonic() < deadline:
+            assert p0.next_batch() == []  # 5 records of the 10 a range needs
+            time.sleep(0.01)
+        assert acks.held_bytes == 500
+        emitted = []
+        for _ in range(100):
+            emitted += p1.next_batch()
+            time.sleep(0.01)
+        # p1 read until 1000 bytes were held (at most one poll of 5 records past it), so it
+        # never gathered the 10 records of a range; before, it emitted ranges up to the budget.
+        assert emitted == []
+        assert 1000 <= acks.held_bytes <= 1400
+    finally:
+        p0.close()
+        p1.close()
+
+
+def test_a_paused_partition_cuts_its_range_at_max_delay(kafka_bootstrap: str, make_topic) -> None:
+    """Ranges being cut that fill the budget are emitted at max_delay_s (no deadlock), and
+    reading resumes once they are stored."""
+    topic = make_topic("heldcut", partitions=1)
+    produce(kafka_bootstrap, topic, [b"c" * 100 for _ in range(12)], partition=0)
+    acks = RangeAcks()
+    config = KafkaSourceConfig(
+        topic=topic,
+        batch={"max_records": 10, "max_delay_s": 0.3},
+        max_inflight_bytes=500,
+        poll_max_messages=5,
+    )
+    src = PartitionedKafkaSource(KafkaConfig(bootstrap_servers=kafka_bootstrap), config, acks=acks)
+    p = src.build_part("kafka", "0", None)
+    try:
+        ranges = []
+        while not ranges or ranges[-1].last < 11:
+            got = _drain(p, 1)
+            assert got, f"stalled after {[(r.first, r.last) for r in ranges]}"
+            ranges += got
+            acks.stored(topic, 0, got[0].first)
+        bounds = [(r.first, r.last) for r in ranges]
+        assert [o for a, b in bounds for o in range(a, b + 1)] == list(range(12)), bounds
+        assert ranges[0].last < 9, bounds  # cut by age while paused, not at 10 records
+    finally:
+        p.close()
+
+
+def test_librdkafka_prefetches_at_most_prefetch_bytes(kafka_bootstrap: str, make_topic) -> None:
+    """source.prefetch_bytes reaches the consumer: with 8 MB waiting in the partition, what
+    librdkafka holds locally stays within the queue plus one fetch (~1.5 x prefetch_bytes)."""
+    topic = make_topic("prefetch", partitions=1)
+    produce(kafka_bootstrap, topic, [bytes(100_000) for _ in range(80)], partition=0)
+    src = _source(kafka_bootstrap, topic, None, prefetch_bytes=1 << 20)
+    p = src.build_part("kafka", "0", None)
+    try:
+        time.sleep(3)  # librdkafka fetches in the background up to its limits
+        local = sum(len(m.value() or b"") for m in p._consumer.consume(10_000, 0))
+        assert 0 < local <= 3 << 20, local
+    finally:
+        p.close()

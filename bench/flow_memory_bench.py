@@ -1,0 +1,354 @@
+"""Where the memory of ``flows.traces`` goes while it drains a Kafka backlog.
+
+One topic is filled once with ``--spans`` spans (``tests.otlpgen`` requests of 100 spans,
+generated in chunks of ``--pool`` distinct requests and produced repeatedly), then each
+variant drains it from the start with a fresh flow name and store (``stop_at_end``). Variants
+run interleaved, ``--repeat`` times; the median spans/s and the peak memory are reported.
+
+The flow runs inside a probe (``probe`` sub-command: this file as a wrapper around
+``bytewax.run``) that samples every 0.2 s, from inside the process:
+
+- ``/proc/self/smaps_rollup``: RSS, anonymous, file-backed (chdb's mapped library);
+- glibc malloc (``mallinfo2``: arenas + mmapped chunks in use; the native codec's Arrow
+  buffers and librdkafka's buffers live there), the Arrow memory pool
+  (``pyarrow.total_allocated_bytes``: sort copies, chdb conversions);
+- librdkafka's prefetch queues (``fetchq_size`` from its statistics, summed over partitions),
+  the payload bytes the source holds (buffered + emitted and not yet stored).
+
+    .venv/bin/python bench/flow_memory_bench.py --spans 2000000 --target chdb server \\
+        --variant base= --variant 'small=source.max_inflight_bytes=33554432;MALLOC_ARENA_MAX=2'
+
+Not a test: no thresholds. Writes ``bench/results/flow_memory.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import weakref
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BOOTSTRAP = os.environ.get("OTELWAX_TEST_KAFKA", "127.0.0.1:19092")
+MIB = 2**20
+
+
+# --- the probe (inside the flow process) -------------------------------------------------------
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (n, ctypes.c_size_t)
+        for n in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+            "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
+
+
+def _smaps() -> dict[str, int]:
+    out = {}
+    with open("/proc/self/smaps_rollup") as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                out[parts[0].rstrip(":")] = int(parts[1]) * 1024
+    return out
+
+
+def probe(out_path: str, argv: list[str]) -> None:
+    """Run ``bytewax.run argv`` in this process with a sampler thread writing JSON lines."""
+    import runpy
+
+    import confluent_kafka
+    import pyarrow as pa
+
+    import connectors.kafka_source as ks
+    from connectors.kafka_ranges import RangeAcks
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    acks: weakref.WeakSet = weakref.WeakSet()
+    parts: weakref.WeakSet = weakref.WeakSet()
+    fetchq: dict[str, int] = {}
+
+    init_acks = RangeAcks.__init__
+
+    def acks_init(self: RangeAcks) -> None:
+        init_acks(self)
+        acks.add(self)
+
+    RangeAcks.__init__ = acks_init  # type: ignore[method-assign]
+    init_part = ks._RangePartition.__init__
+
+    def part_init(self, *a, **kw) -> None:  # type: ignore[no-untyped-def]
+        init_part(self, *a, **kw)
+        parts.add(self)
+
+    ks._RangePartition.__init__ = part_init  # type: ignore[method-assign]
+    real_consumer = confluent_kafka.Consumer
+
+    def stats_cb(text: str) -> None:
+        st = json.loads(text)
+        for t in st.get("topics", {}).values():
+            for p, ps in t.get("partitions", {}).items():
+                if p != "-1":
+                    fetchq[f"{st.get('name')}/{p}"] = int(ps.get("fetchq_size", 0))
+
+    def consumer(conf: dict) -> object:
+        return real_consumer({**conf, "statistics.interval.ms": 500, "stats_cb": stats_cb})
+
+    confluent_kafka.Consumer = consumer  # type: ignore[misc,assignment]
+    t0 = time.monotonic()
+    stop = threading.Event()
+    # What-if knobs of the probe itself (to attribute memory before changing code).
+    if os.environ.get("PROBE_MMAP_THRESHOLD"):
+        libc.mallopt(-3, int(os.environ["PROBE_MMAP_THRESHOLD"]))  # M_MMAP_THRESHOLD
+    if os.environ.get("PROBE_TRIM_THRESHOLD"):
+        libc.mallopt(-1, int(os.environ["PROBE_TRIM_THRESHOLD"]))  # M_TRIM_THRESHOLD
+    trim = bool(os.environ.get("PROBE_TRIM"))
+    release = bool(os.environ.get("PROBE_ARROW_RELEASE"))
+    chdb_mem = {"v": 0}
+
+    def chdb_tracked() -> int:
+        from connectors.clickhouse_embedded import _ChdbEngine
+
+        eng = _ChdbEngine._instance
+        if eng is None or not eng.lock.acquire(timeout=0.05):
+            return chdb_mem["v"]
+        try:
+            res = eng.session.query(
+                "SELECT value FROM system.metrics WHERE metric = 'MemoryTracking'", "CSV"
+            )
+            chdb_mem["v"] = int(str(res).strip() or 0)
+        except Exception:
+            pass
+        finally:
+            eng.lock.release()
+        return chdb_mem["v"]
+
+    def sample() -> None:
+        with open(out_path, "w") as fh:
+            n = 0
+            while not stop.wait(0.2):
+                n += 1
+                if trim:
+                    libc.malloc_trim(0)
+                if release:
+                    pa.default_memory_pool().release_unused()
+                s = _smaps()
+                mi = libc.mallinfo2()
+                rec = {
+                    "t": round(time.monotonic() - t0, 2),
+                    "rss": s.get("Rss", 0),
+                    "anon": s.get("Anonymous", 0),
+                    "file": s.get("Rss", 0) - s.get("Anonymous", 0),
+                    "malloc": mi.uordblks + mi.hblkhd,
+                    "malloc_free": mi.fordblks,
+                    "arrow": pa.total_allocated_bytes(),
+                    "fetchq": sum(fetchq.values()),
+                    "inflight": sum(a.inflight_bytes for a in list(acks)),
+                    "buffered": sum(p._nbytes for p in list(parts)),
+                    "chdb": chdb_tracked() if n % 5 == 0 else chdb_mem["v"],
+                }
+                fh.write(json.dumps(rec) + "\n")
+                fh.flush()
+
+    threading.Thread(target=sample, daemon=True).start()
+    sys.argv = ["bytewax.run", *argv]
+    try:
+        runpy.run_module("bytewax.run", run_name="__main__")
+    finally:
+        stop.set()
+
+
+# --- the driver --------------------------------------------------------------------------------
+
+
+def produce(topic: str, spans: int, pool: int) -> int:
+    from confluent_kafka import Producer
+
+    from tests import otlpgen
+
+    p = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 20, "compression.type": "lz4"})
+    payloads = otlpgen.trace_payloads(pool, seed=1)
+    n_req = spans // 100
+    for i in range(n_req):
+        while True:
+            try:
+                p.produce(topic, value=payloads[i % pool], key=b"%032x" % i)
+                break
+            except BufferError:
+                p.poll(0.05)
+    p.flush(120)
+    return n_req * 100
+
+
+def _set(cfg: dict, dotted: str, value: str) -> None:
+    keys = dotted.split(".")
+    d = cfg
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+    try:
+        d[keys[-1]] = json.loads(value)
+    except json.JSONDecodeError:
+        d[keys[-1]] = value
+
+
+def run_one(
+    topic: str, target: str, overrides: list[str], env: dict, tmp: Path, server: str
+) -> dict:
+    import yaml
+
+    env = dict(env)
+    name = uuid.uuid4().hex[:8]
+    if target == "chdb":
+        ch = {"mode": "embedded", "path": str(tmp / f"chdb-{name}"), "create_schema": True}
+    else:
+        host, native, http = server.split(":")
+        ch = {
+            "mode": "server",
+            "host": host,
+            "port": int(native),
+            "http_port": int(http),
+            "database": f"membench_{name}",
+            "create_schema": True,
+        }
+    cfg: dict = {
+        "kafka": {"bootstrap_servers": BOOTSTRAP},
+        "source": {"topic": topic, "stop_at_end": True, "group_id": f"membench-{name}"},
+        "clickhouse": ch,
+        "metrics_port": None,
+        "dead_letters": {"topic": f"dlq_{topic}"},
+        "sink": {"flow": f"mb{name}"},
+    }
+    for o in overrides:
+        k, _, v = o.partition("=")
+        _set(cfg, k, v)
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    samples = tmp / f"{name}.jsonl"
+    log = tmp / f"{name}.log"
+    tree = env.pop("TREE", str(ROOT))  # another checkout's code (before/after runs)
+    args = [sys.executable, __file__, "probe", str(samples), "--"]
+    args += [f"flows.traces:build({str(path)!r})", "-w", "1"]
+    t = time.monotonic()
+    with open(log, "wb") as fh:
+        p = subprocess.Popen(
+            args,
+            cwd=tree,
+            env={**os.environ, "PYTHONPATH": tree, **env},
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            rc = p.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            rc = -9
+    wall = time.monotonic() - t
+    text = log.read_text(errors="replace")
+    if rc:
+        raise RuntimeError(f"flow exited with {rc}:\n{text[-3000:]}")
+    rows = [json.loads(x) for x in samples.read_text().splitlines() if x.strip()]
+    peak = {k: max((r[k] for r in rows), default=0) for k in rows[0] if k != "t"}
+    at_peak = max(rows, key=lambda r: r["rss"])
+    busy = [r["t"] for r in rows if r["buffered"] or r["inflight"] or r["fetchq"]]
+    drain = (busy[-1] - busy[0]) if len(busy) > 1 else wall
+    series = [{k: (v if k == "t" else round(v / MIB)) for k, v in r.items()} for r in rows[::5]]
+    return {
+        "wall_s": round(wall, 1),
+        "drain_s": drain,
+        "peak": peak,
+        "at_peak_rss": at_peak,
+        "series_mib": series,
+    }
+
+
+def main() -> int:
+    if len(sys.argv) > 2 and sys.argv[1] == "probe":
+        sys.path[0] = os.getcwd()  # the checkout under test (TREE), not this file's
+        sep = sys.argv.index("--")
+        probe(sys.argv[2], sys.argv[sep + 1 :])
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--spans", type=int, default=1_000_000)
+    ap.add_argument("--pool", type=int, default=2000, help="distinct requests (100 spans each)")
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--topic", help="reuse a filled topic (not deleted)")
+    ap.add_argument("--target", nargs="+", default=["chdb"], choices=["chdb", "server"])
+    ap.add_argument("--server", default="127.0.0.1:19000:18123", help="host:native:http")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="NAME=dotted.key=json&...[;ENV=VALUE,...]: config overrides (and env) of a variant",
+    )
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--keep-topic", action="store_true")
+    args = ap.parse_args()
+    from connectors.kafka import create_topics, delete_topics
+
+    variants = []
+    for v in args.variant or ["defaults="]:
+        name, _, rest = v.partition("=")
+        cfg_part, _, env_part = rest.partition(";")
+        overrides = [o for o in cfg_part.split("&") if o]
+        env = dict(e.split("=", 1) for e in env_part.split(",") if e)
+        variants.append((name, overrides, env))  # env TREE=path: run that checkout
+    topic = args.topic or f"membench_{uuid.uuid4().hex[:8]}"
+    spans = args.spans
+    if not args.topic:
+        create_topics(BOOTSTRAP, [topic, f"dlq_{topic}"], partitions=args.partitions)
+        t = time.monotonic()
+        spans = produce(topic, args.spans, args.pool)
+        print(f"produced {spans} spans into {topic} in {time.monotonic() - t:.0f} s", flush=True)
+    if "server" in args.target:  # started if not running (as traces_flow_bench.py does)
+        subprocess.run(
+            [str(ROOT / "scripts/services/clickhouse.sh"), "start"], check=True, capture_output=True
+        )
+    results: dict[str, list[dict]] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="otelwax-mem-bench-") as d:
+            for _ in range(args.repeat):
+                for target in args.target:
+                    for name, overrides, env in variants:
+                        r = run_one(topic, target, overrides, env, Path(d), args.server)
+                        r["spans_per_s"] = round(spans / r["drain_s"])
+                        key = f"{target} {name}"
+                        results.setdefault(key, []).append(r)
+                        mib = {k: round(v / MIB) for k, v in r["peak"].items()}
+                        at = {k: round(v / MIB) for k, v in r["at_peak_rss"].items() if k != "t"}
+                        print(f"{key:<24} {r['spans_per_s']:>7} sp/s peak {mib}", flush=True)
+                        print(f"{'':<24} {'':>7}      at peak RSS {at}", flush=True)
+    finally:
+        if not args.topic and not args.keep_topic:
+            delete_topics(BOOTSTRAP, [topic, f"dlq_{topic}"])
+    print(f"\n{'variant':<40}{'spans/s (median)':>18}{'peak RSS MiB (max)':>20}{'anon':>8}")
+    summary = []
+    for key, rs in results.items():
+        sps = statistics.median(r["spans_per_s"] for r in rs)
+        rss = max(r["peak"]["rss"] for r in rs) / MIB
+        anon = max(r["peak"]["anon"] for r in rs) / MIB
+        print(f"{key:<40}{sps:>18.0f}{rss:>20.0f}{anon:>8.0f}")
+        summary.append({"variant": key, "spans_per_s": sps, "runs": rs})
+    out = ROOT / "bench" / "results" / "flow_memory.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"time": time.time(), "spans": spans, "results": summary}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Returning freed memory to the OS in a flow process (``start_release``).
+
+A flow allocates and frees tens of MiB per Kafka range: payloads (Python bytes), decoded Arrow
+buffers (the native codec allocates with glibc malloc), presorted copies (Arrow's pool). glibc
+keeps freed chunks in its arenas and grows its mmap threshold after the first large free, so
+the big buffers of later ranges land in the heap too: ~150-250 MiB of a flow's RSS were free
+heap memory (``bench/flow_memory_bench.py``). ``start_release`` fixes the thresholds (buffers of
+1 MiB and more are mapped and unmapped on their own) and trims the heap and Arrow's pool
+periodically on a daemon thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import threading
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MMAP_THRESHOLD", "start_release"]
+
+MMAP_THRESHOLD = 1 << 20
+"""Allocations of this size and more get their own mapping (returned to the OS on free)."""
+_TRIM_THRESHOLD = 32 << 20  # the periodic trim does the rest: no trim on every free
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+_started: threading.Event | None = None
+_lock = threading.Lock()
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # noqa: B018 - glibc only (musl has none)
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def start_release(interval_s: float) -> bool:
+    """Once per process: fix glibc's mmap/trim thresholds and every ``interval_s`` return
+    free heap pages and Arrow's unused pool memory to the OS. 0 turns it off. Returns whether
+    the thread runs (not on a libc without ``malloc_trim``)."""
+    global _started
+    if interval_s <= 0:
+        return False
+    with _lock:
+        if _started is not None:
+            return True
+        libc = _libc()
+        if libc is None:
+            log.info("memory: no glibc malloc_trim here; freed memory stays with the allocator")
+            return False
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+        _started = stop = threading.Event()
+
+    def run() -> None:
+        import pyarrow as pa
+
+        pool = pa.default_memory_pool()
+        while not stop.wait(interval_s):
+            libc.malloc_trim(0)
+            pool.release_unused()
+
+    threading.Thread(target=run, name="otelwax-memory-release", daemon=True).start()
+    return True
