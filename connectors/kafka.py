@@ -135,12 +135,7 @@ def create_topics(
     ]
     if not new:
         return []
-    for _name, fut in admin.create_topics(new, operation_timeout=timeout).items():
-        try:
-            fut.result()
-        except Exception as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
+    _wait_all(admin.create_topics(new, operation_timeout=timeout), "TOPIC_ALREADY_EXISTS")
     # Wait until metadata shows every partition with a leader.
     deadline = time.monotonic() + timeout
     names = [t.topic for t in new]
@@ -157,11 +152,16 @@ def delete_topics(bootstrap: str, topics: list[str], timeout: float = 30.0) -> N
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    for _, fut in admin.delete_topics(topics, operation_timeout=timeout).items():
+    _wait_all(admin.delete_topics(topics, operation_timeout=timeout), "UNKNOWN_TOPIC")
+
+
+def _wait_all(futures: dict[str, Any], harmless: str) -> None:
+    """Wait for every admin future; an error whose text names ``harmless`` is ignored."""
+    for fut in futures.values():
         try:
             fut.result()
         except Exception as exc:
-            if "UNKNOWN_TOPIC" not in str(exc):
+            if harmless not in str(exc):
                 raise
 
 

@@ -55,6 +55,27 @@ def exits_on_bad_config(name: str) -> Callable[[F], F]:
     return decorate
 
 
+def pipeline_build(
+    name: str, load: Callable[..., Any], wire: Callable[[Any, Any], Any]
+) -> Callable[..., Any]:
+    """The ``build`` of a pipeline flow (traces, logs): settings from a YAML file (or
+    ``$OTELWAX_CONFIG``/defaults) plus overrides by ``load``, wired by ``wire(settings,
+    batch_operators)``; config problems exit with one line (:func:`exits_on_bad_config`)."""
+
+    @exits_on_bad_config(name)
+    def build(
+        config_path: str | None = None, *, batch_operators: Any = None, **overrides: Any
+    ) -> Any:
+        """Build the flow from a YAML file (or ``$OTELWAX_CONFIG``/defaults) plus overrides.
+
+        ``overrides`` use ``__`` for nesting: ``build(source__stop_at_end=True)``.
+        ``batch_operators`` (callables or ``(name, callable)``) run after the configured ones.
+        """
+        return wire(load(config_path, **overrides), batch_operators)
+
+    return build
+
+
 def lazy_flow(name: str, build: Callable[[], Any]) -> Callable[[str], Any]:
     """A module ``__getattr__`` building ``flow`` with ``build()`` on first access."""
     flow = functools.cache(build)

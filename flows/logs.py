@@ -27,7 +27,7 @@ from typing import Any
 
 from bytewax.dataflow import Dataflow
 
-from flows import exits_on_bad_config, lazy_flow
+from flows import lazy_flow, pipeline_build
 from flows.pipeline import LOGS, BatchOperator, build_dataflow
 from flows.settings import ENV_CONFIG, LogsFlowSettings, load_logs_settings
 
@@ -58,18 +58,5 @@ def build_from_settings(
     return build_dataflow(settings, LOGS, batch_operators)
 
 
-@exits_on_bad_config("logs")
-def build(
-    config_path: str | None = None,
-    *,
-    batch_operators: Sequence[BatchOperator | tuple[str, BatchOperator]] | None = None,
-    **overrides: Any,
-) -> Dataflow:
-    """Build the flow from a YAML file (or ``$OTELWAX_CONFIG``/defaults) plus overrides.
-
-    ``overrides`` use ``__`` for nesting: ``build(source__stop_at_end=True)``.
-    """
-    return build_from_settings(load_settings(config_path, **overrides), batch_operators)
-
-
+build = pipeline_build("logs", load_settings, build_from_settings)
 __getattr__ = lazy_flow("logs", build)

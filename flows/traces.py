@@ -23,7 +23,7 @@ from typing import Any
 
 from bytewax.dataflow import Dataflow
 
-from flows import exits_on_bad_config, lazy_flow, pipeline
+from flows import lazy_flow, pipeline, pipeline_build
 from flows.pipeline import TRACES, BatchOperator
 from flows.settings import TracesFlowSettings, load_settings
 
@@ -51,18 +51,5 @@ def build_from_settings(
     return pipeline.build_dataflow(settings, TRACES, batch_operators, outputs)
 
 
-@exits_on_bad_config("traces")
-def build(
-    config_path: str | None = None,
-    *,
-    batch_operators: Sequence[BatchOperator | tuple[str, BatchOperator]] | None = None,
-    **overrides: Any,
-) -> Dataflow:
-    """Build the flow from a YAML file (or ``$OTELWAX_CONFIG``/defaults) plus overrides.
-
-    ``overrides`` use ``__`` for nesting: ``build(source__stop_at_end=True)``.
-    """
-    return build_from_settings(load_settings(config_path, **overrides), batch_operators)
-
-
+build = pipeline_build("traces", load_settings, build_from_settings)
 __getattr__ = lazy_flow("traces", build)
