@@ -17,6 +17,16 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+SPAN_KIND_NAMES = (
+    "SPAN_KIND_UNSPECIFIED",
+    "SPAN_KIND_INTERNAL",
+    "SPAN_KIND_SERVER",
+    "SPAN_KIND_CLIENT",
+    "SPAN_KIND_PRODUCER",
+    "SPAN_KIND_CONSUMER",
+)
+"""``SpanKind`` column values, indexed by the OTLP enum number."""
+
 TS = pa.timestamp("ns")
 STR = pa.string()
 ATTRS = pa.map_(pa.string(), pa.string())

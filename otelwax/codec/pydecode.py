@@ -40,20 +40,12 @@ from otelwax.codec._common import (
     ts_array,
     ts_ns,
 )
-from otelwax.schemas import LOGS_SCHEMA, TRACES_SCHEMA
+from otelwax.schemas import LOGS_SCHEMA, SPAN_KIND_NAMES, TRACES_SCHEMA
 
 __all__ = ["decode_logs", "decode_traces", "render_any_value", "render_double", "render_json"]
 
 _SPAN_KINDS = pa.array(
-    [
-        "SPAN_KIND_UNSPECIFIED",
-        "SPAN_KIND_INTERNAL",
-        "SPAN_KIND_SERVER",
-        "SPAN_KIND_CLIENT",
-        "SPAN_KIND_PRODUCER",
-        "SPAN_KIND_CONSUMER",
-        "",
-    ],
+    [*SPAN_KIND_NAMES, ""],
     STR,
 )
 _STATUS_CODES = pa.array(["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR", ""], STR)

@@ -44,21 +44,14 @@ import pyarrow.compute as pc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otelwax.protowire import length_delimited, varint
-from otelwax.schemas import TRACES_SCHEMA
+from otelwax.schemas import SPAN_KIND_NAMES, TRACES_SCHEMA
 
 __all__ = ["encode_traces", "encode_traces_request", "encoder_name", "traces_encoder"]
 
 log = logging.getLogger(__name__)
 
 _SPAN_KINDS = pa.array(
-    [
-        "SPAN_KIND_UNSPECIFIED",
-        "SPAN_KIND_INTERNAL",
-        "SPAN_KIND_SERVER",
-        "SPAN_KIND_CLIENT",
-        "SPAN_KIND_PRODUCER",
-        "SPAN_KIND_CONSUMER",
-    ],
+    list(SPAN_KIND_NAMES),
     pa.string(),
 )
 _STATUS_CODES = pa.array(["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"], pa.string())
