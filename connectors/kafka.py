@@ -180,3 +180,31 @@ def describe_topic_id(kafka: KafkaConfig, topic: str) -> str:
         )
         return ""
     return str(topic_id) if topic_id is not None else ""
+
+
+def watermarks(consumer: Any, tp: Any, wait_s: float = 60.0) -> tuple[int, int]:
+    """(low, high) offsets of ``tp`` from the broker, waiting up to ``wait_s`` while the
+    broker cannot say yet (restarting, leader not elected, metadata not loaded), so a flow
+    started during a broker restart waits instead of crashing."""
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + wait_s
+    warned = False
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=min(10.0, wait_s))
+            return int(low), int(high)
+        except KafkaException as exc:
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"kafka {tp.topic}[{tp.partition}]: no offsets from the broker after "
+                    f"{wait_s:.0f} s: {exc.args[0].str() if exc.args else exc}"
+                ) from exc
+            if not warned:
+                logging.getLogger(__name__).warning(
+                    "kafka %s[%d]: %s; waiting for the broker",
+                    tp.topic, tp.partition, exc.args[0].str() if exc.args else exc,
+                )  # fmt: skip
+                warned = True
+            time.sleep(1.0)
+

@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from prometheus_client import Gauge
 
-from connectors.kafka import KafkaConfig, describe_topic_id, quiet
+from connectors.kafka import KafkaConfig, describe_topic_id, quiet, watermarks
 from connectors.kafka_offsets import OffsetCommitter, commit_callback
 from connectors.kafka_ranges import (
     IntentReader,
@@ -127,7 +127,7 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
             self._consumer, self._topic, partition, commits, cfg.commit_offsets
         )
         tp = TopicPartition(self._topic, partition)
-        low, high = self._consumer.get_watermark_offsets(tp, timeout=30)
+        low, high = watermarks(self._consumer, tp)
         default = low if cfg.start == "earliest" else high
         self._topic_id = topic_id
         if self._stale(intents, resume_state, high, default):

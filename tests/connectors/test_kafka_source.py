@@ -295,3 +295,27 @@ def test_librdkafka_prefetches_at_most_prefetch_bytes(kafka_bootstrap: str, make
         assert 0 < local <= 3 << 20, local
     finally:
         p.close()
+
+
+def test_a_partition_built_while_the_broker_cannot_answer_waits_for_it(
+    kafka_bootstrap: str,
+) -> None:
+    """In the soak a flow restarted during a broker restart crashed at start ("Unknown
+    partition" from the watermark look-up). A partition whose topic appears a few seconds
+    after the flow started (the broker's metadata coming back) is read once it does."""
+    import threading
+    import uuid
+
+    from connectors.kafka import create_topics, delete_topics
+
+    topic = f"late_{uuid.uuid4().hex[:10]}"
+    timer = threading.Timer(3.0, create_topics, (kafka_bootstrap, [topic], 1))
+    timer.start()
+    try:
+        part = _source(kafka_bootstrap, topic, None).build_part("kafka", "0", None)
+        produce(kafka_bootstrap, topic, [b"x"] * 10, partition=0)
+        assert [(r.first, r.last) for r in _drain(part, 1)] == [(0, 9)]
+        part.close()
+    finally:
+        timer.join()
+        delete_topics(kafka_bootstrap, [topic])
