@@ -1,10 +1,11 @@
 """The policies of ``tail_sampling`` (``operators.tail_sampling``): their config models and
 their vectorised evaluation over the spans of the traces being decided.
 
-Span-level policies (status_code, string/numeric attribute) become one boolean column each,
-aggregated per trace with ``any`` in one ``group_by`` (with first start / last end for
-``latency``); ``probabilistic`` is the head sampler's rule on the trace id; ``rate_limiting``
-walks the decided traces in decision order (one step per trace, not per span).
+Span-level policies (status_code, string/numeric/boolean attribute) become one boolean column
+each, aggregated per trace with ``any`` in one ``group_by`` (with first start / last end for
+``latency`` and the span count for ``span_count``); ``probabilistic`` is the head sampler's rule
+on the trace id; ``rate_limiting`` and ``composite`` walk the decided traces in decision order
+(one step per trace, not per span).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from typing import Annotated, Any, Literal, Union
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
 from operators.sampling import head_keep_mask, parse_seconds
 from otelwax.settings import StrictModel
 
-__all__ = ["Policy", "StatusCodePolicy", "Verdicts"]
+__all__ = ["CompositePolicy", "Policy", "StatusCodePolicy", "Verdicts"]
 
 _STATUS = {"ERROR": "STATUS_CODE_ERROR", "OK": "STATUS_CODE_OK", "UNSET": "STATUS_CODE_UNSET"}
 
@@ -66,6 +67,29 @@ class NumericAttributePolicy(_Policy):
         return self
 
 
+class SpanCountPolicy(_Policy):
+    """Keeps traces with ``min_spans`` to ``max_spans`` spans (read before the decision)."""
+
+    type: Literal["span_count"]
+    min_spans: int = Field(ge=0)
+    max_spans: int = Field(0, ge=0, description="0: no upper bound (as the Collector)")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> SpanCountPolicy:
+        if 0 < self.max_spans < self.min_spans:
+            raise ValueError("max_spans is below min_spans")
+        return self
+
+
+class BooleanAttributePolicy(_Policy):
+    """Keeps traces with a span (else resource) attribute ``key`` rendered ``true``/``false``
+    equal to ``value`` (attribute maps hold text, so a string "true" matches too)."""
+
+    type: Literal["boolean_attribute"]
+    key: str = Field(min_length=1)
+    value: bool
+
+
 class RateLimitingPolicy(_Policy):
     type: Literal["rate_limiting"]
     spans_per_second: int = Field(gt=0)
@@ -82,7 +106,7 @@ def _tagged(*models: type[_Policy]) -> Any:
 
 
 _LEAVES = (StatusCodePolicy, LatencyPolicy, ProbabilisticPolicy, StringAttributePolicy,
-           NumericAttributePolicy)  # fmt: skip
+           NumericAttributePolicy, SpanCountPolicy, BooleanAttributePolicy)  # fmt: skip
 LeafPolicy = _tagged(*_LEAVES)
 
 
@@ -91,7 +115,79 @@ class AndPolicy(_Policy):
     policies: list[LeafPolicy] = Field(min_length=1)
 
 
-Policy = _tagged(*_LEAVES, RateLimitingPolicy, AndPolicy)
+class RateAllocation(StrictModel):
+    policy: str = Field(min_length=1, description="name of a composite_sub_policy")
+    percent: int = Field(ge=0, le=100, description="of max_total_spans_per_second; 0: equal share")
+
+
+class CompositePolicy(_Policy):
+    """The Collector's ``composite``: the first sub-policy in ``policy_order`` that matches a
+    trace decides it, kept while that sub-policy's spans in the current second of the clock
+    stay within its allocation (and ``max_total_spans_per_second``); a sub-policy without a
+    ``rate_allocation`` entry gets 0 spans per second, as in the Collector."""
+
+    type: Literal["composite"]
+    max_total_spans_per_second: int = Field(gt=0)
+    composite_sub_policy: list[_tagged(*_LEAVES, RateLimitingPolicy, AndPolicy)] = Field(
+        min_length=1
+    )
+    policy_order: list[str] = Field(
+        default_factory=list, description="names of all sub-policies; empty: as listed"
+    )
+    rate_allocation: list[RateAllocation] = Field(default_factory=list)
+
+    @field_validator("composite_sub_policy")
+    @classmethod
+    def _named(cls, subs: list[Any]) -> list[Any]:
+        for i, p in enumerate(subs):
+            if not p.name:
+                raise ValueError(f"sub-policy {i} needs a name (policy_order and rate_allocation "
+                                 "refer to sub-policies by name)")  # fmt: skip
+        _unique([p.name for p in subs], "sub-policy names")
+        return subs
+
+    @field_validator("policy_order", "rate_allocation")
+    @classmethod
+    def _refs(cls, v: list[Any], info: ValidationInfo) -> list[Any]:
+        subs = info.data.get("composite_sub_policy")
+        if subs is None:  # already reported
+            return v
+        names = [p.name for p in subs]
+        refs = [r if isinstance(r, str) else r.policy for r in v]
+        for i, r in enumerate(refs):
+            if r not in names:
+                raise ValueError(f"entry {i}: {r!r} is not a composite_sub_policy name "
+                                 f"({', '.join(names)})")  # fmt: skip
+        _unique(refs, "names")
+        if info.field_name == "policy_order" and refs and len(refs) != len(names):
+            missing = ", ".join(n for n in names if n not in refs)
+            raise ValueError(f"list every composite_sub_policy or none (missing: {missing})")
+        if info.field_name == "rate_allocation" and sum(a.percent for a in v) > 100:
+            raise ValueError("the percents add up to more than 100")
+        return v
+
+    def ordered(self) -> list[tuple[Any, int]]:
+        """Sub-policies in evaluation order, each with its spans per second: ``percent`` of
+        the total (0: an equal share of it; no entry: 0)."""
+        by_name = {p.name: p for p in self.composite_sub_policy}
+        share = {a.policy: a.percent for a in self.rate_allocation}
+        total = self.max_total_spans_per_second
+
+        def spans(name: str) -> int:
+            if name not in share:
+                return 0
+            return total * share[name] // 100 if share[name] else total // len(by_name)
+
+        return [(by_name[n], spans(n)) for n in self.policy_order or list(by_name)]
+
+
+def _unique(names: list[str], what: str) -> None:
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{what} repeat: {', '.join(dup)}")
+
+
+Policy = _tagged(*_LEAVES, RateLimitingPolicy, AndPolicy, CompositePolicy)
 """One entry of ``tail_sampling.policies`` (a tagged union)."""
 
 
@@ -130,7 +226,22 @@ def _leaf_mask(p: Any, t: pa.Table) -> pa.Array | None:
         if p.max_value is not None:
             m = pc.and_(m, pc.less_equal(num, p.max_value))
         return m
+    if p.type == "boolean_attribute":
+        return pc.fill_null(pc.equal(_attr(t, p.key), "true" if p.value else "false"), False)
     return None
+
+
+def _leaves(policies: list[Any]) -> list[Any]:
+    """Every policy under ``policies`` that tests a trace (and/composite unfolded)."""
+    out: list[Any] = []
+    for p in policies:
+        if p.type == "and":
+            out.extend(p.policies)
+        elif p.type == "composite":
+            out.extend(_leaves(p.composite_sub_policy))
+        else:
+            out.append(p)
+    return out
 
 
 class Verdicts:
@@ -138,10 +249,7 @@ class Verdicts:
 
     def __init__(self, policies: list[Any]) -> None:
         self.policies = policies
-        leaves: list[Any] = []
-        for p in policies:
-            leaves.extend(p.policies if p.type == "and" else [p])
-        self._span_leaves = [p for p in leaves if _leaf_mask(p, _EMPTY) is not None]
+        self._span_leaves = [p for p in _leaves(policies) if _leaf_mask(p, _EMPTY) is not None]
 
     def evaluate(
         self, spans: pa.Table, order: pa.Array, at_ms: np.ndarray, rate: dict[str, list[int]]
@@ -167,45 +275,70 @@ class Verdicts:
             for i, p in enumerate(self._span_leaves)
         }
 
-        def leaf(p: Any) -> np.ndarray:
+        def match(p: Any) -> np.ndarray:
             if id(p) in span_any:
                 return span_any[id(p)]
+            if p.type == "and":
+                m = np.ones(len(order), dtype=bool)
+                for q in p.policies:
+                    m &= match(q)
+                return m
             if p.type == "latency":
                 m = lat_ns >= int(p.threshold * 1e9)
                 if p.upper_threshold is not None:
                     m &= lat_ns <= int(p.upper_threshold * 1e9)
                 return m
+            if p.type == "span_count":
+                return (n_spans >= p.min_spans) & ((n_spans <= p.max_spans) | (p.max_spans == 0))
             if p.type == "probabilistic":
                 return head_keep_mask(order, p.sampling_percentage, keep_invalid=False)
             raise AssertionError(p.type)
 
+        seconds = (at_ms // 1000).tolist()
+        counts = n_spans.tolist()
         keep = np.zeros(len(order), dtype=bool)
         for j, p in enumerate(self.policies):
             if p.type == "rate_limiting":
-                keep |= _rate_limit(p, f"{j}", n_spans, at_ms, rate)
-            elif p.type == "and":
-                m = np.ones(len(order), dtype=bool)
-                for q in p.policies:
-                    m &= leaf(q)
-                keep |= m
+                lim = rate.setdefault(f"{j}", [-1, 0])
+                spans = zip(seconds, counts, strict=True)
+                keep |= np.array([_take(lim, s, n, p.spans_per_second) for s, n in spans], bool)
+            elif p.type == "composite":
+                keep |= _composite(p, f"{j}", seconds, counts, rate, match)
             else:
-                keep |= leaf(p)
+                keep |= match(p)
         return keep
 
 
-def _rate_limit(
-    p: RateLimitingPolicy, key: str, n_spans: np.ndarray, at_ms: np.ndarray, rate: dict
+def _take(limiter: list[int], second: int, n: int, limit: int) -> bool:
+    """Count ``n`` spans into ``limiter`` = [second, spans kept in it] if they fit in
+    ``limit`` (a new second starts from 0); False (nothing counted) if not."""
+    if limiter[0] != second:
+        limiter[0], limiter[1] = second, 0
+    if limiter[1] + n > limit:
+        return False
+    limiter[1] += n
+    return True
+
+
+def _composite(
+    p: CompositePolicy, key: str, seconds: list[int], counts: list[int], rate: dict, match: Any
 ) -> np.ndarray:
-    """Greedy in decision order: keep a trace while the second of the clock has room."""
-    second, used = rate.get(key, [-1, 0])
-    out = np.zeros(len(n_spans), dtype=bool)
-    for i, (n, at) in enumerate(zip(n_spans.tolist(), (at_ms // 1000).tolist(), strict=True)):
-        if at != second:
-            second, used = at, 0
-        if used + n <= p.spans_per_second:
-            used += n
-            out[i] = True
-    rate[key] = [second, used]
+    """Greedy in decision order: the first sub-policy (in ``policy_order``) that matches a
+    trace keeps it if its allocation has room in the clock's second, else drops it. A
+    ``rate_limiting`` sub-policy only counts the traces that reach it."""
+    subs = p.ordered()
+    total = p.max_total_spans_per_second
+    hits = [None if q.type == "rate_limiting" else match(q).tolist() for q, _ in subs]
+    alloc = [rate.setdefault(f"{key}.{i}", [-1, 0]) for i in range(len(subs))]
+    limiters = {i: rate.setdefault(f"{key}.{i}.rate", [-1, 0])
+                for i, (q, _) in enumerate(subs) if q.type == "rate_limiting"}  # fmt: skip
+    out = np.zeros(len(counts), dtype=bool)
+    for t, (sec, n) in enumerate(zip(seconds, counts, strict=True)):
+        for i, (q, spans) in enumerate(subs):
+            hit = _take(limiters[i], sec, n, q.spans_per_second) if i in limiters else hits[i][t]
+            if hit:
+                out[t] = _take(alloc[i], sec, n, min(spans, total))
+                break
     return out
 
 

@@ -18,6 +18,16 @@
           type: and
           policies: [{type: latency, threshold: 1s},
                      {type: string_attribute, key: http.route, values: [/checkout]}]
+        - {name: chatty, type: span_count, min_spans: 100}      # max_spans: 0 = no bound
+        - {name: uncached, type: boolean_attribute, key: app.cached, value: false}
+        - name: shared-budget       # the Collector's composite: first match in order decides
+          type: composite
+          max_total_spans_per_second: 1000
+          policy_order: [errors, rest]
+          composite_sub_policy:
+            - {name: errors, type: status_code, status_codes: [ERROR]}
+            - {name: rest, type: probabilistic, sampling_percentage: 100}
+          rate_allocation: [{policy: errors, percent: 60}, {policy: rest, percent: 40}]
 
 Clock. One sampler per Kafka partition (records are keyed by trace id, so a partition holds
 whole traces). Its clock is the largest Kafka record timestamp read so far, in offset order
@@ -40,8 +50,12 @@ Policies see only what the columns hold: StatusCode, Timestamp + Duration (laten
 - first start), TraceId (``probabilistic`` is the head sampler's consistent rule, so a head
 sampler at p% upstream and this policy at p% agree), span and resource attribute maps
 (``string_attribute``: exact values or ``regex``; ``numeric_attribute``: values parsed as
-numbers). ``rate_limiting`` keeps traces in decision order while the spans it kept within the
-current second of the clock stay within ``spans_per_second``.
+numbers; ``boolean_attribute``: the value rendered ``true``/``false``), the spans read
+(``span_count``). ``rate_limiting`` keeps traces in decision order while the spans it kept
+within the current second of the clock stay within ``spans_per_second``. ``composite`` asks its
+sub-policies in ``policy_order``; the first that matches decides: kept while the spans that
+sub-policy kept in the clock's second stay within its ``rate_allocation`` percent of
+``max_total_spans_per_second`` (percent 0: an equal share; no entry: nothing), else dropped.
 """
 
 from __future__ import annotations

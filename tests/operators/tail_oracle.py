@@ -18,8 +18,21 @@ MIX_POLICIES: list[dict[str, Any]] = [
         {"type": "string_attribute", "key": "customer.tier", "values": ["gold"]},
         {"type": "numeric_attribute", "key": "http.response.size", "min_value": 1e6}]},
     {"type": "rate_limiting", "spans_per_second": 40},
+    {"type": "composite", "max_total_spans_per_second": 60,
+     "policy_order": ["big", "cart", "paced", "small"],
+     "composite_sub_policy": [
+         {"name": "small", "type": "span_count", "min_spans": 1, "max_spans": 2},
+         {"name": "cart", "type": "and", "policies": [
+             {"type": "string_attribute", "key": "service.name", "values": ["cart"]},
+             {"type": "string_attribute", "key": "http.route", "values": ["/cart"]}]},
+         {"name": "big", "type": "numeric_attribute", "key": "http.response.size",
+          "min_value": 1e6},
+         {"name": "paced", "type": "rate_limiting", "spans_per_second": 8}],
+     "rate_allocation": [{"policy": "big", "percent": 30}, {"policy": "cart", "percent": 0},
+                         {"policy": "paced", "percent": 25}]},
 ]  # fmt: skip
-"""Every policy type, for ``tests.tailgen.trace_mix`` (errors, slow roots, gold customers)."""
+"""Every policy type but boolean_attribute, for ``tests.tailgen.trace_mix`` (errors, slow
+roots, gold customers, string attributes only)."""
 
 _CODES = {"UNSET": 0, "OK": 1, "ERROR": 2}
 
@@ -78,9 +91,40 @@ def _leaf(p: dict[str, Any], spans: list[OSpan]) -> bool:
             if (lo is None or v >= lo) and (hi is None or v <= hi):
                 return True
         return False
+    if t == "span_count":
+        return p["min_spans"] <= len(spans) <= (p.get("max_spans") or len(spans))
+    if t == "boolean_attribute":
+        want = "true" if p["value"] else "false"
+        return any(s.attrs.get(p["key"]) == want for s in spans)
     if t == "and":
         return all(_leaf(q, spans) for q in p["policies"])
     raise AssertionError(t)
+
+
+def _fits(rate: dict, key: Any, second: int, n: int, limit: int) -> bool:
+    """Count ``n`` spans into the limiter ``key`` for ``second`` if they fit in ``limit``."""
+    sec, used = rate.get(key, (second, 0))
+    used = used if sec == second else 0
+    ok = used + n <= limit
+    rate[key] = (second, used + n if ok else used)
+    return ok
+
+
+def _composite(p: dict[str, Any], j: int, spans: list[OSpan], second: int, rate: dict) -> bool:
+    subs = {q["name"]: q for q in p["composite_sub_policy"]}
+    total = p["max_total_spans_per_second"]
+    pct = {a["policy"]: a["percent"] for a in p.get("rate_allocation", [])}
+    for name in p.get("policy_order") or list(subs):
+        q = subs[name]
+        if q["type"] == "rate_limiting":
+            hit = _fits(rate, (j, name, "rate"), second, len(spans), q["spans_per_second"])
+        else:
+            hit = _leaf(q, spans)
+        if hit:
+            share = 0 if name not in pct else (total * pct[name] // 100 if pct[name]
+                                               else total // len(subs))  # fmt: skip
+            return _fits(rate, (j, name), second, len(spans), min(share, total))
+    return False
 
 
 def kept_spans(
@@ -98,7 +142,7 @@ def kept_spans(
         clock: int | None = None
         waiting: dict[str, _Waiting] = {}
         decided: dict[str, bool] = {}
-        rate: dict[int, list[int]] = {}
+        rate: dict[Any, tuple[int, int]] = {}
         seq = 0
         for ts, payload in recs:
             clock = ts if clock is None else max(clock, ts)
@@ -108,12 +152,9 @@ def kept_spans(
                 keep = False
                 for j, p in enumerate(policies):
                     if p["type"] == "rate_limiting":
-                        sec, used = rate.get(j, [-1, 0])
-                        if clock // 1000 != sec:
-                            sec, used = clock // 1000, 0
-                        ok = used + len(spans) <= p["spans_per_second"]
-                        rate[j] = [sec, used + len(spans) if ok else used]
-                        keep |= ok
+                        keep |= _fits(rate, j, clock // 1000, len(spans), p["spans_per_second"])
+                    elif p["type"] == "composite":
+                        keep |= _composite(p, j, spans, clock // 1000, rate)
                     else:
                         keep |= _leaf(p, spans)
                 decided[tid] = keep

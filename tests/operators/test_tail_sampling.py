@@ -17,11 +17,12 @@ from operators.sampling import head_keep_mask
 from operators.tail_sampling import TailSampler, TailSamplingConfig
 from otelwax.codec import decode_traces
 from otelwax.schemas import TRACES_SCHEMA
+from otelwax.settings import format_errors
 from tests.operators.batches import random_spans, spans_batch
 from tests.operators.tail_oracle import MIX_POLICIES, kept_spans
 from tests.tailgen import trace_mix
 
-T = {k: f"{i:032x}" for i, k in enumerate(["a", "b", "c", "d", "e"], start=1)}
+T = {k: f"{i:032x}" for i, k in enumerate("abcdefg", start=1)}
 ERR = {"StatusCode": "STATUS_CODE_ERROR"}
 S = 1_000  # ms
 
@@ -116,6 +117,104 @@ def test_and_needs_every_sub_policy() -> None:
     gold = {"ResourceAttributes": [("tier", "gold")]}
     b = rows(("a", "a1", {**ERR, **gold}), ("b", "b1", ERR), ("c", "c1", gold))
     assert run(k, (b, 0)) == ["a1"]
+
+
+def test_span_count_counts_the_spans_read_before_the_decision() -> None:
+    b = rows(("a", "a1"), ("a", "a2"), ("b", "b1"), *[("c", f"c{i}") for i in range(4)])
+    assert run(sampler({"type": "span_count", "min_spans": 2, "max_spans": 3}), (b, 0)) == [
+        "a1", "a2"]  # fmt: skip
+    # max_spans 0 (the default) is no upper bound, as in the Collector
+    got = run(sampler({"type": "span_count", "min_spans": 2}), (b, 0))
+    assert got == ["a1", "a2", "c0", "c1", "c2", "c3"]
+    with pytest.raises(ValidationError, match="max_spans is below min_spans"):
+        sampler({"type": "span_count", "min_spans": 3, "max_spans": 2})
+
+
+def test_boolean_attribute_matches_the_rendered_value_span_then_resource() -> None:
+    b = rows(("a", "a1", {"SpanAttributes": [("cached", "true")]}),
+             ("b", "b1", {"ResourceAttributes": [("cached", "false")]}),
+             ("c", "c1", {"SpanAttributes": [("cached", "yes")]}), ("d", "d1"))  # fmt: skip
+    assert run(sampler({"type": "boolean_attribute", "key": "cached", "value": True}),
+               (b, 0)) == ["a1"]  # fmt: skip
+    assert run(sampler({"type": "boolean_attribute", "key": "cached", "value": False}),
+               (b, 0)) == ["b1"]  # fmt: skip
+
+
+def composite(total: int, subs: list[dict], alloc: dict[str, int], order=None) -> dict:
+    rate = [{"policy": n, "percent": pct} for n, pct in alloc.items()]
+    c = {"type": "composite", "max_total_spans_per_second": total, "composite_sub_policy": subs,
+         "rate_allocation": rate}  # fmt: skip
+    return {**c, "policy_order": order} if order else c
+
+
+GOLD = {"name": "gold", "type": "string_attribute", "key": "tier", "values": ["gold"]}
+ERRORS = {"name": "errors", "type": "status_code", "status_codes": ["ERROR"]}
+
+
+def test_composite_first_matching_sub_policy_in_policy_order_wins() -> None:
+    # gold may keep 2 spans per second, errors 18: b matches both, but whichever comes first
+    # in policy_order decides it (a full gold allocation drops b, errors is not asked).
+    both = {**ERR, "ResourceAttributes": [("tier", "gold")]}
+    b = rows(("a", "a1", both), ("a", "a2", both), ("b", "b1", both), ("c", "c1", ERR))
+    alloc = {"gold": 10, "errors": 90}
+    k = sampler(composite(20, [ERRORS, GOLD], alloc, order=["gold", "errors"]))
+    assert run(k, (b, 0)) == ["a1", "a2", "c1"]
+    k = sampler(composite(20, [ERRORS, GOLD], alloc, order=["errors", "gold"]))
+    assert run(k, (b, 0)) == ["a1", "a2", "b1", "c1"]
+    k = sampler(composite(20, [GOLD, ERRORS], alloc))  # no policy_order: as listed
+    assert run(k, (b, 0)) == ["a1", "a2", "c1"]
+
+
+def test_composite_allocation_is_honoured_per_second_of_the_event_clock() -> None:
+    every = {"name": "all", "type": "span_count", "min_spans": 1}
+    k = sampler(composite(10, [every], {"all": 50}))  # 5 spans per second
+    two = [(t, f"{t}{i}") for t in "abc" for i in (1, 2)]
+    # decided at clock 1000: a and b fit (4), c does not (6), the smaller d still does (5);
+    # f and g are decided at the tick, in a new second
+    assert run(k, (rows(*two, ("d", "d1")), 0),
+               (rows(("f", "f1"), ("f", "f2"), ("g", "g1"), ("g", "g2")), 1_000)) == [
+        "a1", "a2", "b1", "b2", "d1", "f1", "f2", "g1", "g2"]  # fmt: skip
+    # percent 0: an equal share of the total (6 // 2 = 3); no rate_allocation entry: 0
+    gold = {"ResourceAttributes": [("tier", "gold")]}
+    b = rows(("a", "a1", gold), ("a", "a2", gold), ("b", "b1", ERR), ("c", "c1", gold),
+             ("c", "c2", gold), ("d", "d1", gold))  # fmt: skip
+    assert run(sampler(composite(6, [GOLD, ERRORS], {"gold": 0})), (b, 0)) == ["a1", "a2", "d1"]
+
+
+def test_composite_rate_limiting_sub_policy_counts_only_the_traces_reaching_it() -> None:
+    paced = {"name": "paced", "type": "rate_limiting", "spans_per_second": 2}
+    k = sampler(composite(100, [ERRORS, paced], {"errors": 50, "paced": 50}))
+    b = rows(("a", "a1", ERR), ("a", "a2"), ("b", "b1"), ("b", "b2"), ("c", "c1"))
+    assert run(k, (b, 0)) == ["a1", "a2", "b1", "b2"]  # a went to errors; c is over paced's 2
+
+
+def test_composite_config_errors_name_the_path() -> None:
+    def problems(policy: dict) -> list[str]:
+        with pytest.raises(ValidationError) as info:
+            sampler(policy)
+        return format_errors(info.value)
+
+    at = "policies.0.composite"
+    assert problems(composite(10, [GOLD, ERRORS], {"gold": 50}, order=["gold", "nope"])) == [
+        f"{at}.policy_order: Value error, entry 1: 'nope' is not a composite_sub_policy name "
+        "(gold, errors)"]  # fmt: skip
+    assert problems(composite(10, [GOLD, ERRORS], {"gold": 50}, order=["gold"])) == [
+        f"{at}.policy_order: Value error, list every composite_sub_policy or none "
+        "(missing: errors)"]  # fmt: skip
+    assert problems(composite(10, [GOLD, ERRORS], {"gold": 60, "errors": 50})) == [
+        f"{at}.rate_allocation: Value error, the percents add up to more than 100"]
+    assert problems(composite(10, [GOLD, ERRORS], {"gold": 50, "golden": 5})) == [
+        f"{at}.rate_allocation: Value error, entry 1: 'golden' is not a composite_sub_policy "
+        "name (gold, errors)"]  # fmt: skip
+    unnamed = {k: v for k, v in ERRORS.items() if k != "name"}
+    assert problems(composite(10, [GOLD, unnamed], {"gold": 50}))[0].startswith(
+        f"{at}.composite_sub_policy: Value error, sub-policy 1 needs a name")
+    assert problems(composite(10, [GOLD, GOLD], {"gold": 50}))[0].endswith(
+        "sub-policy names repeat: gold")
+    assert problems({**composite(10, [GOLD], {"gold": 50}), "max_spans_per_second": 5}) == [
+        f"{at}.max_spans_per_second: unknown key"]
+    assert problems(composite(10, [{**GOLD, "valuez": ["x"]}], {"gold": 50}))[-1] == (
+        f"{at}.composite_sub_policy.0.string_attribute.valuez: unknown key")
 
 
 def test_the_clock_is_the_record_time_and_late_spans_follow_the_decision() -> None:
