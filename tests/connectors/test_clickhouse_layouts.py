@@ -186,3 +186,43 @@ def test_migrate_recreates_a_missing_trace_lookup_and_sets_the_ttl(chdb_client) 
     )
     got = chdb_client.execute(f"SELECT TraceId FROM {db}.{table}_trace_id_ts")
     assert got == [("abc",)]
+
+
+def test_migrate_cli_brings_older_metrics_tables_up_keeping_rows(chdb_client, capsys) -> None:
+    """otel_metrics_* tables of an older version (a column missing, no dedup window):
+    migrate --flow metrics shows both, --apply adds them, the stored point stays and a second
+    run finds every table up to date."""
+    from connectors.clickhouse_metrics_schema import metrics_ddl
+    from otelwax.cli import main
+
+    db = chdb_client.cfg.database
+    for sql in metrics_ddl(db, dedup_window=0)[1:]:
+        sql = sql.replace(", non_replicated_deduplication_window = 0", "")
+        chdb_client.execute(sql.replace("ScopeDroppedAttrCount UInt32 CODEC(ZSTD(1)),\n    ", ""))
+    chdb_client.execute(
+        f"INSERT INTO {db}.otel_metrics_gauge (ServiceName, MetricName, TimeUnix, Value) "
+        "VALUES ('a', 'kept', now64(9), 1.5)"
+    )
+    flags = [
+        "clickhouse", "migrate", "--flow", "metrics", "--mode", "embedded",
+        "--path", chdb_client.cfg.path, "--database", db,
+    ]  # fmt: skip
+    assert main(flags) == 1
+    out = capsys.readouterr().out
+    for table in ("gauge", "sum", "histogram", "exponential_histogram", "summary"):
+        assert f"otel_metrics_{table}`: column ScopeDroppedAttrCount (UInt32) is missing" in out
+        assert f"otel_metrics_{table}`: non_replicated_deduplication_window is unset" in out
+    assert main([*flags, "--apply"]) == 0
+    assert "metrics: migrate: 100% 10/10 statements" in capsys.readouterr().err
+    assert main(flags) == 0
+    assert capsys.readouterr().out.count("is up to date") == 5
+    got = chdb_client.execute(
+        f"SELECT MetricName, Value, ScopeDroppedAttrCount FROM {db}.otel_metrics_gauge"
+    )
+    assert got == [("kept", 1.5, 0)]
+    engine = chdb_client.execute(
+        "SELECT engine_full FROM system.tables WHERE database = {db:String} "
+        "AND name = 'otel_metrics_summary'",
+        {"db": db},
+    )[0][0]
+    assert "non_replicated_deduplication_window = 1000" in engine
