@@ -19,7 +19,6 @@ from typing import Any, Literal
 from connectors.clickhouse_cluster import TableEngine
 from connectors.clickhouse_metrics_schema import metrics_ddl
 from connectors.clickhouse_schema import (
-    JSON_REFUSED,
     TableOptions,
     logs_ddl,
     qualified,
@@ -129,6 +128,8 @@ def _expected_ddl(
     """The CREATE of ``scratch`` as this version would create ``table`` (for the metrics
     tables ``table`` is the canonical ``otel_metrics_*`` name)."""
     legacy = layout == "legacy"
+    # The live table's attribute type is kept: JSON tables are compared with JSON DDL.
+    opts = opts.model_copy(update={"json_attributes": layout == "json"})
     if kind == "metrics":
         stmts = metrics_ddl(database, {table: scratch}, ttl_days=opts.ttl_days, opts=opts)
         return next(s for s in stmts[1:] if f".{quote_ident(scratch)}" in s)
@@ -152,8 +153,6 @@ def plan_migration(
     t = qualified(database, table)
     if layout is None:
         return [Change(f"{t} does not exist (create it with `otelwax clickhouse init`)")]
-    if layout == "json" and kind != "metrics":
-        return [Change(f"{t}: {JSON_REFUSED}")]
     legacy = layout == "legacy"
     version = str(client.execute("SELECT version()")[0][0])
     scratch = f"{table}{SCRATCH_SUFFIX}"
