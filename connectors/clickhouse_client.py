@@ -12,6 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 import pyarrow as pa
 
 from connectors.clickhouse_config import ClickHouseConfig
+from connectors.clickhouse_json_schema import with_attribute_keys
 from connectors.clickhouse_schema import quote_ident
 
 __all__ = ["ClickHouseClient", "ClickHouseError", "is_transient"]
@@ -182,6 +183,8 @@ class InsertingClient:
             return 0
         db, name = split_table(table, self.cfg.database)
         try:
+            # JSON tables (tables.json) have a *AttributesKeys column beside each attribute map.
+            batch = with_attribute_keys(batch, self.columns.get(f"{db}.{name}"))
             return self._insert(db, name, batch, dedup_token)
         except Exception:
             self.columns.forget(f"{db}.{name}")

@@ -24,6 +24,7 @@ from connectors.clickhouse_client import (
     split_table,
 )
 from connectors.clickhouse_config import ClickHouseConfig
+from connectors.clickhouse_json_schema import JSON_INSERT_SETTINGS, has_json_columns
 from connectors.clickhouse_schema import quote_ident
 
 __all__ = ["CHDB_MALLOC_CONF", "EmbeddedClient"]
@@ -158,15 +159,16 @@ class EmbeddedClient(InsertingClient):
         if len(names) != batch.num_columns:
             batch = batch.select(names)
         collist = ", ".join(f"`{n}`" for n in names)
-        settings = ""
-        if token is not None:
-            settings = f" SETTINGS insert_deduplication_token = '{token}'"
+        settings = [f"insert_deduplication_token = '{token}'"] if token is not None else []
+        if has_json_columns(cols):
+            settings += [f"{k} = {v}" for k, v in JSON_INSERT_SETTINGS.items()]
         # chdb's Python() table function finds ``otelwax_batch`` in this frame by name; it
         # reads the Arrow buffers directly (measured ~2x faster than an ArrowStream body at
         # 100K rows: bench/clickhouse_bench.py).
         otelwax_batch = batch  # noqa: F841
         sql = (
-            f"INSERT INTO {quote_ident(db)}.{quote_ident(name)} ({collist}){settings} "
+            f"INSERT INTO {quote_ident(db)}.{quote_ident(name)} ({collist})"
+            f"{' SETTINGS ' + ', '.join(settings) if settings else ''} "
             "SELECT * FROM Python(otelwax_batch)"
         )
         with self._engine.lock:

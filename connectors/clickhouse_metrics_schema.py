@@ -78,15 +78,18 @@ def metrics_ddl(
     database: str,
     tables: dict[str, str] | None = None,
     ttl_days: int = 0,
-    dedup_window: int = 1000,
+    dedup_window: int | None = None,
     skip_indexes: bool = True,
     opts: Any = None,
 ) -> list[str]:
     """``CREATE DATABASE`` + ``CREATE TABLE IF NOT EXISTS`` for every metrics table.
 
     ``tables`` maps the canonical names (``otel_metrics_gauge``, ...) to the names to create;
-    ``opts`` (``TableOptions``), when given, places them: ``ON CLUSTER`` and the table engine.
+    ``opts`` (``TableOptions``), when given, places them: ``ON CLUSTER`` and the table engine,
+    and gives the dedup window unless ``dedup_window`` does (default 1000).
     """
+    if dedup_window is None:
+        dedup_window = opts.dedup_window if opts is not None else 1000
     db = quote_ident(database)
     on = opts.on_cluster if opts is not None else ""
     window = opts.table_engine.window_setting() if opts is not None else ""

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from connectors.clickhouse_cluster import TableEngine
+from connectors.clickhouse_metrics_schema import metrics_ddl
 from connectors.clickhouse_schema import (
-    JSON_REFUSED,
     TableOptions,
     logs_ddl,
     qualified,
@@ -118,22 +118,34 @@ def _column_sql(name: str, spec: tuple[str, ...]) -> str:
     return out
 
 
+Kind = Literal["traces", "logs", "metrics"]
+
+
 def _expected_ddl(
-    kind: str, database: str, table: str, opts: TableOptions, layout: Layout, version: str
+    kind: Kind, database: str, table: str, scratch: str, opts: TableOptions, layout: Layout,
+    version: str,
 ) -> str:
+    """The CREATE of ``scratch`` as this version would create ``table`` (for the metrics
+    tables ``table`` is the canonical ``otel_metrics_*`` name)."""
     legacy = layout == "legacy"
+    # The live table's attribute type is kept: JSON tables are compared with JSON DDL.
+    opts = opts.model_copy(update={"json_attributes": layout == "json"})
+    if kind == "metrics":
+        stmts = metrics_ddl(database, {table: scratch}, ttl_days=opts.ttl_days, opts=opts)
+        return next(s for s in stmts[1:] if f".{quote_ident(scratch)}" in s)
     if kind == "traces":
-        return traces_ddl(database, table, opts, legacy=legacy)[0]
+        return traces_ddl(database, scratch, opts, legacy=legacy)[0]
     if layout in ("timestamp_time", "five_minutes"):
         opts = opts.model_copy(update={"logs_layout": layout})
     text = text_indexes_for_version(version)
-    return logs_ddl(database, table, opts, legacy=legacy, text_index=text)[0]
+    return logs_ddl(database, scratch, opts, legacy=legacy, text_index=text)[0]
 
 
 def plan_migration(
-    client: Any, database: str, table: str, kind: Literal["traces", "logs"], opts: TableOptions
+    client: Any, database: str, table: str, kind: Kind, opts: TableOptions
 ) -> list[Change]:
-    """The differences between ``database.table`` and what this version expects of it.
+    """The differences between ``database.table`` and what this version expects of it
+    (``kind`` metrics: ``table`` is one of the ``otel_metrics_*`` tables).
 
     Creates and drops a scratch table ``<table>__otelwax_expected`` (empty) in ``database``.
     """
@@ -141,8 +153,6 @@ def plan_migration(
     t = qualified(database, table)
     if layout is None:
         return [Change(f"{t} does not exist (create it with `otelwax clickhouse init`)")]
-    if layout == "json":
-        return [Change(f"{t}: {JSON_REFUSED}")]
     legacy = layout == "legacy"
     version = str(client.execute("SELECT version()")[0][0])
     scratch = f"{table}{SCRATCH_SUFFIX}"
@@ -151,7 +161,7 @@ def plan_migration(
     # The scratch table lives on this server only, unreplicated: no ZooKeeper path to clean up.
     local = opts.model_copy(update={"cluster_name": None, "table_engine": TableEngine()})
     client.execute(f"DROP TABLE IF EXISTS {s}")
-    client.execute(_expected_ddl(kind, database, scratch, local, layout, version))
+    client.execute(_expected_ddl(kind, database, table, scratch, local, layout, version))
     try:
         want_cols = _columns(client, database, scratch)
         want_idx = {} if legacy else _indexes(client, database, scratch)

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from connectors.clickhouse_json_schema import has_json_columns
 from connectors.clickhouse_types import ChType, parse_type
 
 __all__ = ["TOKEN_COLUMN", "InsertPlan", "encode_native", "plan_columns"]
@@ -181,6 +182,20 @@ def _part_encoder(atype: pa.DataType, t: ChType, part: int) -> Callable[[pa.Arra
     raise _Incompatible(f"{atype} has no map keys/values")
 
 
+_STR = ChType("String")
+
+
+def _sent_type(t: ChType) -> ChType:
+    """``t`` with every ``JSON`` replaced by ``Map(String, String)``: a JSON column (tables.json)
+    is sent the maps the batch holds, and the server converts them on input
+    (``input_format_native_allow_types_conversion``, on by default)."""
+    if t.name == "JSON":
+        return ChType("Map", (_STR, _STR))
+    if not t.args:
+        return t
+    return ChType(t.name, tuple(_sent_type(a) if isinstance(a, ChType) else a for a in t.args))
+
+
 @dataclass(frozen=True, slots=True)
 class PlanColumn:
     name: str  # table column
@@ -194,6 +209,7 @@ class InsertPlan:
     cols: tuple[PlanColumn, ...]
     problems: tuple[str, ...]
     token_column: bool
+    json: bool = False  # some column is sent to a JSON column
 
 
 TOKEN_COLUMN = "InsertToken"
@@ -211,7 +227,7 @@ def plan_columns(schema: pa.Schema, table_cols: dict[str, str]) -> InsertPlan:
     for f in schema:
         done = False
         if f.name in table_cols:
-            t = parse_type(table_cols[f.name])
+            t = _sent_type(parse_type(table_cols[f.name]))
             try:
                 cols.append(PlanColumn(f.name, t.render(), f.name, _encoder(f.type, t)))
                 done = True
@@ -248,7 +264,8 @@ def plan_columns(schema: pa.Schema, table_cols: dict[str, str]) -> InsertPlan:
     if token:
         ch_type = parse_type(table_cols[TOKEN_COLUMN]).render()
         cols.append(PlanColumn(TOKEN_COLUMN, ch_type, "", None))
-    return InsertPlan(tuple(cols), tuple(problems), token)
+    json = has_json_columns({c.name: table_cols[c.name] for c in cols})
+    return InsertPlan(tuple(cols), tuple(problems), token, json)
 
 
 def encode_native(batch: pa.RecordBatch, plan: InsertPlan, token: str = "") -> bytes:

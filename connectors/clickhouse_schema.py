@@ -24,6 +24,9 @@ skip indexes, TTL or insert tokens. The table keeps the same column names where 
   per-partition parts of one insert) → ``ALTER TABLE ... DELETE`` them, then insert again.
 - no trace-id lookup table (its SimpleAggregateFunction columns need ClickHouse ≥ 19.8).
 
+``json: true`` (``TableOptions.json_attributes``): the exporter's JSON-attribute tables, see
+``connectors.clickhouse_json_schema``.
+
 Identifiers (database, table names) are validated against ``IDENT_RE`` and back-quoted. DDL
 runs only through ``create_schema()`` (``otelwax clickhouse init`` or ``create_schema: true``).
 """
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
@@ -123,8 +127,9 @@ class TableOptions(StrictModel):
     json_attributes: bool = Field(
         False,
         alias="json",
-        description="the clickhouseexporter's `json: true` tables (JSON-typed attributes plus "
-        "*AttributesKeys columns): not writable by otelwax yet, so true is refused",
+        description="the clickhouseexporter's `json: true` tables: JSON-typed attributes plus "
+        "*AttributesKeys columns (new traces/logs tables; ClickHouse >= 25.3 or chdb; "
+        "connectors/clickhouse_json_schema.py). Existing tables keep their layout",
     )
 
     cluster_name: str | None = Field(
@@ -152,6 +157,8 @@ class TableOptions(StrictModel):
 
     @model_validator(mode="after")
     def _placement(self) -> TableOptions:
+        if self.json_attributes and self.variant == "legacy":
+            raise ValueError(JSON_NOT_LEGACY)
         self.table_engine.check_params()
         if self.distributed and not self.cluster_name:
             raise ValueError("distributed: true needs cluster_name (the cluster to read from)")
@@ -166,13 +173,6 @@ class TableOptions(StrictModel):
         """The ``ENGINE`` of ``database.table`` (``table_engine``)."""
         return self.table_engine.clause(database, table, family)
 
-    @field_validator("json_attributes")
-    @classmethod
-    def _no_json(cls, v: bool) -> bool:
-        if v:
-            raise ValueError(JSON_REFUSED)
-        return v
-
     @field_validator("ttl_days")
     @classmethod
     def _ttl_reasonable(cls, v: int) -> int:
@@ -181,10 +181,9 @@ class TableOptions(StrictModel):
         return v
 
 
-JSON_REFUSED = (
-    "JSON-typed attribute tables (the clickhouseexporter's `json: true`) cannot be written by "
-    "otelwax: its Arrow batches carry attributes as Map(String, String); use Map tables "
-    "(json: false, the default) or a separate table for the exporter"
+JSON_NOT_LEGACY = (
+    "json: true cannot be combined with variant: legacy (ClickHouse 18.16 has no JSON type; "
+    "it needs >= 25.3)"
 )
 
 # The clickhouseexporter's (2026) materialized resource columns of the logs table.
@@ -238,6 +237,7 @@ def _settings(opts: TableOptions, *, dedup: bool = True, ttl: bool = True) -> st
 def traces_ddl(database: str, table: str, opts: TableOptions, *, legacy: bool = False) -> list[str]:
     """CREATE statements for the traces table (and, modern only, its trace-id lookup + MV)."""
     if legacy:
+        _no_legacy_json(opts)
         return [_legacy_traces(database, table, opts)]
     t = qualified(database, table)
     z = _c(opts, "ZSTD(1)")
@@ -290,6 +290,10 @@ PARTITION BY {part}
 PRIMARY KEY (ServiceName, SpanName, toDateTime(Timestamp))
 ORDER BY (ServiceName, SpanName, toDateTime(Timestamp), Timestamp)
 {_ttl(opts, "toDateTime(Timestamp)")}{_settings(opts)}"""
+    if opts.json_attributes:
+        from connectors.clickhouse_json_schema import traces_json_table
+
+        main = traces_json_table(database, table, opts)
     out = [main]
     if opts.trace_lookup:
         lk = qualified(database, f"{table}_trace_id_ts")
@@ -325,7 +329,12 @@ def logs_ddl(
 ) -> list[str]:
     """CREATE statement for the logs table (``text_index``: the server has text indexes)."""
     if legacy:
+        _no_legacy_json(opts)
         return [_legacy_logs(database, table, opts)]
+    if opts.json_attributes:
+        from connectors.clickhouse_json_schema import logs_json_table
+
+        return [logs_json_table(database, table, opts)]
     if opts.logs_layout == "timestamp_time":
         return [_logs_timestamp_time(database, table, opts)]
     t = qualified(database, table)
@@ -360,6 +369,11 @@ ORDER BY (toStartOfFiveMinutes(Timestamp), ServiceName, Timestamp)
 _BLOOM = "TYPE bloom_filter({p}) GRANULARITY 1"
 
 
+def _no_legacy_json(opts: TableOptions) -> None:
+    if opts.json_attributes:
+        raise ValueError(JSON_NOT_LEGACY)
+
+
 def _log_indexes(trace_id: str, maps: str) -> list[str]:
     """The logs table's TraceId and attribute-map indexes (``TYPE ...`` clauses given)."""
     out = [f"INDEX idx_trace_id TraceId {trace_id}"]
@@ -369,10 +383,15 @@ def _log_indexes(trace_id: str, maps: str) -> list[str]:
     return out
 
 
-def _log_columns(opts: TableOptions) -> list[str]:
-    """The logs columns after ``Timestamp`` (both modern layouts)."""
+def _log_columns(opts: TableOptions, attr: Callable[[str], list[str]] | None = None) -> list[str]:
+    """The logs columns after ``Timestamp`` (``attr``: an attribute column's definitions; by
+    default one ``Map(LowCardinality(String), String)`` column)."""
     z = _c(opts, "ZSTD(1)")
-    attrs = "Map(LowCardinality(String), String)"
+    if attr is None:
+
+        def attr(name: str) -> list[str]:
+            return [f"{name} Map(LowCardinality(String), String){z}"]
+
     return [
         f"TraceId String{z}",
         f"SpanId String{z}",
@@ -382,12 +401,12 @@ def _log_columns(opts: TableOptions) -> list[str]:
         f"ServiceName LowCardinality(String){z}",
         f"Body String{z}",
         f"ResourceSchemaUrl LowCardinality(String){z}",
-        f"ResourceAttributes {attrs}{z}",
+        *attr("ResourceAttributes"),
         f"ScopeSchemaUrl LowCardinality(String){z}",
         f"ScopeName String{z}",
         f"ScopeVersion LowCardinality(String){z}",
-        f"ScopeAttributes {attrs}{z}",
-        f"LogAttributes {attrs}{z}",
+        *attr("ScopeAttributes"),
+        *attr("LogAttributes"),
         f"EventName String{z}",
     ]
 
@@ -522,6 +541,10 @@ def schema_ddl(
     return out
 
 
+class ClickHouseSchemaError(RuntimeError):
+    """The tables asked for cannot be created on this server (not worth retrying)."""
+
+
 class _Executes(Protocol):
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]: ...
 
@@ -540,8 +563,13 @@ def create_schema(
     """
     variant = opts.variant
     version = ""
-    if variant == "auto" or opts.text_indexes == "auto":
+    if variant == "auto" or opts.text_indexes == "auto" or opts.json_attributes:
         version = str(client.execute("SELECT version()")[0][0])
+    if opts.json_attributes:
+        from connectors.clickhouse_json_schema import json_refused, json_supported
+
+        if not json_supported(version):
+            raise ClickHouseSchemaError(json_refused(version))
     if variant == "auto":
         variant = variant_for_version(version)
         log.info("ClickHouse %s: using the %s table layout", version, variant)

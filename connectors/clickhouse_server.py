@@ -29,6 +29,7 @@ from connectors.clickhouse_client import (
     substitute_params,
 )
 from connectors.clickhouse_config import ClickHouseConfig
+from connectors.clickhouse_json_schema import JSON_INSERT_SETTINGS
 from connectors.clickhouse_native import (
     TOKEN_COLUMN,
     InsertPlan,
@@ -213,6 +214,8 @@ class ServerClient(InsertingClient):
         q: dict[str, str] = {"query": f"INSERT INTO {qt} ({cols}) FORMAT Native"}
         if token is not None and not self.legacy:
             q["insert_deduplication_token"] = token
+        if plan.json:
+            q.update(JSON_INSERT_SETTINGS)
         auth = f"{self.cfg.user}:{self.cfg.password.get_secret_value()}".encode()
         headers = {
             "Authorization": "Basic " + base64.b64encode(auth).decode(),
@@ -247,11 +250,16 @@ class ServerClient(InsertingClient):
     ) -> None:
         columns = [_python_column(batch, c, token or "") for c in plan.cols]
         cols = ", ".join(f"`{c.name}`" for c in plan.cols)
-        settings = {"insert_deduplication_token": token} if token and not self.legacy else None
+        settings = {"insert_deduplication_token": token} if token and not self.legacy else {}
+        if plan.json:
+            settings.update(JSON_INSERT_SETTINGS)
         with self._lock:
             try:
                 self._driver.execute(
-                    f"INSERT INTO {qt} ({cols}) VALUES", columns, columnar=True, settings=settings
+                    f"INSERT INTO {qt} ({cols}) VALUES",
+                    columns,
+                    columnar=True,
+                    settings=settings or None,
                 )
             except Exception:
                 self._driver.disconnect()

@@ -53,8 +53,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from pydantic import Field
 
 from connectors.clickhouse_intents import Blocking, IntentLog, check_dedup_window
-from connectors.clickhouse_migrate import MIGRATE_HINT, table_layout
-from connectors.clickhouse_schema import JSON_REFUSED
+from connectors.clickhouse_migrate import MIGRATE_HINT
 from connectors.kafka_source import range_token
 from otelwax.logs import carry_step
 from otelwax.schemas import LOGS_SCHEMA, TRACES_SCHEMA
@@ -516,8 +515,6 @@ class ClickHouseSink(DynamicSink[StoredRange | StoredRows]):
         db = self.connection.database
         for name, schema in self.targets().items():
             table = f"{db}.{name}"
-            if table_layout(c, db, name) == "json":
-                raise RuntimeError(f"clickhouse health check: {table}: {JSON_REFUSED}")
             for p in clickhouse.check_table(c, table, schema):
                 if "does not exist" in p:
                     raise RuntimeError(f"clickhouse health check: {p}")

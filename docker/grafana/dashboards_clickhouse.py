@@ -24,6 +24,14 @@ def recent_values(name: str, label: str, column: str, t: str) -> dict[str, Any]:
     return ch_var(name, label, sql)
 
 
+def key_values(column: str) -> str:
+    """``[{'key': k, 'value': v}, ...]`` of an attribute column, Map or JSON (tables.json) alike:
+    both serialize to a JSON object, which parsed as JSON lists every dotted path with its
+    value (needs the JSON type: ClickHouse >= 25.3, chdb)."""
+    j = f"toJSONString({column})::JSON"
+    return f"arrayMap((k, v) -> map('key', k, 'value', v), JSONAllPaths({j}), JSONAllValues({j}))"
+
+
 # --- traces from ClickHouse --------------------------------------------------------------
 
 
@@ -91,10 +99,8 @@ def traces() -> dict[str, Any]:
                 ParentSpanId AS parentSpanID, ServiceName AS serviceName,
                 SpanName AS operationName, Timestamp AS startTime,
                 Duration / 1e6 AS duration,
-                arrayMap(k -> map('key', k, 'value', SpanAttributes[k]),
-                mapKeys(SpanAttributes)) AS tags,
-                arrayMap(k -> map('key', k, 'value', ResourceAttributes[k]),
-                mapKeys(ResourceAttributes)) AS serviceTags,
+                {key_values("SpanAttributes")} AS tags,
+                {key_values("ResourceAttributes")} AS serviceTags,
                 StatusCode AS statusCode
                 FROM {t} WHERE TraceId = ${{trace_id:sqlstring}}
                 ORDER BY startTime ASC""",

@@ -14,7 +14,7 @@ ClickHouse output. Flags override the connection of every flow handled.
 ``init`` runs the DDL (idempotent, ``IF NOT EXISTS``); ``--dry-run`` only prints it. ``check``
 reads only (an embedded folder that does not exist yet is reported, not created) and prints
 every problem — missing table, missing or incompatible column, no deduplication window — with
-the command that fixes it; it exits 1 if there is one. ``migrate`` (traces and logs tables)
+the command that fixes it; it exits 1 if there is one. ``migrate`` (traces, logs and metrics)
 prints how each live table differs from what this version creates for its layout (missing
 columns and indexes, TTL, settings such as the deduplication window) and, with ``--apply``,
 runs the additive statements (ADD COLUMN, ADD INDEX, MODIFY SETTING, MODIFY TTL); it never
@@ -221,39 +221,42 @@ def _check(flow: str, cfg: Any, config: str | None, explicit: bool) -> list[str]
     return problems
 
 
-def _migrate(flow: str, cfg: Any, apply: bool) -> bool:
+def _migrate(flow: str, cfg: Any, apply: bool, explicit: bool) -> bool:
     """Print (and with ``apply`` run) ``flow``'s migration; False when something is left."""
     from connectors.clickhouse import open_client
-    from connectors.clickhouse_migrate import apply_changes, plan_migration
+    from connectors.clickhouse_migrate import Change, apply_changes, plan_migration
 
-    if flow not in ("traces", "logs"):
-        print(f"{flow}: no migrations for the otel_metrics_* tables (skipped)")
-        return True
     if cfg.mode == "embedded" and not Path(cfg.path).is_dir():
         print(f"{flow}: {cfg.path} does not exist yet (nothing to migrate)")
         return True
     client = open_client(cfg.model_copy(update={"create_schema": False}))
     try:
-        table = cfg.traces_table if flow == "traces" else cfg.logs_table
-        changes = plan_migration(client, cfg.database, table, flow, cfg.tables)
-        if not changes:
-            print(f"{flow} ({_where(cfg)}): {cfg.database}.{table} is up to date")
-            return True
+        too_old = _too_old(flow, client, explicit)
+        if too_old:
+            print(too_old, file=sys.stderr)
+            return not explicit
+        kind = flow if flow in ("traces", "logs") else "metrics"
+        changes: list[Change] = []
+        for table, _ in _tables(flow, cfg):
+            found = plan_migration(client, cfg.database, table, kind, cfg.tables)
+            if not found:
+                print(f"{flow} ({_where(cfg)}): {cfg.database}.{table} is up to date")
+            changes += found
         for c in changes:
             print(f"{flow}: {c.what}")
             if c.sql:
                 print(f"  {'running' if apply else 'would run'}: {c.sql}")
-        if apply:
+        todo = [c for c in changes if c.sql]
+        if apply and todo:
             from otelwax.cli.progress import Progress
 
-            todo = [c for c in changes if c.sql]
             n = 0
             with Progress(f"{flow}: migrate", "statements") as bar:
                 for c in todo:  # an ALTER on a big table can take a while
                     n += apply_changes(client, [c])
                     bar.update(n, len(todo))
             print(f"{flow} ({_where(cfg)}): {n} statements run")
-        return all(c.sql is None for c in changes) or apply
+        return not todo or apply
     finally:
         client.close()
 
@@ -274,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(len(ok), len(stores))
         return 0 if all(ok) else 1
     if args.action == "migrate":
-        ok = [_migrate(flow, cfg, args.apply) for flow, cfg in stores]
+        ok = [_migrate(flow, cfg, args.apply, explicit) for flow, cfg in stores]
         return 0 if all(ok) else 1
     problems: list[str] = []
     for flow, cfg in stores:

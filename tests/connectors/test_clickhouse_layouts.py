@@ -7,17 +7,18 @@ from __future__ import annotations
 import logging
 import uuid
 
+import pyarrow as pa
 import pytest
 
 from connectors.clickhouse import ClickHouseConfig, open_client
 from connectors.clickhouse_migrate import apply_changes, plan_migration, table_layout
-from connectors.clickhouse_schema import LOGS_SORT_KEY, TableOptions, logs_ddl
+from connectors.clickhouse_schema import LOGS_SORT_KEY, TRACES_SORT_KEY, TableOptions, logs_ddl
 from connectors.clickhouse_sink import ClickHouseSink, ClickHouseSinkConfig, StoredRange
-from otelwax.codec import decode_logs
+from otelwax.codec import decode_logs, decode_traces
 from otelwax.schemas import LOGS_SCHEMA
 from tests.connectors.conftest import server_config
 from tests.connectors.test_clickhouse_sink import sink_for  # noqa: F401 (fixture: closes clients)
-from tests.otlpgen import logs_payloads
+from tests.otlpgen import logs_payloads, trace_payloads
 
 
 def _logs_sink(cfg: ClickHouseConfig, table: str) -> ClickHouseSink:
@@ -91,20 +92,126 @@ def test_each_logs_layout_is_created_written_and_read_back(
     assert chdb_client.execute(f"SELECT count() FROM {db}.{table}")[0][0] == n
 
 
-def test_a_json_attributes_table_is_refused_with_the_reason(chdb_client, sink_for) -> None:  # noqa: F811
-    db, table = chdb_client.cfg.database, f"json_{uuid.uuid4().hex[:8]}"
-    chdb_client.execute(
-        f"CREATE TABLE {db}.{table} (Timestamp DateTime64(9), ServiceName LowCardinality(String),"
-        " Body String, ResourceAttributes JSON, LogAttributes JSON,"
-        " LogAttributesKeys Array(LowCardinality(String))) ENGINE = MergeTree"
-        " ORDER BY (toStartOfFiveMinutes(Timestamp), ServiceName, Timestamp)"
+def _traces_sink(cfg: ClickHouseConfig, table: str) -> ClickHouseSink:
+    return ClickHouseSink(cfg, ClickHouseSinkConfig(), table=table, sort_key=TRACES_SORT_KEY)
+
+
+def _write_traces(sink: ClickHouseSink, batch: pa.RecordBatch) -> None:
+    part = sink.build("clickhouse", 0, 1)
+    part.write_batch([StoredRange("traces", 0, 0, 9, batch, 10)])
+    part.close()
+
+
+def test_json_mode_tables_store_queryable_attributes_and_their_keys(
+    chdb_client, sink_for  # noqa: F811
+) -> None:
+    """tables.json: the exporter's JSON traces and logs tables, written by the sinks: attributes
+    are JSON paths (`SpanAttributes.`http.request.method``), *AttributesKeys hold each row's
+    keys, a repeated key does not fail the insert, a replay stores nothing twice, and
+    migrate finds nothing to add."""
+    cfg = _embedded(chdb_client, json=True)
+    db, spans, logs = cfg.database, f"spans_{uuid.uuid4().hex[:6]}", f"logs_{uuid.uuid4().hex[:6]}"
+    batch = decode_traces(trace_payloads(3, seed=3)).batch
+    _write_traces(_traces_sink(cfg, spans), batch)
+    assert table_layout(chdb_client, db, spans) == "json"
+    types = chdb_client.table_columns(f"{db}.{spans}")
+    assert types["SpanAttributes"] == "JSON" and types["Events.Attributes"] == "Array(JSON)"
+    maps = batch.column("SpanAttributes").to_pylist()
+    want_get = sum(dict(m).get("http.request.method") == "GET" for m in maps)
+    assert want_get > 0
+    got = chdb_client.execute(
+        f"SELECT count(), countIf(SpanAttributes.`http.request.method` = 'GET'), "
+        f"countIf(SpanAttributes.http.request.method = 'GET'), "
+        f"countIf(arraySort(SpanAttributesKeys) = arraySort(JSONAllPaths(SpanAttributes))), "
+        f"countIf(length(ResourceAttributesKeys) > 0) FROM {db}.{spans}"
+    )[0]
+    n = batch.num_rows
+    assert got == (n, want_get, want_get, n, n)
+    keys = chdb_client.execute(
+        f"SELECT SpanAttributesKeys FROM {db}.{spans} WHERE SpanId = {{s:String}}",
+        {"s": batch.column("SpanId")[0].as_py()},
+    )[0][0]
+    assert keys == [k for k, _ in maps[0]]
+    assert plan_migration(chdb_client, db, spans, "traces", TableOptions(json=True)) == []
+    _write_traces(_traces_sink(cfg, spans), batch)  # a replay of the same range
+    assert chdb_client.execute(f"SELECT count() FROM {db}.{spans}")[0][0] == n
+
+    n_logs = _write(_logs_sink(cfg, logs), seed=4)
+    got = chdb_client.execute(
+        f"SELECT count(), countIf(length(LogAttributesKeys) = length(JSONAllPaths(LogAttributes)))"
+        f", countIf(ResourceAttributes.service.name = ServiceName) FROM {db}.{logs}"
+    )[0]
+    assert got == (n_logs, n_logs, n_logs)
+    assert plan_migration(chdb_client, db, logs, "logs", TableOptions(json=True)) == []
+
+    # OTLP allows a repeated key; the JSON column would refuse the whole insert.
+    field = batch.schema.get_field_index("SpanAttributes")
+    dup = pa.array([[("k", "first"), ("k", "second")]], type=batch.schema.field(field).type)
+    one = batch.slice(0, 1).set_column(field, "SpanAttributes", dup)
+    assert chdb_client.insert_arrow(f"{db}.{spans}", one) == 1
+    got = chdb_client.execute(
+        f"SELECT toString(SpanAttributes.k), SpanAttributesKeys FROM {db}.{spans} "
+        "WHERE has(SpanAttributesKeys, 'k')"
     )
-    assert table_layout(chdb_client, db, table) == "json"
+    assert got == [("first", ["k", "k"])]
+
+
+def test_the_native_block_a_server_insert_sends_fills_json_columns(chdb_client, tmp_path) -> None:
+    """A server gets the maps as Map(String, String) Native columns for its JSON columns (and
+    converts them on input): the exact body of the HTTP insert, read by ClickHouse 26's Native
+    input format (chdb), stores queryable attributes and keys."""
+    from connectors.clickhouse_json_schema import with_attribute_keys
+    from connectors.clickhouse_native import encode_native, plan_columns
+    from connectors.clickhouse_schema import create_schema
+
+    db, table = chdb_client.cfg.database, f"nspans_{uuid.uuid4().hex[:8]}"
+    create_schema(chdb_client, db, table, None, TableOptions(json=True, trace_lookup=False))
+    cols = chdb_client.table_columns(f"{db}.{table}")
+    batch = with_attribute_keys(decode_traces(trace_payloads(1, seed=8)).batch, cols)
+    plan = plan_columns(batch.schema, cols)
+    assert plan.problems == () and plan.json
+    body = tmp_path / "block.native"
+    body.write_bytes(encode_native(batch, plan))
+    names = ", ".join(f"`{c.name}`" for c in plan.cols)
+    chdb_client.execute(f"INSERT INTO {db}.{table} ({names}) FROM INFILE '{body}' FORMAT Native")
+    got = chdb_client.execute(
+        f"SELECT count(), countIf(arraySort(SpanAttributesKeys) = "
+        f"arraySort(JSONAllPaths(SpanAttributes))), countIf(notEmpty(JSONAllPaths(SpanAttributes)))"
+        f" FROM {db}.{table}"
+    )[0]
+    assert got == (batch.num_rows,) * 3
+
+
+def test_json_mode_on_a_server_without_the_json_type_is_refused(clickhouse_server) -> None:
+    db = f"t_{uuid.uuid4().hex[:10]}"
+    cfg = server_config(clickhouse_server, db, create_schema=True, tables={"json": True})
+    with pytest.raises(RuntimeError) as err:
+        _logs_sink(cfg, "otel_logs").client()
+    msg = str(err.value)
+    assert "tables.json: true needs ClickHouse >= 25.3" in msg and "18.16" in msg
+    assert "\n" not in msg
+    with pytest.raises(ValueError, match="json: true cannot be combined with variant: legacy"):
+        TableOptions.model_validate({"json": True, "variant": "legacy"})
+
+
+def test_migrate_adds_the_keys_columns_to_an_older_json_table(chdb_client) -> None:
+    """A JSON logs table from before the exporter added *AttributesKeys: migrate adds the
+    three columns and their bloom filters, the sink fills them from then on."""
+    db, table = chdb_client.cfg.database, f"jlogs_{uuid.uuid4().hex[:8]}"
+    ddl = logs_ddl(db, table, TableOptions(json=True))[0]
+    old = "\n".join(line for line in ddl.splitlines() if "AttributesKeys" not in line)
+    chdb_client.execute(old)
+    changes = plan_migration(chdb_client, db, table, "logs", TableOptions())
+    shown = "\n".join(c.what for c in changes)
+    for name in ("Resource", "Scope", "Log"):
+        assert f"column {name}AttributesKeys (Array(LowCardinality(String))) is missing" in shown
+    assert "index idx_log_attr_keys (bloom_filter(0.01) on LogAttributesKeys) is missing" in shown
+    assert apply_changes(chdb_client, changes) == 6
+    assert plan_migration(chdb_client, db, table, "logs", TableOptions()) == []
     cfg = _embedded(chdb_client).model_copy(update={"create_schema": False})
-    with pytest.raises(RuntimeError, match="JSON-typed attribute tables"):
-        _logs_sink(cfg, table).client()
-    with pytest.raises(ValueError, match="JSON-typed attribute tables"):
-        TableOptions.model_validate({"json": True})
+    n = _write(_logs_sink(cfg, table), seed=6)
+    got = chdb_client.execute(f"SELECT countIf(notEmpty(ResourceAttributesKeys)) FROM {db}.{table}")
+    assert got == [(n,)]
 
 
 def test_migrate_adds_a_missing_column_and_the_dedup_window_keeping_rows(
@@ -186,3 +293,43 @@ def test_migrate_recreates_a_missing_trace_lookup_and_sets_the_ttl(chdb_client) 
     )
     got = chdb_client.execute(f"SELECT TraceId FROM {db}.{table}_trace_id_ts")
     assert got == [("abc",)]
+
+
+def test_migrate_cli_brings_older_metrics_tables_up_keeping_rows(chdb_client, capsys) -> None:
+    """otel_metrics_* tables of an older version (a column missing, no dedup window):
+    migrate --flow metrics shows both, --apply adds them, the stored point stays and a second
+    run finds every table up to date."""
+    from connectors.clickhouse_metrics_schema import metrics_ddl
+    from otelwax.cli import main
+
+    db = chdb_client.cfg.database
+    for sql in metrics_ddl(db, dedup_window=0)[1:]:
+        sql = sql.replace(", non_replicated_deduplication_window = 0", "")
+        chdb_client.execute(sql.replace("ScopeDroppedAttrCount UInt32 CODEC(ZSTD(1)),\n    ", ""))
+    chdb_client.execute(
+        f"INSERT INTO {db}.otel_metrics_gauge (ServiceName, MetricName, TimeUnix, Value) "
+        "VALUES ('a', 'kept', now64(9), 1.5)"
+    )
+    flags = [
+        "clickhouse", "migrate", "--flow", "metrics", "--mode", "embedded",
+        "--path", chdb_client.cfg.path, "--database", db,
+    ]  # fmt: skip
+    assert main(flags) == 1
+    out = capsys.readouterr().out
+    for table in ("gauge", "sum", "histogram", "exponential_histogram", "summary"):
+        assert f"otel_metrics_{table}`: column ScopeDroppedAttrCount (UInt32) is missing" in out
+        assert f"otel_metrics_{table}`: non_replicated_deduplication_window is unset" in out
+    assert main([*flags, "--apply"]) == 0
+    assert "metrics: migrate: 100% 10/10 statements" in capsys.readouterr().err
+    assert main(flags) == 0
+    assert capsys.readouterr().out.count("is up to date") == 5
+    got = chdb_client.execute(
+        f"SELECT MetricName, Value, ScopeDroppedAttrCount FROM {db}.otel_metrics_gauge"
+    )
+    assert got == [("kept", 1.5, 0)]
+    engine = chdb_client.execute(
+        "SELECT engine_full FROM system.tables WHERE database = {db:String} "
+        "AND name = 'otel_metrics_summary'",
+        {"db": db},
+    )[0][0]
+    assert "non_replicated_deduplication_window = 1000" in engine

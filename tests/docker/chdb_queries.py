@@ -5,7 +5,8 @@
 
 A separate process, because chdb allows one data path per process and other tests use theirs.
 The tables come from connectors.clickhouse_schema (the DDL the sinks use), with one span and
-one log record inserted so that queries return something.
+one log record inserted so that queries return something (INSERT ... SELECT: a map literal
+becomes a JSON object in json-mode tables).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from connectors.clickhouse_schema import TableOptions, schema_ddl
 
 SEED = [
     "INSERT INTO otel.otel_traces (Timestamp, TraceId, SpanId, ParentSpanId, SpanName, SpanKind,"
-    " ServiceName, Duration, StatusCode, SpanAttributes, ResourceAttributes) VALUES"
-    " (now64(9) - 60, 'abc', '01', '', 'GET /cart', 'SPAN_KIND_SERVER', 'checkout', 5000000,"
-    " 'STATUS_CODE_ERROR', map('http.method', 'GET'), map('service.name', 'checkout'))",
+    " ServiceName, Duration, StatusCode, SpanAttributes, ResourceAttributes) SELECT"
+    " now64(9) - 60, 'abc', '01', '', 'GET /cart', 'SPAN_KIND_SERVER', 'checkout', 5000000,"
+    " 'STATUS_CODE_ERROR', map('http.method', 'GET'), map('service.name', 'checkout')",
     "INSERT INTO otel.otel_logs (Timestamp, TraceId, SpanId, SeverityText, SeverityNumber,"
     " ServiceName, Body) VALUES (now64(9) - 60, 'abc', '01', 'ERROR', 17, 'checkout',"
     " 'payment failed')",
