@@ -46,19 +46,25 @@ class PrometheusService:
         subprocess.run([str(SCRIPT), "wipe"], check=False, env=self.env, capture_output=True)
 
 
-def prom_query(url: str, query: str) -> list[dict[str, Any]]:
-    """Instant query; returns the result vector (list of {metric, value})."""
-    r = requests.get(f"{url}/api/v1/query", params={"query": query}, timeout=10)
+def prom_query(url: str, query: str, at: float | None = None) -> list[dict[str, Any]]:
+    """Instant query (at ``at``, unix seconds; default now); returns the result vector (list
+    of {metric, value})."""
+    params: dict[str, Any] = {"query": query}
+    if at is not None:
+        params["time"] = at
+    r = requests.get(f"{url}/api/v1/query", params=params, timeout=10)
     r.raise_for_status()
     body = r.json()
     assert body["status"] == "success", body
     return body["data"]["result"]
 
 
-def prom_values(url: str, query: str) -> dict[tuple[tuple[str, str], ...], float]:
+def prom_values(
+    url: str, query: str, at: float | None = None
+) -> dict[tuple[tuple[str, str], ...], float]:
     """{sorted label items (without __name__ unless asked): value} for an instant query."""
     out = {}
-    for item in prom_query(url, query):
+    for item in prom_query(url, query, at):
         out[tuple(sorted(item["metric"].items()))] = float(item["value"][1])
     return out
 

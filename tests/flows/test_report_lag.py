@@ -31,7 +31,7 @@ def test_logs_and_metrics_flows_give_lag_rows(
                 "kafka": {"bootstrap_servers": kafka_bootstrap},
                 "flows": {
                     "metrics": {
-                        "topic": topics["metrics"],
+                        "source": {"topic": topics["metrics"]},
                         "remote_write": None,
                         "metrics_port": ports["metrics"],
                         "clickhouse": {"path": str(tmp_path / "chdb-m"), "create_schema": True},
