@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test e2e bench soak lint services stop clean wipe
+.PHONY: setup run test test-all e2e bench soak lint services stop clean wipe
 
 $(STAMP): pyproject.toml native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ run: setup
 
 test: setup
 	@scripts/test.sh
+
+# Everything make test runs plus the `extended` variants (2-worker and recovery SIGKILL
+# variants, the cluster kill test, the image build step): ~5 minutes more.
+test-all: setup
+	@TEST_ALL=1 scripts/test.sh
 
 # The otelwax image built with podman and run against real services (not part of `make test`).
 e2e: setup

@@ -63,6 +63,7 @@ def test_context_excludes_local_state_and_keeps_the_sources(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_builder_step_builds_the_wheel_with_the_native_codec(tmp_path: Path) -> None:
     if shutil.which("cargo") is None and not Path.home().joinpath(".cargo/bin/cargo").exists():
         pytest.skip("cargo is not installed: the native codec cannot be built here")

@@ -112,6 +112,7 @@ def _kill_when(
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_flow_killed_on_one_replica_resumed_on_the_other_stores_each_span_once(
     flow_run, ch_cluster: Cluster
 ) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
+import pytest
 import yaml
 
 from otelwax.cli.query import lag_rows
@@ -19,6 +20,7 @@ from tests.conftest import free_port
 from tests.flows.conftest import ROOT, scrape_metrics
 
 
+@pytest.mark.extended
 def test_logs_and_metrics_flows_give_lag_rows(
     tmp_path: Path, kafka_bootstrap: str, make_topic: Callable[..., str]
 ) -> None:

@@ -20,7 +20,11 @@ WAIT_S = 1.0
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("recovery", "workers"),
-    [(True, 1), (False, 1), (True, 2)],
+    [
+        pytest.param(True, 1, marks=pytest.mark.extended),
+        (False, 1),
+        pytest.param(True, 2, marks=pytest.mark.extended),
+    ],
     ids=["bytewax-recovery", "intents-only", "recovery-2-workers"],
 )
 def test_sigkill_at_random_moments_stores_exactly_the_oracles_spans(
