@@ -29,6 +29,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 scripts/services/jaeger.sh build
 scripts/collector.sh  # the Collector of tests/interop/ (and of the benchmark)
+scripts/services/zookeeper.sh fetch  # the replicated ClickHouse tests' ZooKeeper (Maven Central)
 
 scripts/kafka.sh wipe >/dev/null
 scripts/kafka.sh start
