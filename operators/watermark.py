@@ -75,22 +75,34 @@ class PartitionClocks:
             if p[2] != 0 and mono_now - self._seen.get(k, mono_now) < self.stall_ns
         ]
 
+    def _held_clocks(self) -> list[int] | None:
+        """Clocks of the holding partitions; None when one has not been read yet (its
+        position is unknown). A partition read but with no accepted record yet (all rejected:
+        a producer with a broken clock) neither holds nor moves the watermark."""
+        out = []
+        for _, p in self._holding(time.monotonic_ns()):
+            if p[1] is None:
+                return None
+            if p[0] is not None:
+                out.append(min(p[0], p[1]))
+        return out
+
     def source_clock(self) -> int | None:
         """The slowest clock of the partitions holding the watermark; none holding: the
-        fastest clock. None: no clock yet, or a holding partition has none yet."""
-        held = [_clock(p) for _, p in self._holding(time.monotonic_ns())]
+        fastest clock. None: no clock yet, or a holding partition has not been read yet."""
+        held = self._held_clocks()
+        if held is None:
+            return None
         if held:
-            return None if None in held else min(held)  # type: ignore[type-var]
+            return min(held)
         clocks = [c for p in self.parts.values() if (c := _clock(p)) is not None]
         return max(clocks) if clocks else None
 
     def idle_bound(self, now: int) -> int | None:
         """How far windows may close while no input arrives: the processing clock ``now``,
-        but not past a holding partition (None: one has no clock yet)."""
-        held = [_clock(p) for _, p in self._holding(time.monotonic_ns())]
-        if None in held:
-            return None
-        return min([now, *held])  # type: ignore[type-var]
+        but not past a holding partition (None: one has not been read yet)."""
+        held = self._held_clocks()
+        return None if held is None else min([now, *held])
 
     def stall_in_ns(self) -> int | None:
         """How long until the first holding partition stops holding (None: none holds)."""

@@ -470,3 +470,16 @@ def test_every_shard_hears_where_each_partition_is() -> None:
     assert sorted(out) == ["0", "1", "2", "3"]
     assert sum(b.num_rows for b in out.values()) == 3
     assert all(b.schema.metadata == batch.schema.metadata for b in out.values())
+
+
+def test_a_partition_of_only_rejected_spans_does_not_hold_the_windows() -> None:
+    """A partition whose every span is dropped (a producer with a clock a day ahead) while it
+    keeps records waiting must not hold the windows: the other partition's windows close."""
+    clock = FakeClock(T0 + 60)
+    agg = SpanMetricsAggregator(cfg(), clock=clock)
+    out = []
+    for i in range(3):
+        t = T0 + 30 + 10 * i
+        agg.add(from_partition(spans([(t + 86_400, 1, "skewed", "op")]), 1, 5, t))
+        out += agg.add(from_partition(spans([(t, 1, "svc", "op")]), 0, 0, t + 1))[0]
+    assert calls(out)[("svc", "op", "STATUS_CODE_UNSET")][-1][1] == 1  # [T0+30, T0+40)
