@@ -24,7 +24,9 @@ drops or rewrites data, and reports what only a new table can change.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,17 +158,27 @@ def _too_old(flow: str, client: Any, explicit: bool) -> str | None:
     return None
 
 
-def _init(flow: str, cfg: Any, dry_run: bool, explicit: bool) -> bool:
+@contextlib.contextmanager
+def _store(flow: str, cfg: Any, explicit: bool) -> Iterator[tuple[Any, str | None]]:
+    """``flow``'s ClickHouse client (closed on exit) and why its server is too old for the
+    flow's tables (None: it is not)."""
     from connectors.clickhouse import open_client
+
+    client = open_client(cfg.model_copy(update={"create_schema": False}))
+    try:
+        yield client, _too_old(flow, client, explicit)
+    finally:
+        client.close()
+
+
+def _init(flow: str, cfg: Any, dry_run: bool, explicit: bool) -> bool:
     from connectors.clickhouse_schema import create_schema
 
     if dry_run:
         for sql in _ddl(flow, cfg, legacy=cfg.tables.variant == "legacy"):
             print(sql.rstrip() + ";\n")
         return True
-    client = open_client(cfg.model_copy(update={"create_schema": False}))
-    try:
-        too_old = _too_old(flow, client, explicit)
+    with _store(flow, cfg, explicit) as (client, too_old):
         if too_old:
             print(too_old, file=sys.stderr)
             return not explicit
@@ -181,21 +193,17 @@ def _init(flow: str, cfg: Any, dry_run: bool, explicit: bool) -> bool:
         names = ", ".join(f"{cfg.database}.{t}" for t, _ in _tables(flow, cfg))
         print(f"{flow} ({_where(cfg)}): {len(stmts)} statements run; ready: {names}")
         return True
-    finally:
-        client.close()
 
 
 def _check(flow: str, cfg: Any, config: str | None, explicit: bool) -> list[str]:
-    from connectors.clickhouse import check_table, open_client
+    from connectors.clickhouse import check_table
     from connectors.clickhouse_intents import check_dedup_window
 
     fix = f"otelwax clickhouse init{f' -c {config}' if config else ''} --flow {flow}"
     if cfg.mode == "embedded" and not Path(cfg.path).is_dir():
         return [f"{flow}: {cfg.path} does not exist yet (the flow creates it, or run: {fix})"]
-    client = open_client(cfg.model_copy(update={"create_schema": False}))
     problems: list[str] = []
-    try:
-        too_old = _too_old(flow, client, explicit)
+    with _store(flow, cfg, explicit) as (client, too_old):
         if too_old:
             if explicit:
                 return [too_old]
@@ -216,22 +224,17 @@ def _check(flow: str, cfg: Any, config: str | None, explicit: bool) -> list[str]
                 f"{flow} ({_where(cfg)}): {cfg.database}: {', '.join(tables)} accept every "
                 f"column; insert deduplication tokens {'supported' if dedup else 'NOT supported'}"
             )
-    finally:
-        client.close()
     return problems
 
 
 def _migrate(flow: str, cfg: Any, apply: bool, explicit: bool) -> bool:
     """Print (and with ``apply`` run) ``flow``'s migration; False when something is left."""
-    from connectors.clickhouse import open_client
     from connectors.clickhouse_migrate import Change, apply_changes, plan_migration
 
     if cfg.mode == "embedded" and not Path(cfg.path).is_dir():
         print(f"{flow}: {cfg.path} does not exist yet (nothing to migrate)")
         return True
-    client = open_client(cfg.model_copy(update={"create_schema": False}))
-    try:
-        too_old = _too_old(flow, client, explicit)
+    with _store(flow, cfg, explicit) as (client, too_old):
         if too_old:
             print(too_old, file=sys.stderr)
             return not explicit
@@ -257,8 +260,6 @@ def _migrate(flow: str, cfg: Any, apply: bool, explicit: bool) -> bool:
                     bar.update(n, len(todo))
             print(f"{flow} ({_where(cfg)}): {n} statements run")
         return not todo or apply
-    finally:
-        client.close()
 
 
 def run(args: argparse.Namespace) -> int:
