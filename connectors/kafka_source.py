@@ -282,7 +282,7 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         """Records in the partition after offset ``last`` as of the last fetch (-1: unknown)."""
         try:
             _low, high = self._consumer.get_watermark_offsets(self._tp, cached=True)
-        except Exception:  # best effort, like the lag gauge
+        except Exception:  # best effort: the lag gauge and range metadata only
             return -1
         return max(0, high - last - 1) if high >= 0 else -1
 
@@ -387,12 +387,9 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
         now = time.monotonic()
         if out or now - self._lag_at >= 2.0:  # cached watermark: no broker round trip
             self._lag_at = now
-            try:
-                _low, high = self._consumer.get_watermark_offsets(self._tp, cached=True)
-                if high >= 0:
-                    self._lag_label.set(max(0, high - self._next))
-            except Exception:  # lag is best effort
-                pass
+            lag = self._records_after(self._next - 1)
+            if lag >= 0:
+                self._lag_label.set(lag)
         if not got and now - self._checked_at >= _STUCK_CHECK_S:
             self._check_stuck(now)
         return out

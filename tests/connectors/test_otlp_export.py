@@ -26,6 +26,7 @@ from connectors.otlp_export import (
 from otelwax.codec import native
 from otelwax.codec.pydecode import decode_traces
 from otelwax.resilience import BreakerConfig, RetryConfig
+from otelwax.schemas import SPAN_KIND_NAMES
 from otelwax.settings import ValidationError, format_errors
 from tests.conftest import free_port
 from tests.flows.conftest import chdb_rows, flow_run, produce  # noqa: F401  (fixture flow_run)
@@ -291,14 +292,7 @@ def test_trace_flow_keeps_storing_when_jaeger_rejects_the_probe(request):
 
 # --- against a real Jaeger v2 ----------------------------------------------------------------
 
-_KINDS = [
-    "SPAN_KIND_UNSPECIFIED",
-    "SPAN_KIND_INTERNAL",
-    "SPAN_KIND_SERVER",
-    "SPAN_KIND_CLIENT",
-    "SPAN_KIND_PRODUCER",
-    "SPAN_KIND_CONSUMER",
-]
+_KINDS = list(SPAN_KIND_NAMES)
 _CODES = ["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"]
 
 
