@@ -40,7 +40,7 @@ set +e
 # make test leaves out the `extended` variants (pyproject markers); make test-all runs them too.
 marks=(-m "not extended")
 [ "${TEST_ALL:-0}" = 1 ] && marks=()
-python -m pytest "${marks[@]}" "$@"
+python -m pytest --durations=30 "${marks[@]}" "$@"
 rc=$?
 set -e
 # pytest exit 5 = no tests collected: treat as failure, CI must run tests.

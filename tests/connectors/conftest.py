@@ -6,7 +6,7 @@
 - ``ch_server``: a ``ServerClient`` on a fresh database of that server (dropped afterwards).
 - ``chdb_client``: an ``EmbeddedClient`` on the one chdb data folder of this test process (chdb
   allows a single folder per process) and a fresh database per test.
-- ``fault_server``: a private server instance (native 29000 / HTTP 28123, own data folder) that
+- ``fault_server``: a private server instance (free native / HTTP ports, own data folder) that
   a test may stop and start (outage tests), never the shared one.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, port_open
+from tests.conftest import ROOT, free_port, port_open
 
 SCRIPT = ROOT / "scripts" / "services" / "clickhouse.sh"
 
@@ -104,7 +104,7 @@ def chdb_client(chdb_path: Path):  # -> Iterator[EmbeddedClient]
 @pytest.fixture
 def fault_server() -> Iterator[ServerAddr]:
     """A private, stoppable ClickHouse server (wiped before use, stopped after)."""
-    srv = _server(29000, 28123, ROOT / ".data" / "clickhouse-fault")
+    srv = _server(free_port(), free_port(), ROOT / ".data" / "clickhouse-fault")
     srv.run("wipe")
     srv.run("start")
     yield srv
