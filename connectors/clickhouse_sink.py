@@ -551,7 +551,12 @@ class ClickHouseSink(DynamicSink[StoredRange | StoredRows]):
                 except Exception as exc:
                     if not clickhouse.is_transient(exc):
                         raise
-                    log.warning("clickhouse not reachable (%s); retrying in %.1f s", exc, delay)
+                    log.warning(
+                        "clickhouse not reachable (%s); retrying in %.1f s (is the server up? "
+                        "check clickhouse.host/port in the config)",
+                        exc,
+                        delay,
+                    )
                     time.sleep(delay)
                     delay = min(delay * 2, self.connection.retry.max_backoff_s or 5.0)
             try:

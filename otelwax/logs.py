@@ -246,6 +246,12 @@ class _OtelwaxHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The handler configure_logging installs (so a second call replaces it)."""
 
 
+# Libraries whose warnings repeat one of ours with a traceback: clickhouse_driver logs every
+# refused connect, and the sink already logs "clickhouse not reachable ... retrying in N s".
+# Their records show only at DEBUG (or ERROR and above).
+_CHATTY = ("clickhouse_driver",)
+
+
 def configure_logging(
     level: str | int = "INFO",
     fmt: LogFormat = "text",
@@ -278,6 +284,8 @@ def configure_logging(
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root.addHandler(handler)
     root.setLevel(level)
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(logging.DEBUG if level <= logging.DEBUG else logging.ERROR)
     return True
 
 

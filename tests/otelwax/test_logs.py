@@ -236,6 +236,33 @@ def test_configure_logging_like_basicconfig() -> None:
         configure_logging("LOUD", "json")
 
 
+def test_a_refused_clickhouse_connection_is_not_a_traceback_per_retry() -> None:
+    """clickhouse_driver logs every failed connect as a WARNING with a traceback; the sink's
+    own "clickhouse not reachable ... retrying" line already says it, so at INFO the driver's
+    is hidden and at DEBUG it is there."""
+    from tests.conftest import free_port
+
+    code = (
+        "import sys, clickhouse_driver\n"
+        "from otelwax.logs import configure_logging as c\n"
+        "c(sys.argv[1], 'text')\n"
+        f"cl = clickhouse_driver.Client('127.0.0.1', port={free_port()}, connect_timeout=1)\n"
+        "try:\n"
+        "    cl.execute('SELECT 1')\n"
+        "except Exception:\n"
+        "    pass\n"
+    )
+    quiet = subprocess.run(
+        [sys.executable, "-c", code, "INFO"], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == ""
+    loud = subprocess.run(
+        [sys.executable, "-c", code, "DEBUG"], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert "Failed to connect" in loud.stderr
+
+
 _FAKE_COMMAND = """
 import logging, os, sys, types
 from otelwax import cli
