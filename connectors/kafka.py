@@ -10,7 +10,7 @@ import logging
 import re
 import threading
 import time
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -38,6 +38,9 @@ SECRET_PROPERTIES = (
 class KafkaConfig(StrictModel):
     """Connection settings shared by producers, consumers and the admin client."""
 
+    other_names: ClassVar[dict[str, tuple[str, str]]] = {
+        "brokers": ("bootstrap_servers", "the Collector's name for it"),
+    }
     bootstrap_servers: str = Field(DEFAULT_BOOTSTRAP, min_length=1)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     extra: dict[str, str | int | bool] = Field(

@@ -98,11 +98,17 @@ def union_tag(model: type[BaseModel]) -> str | None:
 
 
 def _suggestion(model: Any, loc: tuple[Any, ...], path: str = "") -> str:
-    """' (did you mean "x"?)' for an unknown key when its owner has a close field name, or
-    ': moved to a.b' when the owner lists the key in its ``moved_keys`` (a renamed setting)."""
+    """' (did you mean "x"?)' for an unknown key when its owner has a close field name or
+    lists the key in its ``other_names`` (another system's name for a field, e.g. the
+    Collector's), or ': moved to a.b' when the owner lists it in its ``moved_keys`` (a renamed
+    setting)."""
     owner = _model_at(model, loc)
     if owner is None or not loc:
         return ""
+    other: dict[str, tuple[str, str]] = getattr(owner, "other_names", {})
+    if str(loc[-1]) in other:
+        field, whose = other[str(loc[-1])]
+        return f' (did you mean "{field}"? {whose})'
     moved: dict[str, str] = getattr(owner, "moved_keys", {})
     parent = path.rsplit(".", 1)[0] + "." if "." in path else ""
     if str(loc[-1]) in moved:
