@@ -41,6 +41,8 @@ def _errors(data: dict) -> list[str]:
         ({"tls": {"cert_file": "c.pem"}}, "cert_file and key_file must be set together"),
         ({"producer": {"compression": "brotli"}}, "ingest.producer.compression: Input should be"),
         ({"producer": {"max_message_bytes": 10}}, "ingest.producer.max_message_bytes"),
+        # The broker keeps 5 batches per producer for de-duplication: no more in flight.
+        ({"producer": {"max_in_flight": 6}}, "ingest.producer.max_in_flight: Input should be less"),
     ],
 )
 def test_invalid_config_names_the_key(data: dict, expected: str) -> None:
