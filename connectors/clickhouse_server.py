@@ -39,7 +39,7 @@ from connectors.clickhouse_native import (
     nanoseconds,
     plan_columns,
 )
-from connectors.clickhouse_schema import quote_ident
+from connectors.clickhouse_schema import quote_ident, trace_copy_table
 from connectors.clickhouse_types import parse_type
 
 __all__ = ["ServerClient"]
@@ -136,36 +136,39 @@ class ServerClient(InsertingClient):
                     transient=False,
                 )
             replicated = self._replica_synced(f"{db}.{name}", qt)
-            seen = self._token_rows(qt, dedup_token)
-            if seen >= batch.num_rows:
+            seen = self._token_rows(db, name, dedup_token)
+            if min(seen) >= batch.num_rows:
                 log.info("%s: token %s already stored, insert skipped", qt, dedup_token)
                 return 0
-            if seen and replicated:
+            if max(seen) and replicated:
                 # A Replicated table skips the blocks of this insert it already holds (their
                 # hashes are in ZooKeeper): inserting it again stores exactly the missing ones.
                 # Deleting first would lose rows: the re-inserted blocks would be skipped.
                 log.warning(
-                    "%s: token %s partly stored (%d of %d rows); inserting the rest",
+                    "%s: token %s partly stored (%s of %d rows); inserting the rest",
                     qt,
                     dedup_token,
-                    seen,
+                    "/".join(map(str, seen)),
                     batch.num_rows,
                 )
-            elif seen:
+            elif max(seen):
                 # Part of an earlier try landed (a batch spanning partitions is written as one
-                # part per partition). Remove it, then insert the whole batch again: a mutation
-                # only touches parts that exist when it is created, never the new insert.
+                # part per partition; the copy's view may have failed after the table took
+                # it). Remove it, then insert the whole batch again: a mutation only touches
+                # parts that exist when it is created, never the new insert. The copy goes
+                # first: rows left in it alone would not be looked for (see _token_rows).
                 log.warning(
-                    "%s: token %s partly stored (%d of %d rows); replacing it",
+                    "%s: token %s partly stored (%s of %d rows); replacing it",
                     qt,
                     dedup_token,
-                    seen,
+                    "/".join(map(str, seen)),
                     batch.num_rows,
                 )
-                self.execute(
-                    f"ALTER TABLE {qt} DELETE WHERE {TOKEN_COLUMN} = {{tok:String}}",
-                    {"tok": dedup_token},
-                )
+                for target in reversed(self._holders(db, name)):
+                    self.execute(
+                        f"ALTER TABLE {target} DELETE WHERE {TOKEN_COLUMN} = {{tok:String}}",
+                        {"tok": dedup_token},
+                    )
         if self.cfg.insert_format == "driver":
             self._insert_driver(qt, batch, plan, dedup_token)
         else:
@@ -189,11 +192,33 @@ class ServerClient(InsertingClient):
             self._replicated[key] = known
         return known
 
-    def _token_rows(self, qt: str, token: str) -> int:
-        rows = self.execute(
-            f"SELECT count() FROM {qt} WHERE {TOKEN_COLUMN} = {{tok:String}}", {"tok": token}
-        )
-        return int(rows[0][0]) if rows else 0
+    def _holders(self, db: str, name: str) -> list[str]:
+        """``db.name`` and the tables its materialized views fill from each insert (the
+        trace-ordered copy), quoted: where the rows of one insert end up."""
+        out = [f"{quote_ident(db)}.{quote_ident(name)}"]
+        copy = trace_copy_table(name)
+        try:
+            self.columns.get(f"{db}.{copy}")
+        except ClickHouseError:
+            return out
+        return [*out, f"{quote_ident(db)}.{quote_ident(copy)}"]
+
+    def _token_rows(self, db: str, name: str, token: str) -> list[int]:
+        """Rows stored under ``token`` in each of ``_holders`` (just the table when it has
+        none: its views write after it took the rows, so the copy cannot have them either)."""
+        holders = [f"{quote_ident(db)}.{quote_ident(name)}"]
+        seen: list[int] = []
+        while len(seen) < len(holders):
+            rows = self.execute(
+                f"SELECT count() FROM {holders[len(seen)]} WHERE {TOKEN_COLUMN} = {{tok:String}}",
+                {"tok": token},
+            )
+            seen.append(int(rows[0][0]) if rows else 0)
+            if seen == [0]:
+                break
+            if len(seen) == 1:
+                holders = self._holders(db, name)
+        return seen
 
     def _http_conn(self) -> http.client.HTTPConnection:
         if self._http is None:

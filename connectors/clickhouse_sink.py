@@ -502,11 +502,11 @@ class ClickHouseSink(DynamicSink[StoredRange | StoredRows]):
             return
         if not self.connection.create_schema:
             return
-        name = self.table_name
+        name, db, opts = self.table_name, self.connection.database, self.connection.schema_options
         if self.schema.equals(TRACES_SCHEMA):
-            create_schema(client, self.connection.database, name, None, self.connection.tables)
+            create_schema(client, db, name, None, opts)
         elif self.schema.equals(LOGS_SCHEMA):
-            create_schema(client, self.connection.database, None, name, self.connection.tables)
+            create_schema(client, db, None, name, opts)
 
     def _check(self, c: Any) -> None:
         """Refuse tables the sink cannot write exactly once (raises; warns on fixable ones)."""
