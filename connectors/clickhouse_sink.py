@@ -316,8 +316,10 @@ class _SinkPartition(StatelessSinkPartition[StoredRange | StoredRows]):
     def _missing_rows(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Rows of ``batch`` whose (TraceId, SpanId) is not in the table yet (lookup mode)."""
         span_ids = pc.unique(batch.column("SpanId")).to_pylist()
+        # IN a subquery's set: 18.16 refuses an array literal on the right of IN.
         rows = self._client.execute(
-            f"SELECT TraceId, SpanId FROM {self._qt} WHERE SpanId IN {{ids:Array(String)}}",
+            f"SELECT TraceId, SpanId FROM {self._qt} "
+            "WHERE SpanId IN (SELECT arrayJoin({ids:Array(String)}))",
             {"ids": span_ids},
         )
         if not rows:
