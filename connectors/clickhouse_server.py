@@ -128,6 +128,7 @@ class ServerClient(InsertingClient):
     def _insert(self, db: str, name: str, batch: pa.RecordBatch, dedup_token: str | None) -> int:
         qt = f"{quote_ident(db)}.{quote_ident(name)}"
         plan = self._plan(f"{db}.{name}", batch.schema)
+        complete_copy = False
         if dedup_token is not None and self.legacy:
             if not plan.token_column:
                 raise ClickHouseError(
@@ -144,6 +145,7 @@ class ServerClient(InsertingClient):
                 # A Replicated table skips the blocks of this insert it already holds (their
                 # hashes are in ZooKeeper): inserting it again stores exactly the missing ones.
                 # Deleting first would lose rows: the re-inserted blocks would be skipped.
+                complete_copy = len(seen) > 1
                 log.warning(
                     "%s: token %s partly stored (%s of %d rows); inserting the rest",
                     qt,
@@ -166,13 +168,13 @@ class ServerClient(InsertingClient):
                 )
                 for target in reversed(self._holders(db, name)):
                     self.execute(
-                        f"ALTER TABLE {target} DELETE WHERE {TOKEN_COLUMN} = {{tok:String}}",
+                        f"ALTER TABLE {quote_ident(db)}.{quote_ident(target)} DELETE "
+                        f"WHERE {TOKEN_COLUMN} = {{tok:String}}",
                         {"tok": dedup_token},
                     )
-        if self.cfg.insert_format == "driver":
-            self._insert_driver(qt, batch, plan, dedup_token)
-        else:
-            self._insert_http(qt, batch, plan, dedup_token)
+        self._send(qt, batch, plan, dedup_token)
+        if complete_copy:
+            self._complete_copy(db, name, batch, dedup_token or "")
         return batch.num_rows
 
     def _replica_synced(self, key: str, qt: str) -> bool:
@@ -192,26 +194,39 @@ class ServerClient(InsertingClient):
             self._replicated[key] = known
         return known
 
+    def _send(
+        self,
+        qt: str,
+        batch: pa.RecordBatch,
+        plan: InsertPlan,
+        token: str | None,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
+        if self.cfg.insert_format == "driver":
+            self._insert_driver(qt, batch, plan, token, settings)
+        else:
+            self._insert_http(qt, batch, plan, token, settings)
+
     def _holders(self, db: str, name: str) -> list[str]:
-        """``db.name`` and the tables its materialized views fill from each insert (the
-        trace-ordered copy), quoted: where the rows of one insert end up."""
-        out = [f"{quote_ident(db)}.{quote_ident(name)}"]
+        """``name`` and the tables its materialized views fill from each insert (the
+        trace-ordered copy): where the rows of one insert end up."""
         copy = trace_copy_table(name)
         try:
             self.columns.get(f"{db}.{copy}")
         except ClickHouseError:
-            return out
-        return [*out, f"{quote_ident(db)}.{quote_ident(copy)}"]
+            return [name]
+        return [name, copy]
 
     def _token_rows(self, db: str, name: str, token: str) -> list[int]:
         """Rows stored under ``token`` in each of ``_holders`` (just the table when it has
         none: its views write after it took the rows, so the copy cannot have them either)."""
-        holders = [f"{quote_ident(db)}.{quote_ident(name)}"]
+        holders = [name]
         seen: list[int] = []
         while len(seen) < len(holders):
+            qt = f"{quote_ident(db)}.{quote_ident(holders[len(seen)])}"
+            self._replica_synced(f"{db}.{holders[len(seen)]}", qt)
             rows = self.execute(
-                f"SELECT count() FROM {holders[len(seen)]} WHERE {TOKEN_COLUMN} = {{tok:String}}",
-                {"tok": token},
+                f"SELECT count() FROM {qt} WHERE {TOKEN_COLUMN} = {{tok:String}}", {"tok": token}
             )
             seen.append(int(rows[0][0]) if rows else 0)
             if seen == [0]:
@@ -219,6 +234,27 @@ class ServerClient(InsertingClient):
             if len(seen) == 1:
                 holders = self._holders(db, name)
         return seen
+
+    def _complete_copy(self, db: str, name: str, batch: pa.RecordBatch, token: str) -> None:
+        """Insert into ``name``'s trace-ordered copy the spans of ``token`` it lacks. A
+        Replicated table on 18.16 runs no views for an insert whose last part it skipped as a
+        duplicate, so re-inserting a partly stored range can leave the copy short. Sent
+        without block deduplication: the spans are missing, whatever their blocks' hashes."""
+        copy = trace_copy_table(name)
+        qc = f"{quote_ident(db)}.{quote_ident(copy)}"
+        rows = self.execute(
+            f"SELECT TraceId, SpanId FROM {qc} WHERE {TOKEN_COLUMN} = {{tok:String}}",
+            {"tok": token},
+        )
+        have = pa.array([f"{t}:{s}" for t, s in rows], pa.string())
+        keys = pc.binary_join_element_wise(batch.column("TraceId"), batch.column("SpanId"), ":")
+        missing = batch.filter(pc.invert(pc.is_in(keys, value_set=have)))
+        if missing.num_rows:
+            log.warning(
+                "%s: token %s: %d spans missing, inserting them", qc, token, missing.num_rows
+            )
+            plan = self._plan(f"{db}.{copy}", batch.schema)
+            self._send(qc, missing, plan, token, {"insert_deduplicate": 0})
 
     def _http_conn(self) -> http.client.HTTPConnection:
         if self._http is None:
@@ -232,11 +268,16 @@ class ServerClient(InsertingClient):
         return self._http
 
     def _insert_http(
-        self, qt: str, batch: pa.RecordBatch, plan: InsertPlan, token: str | None
+        self,
+        qt: str,
+        batch: pa.RecordBatch,
+        plan: InsertPlan,
+        token: str | None,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         body = encode_native(batch, plan, token or "")
         cols = ", ".join(f"`{c.name}`" for c in plan.cols)
-        q: dict[str, str] = {"query": f"INSERT INTO {qt} ({cols}) FORMAT Native"}
+        q = {"query": f"INSERT INTO {qt} ({cols}) FORMAT Native", **(settings or {})}
         if token is not None and not self.legacy:
             q["insert_deduplication_token"] = token
         if plan.json:
@@ -271,11 +312,18 @@ class ServerClient(InsertingClient):
             raise ClickHouseError(f"insert into {qt} failed: {msg[:500]}", code)
 
     def _insert_driver(
-        self, qt: str, batch: pa.RecordBatch, plan: InsertPlan, token: str | None
+        self,
+        qt: str,
+        batch: pa.RecordBatch,
+        plan: InsertPlan,
+        token: str | None,
+        more: dict[str, Any] | None = None,
     ) -> None:
         columns = [_python_column(batch, c, token or "") for c in plan.cols]
         cols = ", ".join(f"`{c.name}`" for c in plan.cols)
-        settings = {"insert_deduplication_token": token} if token and not self.legacy else {}
+        settings: dict[str, Any] = dict(more or {})
+        if token and not self.legacy:
+            settings["insert_deduplication_token"] = token
         if plan.json:
             settings.update(JSON_INSERT_SETTINGS)
         with self._lock:
