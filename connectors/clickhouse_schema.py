@@ -522,6 +522,14 @@ class _Executes(Protocol):
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]: ...
 
 
+def _table_exists(client: _Executes, database: str, table: str) -> bool:
+    rows = client.execute(
+        "SELECT count() FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+        {"db": database, "t": table},
+    )
+    return bool(rows and rows[0][0])
+
+
 def create_schema(
     client: _Executes,
     database: str,
@@ -548,6 +556,17 @@ def create_schema(
         log.info("ClickHouse %s: using the %s table layout", version, variant)
     if opts.copy_traces and variant == "modern" and not projections_for_version(version):
         log.warning("ClickHouse %s has no projections: no trace-ordered copy", version)
+        opts = opts.model_copy(update={"trace_copy": "off"})
+    if opts.copy_traces and variant == "legacy" and traces_table and _table_exists(
+        client, database, traces_table
+    ) and not _table_exists(client, database, trace_copy_table(traces_table)):
+        # An empty copy would answer lookups of the spans stored so far with nothing.
+        log.warning(
+            "%s.%s has no trace-ordered copy yet: `otelwax clickhouse migrate --apply` adds it "
+            "with the spans stored so far",
+            database,
+            traces_table,
+        )
         opts = opts.model_copy(update={"trace_copy": "off"})
     stmts = schema_ddl(
         database,
