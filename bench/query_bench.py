@@ -16,12 +16,16 @@ Targets (``--target chdb|server|both``):
   lookup table, so the bench adds an equivalent one: plain MergeTree ``(TraceId, Start, End)``
   ordered by TraceId, fed by a materialized view.
 
-Both targets also get the *proposed* trace-ordered copy of the spans (``--by-trace``): on chdb
-(modern ClickHouse) a projection ``by_trace (SELECT * ORDER BY TraceId) WITH SETTINGS
-(index_granularity = 1024)`` of ``otel_traces``; on 18.16 (no projections) the table
-``otel_traces_by_trace``, ordered by ``(TraceId, Timestamp)`` with ``index_granularity = 1024``
-and no skip indexes, fed by a materialized view from ``otel_traces``. Before measuring, the span
-tables are merged to one part (``OPTIMIZE ... FINAL``; ``--keep-parts`` skips it).
+Both targets also get a trace-ordered copy of the spans (``--by-trace``). The server gets the
+one otelwax's default schema creates for a server (``tables.trace_copy``): on 18.16 (no
+projections) the table ``otel_traces_by_trace``, ordered by ``(TraceId, Timestamp)`` with
+``index_granularity = 1024``, fed by a materialized view from ``otel_traces``; on a modern
+server the ``by_trace`` projection. chdb (whose default schema has none) gets a projection
+``by_trace (SELECT * ORDER BY TraceId) WITH SETTINGS (index_granularity = 1024)`` added by the
+bench. Before measuring, the span tables are merged to one part (``OPTIMIZE ... FINAL``;
+``--keep-parts`` skips it). The load reports the insert CPU per span of the loading process
+and of the server (merges during the load included): ``--by-trace none --load-only`` against
+the default measures what the copy costs.
 
 Queries (literal SQL, the same text for both targets):
 
@@ -133,10 +137,14 @@ def base_batch(unique: int) -> tuple[pa.RecordBatch, dict]:
     return base, {"generate_s": round(gen_s, 2), "decode_s": round(time.perf_counter() - t0, 3)}
 
 
-def load(client, table: str, base: pa.RecordBatch, spans: int, batch_rows: int) -> dict:  # type: ignore[no-untyped-def]
-    """Insert ``spans`` rows (copies of ``base``) into ``table``; returns timing."""
+def load(client, table: str, base: pa.RecordBatch, spans: int, batch_rows: int,  # type: ignore[no-untyped-def]
+         server_pid: int | None = None) -> dict:  # fmt: skip
+    """Insert ``spans`` rows (copies of ``base``) into ``table``; returns timing and the CPU
+    per span of this process and (``server_pid``) of the server, merges during the load
+    included (copying the batches is this process's share too: the same for every schema)."""
     copies = -(-spans // base.num_rows)
     inserted = 0
+    c0, s0 = _cpu(), _proc_cpu(server_pid)
     t0 = time.perf_counter()
     for k in range(copies):
         b = copy_batch(base, k)
@@ -147,12 +155,17 @@ def load(client, table: str, base: pa.RecordBatch, spans: int, batch_rows: int) 
             client.insert_arrow(table, part)
             inserted += part.num_rows
     insert_s = time.perf_counter() - t0
-    return {
+    client_cpu, s1 = _cpu() - c0, _proc_cpu(server_pid)
+    out = {
         "spans": inserted,
         "unique_generated": base.num_rows,
         "insert_s": round(insert_s, 2),
         "insert_spans_per_s": round(inserted / insert_s),
+        "insert_client_cpu_us_per_span": round(client_cpu / inserted * 1e6, 2),
     }
+    if s0 is not None and s1 is not None:
+        out["insert_server_cpu_us_per_span"] = round((s1 - s0) / inserted * 1e6, 2)
+    return out
 
 
 # --- DDL the bench adds (the proposal) ------------------------------------------------------
@@ -638,9 +651,12 @@ def run_server(args: argparse.Namespace, base: pa.RecordBatch, rows_out: list[di
         started = True
     srv["pid"] = _server_pid(srv["port"])
     db = f"bench_query_{uuid.uuid4().hex[:8]}"
+    # The trace-ordered copy is the server's default schema (tables.trace_copy); --by-trace
+    # none measures the schema without it.
+    copy = "off" if args.by_trace == "none" else "on"
     cfg = ClickHouseConfig(
         mode="server", host=host, port=srv["port"], http_port=srv["http_port"], database=db,
-        create_schema=True,
+        create_schema=True, tables={"trace_copy": copy},
     )  # fmt: skip
     client = open_client(cfg)
     ctxm = mp.get_context("spawn")
@@ -650,11 +666,15 @@ def run_server(args: argparse.Namespace, base: pa.RecordBatch, rows_out: list[di
         version = client.version
         legacy = client.legacy
         cols = COLS_LEGACY if legacy else COLS_MODERN
-        mode = by_trace_mode(args, legacy)
-        bench_ddl(client, db, legacy, args.by_trace_granularity, mode)
-        info = load(client, f"{db}.otel_traces", base, args.spans, args.batch_rows)
+        mode = "none" if copy == "off" else "table" if legacy else "projection"
+        bench_ddl(client, db, legacy, args.by_trace_granularity, "none")
+        info = load(client, f"{db}.otel_traces", base, args.spans, args.batch_rows, srv["pid"])
         info["optimize_s"] = settle(client, db, args, mode)
         info["server_version"] = version
+        print(f"server load ({mode}): {json.dumps(info)}", flush=True)
+        if args.load_only:
+            info["by_trace"] = mode
+            return info
         conn = HttpConn(host, srv["http_port"])
         info["tables"] = table_info(conn, db)
         tids, svcs, lo, hi = sample_args(conn, db, args.trace_ids)
@@ -770,9 +790,10 @@ def main() -> int:
     )  # fmt: skip
     ap.add_argument(
         "--by-trace", choices=("auto", "projection", "table", "none"), default="auto",
-        help="the proposed trace-ordered copy for the 1-step lookup: a projection of "
-        "otel_traces (auto on modern ClickHouse/chdb), the otel_traces_by_trace table + MV "
-        "(auto on 18.16), or none",
+        help="the trace-ordered copy for the 1-step lookup. chdb: a projection of otel_traces "
+        "(auto), the otel_traces_by_trace table + MV, or none. server: the default schema's "
+        "copy (any but none: the projection on modern servers, the table + MV on 18.16) or "
+        "none (tables.trace_copy: off)",
     )  # fmt: skip
     ap.add_argument(
         "--keep-parts",
@@ -780,6 +801,10 @@ def main() -> int:
         help="measure the span tables with the parts the load left (default: OPTIMIZE FINAL)",
     )
     ap.add_argument("--no-ch-benchmark", action="store_true", help="skip clickhouse-benchmark")
+    ap.add_argument(
+        "--load-only", action="store_true",
+        help="server: load (insert CPU per span) and stop, no queries (A/B of --by-trace)",
+    )  # fmt: skip
     args = ap.parse_args()
     args.clients = [int(x) for x in args.clients.split(",") if x]
     t0 = time.perf_counter()

@@ -77,7 +77,7 @@ def open_client(cfg: ClickHouseConfig) -> EmbeddedClient | ServerClient:
 
 def init_schema(client: ClickHouseClient, cfg: ClickHouseConfig) -> list[str]:
     """Create the database and tables of ``cfg`` (idempotent). Returns the statements run."""
-    return create_schema(client, cfg.database, cfg.traces_table, cfg.logs_table, cfg.tables)
+    return create_schema(client, cfg.database, cfg.traces_table, cfg.logs_table, cfg.schema_options)
 
 
 def check_table(client: ClickHouseClient, table: str, schema: pa.Schema) -> list[str]:

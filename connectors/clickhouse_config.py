@@ -114,6 +114,11 @@ class ClickHouseConfig(StrictModel):
             raise ValueError(f"must match {IDENT_RE.pattern}")
         return v
 
+    @property
+    def schema_options(self) -> TableOptions:
+        """``tables`` as the DDL for this ``mode`` uses them (``trace_copy: auto`` decided)."""
+        return self.tables.for_mode(self.mode)
+
     def for_flow(self, flow: str) -> ClickHouseConfig:
         """This config with ``{flow}`` in ``path`` replaced by ``flow``."""
         if "{flow}" not in self.path:

@@ -24,6 +24,7 @@ import pyarrow as pa
 # clickhouse_schema imports this module only inside traces_ddl/logs_ddl (no import cycle).
 from connectors.clickhouse_schema import (
     PARTITIONS,
+    TRACE_PROJECTION,
     TableOptions,
     _c,
     _log_columns,
@@ -123,8 +124,8 @@ def traces_json_table(database: str, table: str, opts: TableOptions) -> str:
             _keys_index("span", "SpanAttributes"),
             "INDEX idx_duration Duration TYPE minmax GRANULARITY 1",
         ]
-    if opts.trace_projection:
-        cols.append("PROJECTION by_trace (SELECT * ORDER BY TraceId)")
+    if opts.copy_traces:
+        cols.append(TRACE_PROJECTION)
     tail = "ORDER BY (ServiceName, SpanName, toDateTime(Timestamp), Timestamp)"
     return _table(database, table, opts, cols, tail)
 

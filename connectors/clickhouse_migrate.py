@@ -5,9 +5,9 @@ The expected table is not parsed from DDL text: the DDL this version would run (
 *live* table's layout — an older logs layout stays that layout) is created under a scratch
 name next to it, read back from ``system.columns`` / ``system.data_skipping_indices`` /
 ``system.tables``, and dropped. What is missing is added (ADD COLUMN, ADD INDEX, MODIFY
-SETTING, MODIFY TTL, the trace-id lookup table); what cannot be changed in place (sorting
-key, column types, extra columns) is only reported. Nothing is ever dropped but the scratch
-table.
+SETTING, MODIFY TTL, the trace-id lookup table, the trace-ordered copy); what cannot be
+changed in place (sorting key, column types, extra columns) is only reported. Nothing is ever
+dropped but the scratch table.
 """
 
 from __future__ import annotations
@@ -17,13 +17,17 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from connectors.clickhouse_cluster import TableEngine
+from connectors.clickhouse_legacy_schema import trace_copy_backfill, trace_copy_ddl
 from connectors.clickhouse_metrics_schema import metrics_ddl
 from connectors.clickhouse_schema import (
+    TRACE_PROJECTION,
     TableOptions,
     logs_ddl,
+    projections_for_version,
     qualified,
     quote_ident,
     text_indexes_for_version,
+    trace_copy_table,
     traces_ddl,
 )
 
@@ -184,6 +188,8 @@ def plan_migration(
             changes.append(Change(f"{t}: column {name} is {have}, this version creates {spec[0]}"))
     for name in have_cols.keys() - want_cols.keys():
         changes.append(Change(f"{t}: column {name} is not one this version creates (kept)"))
+    if kind == "traces" and opts.copy_traces and (legacy or projections_for_version(version)):
+        changes += _trace_copy(client, database, table, opts, legacy)
     if legacy:
         return changes
     have_idx = _indexes(client, database, table)
@@ -207,6 +213,47 @@ def plan_migration(
             changes.append(Change(f"{t}: trace-id lookup table {lookup} is missing", lk_table))
             changes.append(Change(f"{t}: its materialized view {lookup}_mv is missing", lk_view))
     return changes
+
+
+def _trace_copy(
+    client: Any, database: str, table: str, opts: TableOptions, legacy: bool
+) -> list[Change]:
+    """The trace-ordered copy of the spans if it is missing: on 18.16 the table + view and a
+    copy of the spans stored so far, else the ``by_trace`` projection, built for the stored
+    parts by a background mutation."""
+    t = qualified(database, table)
+    if legacy:
+        copy = trace_copy_table(table)
+        if _columns(client, database, copy):
+            return []
+        create, view = trace_copy_ddl(database, table, opts)
+        return [
+            Change(f"{t}: {copy}, its copy ordered by TraceId, is missing", create),
+            Change(f"{t}: the materialized view {copy}_mv that fills {copy} is missing", view),
+            Change(
+                f"{t}: {copy} starts with the spans stored so far (stop the traces flow until "
+                "this ran: spans it stores meanwhile would be copied twice)",
+                trace_copy_backfill(database, table),
+            ),
+        ]
+    rows = client.execute(
+        "SELECT create_table_query FROM system.tables WHERE database = {db:String} "
+        "AND name = {t:String}",
+        {"db": database, "t": table},
+    )
+    if rows and re.search(r"\bPROJECTION by_trace\b", str(rows[0][0])):
+        return []
+    alter = f"ALTER TABLE {t}{opts.on_cluster}"
+    return [
+        Change(
+            f"{t}: projection by_trace (the spans ordered by TraceId) is missing",
+            f"{alter} ADD {TRACE_PROJECTION}",
+        ),
+        Change(
+            f"{t}: by_trace is built for the parts stored so far (a background mutation)",
+            f"{alter} MATERIALIZE PROJECTION by_trace",
+        ),
+    ]
 
 
 def _engine_changes(t: str, alter: str, have: str, want: str) -> list[Change]:

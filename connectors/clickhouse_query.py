@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.clickhouse import ClickHouseClient
-from connectors.clickhouse_schema import qualified
+from connectors.clickhouse_schema import qualified, trace_copy_table
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +154,22 @@ def traces(client: ClickHouseClient, t: Tables, params: dict[str, Any]) -> Query
     return _result(cols, rows)
 
 
+def _trace_table(client: ClickHouseClient, t: Tables) -> tuple[str, str]:
+    """``_span_table`` for reading one trace: the trace-ordered copy when the store has one
+    as a table (18.16; a modern server's ``by_trace`` projection is read through the spans
+    table itself), where a trace is one granule instead of a scan."""
+    table, start_ns = _span_table(client, t)
+    copy = trace_copy_table(t.traces)
+    found = client.execute(
+        "SELECT count() FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+        {"db": t.database, "t": copy},
+    )
+    return (qualified(t.database, copy) if found[0][0] else table), start_ns
+
+
 def trace(client: ClickHouseClient, t: Tables, params: dict[str, Any]) -> QueryResult:
     """Every span of trace ``id`` in start order."""
-    table, start_ns = _span_table(client, t)
+    table, start_ns = _trace_table(client, t)
     tid = str(params.get("id", "")).lower()
     if len(tid) != 32 or any(c not in "0123456789abcdef" for c in tid):
         raise QueryError(f"id: want 32 hex digits, got {tid!r}")

@@ -22,7 +22,9 @@ skip indexes, TTL or insert tokens. The table keeps the same column names where 
   inserting a token, counts the rows already stored with it — token deduplication emulated on
   a server that has none: all rows there → skip; none → insert; some (a crash between the
   per-partition parts of one insert) → ``ALTER TABLE ... DELETE`` them, then insert again.
-- no trace-id lookup table (its SimpleAggregateFunction columns need ClickHouse ≥ 19.8).
+- no trace-id lookup table (its SimpleAggregateFunction columns need ClickHouse ≥ 19.8);
+- no projections: ``trace_copy`` makes a table ``<table>_by_trace`` ordered by (TraceId,
+  Timestamp), written by a materialized view (``connectors.clickhouse_legacy_schema``).
 
 ``json: true`` (``TableOptions.json_attributes``): the exporter's JSON-attribute tables, see
 ``connectors.clickhouse_json_schema``.
@@ -66,6 +68,17 @@ CLUSTER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
 TRACES_SORT_KEY = ("ServiceName", "SpanName", "Timestamp")
 LOGS_SORT_KEY = ("ServiceName", "Timestamp")
 
+# The trace-ordered copy: a projection on modern servers, a table + MV on 18.16 (no projections),
+# whose 1024-row granules make a lookup read ~1 granule (8192 rows: +40 %, bench/README.md).
+TRACE_PROJECTION = "PROJECTION by_trace (SELECT * ORDER BY TraceId)"
+TRACE_COPY_GRANULARITY = 1024
+
+
+def trace_copy_table(table: str) -> str:
+    """The table that holds the legacy trace-ordered copy of ``table``."""
+    return f"{table}_by_trace"
+
+
 PARTITIONS = {
     "day": "toDate({ts})",
     "week": "toMonday({ts})",
@@ -105,11 +118,13 @@ class TableOptions(StrictModel):
         "a MergeTree remembers (0 disables token deduplication)",
     )
     trace_lookup: bool = Field(True, description="create the trace-id/timestamp lookup + MV")
-    trace_projection: bool = Field(
-        False,
-        description="(modern) a projection of the spans ordered by TraceId: trace lookups read "
-        "a few rows instead of ~5 granules (chdb: 21 -> 12 ms), for ~2.3x the disk and ~20 % "
-        "slower inserts (bench/query_bench.py)",
+    trace_copy: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="a copy of the spans ordered by TraceId, which trace lookups read (one "
+        "small granule instead of the ~5 a trace spans in the traces table): the by_trace "
+        "projection (modern ClickHouse >= 22), or the table <traces_table>_by_trace written by "
+        "a materialized view (18.16); ~2.3x the disk, insert CPU +20-25 % (projection) to "
+        "+70 % (table). auto: on for mode server, off for embedded chdb (bench/README.md)",
     )
     index_granularity: int = Field(8192, gt=0)
     logs_layout: Literal["five_minutes", "timestamp_time"] = Field(
@@ -155,6 +170,19 @@ class TableOptions(StrictModel):
             raise ValueError(f"must match {CLUSTER_RE.pattern}")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _projection_key(cls, data: Any) -> Any:
+        """``trace_projection: true|false`` (earlier versions) is ``trace_copy: on|off``."""
+        if not isinstance(data, dict) or "trace_projection" not in data:
+            return data
+        data = dict(data)
+        old = data.pop("trace_projection")
+        if "trace_copy" in data:
+            raise ValueError("trace_projection is the older name of trace_copy: give one")
+        data["trace_copy"] = "on" if old is True else "off" if old is False else old
+        return data
+
     @model_validator(mode="after")
     def _placement(self) -> TableOptions:
         if self.json_attributes and self.variant == "legacy":
@@ -163,6 +191,19 @@ class TableOptions(StrictModel):
         if self.distributed and not self.cluster_name:
             raise ValueError("distributed: true needs cluster_name (the cluster to read from)")
         return self
+
+    def for_mode(self, mode: Literal["embedded", "server"]) -> TableOptions:
+        """These options with ``trace_copy: auto`` decided for ``mode``: a server answers a
+        UI's lookups (on), embedded chdb keeps its inserts cheap (off)."""
+        if self.trace_copy != "auto":
+            return self
+        return self.model_copy(update={"trace_copy": "on" if mode == "server" else "off"})
+
+    @property
+    def copy_traces(self) -> bool:
+        """Whether the trace-ordered copy is created (``auto`` here means off: the
+        connection's ``ClickHouseConfig.schema_options`` decides it by mode)."""
+        return self.trace_copy == "on"
 
     @property
     def on_cluster(self) -> str:
@@ -208,6 +249,14 @@ def text_indexes_for_version(version: str) -> bool:
     return (major, minor) >= (26, 2)
 
 
+def projections_for_version(version: str) -> bool:
+    """Whether ClickHouse ``version`` has table projections (22.x and later; chdb has)."""
+    try:
+        return int(version.split(".", 1)[0]) >= 22
+    except ValueError:
+        return True
+
+
 def variant_for_version(version: str) -> Literal["modern", "legacy"]:
     """ "legacy" for ClickHouse versions before 20.1 (no Map/DateTime64), else "modern"."""
     try:
@@ -235,10 +284,13 @@ def _settings(opts: TableOptions, *, dedup: bool = True, ttl: bool = True) -> st
 
 
 def traces_ddl(database: str, table: str, opts: TableOptions, *, legacy: bool = False) -> list[str]:
-    """CREATE statements for the traces table (and, modern only, its trace-id lookup + MV)."""
+    """CREATE statements for the traces table, its trace-id lookup + MV (modern) and its
+    trace-ordered copy (``trace_copy``: a projection, or on 18.16 a table + MV)."""
     if legacy:
+        from connectors.clickhouse_legacy_schema import legacy_traces
+
         _no_legacy_json(opts)
-        return [_legacy_traces(database, table, opts)]
+        return legacy_traces(database, table, opts)
     t = qualified(database, table)
     z = _c(opts, "ZSTD(1)")
     idx = ""
@@ -253,7 +305,7 @@ def traces_ddl(database: str, table: str, opts: TableOptions, *, legacy: bool = 
     INDEX idx_lower_span_name lower(SpanName) TYPE tokenbf_v1(32768, 3, 0) GRANULARITY 8,"""
     part = PARTITIONS[opts.partition_by].format(ts="Timestamp")
     attrs = "Map(LowCardinality(String), String)"
-    proj = ",\n    PROJECTION by_trace (SELECT * ORDER BY TraceId)" if opts.trace_projection else ""
+    proj = f",\n    {TRACE_PROJECTION}" if opts.copy_traces else ""
     main = f"""CREATE TABLE IF NOT EXISTS {t}{opts.on_cluster} (
     Timestamp DateTime64(9){_c(opts, "Delta(8), ZSTD(1)")},
     TraceId String{z},
@@ -329,8 +381,10 @@ def logs_ddl(
 ) -> list[str]:
     """CREATE statement for the logs table (``text_index``: the server has text indexes)."""
     if legacy:
+        from connectors.clickhouse_legacy_schema import legacy_logs
+
         _no_legacy_json(opts)
-        return [_legacy_logs(database, table, opts)]
+        return [legacy_logs(database, table, opts)]
     if opts.json_attributes:
         from connectors.clickhouse_json_schema import logs_json_table
 
@@ -431,87 +485,6 @@ ORDER BY (ServiceName, TimestampTime, Timestamp)
 {_ttl(opts, "TimestampTime")}{_settings(opts)}"""
 
 
-def _legacy_settings(opts: TableOptions) -> str:
-    """18.16 has no insert tokens, but Replicated tables deduplicate replayed insert blocks."""
-    s = f"SETTINGS index_granularity = {int(opts.index_granularity)}"
-    if opts.table_engine.replicated and opts.dedup_window:
-        s += f", replicated_deduplication_window = {int(opts.dedup_window)}"
-    return s
-
-
-def _legacy_part(opts: TableOptions, ts: str) -> str:
-    return PARTITIONS[opts.partition_by].format(ts=ts)
-
-
-def _legacy_traces(database: str, table: str, opts: TableOptions) -> str:
-    if opts.ttl_days:
-        log.warning("legacy ClickHouse has no TTL: ttl_days=%d ignored", opts.ttl_days)
-    return f"""CREATE TABLE IF NOT EXISTS {qualified(database, table)}{opts.on_cluster} (
-    Timestamp DateTime,
-    TimestampNs Int64,
-    TraceId String,
-    SpanId String,
-    ParentSpanId String,
-    TraceState String,
-    SpanName String,
-    SpanKind String,
-    ServiceName String,
-    `ResourceAttributes.keys` Array(String),
-    `ResourceAttributes.values` Array(String),
-    ScopeName String,
-    ScopeVersion String,
-    `SpanAttributes.keys` Array(String),
-    `SpanAttributes.values` Array(String),
-    Duration UInt64,
-    StatusCode String,
-    StatusMessage String,
-    `Events.Timestamp` Array(Int64),
-    `Events.Name` Array(String),
-    `Events.Attributes.keys` Array(Array(String)),
-    `Events.Attributes.values` Array(Array(String)),
-    `Links.TraceId` Array(String),
-    `Links.SpanId` Array(String),
-    `Links.TraceState` Array(String),
-    `Links.Attributes.keys` Array(Array(String)),
-    `Links.Attributes.values` Array(Array(String)),
-    InsertToken String
-) ENGINE = {opts.engine(database, table)}
-PARTITION BY {_legacy_part(opts, "Timestamp")}
-ORDER BY (ServiceName, SpanName, Timestamp)
-{_legacy_settings(opts)}"""
-
-
-def _legacy_logs(database: str, table: str, opts: TableOptions) -> str:
-    if opts.ttl_days:
-        log.warning("legacy ClickHouse has no TTL: ttl_days=%d ignored", opts.ttl_days)
-    return f"""CREATE TABLE IF NOT EXISTS {qualified(database, table)}{opts.on_cluster} (
-    Timestamp DateTime,
-    TimestampNs Int64,
-    TraceId String,
-    SpanId String,
-    TraceFlags UInt8,
-    SeverityText String,
-    SeverityNumber UInt8,
-    ServiceName String,
-    Body String,
-    ResourceSchemaUrl String,
-    `ResourceAttributes.keys` Array(String),
-    `ResourceAttributes.values` Array(String),
-    ScopeSchemaUrl String,
-    ScopeName String,
-    ScopeVersion String,
-    `ScopeAttributes.keys` Array(String),
-    `ScopeAttributes.values` Array(String),
-    `LogAttributes.keys` Array(String),
-    `LogAttributes.values` Array(String),
-    EventName String,
-    InsertToken String
-) ENGINE = {opts.engine(database, table)}
-PARTITION BY {_legacy_part(opts, "Timestamp")}
-ORDER BY (ServiceName, Timestamp)
-{_legacy_settings(opts)}"""
-
-
 def schema_ddl(
     database: str,
     traces_table: str | None,
@@ -549,6 +522,14 @@ class _Executes(Protocol):
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]: ...
 
 
+def _table_exists(client: _Executes, database: str, table: str) -> bool:
+    rows = client.execute(
+        "SELECT count() FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+        {"db": database, "t": table},
+    )
+    return bool(rows and rows[0][0])
+
+
 def create_schema(
     client: _Executes,
     database: str,
@@ -563,7 +544,7 @@ def create_schema(
     """
     variant = opts.variant
     version = ""
-    if variant == "auto" or opts.text_indexes == "auto" or opts.json_attributes:
+    if variant == "auto" or opts.text_indexes == "auto" or opts.json_attributes or opts.copy_traces:
         version = str(client.execute("SELECT version()")[0][0])
     if opts.json_attributes:
         from connectors.clickhouse_json_schema import json_refused, json_supported
@@ -573,6 +554,20 @@ def create_schema(
     if variant == "auto":
         variant = variant_for_version(version)
         log.info("ClickHouse %s: using the %s table layout", version, variant)
+    if opts.copy_traces and variant == "modern" and not projections_for_version(version):
+        log.warning("ClickHouse %s has no projections: no trace-ordered copy", version)
+        opts = opts.model_copy(update={"trace_copy": "off"})
+    if opts.copy_traces and variant == "legacy" and traces_table and _table_exists(
+        client, database, traces_table
+    ) and not _table_exists(client, database, trace_copy_table(traces_table)):
+        # An empty copy would answer lookups of the spans stored so far with nothing.
+        log.warning(
+            "%s.%s has no trace-ordered copy yet: `otelwax clickhouse migrate --apply` adds it "
+            "with the spans stored so far",
+            database,
+            traces_table,
+        )
+        opts = opts.model_copy(update={"trace_copy": "off"})
     stmts = schema_ddl(
         database,
         traces_table,

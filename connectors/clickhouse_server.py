@@ -39,7 +39,7 @@ from connectors.clickhouse_native import (
     nanoseconds,
     plan_columns,
 )
-from connectors.clickhouse_schema import quote_ident
+from connectors.clickhouse_schema import quote_ident, trace_copy_table
 from connectors.clickhouse_types import parse_type
 
 __all__ = ["ServerClient"]
@@ -128,6 +128,7 @@ class ServerClient(InsertingClient):
     def _insert(self, db: str, name: str, batch: pa.RecordBatch, dedup_token: str | None) -> int:
         qt = f"{quote_ident(db)}.{quote_ident(name)}"
         plan = self._plan(f"{db}.{name}", batch.schema)
+        complete_copy = False
         if dedup_token is not None and self.legacy:
             if not plan.token_column:
                 raise ClickHouseError(
@@ -136,40 +137,44 @@ class ServerClient(InsertingClient):
                     transient=False,
                 )
             replicated = self._replica_synced(f"{db}.{name}", qt)
-            seen = self._token_rows(qt, dedup_token)
-            if seen >= batch.num_rows:
+            seen = self._token_rows(db, name, dedup_token)
+            if min(seen) >= batch.num_rows:
                 log.info("%s: token %s already stored, insert skipped", qt, dedup_token)
                 return 0
-            if seen and replicated:
+            if max(seen) and replicated:
                 # A Replicated table skips the blocks of this insert it already holds (their
                 # hashes are in ZooKeeper): inserting it again stores exactly the missing ones.
                 # Deleting first would lose rows: the re-inserted blocks would be skipped.
+                complete_copy = len(seen) > 1
                 log.warning(
-                    "%s: token %s partly stored (%d of %d rows); inserting the rest",
+                    "%s: token %s partly stored (%s of %d rows); inserting the rest",
                     qt,
                     dedup_token,
-                    seen,
+                    "/".join(map(str, seen)),
                     batch.num_rows,
                 )
-            elif seen:
+            elif max(seen):
                 # Part of an earlier try landed (a batch spanning partitions is written as one
-                # part per partition). Remove it, then insert the whole batch again: a mutation
-                # only touches parts that exist when it is created, never the new insert.
+                # part per partition; the copy's view may have failed after the table took
+                # it). Remove it, then insert the whole batch again: a mutation only touches
+                # parts that exist when it is created, never the new insert. The copy goes
+                # first: rows left in it alone would not be looked for (see _token_rows).
                 log.warning(
-                    "%s: token %s partly stored (%d of %d rows); replacing it",
+                    "%s: token %s partly stored (%s of %d rows); replacing it",
                     qt,
                     dedup_token,
-                    seen,
+                    "/".join(map(str, seen)),
                     batch.num_rows,
                 )
-                self.execute(
-                    f"ALTER TABLE {qt} DELETE WHERE {TOKEN_COLUMN} = {{tok:String}}",
-                    {"tok": dedup_token},
-                )
-        if self.cfg.insert_format == "driver":
-            self._insert_driver(qt, batch, plan, dedup_token)
-        else:
-            self._insert_http(qt, batch, plan, dedup_token)
+                for target in reversed(self._holders(db, name)):
+                    self.execute(
+                        f"ALTER TABLE {quote_ident(db)}.{quote_ident(target)} DELETE "
+                        f"WHERE {TOKEN_COLUMN} = {{tok:String}}",
+                        {"tok": dedup_token},
+                    )
+        self._send(qt, batch, plan, dedup_token)
+        if complete_copy:
+            self._complete_copy(db, name, batch, dedup_token or "")
         return batch.num_rows
 
     def _replica_synced(self, key: str, qt: str) -> bool:
@@ -189,11 +194,67 @@ class ServerClient(InsertingClient):
             self._replicated[key] = known
         return known
 
-    def _token_rows(self, qt: str, token: str) -> int:
+    def _send(
+        self,
+        qt: str,
+        batch: pa.RecordBatch,
+        plan: InsertPlan,
+        token: str | None,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
+        if self.cfg.insert_format == "driver":
+            self._insert_driver(qt, batch, plan, token, settings)
+        else:
+            self._insert_http(qt, batch, plan, token, settings)
+
+    def _holders(self, db: str, name: str) -> list[str]:
+        """``name`` and the tables its materialized views fill from each insert (the
+        trace-ordered copy): where the rows of one insert end up."""
+        copy = trace_copy_table(name)
+        try:
+            self.columns.get(f"{db}.{copy}")
+        except ClickHouseError:
+            return [name]
+        return [name, copy]
+
+    def _token_rows(self, db: str, name: str, token: str) -> list[int]:
+        """Rows stored under ``token`` in each of ``_holders`` (just the table when it has
+        none: its views write after it took the rows, so the copy cannot have them either)."""
+        holders = [name]
+        seen: list[int] = []
+        while len(seen) < len(holders):
+            qt = f"{quote_ident(db)}.{quote_ident(holders[len(seen)])}"
+            self._replica_synced(f"{db}.{holders[len(seen)]}", qt)
+            rows = self.execute(
+                f"SELECT count() FROM {qt} WHERE {TOKEN_COLUMN} = {{tok:String}}", {"tok": token}
+            )
+            seen.append(int(rows[0][0]) if rows else 0)
+            if seen == [0]:
+                break
+            if len(seen) == 1:
+                holders = self._holders(db, name)
+        return seen
+
+    def _complete_copy(self, db: str, name: str, batch: pa.RecordBatch, token: str) -> None:
+        """Insert into ``name``'s trace-ordered copy the spans of ``token`` it lacks. A
+        Replicated table on 18.16 runs no views for an insert whose last part it skipped as a
+        duplicate, so re-inserting a partly stored range can leave the copy short. Sent
+        without block deduplication: the spans are missing, whatever their blocks' hashes."""
+        copy = trace_copy_table(name)
+        qc = f"{quote_ident(db)}.{quote_ident(copy)}"
         rows = self.execute(
-            f"SELECT count() FROM {qt} WHERE {TOKEN_COLUMN} = {{tok:String}}", {"tok": token}
+            f"SELECT TraceId, SpanId FROM {qc} WHERE {TOKEN_COLUMN} = {{tok:String}}",
+            {"tok": token},
         )
-        return int(rows[0][0]) if rows else 0
+        have = pa.array([f"{t}:{s}" for t, s in rows], pa.string())
+        keys = pc.binary_join_element_wise(batch.column("TraceId"), batch.column("SpanId"), ":")
+        missing = batch.filter(pc.invert(pc.is_in(keys, value_set=have)))
+        if missing.num_rows:
+            log.warning(
+                "%s: token %s: %d spans missing, inserting them", qc, token, missing.num_rows
+            )
+            plan = self._plan(f"{db}.{copy}", batch.schema)
+            self._send(qc, missing, plan, token, {"insert_deduplicate": 0})
 
     def _http_conn(self) -> http.client.HTTPConnection:
         if self._http is None:
@@ -207,11 +268,16 @@ class ServerClient(InsertingClient):
         return self._http
 
     def _insert_http(
-        self, qt: str, batch: pa.RecordBatch, plan: InsertPlan, token: str | None
+        self,
+        qt: str,
+        batch: pa.RecordBatch,
+        plan: InsertPlan,
+        token: str | None,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         body = encode_native(batch, plan, token or "")
         cols = ", ".join(f"`{c.name}`" for c in plan.cols)
-        q: dict[str, str] = {"query": f"INSERT INTO {qt} ({cols}) FORMAT Native"}
+        q = {"query": f"INSERT INTO {qt} ({cols}) FORMAT Native", **(settings or {})}
         if token is not None and not self.legacy:
             q["insert_deduplication_token"] = token
         if plan.json:
@@ -246,11 +312,18 @@ class ServerClient(InsertingClient):
             raise ClickHouseError(f"insert into {qt} failed: {msg[:500]}", code)
 
     def _insert_driver(
-        self, qt: str, batch: pa.RecordBatch, plan: InsertPlan, token: str | None
+        self,
+        qt: str,
+        batch: pa.RecordBatch,
+        plan: InsertPlan,
+        token: str | None,
+        more: dict[str, Any] | None = None,
     ) -> None:
         columns = [_python_column(batch, c, token or "") for c in plan.cols]
         cols = ", ".join(f"`{c.name}`" for c in plan.cols)
-        settings = {"insert_deduplication_token": token} if token and not self.legacy else {}
+        settings: dict[str, Any] = dict(more or {})
+        if token and not self.legacy:
+            settings["insert_deduplication_token"] = token
         if plan.json:
             settings.update(JSON_INSERT_SETTINGS)
         with self._lock:

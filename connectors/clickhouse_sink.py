@@ -316,8 +316,10 @@ class _SinkPartition(StatelessSinkPartition[StoredRange | StoredRows]):
     def _missing_rows(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Rows of ``batch`` whose (TraceId, SpanId) is not in the table yet (lookup mode)."""
         span_ids = pc.unique(batch.column("SpanId")).to_pylist()
+        # IN a subquery's set: 18.16 refuses an array literal on the right of IN.
         rows = self._client.execute(
-            f"SELECT TraceId, SpanId FROM {self._qt} WHERE SpanId IN {{ids:Array(String)}}",
+            f"SELECT TraceId, SpanId FROM {self._qt} "
+            "WHERE SpanId IN (SELECT arrayJoin({ids:Array(String)}))",
             {"ids": span_ids},
         )
         if not rows:
@@ -502,11 +504,11 @@ class ClickHouseSink(DynamicSink[StoredRange | StoredRows]):
             return
         if not self.connection.create_schema:
             return
-        name = self.table_name
+        name, db, opts = self.table_name, self.connection.database, self.connection.schema_options
         if self.schema.equals(TRACES_SCHEMA):
-            create_schema(client, self.connection.database, name, None, self.connection.tables)
+            create_schema(client, db, name, None, opts)
         elif self.schema.equals(LOGS_SCHEMA):
-            create_schema(client, self.connection.database, None, name, self.connection.tables)
+            create_schema(client, db, None, name, opts)
 
     def _check(self, c: Any) -> None:
         """Refuse tables the sink cannot write exactly once (raises; warns on fixable ones)."""

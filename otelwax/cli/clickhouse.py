@@ -142,7 +142,7 @@ def _ddl(flow: str, cfg: Any, legacy: bool) -> list[str]:
     if flow in ("traces", "logs"):
         traces = cfg.traces_table if flow == "traces" else None
         logs = cfg.logs_table if flow == "logs" else None
-        return schema_ddl(cfg.database, traces, logs, cfg.tables, legacy=legacy)
+        return schema_ddl(cfg.database, traces, logs, cfg.schema_options, legacy=legacy)
     return metrics_ddl(cfg.database, ttl_days=cfg.tables.ttl_days, opts=cfg.tables)
 
 
@@ -185,7 +185,7 @@ def _init(flow: str, cfg: Any, dry_run: bool, explicit: bool) -> bool:
         if flow in ("traces", "logs"):
             traces = cfg.traces_table if flow == "traces" else None
             logs = cfg.logs_table if flow == "logs" else None
-            stmts = create_schema(client, cfg.database, traces, logs, cfg.tables)
+            stmts = create_schema(client, cfg.database, traces, logs, cfg.schema_options)
         else:
             stmts = _ddl(flow, cfg, legacy=False)
             for sql in stmts:
@@ -241,7 +241,7 @@ def _migrate(flow: str, cfg: Any, apply: bool, explicit: bool) -> bool:
         kind = flow if flow in ("traces", "logs") else "metrics"
         changes: list[Change] = []
         for table, _ in _tables(flow, cfg):
-            found = plan_migration(client, cfg.database, table, kind, cfg.tables)
+            found = plan_migration(client, cfg.database, table, kind, cfg.schema_options)
             if not found:
                 print(f"{flow} ({_where(cfg)}): {cfg.database}.{table} is up to date")
             changes += found

@@ -47,6 +47,29 @@ def test_config_defaults_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     assert any(m.startswith("clickhouse.batch.max_rows:") for m in msgs)
 
 
+def test_trace_copy_is_on_for_a_server_and_off_for_chdb_unless_set() -> None:
+    """A server answers a UI's trace lookups: by default it gets the trace-ordered copy;
+    embedded chdb keeps its cheaper inserts. The key is validated like every other."""
+    assert ClickHouseConfig(mode="server").schema_options.copy_traces
+    assert not ClickHouseConfig(mode="embedded").schema_options.copy_traces
+    off = {"mode": "server", "tables": {"trace_copy": "off"}}
+    assert not ClickHouseConfig.model_validate(off).schema_options.copy_traces
+    on = {"mode": "embedded", "tables": {"trace_projection": True}}  # the earlier key
+    assert ClickHouseConfig.model_validate(on).schema_options.copy_traces
+    with pytest.raises(ValidationError) as ei:
+        ClickHouseConfig.model_validate({"tables": {"trace_copy": "yes"}})
+    assert any(
+        m.startswith("clickhouse.tables.trace_copy:")
+        for m in format_errors(ei.value, "clickhouse", ClickHouseConfig)
+    )
+    on = TableOptions(trace_copy="on")
+    legacy = "\n".join(traces_ddl("otel", "otel_traces", on, legacy=True))
+    assert "ORDER BY (TraceId, Timestamp)\nSETTINGS index_granularity = 1024" in legacy
+    assert "MATERIALIZED VIEW IF NOT EXISTS `otel`.`otel_traces_by_trace_mv`" in legacy
+    assert "PROJECTION by_trace" in traces_ddl("otel", "t", on)[0]
+    assert "PROJECTION" not in traces_ddl("otel", "t", TableOptions())[0]
+
+
 @pytest.mark.parametrize("bad", ["a b", "x`y", "1abc", "", "t;DROP TABLE x", "a.b"])
 def test_identifiers_are_whitelisted(bad: str) -> None:
     with pytest.raises(ValueError, match="invalid ClickHouse identifier"):
@@ -150,7 +173,7 @@ def test_chdb_dedup_token_skips_repeat(chdb_client) -> None:
 def test_chdb_trace_projection_answers_trace_lookups(chdb_client) -> None:
     # Small granules and no bloom filter: a trace's spans span many granules of the
     # service-ordered table (as on a big one) but one of the TraceId-ordered projection.
-    opts = TableOptions(trace_projection=True, index_granularity=64, skip_indexes=False)
+    opts = TableOptions(trace_copy="on", index_granularity=64, skip_indexes=False)
     cfg = _cfg(chdb_client).model_copy(update={"tables": opts})
     init_schema(chdb_client, cfg)
     batch = decode_traces(trace_payloads(20, seed=8)).batch
@@ -375,6 +398,45 @@ def test_server_partly_stored_token_is_replaced(ch_server) -> None:
         time.sleep(0.1)
     assert ch_server.execute(q) == [(200, 200)]
     assert ch_server.insert_arrow(t, batch, dedup_token="p:2:0-1") == 0
+
+
+def _settled(client, sql: str, want: list[tuple]) -> list[tuple]:
+    """``sql``'s rows once they equal ``want`` (18.16 runs DELETE mutations in the
+    background), or after ~5 s whatever they are."""
+    for _ in range(50):
+        got = client.execute(sql)
+        if got == want:
+            break
+        time.sleep(0.1)
+    return got
+
+
+def test_server_trace_copy_holds_each_span_once_after_partial_stores(ch_server) -> None:
+    """The default schema on 18.16 copies the spans into ``<table>_by_trace`` (ordered by
+    TraceId) through a materialized view. A range found partly stored is replaced in the copy
+    too, and a range whose spans reached the table but not the copy (the view's insert failed)
+    is stored again: the copy ends with every span once, like the table."""
+    cfg = ch_server.cfg
+    init_schema(ch_server, cfg)
+    batch = decode_traces(trace_payloads(2, seed=15)).batch
+    t, db = cfg.traces_table, cfg.database
+    counts = [
+        f"SELECT count(), uniqExact(SpanId) FROM {db}.{name}" for name in (t, f"{t}_by_trace")
+    ]
+    # A crash after the first part of an insert: 80 rows carry the token in both tables.
+    ch_server.insert_arrow(t, batch.slice(0, 80), dedup_token="p:3:0-1")
+    assert ch_server.insert_arrow(t, batch, dedup_token="p:3:0-1") == 200
+    assert [_settled(ch_server, q, [(200, 200)]) for q in counts] == [[(200, 200)]] * 2
+    # The table holds the range, the copy lost 30 of its spans.
+    lost = batch.column("SpanId").to_pylist()[:30]
+    ch_server.execute(
+        f"ALTER TABLE {db}.{t}_by_trace DELETE WHERE has({{ids:Array(String)}}, SpanId)",
+        {"ids": lost},
+    )
+    assert _settled(ch_server, counts[1], [(170, 170)]) == [(170, 170)]
+    assert ch_server.insert_arrow(t, batch, dedup_token="p:3:0-1") == 200
+    assert [_settled(ch_server, q, [(200, 200)]) for q in counts] == [[(200, 200)]] * 2
+    assert ch_server.insert_arrow(t, batch, dedup_token="p:3:0-1") == 0
 
 
 def test_native_encoding_of_modern_types_read_by_chdb(chdb_client) -> None:

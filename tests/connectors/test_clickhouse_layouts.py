@@ -5,6 +5,7 @@ the earlier TimestampTime layout, JSON attributes) through the real sink path, a
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 import pyarrow as pa
@@ -274,6 +275,71 @@ def test_migrate_cli_on_the_legacy_server_adds_the_column(clickhouse_server, cap
     finally:
         client.execute(f"DROP DATABASE IF EXISTS {db}")
         client.close()
+
+
+def test_migrate_adds_the_trace_copy_to_a_1816_store_keeping_its_spans(clickhouse_server) -> None:
+    """A store created before the copy was the default: migrate adds the table, its view and
+    the spans stored so far; afterwards every insert reaches both, and nothing is left."""
+    from connectors.clickhouse_schema import create_schema
+
+    db = f"t_{uuid.uuid4().hex[:10]}"
+    cfg = server_config(clickhouse_server, db)
+    client = open_client(cfg)
+    try:
+        create_schema(client, db, "otel_traces", None, TableOptions(trace_copy="off"))
+        batch = decode_traces(trace_payloads(2, seed=41)).batch
+        client.insert_arrow("otel_traces", batch.slice(0, 120), dedup_token="t:0:0-1")
+        # A flow of this version starting with create_schema: true leaves that to migrate: an
+        # empty copy would answer lookups of the spans stored so far with nothing.
+        create_schema(client, db, "otel_traces", None, cfg.schema_options)
+        assert client.execute(f"EXISTS TABLE {db}.otel_traces_by_trace") == [(0,)]
+        changes = plan_migration(client, db, "otel_traces", "traces", cfg.schema_options)
+        shown = "\n".join(c.what for c in changes)
+        assert "otel_traces_by_trace, its copy ordered by TraceId, is missing" in shown
+        assert apply_changes(client, changes) == 3
+        assert plan_migration(client, db, "otel_traces", "traces", cfg.schema_options) == []
+        client.insert_arrow("otel_traces", batch.slice(120), dedup_token="t:0:2-3")
+        q = "SELECT count(), uniqExact(SpanId), uniqExact(InsertToken) FROM {}"
+        for table in ("otel_traces", "otel_traces_by_trace"):
+            assert client.execute(q.format(f"{db}.{table}")) == [(200, 200, 2)]
+    finally:
+        client.execute(f"DROP DATABASE IF EXISTS {db}")
+        client.close()
+
+
+def test_migrate_adds_the_by_trace_projection_for_stored_parts(chdb_client) -> None:
+    """Modern ClickHouse (chdb stands in): migrate adds the projection and builds it for the
+    parts already stored, so a lookup of an old trace reads it."""
+    from connectors.clickhouse_schema import create_schema
+
+    db, table = chdb_client.cfg.database, f"spans_{uuid.uuid4().hex[:8]}"
+    # Small granules: a trace's spans lie in several of the service-ordered table's granules.
+    small = {"variant": "modern", "index_granularity": 64, "skip_indexes": False}
+    create_schema(chdb_client, db, table, None, TableOptions(**small))
+    batch = decode_traces(trace_payloads(20, seed=42)).batch
+    chdb_client.insert_arrow(f"{db}.{table}", batch, dedup_token="t:0:0-1")
+    on = TableOptions(trace_copy="on", **small)
+    changes = plan_migration(chdb_client, db, table, "traces", on)
+    assert [c.sql.split(" ", 3)[-1] for c in changes if c.sql] == [
+        "ADD PROJECTION by_trace (SELECT * ORDER BY TraceId)",
+        "MATERIALIZE PROJECTION by_trace",
+    ]
+    apply_changes(chdb_client, changes)
+    assert plan_migration(chdb_client, db, table, "traces", on) == []
+    tid = batch.column("TraceId")[0].as_py()
+    q = (
+        f"SELECT count() FROM {db}.{table} WHERE TraceId = {{tid:String}} "
+        "SETTINGS force_optimize_projection_name = 'by_trace'"
+    )
+    want = [(sum(1 for t in batch.column("TraceId").to_pylist() if t == tid),)]
+    for _ in range(50):  # the mutation runs in the background
+        try:
+            if chdb_client.execute(q, {"tid": tid}) == want:
+                break
+        except Exception:
+            pass
+        time.sleep(0.1)
+    assert chdb_client.execute(q, {"tid": tid}) == want
 
 
 def test_migrate_recreates_a_missing_trace_lookup_and_sets_the_ttl(chdb_client) -> None:

@@ -71,6 +71,25 @@ def test_queries_on_the_legacy_layout_of_a_1816_server(ch_server) -> None:
     _store_and_check_queries(ch_server)
 
 
+def test_trace_query_reads_the_trace_ordered_copy_on_a_1816_server(ch_server) -> None:
+    """A server's default schema has the copy ordered by TraceId (on 18.16 a table): one
+    trace is read from it, not by scanning the spans table. A span written to the copy
+    alone shows that the answer came from there."""
+    cfg = ch_server.cfg
+    init_schema(ch_server, cfg)
+    batch = _spans_now()
+    ch_server.insert_arrow(cfg.traces_table, batch)
+    tables = Tables.of(cfg)
+    counts = {c["table"]: c["rows"] for c in run_query(ch_server, tables, "counts").as_dicts()}
+    assert counts[f"{cfg.traces_table}_by_trace"] == counts[cfg.traces_table] == len(batch)
+    tid = batch.column("TraceId")[0].as_py()
+    extra = batch.filter(pa.compute.equal(batch.column("TraceId"), tid)).slice(0, 1)
+    extra = extra.set_column(2, "SpanId", pa.array(["00000000000000ff"]))
+    ch_server.insert_arrow(f"{cfg.traces_table}_by_trace", extra)
+    spans = run_query(ch_server, tables, "trace", {"id": tid}).as_dicts()
+    assert "00000000000000ff" in {s["span_id"] for s in spans}
+
+
 def test_a_missing_table_says_how_to_create_it(chdb_client) -> None:
     with pytest.raises(QueryError, match="otelwax clickhouse init"):
         run_query(chdb_client, Tables(chdb_client.cfg.database), "services")

@@ -201,3 +201,36 @@ def test_an_intent_table_of_the_previous_layout_is_extended_and_still_read(
     intents = sink.intent_log(sink.client())
     assert intents.ranges_from("spans", 0, 0) == [(0, 9, "")]  # replayed under its old token
     assert intents.pending_from("spans", 0) == 0
+
+
+def test_lookup_dedup_on_1816_stores_a_replayed_range_once_in_table_and_copy(
+    clickhouse_server,
+) -> None:
+    """A traces table from before the InsertToken column (dedup by (TraceId, SpanId) lookup)
+    and its trace-ordered copy: a replayed range that an earlier run stored in part adds
+    only the missing spans, to the table and through its view to the copy alike."""
+    from connectors.clickhouse import open_client
+    from connectors.clickhouse_schema import traces_ddl
+
+    db = f"t_{uuid.uuid4().hex[:10]}"
+    conn = server_config(clickhouse_server, db)
+    client = open_client(conn)
+    try:
+        client.execute(f"CREATE DATABASE {db}")
+        for sql in traces_ddl(db, "otel_traces", conn.schema_options, legacy=True):
+            client.execute(sql.replace(",\n    `InsertToken` String", "").replace(
+                ", `InsertToken`", ""
+            ))
+        batch = decode_traces(trace_payloads(2, seed=43)).batch
+        client.insert_arrow("otel_traces", batch.slice(0, 80))  # the crashed run's part
+        sink = ClickHouseSink(conn, ClickHouseSinkConfig(), sort_key=TRACES_SORT_KEY)
+        part = sink.build("clickhouse", 0, 1)
+        part.write_batch([StoredRange("spans", 0, 0, 9, batch, 10, replay=True)])
+        part.close()
+        q = "SELECT count(), uniqExact(SpanId) FROM {}"
+        for table in ("otel_traces", "otel_traces_by_trace"):
+            assert client.execute(q.format(f"{db}.{table}")) == [(200, 200)], table
+    finally:
+        client.execute(f"DROP DATABASE IF EXISTS {db}")
+        client.close()
+

@@ -165,8 +165,14 @@ def _expand(sql: str, now: int) -> str:
 
 @pytest.mark.parametrize(
     "tables",
-    [{}, {"text_indexes": "off"}, {"logs_layout": "timestamp_time"}, {"json": True}],
-    ids=["five_minutes-text", "five_minutes-bloom", "timestamp_time", "json"],
+    [
+        {},
+        {"text_indexes": "off"},
+        {"logs_layout": "timestamp_time"},
+        {"json": True},
+        {"trace_copy": "on"},  # what a server gets: the by_trace projection
+    ],
+    ids=["five_minutes-text", "five_minutes-bloom", "timestamp_time", "json", "trace_copy"],
 )
 def test_clickhouse_queries_run_on_the_sink_tables(tmp_path: Path, tables: dict) -> None:
     now = int(time.time())

@@ -151,12 +151,15 @@ def test_flow_killed_on_one_replica_resumed_on_the_other_stores_each_span_once(
 
     log = run.log_text(10**9)
     for srv in (a, b):
-        _rows(srv, f"SYSTEM SYNC REPLICA {db}.otel_traces")
-        got = _rows(srv, f"SELECT count(), uniqExact(SpanId) FROM {db}.otel_traces")[0]
-        assert tuple(got) == (sent, sent), f"replica {srv.port}: {got}\n{log[-4000:]}"
+        for table in ("otel_traces", "otel_traces_by_trace"):  # the server's trace copy too
+            _rows(srv, f"SYSTEM SYNC REPLICA {db}.{table}")
+            got = _rows(srv, f"SELECT count(), uniqExact(SpanId) FROM {db}.{table}")[0]
+            assert tuple(got) == (sent, sent), f"replica {srv.port}, {table}: {got}\n{log[-4000:]}"
     engines = _rows(a, f"SELECT name, engine FROM system.tables WHERE database = '{db}'")
     assert dict(engines) == {
         "otel_traces": "ReplicatedMergeTree",
+        "otel_traces_by_trace": "ReplicatedMergeTree",
+        "otel_traces_by_trace_mv": "MaterializedView",
         "otelwax_intents": "ReplicatedMergeTree",
     }, engines
     _rows(a, f"DROP DATABASE IF EXISTS {db} ON CLUSTER otelwax")
@@ -203,7 +206,8 @@ def test_range_partly_stored_through_one_replica_is_completed_through_the_other(
     """18.16 has no insert tokens: a range found partly stored (the flow died between the
     per-partition parts of one insert) is inserted again. On a Replicated table that must not
     DELETE the stored part first: the replica would skip re-inserting it (its block hash is in
-    ZooKeeper) and its rows would be gone."""
+    ZooKeeper) and its rows would be gone. The trace-ordered copy a server gets by default
+    (filled by a view from each insert) ends with each span once too."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -221,7 +225,7 @@ def test_range_partly_stored_through_one_replica_is_completed_through_the_other(
     a = open_client(server_config(ch_cluster.a, db, **kw))
     b = open_client(server_config(ch_cluster.b, db, **kw))
     try:
-        create_schema(a, db, "otel_traces", None, a.cfg.tables)
+        create_schema(a, db, "otel_traces", None, a.cfg.schema_options)
         a.insert_arrow("otel_traces", batch.slice(0, 100), dedup_token="p:3:0-1")  # one part
         assert b.insert_arrow("otel_traces", batch, dedup_token="p:3:0-1") == 200
         for srv in (ch_cluster.a, ch_cluster.b):
@@ -231,8 +235,10 @@ def test_range_partly_stored_through_one_replica_is_completed_through_the_other(
                 srv, f"SELECT count() FROM system.mutations WHERE database = '{db}' AND NOT is_done"
             )[0][0]:
                 time.sleep(0.2)
-            got = _rows(srv, f"SELECT count(), uniqExact(SpanId) FROM {db}.otel_traces")[0]
-            assert tuple(got) == (200, 200), f"replica {srv.port}: {got}"
+            for table in ("otel_traces", "otel_traces_by_trace"):
+                _rows(srv, f"SYSTEM SYNC REPLICA {db}.{table}")
+                got = _rows(srv, f"SELECT count(), uniqExact(SpanId) FROM {db}.{table}")[0]
+                assert tuple(got) == (200, 200), f"replica {srv.port}, {table}: {got}"
         assert b.insert_arrow("otel_traces", batch, dedup_token="p:3:0-1") == 0
     finally:
         a.close()

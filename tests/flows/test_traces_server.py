@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -116,6 +118,52 @@ def test_two_worker_processes_store_the_same_rows_as_one(flow_run, clickhouse_se
     assert rows1 == rows2
     for db in (one_db, two_db):
         _rows(clickhouse_server, "default", f"DROP DATABASE IF EXISTS {db}")
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_leaves_every_span_once_in_the_trace_copy(
+    flow_run, clickhouse_server
+) -> None:
+    """kill -9 the flow at random moments while it stores into 18.16 with the default schema,
+    then run it to the end: the copy ordered by TraceId (written by a view from each insert)
+    holds every span exactly once, like the table, and a trace looked up there is whole."""
+    rnd = random.Random()
+    seed = rnd.randrange(1 << 30)
+    db = f"fk_{uuid.uuid4().hex[:8]}"
+    run = flow_run(
+        partitions=2,
+        clickhouse=_server_settings(clickhouse_server, db),
+        source={"batch": {"max_records": 1000, "max_delay_s": 0.15}, "poll_max_messages": 8},
+    )
+    payloads = otlpgen.trace_payloads(400, seed=seed, **SMALL)
+    produce(run.bootstrap, run.topic, payloads[:250])
+
+    def late_produce() -> None:  # records keep arriving while the flow is killed
+        for i in range(250, 400, 50):
+            time.sleep(0.7)
+            produce(run.bootstrap, run.topic, payloads[i : i + 50])
+
+    producer = threading.Thread(target=late_produce, daemon=True)
+    producer.start()
+    kills = run.kill_at_random_moments(rnd, 3, span=(1.5, 3.5), after=": start at")
+    producer.join(60)
+    run.run_to_end(timeout=180)
+    sent = 400 * 20
+    q = "SELECT count(), uniqExact(SpanId) FROM {}"
+    try:
+        for table in ("otel_traces", "otel_traces_by_trace"):
+            got = _rows(clickhouse_server, db, q.format(f"{db}.{table}"))
+            assert got == [(sent, sent)], f"{table}: seed={seed} kills={kills}"
+        tid = _rows(clickhouse_server, db, f"SELECT any(TraceId) FROM {db}.otel_traces")[0][0]
+        one = f"SELECT SpanId FROM {db}.{{}} WHERE TraceId = '{tid}' ORDER BY SpanId"
+        copy, table = (
+            _rows(clickhouse_server, db, one.format(t))
+            for t in ("otel_traces_by_trace", "otel_traces")
+        )
+        assert copy == table and len(copy) >= 1
+    finally:
+        _rows(clickhouse_server, "default", f"DROP DATABASE IF EXISTS {db}")
+    assert kills >= 2
 
 
 def test_a_table_dropped_under_the_flow_stops_it_with_the_error(
