@@ -4,12 +4,14 @@ interleaved.
     .venv/bin/python bench/metrics_flow_bench.py [--requests 3000] [--runs 3] [--sink chdb|rw]
         [--kafka 127.0.0.1:19092] [--prom http://127.0.0.1:19090]
         [--tree before=/tmp/base --tree after=.] [--profile out.prof]
+        [--set source.batch.max_bytes=67108864] [--tree-set after:KEY=JSON]
 
 Produces ``requests`` OTLP metrics requests of 100 data points (bench/metrics_bench.py's mix:
 gauges, cumulative and delta sums, histograms) to a fresh 1-partition topic, then runs
 ``flows.metrics`` (Kafka → decode → one sink, ``source.stop_at_end``) over it in a child
 process per run with each ``--tree`` first on ``PYTHONPATH``, alternating trees, and prints
-the median per tree. ``--sink chdb``: a fresh chdb folder per run, no remote-write; ``--sink
+the median per tree (a tree may appear twice under two names, told apart by ``--tree-set``
+settings). ``--sink chdb``: a fresh chdb folder per run, no remote-write; ``--sink
 rw``: remote-write only (``clickhouse: null``) into ``--prom``, a fresh topic per run whose
 series carry a job name of their own (Prometheus refuses samples it already has). Per run:
 wall seconds (flow start-up and the Kafka read included), CPU seconds of the child (all
@@ -29,6 +31,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +51,22 @@ def thread_cpu() -> dict[str, float]:
     return out
 
 
-def child(topic: str, kafka: str, n_points: int, profile: str | None, prom: str | None) -> None:
+def _nested(sets: list[str]) -> dict[str, Any]:
+    """``a.b=json`` settings as nested keyword overrides ({"a": {"b": value}})."""
+    out: dict[str, Any] = {}
+    for item in sets:
+        path, _, raw = item.partition("=")
+        *parents, leaf = path.split(".")
+        d = out
+        for p in parents:
+            d = d.setdefault(p, {})
+        d[leaf] = json.loads(raw)
+    return out
+
+
+def child(
+    topic: str, kafka: str, n_points: int, profile: str | None, prom: str | None, sets: list[str]
+) -> None:
     """Run the flow of the tree on sys.path once; print {"seconds", "cpu", "rows"} as JSON."""
     import resource
 
@@ -66,9 +84,11 @@ def child(topic: str, kafka: str, n_points: int, profile: str | None, prom: str 
     }
     if prom:
         common.update(clickhouse=None, remote_write={"url": f"{prom}/api/v1/write"})
+    extra = _nested(sets)
+    source = {"topic": topic, "stop_at_end": True, **extra.pop("source", {})}
+    common.update(extra)
     try:  # this tree's settings shape, else the one before issue 13
-        settings = load_settings(None, env={}, source={"topic": topic, "stop_at_end": True},
-                                 **common)  # fmt: skip
+        settings = load_settings(None, env={}, source=source, **common)
     except ValueError:
         common.pop("progress_s")
         settings = load_settings(None, env={}, topic=topic, tail=False, **common)
@@ -146,12 +166,16 @@ def main() -> int:
     ap.add_argument("--sink", choices=("chdb", "rw"), default="chdb")
     ap.add_argument("--prom", default="http://127.0.0.1:19090", help="remote-write target")
     ap.add_argument("--tree", action="append", default=[], help="name=path (repeatable)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                    help="flow setting for every run, e.g. source.batch.max_bytes=67108864")
+    ap.add_argument("--tree-set", action="append", default=[], metavar="NAME:KEY=JSON",
+                    help="flow setting for the runs of one tree (repeatable)")  # fmt: skip
     ap.add_argument("--profile", help="cProfile the first tree's first run into this file")
     ap.add_argument("--child", nargs=2, metavar=("TOPIC", "POINTS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     prom = args.prom if args.sink == "rw" else None
     if args.child:
-        child(args.child[0], args.kafka, int(args.child[1]), args.profile, prom)
+        child(args.child[0], args.kafka, int(args.child[1]), args.profile, prom, args.set)
         return 0
     sys.path.insert(0, str(ROOT))
     from connectors.kafka import delete_topics
@@ -170,6 +194,9 @@ def main() -> int:
                 cmd = [sys.executable, str(ROOT / "bench/metrics_flow_bench.py"), "--sink",
                        args.sink, "--prom", args.prom, "--kafka", args.kafka,
                        "--child", topics[-1], str(n_points)]  # fmt: skip
+                for item in args.set + [t.split(":", 1)[1] for t in args.tree_set
+                                        if t.split(":", 1)[0] == name]:  # fmt: skip
+                    cmd += ["--set", item]
                 if args.profile and run == 0 and name == next(iter(trees)):
                     cmd += ["--profile", args.profile]
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
