@@ -15,8 +15,9 @@ settings). ``--sink chdb``: a fresh chdb folder per run, no remote-write; ``--si
 rw``: remote-write only (``clickhouse: null``) into ``--prom``, a fresh topic per run whose
 series carry a job name of their own (Prometheus refuses samples it already has). Per run:
 wall seconds (flow start-up and the Kafka read included), CPU seconds of the child (all
-threads: ``getrusage``) and the CPU seconds per thread name (chdb's ``ThreadPool`` inserts,
-``MergeMutate`` merges). Numbers are for comparison, not thresholds.
+threads: ``getrusage``, chdb's inserts and merges included) and the CPU seconds per name of
+the threads still alive at the end (chdb's threads end with the flow's client, so they show
+only in the total). Numbers are for comparison, not thresholds.
 """
 
 from __future__ import annotations
