@@ -39,6 +39,7 @@ from connectors.prom_names import (
     metric_name,
 )
 from connectors.prom_native_histogram import encode_native_histogram
+from otelwax.rowkeys import map_keys
 
 __all__ = ["Labels", "SeriesBatch", "tables_to_series"]
 
@@ -181,8 +182,9 @@ def _cols(batch: pa.RecordBatch | pa.Table, *names: str) -> list[list]:
 
 
 class _MapCol:
-    """A map column: one string key per row (built in C++ by pyarrow: hashing a str is cached,
-    hashing a tuple of pairs is not) and the row's pairs on demand (cache misses only)."""
+    """A map column: one string key per row (built in C++ by ``otelwax.rowkeys``: hashing a
+    str is cached, hashing a tuple of pairs is not) and the row's pairs on demand (cache
+    misses only)."""
 
     __slots__ = ("col", "keys")
 
@@ -191,24 +193,7 @@ class _MapCol:
         if isinstance(col, pa.ChunkedArray):
             col = col.combine_chunks()
         self.col = col
-        offs = col.offsets
-        base = offs[0].as_py()
-        end = offs[-1].as_py()
-        child = col.values.slice(base, end - base)
-        k, v = child.flatten()
-        if base:
-            offs = pc.subtract(offs, base)
-        kl = pa.ListArray.from_arrays(offs, k)
-        vl = pa.ListArray.from_arrays(offs, v)
-        # "<n>\x1d<k1>\x1f<k2>...\x1e<v1>\x1f<v2>...": the count keeps {} and {"": ""} apart;
-        # keys/values holding these control characters could collide (not seen in practice).
-        joined = pc.binary_join_element_wise(
-            pc.cast(pc.list_value_length(kl), pa.string()),
-            pc.binary_join(kl, "\x1f"),
-            pc.binary_join(vl, "\x1f"),
-            "\x1d",
-        )
-        self.keys: list[str] = joined.to_pylist()
+        self.keys: list[str] = map_keys(col).to_pylist()
 
     def pairs(self, i: int) -> tuple[tuple[str, str], ...]:
         return tuple(self.col[i].as_py() or ())

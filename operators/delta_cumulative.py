@@ -35,6 +35,7 @@ from bytewax.dataflow import Stream
 from pydantic import Field
 
 from otelwax.metric_schemas import HISTOGRAM, SUM
+from otelwax.rowkeys import row_keys
 from otelwax.settings import StrictModel
 from otelwax.telemetry import ComponentMetrics
 
@@ -80,24 +81,18 @@ def to_cumulative(tables: Stream[Tables], cfg: DeltaToCumulativeConfig) -> Strea
     return op.merge("all_cumulative", direct, cum_tables)
 
 
-def _series_keys(batch: pa.RecordBatch) -> list[tuple]:
-    cols = [
-        batch.column("ResourceAttributes").to_pylist(),
-        batch.column("ScopeName").to_pylist(),
-        batch.column("MetricName").to_pylist(),
-        batch.column("MetricUnit").to_pylist(),
-        batch.column("Attributes").to_pylist(),
-    ]
-    if "IsMonotonic" in batch.schema.names:
-        cols.append(batch.column("IsMonotonic").to_pylist())
-    return [
-        tuple(tuple(v) if isinstance(v, list) else v for v in row)
-        for row in zip(*cols, strict=True)
-    ]
+_SERIES_COLUMNS = ["ResourceAttributes", "ScopeName", "MetricName", "MetricUnit", "Attributes"]
 
 
-def _shard_of(key: tuple, shards: int) -> str:
-    return str(zlib.crc32(repr(key).encode()) % shards)
+def _series_keys(batch: pa.RecordBatch) -> list[str]:
+    """The series of each row as one string, built by Arrow (a tuple of the maps' pairs per
+    row cost more than the rest of the branch); a sum's monotonicity is part of it."""
+    names = _SERIES_COLUMNS + (["IsMonotonic"] if "IsMonotonic" in batch.schema.names else [])
+    return row_keys(batch, names).to_pylist()
+
+
+def _shard_of(key: str, shards: int) -> str:
+    return str(zlib.crc32(key.encode()) % shards)
 
 
 def split_deltas(tables: Tables, shards: int) -> list[tuple[str, dict[str, tuple]]]:
@@ -142,8 +137,8 @@ _late_merged = ComponentMetrics("delta_to_cumulative_late_merged", "datapoints")
 
 
 def delta_to_cumulative(
-    state: dict[tuple, list] | None, value: dict[str, tuple], ttl_s: float = 900.0
-) -> tuple[dict[tuple, list], dict[str, pa.RecordBatch]]:
+    state: dict[str | tuple, list] | None, value: dict[str, tuple], ttl_s: float = 900.0
+) -> tuple[dict[str | tuple, list], dict[str, pa.RecordBatch]]:
     """stateful_map mapper: running totals per series (state) → cumulative rows.
 
     State entries: sums ``[start_ns, last_ns, total]``; histograms
@@ -162,7 +157,7 @@ def delta_to_cumulative(
             gc.enable()
 
 
-def _expire(state: dict[tuple, list], now: float, ttl_s: float) -> None:
+def _expire(state: dict[str | tuple, list], now: float, ttl_s: float) -> None:
     """Drop the series of ``state`` not updated for ``ttl_s`` (sweeps every ``ttl_s / 4``)."""
     meta = state.get(_META)
     if meta is None:  # a new shard, or a snapshot from before the TTL: every series is fresh
@@ -181,8 +176,8 @@ def _expire(state: dict[tuple, list], now: float, ttl_s: float) -> None:
 
 
 def _delta_to_cumulative(
-    state: dict[tuple, list], value: dict[str, tuple]
-) -> tuple[dict[tuple, list], dict[str, pa.RecordBatch]]:
+    state: dict[str | tuple, list], value: dict[str, tuple]
+) -> tuple[dict[str | tuple, list], dict[str, pa.RecordBatch]]:
     out: dict[str, pa.RecordBatch] = {}
     late = 0
     seen = state[_META][1]

@@ -1,0 +1,120 @@
+"""Row identity strings built by Arrow compute (C++), for grouping rows by their content
+without a Python object per map entry.
+
+A row's key depends on its own values only (keys made in different calls compare) and two
+rows get the same key only when their values are equal. Strings are joined with the ASCII
+separators ``\\x1c``, ``\\x1d`` and ``\\x1f``. A row holding one of ``\\x1c``-``\\x1f`` in a
+value (next to never) gets ``\\x1e`` followed by every string as ``<byte length>:<string>``
+instead, a prefix-free code; no key of the first kind holds ``\\x1e``, so the two never meet.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["map_keys", "row_keys"]
+
+def _prefixed(strings: pa.Array) -> pa.Array:
+    """``<byte length>:<string>`` for each string."""
+    lengths = pc.cast(pc.binary_length(strings), pa.string())
+    return pc.binary_join_element_wise(lengths, strings, ":")
+
+
+def _has_separators(strings: pa.Array) -> bool:
+    """Whether a byte of the array's data buffer is a separator (bytes outside a sliced array
+    may answer yes: that only costs the slower encoding)."""
+    data = strings.buffers()[2]
+    if data is None or data.size == 0:
+        return False
+    b = np.frombuffer(data, np.uint8)
+    return bool(((b >= 0x1C) & (b <= 0x1F)).any())
+
+
+def _map_parts(col: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """(offsets from 0, keys, values) of a map column."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    offsets = col.offsets
+    base = offsets[0].as_py()
+    end = offsets[-1].as_py()
+    k, v = col.values.slice(base, end - base).flatten()
+    if base:
+        offsets = pc.subtract(offsets, base)
+    return offsets, k, v
+
+
+def _map_key(offsets: pa.Array, k: pa.Array, v: pa.Array, prefixed: bool) -> pa.Array:
+    if prefixed:
+        pairs = pc.binary_join_element_wise(_prefixed(k), _prefixed(v), "")
+        return pc.binary_join(pa.ListArray.from_arrays(offsets, pairs), "")
+    # "<n>\x1d<k1>\x1f<k2>...\x1d<v1>\x1f<v2>...": the count keeps {} and {"": ""} apart.
+    kl = pa.ListArray.from_arrays(offsets, k)
+    vl = pa.ListArray.from_arrays(offsets, v)
+    n = pc.cast(pc.list_value_length(kl), pa.string())
+    return pc.binary_join_element_wise(
+        n, pc.binary_join(kl, "\x1f"), pc.binary_join(vl, "\x1f"), "\x1d"
+    )
+
+
+def _map_raw(offsets: pa.Array, k: pa.Array, v: pa.Array) -> pa.Array:
+    """Each row's keys and values glued together (to look for separators per row)."""
+    kl = pa.ListArray.from_arrays(offsets, k)
+    vl = pa.ListArray.from_arrays(offsets, v)
+    return pc.binary_join_element_wise(pc.binary_join(kl, ""), pc.binary_join(vl, ""), "")
+
+
+def _keys(
+    maps: list[tuple[pa.Array, pa.Array, pa.Array] | None], strings: list[pa.Array | None]
+) -> pa.Array:
+    """Row keys of the columns given in order, each as map parts or a string array."""
+
+    def build(prefixed: bool) -> pa.Array:
+        parts = [
+            _map_key(*m, prefixed) if m is not None else s
+            for m, s in zip(maps, strings, strict=True)
+        ]
+        if prefixed:
+            parts = [_prefixed(p) for p in parts]
+        if len(parts) == 1:
+            return parts[0]
+        return pc.binary_join_element_wise(*parts, "" if prefixed else "\x1c")
+
+    plain = build(False)
+    suspects = [k for m in maps if m is not None for k in m[1:]]
+    suspects += [s for s in strings if s is not None]
+    if not any(_has_separators(a) for a in suspects):
+        return plain
+    raw = [_map_raw(*m) if m is not None else s for m, s in zip(maps, strings, strict=True)]
+    marked = functools.reduce(
+        pc.or_, (pc.match_substring_regex(r, "[\x1c-\x1f]") for r in raw)
+    )
+    tagged = pc.binary_join_element_wise("\x1e", build(True), "")
+    return pc.if_else(marked, tagged, plain)
+
+
+def map_keys(col: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One string per row of a ``map<string, string>`` column identifying its pairs (in
+    order)."""
+    return _keys([_map_parts(col)], [None])
+
+
+def row_keys(batch: pa.RecordBatch | pa.Table, names: list[str]) -> pa.Array:
+    """One string per row of ``batch`` identifying its values in the columns ``names``
+    (strings, maps of strings, booleans and integers)."""
+    maps: list[tuple[pa.Array, pa.Array, pa.Array] | None] = []
+    strings: list[pa.Array | None] = []
+    for name in names:
+        col = batch.column(name)
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
+        if pa.types.is_map(col.type):
+            maps.append(_map_parts(col))
+            strings.append(None)
+        else:
+            maps.append(None)
+            strings.append(col if pa.types.is_string(col.type) else pc.cast(col, pa.string()))
+    return _keys(maps, strings)
