@@ -24,7 +24,16 @@ of a server is read from ``/proc/<pid>/stat`` (utime + stime, all threads, plus 
    returned, after which the rows are queryable), p50/p99 estimated inside the buckets, for
    each ``--latency-delays`` value of ``source.batch.max_delay_s``.
 
-Stages 1 and 2 run ``--repeat`` times per system, interleaved; the median run is reported.
+4. ``null``: the same preloaded-topic setup into sinks that store nothing (Rotel's method, so
+   only the pipeline is measured): (a) the Collector, kafkareceiver → batch → nop exporter
+   (``bench/collector/null.yaml``; done when its batch processor has sent every span), (b)
+   otelwax ``flows.traces`` into embedded chdb and (c) into the ClickHouse server at
+   ``--ch-server`` (a fresh database per run), where ``otel_traces`` is pre-created with the
+   production columns and ``ENGINE = Null`` (the flow runs without ``create_schema``; intents
+   are still recorded, as in production). CPU of the flow process alone; the server's CPU in
+   the notes. Spans per CPU-second and the ratio to the Collector's median.
+
+Stages 1, 2 and 4 run ``--repeat`` times per system, interleaved; the median run is reported.
 
     scripts/collector.sh && .venv/bin/python bench/side_by_side.py
     .venv/bin/python bench/side_by_side.py --ingest-spans 100000 --consume-spans 100000
@@ -413,11 +422,20 @@ def _metric_sum(text: str, name_re: str) -> float:
     return total
 
 
-def run_collector_consume(topic: str, spans: int, args: argparse.Namespace, tmp: Path) -> dict:
+COLLECTOR_CONSUME = {
+    "consume.yaml": ("2 Kafka → decode → batch", "Collector: kafkareceiver → batch → debug"),
+    "null.yaml": ("4 Kafka → Null sink", "Collector: kafkareceiver → batch → nop"),
+}
+
+
+def run_collector_consume(
+    topic: str, spans: int, args: argparse.Namespace, tmp: Path, config: str = "consume.yaml"
+) -> dict:
+    """The Collector reads ``topic`` through ``config`` until its exporter got every span."""
     log = tmp / "consume-collector.log"
     t0 = time.perf_counter()
     proc, mp = start_collector(
-        "consume.yaml",
+        config,
         {"KAFKA_TOPIC": topic, "KAFKA_GROUP": "sbs-" + uuid.uuid4().hex[:6]},
         args.core,
         log,
@@ -433,7 +451,10 @@ def run_collector_consume(topic: str, spans: int, args: argparse.Namespace, tmp:
             except OSError:
                 time.sleep(0.1)
                 continue
-            done = _metric_sum(text.decode(), r"otelcol_exporter_sent_spans(_total)?\{")
+            # The nop exporter has no exporter counters: count what the batch processor sent.
+            done = _metric_sum(text.decode(), r"otelcol_exporter_sent_spans(_total)?\{") or (
+                _metric_sum(text.decode(), r"otelcol_processor_batch_batch_send_size_sum\{")
+            )
             if done >= spans:
                 break
             if proc.poll() is not None:
@@ -445,9 +466,10 @@ def run_collector_consume(topic: str, spans: int, args: argparse.Namespace, tmp:
     finally:
         sampler.stop.set()
         stop(proc)
+    stage, system = COLLECTOR_CONSUME[config]
     return {
-        "stage": "2 Kafka → decode → batch",
-        "system": "Collector: kafkareceiver → batch → debug",
+        "stage": stage,
+        "system": system,
         "spans": int(done),
         "wall_s": round(wall, 2),
         "server_cpu_s": round(cpu, 2),
@@ -486,78 +508,163 @@ def _watch_flow(proc: subprocess.Popen, log: Path, timeout: float) -> dict:
     }
 
 
+NULL_DB = "otel"
+SYSTEMS = {
+    "nosink": ("2 Kafka → decode → batch", "otelwax source → decode (no sink)"),
+    "nosink-prefetch": (
+        "2 Kafka → decode → batch",
+        "otelwax source → decode (no sink, 256 MiB prefetch)",
+    ),
+    "chdb": ("3 Kafka → ClickHouse", "otelwax flows.traces → chdb"),
+    "chdb-null": ("4 Kafka → Null sink", "otelwax flows.traces → chdb (Null engine)"),
+    "server-null": ("4 Kafka → Null sink", "otelwax flows.traces → 18.16 server (Null engine)"),
+}
+
+
+def null_table_ddl(database: str, legacy: bool) -> list[str]:
+    """The traces table (the production columns, no skip indexes) as ``ENGINE = Null``: inserts
+    are parsed and dropped, so only the pipeline up to ClickHouse's input is measured."""
+    from connectors.clickhouse_schema import TableOptions, quote_ident, traces_ddl
+
+    opts = TableOptions(skip_indexes=False, trace_lookup=False, trace_projection=False)
+    main = traces_ddl(database, "otel_traces", opts, legacy=legacy)[0]
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {quote_ident(database)}",
+        main.rsplit(") ENGINE = ", 1)[0] + ") ENGINE = Null",
+    ]
+
+
+def stored_sql(database: str, null: bool) -> str:
+    """Spans a traces flow stored: rows of otel_traces, or 100 per record of the ranges the
+    sink marked stored (a Null table keeps no rows; every preloaded record holds 100 spans)."""
+    if null:
+        return f"SELECT 100 * sum(records) FROM {database}.otelwax_intents WHERE mark = 'stored'"
+    return f"SELECT count() FROM {database}.otel_traces"
+
+
+def run_statements(conn: dict, statements: list[str]) -> str:
+    """Run ``statements`` on ``conn`` (a ClickHouseConfig dict) here; the last one's first cell."""
+    from connectors.clickhouse import ClickHouseConfig, open_client
+
+    c = open_client(ClickHouseConfig(**conn))
+    try:
+        rows: list[tuple] = []
+        for sql in statements:
+            rows = c.execute(sql)
+        return str(rows[0][0]) if rows else ""
+    finally:
+        c.close()
+
+
+def clickhouse_run(conn: dict, statements: list[str]) -> str:
+    """:func:`run_statements`; embedded chdb in a child process, so the folder is free again
+    for the flow once it exited."""
+    if conn["mode"] != "embedded":
+        return run_statements(conn, statements)
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--clickhouse-run", json.dumps(conn),
+         *statements],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+        check=True,
+    )  # fmt: skip
+    return (out.stdout.strip().splitlines() or [""])[-1]
+
+
+def clickhouse_server_pid(http_port: int) -> int | None:
+    """The pid of the ClickHouse server answering on ``http_port`` (for its CPU), if visible."""
+    want = f"{http_port:04X}"
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[1].endswith(":" + want) and f[3] == "0A":  # LISTEN
+            inodes.add(f[9])
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}").removeprefix("socket:[")[:-1] in inodes:
+                    return int(pid)
+        except OSError:
+            continue
+    return None
+
+
 def run_otelwax_consume(
     topic: str, spans: int, sink: str, args: argparse.Namespace, tmp: Path
 ) -> dict:
+    """otelwax reads ``topic``: ``nosink*`` = source → decode → a counting sink; ``chdb`` =
+    flows.traces into embedded chdb; ``chdb-null`` / ``server-null`` = flows.traces into an
+    ``otel_traces`` pre-created with ``ENGINE = Null`` (chdb, or the server at ``--ch-server``)."""
     log = tmp / f"consume-otelwax-{sink}.log"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("OTELWAX_METRICS_PORT", None)
-    if sink == "chdb":
+    stage, system = SYSTEMS[sink]
+    conn: dict = {}
+    server_pid = None
+    if sink.startswith("nosink"):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--nosink-flow", topic]
+        if sink == "nosink-prefetch":
+            cmd.append("--big-prefetch")
+    else:
         import yaml
 
         run_id = uuid.uuid4().hex[:8]  # fresh store and group: a repeat must redo the work
+        if sink == "server-null":
+            host, native, http = args.ch_server.split(":")
+            conn = {"mode": "server", "host": host, "port": int(native),
+                    "http_port": int(http), "database": f"sbs_{run_id}"}  # fmt: skip
+            server_pid = clickhouse_server_pid(int(http))
+        else:
+            conn = {"mode": "embedded", "path": str(tmp / f"chdb-{run_id}")}
+        if sink.endswith("null"):  # the flow finds the table and leaves it as it is
+            legacy = int(clickhouse_run(conn, ["SELECT version()"]).split(".")[0]) < 20
+            clickhouse_run(conn, null_table_ddl(conn.get("database", NULL_DB), legacy))
+        else:
+            conn["create_schema"] = True
         cfg = tmp / f"traces-{run_id}.yaml"
         cfg.write_text(
             yaml.safe_dump(
                 {
                     "kafka": {"bootstrap_servers": BOOTSTRAP},
                     "source": {"topic": topic, "stop_at_end": True, "group_id": f"g{run_id}"},
-                    "clickhouse": {
-                        "mode": "embedded",
-                        "path": str(tmp / f"chdb-{run_id}"),
-                        "create_schema": True,
-                    },
+                    "clickhouse": conn,
                     "metrics_port": None,
                     "dead_letters": {"topic": f"dlq_{topic}"},
                 }
             )
         )
         cmd = [sys.executable, "-m", "bytewax.run", f"flows.traces:build({str(cfg)!r})"]
-        system = "otelwax flows.traces → chdb"
-    else:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--nosink-flow", topic]
-        system = "otelwax source → decode (no sink)"
-        if sink == "nosink-prefetch":
-            cmd.append("--big-prefetch")
-            system = "otelwax source → decode (no sink, 256 MiB prefetch)"
+    server_cpu0 = cpu_seconds(server_pid) if server_pid else None
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
             pinned(cmd, args.core), cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT
         )
     r = _watch_flow(proc, log, args.timeout)
+    server_cpu = cpu_seconds(server_pid) - server_cpu0 if server_pid else None
     stored = None
     if sink.startswith("nosink"):
         m = re.search(r"NOSINK rows=(\d+)", log.read_text())
         stored = int(m.group(1)) if m else None
-    else:  # count what the flow stored (its chdb folder is free once it exited)
-        code = (
-            "import sys; from connectors.clickhouse import ClickHouseConfig, open_client; "
-            "c = open_client(ClickHouseConfig(mode='embedded', path=sys.argv[1])); "
-            "print(c.execute('SELECT count() FROM otel.otel_traces')[0][0])"
-        )
-        out = subprocess.run(
-            [sys.executable, "-c", code, str(tmp / f"chdb-{run_id}")],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        stored = int(out.stdout.strip().splitlines()[-1])
+    else:  # count what the flow stored (a chdb folder is free once the flow exited)
+        db = conn.get("database", NULL_DB)
+        stored = int(float(clickhouse_run(conn, [stored_sql(db, sink.endswith("null"))])))
+        if sink == "server-null":
+            clickhouse_run(conn, [f"DROP DATABASE IF EXISTS {db}"])
     n = stored if stored is not None else spans
+    note = "from the first partition's start to end of input (process start excluded)"
+    if server_cpu is not None:
+        note += f"; ClickHouse server CPU {server_cpu:.2f} s (includes others' queries)"
     return {
-        "stage": "2 Kafka → decode → batch"
-        if sink.startswith("nosink")
-        else "3 Kafka → ClickHouse",
+        "stage": stage,
         "system": system,
-        "spans": stored if stored is not None else spans,
+        "spans": n,
         "spans_expected": spans,
         "wall_s": round(r["wall_s"], 2),
         "server_cpu_s": round(r["cpu_s"], 2),
+        "clickhouse_cpu_s": round(server_cpu, 2) if server_cpu is not None else None,
         "spans_per_s": round(n / r["wall_s"]) if r["wall_s"] > 0 else None,
         "spans_per_core_s": round(n / r["cpu_s"]) if r["cpu_s"] > 0 else None,
         "peak_rss_mib": r["peak_rss_mib"],
-        "note": "from the first partition's start to end of input (process start excluded)",
+        "note": note,
     }
 
 
@@ -730,6 +837,18 @@ def median_run(runs: list[dict]) -> dict:
     return best
 
 
+def with_ratio(row: dict, runs: dict[str, list[dict]]) -> dict:
+    """``row`` with its spans per CPU-second over the Collector's median of the same stage."""
+    base = [
+        median_run(rs)["spans_per_core_s"]
+        for name, rs in runs.items()
+        if name.startswith("Collector") and rs[0]["stage"] == row["stage"]
+    ]
+    if base and base[0] and row.get("spans_per_core_s"):
+        row["vs_collector"] = round(row["spans_per_core_s"] / base[0], 2)
+    return row
+
+
 # --- main --------------------------------------------------------------------------------------
 
 
@@ -745,6 +864,8 @@ def table(rows: list[dict]) -> str:
         extra = ""
         if "p99_s" in r:
             extra = f"p50 {r['p50_s']} s, p99 {r['p99_s']} s (bucket ≤{r['p99_bucket_le_s']} s)"
+        elif "vs_collector" in r:
+            extra = f"{r['vs_collector']}x the Collector per CPU-second"
         elif "spans_sent" in r:
             extra = f"sent {r['spans_sent']}, Kafka records {r['kafka_records']}"
         lines.append(
@@ -776,7 +897,19 @@ def main() -> int:
     )
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--repeat", type=int, default=3, help="runs per system (median reported)")
-    ap.add_argument("--only", nargs="+", choices=["ingest", "consume", "latency"])
+    ap.add_argument("--only", nargs="+", choices=["ingest", "consume", "latency", "null"])
+    ap.add_argument(
+        "--null-sinks",
+        nargs="+",
+        choices=["chdb-null", "server-null"],
+        default=["chdb-null", "server-null"],
+        help="stage 4 targets: embedded chdb and/or the server at --ch-server",
+    )
+    ap.add_argument(
+        "--ch-server",
+        default=os.environ.get("OTELWAX_TEST_CLICKHOUSE", "127.0.0.1:19000:18123"),
+        help="ClickHouse server host:native_port:http_port for stage 4 (a database per run)",
+    )
     ap.add_argument(
         "--ingest-loads",
         nargs="+",
@@ -786,9 +919,14 @@ def main() -> int:
     )
     ap.add_argument("--nosink-flow", metavar="TOPIC", help=argparse.SUPPRESS)
     ap.add_argument("--big-prefetch", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--clickhouse-run", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.nosink_flow:
         return nosink_flow(args.nosink_flow, args.big_prefetch)
+    if args.clickhouse_run:
+        conn, *statements = args.clickhouse_run
+        print(run_statements(json.loads(conn), statements), flush=True)
+        return 0
     for tool in ("telemetrygen", "otelcol-bench"):
         if not (BIN / tool).exists():
             raise SystemExit(
@@ -799,7 +937,7 @@ def main() -> int:
             os.sched_setaffinity(0, {args.load_core})
         except OSError:
             pass
-    only = set(args.only or ["ingest", "consume", "latency"])
+    only = set(args.only or ["ingest", "consume", "latency", "null"])
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="otelwax-sbs-") as d:
         tmp = Path(d)
@@ -827,6 +965,22 @@ def main() -> int:
                         runs.setdefault(r["system"], []).append(r)
                         print(table([r]), flush=True)
                 rows.extend(median_run(rs) for rs in runs.values())
+            finally:
+                drop_topic(topic)
+        if "null" in only:
+            topic = create_topic(args.partitions)
+            try:
+                spans = preload(topic, args.consume_spans)[0] * 100
+                runs = {}
+                for _ in range(args.repeat):  # interleaved: Collector, chdb, server, ...
+                    r = run_collector_consume(topic, spans, args, tmp, "null.yaml")
+                    runs.setdefault(r["system"], []).append(r)
+                    print(table([r]), flush=True)
+                    for sink in args.null_sinks:
+                        r = run_otelwax_consume(topic, spans, sink, args, tmp)
+                        runs.setdefault(r["system"], []).append(r)
+                        print(table([r]), flush=True)
+                rows.extend(with_ratio(median_run(rs), runs) for rs in runs.values())
             finally:
                 drop_topic(topic)
         if "latency" in only and args.latency_rate:

@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 from connectors.clickhouse_json_schema import has_json_columns
 from connectors.clickhouse_types import ChType, parse_type
+from otelwax.codec import codec_name, native
 
 __all__ = ["TOKEN_COLUMN", "InsertPlan", "encode_native", "plan_columns"]
 
@@ -54,7 +55,15 @@ def _bstr(s: str) -> bytes:
 
 
 def _enc_strings(arr: pa.Array) -> Any:
-    """String column: varint length + UTF-8 bytes per row.
+    """String column: varint length + UTF-8 bytes per row (the native codec writes it in one
+    pass; ``enc_strings_arrow`` is the reference it must equal)."""
+    if native.NATIVE_STRINGS and codec_name() == "native":  # OTELWAX_CODEC=python: reference
+        return native.native_strings(arr)
+    return enc_strings_arrow(arr)
+
+
+def enc_strings_arrow(arr: pa.Array) -> Any:
+    """:func:`_enc_strings` with numpy and Arrow compute.
 
     The varint prefixes are built with numpy (n small values), then Arrow's
     ``binary_join_element_wise`` glues prefix and string row by row in C++; the data buffer of

@@ -201,6 +201,19 @@ class StoredRows:
     tables: dict[str, pa.RecordBatch]
 
 
+# Engines that keep no row order (a Null table only feeds its materialized views): presorting
+# for them is wasted work.
+UNORDERED_ENGINES = frozenset({"Null"})
+
+
+def _engine(client: Any, database: str, table: str) -> str:
+    rows = client.execute(
+        "SELECT engine FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+        {"db": database, "t": table},
+    )
+    return str(rows[0][0]) if rows else ""
+
+
 def _key(r: StoredRange) -> tuple[str, int, int, int]:
     return (r.topic, r.partition, r.first, r.last)
 
@@ -299,18 +312,25 @@ class _SinkPartition(StatelessSinkPartition[StoredRange | StoredRows]):
             supported = self._blocking.call(lambda: self._client.supports_dedup_token(self._table))
             mode = "token" if supported else "lookup"
         self._mode = mode
-        self._sort_keys = [(k, "ascending") for k in sink.sort_key] if self._cfg.presort else []
+        self._sort_keys, presort = [], ""
+        if self._cfg.presort and sink.sort_key and sink.routes is None:
+            engine = self._blocking.call(lambda: _engine(self._client, self._db, self._name))
+            if engine in UNORDERED_ENGINES:  # the sort copies every row: ~40 % of the CPU
+                presort = f"; {self._table} is a {engine} table: rows are not presorted"
+            else:
+                self._sort_keys = [(k, "ascending") for k in sink.sort_key]
         self._acks = sink.acks
         self._writer = None
         if self._acks is not None and self._cfg.overlap:
             name = f"clickhouse-writer-{worker_index}"
             self._writer = _Writer(self._write, name, self._acks.fail)
         log.info(
-            "clickhouse sink (worker %d): %s, dedup by %s%s",
+            "clickhouse sink (worker %d): %s, dedup by %s%s%s",
             worker_index,
             ", ".join(sink.routes) if sink.routes else self._table,
             mode,
             ", inserts overlapped with decode" if self._writer else "",
+            presort,
         )
 
     def _missing_rows(self, batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -460,7 +480,8 @@ class ClickHouseSink(DynamicSink[StoredRange | StoredRows]):
     traces schema only; other tables must support insert tokens. ``acks`` is the registry the
     flow's source shares (``connectors.kafka_source.RangeAcks``): the sink confirms each stored
     range there, which is what lets it overlap inserts with decoding (``config.overlap``).
-    ``sort_key``: the columns the table is ordered by (``config.presort``).
+    ``sort_key``: the columns the table is ordered by (``config.presort``; not for a table
+    whose engine keeps no order, see ``UNORDERED_ENGINES``).
 
     ``routes`` (table → schema) makes it a multi-table sink: each range's ``tables`` go to
     those tables of the database, each under the token ``<range token>/<table>``, and ``table``

@@ -6,6 +6,7 @@
 //!   decode_metrics(payloads: list[bytes]) -> ({table: pyarrow.RecordBatch}, errors, rows)
 //!   encode_traces(schema_capsule, array_capsule) -> bytes   (ExportTraceServiceRequest)
 //!   split_traces(payload, limit, validate) -> ([(key, value)], spans, rejected)  (ingest)
+//!   native_strings(schema_capsule, array_capsule) -> bytes  (ClickHouse Native String column)
 //! The batch is handed over through the Arrow C data interface (no copy) with the exact
 //! otelwax.schemas schema; errors is a list of (index, reason) and rows the row count each
 //! payload contributed. encode_traces takes the capsules of `batch.__arrow_c_array__()`.
@@ -19,6 +20,7 @@
 )]
 #![allow(clippy::type_complexity)]
 
+pub mod chnative;
 pub mod cols;
 pub mod encode;
 pub mod logs;
@@ -205,6 +207,39 @@ fn decode_logs<'py>(py: Python<'py>, payloads: Vec<PyBackedBytes>) -> PyResult<P
     run_decode(py, payloads, logs::Logs::new, "otel_logs")
 }
 
+/// The array behind `__arrow_c_array__()` capsules (moved out: the capsule's copy is released).
+fn import_array(
+    schema: &Bound<'_, PyCapsule>,
+    array: &Bound<'_, PyCapsule>,
+) -> PyResult<ArrayData> {
+    let sp = schema.pointer_checked(Some(c"arrow_schema"))?;
+    let ap = array.pointer_checked(Some(c"arrow_array"))?;
+    // SAFETY: the capsules follow the Arrow PyCapsule interface; from_raw moves the array out
+    // (marking the capsule's copy released) and the schema is only borrowed.
+    unsafe {
+        let ffi_array = FFI_ArrowArray::from_raw(ap.as_ptr() as *mut FFI_ArrowArray);
+        let ffi_schema = &*(sp.as_ptr() as *const FFI_ArrowSchema);
+        arrow_array::ffi::from_ffi(ffi_array, ffi_schema)
+    }
+    .map_err(|e| PyValueError::new_err(format!("cannot import Arrow array: {e}")))
+}
+
+/// A string/binary array (Arrow PyCapsules) as the body of a ClickHouse Native `String`
+/// column: per row a varint length and the bytes; nulls as empty strings.
+#[pyfunction]
+fn native_strings<'py>(
+    py: Python<'py>,
+    schema: Bound<'py, PyCapsule>,
+    array: Bound<'py, PyCapsule>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let arr = arrow_array::make_array(import_array(&schema, &array)?);
+    let s = chnative::Strings::of(arr.as_ref()).map_err(PyValueError::new_err)?;
+    PyBytes::new_with(py, s.encoded_len(), |buf| {
+        s.write(buf);
+        Ok(())
+    })
+}
+
 /// Encodes otel_traces rows (Arrow PyCapsules of a struct array / record batch) as one
 /// serialized ExportTraceServiceRequest.
 #[pyfunction]
@@ -213,16 +248,7 @@ fn encode_traces<'py>(
     schema: Bound<'py, PyCapsule>,
     array: Bound<'py, PyCapsule>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let sp = schema.pointer_checked(Some(c"arrow_schema"))?;
-    let ap = array.pointer_checked(Some(c"arrow_array"))?;
-    // SAFETY: the capsules follow the Arrow PyCapsule interface; from_raw moves the array out
-    // (marking the capsule's copy released) and the schema is only borrowed.
-    let data = unsafe {
-        let ffi_array = FFI_ArrowArray::from_raw(ap.as_ptr() as *mut FFI_ArrowArray);
-        let ffi_schema = &*(sp.as_ptr() as *const FFI_ArrowSchema);
-        arrow_array::ffi::from_ffi(ffi_array, ffi_schema)
-    }
-    .map_err(|e| PyValueError::new_err(format!("cannot import Arrow array: {e}")))?;
+    let data = import_array(&schema, &array)?;
     let bytes = py.detach(|| {
         catch_unwind(AssertUnwindSafe(|| {
             let arr = StructArray::from(data);
@@ -297,6 +323,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_metrics, m)?)?;
     m.add_function(wrap_pyfunction!(encode_traces, m)?)?;
     m.add_function(wrap_pyfunction!(split_traces, m)?)?;
+    m.add_function(wrap_pyfunction!(native_strings, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

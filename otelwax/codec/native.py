@@ -40,6 +40,7 @@ __all__ = [
     "decode_metrics",
     "decode_traces",
     "encode_traces",
+    "native_strings",
 ]
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ except ImportError as exc:  # not built (no Rust toolchain at install time)
     IMPORT_ERROR = str(exc)
 
 AVAILABLE: bool = _native is not None
+NATIVE_STRINGS: bool = hasattr(_native, "native_strings")
+"""Whether the built extension has ``native_strings`` (an older build may not)."""
 
 
 def _mod() -> ModuleType:
@@ -107,3 +110,10 @@ def encode_traces(data: pa.RecordBatch | pa.Table) -> bytes:
         out.append(mod.encode_traces(schema_capsule, array_capsule))
     # Serialized requests concatenate into one request (repeated resource_spans append).
     return b"".join(out)
+
+
+def native_strings(arr: pa.Array) -> bytes:
+    """A string or binary array as the body of a ClickHouse ``Native`` ``String`` column: per
+    row the byte length as a LEB128 varint, then the bytes; nulls as empty strings."""
+    schema_capsule, array_capsule = arr.__arrow_c_array__()
+    return _mod().native_strings(schema_capsule, array_capsule)

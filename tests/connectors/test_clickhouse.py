@@ -638,3 +638,24 @@ def test_server_insert_writes_a_column_added_while_it_runs(
     assert ch_server.insert_arrow("spans", batch) == 20
     names = ch_server.execute(f"SELECT count() FROM {db}.spans WHERE SpanName != ''")
     assert names == [(20,)]
+
+
+@pytest.mark.parametrize(
+    "arr",
+    [
+        pa.array(["", "a", "ü→€", "x" * 127, "y" * 128, "z" * 20_000, None, "end"]),
+        pa.array(["skip", "é" * 70, None, "", "b" * 300, "tail"]).slice(1, 4),
+        pa.array(["w" * 16_384, "v"], pa.large_string()),
+        pa.array([], pa.string()),
+        pa.array([None, None], pa.string()),
+    ],
+    ids=["mixed", "sliced", "large_string", "empty", "all_null"],
+)
+def test_the_native_string_encoder_writes_what_the_arrow_reference_writes(arr) -> None:
+    """The native codec's Native ``String`` bodies (the server inserts' largest part) are byte
+    for byte the numpy/Arrow reference's: varint lengths across 1-3 bytes, slices, nulls."""
+    from connectors.clickhouse_native import _enc_strings, enc_strings_arrow
+    from otelwax.codec import native
+
+    assert native.NATIVE_STRINGS, "otelwax._native lacks native_strings: rebuild native/"
+    assert bytes(_enc_strings(arr)) == bytes(enc_strings_arrow(arr))

@@ -234,3 +234,42 @@ def test_lookup_dedup_on_1816_stores_a_replayed_range_once_in_table_and_copy(
         client.execute(f"DROP DATABASE IF EXISTS {db}")
         client.close()
 
+
+def test_a_null_table_gets_its_rows_unsorted_and_its_views_get_them_all(
+    sink_for, chdb_client, caplog
+) -> None:
+    """A Null table (the source of materialized views) keeps no order: the sink says at start
+    that it does not presort for it, and every row still reaches the views."""
+    db = chdb_client.cfg.database
+    chdb_client.execute(
+        f"CREATE TABLE {db}.otel_traces (Timestamp DateTime64(9), TraceId String, SpanId String, "
+        "ParentSpanId String, TraceState String, SpanName LowCardinality(String), "
+        "SpanKind LowCardinality(String), ServiceName LowCardinality(String), "
+        "ResourceAttributes Map(LowCardinality(String), String), ScopeName String, "
+        "ScopeVersion String, SpanAttributes Map(LowCardinality(String), String), "
+        "Duration UInt64, StatusCode LowCardinality(String), StatusMessage String, "
+        "`Events.Timestamp` Array(DateTime64(9)), `Events.Name` Array(LowCardinality(String)), "
+        "`Events.Attributes` Array(Map(LowCardinality(String), String)), "
+        "`Links.TraceId` Array(String), `Links.SpanId` Array(String), "
+        "`Links.TraceState` Array(String), "
+        "`Links.Attributes` Array(Map(LowCardinality(String), String))) ENGINE = Null"
+    )
+    chdb_client.execute(
+        f"CREATE TABLE {db}.span_ids (SpanId String) ENGINE = MergeTree ORDER BY tuple()"
+    )
+    chdb_client.execute(
+        f"CREATE MATERIALIZED VIEW {db}.span_ids_mv TO {db}.span_ids "
+        f"AS SELECT SpanId FROM {db}.otel_traces"
+    )
+    acks = RangeAcks()
+    sink = sink_for(acks)
+    with caplog.at_level(logging.INFO, logger="connectors.clickhouse_sink"):
+        part = sink.build("clickhouse", 0, 1)
+    assert f"{db}.otel_traces is a Null table: rows are not presorted" in caplog.text
+    ranges = _ranges(acks, 2)
+    ids = [s for r in ranges for s in r.batch.column("SpanId").to_pylist()]
+    part.write_batch(ranges)
+    part.close()
+    rows = chdb_client.execute(f"SELECT SpanId FROM {db}.span_ids")
+    assert sorted(r[0] for r in rows) == sorted(ids)
+    assert acks.oldest("spans", 0) is None
