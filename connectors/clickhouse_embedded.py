@@ -26,6 +26,7 @@ from connectors.clickhouse_client import (
 from connectors.clickhouse_config import ClickHouseConfig
 from connectors.clickhouse_json_schema import JSON_INSERT_SETTINGS, has_json_columns
 from connectors.clickhouse_schema import quote_ident
+from otelwax.memory import page_out_file
 
 __all__ = ["CHDB_MALLOC_CONF", "EmbeddedClient"]
 
@@ -47,7 +48,7 @@ class _ChdbEngine:
         # doubled query CPU; 300 ms kept ~930 MiB at full speed (bench/traces_flow_bench.py).
         # Read once when chdb loads; a value set by the user wins.
         os.environ.setdefault("JE_MALLOC_CONF", CHDB_MALLOC_CONF)
-        from chdb import session
+        from chdb import _chdb, session
 
         Path(path).mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -62,6 +63,9 @@ class _ChdbEngine:
                 "server (clickhouse.mode: server)",
                 transient=False,
             ) from exc
+        # Loading touched ~230 MiB of the library that are clean file pages from then on: hand
+        # them back (RSS as ps shows it); the code inserts run is read back when first used.
+        page_out_file(_chdb.__file__)
         self.lock = threading.RLock()
         self.refs = 0
         # On the engine, not the client: a table changed through any client of the process

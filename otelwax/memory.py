@@ -7,6 +7,11 @@ the big buffers of later ranges land in the heap too: ~150-250 MiB of a flow's R
 heap memory (``bench/flow_memory_bench.py``). ``start_release`` fixes the thresholds (buffers of
 1 MiB and more are mapped and unmapped on their own) and trims the heap and Arrow's pool
 periodically on a daemon thread.
+
+``page_out_file`` returns the resident pages of a mapped file (embedded chdb's 555 MB library:
+~230 MiB of its code and constants are resident once it has loaded, most of it never touched
+again). They are clean file pages the kernel could reclaim under pressure anyway, but ``ps``
+counts them in the flow's RSS until it does.
 """
 
 from __future__ import annotations
@@ -14,16 +19,18 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import threading
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MMAP_THRESHOLD", "start_release"]
+__all__ = ["MMAP_THRESHOLD", "page_out_file", "start_release"]
 
 MMAP_THRESHOLD = 1 << 20
 """Allocations of this size and more get their own mapping (returned to the OS on free)."""
 _TRIM_THRESHOLD = 32 << 20  # the periodic trim does the rest: no trim on every free
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MADV_PAGEOUT = 21  # Linux >= 5.4
 
 _started: threading.Event | None = None
 _lock = threading.Lock()
@@ -31,7 +38,7 @@ _lock = threading.Lock()
 
 def _libc() -> ctypes.CDLL | None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.malloc_trim  # noqa: B018 - glibc only (musl has none)
         return libc
     except (OSError, AttributeError):
@@ -66,3 +73,27 @@ def start_release(interval_s: float) -> bool:
 
     threading.Thread(target=run, name="otelwax-memory-release", daemon=True).start()
     return True
+
+
+def page_out_file(path: str) -> int:
+    """Have the kernel reclaim this process's resident pages of the read-only mappings of
+    ``path`` now (``MADV_PAGEOUT``): they leave the RSS and are read back from the file when
+    touched again. Pages another process maps too are left alone (by the kernel). Returns the
+    bytes of mappings advised: 0 if the file is not mapped here or the kernel cannot."""
+    libc = _libc()
+    if libc is None:
+        return 0
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    real = os.path.realpath(path)
+    advised = 0
+    with open("/proc/self/maps") as fh:
+        spans = [line.split(maxsplit=5) for line in fh]
+    for addr, perms, *_rest, name in (s for s in spans if len(s) == 6):
+        if name.rstrip("\n") != real or "w" in perms:  # written pages are anonymous copies
+            continue
+        start, end = (int(a, 16) for a in addr.split("-"))
+        if libc.madvise(start, end - start, _MADV_PAGEOUT) != 0:
+            log.debug("memory: madvise(MADV_PAGEOUT) %s: errno %d", real, ctypes.get_errno())
+            return advised
+        advised += end - start
+    return advised

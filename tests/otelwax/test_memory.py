@@ -1,0 +1,53 @@
+"""otelwax.memory: what the process gives back shows in its RSS (as ``ps`` reports it)."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+
+import pytest
+
+from otelwax.memory import page_out_file
+
+MIB = 2**20
+
+
+def _mapped_rss(path: Path) -> int:
+    """Resident bytes of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, ours = 0, False
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                ours = len(head) > 5 and head[5] == str(path)
+            elif ours and head[0] == "Rss:":
+                total += int(head[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux only")
+def test_page_out_file_returns_resident_file_pages_and_they_read_back(tmp_path: Path) -> None:
+    """A read-only mapping of a file (a library's code) counts in RSS once touched; after
+    page_out_file it no longer does, and its bytes read back unchanged on the next touch."""
+    path = tmp_path / "lib.bin"
+    data = os.urandom(24 * MIB)
+    with open(path, "wb") as out:
+        out.write(data)
+        os.fsync(out.fileno())  # clean pages, as a library's are
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ) as mm:
+        touched = sum(mm[i] for i in range(0, len(mm), mmap.PAGESIZE))
+        before = _mapped_rss(path)
+        assert before >= 20 * MIB, before
+
+        advised = page_out_file(str(path))
+
+        after = _mapped_rss(path)
+        assert advised >= 24 * MIB
+        assert after < before / 4, (before, after)
+        assert sum(mm[i] for i in range(0, len(mm), mmap.PAGESIZE)) == touched
+        assert mm[: 1 * MIB] == data[: 1 * MIB]
+
+
+def test_page_out_file_of_an_unmapped_file_does_nothing(tmp_path: Path) -> None:
+    assert page_out_file(str(tmp_path / "not-mapped.so")) == 0
