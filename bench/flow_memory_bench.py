@@ -134,6 +134,7 @@ def probe(out_path: str, argv: list[str]) -> None:
         libc.mallopt(-1, int(os.environ["PROBE_TRIM_THRESHOLD"]))  # M_TRIM_THRESHOLD
     trim = bool(os.environ.get("PROBE_TRIM"))
     release = bool(os.environ.get("PROBE_ARROW_RELEASE"))
+    pageout_every = int(os.environ.get("PROBE_PAGEOUT_S", 0)) * 5  # in samples
     chdb_mem = {"v": 0}
 
     def chdb_tracked() -> int:
@@ -162,6 +163,10 @@ def probe(out_path: str, argv: list[str]) -> None:
                     libc.malloc_trim(0)
                 if release:
                     pa.default_memory_pool().release_unused()
+                if pageout_every and n % pageout_every == 0 and "chdb._chdb" in sys.modules:
+                    from otelwax.memory import page_out_file
+
+                    page_out_file(sys.modules["chdb._chdb"].__file__)
                 s = _smaps()
                 mi = libc.mallinfo2()
                 rec = {
