@@ -13,6 +13,7 @@ import re
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pyarrow as pa
 
@@ -28,12 +29,24 @@ from connectors.clickhouse_json_schema import JSON_INSERT_SETTINGS, has_json_col
 from connectors.clickhouse_schema import quote_ident
 from otelwax.memory import page_out_file
 
-__all__ = ["CHDB_MALLOC_CONF", "EmbeddedClient"]
+__all__ = ["CHDB_MALLOC_CONF", "CHDB_SERVER_SETTINGS", "EmbeddedClient"]
 
 log = logging.getLogger(__name__)
 
 CHDB_MALLOC_CONF = "dirty_decay_ms:300,muzzy_decay_ms:0"
 """``JE_MALLOC_CONF`` for chdb's allocator unless set: return freed pages to the OS soon."""
+
+CHDB_SERVER_SETTINGS: dict[str, int] = {
+    # chdb sizes these caches for a server of its own (5 GiB each); a flow inserts and runs
+    # small look-ups, so a cap keeps a long-running process's memory bounded.
+    "mark_cache_size": 64 << 20,
+    "index_mark_cache_size": 32 << 20,
+    "primary_index_cache_size": 64 << 20,
+    "query_condition_cache_size": 16 << 20,
+    # No new merge starts while running merges hold more than this (one may still exceed it).
+    "merges_mutations_memory_usage_soft_limit": 256 << 20,
+}
+"""Server settings of the embedded engine: every chdb setting otelwax changes, in one place."""
 
 
 class _ChdbEngine:
@@ -53,7 +66,7 @@ class _ChdbEngine:
         Path(path).mkdir(parents=True, exist_ok=True)
         self.path = path
         try:
-            self.session = session.Session(path)
+            self.session = session.Session(f"{path}?{urlencode(CHDB_SERVER_SETTINGS)}")
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ClickHouseError(
