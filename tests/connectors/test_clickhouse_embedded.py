@@ -5,7 +5,7 @@ from __future__ import annotations
 MIB = 2**20
 
 
-def test_embedded_engine_caps_its_caches_and_merge_memory(chdb_client) -> None:  # noqa: ANN001
+def test_embedded_engine_caps_its_caches_and_merge_memory(chdb_client) -> None:
     """chdb sizes its caches for a server of its own (5 GiB each); in a flow process they are
     capped, and no merge starts while merges hold 256 MiB: what the engine reports."""
     rows = dict(
