@@ -56,14 +56,15 @@ class KafkaSourceConfig(StrictModel):
         le=256 * 1024 * 1024,
         description="bytes librdkafka fetches ahead per partition (its queue; one fetch of up "
         "to half of it may be on the way besides): memory grows with it times the partitions "
-        "a process reads",
+        "a process reads (a flow into a ClickHouse server defaults to 2 MiB)",
     )
     max_inflight_bytes: int = Field(
         48 * 1024 * 1024,
         gt=0,
         description="payload bytes read but not yet stored (ranges being cut and emitted "
         "ones), per process, above which the source stops reading (flows whose sink confirms "
-        "stored ranges; bounds memory: decoded rows take ~2-3x their payload)",
+        "stored ranges; bounds memory: decoded rows take ~2-3x their payload; a flow into a "
+        "ClickHouse server defaults to 32 MiB)",
     )
     release_memory_s: float = Field(
         1.0,
