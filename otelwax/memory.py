@@ -6,7 +6,9 @@ keeps freed chunks in its arenas and grows its mmap threshold after the first la
 the big buffers of later ranges land in the heap too: ~150-250 MiB of a flow's RSS were free
 heap memory (``bench/flow_memory_bench.py``). ``start_release`` fixes the thresholds (buffers of
 1 MiB and more are mapped and unmapped on their own) and trims the heap and Arrow's pool
-periodically on a daemon thread.
+periodically on a daemon thread. It also moves Arrow's allocations from its default pool
+(mimalloc, which kept ~70 MiB of freed pages resident in a flow into a server and retains what a
+burst of big buffers took) to glibc, where they follow the same rules.
 
 ``page_out_file`` returns the resident pages of a mapped file (embedded chdb's 555 MB library:
 ~230 MiB of its code and constants are resident once it has loaded, most of it never touched
@@ -21,6 +23,8 @@ import ctypes.util
 import logging
 import os
 import threading
+
+import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +50,10 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def start_release(interval_s: float) -> bool:
-    """Once per process: fix glibc's mmap/trim thresholds and every ``interval_s`` return
-    free heap pages and Arrow's unused pool memory to the OS. 0 turns it off. Returns whether
-    the thread runs (not on a libc without ``malloc_trim``)."""
+    """Once per process: fix glibc's mmap/trim thresholds, make glibc Arrow's default memory
+    pool and every ``interval_s`` return free heap pages and Arrow's unused pool memory to the
+    OS. 0 turns it off. Returns whether the thread runs (not on a libc without
+    ``malloc_trim``)."""
     global _started
     if interval_s <= 0:
         return False
@@ -61,11 +66,10 @@ def start_release(interval_s: float) -> bool:
             return False
         libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
         libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+        pa.set_memory_pool(pa.system_memory_pool())  # buffers allocated before stay where they are
         _started = stop = threading.Event()
 
     def run() -> None:
-        import pyarrow as pa
-
         pool = pa.default_memory_pool()
         while not stop.wait(interval_s):
             libc.malloc_trim(0)

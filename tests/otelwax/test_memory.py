@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import mmap
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,37 @@ def test_page_out_file_returns_resident_file_pages_and_they_read_back(tmp_path: 
 
 def test_page_out_file_of_an_unmapped_file_does_nothing(tmp_path: Path) -> None:
     assert page_out_file(str(tmp_path / "not-mapped.so")) == 0
+
+
+_ARROW_BURST = """
+import sys, time
+import numpy as np, pyarrow as pa, pyarrow.compute as pc
+from otelwax.memory import start_release
+def anon():
+    with open("/proc/self/smaps_rollup") as fh:
+        return next(int(x.split()[1]) << 10 for x in fh if x.startswith("Anonymous:"))
+start_release(0.1)
+base = anon()
+keep = []
+for _ in range(6):  # sorted copies of decoded batches, as the sink's presort makes them
+    a = pa.array(np.random.default_rng(1).integers(0, 1 << 40, 4_000_000))
+    keep.append(pc.take(a, pc.sort_indices(a)))
+peak = anon()
+del keep, a
+time.sleep(0.5)
+print(base, peak, anon())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="Linux only")
+def test_arrow_memory_freed_after_a_burst_leaves_the_rss() -> None:
+    """A flow's Arrow buffers (presorted copies: ~200 MiB in a burst here) leave its RSS once
+    freed: with start_release they come from glibc, which unmaps big buffers, instead of
+    Arrow's mimalloc pool, which kept them resident."""
+    out = subprocess.run(
+        [sys.executable, "-c", _ARROW_BURST], capture_output=True, text=True, timeout=120,
+        check=True, env={**os.environ, "ARROW_DEFAULT_MEMORY_POOL": "mimalloc"},
+    )  # fmt: skip
+    base, peak, after = (int(x) for x in out.stdout.split())
+    assert peak - base >= 150 * MIB, (base, peak)
+    assert after - base < 40 * MIB, (base, peak, after)
