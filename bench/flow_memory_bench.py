@@ -84,6 +84,30 @@ def _cpu_s() -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _dump_anon_mappings(path: str) -> None:
+    """The 40 largest resident mappings (anonymous and file) of this process, with glibc's
+    arena statistics (``malloc_info``), to ``path``."""
+    maps, cur = [], None
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                lo, hi = (int(a, 16) for a in head[0].split("-"))
+                cur = {"size": (hi - lo) >> 10, "perm": head[1], "name": " ".join(head[5:])}
+                maps.append(cur)
+            elif cur is not None and head[0] in ("Rss:", "Anonymous:"):
+                cur[head[0].rstrip(":")] = int(head[1])
+    maps.sort(key=lambda m: -m.get("Rss", 0))
+    with open(path, "w") as fh:
+        for m in maps[:40]:
+            fh.write(json.dumps(m) + "\n")
+    libc = ctypes.CDLL("libc.so.6")
+    libc.fopen.restype = ctypes.c_void_p
+    f = libc.fopen((path + ".malloc").encode(), b"w")
+    libc.malloc_info(0, ctypes.c_void_p(f))
+    libc.fclose(ctypes.c_void_p(f))
+
+
 def probe(out_path: str, argv: list[str]) -> None:
     """Run ``bytewax.run argv`` in this process with a sampler thread writing JSON lines."""
     import runpy
@@ -195,6 +219,9 @@ def probe(out_path: str, argv: list[str]) -> None:
         runpy.run_module("bytewax.run", run_name="__main__")
     finally:
         stop.set()
+        if os.environ.get("PROBE_MAPS_AT_END"):  # where the anonymous memory is at the end
+            where = os.environ["PROBE_MAPS_AT_END"]
+            _dump_anon_mappings(os.path.join(where, Path(out_path).stem + ".maps"))
 
 
 # --- the driver --------------------------------------------------------------------------------
