@@ -71,8 +71,8 @@ class KafkaSourceConfig(StrictModel):
         ge=0,
         le=3600,
         description="every N s the flow process returns freed memory to the OS (glibc heap "
-        "trim, Arrow's pool; buffers >= 1 MiB are unmapped on free); 0 = leave it to the "
-        "allocators (~150-250 MiB more RSS under a backlog)",
+        "trim, Arrow's pool; Arrow allocates from glibc, where buffers >= 1 MiB are unmapped "
+        "on free); 0 = leave it to the allocators (~150-250 MiB more RSS under a backlog)",
     )
     idle_poll_s: float = Field(0.02, gt=0, le=5, description="sleep between empty polls")
     stop_at_end: bool = Field(
