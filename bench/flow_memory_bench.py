@@ -160,6 +160,12 @@ def probe(out_path: str, argv: list[str]) -> None:
         libc.mallopt(-1, int(os.environ["PROBE_TRIM_THRESHOLD"]))  # M_TRIM_THRESHOLD
     trim = bool(os.environ.get("PROBE_TRIM"))
     release = bool(os.environ.get("PROBE_ARROW_RELEASE"))
+    if os.environ.get("PROBE_CHDB_SETTINGS"):  # "name:value/name:value": chdb server settings
+        from connectors.clickhouse_embedded import CHDB_SERVER_SETTINGS
+
+        for item in os.environ["PROBE_CHDB_SETTINGS"].split("/"):
+            k, _, v = item.partition(":")
+            CHDB_SERVER_SETTINGS[k] = int(v)
     pageout_every = int(os.environ.get("PROBE_PAGEOUT_S", 0)) * 5  # in samples
     chdb_mem = {"v": 0}
 
