@@ -13,7 +13,14 @@ The flow runs inside a probe (``probe`` sub-command: this file as a wrapper arou
   buffers and librdkafka's buffers live there), the Arrow memory pool
   (``pyarrow.total_allocated_bytes``: sort copies, chdb conversions);
 - librdkafka's prefetch queues (``fetchq_size`` from its statistics, summed over partitions),
-  the payload bytes the source holds (buffered + emitted and not yet stored).
+  the payload bytes the source holds (buffered + emitted and not yet stored);
+- the process's CPU seconds (all threads), so throughput is also reported per CPU-second
+  (spans / CPU-s while draining), which a loaded machine disturbs far less than spans/s;
+- PSS beside RSS: chdb's library pages are shared with every other process that maps it.
+
+``--backlog-5m`` drains the goal's 5M-span backlog (minutes per run); ``--private-chdb`` gives
+the flows a copy of chdb of their own, as on a dedicated host (on a shared machine other
+processes map the same library, so its pages are neither reclaimable by the flow nor its own).
 
     .venv/bin/python bench/flow_memory_bench.py --spans 2000000 --target chdb server \\
         --variant base= --variant 'small=source.max_inflight_bytes=33554432;MALLOC_ARENA_MAX=2'
@@ -27,12 +34,15 @@ import argparse
 import ctypes
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.parse
+import urllib.request
 import uuid
 import weakref
 from pathlib import Path
@@ -65,6 +75,37 @@ def _smaps() -> dict[str, int]:
             if len(parts) == 3 and parts[2] == "kB":
                 out[parts[0].rstrip(":")] = int(parts[1]) * 1024
     return out
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process, all threads (utime + stime of /proc/self/stat)."""
+    with open("/proc/self/stat") as fh:
+        fields = fh.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _dump_anon_mappings(path: str) -> None:
+    """The 40 largest resident mappings (anonymous and file) of this process, with glibc's
+    arena statistics (``malloc_info``), to ``path``."""
+    maps, cur = [], None
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                lo, hi = (int(a, 16) for a in head[0].split("-"))
+                cur = {"size": (hi - lo) >> 10, "perm": head[1], "name": " ".join(head[5:])}
+                maps.append(cur)
+            elif cur is not None and head[0] in ("Rss:", "Anonymous:"):
+                cur[head[0].rstrip(":")] = int(head[1])
+    maps.sort(key=lambda m: -m.get("Rss", 0))
+    with open(path, "w") as fh:
+        for m in maps[:40]:
+            fh.write(json.dumps(m) + "\n")
+    libc = ctypes.CDLL("libc.so.6")
+    libc.fopen.restype = ctypes.c_void_p
+    f = libc.fopen((path + ".malloc").encode(), b"w")
+    libc.malloc_info(0, ctypes.c_void_p(f))
+    libc.fclose(ctypes.c_void_p(f))
 
 
 def probe(out_path: str, argv: list[str]) -> None:
@@ -119,6 +160,13 @@ def probe(out_path: str, argv: list[str]) -> None:
         libc.mallopt(-1, int(os.environ["PROBE_TRIM_THRESHOLD"]))  # M_TRIM_THRESHOLD
     trim = bool(os.environ.get("PROBE_TRIM"))
     release = bool(os.environ.get("PROBE_ARROW_RELEASE"))
+    if os.environ.get("PROBE_CHDB_SETTINGS"):  # "name:value/name:value": chdb server settings
+        from connectors.clickhouse_embedded import CHDB_SERVER_SETTINGS
+
+        for item in os.environ["PROBE_CHDB_SETTINGS"].split("/"):
+            k, _, v = item.partition(":")
+            CHDB_SERVER_SETTINGS[k] = int(v)
+    pageout_every = int(os.environ.get("PROBE_PAGEOUT_S", 0)) * 5  # in samples
     chdb_mem = {"v": 0}
 
     def chdb_tracked() -> int:
@@ -147,11 +195,17 @@ def probe(out_path: str, argv: list[str]) -> None:
                     libc.malloc_trim(0)
                 if release:
                     pa.default_memory_pool().release_unused()
+                if pageout_every and n % pageout_every == 0 and "chdb._chdb" in sys.modules:
+                    from otelwax.memory import page_out_file
+
+                    page_out_file(sys.modules["chdb._chdb"].__file__)
                 s = _smaps()
                 mi = libc.mallinfo2()
                 rec = {
                     "t": round(time.monotonic() - t0, 2),
+                    "cpu": _cpu_s(),
                     "rss": s.get("Rss", 0),
+                    "pss": s.get("Pss", 0),
                     "anon": s.get("Anonymous", 0),
                     "file": s.get("Rss", 0) - s.get("Anonymous", 0),
                     "malloc": mi.uordblks + mi.hblkhd,
@@ -171,6 +225,9 @@ def probe(out_path: str, argv: list[str]) -> None:
         runpy.run_module("bytewax.run", run_name="__main__")
     finally:
         stop.set()
+        if os.environ.get("PROBE_MAPS_AT_END"):  # where the anonymous memory is at the end
+            where = os.environ["PROBE_MAPS_AT_END"]
+            _dump_anon_mappings(os.path.join(where, Path(out_path).stem + ".maps"))
 
 
 # --- the driver --------------------------------------------------------------------------------
@@ -207,7 +264,14 @@ def _set(cfg: dict, dotted: str, value: str) -> None:
 
 
 def run_one(
-    topic: str, target: str, overrides: list[str], env: dict, tmp: Path, server: str
+    topic: str,
+    target: str,
+    overrides: list[str],
+    env: dict,
+    tmp: Path,
+    server: str,
+    timeout_s: float = 600,
+    pythonpath: str = "",
 ) -> dict:
     import yaml
 
@@ -248,33 +312,54 @@ def run_one(
         p = subprocess.Popen(
             args,
             cwd=tree,
-            env={**os.environ, "PYTHONPATH": tree, **env},
+            env={**os.environ, "PYTHONPATH": tree + pythonpath, **env},
             stdout=fh,
             stderr=subprocess.STDOUT,
         )
         try:
-            rc = p.wait(timeout=600)
+            rc = p.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
             rc = -9
     wall = time.monotonic() - t
+    if target == "server":  # the run's rows are not needed: leave the shared server as it was
+        q = urllib.parse.urlencode({"query": f"DROP DATABASE IF EXISTS {ch['database']}"})
+        urllib.request.urlopen(f"http://{host}:{http}/?{q}", data=b"", timeout=60).close()
     text = log.read_text(errors="replace")
     if rc:
         raise RuntimeError(f"flow exited with {rc}:\n{text[-3000:]}")
     rows = [json.loads(x) for x in samples.read_text().splitlines() if x.strip()]
-    peak = {k: max((r[k] for r in rows), default=0) for k in rows[0] if k != "t"}
+    peak = {k: max((r[k] for r in rows), default=0) for k in rows[0] if k not in ("t", "cpu")}
     at_peak = max(rows, key=lambda r: r["rss"])
-    busy = [r["t"] for r in rows if r["buffered"] or r["inflight"] or r["fetchq"]]
-    drain = (busy[-1] - busy[0]) if len(busy) > 1 else wall
-    series = [{k: (v if k == "t" else round(v / MIB)) for k, v in r.items()} for r in rows[::5]]
+    busy = [r for r in rows if r["buffered"] or r["inflight"] or r["fetchq"]]
+    drain = (busy[-1]["t"] - busy[0]["t"]) if len(busy) > 1 else wall
+    # CPU of the whole process (all threads) while it drained: startup and imports excluded.
+    cpu = (busy[-1]["cpu"] - busy[0]["cpu"]) if len(busy) > 1 else rows[-1]["cpu"]
+    series = [
+        {k: (v if k in ("t", "cpu") else round(v / MIB)) for k, v in r.items()} for r in rows[::5]
+    ]
     return {
         "wall_s": round(wall, 1),
         "drain_s": drain,
+        "cpu_s": round(cpu, 2),
         "peak": peak,
         "at_peak_rss": at_peak,
         "series_mib": series,
     }
+
+
+def _private_chdb(tmp: Path) -> str:
+    """A copy of the installed chdb (and its bundled libraries) under ``tmp``; returns the
+    folder to put on the flows' PYTHONPATH."""
+    import chdb
+
+    site = Path(chdb.__file__).parents[1]
+    dest = tmp / "private-chdb"
+    for name in ("chdb", "chdb_core.libs"):
+        if (site / name).exists():
+            shutil.copytree(site / name, dest / name)
+    return str(dest)
 
 
 def main() -> int:
@@ -297,6 +382,18 @@ def main() -> int:
         help="NAME=dotted.key=json&...[;ENV=VALUE,...]: config overrides (and env) of a variant",
     )
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument(
+        "--backlog-5m",
+        action="store_true",
+        help="the goal's backlog: 5M spans (overrides --spans; each run takes minutes)",
+    )
+    ap.add_argument(
+        "--private-chdb",
+        action="store_true",
+        help="flows load a private copy of chdb, as on a host of their own: the library's "
+        "file pages are then not shared with other processes (which PSS splits and "
+        "MADV_PAGEOUT skips)",
+    )
     ap.add_argument("--keep-topic", action="store_true")
     args = ap.parse_args()
     from connectors.kafka import create_topics, delete_topics
@@ -309,11 +406,11 @@ def main() -> int:
         env = dict(e.split("=", 1) for e in env_part.split(",") if e)
         variants.append((name, overrides, env))  # env TREE=path: run that checkout
     topic = args.topic or f"membench_{uuid.uuid4().hex[:8]}"
-    spans = args.spans
+    spans = 5_000_000 if args.backlog_5m else args.spans
     if not args.topic:
         create_topics(BOOTSTRAP, [topic, f"dlq_{topic}"], partitions=args.partitions)
         t = time.monotonic()
-        spans = produce(topic, args.spans, args.pool)
+        spans = produce(topic, spans, args.pool)
         print(f"produced {spans} spans into {topic} in {time.monotonic() - t:.0f} s", flush=True)
     if "server" in args.target:  # started if not running (as traces_flow_bench.py does)
         subprocess.run(
@@ -322,28 +419,43 @@ def main() -> int:
     results: dict[str, list[dict]] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="otelwax-mem-bench-") as d:
+            pythonpath = os.pathsep + _private_chdb(Path(d)) if args.private_chdb else ""
+            timeout_s = max(600.0, spans / 2000)  # 2K spans/s: a stuck flow, not a slow one
             for _ in range(args.repeat):
                 for target in args.target:
                     for name, overrides, env in variants:
-                        r = run_one(topic, target, overrides, env, Path(d), args.server)
+                        r = run_one(
+                            topic, target, overrides, env, Path(d), args.server, timeout_s,
+                            pythonpath,
+                        )  # fmt: skip
                         r["spans_per_s"] = round(spans / r["drain_s"])
+                        r["spans_per_cpu_s"] = round(spans / max(r["cpu_s"], 0.01))
                         key = f"{target} {name}"
                         results.setdefault(key, []).append(r)
                         mib = {k: round(v / MIB) for k, v in r["peak"].items()}
-                        at = {k: round(v / MIB) for k, v in r["at_peak_rss"].items() if k != "t"}
-                        print(f"{key:<24} {r['spans_per_s']:>7} sp/s peak {mib}", flush=True)
+                        at = r["at_peak_rss"]
+                        at = {k: round(v / MIB) for k, v in at.items() if k not in ("t", "cpu")}
+                        print(
+                            f"{key:<24} {r['spans_per_s']:>7} sp/s {r['spans_per_cpu_s']:>7} "
+                            f"sp/cpu-s peak {mib}",
+                            flush=True,
+                        )
                         print(f"{'':<24} {'':>7}      at peak RSS {at}", flush=True)
     finally:
         if not args.topic and not args.keep_topic:
             delete_topics(BOOTSTRAP, [topic, f"dlq_{topic}"])
-    print(f"\n{'variant':<40}{'spans/s (median)':>18}{'peak RSS MiB (max)':>20}{'anon':>8}")
+    print(
+        f"\n{'variant':<32}{'spans/s':>9}{'spans/cpu-s':>12}{'peak RSS MiB (max)':>20}"
+        f"{'PSS':>6}{'anon':>6}"
+    )
     summary = []
     for key, rs in results.items():
         sps = statistics.median(r["spans_per_s"] for r in rs)
-        rss = max(r["peak"]["rss"] for r in rs) / MIB
-        anon = max(r["peak"]["anon"] for r in rs) / MIB
-        print(f"{key:<40}{sps:>18.0f}{rss:>20.0f}{anon:>8.0f}")
-        summary.append({"variant": key, "spans_per_s": sps, "runs": rs})
+        spc = statistics.median(r["spans_per_cpu_s"] for r in rs)
+        mib = {k: max(r["peak"][k] for r in rs) / MIB for k in ("rss", "pss", "anon")}
+        print(f"{key:<32}{sps:>9.0f}{spc:>12.0f}{mib['rss']:>20.0f}{mib['pss']:>6.0f}"
+              f"{mib['anon']:>6.0f}")  # fmt: skip
+        summary.append({"variant": key, "spans_per_s": sps, "spans_per_cpu_s": spc, "runs": rs})
     out = ROOT / "bench" / "results" / "flow_memory.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"time": time.time(), "spans": spans, "results": summary}, indent=1))

@@ -13,6 +13,7 @@ import re
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pyarrow as pa
 
@@ -26,13 +27,26 @@ from connectors.clickhouse_client import (
 from connectors.clickhouse_config import ClickHouseConfig
 from connectors.clickhouse_json_schema import JSON_INSERT_SETTINGS, has_json_columns
 from connectors.clickhouse_schema import quote_ident
+from otelwax.memory import page_out_file
 
-__all__ = ["CHDB_MALLOC_CONF", "EmbeddedClient"]
+__all__ = ["CHDB_MALLOC_CONF", "CHDB_SERVER_SETTINGS", "EmbeddedClient"]
 
 log = logging.getLogger(__name__)
 
 CHDB_MALLOC_CONF = "dirty_decay_ms:300,muzzy_decay_ms:0"
 """``JE_MALLOC_CONF`` for chdb's allocator unless set: return freed pages to the OS soon."""
+
+CHDB_SERVER_SETTINGS: dict[str, int] = {
+    # chdb sizes these caches for a server of its own (5 GiB each); a flow inserts and runs
+    # small look-ups, so a cap keeps a long-running process's memory bounded.
+    "mark_cache_size": 64 << 20,
+    "index_mark_cache_size": 32 << 20,
+    "primary_index_cache_size": 64 << 20,
+    "query_condition_cache_size": 16 << 20,
+    # No new merge starts while running merges hold more than this (one may still exceed it).
+    "merges_mutations_memory_usage_soft_limit": 256 << 20,
+}
+"""Server settings of the embedded engine: every chdb setting otelwax changes, in one place."""
 
 
 class _ChdbEngine:
@@ -47,12 +61,12 @@ class _ChdbEngine:
         # doubled query CPU; 300 ms kept ~930 MiB at full speed (bench/traces_flow_bench.py).
         # Read once when chdb loads; a value set by the user wins.
         os.environ.setdefault("JE_MALLOC_CONF", CHDB_MALLOC_CONF)
-        from chdb import session
+        from chdb import _chdb, session
 
         Path(path).mkdir(parents=True, exist_ok=True)
         self.path = path
         try:
-            self.session = session.Session(path)
+            self.session = session.Session(f"{path}?{urlencode(CHDB_SERVER_SETTINGS)}")
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ClickHouseError(
@@ -62,6 +76,9 @@ class _ChdbEngine:
                 "server (clickhouse.mode: server)",
                 transient=False,
             ) from exc
+        # Loading touched ~230 MiB of the library that are clean file pages from then on: hand
+        # them back (RSS as ps shows it); the code inserts run is read back when first used.
+        page_out_file(_chdb.__file__)
         self.lock = threading.RLock()
         self.refs = 0
         # On the engine, not the client: a table changed through any client of the process

@@ -56,22 +56,23 @@ class KafkaSourceConfig(StrictModel):
         le=256 * 1024 * 1024,
         description="bytes librdkafka fetches ahead per partition (its queue; one fetch of up "
         "to half of it may be on the way besides): memory grows with it times the partitions "
-        "a process reads",
+        "a process reads (a flow into a ClickHouse server defaults to 2 MiB)",
     )
     max_inflight_bytes: int = Field(
         48 * 1024 * 1024,
         gt=0,
         description="payload bytes read but not yet stored (ranges being cut and emitted "
         "ones), per process, above which the source stops reading (flows whose sink confirms "
-        "stored ranges; bounds memory: decoded rows take ~2-3x their payload)",
+        "stored ranges; bounds memory: decoded rows take ~2-3x their payload; a flow into a "
+        "ClickHouse server defaults to 32 MiB)",
     )
     release_memory_s: float = Field(
         1.0,
         ge=0,
         le=3600,
         description="every N s the flow process returns freed memory to the OS (glibc heap "
-        "trim, Arrow's pool; buffers >= 1 MiB are unmapped on free); 0 = leave it to the "
-        "allocators (~150-250 MiB more RSS under a backlog)",
+        "trim, Arrow's pool; Arrow allocates from glibc, where buffers >= 1 MiB are unmapped "
+        "on free); 0 = leave it to the allocators (~150-250 MiB more RSS under a backlog)",
     )
     idle_poll_s: float = Field(0.02, gt=0, le=5, description="sleep between empty polls")
     stop_at_end: bool = Field(

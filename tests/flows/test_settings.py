@@ -46,3 +46,25 @@ def test_unknown_key_is_reported_with_its_path(tmp_path) -> None:
     f.write_text("source: {batch: {max_recrods: 5}}\n")
     with pytest.raises(ValueError, match=r"source\.batch\.max_recrods: unknown key"):
         load_settings(str(f), env={})
+
+
+@pytest.mark.parametrize(
+    ("clickhouse", "source", "expected_mib"),
+    [
+        ("{mode: embedded}", "{}", (48, 4)),
+        ("{mode: server, host: ch}", "{}", (32, 2)),
+        ("{mode: server, host: ch}", "{max_inflight_bytes: 67108864}", (64, 2)),
+        ("{mode: server, host: ch}", "{prefetch_bytes: 8388608}", (32, 8)),
+    ],
+)
+def test_source_memory_budget_defaults_to_where_rows_go(
+    tmp_path, clickhouse: str, source: str, expected_mib: tuple[int, int]
+) -> None:
+    """A flow into a server buffers less (its merges run elsewhere; bench/README.md "flow
+    memory"); into chdb smaller budgets cut smaller ranges, i.e. more parts to merge in the
+    flow's own process. A value the user sets wins."""
+    f = tmp_path / "t.yaml"
+    f.write_text(f"clickhouse: {clickhouse}\nsource: {source}\n")
+    s = load_settings(str(f), env={})
+    got = (s.source.max_inflight_bytes >> 20, s.source.prefetch_bytes >> 20)
+    assert got == expected_mib
