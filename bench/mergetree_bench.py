@@ -7,15 +7,18 @@ inherit the pin), variants interleaved ``--repeat`` times. The flow runs inside 
 (``run`` sub-command, a wrapper around ``bytewax.run``) which, in the flow's process:
 
 1. opens the store as the flow will (``create_schema``) and applies the variant's SQL
-   (``ALTER TABLE ... MODIFY SETTING / DROP INDEX``, ``DROP VIEW``);
-2. runs the flow to the end of the backlog (``stop_at_end``);
-3. waits until no merge has run for ``--quiet-s`` seconds: **spans per CPU-second** = spans /
-   process CPU (utime + stime, every thread) from step 2's start to here, so the merges the
-   inserts caused are paid for;
-4. measures queries on the table as the flow left it (no OPTIMIZE): the Jaeger-style
-   two-step lookup, ``WHERE TraceId = ?`` alone (1-step) and one service's per-minute RED,
-   one client, ``--query-s`` seconds each (``bench/query_bench.py``'s queries): CPU ms per
-   query (in-process chdb: the process's CPU) and p50 ms.
+   (``ALTER TABLE ... MODIFY SETTING / DROP INDEX``, a Null engine);
+2. runs the flow to the end of the backlog (``stop_at_end``): CPU "stored";
+3. waits until no merge has run for ``--quiet-s`` seconds: CPU "quiet";
+4. ``OPTIMIZE TABLE ... FINAL`` on the spans and the lookup table: CPU "one part", the
+   headline: **spans per CPU-second** = spans / process CPU (utime + stime, every thread:
+   worker, sink writer, chdb's insert and merge threads) from step 2's start to here, so every
+   variant pays its whole merge bill (how far merges get during a run depends on timing);
+5. measures queries on the one-part table: the Jaeger-style two-step lookup, ``WHERE TraceId
+   = ?`` alone (1-step), one service's per-minute RED (``bench/query_bench.py``'s queries) and
+   a search for one ``service.instance.id`` resource attribute (what the map bloom filters
+   serve), one client, ``--query-s`` seconds each: CPU ms per query (in-process chdb: the
+   process's CPU) and p50 ms.
 
     .venv/bin/python bench/mergetree_bench.py --spans 1000000 --repeat 3 \\
         --only base no_map_blooms compact_parts
@@ -29,6 +32,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -193,9 +197,11 @@ def run_in_flow(spec_path: str, argv: list[str]) -> None:
         c2, t2 = _cpu(), time.monotonic()
         # Merges during a run depend on timing (a slower run merges further), so every
         # variant is also brought to one part per partition: the whole merge bill.
-        for t in (T, f"{T}_trace_id_ts"):
-            if client.execute(f"EXISTS TABLE {t}")[0][0]:
-                client.execute(f"OPTIMIZE TABLE {t} FINAL")
+        for (t,) in client.execute(
+            "SELECT name FROM system.tables WHERE database = 'otel' AND engine LIKE '%MergeTree' "
+            "AND name IN ('otel_traces', 'otel_traces_trace_id_ts')"
+        ):
+            client.execute(f"OPTIMIZE TABLE otel.{t} FINAL")
         c3 = _cpu()
         ev = {k: v - ev0.get(k, 0) for k, v in _events(client).items()}
         res = {
@@ -263,6 +269,7 @@ def run_one(topic: str, variant: dict, args: argparse.Namespace, tmp: Path) -> d
             p.kill()
             p.wait()
             rc = -9
+    shutil.rmtree(cfg["clickhouse"]["path"], ignore_errors=True)  # ~100 MB a run
     if rc:
         raise RuntimeError(f"flow exited with {rc}:\n{log.read_text(errors='replace')[-3000:]}")
     return json.loads(Path(spec["out"]).read_text())
