@@ -72,6 +72,7 @@ BENCHES=(
   "clickhouse|bench/clickhouse_bench.py --rows 200000 --server-rows 100000"
   "traces_flow|bench/traces_flow_bench.py --spans 300000 --latency-rate 0"
   "flow_memory|bench/flow_memory_bench.py --spans 1000000 --target chdb server"
+  "mergetree|bench/mergetree_bench.py --spans 1000000 --repeat 1 --only base null_engine"
   "metrics|bench/metrics_bench.py --requests 300 --spans 100000"
 )
 
