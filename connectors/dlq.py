@@ -196,6 +196,9 @@ class DeadLetterProducer:
             {
                 "acks": "all",
                 "enable.idempotence": True,
+                # one request in flight: with idempotence librdkafka otherwise busy-polls while
+                # a batch is unacknowledged (the shim's producer.max_in_flight, bench/README)
+                "max.in.flight.requests.per.connection": 1,
                 "linger.ms": 5,
                 "message.timeout.ms": 30_000,
                 "message.max.bytes": cfg.max_message_bytes + HEADROOM,
