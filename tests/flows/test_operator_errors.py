@@ -153,6 +153,7 @@ def test_a_missing_dlq_topic_fails_loudly_within_seconds(flow_run) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # make test-all; the soak smoke SIGKILLs flows with operators too
 def test_a_replay_after_sigkill_makes_the_same_decision(flow_run) -> None:
     """Killed at random moments, restarted: every good span stored exactly once, every poison
     span in the DLQ (maybe more than once: dead letters are at-least-once), none stored."""

@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import pyarrow as pa
+import pytest
 from bytewax.testing import run_main
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -354,6 +355,7 @@ def test_one_span_a_day_ahead_leaves_the_next_thousand_counted(
     assert [(reason, t.num_rows) for reason, t in routed] == [(b"future", 1)]
 
 
+@pytest.mark.extended  # make test-all; the soak smoke SIGKILLs flows.spanmetrics and counts
 def test_restart_after_sigkill_continues_the_counters(
     kafka_bootstrap: str, make_topic, own_prometheus: PrometheusService, tmp_path
 ) -> None:

@@ -102,7 +102,11 @@ def test_poison_records_go_to_the_dlq_and_good_ones_are_stored(flow_run) -> None
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("recovery", "workers"),
-    [(True, 1), (False, 1), pytest.param(True, 2, marks=pytest.mark.extended)],
+    [
+        pytest.param(True, 1, marks=pytest.mark.extended),
+        (False, 1),
+        pytest.param(True, 2, marks=pytest.mark.extended),
+    ],
     ids=["bytewax-recovery", "intents-only", "recovery-2-workers"],
 )
 def test_sigkill_at_random_moments_stores_every_span_exactly_once(

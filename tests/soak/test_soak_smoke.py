@@ -18,7 +18,7 @@ from tests.conftest import ROOT
 def test_soak_smoke_nothing_acknowledged_is_lost_duplicated_or_stuck(tmp_path) -> None:
     out = tmp_path / "soak"
     proc = subprocess.run(
-        [sys.executable, "-m", "soak", "--duration", "75s", "--faults", "smoke", "--each", "1",
+        [sys.executable, "-m", "soak", "--duration", "50s", "--faults", "smoke", "--each", "1",
          "--outage", "10s", "--traces-per-s", "30", "--drain", "120s", "--seed", "12",
          "--port-base", "27500", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
