@@ -88,6 +88,15 @@ def split_table(table: str, default_db: str) -> tuple[str, str]:
     return db, name
 
 
+def table_engine(client: Any, database: str, table: str) -> str:
+    """The engine of ``database.table`` as ``system.tables`` names it ("" when none)."""
+    rows = client.execute(
+        "SELECT engine FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+        {"db": database, "t": table},
+    )
+    return str(rows[0][0]) if rows else ""
+
+
 def check_token(token: str | None) -> None:
     if token is not None and not TOKEN_RE.match(token):
         raise ValueError(f"dedup token {token!r} must match {TOKEN_RE.pattern}")

@@ -27,6 +27,7 @@ from connectors.clickhouse_client import (
     TableColumns,
     split_table,
     substitute_params,
+    table_engine,
 )
 from connectors.clickhouse_config import ClickHouseConfig
 from connectors.clickhouse_json_schema import JSON_INSERT_SETTINGS
@@ -183,12 +184,7 @@ class ServerClient(InsertingClient):
         known = self._replicated.get(key)
         if known is None:
             db, name = split_table(key, self.cfg.database)
-            rows = self.execute(
-                "SELECT engine FROM system.tables WHERE database = {db:String} "
-                "AND name = {t:String}",
-                {"db": db, "t": name},
-            )
-            known = bool(rows) and str(rows[0][0]).startswith("Replicated")
+            known = table_engine(self, db, name).startswith("Replicated")
             if known:
                 self.execute(f"SYSTEM SYNC REPLICA {qt}")
             self._replicated[key] = known

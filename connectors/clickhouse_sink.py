@@ -52,6 +52,7 @@ import pyarrow.compute as pc
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from pydantic import Field
 
+from connectors.clickhouse_client import table_engine
 from connectors.clickhouse_intents import Blocking, IntentLog, check_dedup_window
 from connectors.clickhouse_migrate import MIGRATE_HINT
 from connectors.kafka_source import range_token
@@ -204,14 +205,7 @@ class StoredRows:
 # Engines that keep no row order (a Null table only feeds its materialized views): presorting
 # for them is wasted work.
 UNORDERED_ENGINES = frozenset({"Null"})
-
-
-def _engine(client: Any, database: str, table: str) -> str:
-    rows = client.execute(
-        "SELECT engine FROM system.tables WHERE database = {db:String} AND name = {t:String}",
-        {"db": database, "t": table},
-    )
-    return str(rows[0][0]) if rows else ""
+NOT_REACHABLE = "clickhouse not reachable (%s); retrying in %.1f s (is it up? see clickhouse.*)"
 
 
 def _key(r: StoredRange) -> tuple[str, int, int, int]:
@@ -314,7 +308,7 @@ class _SinkPartition(StatelessSinkPartition[StoredRange | StoredRows]):
         self._mode = mode
         self._sort_keys, presort = [], ""
         if self._cfg.presort and sink.sort_key and sink.routes is None:
-            engine = self._blocking.call(lambda: _engine(self._client, self._db, self._name))
+            engine = self._blocking.call(lambda: table_engine(self._client, self._db, self._name))
             if engine in UNORDERED_ENGINES:  # the sort copies every row: ~40 % of the CPU
                 presort = f"; {self._table} is a {engine} table: rows are not presorted"
             else:
@@ -574,12 +568,7 @@ class ClickHouseSink(DynamicSink[StoredRange | StoredRows]):
                 except Exception as exc:
                     if not clickhouse.is_transient(exc):
                         raise
-                    log.warning(
-                        "clickhouse not reachable (%s); retrying in %.1f s (is the server up? "
-                        "check clickhouse.host/port in the config)",
-                        exc,
-                        delay,
-                    )
+                    log.warning(NOT_REACHABLE, exc, delay)
                     time.sleep(delay)
                     delay = min(delay * 2, self.connection.retry.max_backoff_s or 5.0)
             try:
