@@ -38,8 +38,11 @@ ruff check . || { echo "ruff: lint errors (see above)"; exit 1; }
 lint-imports --no-cache --no-logo || { echo "lint-imports: a layer contract is broken (README: Architecture)"; exit 1; }
 set +e
 # make test leaves out the `extended` variants (pyproject markers); make test-all runs them too.
-marks=(-m "not extended")
-[ "${TEST_ALL:-0}" = 1 ] && marks=()
+# It also fuzzes the native codec for half as long (4 s a decoder, 50 hypothesis examples).
+marks=(-m "not extended") fuzz_s=4 examples=50
+[ "${TEST_ALL:-0}" = 1 ] && marks=() fuzz_s=8 examples=100
+export OTELWAX_FUZZ_SECONDS=${OTELWAX_FUZZ_SECONDS:-$fuzz_s}
+export OTELWAX_HYPOTHESIS_EXAMPLES=${OTELWAX_HYPOTHESIS_EXAMPLES:-$examples}
 python -m pytest --durations=30 "${marks[@]}" "$@"
 rc=$?
 set -e

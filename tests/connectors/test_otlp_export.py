@@ -419,6 +419,7 @@ def test_spans_come_back_from_jaeger_unchanged(jaeger, encoder):
         assert tags[k] == v
 
 
+@pytest.mark.extended  # make test-all; make test keeps the flow test with Jaeger down at start
 def test_jaeger_down_for_a_while_then_up_nothing_lost(tmp_path):
     comp = component()
     port = free_port()

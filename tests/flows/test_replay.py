@@ -85,6 +85,7 @@ def test_replay_is_exactly_once_after_the_flow_into_another_table_and_twice(flow
         == [(1,)]
 
 
+@pytest.mark.extended  # make test-all; make test keeps the replay exactly-once tests
 def test_replay_killed_mid_way_finishes_on_the_next_run(flow_run) -> None:
     run = flow_run(partitions=1)
     run.write_config(source__batch__max_records=2)  # 200 ranges: slow enough to be killed

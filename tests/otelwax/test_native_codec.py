@@ -8,6 +8,7 @@ equal — schema, every column, error indices and rows per payload.
 from __future__ import annotations
 
 import math
+import os
 import random
 import struct
 import time
@@ -484,7 +485,7 @@ _logs_requests = st.lists(
 ).map(lambda rl: ExportLogsServiceRequest(resource_logs=rl).SerializeToString())
 
 _hyp = settings(
-    max_examples=100,
+    max_examples=int(os.environ.get("OTELWAX_HYPOTHESIS_EXAMPLES", "100")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
