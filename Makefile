@@ -23,7 +23,8 @@ test: setup
 	@scripts/test.sh
 
 # Everything make test runs plus the `extended` variants (2-worker and recovery SIGKILL
-# variants, the cluster kill test, the image build step): ~5 minutes more.
+# variants, more SIGKILL/outage tests, the cluster kill test, the image build step) and the
+# native codec's full fuzz runs: ~7 minutes more.
 test-all: setup
 	@TEST_ALL=1 scripts/test.sh
 
