@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.clickhouse import ClickHouseClient
+from connectors.clickhouse_client import table_engine
 from connectors.clickhouse_schema import qualified, trace_copy_table
 
 log = logging.getLogger(__name__)
@@ -160,11 +161,8 @@ def _trace_table(client: ClickHouseClient, t: Tables) -> tuple[str, str]:
     table itself), where a trace is one granule instead of a scan."""
     table, start_ns = _span_table(client, t)
     copy = trace_copy_table(t.traces)
-    found = client.execute(
-        "SELECT count() FROM system.tables WHERE database = {db:String} AND name = {t:String}",
-        {"db": t.database, "t": copy},
-    )
-    return (qualified(t.database, copy) if found[0][0] else table), start_ns
+    found = table_engine(client, t.database, copy)
+    return (qualified(t.database, copy) if found else table), start_ns
 
 
 def trace(client: ClickHouseClient, t: Tables, params: dict[str, Any]) -> QueryResult:
