@@ -75,6 +75,7 @@ class ServerClient(InsertingClient):
         self._replicated: dict[str, bool] = {}
         self.version = ""
         self.legacy = False
+        self._zookeeper_seen = False
 
     def connect(self) -> None:
         """Ask the server its version (raises when it cannot be reached)."""
@@ -90,6 +91,8 @@ class ServerClient(InsertingClient):
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
         with self._lock:
+            if self.legacy and not self._zookeeper_seen and " ON CLUSTER " in sql:
+                self._check_zookeeper()
             try:
                 return list(self._driver.execute(substitute_params(sql, params)) or [])
             except Exception:
@@ -97,6 +100,22 @@ class ServerClient(InsertingClient):
                 raise
             finally:
                 self.columns.after(sql)
+
+    def _check_zookeeper(self) -> None:
+        """Before the first ``ON CLUSTER`` query to 18.x: the server must reach ZooKeeper. Its
+        DDL worker dereferences a session it has not got yet, so the query would crash the
+        server (SIGSEGV) instead of failing."""
+        try:
+            self.execute("SELECT count() FROM system.zookeeper WHERE path = '/'")
+        except Exception as exc:
+            why = str(getattr(exc, "message", "") or exc).strip().splitlines()[0][:200]
+            raise ClickHouseError(
+                f"ClickHouse {self.version} at {self.cfg.host}:{self.cfg.port} cannot reach "
+                f"ZooKeeper ({why}): not sending ON CLUSTER DDL, "
+                "which crashes this server version without a session. Check its <zookeeper> "
+                "config and that ZooKeeper is up, then run it again"
+            ) from exc
+        self._zookeeper_seen = True
 
     def table_columns(self, table: str) -> dict[str, str]:
         db, name = split_table(table, self.cfg.database)

@@ -2,7 +2,8 @@
 # Local ClickHouse server (Debian's clickhouse-server, 18.16 here) run as a plain background
 # process — no systemd — with its own config, data, log and PID file.
 #   scripts/services/clickhouse.sh start|stop|status|restart|wipe
-# Env: CH_TCP_PORT (19000, native protocol), CH_HTTP_PORT (18123), CH_DATA (.data/clickhouse).
+# Env: CH_TCP_PORT (19000, native protocol), CH_HTTP_PORT (18123), CH_DATA (.data/clickhouse),
+# CH_LOG_LEVEL (warning).
 # A replica of a cluster (ReplicatedMergeTree, ON CLUSTER DDL) when CH_ZK_PORT is set: the
 # ZooKeeper on 127.0.0.1:CH_ZK_PORT (scripts/services/zookeeper.sh), CH_CLUSTER (otelwax) of one
 # shard whose replicas are the native ports CH_CLUSTER_PORTS ("9000,9001"), this one named
@@ -61,7 +62,7 @@ write_conf() {
 <?xml version="1.0"?>
 <yandex>
     <logger>
-        <level>warning</level>
+        <level>${CH_LOG_LEVEL:-warning}</level>
         <log>$CH_DATA/log/clickhouse-server.log</log>
         <errorlog>$CH_DATA/log/clickhouse-server.err.log</errorlog>
         <size>50M</size>

@@ -28,14 +28,16 @@ fetch() {
 
 running() { pid_alive "$PIDFILE"; }
 
-# "ruok" four-letter command: "imok" once the server serves clients.
+# "srvr" four-letter command: a "Mode:" line once the server serves sessions. ("ruok" answers
+# "imok" earlier, while the server still drops session handshakes: ClickHouse 18.16 crashes on
+# an ON CLUSTER query whose DDL worker has no session yet.)
 ready() {
   { exec 3<>"/dev/tcp/127.0.0.1/$PORT"; } 2>/dev/null || return 1
-  printf 'ruok' >&3
+  printf 'srvr' >&3
   local reply
   reply=$(timeout 2 cat <&3 || true)
   exec 3>&- 3<&-
-  [[ "$reply" == imok ]]
+  [[ "$reply" == *"Mode: "* ]]
 }
 
 start() {

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -56,18 +57,58 @@ def ch_cluster() -> Iterator[Cluster]:
             CH_CLUSTER_PORTS=",".join(str(p[0]) for p in ports.values()),
             CH_REPLICA=r,
             CH_INTERSERVER_PORT=str(inter),
+            CH_LOG_LEVEL="information",  # a SIGTERM shows as "Received termination signal"
         )
         servers[r] = ServerAddr("127.0.0.1", tcp, http, env)
     try:
         _run(ZK_SCRIPT, "start", zk_env)
         for srv in servers.values():
             _run(CH_SCRIPT, "start", srv.env)
+        for srv in servers.values():
+            _wait_ddl_queue(srv)
         yield Cluster(zk_env, servers["a"], servers["b"])
+        _assert_alive(servers)
     finally:
         for srv in servers.values():
             _run(CH_SCRIPT, "wipe", srv.env)
         _run(ZK_SCRIPT, "wipe", zk_env)
         subprocess.run(["rm", "-rf", str(data)], check=False)
+
+
+def _wait_ddl_queue(srv: ServerAddr, timeout: float = 60.0) -> None:
+    """Wait until the replica reads the distributed DDL queue in ZooKeeper: its session is up,
+    and a DDL worker has created the queue. 18.16 dereferences its DDL worker's session when
+    it enqueues an ON CLUSTER query, so one sent earlier crashes the server (SIGSEGV)."""
+    sql = "SELECT count() FROM system.zookeeper WHERE path = '/clickhouse/task_queue/ddl'"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _rows(srv, sql)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _assert_alive(servers: dict[str, ServerAddr]) -> None:
+    """A replica that died during the module fails its teardown with the end of its logs (a
+    crash of 18.16 shows as ``Received signal`` there), before the wipe removes them."""
+    dead = {}
+    for name, srv in servers.items():
+        res = subprocess.run(
+            [str(CH_SCRIPT), "status"], env=srv.env, capture_output=True, text=True
+        )
+        if res.returncode != 0:
+            logs = Path(srv.env["CH_DATA"]) / "log"
+            tails = [
+                f"--- {f.name}\n" + "\n".join(f.read_text(errors="replace").splitlines()[-40:])
+                for f in sorted(logs.glob("*.log"))
+            ]
+            dead[name] = res.stdout.strip() + "\n" + "\n".join(tails)
+    assert not dead, "replicas died during the module: " + "\n".join(
+        f"{n} (:{servers[n].port}): {text}" for n, text in dead.items()
+    )
 
 
 def _rows(srv: ServerAddr, sql: str) -> list[tuple]:
@@ -231,9 +272,13 @@ def test_range_partly_stored_through_one_replica_is_completed_through_the_other(
         for srv in (ch_cluster.a, ch_cluster.b):
             _rows(srv, f"SYSTEM SYNC REPLICA {db}.otel_traces")
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and _rows(  # a DELETE would run in background
-                srv, f"SELECT count() FROM system.mutations WHERE database = '{db}' AND NOT is_done"
-            )[0][0]:
+            while (
+                time.monotonic() < deadline
+                and _rows(  # a DELETE would run in background
+                    srv,
+                    f"SELECT count() FROM system.mutations WHERE database = '{db}' AND NOT is_done",
+                )[0][0]
+            ):
                 time.sleep(0.2)
             for table in ("otel_traces", "otel_traces_by_trace"):
                 _rows(srv, f"SYSTEM SYNC REPLICA {db}.{table}")
@@ -272,3 +317,56 @@ def test_migrate_adds_a_missing_column_on_every_replica(ch_cluster: Cluster) -> 
     finally:
         a.close()
         _rows(ch_cluster.a, f"DROP DATABASE IF EXISTS {db} ON CLUSTER otelwax")
+
+
+def test_init_on_cluster_with_zookeeper_down_fails_in_one_line_and_the_server_lives(
+    tmp_path: Path,
+) -> None:
+    """`otelwax clickhouse init` with ``cluster_name`` against an 18.16 replica that cannot
+    reach ZooKeeper: 18.16 crashes on an ON CLUSTER query then (its DDL worker has no
+    session), so otelwax refuses to send one, says why in one line, and the server lives."""
+    import sys
+
+    import yaml
+
+    tcp, http, inter = free_port(), free_port(), free_port()
+    env = dict(
+        os.environ,
+        CH_TCP_PORT=str(tcp),
+        CH_HTTP_PORT=str(http),
+        CH_DATA=str(ROOT / ".data" / f"nozk-{uuid.uuid4().hex[:6]}"),
+        CH_ZK_PORT=str(free_port()),  # nothing listens there
+        CH_CLUSTER="otelwax",
+        CH_CLUSTER_PORTS=str(tcp),
+        CH_REPLICA="a",
+        CH_INTERSERVER_PORT=str(inter),
+    )
+    conf = tmp_path / "otelwax.yaml"
+    conf.write_text(
+        yaml.safe_dump(
+            {
+                "clickhouse": {
+                    "mode": "server",
+                    "port": tcp,
+                    "http_port": http,
+                    "database": "nozk",
+                    "cluster_name": "otelwax",
+                    "table_engine": {"name": "ReplicatedMergeTree"},
+                }
+            }
+        )
+    )
+    try:
+        _run(CH_SCRIPT, "start", env)
+        init = [sys.executable, "-m", "otelwax", "clickhouse", "init", "--flow", "traces"]
+        res = subprocess.run(
+            [*init, "-c", str(conf)], capture_output=True, text=True, timeout=180, cwd=ROOT
+        )
+        assert res.returncode == 1, res.stdout + res.stderr
+        err = [ln for ln in res.stderr.splitlines() if "error:" in ln]
+        assert len(err) == 1 and "cannot reach ZooKeeper" in err[0], res.stderr
+        assert "not sending ON CLUSTER DDL" in err[0], err
+        status = subprocess.run([str(CH_SCRIPT), "status"], env=env, capture_output=True)
+        assert status.returncode == 0, status.stdout
+    finally:
+        _run(CH_SCRIPT, "wipe", env)
