@@ -64,9 +64,18 @@ class ClickHouseClient(Protocol):
         ...
 
     def insert_arrow(
-        self, table: str, batch: pa.RecordBatch, *, dedup_token: str | None = None
+        self,
+        table: str,
+        batch: pa.RecordBatch,
+        *,
+        dedup_token: str | None = None,
+        fresh: bool = False,
     ) -> int:
-        """Insert the batch's columns the table has; returns rows written (0 if deduplicated)."""
+        """Insert the batch's columns the table has; returns rows written (0 if deduplicated).
+
+        ``fresh``: no earlier attempt can have stored anything under ``dedup_token`` (a range
+        first cut by this process, not retried); a server without insert tokens then skips
+        the count of the rows stored under it, which reads the whole token column."""
         ...
 
     def table_columns(self, table: str) -> dict[str, str]:
@@ -184,9 +193,15 @@ class InsertingClient:
     columns: TableColumns
 
     def insert_arrow(
-        self, table: str, batch: pa.RecordBatch, *, dedup_token: str | None = None
+        self,
+        table: str,
+        batch: pa.RecordBatch,
+        *,
+        dedup_token: str | None = None,
+        fresh: bool = False,
     ) -> int:
-        """Insert the batch's columns the table has; returns rows written (0 if deduplicated)."""
+        """Insert the batch's columns the table has; returns rows written (0 if deduplicated).
+        ``fresh``: see ``ClickHouseClient.insert_arrow``."""
         check_token(dedup_token)
         if batch.num_rows == 0:
             return 0
@@ -194,10 +209,12 @@ class InsertingClient:
         try:
             # JSON tables (tables.json) have a *AttributesKeys column beside each attribute map.
             batch = with_attribute_keys(batch, self.columns.get(f"{db}.{name}"))
-            return self._insert(db, name, batch, dedup_token)
+            return self._insert(db, name, batch, dedup_token, fresh)
         except Exception:
             self.columns.forget(f"{db}.{name}")
             raise
 
-    def _insert(self, db: str, name: str, batch: pa.RecordBatch, token: str | None) -> int:
+    def _insert(
+        self, db: str, name: str, batch: pa.RecordBatch, token: str | None, fresh: bool
+    ) -> int:
         raise NotImplementedError

@@ -170,7 +170,9 @@ class EmbeddedClient(InsertingClient):
     def supports_dedup_token(self, table: str | None = None) -> bool:
         return True
 
-    def _insert(self, db: str, name: str, batch: pa.RecordBatch, token: str | None) -> int:
+    def _insert(
+        self, db: str, name: str, batch: pa.RecordBatch, token: str | None, fresh: bool
+    ) -> int:
         cols = self.columns.get(f"{db}.{name}")
         names = [n for n in batch.schema.names if n in cols]
         if len(names) != batch.num_columns:

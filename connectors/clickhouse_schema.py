@@ -19,9 +19,11 @@ skip indexes, TTL or insert tokens. The table keeps the same column names where 
   ``Array(Int64)`` nanoseconds; their attribute maps become ``Events.Attributes.keys`` /
   ``Events.Attributes.values`` of type ``Array(Array(String))``;
 - ``InsertToken String``: the sink stores the insert's deduplication token there and, before
-  inserting a token, counts the rows already stored with it — token deduplication emulated on
-  a server that has none: all rows there → skip; none → insert; some (a crash between the
-  per-partition parts of one insert) → ``ALTER TABLE ... DELETE`` them, then insert again.
+  inserting a token that may be stored already (a replayed range, a retried insert; not a new
+  range: that count reads the whole column), counts the rows stored with it — token
+  deduplication emulated on a server that has none: all rows there → skip; none → insert;
+  some (a crash between the per-partition parts of one insert) → ``ALTER TABLE ... DELETE``
+  them (on a Replicated table: insert again, its block hashes skip the stored parts).
 - no trace-id lookup table (its SimpleAggregateFunction columns need ClickHouse ≥ 19.8);
 - no projections: ``trace_copy`` makes a table ``<table>_by_trace`` ordered by (TraceId,
   Timestamp), written by a materialized view (``connectors.clickhouse_legacy_schema``).

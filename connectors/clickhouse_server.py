@@ -145,7 +145,9 @@ class ServerClient(InsertingClient):
         self._plans[(table, schema)] = (cols, plan)
         return plan
 
-    def _insert(self, db: str, name: str, batch: pa.RecordBatch, dedup_token: str | None) -> int:
+    def _insert(
+        self, db: str, name: str, batch: pa.RecordBatch, dedup_token: str | None, fresh: bool
+    ) -> int:
         qt = f"{quote_ident(db)}.{quote_ident(name)}"
         plan = self._plan(f"{db}.{name}", batch.schema)
         complete_copy = False
@@ -156,6 +158,7 @@ class ServerClient(InsertingClient):
                     "inserts (recreate the table with `otelwax clickhouse init`)",
                     transient=False,
                 )
+        if dedup_token is not None and self.legacy and not fresh:
             replicated = self._replica_synced(f"{db}.{name}", qt)
             seen = self._token_rows(db, name, dedup_token)
             if min(seen) >= batch.num_rows:

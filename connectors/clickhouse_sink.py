@@ -233,10 +233,8 @@ class _OneThreadClient:
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
         return self._run(self._client.execute, sql, params)
 
-    def insert_arrow(
-        self, table: str, batch: pa.RecordBatch, *, dedup_token: str | None = None
-    ) -> int:
-        return self._run(self._client.insert_arrow, table, batch, dedup_token=dedup_token)
+    def insert_arrow(self, table: str, batch: pa.RecordBatch, **kw: Any) -> int:
+        return self._run(self._client.insert_arrow, table, batch, **kw)
 
     def table_columns(self, table: str) -> dict[str, str]:
         return self._run(self._client.table_columns, table)
@@ -364,8 +362,9 @@ class _SinkPartition(StatelessSinkPartition[StoredRange | StoredRows]):
         state = {"check": r.replay}
 
         def attempt() -> int:
-            if self._mode == "token":
-                return int(self._client.insert_arrow(self._table, batch, dedup_token=r.token))
+            if self._mode == "token":  # fresh: a new range's intent was just recorded
+                kw = {"dedup_token": r.token, "fresh": not state["check"]}
+                return int(self._client.insert_arrow(self._table, batch, **kw))
             b = batch
             if state["check"]:
                 b = self._missing_rows(b)

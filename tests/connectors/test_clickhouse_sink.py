@@ -235,6 +235,51 @@ def test_lookup_dedup_on_1816_stores_a_replayed_range_once_in_table_and_copy(
         client.close()
 
 
+def test_on_1816_only_a_replayed_range_counts_the_rows_stored_under_its_token(
+    clickhouse_server, monkeypatch
+) -> None:
+    """18.16 has no insert tokens: counting the rows stored under a token reads the whole
+    InsertToken column, so an insert would cost more as the table grows. A new range cannot
+    have rows under its token (its intent is recorded before any insert), so only a replayed
+    range (or a retried insert) counts; one stored by a crashed run is then not stored twice."""
+    from connectors.clickhouse import open_client
+    from connectors.clickhouse_server import ServerClient
+
+    queries: list[str] = []
+    execute = ServerClient.execute
+
+    def recording(self, sql, params=None):  # type: ignore[no-untyped-def]
+        queries.append(sql)
+        return execute(self, sql, params)
+
+    monkeypatch.setattr(ServerClient, "execute", recording)
+    db = f"t_{uuid.uuid4().hex[:10]}"
+    conn = server_config(clickhouse_server, db, create_schema=True)
+    sink = ClickHouseSink(conn, ClickHouseSinkConfig(), sort_key=TRACES_SORT_KEY)
+    client = open_client(conn.model_copy(update={"create_schema": False}))
+    try:
+        part = sink.build("clickhouse", 0, 1)
+        batches = [decode_traces(trace_payloads(1, seed=i)).batch for i in range(3)]
+        new = [StoredRange("spans", 0, i * 10, i * 10 + 9, b, 10) for i, b in enumerate(batches)]
+        part.write_batch(new)
+        counts = [q for q in queries if "count() FROM" in q and "InsertToken = " in q]
+        assert counts == [], counts
+        # A crashed run stored this range but did not mark it: its replay must be skipped.
+        crashed = decode_traces(trace_payloads(1, seed=9)).batch
+        replay = StoredRange("spans", 1, 0, 9, crashed, 10, replay=True)
+        client.insert_arrow("otel_traces", crashed, dedup_token=replay.token)
+        part.write_batch([replay])
+        part.close()
+        counts = [q for q in queries if "count() FROM" in q and "InsertToken = " in q]
+        assert counts, "the replayed range was inserted without looking for its rows"
+        want = sum(r.batch.num_rows for r in new) + crashed.num_rows
+        got = client.execute(f"SELECT count(), uniqExact(SpanId) FROM {db}.otel_traces")
+        assert got == [(want, want)]
+    finally:
+        client.execute(f"DROP DATABASE IF EXISTS {db}")
+        client.close()
+
+
 def test_a_null_table_gets_its_rows_unsorted_and_its_views_get_them_all(
     sink_for, chdb_client, caplog
 ) -> None:
