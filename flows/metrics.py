@@ -7,7 +7,8 @@
 Steps::
 
     kafka (connectors.kafka_source: offset ranges of otlp_metrics)
-      → decode            one StoredRange per range, its rows per table {otel_metrics_*: batch}
+      → decode            one StoredRange per range, its rows per table {otel_metrics_*: batch};
+                          undecodable records to the DLQ topic (waits for Kafka's ack)
       ├→ clickhouse       every data point as stored by the clickhouseexporter (delta as is),
                           through the exactly-once sink of the traces and logs flows
                           (connectors.clickhouse_sink, routed to the five metrics tables;
@@ -20,7 +21,7 @@ Steps::
 
 Settings (``flows.settings.MetricsFlowSettings``) have the shape of every flow: ``source``
 (``topic``, ``stop_at_end``, ``batch``, ``resume``...), ``clickhouse``, ``sink``, ``recovery``
-and the serving keys, plus ``remote_write`` and ``delta_to_cumulative``.
+and the serving keys, plus ``dead_letters``, ``remote_write`` and ``delta_to_cumulative``.
 
 Delivery: before inserting, the sink records each new range as an intent (``otelwax_intents``,
 flow ``metrics``, target ``otel_metrics``) and inserts every table of the range with the token
@@ -52,10 +53,12 @@ from bytewax.dataflow import Dataflow
 from connectors.clickhouse import ClickHouseConfig
 from connectors.clickhouse_metrics_schema import prepare_metrics_tables
 from connectors.clickhouse_sink import ClickHouseSink, ClickHouseSinkConfig, StoredRange
+from connectors.dlq import DeadLetter
 from connectors.kafka_source import KafkaRange, NoIntents, PartitionedKafkaSource, RangeAcks
 from connectors.prom_translate import tables_to_series
 from connectors.remote_write_order import write_in_order
 from flows import exits_on_bad_config, lazy_flow
+from flows.pipeline import DeadLetterOutbox
 from flows.settings import MetricsFlowSettings, MetricsSinkConfig
 from operators.delta_cumulative import to_cumulative
 from otelwax.logs import instrument
@@ -124,11 +127,13 @@ def metrics_sink(
 
 class _Decode:
     """map mapper: one Kafka range → one StoredRange holding its rows per metrics table;
-    undecodable records are dropped (counted, logged with the step id)."""
+    undecodable records go to the DLQ (``outbox``, waiting for Kafka's ack; logged with the
+    step id), or are dropped (counted) without one."""
 
-    def __init__(self) -> None:
+    def __init__(self, outbox: DeadLetterOutbox | None = None) -> None:
         self.metrics = ComponentMetrics("metrics_decode", "datapoints")
         self.records = ComponentMetrics("metrics_decode", "records")
+        self._outbox = outbox
 
     def __call__(self, r: KafkaRange) -> StoredRange:
         # The native core when built (same tables; $OTELWAX_CODEC=python forces pymetrics).
@@ -136,7 +141,13 @@ class _Decode:
 
         self.records.received(len(r.values))
         res = decode_metrics(r.values)
-        if res.errors:
+        if res.errors and self._outbox is not None:
+            self.records.failed(len(res.errors))
+            self._outbox.reject([
+                DeadLetter(r.topic, r.partition, r.offsets[i], r.values[i], why)
+                for i, why in res.errors
+            ])
+        elif res.errors:
             self.records.dropped(len(res.errors), "decode_error")
             for idx, reason in res.errors[:5]:
                 log.warning("metrics decode: record %d dropped: %s", r.offsets[idx], reason)
@@ -209,7 +220,7 @@ def build_from_settings(settings: MetricsFlowSettings) -> Dataflow:
     )
     flow = Dataflow(settings.flow_id)
     ranges = op.input("kafka", flow, source)
-    chunks = op.map("decode", ranges, _Decode())
+    chunks = op.map("decode", ranges, _Decode(DeadLetterOutbox(settings)))
     if sink is not None:
         op.output("clickhouse", chunks, sink)
     if rw is not None:

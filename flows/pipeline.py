@@ -64,6 +64,7 @@ __all__ = [
     "LOGS",
     "TRACES",
     "BatchOperator",
+    "DeadLetterOutbox",
     "Signal",
     "build_dataflow",
     "clickhouse_sink",
@@ -172,10 +173,11 @@ class _Decode:
         return _Decoded(rng, res.batch, letters, times)
 
 
-class _DeadLetterOutbox:
-    """The process's one DLQ producer, opened on first use and shared by every step."""
+class DeadLetterOutbox:
+    """The process's one DLQ producer, opened on first use and shared by every step.
+    ``settings``: a flow's settings with ``kafka`` and ``dead_letters``."""
 
-    def __init__(self, settings: FlowSettings) -> None:
+    def __init__(self, settings: Any) -> None:
         self._kafka = settings.kafka
         self.cfg = settings.dead_letters
         self._producer: DeadLetterProducer | None = None
@@ -199,15 +201,9 @@ class _DeadLetterOutbox:
             log.error("dead letters cannot be written, stopping the flow: %s", exc)
             raise
 
-
-class _DeadLetters:
-    """Sends a range's bad payloads to the DLQ and waits."""
-
-    def __init__(self, outbox: _DeadLetterOutbox) -> None:
-        self._outbox = outbox
-
-    def __call__(self, d: _Decoded) -> StoredRange:
-        for letter in d.letters:
+    def reject(self, letters: Sequence[DeadLetter]) -> None:
+        """Log each undecodable record (in the current step) and ``send`` them."""
+        for letter in letters:
             log.warning(
                 "%s[%d]@%d: undecodable record: %s",
                 letter.topic,
@@ -221,7 +217,17 @@ class _DeadLetters:
                     "reason": letter.reason,
                 },
             )
-        self._outbox.send(d.letters, "undecodable")
+        self.send(letters, "undecodable")
+
+
+class _DeadLetters:
+    """Sends a range's bad payloads to the DLQ and waits."""
+
+    def __init__(self, outbox: DeadLetterOutbox) -> None:
+        self._outbox = outbox
+
+    def __call__(self, d: _Decoded) -> StoredRange:
+        self._outbox.reject(d.letters)
         r = d.rng
         return StoredRange(
             r.topic,
@@ -277,7 +283,7 @@ class _ApplyOperator:
     bisected to the poison rows (see the module doc)."""
 
     def __init__(
-        self, name: str, step: str, fn: BatchOperator, policy: Any, outbox: _DeadLetterOutbox
+        self, name: str, step: str, fn: BatchOperator, policy: Any, outbox: DeadLetterOutbox
     ) -> None:
         self._name = name
         self._step = step
@@ -429,7 +435,7 @@ def range_steps(
     configured ones, then ``batch_operators``). The flow maps them one by one (a stateful
     tail_sampling step goes after the first two); ``otelwax replay`` composes them, and
     refuses a flow with a stateful operator (its output depends on what came before)."""
-    outbox = _DeadLetterOutbox(settings)
+    outbox = DeadLetterOutbox(settings)
     steps: list[tuple[str, Callable[[Any], Any]]] = [
         ("decode", _Decode(signal, row_times=row_times)),
         ("dead_letters", _DeadLetters(outbox)),

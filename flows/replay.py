@@ -291,12 +291,13 @@ def metrics_target(settings: Any) -> Target:
     same exactly-once sink as the flow; ClickHouse only: Prometheus remote-write is not
     replayed)."""
     from flows import metrics
+    from flows.pipeline import DeadLetterOutbox
 
     if settings.clickhouse is None:
         raise ValueError("flows.metrics has no ClickHouse output (clickhouse: null)")
     sink_cfg = settings.sink.model_copy(update={"overlap": False, "serve_queries": False})
     sink = metrics.metrics_sink(settings.clickhouse, sink_cfg)
-    decode = metrics._Decode()
+    decode = metrics._Decode(DeadLetterOutbox(settings))
 
     def open_() -> tuple[Any, Any]:
         intents = sink.intent_log(sink.client())

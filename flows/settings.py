@@ -308,6 +308,7 @@ class MetricsFlowSettings(KafkaFlowSettings):
     remote_write: RemoteWriteConfig | None = Field(
         None, description="Prometheus remote-write (off unless set here or in sinks.remote_write)"
     )
+    dead_letters: DeadLetterConfig = Field(default_factory=DeadLetterConfig)
     delta_to_cumulative: DeltaToCumulativeConfig = Field(
         default_factory=DeltaToCumulativeConfig,
         description="remote-write branch: delta sums/histograms → cumulative series",

@@ -747,3 +747,47 @@ def test_idle_delta_series_are_evicted_after_their_ttl(
     run()
     assert list(prom_values(prometheus_url, f'jobs_done_total{{job="{job}"}}').values()) == [3.0]
     assert _dropped("delta_to_cumulative", "expired", unit="series") == expired + 1
+
+
+def test_poison_records_go_to_the_dlq_and_good_points_are_stored(
+    kafka_bootstrap: str, make_topic, tmp_path: Path
+) -> None:
+    """An undecodable record in otlp_metrics is written to the dead-letter topic with where it
+    came from and why (as in the traces and logs flows); the points around it are stored."""
+    from connectors.dlq import H_ERROR, H_OFFSET, H_PARTITION, H_TOPIC
+    from tests.flows.conftest import consume_all
+
+    topic, dlq = make_topic("mpoison", partitions=1), make_topic("mdlq", partitions=1)
+    now = time.time_ns()
+    good = [
+        metrics_request({"service.name": "svc"}, [gauge("g", [(now + i, float(i), {})])])
+        for i in range(6)
+    ]
+    garbage, truncated = b"\xff\xfe not protobuf \x00\x01", good[0][: len(good[0]) // 2]
+    _produce(kafka_bootstrap, topic, [*good[:2], garbage, *good[2:4], truncated, *good[4:]], 0)
+    chdb_path = tmp_path / "chdb"
+    cfg = tmp_path / "metrics.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "kafka": {"bootstrap_servers": kafka_bootstrap},
+                "source": {"topic": topic, "stop_at_end": True},
+                "remote_write": None,
+                "dead_letters": {"topic": dlq},
+                "clickhouse": {"path": str(chdb_path), "database": "otel", "create_schema": True},
+            }
+        )
+    )
+    env = dict(os.environ, OTELWAX_CONFIG=str(cfg), PYTHONPATH=str(ROOT))
+    subprocess.run(
+        [sys.executable, "-m", "bytewax.run", "flows.metrics"],
+        cwd=ROOT, env=env, check=True, timeout=120,
+    )  # fmt: skip
+    dead = {int(dict(m.headers())[H_OFFSET]): m for m in consume_all(kafka_bootstrap, dlq)}
+    assert sorted(dead) == [2, 5]
+    assert dead[2].value() == garbage and dead[5].value() == truncated
+    for m in dead.values():
+        h = dict(m.headers())
+        assert (h[H_TOPIC].decode(), h[H_PARTITION], bool(h[H_ERROR])) == (topic, b"0", True)
+    got = chdb_query(chdb_path, "SELECT count() FROM otel.otel_metrics_gauge")
+    assert got == [["6"]], got
