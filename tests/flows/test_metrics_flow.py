@@ -10,6 +10,7 @@ import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -54,6 +55,21 @@ def _settings(bootstrap: str, topic: str, prom: str | None, **kw):
         remote_write={"url": f"{prom}/api/v1/write"} if prom else None,
         **{"delta_to_cumulative": {"shards": 8}, **kw},
     )
+
+
+def _chdb_flow_env(tmp_path: Path, bootstrap: str, topic: str, **extra: Any) -> dict[str, str]:
+    """The environment of a ``flows.metrics`` process reading ``topic`` to its end into chdb
+    at ``tmp_path/chdb`` (database ``otel``), without remote-write; ``extra`` settings."""
+    cfg = tmp_path / "metrics.yaml"
+    settings = {
+        "kafka": {"bootstrap_servers": bootstrap},
+        "source": {"topic": topic, "stop_at_end": True},
+        "remote_write": None,
+        "clickhouse": {"path": str(tmp_path / "chdb"), "database": "otel", "create_schema": True},
+        **extra,
+    }
+    cfg.write_text(yaml.safe_dump(settings))
+    return dict(os.environ, OTELWAX_CONFIG=str(cfg), PYTHONPATH=str(ROOT))
 
 
 def _v(url: str, q: str) -> dict:
@@ -267,18 +283,7 @@ def test_metrics_tables_in_chdb_hold_every_point_once(
         )
     _produce(kafka_bootstrap, topic, reqs)
     chdb_path = tmp_path / "chdb"
-    cfg = tmp_path / "metrics.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "kafka": {"bootstrap_servers": kafka_bootstrap},
-                "source": {"topic": topic, "stop_at_end": True},
-                "remote_write": None,
-                "clickhouse": {"path": str(chdb_path), "database": "otel", "create_schema": True},
-            }
-        )
-    )
-    env = dict(os.environ, OTELWAX_CONFIG=str(cfg), PYTHONPATH=str(ROOT))
+    env = _chdb_flow_env(tmp_path, kafka_bootstrap, topic)
     # Twice, without recovery: the second run starts past the ranges already stored (and
     # re-cuts the last recorded group with the same tokens), so nothing is stored twice.
     for _ in range(2):
@@ -766,19 +771,7 @@ def test_poison_records_go_to_the_dlq_and_good_points_are_stored(
     garbage, truncated = b"\xff\xfe not protobuf \x00\x01", good[0][: len(good[0]) // 2]
     _produce(kafka_bootstrap, topic, [*good[:2], garbage, *good[2:4], truncated, *good[4:]], 0)
     chdb_path = tmp_path / "chdb"
-    cfg = tmp_path / "metrics.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "kafka": {"bootstrap_servers": kafka_bootstrap},
-                "source": {"topic": topic, "stop_at_end": True},
-                "remote_write": None,
-                "dead_letters": {"topic": dlq},
-                "clickhouse": {"path": str(chdb_path), "database": "otel", "create_schema": True},
-            }
-        )
-    )
-    env = dict(os.environ, OTELWAX_CONFIG=str(cfg), PYTHONPATH=str(ROOT))
+    env = _chdb_flow_env(tmp_path, kafka_bootstrap, topic, dead_letters={"topic": dlq})
     subprocess.run(
         [sys.executable, "-m", "bytewax.run", "flows.metrics"],
         cwd=ROOT, env=env, check=True, timeout=120,
