@@ -279,6 +279,12 @@ def plan_columns(schema: pa.Schema, table_cols: dict[str, str]) -> InsertPlan:
 
 def encode_native(batch: pa.RecordBatch, plan: InsertPlan, token: str = "") -> bytes:
     """One ClickHouse ``Native`` block (HTTP flavour: no block info) holding the planned columns."""
+    return b"".join(native_parts(batch, plan, token))
+
+
+def native_parts(batch: pa.RecordBatch, plan: InsertPlan, token: str = "") -> list[Any]:
+    """``encode_native``'s block as the bytes-like pieces it is made of, in order (a request
+    body sent piece by piece needs no copy of the whole block)."""
     n = batch.num_rows
     parts: list[Any] = [_varint(len(plan.cols)), _varint(n)]
     for c in plan.cols:
@@ -289,4 +295,4 @@ def encode_native(batch: pa.RecordBatch, plan: InsertPlan, token: str = "") -> b
             parts.append((_varint(len(tok)) + tok) * n)
         else:
             parts.extend(c.encode(batch.column(c.source)))
-    return b"".join(parts)
+    return parts

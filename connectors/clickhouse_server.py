@@ -35,9 +35,9 @@ from connectors.clickhouse_native import (
     TOKEN_COLUMN,
     InsertPlan,
     PlanColumn,
-    encode_native,
     map_parts,
     nanoseconds,
+    native_parts,
     plan_columns,
 )
 from connectors.clickhouse_schema import quote_ident, trace_copy_table
@@ -293,7 +293,7 @@ class ServerClient(InsertingClient):
         token: str | None,
         settings: dict[str, Any] | None = None,
     ) -> None:
-        body = encode_native(batch, plan, token or "")
+        body = native_parts(batch, plan, token or "")
         cols = ", ".join(f"`{c.name}`" for c in plan.cols)
         q = {"query": f"INSERT INTO {qt} ({cols}) FORMAT Native", **(settings or {})}
         if token is not None and not self.legacy:
@@ -304,6 +304,7 @@ class ServerClient(InsertingClient):
         headers = {
             "Authorization": "Basic " + base64.b64encode(auth).decode(),
             "Content-Type": "application/octet-stream",
+            "Content-Length": str(sum(memoryview(p).nbytes for p in body)),  # not chunked
         }
         url = "/?" + urllib.parse.urlencode(q)
         with self._lock:
