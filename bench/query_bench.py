@@ -19,7 +19,7 @@ Targets (``--target chdb|server|both``):
 Both targets also get a trace-ordered copy of the spans (``--by-trace``). The server gets the
 one otelwax's default schema creates for a server (``tables.trace_copy``): on 18.16 (no
 projections) the table ``otel_traces_by_trace``, ordered by ``(TraceId, Timestamp)`` with
-``index_granularity = 1024``, fed by a materialized view from ``otel_traces``; on a modern
+``index_granularity = 256``, fed by a materialized view from ``otel_traces``; on a modern
 server the ``by_trace`` projection. chdb (whose default schema has none) gets a projection
 ``by_trace (SELECT * ORDER BY TraceId) WITH SETTINGS (index_granularity = 1024)`` added by the
 bench. Before measuring, the span tables are merged to one part (``OPTIMIZE ... FINAL``;
@@ -37,19 +37,20 @@ Queries (literal SQL, the same text for both targets):
   with the projection the query names ``otel_traces`` itself).
 - ``RED``: one service over the whole stored range, per minute: requests, errors, p50/p99.
 
-Rows: chdb, loaded by one fresh process and queried by another (chdb reads its allocator
-settings once per process): through ``connectors.clickhouse.EmbeddedClient`` (what otelwax uses:
-one chdb session behind a lock) with 1 and 2 threads and with one ``chdb.connect()`` connection
-per thread (2 threads), with otelwax's ``JE_MALLOC_CONF``; then again with each
-``--chdb-malloc-conf`` (default ``dirty_decay_ms:1000,muzzy_decay_ms:0``). The server with
-1/2/4/8 concurrent clients (``--clients``): each client a separate Python process (HTTP
-keep-alive, TabSeparated), and, when installed, ``clickhouse-benchmark`` (C++ native client,
-``apt-get install clickhouse-tools``; the two-step lookup as one statement with scalar
-subqueries). Each cell runs ``--seconds`` with every client issuing queries back to back:
+Rows: chdb, loaded by one fresh process and queried by another (chdb reads its allocator settings
+once per process): through ``connectors.clickhouse.EmbeddedClient`` (what otelwax uses: one chdb
+session behind a lock) with 1 and 2 threads and with one ``chdb.connect()`` connection per thread
+(2 threads), with otelwax's ``JE_MALLOC_CONF``; then again with each ``--chdb-malloc-conf``
+(default ``dirty_decay_ms:1000,muzzy_decay_ms:0``). The server with 1/2/4/8 concurrent clients
+(``--clients``): each client a separate Python process (HTTP keep-alive on a raw socket,
+TabSeparated; the one-step lookup with ``use_uncompressed_cache = 1``, as ``otelwax query trace``
+asks, and the cache's hit rate in each cell), and, when installed, ``clickhouse-benchmark`` (C++
+native client, ``apt-get install clickhouse-tools``; the two-step lookup as one statement with
+scalar subqueries). Each cell runs ``--seconds`` with every client issuing queries back to back:
 p50/p99 are the latencies seen during that run, q/s the completed lookups (or RED queries) per
 second, "CPU ms/q" the server's CPU per query (from /proc, the process listening on the native
-port) + the clients' CPU per query (chdb: the whole process). The machine's 2 cores are shared
-by server and clients.
+port) + the clients' CPU per query (chdb: the whole process). The machine's 2 cores are shared by
+server and clients.
 
     .venv/bin/python bench/query_bench.py                           # both, 1M spans
     .venv/bin/python bench/query_bench.py --spans 200000 --seconds 1 --target server
