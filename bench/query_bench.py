@@ -19,7 +19,7 @@ Targets (``--target chdb|server|both``):
 Both targets also get a trace-ordered copy of the spans (``--by-trace``). The server gets the
 one otelwax's default schema creates for a server (``tables.trace_copy``): on 18.16 (no
 projections) the table ``otel_traces_by_trace``, ordered by ``(TraceId, Timestamp)`` with
-``index_granularity = 1024``, fed by a materialized view from ``otel_traces``; on a modern
+``index_granularity = 256``, fed by a materialized view from ``otel_traces``; on a modern
 server the ``by_trace`` projection. chdb (whose default schema has none) gets a projection
 ``by_trace (SELECT * ORDER BY TraceId) WITH SETTINGS (index_granularity = 1024)`` added by the
 bench. Before measuring, the span tables are merged to one part (``OPTIMIZE ... FINAL``;
@@ -37,19 +37,20 @@ Queries (literal SQL, the same text for both targets):
   with the projection the query names ``otel_traces`` itself).
 - ``RED``: one service over the whole stored range, per minute: requests, errors, p50/p99.
 
-Rows: chdb, loaded by one fresh process and queried by another (chdb reads its allocator
-settings once per process): through ``connectors.clickhouse.EmbeddedClient`` (what otelwax uses:
-one chdb session behind a lock) with 1 and 2 threads and with one ``chdb.connect()`` connection
-per thread (2 threads), with otelwax's ``JE_MALLOC_CONF``; then again with each
-``--chdb-malloc-conf`` (default ``dirty_decay_ms:1000,muzzy_decay_ms:0``). The server with
-1/2/4/8 concurrent clients (``--clients``): each client a separate Python process (HTTP
-keep-alive, TabSeparated), and, when installed, ``clickhouse-benchmark`` (C++ native client,
-``apt-get install clickhouse-tools``; the two-step lookup as one statement with scalar
-subqueries). Each cell runs ``--seconds`` with every client issuing queries back to back:
+Rows: chdb, loaded by one fresh process and queried by another (chdb reads its allocator settings
+once per process): through ``connectors.clickhouse.EmbeddedClient`` (what otelwax uses: one chdb
+session behind a lock) with 1 and 2 threads and with one ``chdb.connect()`` connection per thread
+(2 threads), with otelwax's ``JE_MALLOC_CONF``; then again with each ``--chdb-malloc-conf``
+(default ``dirty_decay_ms:1000,muzzy_decay_ms:0``). The server with 1/2/4/8 concurrent clients
+(``--clients``): each client a separate Python process (HTTP keep-alive on a raw socket,
+TabSeparated; the one-step lookup with ``use_uncompressed_cache = 1``, as ``otelwax query trace``
+asks, and the cache's hit rate in each cell), and, when installed, ``clickhouse-benchmark`` (C++
+native client, ``apt-get install clickhouse-tools``; the two-step lookup as one statement with
+scalar subqueries). Each cell runs ``--seconds`` with every client issuing queries back to back:
 p50/p99 are the latencies seen during that run, q/s the completed lookups (or RED queries) per
 second, "CPU ms/q" the server's CPU per query (from /proc, the process listening on the native
-port) + the clients' CPU per query (chdb: the whole process). The machine's 2 cores are shared
-by server and clients.
+port) + the clients' CPU per query (chdb: the whole process). The machine's 2 cores are shared by
+server and clients.
 
     .venv/bin/python bench/query_bench.py                           # both, 1M spans
     .venv/bin/python bench/query_bench.py --spans 200000 --seconds 1 --target server
@@ -61,7 +62,6 @@ test: no thresholds.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import multiprocessing as mp
 import os
@@ -243,10 +243,12 @@ def sql_spans(db: str, cols: str, tid: str, start: int | str, end: int | str) ->
     )
 
 
-def sql_lookup1(db: str, cols: str, tid: str, table: str = "otel_traces_by_trace") -> str:
+def sql_lookup1(db: str, cols: str, tid: str, table: str = "otel_traces_by_trace",
+                settings: str | None = None) -> str:  # fmt: skip
     """One-step lookup: from the trace-ordered table, or from ``otel_traces`` itself when its
-    projection ordered by TraceId answers it."""
-    return f"SELECT {cols} FROM {db}.{table} WHERE TraceId = {_lit(tid)} ORDER BY Timestamp"
+    projection ordered by TraceId answers it (``settings``: a SETTINGS clause)."""
+    sql = f"SELECT {cols} FROM {db}.{table} WHERE TraceId = {_lit(tid)} ORDER BY Timestamp"
+    return sql + (settings or "")
 
 
 def sql_red(db: str, svc: str, lo: int, hi: int) -> str:
@@ -275,7 +277,7 @@ def one_query(conn, kind: str, ctx: dict, arg: str) -> None:  # type: ignore[no-
         ((start, end),) = conn.rows(sql_bounds(db, arg))
         conn.fetch(sql_spans(db, cols, arg, int(start), int(end)) + ctx.get("spans_settings", ""))
     elif kind == "lookup1":
-        conn.fetch(sql_lookup1(db, cols, arg, ctx["by_trace_table"]))
+        conn.fetch(sql_lookup1(db, cols, arg, ctx["by_trace_table"], ctx.get("lookup1_settings")))
     else:
         conn.fetch(sql_red(db, arg, ctx["lo"], ctx["hi"]))
 
@@ -322,34 +324,72 @@ class EmbeddedConn:
 
 
 class HttpConn:
-    """A keep-alive HTTP connection to a ClickHouse server (TabSeparated results)."""
+    """A keep-alive HTTP/1.1 connection to a ClickHouse server on a raw socket (TabSeparated
+    results): one ``sendall`` per query and a minimal response parse, ~0.1 ms of client CPU
+    per lookup vs ~0.3 with ``http.client``, whose header parsing would otherwise be a
+    third of what a lookup costs the 2 cores the bench shares with the server."""
 
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
-        self.h = http.client.HTTPConnection(host, port, timeout=60)
+        self._connect()
+
+    def _connect(self) -> None:
+        self.sock = socket.create_connection((self.host, self.port), timeout=60)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def _fill(self) -> None:
+        data = self.sock.recv(1 << 16)
+        if not data:
+            raise ConnectionResetError("server closed the connection")
+        self.buf += data
+
+    def _until(self, sep: bytes) -> bytes:
+        while (i := self.buf.find(sep)) < 0:
+            self._fill()
+        out, self.buf = self.buf[:i], self.buf[i + len(sep) :]
+        return out
+
+    def _take(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self._fill()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def _request(self, body: bytes) -> tuple[bytes, bytes]:
+        self.sock.sendall(b"POST / HTTP/1.1\r\nHost: ch\r\nContent-Length: %d\r\n\r\n%s"
+                          % (len(body), body))  # fmt: skip
+        head = self._until(b"\r\n\r\n").lower()
+        if b"transfer-encoding: chunked" in head:
+            parts = []
+            while n := int(self._until(b"\r\n").split(b";")[0], 16):
+                parts.append(self._take(n + 2)[:n])
+            self._until(b"\r\n")
+            return head, b"".join(parts)
+        m = re.search(rb"content-length: *(\d+)", head)
+        return head, self._take(int(m.group(1)) if m else 0)
 
     def fetch(self, sql: str) -> bytes:
         body = (sql + " FORMAT TabSeparated").encode()
         for attempt in (1, 2):  # the server closes idle keep-alive connections after 3 s
             try:
-                self.h.request("POST", "/", body=body)
-                r = self.h.getresponse()
-                data = r.read()
+                head, data = self._request(body)
                 break
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                self.h.close()
-                self.h = http.client.HTTPConnection(self.host, self.port, timeout=60)
+            except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
+                self.sock.close()
+                self._connect()
                 if attempt == 2:
                     raise
-        if r.status != 200:
-            raise RuntimeError(f"HTTP {r.status}: {data[:300]!r}")
+        if not head.startswith(b"http/1.1 200"):
+            status = head.split(b"\r\n", 1)[0]
+            raise RuntimeError(f"{status!r}: {data[:300]!r}")
         return data
 
     def rows(self, sql: str) -> list[tuple]:
         return _tsv(self.fetch(sql).decode())
 
     def close(self) -> None:
-        self.h.close()
+        self.sock.close()
 
 
 # --- running clients ------------------------------------------------------------------------
@@ -449,13 +489,32 @@ def run_processes(pool, n: int, kind: str, ctx: dict, args: list, seconds: float
                 host=srv["host"], http_port=srv["http_port"], min_count=min_count)  # fmt: skip
     res = pool.map_async(_worker, [dict(spec, seed=j) for j in range(n)], chunksize=1)
     time.sleep(max(0.0, t_start - time.time()))
-    s0 = _proc_cpu(srv["pid"])
+    s0, c0 = _proc_cpu(srv["pid"]), _cache_events(srv)
     out = res.get()
     wall = time.time() - t_start
-    s1 = _proc_cpu(srv["pid"])
+    s1, c1 = _proc_cpu(srv["pid"]), _cache_events(srv)
     lat = [x for lt, _ in out for x in lt]
     srv_cpu = s1 - s0 if s0 is not None and s1 is not None else None
-    return cell(lat, wall, srv_cpu, sum(c for _, c in out))
+    got = cell(lat, wall, srv_cpu, sum(c for _, c in out))
+    hits, misses = (c1[k] - c0[k] for k in ("UncompressedCacheHits", "UncompressedCacheMisses"))
+    if hits + misses:
+        got["uncompressed_cache_hit_rate"] = round(hits / (hits + misses), 3)
+    return got
+
+
+def _cache_events(srv: dict) -> dict[str, int]:
+    """The server's uncompressed cache counters (hit rate of the lookups in a cell)."""
+    conn = HttpConn(srv["host"], srv["http_port"])
+    try:
+        rows = conn.rows(
+            "SELECT event, value FROM system.events "
+            "WHERE event IN ('UncompressedCacheHits', 'UncompressedCacheMisses')"
+        )
+    finally:
+        conn.close()
+    out = {"UncompressedCacheHits": 0, "UncompressedCacheMisses": 0}
+    out.update({k: int(v) for k, v in rows})
+    return out
 
 
 def run_ch_benchmark(n: int, queries: list[str], seconds: float, srv: dict, tmp: Path) -> dict:
@@ -679,6 +738,8 @@ def run_server(args: argparse.Namespace, base: pa.RecordBatch, rows_out: list[di
         info["tables"] = table_info(conn, db)
         tids, svcs, lo, hi = sample_args(conn, db, args.trace_ids)
         ctx = {"db": db, "cols": cols, "lo": lo, "hi": hi, "by_trace_table": _by_trace_table(mode)}
+        if not args.no_uncompressed_cache:  # what otelwax query trace asks for
+            ctx["lookup1_settings"] = " SETTINGS use_uncompressed_cache = 1"
         info["by_trace"] = mode
         kinds = [k for k in KINDS if k != "lookup1" or mode != "none"]
         for k in kinds:
@@ -699,7 +760,10 @@ def run_server(args: argparse.Namespace, base: pa.RecordBatch, rows_out: list[di
         if shutil.which("clickhouse-benchmark") and not args.no_ch_benchmark:
             qfiles = {
                 "lookup": [sql_lookup_one_statement(db, cols, t) for t in tids],
-                "lookup1": [sql_lookup1(db, cols, t, ctx["by_trace_table"]) for t in tids],
+                "lookup1": [
+                    sql_lookup1(db, cols, t, ctx["by_trace_table"], ctx.get("lookup1_settings"))
+                    for t in tids
+                ],
                 "red": [sql_red(db, s, lo, hi) for s in svcs],
             }
             for n in args.clients:
@@ -766,7 +830,9 @@ def print_row(r: dict) -> None:
         c = r.get(k)
         if c:
             p50, p99, qps, cpu = _fmt_cell(c)
-            parts.append(f"{KIND_LABEL[k]} {p50}/{p99} ms {qps} q/s cpu {cpu}")
+            hit = c.get("uncompressed_cache_hit_rate")
+            hits = f" (uncompressed cache hits {hit:.0%})" if hit is not None else ""
+            parts.append(f"{KIND_LABEL[k]} {p50}/{p99} ms {qps} q/s cpu {cpu}{hits}")
     print(f"{r['target']} x{r['clients']}: " + "; ".join(parts), flush=True)
 
 
@@ -801,6 +867,11 @@ def main() -> int:
         help="measure the span tables with the parts the load left (default: OPTIMIZE FINAL)",
     )
     ap.add_argument("--no-ch-benchmark", action="store_true", help="skip clickhouse-benchmark")
+    ap.add_argument(
+        "--no-uncompressed-cache", action="store_true",
+        help="server: one-step lookups without use_uncompressed_cache = 1 (otelwax query trace "
+        "sets it; the bench's --trace-ids repeat, so its hit rate is a repeated view's)",
+    )  # fmt: skip
     ap.add_argument(
         "--load-only", action="store_true",
         help="server: load (insert CPU per span) and stop, no queries (A/B of --by-trace)",

@@ -20,6 +20,7 @@ from connectors.clickhouse_cluster import TableEngine
 from connectors.clickhouse_legacy_schema import trace_copy_backfill, trace_copy_ddl
 from connectors.clickhouse_metrics_schema import metrics_ddl
 from connectors.clickhouse_schema import (
+    TRACE_COPY_GRANULARITY,
     TRACE_PROJECTION,
     TableOptions,
     logs_ddl,
@@ -225,7 +226,7 @@ def _trace_copy(
     if legacy:
         copy = trace_copy_table(table)
         if _columns(client, database, copy):
-            return []
+            return _copy_granularity(client, database, table, copy)
         create, view = trace_copy_ddl(database, table, opts)
         return [
             Change(f"{t}: {copy}, its copy ordered by TraceId, is missing", create),
@@ -253,6 +254,24 @@ def _trace_copy(
             f"{t}: by_trace is built for the parts stored so far (a background mutation)",
             f"{alter} MATERIALIZE PROJECTION by_trace",
         ),
+    ]
+
+
+def _copy_granularity(client: Any, database: str, table: str, copy: str) -> list[Change]:
+    """Report an 18.16 copy whose granules are bigger than this version's: its lookups read
+    more rows, but 18.16 cannot change ``index_granularity`` in place, and rebuilding means
+    rewriting every stored span while the flow is stopped (a view writes the copy)."""
+    m = re.search(r"\bindex_granularity = (\d+)", _engine_full(client, database, copy))
+    have = int(m.group(1)) if m else 8192
+    if have <= TRACE_COPY_GRANULARITY:
+        return []
+    return [
+        Change(
+            f"{qualified(database, table)}: {copy} has {have}-row granules, this version creates "
+            f"{TRACE_COPY_GRANULARITY} (lookups read {have // TRACE_COPY_GRANULARITY}x the rows; "
+            "kept: 18.16 cannot change it in place; to rebuild, stop the traces flow, rename the "
+            "copy, run migrate --apply, and drop the renamed table)"
+        )
     ]
 
 

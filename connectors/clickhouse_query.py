@@ -175,6 +175,9 @@ def trace(client: ClickHouseClient, t: Tables, params: dict[str, Any]) -> QueryR
         f"SELECT SpanId, ParentSpanId, ServiceName, SpanName, {start_ns} AS start_ns, "
         f"round(Duration / 1e6, 3) AS duration_ms, StatusCode FROM {table} "
         "WHERE TraceId = {id:String} ORDER BY start_ns, SpanId"
+        # A trace viewed again skips reading and decompressing its blocks; a miss costs what
+        # it costs without the cache (18.16, bench/README.md).
+        " SETTINGS use_uncompressed_cache = 1"
     )
     rows = client.execute(sql, {"id": tid})
     cols = ["span_id", "parent_span_id", "service", "span", "start_ns", "duration_ms", "status"]

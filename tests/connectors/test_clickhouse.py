@@ -64,7 +64,7 @@ def test_trace_copy_is_on_for_a_server_and_off_for_chdb_unless_set() -> None:
     )
     on = TableOptions(trace_copy="on")
     legacy = "\n".join(traces_ddl("otel", "otel_traces", on, legacy=True))
-    assert "ORDER BY (TraceId, Timestamp)\nSETTINGS index_granularity = 1024" in legacy
+    assert "ORDER BY (TraceId, Timestamp)\nSETTINGS index_granularity = 256" in legacy
     assert "MATERIALIZED VIEW IF NOT EXISTS `otel`.`otel_traces_by_trace_mv`" in legacy
     assert "PROJECTION by_trace" in traces_ddl("otel", "t", on)[0]
     assert "PROJECTION" not in traces_ddl("otel", "t", TableOptions())[0]

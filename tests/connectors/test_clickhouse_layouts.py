@@ -307,6 +307,36 @@ def test_migrate_adds_the_trace_copy_to_a_1816_store_keeping_its_spans(clickhous
         client.close()
 
 
+def test_migrate_reports_a_1816_trace_copy_with_bigger_granules_and_keeps_it(
+    clickhouse_server,
+) -> None:
+    """A copy created with 1024-row granules (before 256 was the default) still answers
+    lookups; 18.16 cannot change a table's granularity in place, so migrate says what it
+    costs and how to rebuild, runs nothing, and leaves the copy as it is."""
+    from connectors.clickhouse_schema import create_schema
+
+    db = f"t_{uuid.uuid4().hex[:10]}"
+    cfg = server_config(clickhouse_server, db)
+    client = open_client(cfg)
+    try:
+        create_schema(client, db, "otel_traces", None, cfg.schema_options)
+        assert plan_migration(client, db, "otel_traces", "traces", cfg.schema_options) == []
+        copy = f"{db}.otel_traces_by_trace"
+        ddl = client.execute(f"SHOW CREATE TABLE {copy}")[0][0]
+        client.execute(f"DROP TABLE {copy}")
+        client.execute(ddl.replace("index_granularity = 256", "index_granularity = 1024"))
+        changes = plan_migration(client, db, "otel_traces", "traces", cfg.schema_options)
+        assert [c.sql for c in changes] == [None]
+        assert "otel_traces_by_trace has 1024-row granules, this version creates 256" in (
+            changes[0].what
+        )
+        assert apply_changes(client, changes) == 0
+        assert "index_granularity = 1024" in client.execute(f"SHOW CREATE TABLE {copy}")[0][0]
+    finally:
+        client.execute(f"DROP DATABASE IF EXISTS {db}")
+        client.close()
+
+
 def test_migrate_adds_the_by_trace_projection_for_stored_parts(chdb_client) -> None:
     """Modern ClickHouse (chdb stands in): migrate adds the projection and builds it for the
     parts already stored, so a lookup of an old trace reads it."""
