@@ -309,7 +309,7 @@ def test_grpc_sockets_served_by_the_server_thread_unless_event_engine_listener(
     shim = start_shim(kafka_bootstrap, fresh_topics, tmp_path, extra)
     try:
         payloads = [
-            trace_request(20, 5, seed=i, spans_per_trace=5).SerializeToString() for i in range(4)
+            trace_request(40, 10, seed=i, spans_per_trace=5).SerializeToString() for i in range(4)
         ]
 
         def send(n: int) -> None:
@@ -322,9 +322,9 @@ def test_grpc_sockets_served_by_the_server_thread_unless_event_engine_listener(
             list(pool.map(send, [150] * 4))
         ee = _event_engine_cpu_s(shim.proc.pid)
         if listener:
-            assert ee >= 0.03, ee
+            assert ee >= 0.02, ee  # 0.06 s on a quiet machine
         else:
-            assert ee <= 0.02, ee
+            assert ee <= 0.01, ee  # a clock tick at most
     finally:
         assert shim.stop() == 0
 
