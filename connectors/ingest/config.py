@@ -48,7 +48,7 @@ class GrpcEndpoint(EndpointConfig):
         False,
         description="Read the gRPC sockets on grpc's EventEngine threads (grpc's own default) "
         "instead of the server's polling thread. Off, each read skips a hand-off between "
-        "threads: ~9 % less CPU per span under telemetrygen load (bench/README.md). Applied "
+        "threads: ~7 % less CPU per span under telemetrygen load (bench/README.md). Applied "
         "through $GRPC_EXPERIMENTS, which a value of the user's naming the listener overrides.",
     )
 
