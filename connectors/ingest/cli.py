@@ -164,6 +164,9 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    experiments = cfg.grpc.grpc_experiments(os.environ.get("GRPC_EXPERIMENTS"))
+    if experiments is not None:  # before grpc is imported (the server module imports it)
+        os.environ["GRPC_EXPERIMENTS"] = experiments
     from connectors.ingest.server import run as run_server
 
     return run_server(cfg)
