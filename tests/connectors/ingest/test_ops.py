@@ -324,7 +324,7 @@ def test_grpc_sockets_served_by_the_server_thread_unless_event_engine_listener(
         if listener:
             assert ee >= 0.02, ee  # 0.06 s on a quiet machine
         else:
-            assert ee <= 0.01, ee  # a clock tick at most
+            assert ee <= 0.02, ee  # a clock tick or two (0.04-0.06 s with the listener)
     finally:
         assert shim.stop() == 0
 
