@@ -166,6 +166,15 @@ def probe(out_path: str, argv: list[str]) -> None:
         for item in os.environ["PROBE_CHDB_SETTINGS"].split("/"):
             k, _, v = item.partition(":")
             CHDB_SERVER_SETTINGS[k] = int(v)
+    if os.environ.get("PROBE_TABLE_SETTINGS"):  # "name:value/...": MergeTree settings, new tables
+        import connectors.clickhouse_schema as schema
+
+        extra = ", ".join(
+            f"{k} = {int(v)}"
+            for k, _, v in (i.partition(":") for i in os.environ["PROBE_TABLE_SETTINGS"].split("/"))
+        )
+        real_settings = schema._settings
+        schema._settings = lambda *a, **kw: f"{real_settings(*a, **kw)}, {extra}"  # type: ignore[assignment]
     pageout_every = int(os.environ.get("PROBE_PAGEOUT_S", 0)) * 5  # in samples
     chdb_mem = {"v": 0}
 

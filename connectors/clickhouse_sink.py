@@ -32,9 +32,10 @@ ClickHouse unavailable: every call retries with exponential backoff and a circui
 
 Overlap (``overlap: true``, with a source sharing its ``RangeAcks``): a background thread per
 worker runs steps 1 and 2 in order while the worker decodes the next ranges (chdb and the native
-decoder both release the GIL); ``write_batch`` returns once the batch is queued (one queued,
-one being stored). The source's snapshot then stays at the oldest range not yet stored, so an
-epoch that closes before its inserts finished is replayed, under the same tokens, after a crash.
+decoder both release the GIL); ``write_batch`` returns once the writer has taken the batch (one
+being stored, one handed over). The source's snapshot then stays at the oldest range not yet
+stored, so an epoch that closes before its inserts finished is replayed, under the same
+tokens, after a crash.
 """
 
 from __future__ import annotations
@@ -118,11 +119,12 @@ class ClickHouseSinkConfig(StrictModel):
 class _Writer:
     """Runs ``store`` on batches in submission order on one background thread.
 
-    At most one batch waits while another is stored, so ``submit`` blocks (holding the worker,
-    and with it the Kafka partitions, back) when the store falls behind. The first error stops
-    storing: it is logged, handed to ``on_error`` (the sources stop: a paused source would
-    otherwise wait forever), and raised by the next ``submit`` or by ``close``. Log lines keep
-    the step id of the submitting step.
+    ``submit`` returns once the writer has taken the batch (the worker decodes the next one
+    while it is stored; a third, queued, would only add a decoded range to the RSS), so it blocks,
+    holding the worker and its Kafka partitions back, while the store is behind. The first error
+    stops storing: it is logged, handed to ``on_error`` (the sources stop: a paused source
+    would otherwise wait forever), and raised by the next ``submit`` or by ``close``. Log lines
+    keep the step id of the submitting step.
     """
 
     def __init__(
@@ -140,6 +142,7 @@ class _Writer:
 
     def _run(self) -> None:
         while (job := self._queue.get()) is not None:
+            self._queue.task_done()  # taken: the submitter may go on
             if self._error is None:
                 try:
                     job()
@@ -155,6 +158,7 @@ class _Writer:
     def submit(self, items: list[Any]) -> None:
         self._check()
         self._queue.put(carry_step(lambda: self._store(items)))
+        self._queue.join()
 
     def close(self) -> None:
         self._queue.put(None)

@@ -127,7 +127,7 @@ class FlowSettings(Protocol):
 class _Decoded:
     """A range after decode: its rows and the payloads that failed."""
 
-    __slots__ = ("batch", "letters", "rng", "row_times_ms")
+    __slots__ = ("batch", "letters", "records", "rng", "row_times_ms")
 
     def __init__(
         self,
@@ -137,6 +137,7 @@ class _Decoded:
         row_times_ms: np.ndarray | None = None,
     ) -> None:
         self.rng = rng
+        self.records = len(rng.values)
         self.batch = batch
         self.letters = letters
         self.row_times_ms = row_times_ms
@@ -170,7 +171,11 @@ class _Decode:
         times = None
         if self._row_times:
             times = np.repeat(np.asarray(rng.timestamps, np.int64), res.rows_per_payload)
-        return _Decoded(rng, res.batch, letters, times)
+        out = _Decoded(rng, res.batch, letters, times)
+        # bytewax runs each step on a whole batch of ranges: free the payloads now, not when
+        # the next step has run on every range of it (letters keep the bad ones)
+        rng.values = []
+        return out
 
 
 class DeadLetterOutbox:
@@ -235,7 +240,7 @@ class _DeadLetters:
             r.first,
             r.last,
             d.batch,
-            len(r.values),
+            d.records,
             r.replay,
             r.first_timestamp_ms,
             r.topic_id,

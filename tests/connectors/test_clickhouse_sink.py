@@ -70,6 +70,30 @@ def test_overlapped_inserts_store_every_row_and_confirm_in_order(sink_for, chdb_
     assert len(rows) == want and {r[0] for r in rows} == ids
 
 
+def test_the_next_batch_waits_until_the_one_before_is_being_stored(sink_for, chdb_client) -> None:
+    """The sink holds at most two batches (one being stored, one handed over): while an insert
+    is stuck, the next write_batch does not return, so the worker decodes no third range."""
+    import threading
+
+    acks = RangeAcks()
+    sink = sink_for(acks)
+    part = sink.build("clickhouse", 0, 1)
+    ranges = _ranges(acks, 2)
+    engine = chdb_client._engine
+    with engine.lock:  # the insert of the first batch waits here
+        part.write_batch(ranges[:1])
+        nxt = threading.Thread(target=part.write_batch, args=(ranges[1:],), daemon=True)
+        nxt.start()
+        nxt.join(1.0)
+        assert nxt.is_alive(), "write_batch returned while the batch before was still queued"
+    nxt.join(30)
+    assert not nxt.is_alive()
+    part.close()
+    assert acks.oldest("spans", 0) is None
+    n = chdb_client.execute(f"SELECT count() FROM {chdb_client.cfg.database}.otel_traces")[0][0]
+    assert n == sum(r.batch.num_rows for r in ranges)
+
+
 def test_a_failing_insert_is_raised_and_its_range_stays_unconfirmed(sink_for, chdb_client) -> None:
     acks = RangeAcks()
     sink = sink_for(acks)
