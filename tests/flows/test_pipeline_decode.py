@@ -8,12 +8,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from connectors.kafka_ranges import KafkaRange
-from flows.pipeline import TRACES, _DeadLetters, _Decode
+from flows.pipeline import TRACES, DeadLetterOutbox, _DeadLetters, _Decode
 from tests.otlpgen import trace_payloads
 
 
-class _Letters:
-    """The DLQ outbox's interface: keeps what it is sent."""
+class _Letters(DeadLetterOutbox):
+    """The DLQ outbox, keeping what it is sent instead of producing it to Kafka."""
 
     def __init__(self) -> None:
         self.sent: list = []
