@@ -73,7 +73,7 @@ def test_metrics_flow_with_bytewax_source_logs_decode_errors_with_its_step(
     from tests.flows.conftest import ROOT
     from tests.promfixtures import gauge, metrics_request, unique_job, wait_for
 
-    topic = make_topic("jsonmetrics", partitions=1)
+    topic, dlq = make_topic("jsonmetrics", partitions=1), make_topic("jsondlq", partitions=1)
     job = unique_job("jsonlogs")
     good = metrics_request(
         {"service.name": job}, [gauge("queue.depth", [(time.time_ns(), 7.0, {})])]
@@ -87,6 +87,7 @@ def test_metrics_flow_with_bytewax_source_logs_decode_errors_with_its_step(
                 "source": {"topic": topic, "stop_at_end": True},
                 "clickhouse": None,
                 "remote_write": {"url": f"{prometheus_url}/api/v1/write"},
+                "dead_letters": {"topic": dlq},
             }
         )
     )
@@ -103,6 +104,10 @@ def test_metrics_flow_with_bytewax_source_logs_decode_errors_with_its_step(
     assert res.returncode == 0, res.stderr[-3000:]
     wait_for(prometheus_url, f'queue_depth{{job="{job}"}}', 1)
     recs = [json.loads(x) for x in res.stderr.splitlines() if x.startswith("{")]
-    bad = [r for r in recs if "dropped" in r["msg"] and r["logger"] == "flows.metrics"]
+    bad = [r for r in recs if "undecodable record" in r["msg"]]
     assert len(bad) == 1, res.stderr[-3000:]
+    assert bad[0]["offset"] == 1, bad[0]
+    from tests.flows.conftest import consume_all
+
+    assert [m.value() for m in consume_all(kafka_bootstrap, dlq)] == [b"\xff\xfe not protobuf"]
     assert bad[0]["step_id"] == "otelwax_metrics.decode" and bad[0]["level"] == "WARNING"
