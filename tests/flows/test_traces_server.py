@@ -54,6 +54,7 @@ def flow_server() -> Iterator[ServerAddr]:
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # make test-all; the soak smoke restarts this 18.16 server mid-stream too
 def test_clickhouse_down_mid_stream_nothing_lost_nothing_duplicated(flow_run, flow_server) -> None:
     db = f"f_{uuid.uuid4().hex[:8]}"
     run = flow_run(partitions=2, clickhouse=_server_settings(flow_server, db))
