@@ -213,6 +213,7 @@ def test_redaction_and_severity_filter_show_in_the_stored_rows(logs_run) -> None
     assert leaks == 0
 
 
+@pytest.mark.extended  # make test-all; the soak smoke SIGKILLs flows.logs under load and reconciles
 def test_restarts_replay_without_duplicating_rows(logs_run) -> None:
     """SIGKILL while records keep arriving, then a clean restart, then a restart over the same
     intents: every log record is stored exactly once."""
