@@ -151,14 +151,14 @@ class ServerClient(InsertingClient):
         qt = f"{quote_ident(db)}.{quote_ident(name)}"
         plan = self._plan(f"{db}.{name}", batch.schema)
         complete_copy = False
-        if dedup_token is not None and self.legacy:
-            if not plan.token_column:
-                raise ClickHouseError(
-                    f"{db}.{name} has no {TOKEN_COLUMN} column: this server cannot deduplicate "
-                    "inserts (recreate the table with `otelwax clickhouse init`)",
-                    transient=False,
-                )
-        if dedup_token is not None and self.legacy and not fresh:
+        emulated = dedup_token is not None and self.legacy  # tokens kept in InsertToken
+        if emulated and not plan.token_column:
+            raise ClickHouseError(
+                f"{db}.{name} has no {TOKEN_COLUMN} column: this server cannot deduplicate "
+                "inserts (recreate the table with `otelwax clickhouse init`)",
+                transient=False,
+            )
+        if emulated and not fresh:
             replicated = self._replica_synced(f"{db}.{name}", qt)
             seen = self._token_rows(db, name, dedup_token)
             if min(seen) >= batch.num_rows:
