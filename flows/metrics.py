@@ -128,9 +128,9 @@ def metrics_sink(
 class _Decode:
     """map mapper: one Kafka range → one StoredRange holding its rows per metrics table;
     undecodable records go to the DLQ (``outbox``, waiting for Kafka's ack; logged with the
-    step id), or are dropped (counted) without one."""
+    step id; counted dropped when the DLQ is disabled)."""
 
-    def __init__(self, outbox: DeadLetterOutbox | None = None) -> None:
+    def __init__(self, outbox: DeadLetterOutbox) -> None:
         self.metrics = ComponentMetrics("metrics_decode", "datapoints")
         self.records = ComponentMetrics("metrics_decode", "records")
         self._outbox = outbox
@@ -141,16 +141,12 @@ class _Decode:
 
         self.records.received(len(r.values))
         res = decode_metrics(r.values)
-        if res.errors and self._outbox is not None:
+        if res.errors:
             self.records.failed(len(res.errors))
             self._outbox.reject([
                 DeadLetter(r.topic, r.partition, r.offsets[i], r.values[i], why)
                 for i, why in res.errors
             ])
-        elif res.errors:
-            self.records.dropped(len(res.errors), "decode_error")
-            for idx, reason in res.errors[:5]:
-                log.warning("metrics decode: record %d dropped: %s", r.offsets[idx], reason)
         self.metrics.received(res.num_rows)
         return StoredRange(
             r.topic,
