@@ -157,7 +157,7 @@ class TableColumns:
         self._cols.pop(table, None)
 
 
-def _sql_literal(v: Any) -> str:
+def sql_literal(v: Any) -> str:
     """A ClickHouse literal for a parameter value (strings escaped)."""
     if v is None:
         return "NULL"
@@ -166,7 +166,7 @@ def _sql_literal(v: Any) -> str:
     if isinstance(v, int | float):
         return repr(v)
     if isinstance(v, list | tuple):
-        return "[" + ", ".join(_sql_literal(x) for x in v) + "]"
+        return "[" + ", ".join(sql_literal(x) for x in v) + "]"
     s = str(v).replace("\\", "\\\\").replace("'", "\\'")
     return f"'{s}'"
 
@@ -180,7 +180,7 @@ def substitute_params(sql: str, params: dict[str, Any] | None) -> str:
         name = m.group(1)
         if name not in params:
             raise KeyError(f"query parameter {name!r} not given")
-        return _sql_literal(params[name])
+        return sql_literal(params[name])
 
     return _PARAM_RE.sub(rep, sql)
 

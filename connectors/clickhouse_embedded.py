@@ -23,6 +23,7 @@ from connectors.clickhouse_client import (
     InsertingClient,
     TableColumns,
     split_table,
+    sql_literal,
 )
 from connectors.clickhouse_config import ClickHouseConfig
 from connectors.clickhouse_json_schema import JSON_INSERT_SETTINGS, has_json_columns
@@ -89,7 +90,7 @@ class _ChdbEngine:
         """Run one statement; a statement that may change a table resets the column lists."""
         with self.lock:
             try:
-                return self.session.query(sql, "ArrowTable", params=params)
+                return self.session.query(sql, "ArrowTable", params=_chdb_params(params))
             except Exception as exc:
                 raise _chdb_error(exc) from exc
             finally:
@@ -130,6 +131,15 @@ class _ChdbEngine:
                     self.session.close()
                 _ChdbEngine._instance = None
                 log.info("chdb: closed %s", self.path)
+
+
+def _chdb_params(params: dict[str, Any] | None) -> dict[str, Any] | None:
+    """chdb sends a parameter as its Python ``str``: a list becomes ``[a,b]``, which no
+    ``Array(String)`` parses. A list goes as its escaped literal text, which ClickHouse parses
+    as the parameter's type (still a value, never SQL)."""
+    if not params:
+        return params
+    return {k: sql_literal(v) if isinstance(v, list | tuple) else v for k, v in params.items()}
 
 
 def _chdb_error(exc: Exception) -> ClickHouseError:

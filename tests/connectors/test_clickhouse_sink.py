@@ -7,6 +7,7 @@ import logging
 import uuid
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from connectors.clickhouse import ClickHouseConfig
@@ -342,3 +343,29 @@ def test_a_null_table_gets_its_rows_unsorted_and_its_views_get_them_all(
     rows = chdb_client.execute(f"SELECT SpanId FROM {db}.span_ids")
     assert sorted(r[0] for r in rows) == sorted(ids)
     assert acks.oldest("spans", 0) is None
+
+
+def test_lookup_dedup_on_chdb_stores_a_replayed_range_once(sink_for, chdb_client) -> None:
+    """``dedup: lookup`` with embedded chdb (a traces table of the exporter's layout, without
+    InsertToken): the span ids go to chdb as an array parameter; a replayed range that an
+    earlier run stored in part adds only the missing spans. Span ids a user's tools wrote may
+    hold any text, a quote included."""
+    db = chdb_client.cfg.database
+    batch = decode_traces(trace_payloads(2, seed=44)).batch
+    ids = batch.column("SpanId").to_pylist()
+    ids[0] = "it's\\odd]"
+    batch = batch.set_column(
+        batch.schema.get_field_index("SpanId"), "SpanId", pa.array(ids, pa.string())
+    )
+    conn = ClickHouseConfig(
+        mode="embedded", path=str(Path(chdb_client.cfg.path)), database=db, create_schema=True
+    )
+    sink = ClickHouseSink(
+        conn, ClickHouseSinkConfig(dedup="lookup"), sort_key=TRACES_SORT_KEY
+    )
+    part = sink.build("clickhouse", 0, 1)
+    chdb_client.insert_arrow("otel_traces", batch.slice(0, 80))  # the crashed run's part
+    part.write_batch([StoredRange("spans", 0, 0, 9, batch, 10, replay=True)])
+    part.close()
+    got = chdb_client.execute(f"SELECT count(), uniqExact(SpanId) FROM {db}.otel_traces")
+    assert got == [(200, 200)]
