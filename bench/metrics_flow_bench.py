@@ -212,9 +212,18 @@ def main() -> int:
                       f"s in {r.get('where')} threads {r.get('threads')}", flush=True)  # fmt: skip
     finally:
         delete_topics(args.kafka, topics)
+    summary = {}
     for name, rs in results.items():
-        print(f"{name:<8} median {statistics.median(r[0] for r in rs):>10,.0f} dp/s  "
-              f"{statistics.median(r[1] for r in rs):>10,.0f} dp/cpu-s over {len(rs)} runs")
+        summary[name] = {"dp_per_s": statistics.median(r[0] for r in rs),
+                         "dp_per_cpu_s": statistics.median(r[1] for r in rs), "runs": len(rs)}
+        print(f"{name:<8} median {summary[name]['dp_per_s']:>10,.0f} dp/s  "
+              f"{summary[name]['dp_per_cpu_s']:>10,.0f} dp/cpu-s over {len(rs)} runs")
+    # The first tree's medians, for make bench's goals table (bench/goals.py).
+    out = ROOT / "bench" / "results" / f"metrics_flow_{args.sink}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    first = summary[next(iter(trees))]
+    out.write_text(json.dumps({"sink": args.sink, "points": args.requests * 100, **first,
+                               "trees": summary}, indent=1))  # fmt: skip
     return 0
 
 
