@@ -23,7 +23,7 @@ timestamps and values stay numpy columns.
 from __future__ import annotations
 
 import gc
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,7 +45,7 @@ from connectors.prom_native_histogram import encode_native_histogram
 from connectors.prom_series import Labels, SeriesBatch
 from otelwax.rowkeys import map_keys
 
-__all__ = ["Labels", "SeriesBatch", "tables_to_series"]
+__all__ = ["Labels", "SeriesBatch", "tables_batch_to_series", "tables_to_series"]
 
 
 _CACHE_MAX = 200_000
@@ -381,6 +381,33 @@ def tables_to_series(
     finally:
         if enabled:
             gc.enable()
+
+
+def tables_batch_to_series(
+    items: Sequence[Mapping[str, pa.RecordBatch | pa.Table]],
+) -> list[SeriesBatch]:
+    """The table sets of one bytewax batch translated in one call (for ``op.flat_map_batch``):
+    delta→cumulative hands its rows on in one item per shard, and a call's fixed cost (Arrow
+    kernels, grouping) is then paid once per batch instead of once per shard. One
+    :class:`SeriesBatch` out, none when there is nothing in it."""
+    by_name: dict[str, list[pa.RecordBatch | pa.Table]] = {}
+    for tables in items:
+        for name, t in tables.items():
+            if t is not None and t.num_rows:
+                by_name.setdefault(name, []).append(t)
+    tables: dict[str, pa.RecordBatch | pa.Table] = {}
+    rest: list[dict[str, pa.RecordBatch | pa.Table]] = []
+    for name, ts in by_name.items():
+        try:
+            tables[name] = ts[0] if len(ts) == 1 else pa.concat_tables(
+                [t if isinstance(t, pa.Table) else pa.Table.from_batches([t]) for t in ts]
+            )  # fmt: skip
+        except pa.ArrowInvalid:  # schemas differ (not seen with one codec): one call each
+            rest.extend({name: t} for t in ts)
+    out = tables_to_series(tables)
+    for t in rest:
+        tables_to_series(t, out)
+    return [out] if out.num_samples or out.skipped else []
 
 
 def _tables_to_series(

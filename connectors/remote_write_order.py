@@ -125,14 +125,13 @@ class SeriesOrder(StatefulBatchLogic[SeriesBatch, SeriesBatch, bytes]):
     def on_batch(self, values: list[SeriesBatch]) -> tuple[list[SeriesBatch], bool]:
         now = time.time()
         out = SeriesBatch()
-        for batch in values:
-            for reason, n in batch.skipped.items():
-                out.skip(reason, n)
-            sid, ts, val, obj = batch.columns()
-            if len(sid):
-                used, inv = np.unique(sid, return_inverse=True)
-                ids = self._ids([batch.labels[i] for i in used.tolist()], now)
-                self._hold(ids, ids[inv], ts, val, obj, now)
+        batch = _merged(values)
+        out.skipped.update(batch.skipped)
+        sid, ts, val, obj = batch.columns()
+        if len(sid):
+            used, inv = np.unique(sid, return_inverse=True)
+            ids = self._ids([batch.labels[i] for i in used.tolist()], now)
+            self._hold(ids, ids[inv], ts, val, obj, now)
         self._release(out, now - self.cfg.delay_s)
         n = self.n_held
         if n > self.max_samples or (
@@ -272,9 +271,9 @@ class SeriesOrder(StatefulBatchLogic[SeriesBatch, SeriesBatch, bytes]):
         """Release each series that has a sample held since ``ripe_before``: its held samples
         not newer than the newest of those."""
         h_sid, h_ts, _, _, h_arr = self.held
-        ripe = h_arr <= ripe_before
-        if not ripe.any():
+        if not len(h_arr) or h_arr.min() > ripe_before:
             return
+        ripe = h_arr <= ripe_before
         cut = np.full(len(self.labels), _NO_TS)
         np.maximum.at(cut, h_sid[ripe], h_ts[ripe])
         self._release_mask(out, h_ts <= cut[h_sid])
@@ -321,6 +320,16 @@ class SeriesOrder(StatefulBatchLogic[SeriesBatch, SeriesBatch, bytes]):
                      None if h_obj is None else h_obj[keep], h_arr[keep])  # fmt: skip
 
 
+def _merged(batches: list[SeriesBatch]) -> SeriesBatch:
+    """The items of one bytewax batch as one (sharded once, not once per item)."""
+    if len(batches) == 1:
+        return batches[0]
+    out = SeriesBatch()
+    for b in batches:
+        out.merge(b)
+    return out
+
+
 @operator
 def write_in_order(
     step_id: str, up: Stream[SeriesBatch], cfg: RemoteWriteConfig, component: str = "remote_write"
@@ -328,7 +337,7 @@ def write_in_order(
     """Send ``up`` with remote-write, each series' samples in timestamp order across
     partitions and restarts (``shard`` → ``order`` → ``sink``; see the module docstring)."""
     shards = cfg.order.shards
-    keyed = op.flat_map("shard", up, lambda b: shard_series(b, shards))
+    keyed = op.flat_map_batch("shard", up, lambda bs: shard_series(_merged(bs), shards))
     ordered = op.stateful_batch("order", keyed, lambda resume: SeriesOrder(cfg, component, resume))
     batches = op.map("unkey", ordered, lambda kv: kv[1])
     op.output("sink", batches, RemoteWriteSink(cfg, component, check_order=False))
