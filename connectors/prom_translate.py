@@ -45,7 +45,35 @@ from connectors.prom_native_histogram import encode_native_histogram
 from connectors.prom_series import Labels, SeriesBatch
 from otelwax.rowkeys import map_keys
 
-__all__ = ["Labels", "SeriesBatch", "tables_batch_to_series", "tables_to_series"]
+__all__ = [
+    "TRANSLATED_COLUMNS",
+    "Labels",
+    "SeriesBatch",
+    "tables_batch_to_series",
+    "tables_to_series",
+    "translated_columns",
+]
+
+TRANSLATED_COLUMNS = frozenset(
+    ["ResourceAttributes", "Attributes", "MetricName", "MetricUnit", "TimeUnix", "Flags",
+     "Value", "IsMonotonic", "AggregationTemporality", "Count", "Sum", "BucketCounts",
+     "ExplicitBounds", "ValueAtQuantiles.Quantile", "ValueAtQuantiles.Value", "Scale",
+     "ZeroCount", "PositiveOffset", "PositiveBucketCounts", "NegativeOffset",
+     "NegativeBucketCounts"]
+)  # fmt: skip
+"""The columns of the metric tables that the translation reads."""
+
+
+def translated_columns(
+    tables: Mapping[str, pa.RecordBatch | pa.Table], extra: frozenset[str] = frozenset()
+) -> dict[str, pa.RecordBatch | pa.Table]:
+    """``tables`` with only the columns the translation (and ``extra``) read: the others
+    (scope attributes, descriptions, exemplars) are then not copied by every filter and take
+    on the way (zero-copy)."""
+    keep = TRANSLATED_COLUMNS | extra
+    return {
+        name: t.select([c for c in t.schema.names if c in keep]) for name, t in tables.items()
+    }
 
 
 _CACHE_MAX = 200_000

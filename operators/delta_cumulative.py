@@ -43,6 +43,7 @@ from otelwax.telemetry import ComponentMetrics
 __all__ = [
     "CUMULATIVE",
     "DELTA",
+    "READ_COLUMNS",
     "DeltaToCumulativeConfig",
     "delta_to_cumulative",
     "split_deltas",
@@ -83,6 +84,11 @@ def to_cumulative(tables: Stream[Tables], cfg: DeltaToCumulativeConfig) -> Strea
 
 
 _SERIES_COLUMNS = ["ResourceAttributes", "ScopeName", "MetricName", "MetricUnit", "Attributes"]
+READ_COLUMNS = frozenset(
+    [*_SERIES_COLUMNS, "IsMonotonic", "AggregationTemporality", "StartTimeUnix", "TimeUnix",
+     "Value", "Count", "Sum", "BucketCounts", "ExplicitBounds"]
+)  # fmt: skip
+"""The columns this module reads (and writes) of the sum and histogram tables."""
 
 
 def _series_keys(batch: pa.RecordBatch) -> tuple[list[str], np.ndarray]:
