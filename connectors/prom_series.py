@@ -34,13 +34,32 @@ class SeriesBatch:
 
     def __init__(self) -> None:
         self.labels: list[Labels] = []
-        self._ids: dict[Labels, int] = {}
+        self._ids: dict[Labels, int] | None = {}
         self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = []
         self._pend: list[tuple[int, int, float | bytes]] = []
         self.skipped: dict[str, int] = {}
 
+    @classmethod
+    def of(
+        cls,
+        labels: list[Labels],
+        sid: np.ndarray,
+        ts: np.ndarray,
+        val: np.ndarray,
+        obj: np.ndarray | None = None,
+    ) -> SeriesBatch:
+        """A batch of columns whose series ids index ``labels`` (distinct label sets; taken,
+        not copied)."""
+        b = cls()
+        b.labels = labels
+        b._ids = None
+        b.add_columns(sid, ts, val, obj)
+        return b
+
     def series_id(self, labels: Labels) -> int:
         """The id of ``labels`` in this batch (added when new)."""
+        if self._ids is None:
+            self._ids = {lab: i for i, lab in enumerate(self.labels)}
         i = self._ids.get(labels)
         if i is None:
             i = self._ids[labels] = len(self.labels)

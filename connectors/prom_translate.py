@@ -161,19 +161,28 @@ def _np(batch: pa.RecordBatch | pa.Table, name: str, dtype: Any = np.float64) ->
     return np.asarray(_arr(batch, name).to_numpy(zero_copy_only=False), dtype)
 
 
-def _codes(arr: pa.Array) -> tuple[np.ndarray, int]:
-    """Dense integer codes of ``arr``'s values and how many distinct there are."""
-    d = arr.dictionary_encode()
+def _codes(arr: pa.Array | np.ndarray) -> tuple[np.ndarray, int]:
+    """Dense integer codes of ``arr``'s values in order of first appearance (Arrow's hash
+    kernel, no sort) and how many distinct there are."""
+    d = (pa.array(arr) if isinstance(arr, np.ndarray) else arr).dictionary_encode()
     return d.indices.to_numpy(zero_copy_only=False).astype(np.int64), len(d.dictionary)
+
+
+def _first_rows(codes: np.ndarray) -> np.ndarray:
+    """The first row of each code, for codes numbered in order of first appearance (a code
+    is new where it exceeds every code before it)."""
+    if not len(codes):
+        return codes
+    top = np.maximum.accumulate(codes)
+    return np.flatnonzero(np.concatenate(([True], top[1:] > top[:-1])))
 
 
 def _groups(*codes: tuple[np.ndarray, int]) -> tuple[np.ndarray, np.ndarray]:
     """Rows grouped by their tuple of codes: (group of each row, first row of each group)."""
     inv = codes[0][0]
     for c, m in codes[1:]:
-        _, inv = np.unique(inv * m + c, return_inverse=True)
-    _, first, inv = np.unique(inv, return_index=True, return_inverse=True)
-    return inv.reshape(-1), first
+        inv = _codes(inv * m + c)[0]
+    return inv, _first_rows(inv)
 
 
 class _MapCol:
@@ -221,8 +230,7 @@ class _Rows:
         rc = _codes(self.res.keys)
         newest = np.full(rc[1], np.iinfo(np.int64).min)
         np.maximum.at(newest, rc[0], self.ts)
-        _, first = np.unique(rc[0], return_index=True)
-        for i, t in zip(first.tolist(), newest.tolist(), strict=True):
+        for i, t in zip(_first_rows(rc[0]).tolist(), newest.tolist(), strict=True):
             ctx.resource(self.res.key(i), self.res, i, t)
         inv, first = _groups(rc, _codes(self.attrs.keys), _codes(self.names), _codes(self.units))
         self.series = (inv, len(first))

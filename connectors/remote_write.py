@@ -360,8 +360,11 @@ class RemoteWriteClient:
         sid, ts, val, obj = batch.columns()
         if not len(sid):
             return None
-        chunk = _take((labels, sid, ts, val, obj), np.lexsort((ts, sid)))  # stable
-        _, sid, ts, _, _ = chunk
+        chunk = (labels, sid, ts, val, obj)
+        d_sid = np.diff(sid)
+        if not ((d_sid > 0) | ((d_sid == 0) & (np.diff(ts) > 0))).all():  # as the buffer sends
+            chunk = _take(chunk, np.lexsort((ts, sid)))  # stable
+            _, sid, ts, _, _ = chunk
         # Same timestamp twice: Prometheus rejects the request; keep the last one read.
         last = np.ones(len(sid), bool)
         last[:-1] = (sid[1:] != sid[:-1]) | (ts[1:] != ts[:-1])

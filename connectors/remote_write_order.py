@@ -64,18 +64,30 @@ def _shard_of(labels: Labels) -> int:
 def shard_series(batch: SeriesBatch, shards: int) -> list[tuple[str, SeriesBatch]]:
     """``batch`` split by a stable hash of each series' labels: ``[(shard, part)]``; the
     skipped counts travel with the first part."""
-    sid = batch.columns()[0]
+    sid, ts, val, obj = batch.columns()
     parts: list[tuple[str, SeriesBatch]] = []
     if len(sid):
-        of_series = np.fromiter(
-            (_shard_of(labels) % shards for labels in batch.labels), np.int64, len(batch.labels)
-        )
-        shard = of_series[sid]
+        n = len(batch.labels)
+        of_series = np.fromiter((_shard_of(lab) % shards for lab in batch.labels), np.int64, n)
+        # Series by shard, numbered from 0 within their shard.
+        by_shard = np.argsort(of_series, kind="stable")
+        s_starts, s_ends = series_runs(of_series[by_shard])
+        local = np.empty(n, np.int64)
+        local[by_shard] = np.arange(n) - np.repeat(s_starts, s_ends - s_starts)
+        series_at = dict(zip(of_series[by_shard[s_starts]].tolist(),
+                             zip(s_starts.tolist(), s_ends.tolist(), strict=True), strict=True))
+        # Samples by shard (a 16-bit stable sort is a radix sort).
+        shard = of_series[sid].astype(np.int16 if shards <= 1 << 15 else np.int64)
         order = np.argsort(shard, kind="stable")
-        starts, ends = series_runs(shard[order])
-        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-            idx = order[a:b]
-            parts.append((str(shard[idx[0]]), batch.take(idx)))
+        shard, lsid, ts, val = shard[order], local[sid[order]], ts[order], val[order]
+        obj = None if obj is None else obj[order]
+        for a, b in zip(*(r.tolist() for r in series_runs(shard)), strict=True):
+            k = int(shard[a])
+            sa, sb = series_at[k]
+            labels = [batch.labels[i] for i in by_shard[sa:sb].tolist()]
+            part = SeriesBatch.of(labels, lsid[a:b], ts[a:b], val[a:b],
+                                  None if obj is None else obj[a:b])  # fmt: skip
+            parts.append((str(k), part))
     if batch.skipped:
         if not parts:
             parts.append(("0", SeriesBatch()))
