@@ -25,6 +25,12 @@ after the last snapshot are released again when bytewax replays from it; they ar
 (same timestamp and value), so Prometheus ignores the newest and refuses the older ones, which
 the sink bisects away. A series silent for ``order.series_ttl_s`` is forgotten
 (``otelwax_dropped_total{unit="series",reason="expired"}``).
+
+Samples are columnar (``connectors.prom_series``): each shard numbers its series and keeps the
+held samples and per-series state as numpy columns. The snapshot is ``("remote_write_order/2",
+state)``; the format before it (a pickled pair of dicts keyed by label tuples) is still read,
+so an upgrade keeps held samples and last-sent timestamps. An older release cannot read the
+new format (a downgrade needs a fresh recovery directory).
 """
 
 from __future__ import annotations
