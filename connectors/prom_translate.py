@@ -14,16 +14,19 @@ Collector's ``pkg/translator/prometheus`` does it with metric suffixes enabled (
   ``exponential_histogram_scale``;
 - data points flagged "no recorded value" (``Flags & 1``) are skipped.
 
-Timestamps become milliseconds. The output is a :class:`SeriesBatch`: samples keyed by their
-sorted label set, which the remote-write sink encodes.
+Timestamps become milliseconds. The output is a columnar :class:`SeriesBatch`
+(``connectors.prom_series``): the rows of a table are grouped by series identity with Arrow and
+numpy, so labels are looked up (and on a miss built) once per distinct series of a batch, and
+timestamps and values stay numpy columns.
 """
 
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -39,52 +42,38 @@ from connectors.prom_names import (
     metric_name,
 )
 from connectors.prom_native_histogram import encode_native_histogram
+from connectors.prom_series import Labels, SeriesBatch
 from otelwax.rowkeys import map_keys
 
-__all__ = ["Labels", "SeriesBatch", "tables_to_series"]
+__all__ = [
+    "TRANSLATED_COLUMNS",
+    "Labels",
+    "SeriesBatch",
+    "tables_batch_to_series",
+    "tables_to_series",
+    "translated_columns",
+]
 
-Labels = tuple[tuple[str, str], ...]
+TRANSLATED_COLUMNS = frozenset(
+    ["ResourceAttributes", "Attributes", "MetricName", "MetricUnit", "TimeUnix", "Flags",
+     "Value", "IsMonotonic", "AggregationTemporality", "Count", "Sum", "BucketCounts",
+     "ExplicitBounds", "ValueAtQuantiles.Quantile", "ValueAtQuantiles.Value", "Scale",
+     "ZeroCount", "PositiveOffset", "PositiveBucketCounts", "NegativeOffset",
+     "NegativeBucketCounts"]
+)  # fmt: skip
+"""The columns of the metric tables that the translation reads."""
 
 
-class SeriesBatch:
-    """Samples grouped by series: ``{sorted label tuple: [(timestamp_ms, value), ...]}``.
-
-    ``skipped`` counts data points that were not translated, by reason.
-    """
-
-    __slots__ = ("series", "skipped")
-
-    def __init__(self) -> None:
-        self.series: dict[Labels, list[tuple[int, float]]] = {}
-        self.skipped: dict[str, int] = {}
-
-    def add(self, labels: Labels, ts_ms: int, value: float) -> None:
-        s = self.series.get(labels)
-        if s is None:
-            self.series[labels] = [(ts_ms, value)]
-        else:
-            s.append((ts_ms, value))
-
-    def skip(self, reason: str, n: int = 1) -> None:
-        if n:
-            self.skipped[reason] = self.skipped.get(reason, 0) + n
-
-    def merge(self, other: SeriesBatch) -> None:
-        for labels, samples in other.series.items():
-            s = self.series.get(labels)
-            if s is None:
-                self.series[labels] = list(samples)
-            else:
-                s.extend(samples)
-        for reason, n in other.skipped.items():
-            self.skip(reason, n)
-
-    @property
-    def num_samples(self) -> int:
-        return sum(len(v) for v in self.series.values())
-
-    def __len__(self) -> int:
-        return len(self.series)
+def translated_columns(
+    tables: Mapping[str, pa.RecordBatch | pa.Table], extra: frozenset[str] = frozenset()
+) -> dict[str, pa.RecordBatch | pa.Table]:
+    """``tables`` with only the columns the translation (and ``extra``) read: the others
+    (scope attributes, descriptions, exemplars) are then not copied by every filter and take
+    on the way (zero-copy)."""
+    keep = TRANSLATED_COLUMNS | extra
+    return {
+        name: t.select([c for c in t.schema.names if c in keep]) for name, t in tables.items()
+    }
 
 
 _CACHE_MAX = 200_000
@@ -150,21 +139,11 @@ class _Ctx:
             self.attrs[key] = lab
         return lab
 
-    def series_labels(self, rows: _Rows, i: int, kind: str, name_kind: str) -> Labels:
-        """The label set of row ``i``'s one series (``kind`` tells series of a name apart)."""
-        rk = rows.res.keys[i]
-        key = (rk, rows.attrs.keys[i], rows.names[i], rows.units[i], kind)
-        labels = self.series.get(key)
-        if labels is None:
-            lab = _base_labels(self, rk, rows.attrs, i)
-            lab["__name__"] = metric_name(rows.names[i], rows.units[i], name_kind)
-            labels = self.series[key] = tuple(sorted(lab.items()))
-        return labels
 
-
-def _base_labels(ctx: _Ctx, rkey: str, attrs: _MapCol, i: int) -> dict[str, str]:
-    job, instance = ctx.resources[rkey][0]
-    labels = dict(ctx.labels(attrs.keys[i], attrs, i))
+def _base_labels(ctx: _Ctx, rows: _Rows, i: int) -> dict[str, str]:
+    """Row ``i``'s data point attributes as labels, with its resource's job and instance."""
+    job, instance = ctx.resources[rows.res.key(i)][0]
+    labels = dict(ctx.labels(rows.attrs.key(i), rows.attrs, i))
     # Resource identity wins over data point attributes of the same name.
     if job:
         labels["job"] = job
@@ -173,12 +152,37 @@ def _base_labels(ctx: _Ctx, rkey: str, attrs: _MapCol, i: int) -> dict[str, str]
     return labels
 
 
-def _col(batch: pa.RecordBatch | pa.Table, name: str) -> list:
-    return batch.column(name).to_pylist()
+def _arr(batch: pa.RecordBatch | pa.Table, name: str) -> pa.Array:
+    col = batch.column(name)
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
-def _cols(batch: pa.RecordBatch | pa.Table, *names: str) -> list[list]:
-    return [batch.column(name).to_pylist() for name in names]
+def _np(batch: pa.RecordBatch | pa.Table, name: str, dtype: Any = np.float64) -> np.ndarray:
+    return np.asarray(_arr(batch, name).to_numpy(zero_copy_only=False), dtype)
+
+
+def _codes(arr: pa.Array | np.ndarray) -> tuple[np.ndarray, int]:
+    """Dense integer codes of ``arr``'s values in order of first appearance (Arrow's hash
+    kernel, no sort) and how many distinct there are."""
+    d = (pa.array(arr) if isinstance(arr, np.ndarray) else arr).dictionary_encode()
+    return d.indices.to_numpy(zero_copy_only=False).astype(np.int64), len(d.dictionary)
+
+
+def _first_rows(codes: np.ndarray) -> np.ndarray:
+    """The first row of each code, for codes numbered in order of first appearance (a code
+    is new where it exceeds every code before it)."""
+    if not len(codes):
+        return codes
+    top = np.maximum.accumulate(codes)
+    return np.flatnonzero(np.concatenate(([True], top[1:] > top[:-1])))
+
+
+def _groups(*codes: tuple[np.ndarray, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows grouped by their tuple of codes: (group of each row, first row of each group)."""
+    inv = codes[0][0]
+    for c, m in codes[1:]:
+        inv = _codes(inv * m + c)[0]
+    return inv, _first_rows(inv)
 
 
 class _MapCol:
@@ -189,58 +193,79 @@ class _MapCol:
     __slots__ = ("col", "keys")
 
     def __init__(self, batch: pa.RecordBatch | pa.Table, name: str) -> None:
-        col = batch.column(name)
-        if isinstance(col, pa.ChunkedArray):
-            col = col.combine_chunks()
-        self.col = col
-        self.keys: list[str] = map_keys(col).to_pylist()
+        self.col = _arr(batch, name)
+        self.keys: pa.Array = map_keys(self.col)
+
+    def key(self, i: int) -> str:
+        return self.keys[i].as_py()
 
     def pairs(self, i: int) -> tuple[tuple[str, str], ...]:
         return tuple(self.col[i].as_py() or ())
 
 
-def _ts_ms(col: pa.Array | pa.ChunkedArray) -> list[int]:
-    return pc.divide(col.cast(pa.int64()), 1_000_000).to_pylist()
-
 class _Rows:
-    """The columns every metric table has, read once per batch."""
+    """The rows of a table that have a recorded value (the others are counted skipped), their
+    resources noted for target_info, grouped by series identity (resource, attributes, name,
+    unit)."""
 
-    __slots__ = ("_flags", "attrs", "names", "res", "ts", "units")
+    __slots__ = ("attrs", "batch", "n", "names", "res", "series", "ts", "units")
 
-    def __init__(self, batch: pa.RecordBatch | pa.Table) -> None:
-        self.names = _col(batch, "MetricName")
-        self.units = _col(batch, "MetricUnit")
+    def __init__(self, ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
+        unrecorded = pc.not_equal(pc.bit_wise_and(batch.column("Flags"), 1), 0)
+        n_skip = pc.sum(unrecorded).as_py() or 0
+        if n_skip:
+            ctx.out.skip("no_recorded_value", n_skip)
+            batch = batch.filter(pc.invert(unrecorded))
+        self.batch = batch
+        self.n = batch.num_rows
         self.res = _MapCol(batch, "ResourceAttributes")
         self.attrs = _MapCol(batch, "Attributes")
-        self.ts = _ts_ms(batch.column("TimeUnix"))
-        self._flags = _col(batch, "Flags")
+        self.names = _arr(batch, "MetricName")
+        self.units = _arr(batch, "MetricUnit")
+        ts = pc.divide(_arr(batch, "TimeUnix").cast(pa.int64()), 1_000_000)
+        self.ts: np.ndarray = ts.to_numpy(zero_copy_only=False).astype(np.int64)
+        if not self.n:
+            self.series = (np.empty(0, np.int64), 0)
+            return
+        rc = _codes(self.res.keys)
+        newest = np.full(rc[1], np.iinfo(np.int64).min)
+        np.maximum.at(newest, rc[0], self.ts)
+        for i, t in zip(_first_rows(rc[0]).tolist(), newest.tolist(), strict=True):
+            ctx.resource(self.res.key(i), self.res, i, t)
+        inv, first = _groups(rc, _codes(self.attrs.keys), _codes(self.names), _codes(self.units))
+        self.series = (inv, len(first))
 
-    def recorded(self, ctx: _Ctx) -> Iterator[int]:
-        """Rows with a recorded value, their resource noted; the others are counted skipped."""
-        res, ts = self.res, self.ts
-        for i, flags in enumerate(self._flags):
-            if flags & 1:
-                ctx.out.skip("no_recorded_value")
-                continue
-            ctx.resource(res.keys[i], res, i, ts[i])
-            yield i
-
-
-def _add_scalar_rows(
-    ctx: _Ctx, batch: pa.RecordBatch | pa.Table, kind_of_row: Sequence[str], values: Sequence
-) -> None:
-    rows = _Rows(batch)
-    add = ctx.out.add
-    for i in rows.recorded(ctx):
-        kind = kind_of_row[i]
-        add(ctx.series_labels(rows, i, kind, kind), rows.ts[i], float(values[i]))
+    def first_keys(self, first: np.ndarray) -> list[tuple[str, str, str, str]]:
+        """(resource key, attributes key, name, unit) of the rows ``first``."""
+        idx = pa.array(first)
+        cols = (self.res.keys, self.attrs.keys, self.names, self.units)
+        return list(zip(*(c.take(idx).to_pylist() for c in cols), strict=True))
 
 
-def _histogram_labels(
-    ctx: _Ctx, rkey: str, attrs: _MapCol, i: int, name: str, unit: str, bounds: tuple
-):
-    base = _base_labels(ctx, rkey, attrs, i)
-    pname = metric_name(name, unit, KIND_HISTOGRAM)
+def _add_scalar_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table, sums: bool) -> None:
+    rows = _Rows(ctx, batch)
+    if not rows.n:
+        return
+    counter = np.zeros(rows.n, np.int64)
+    if sums:
+        counter = _np(rows.batch, "IsMonotonic", np.int64)
+    inv, first = _groups(rows.series, (counter, 2))
+    cache, out = ctx.series, ctx.out
+    sids = np.empty(len(first), np.int64)
+    for g, (i, key) in enumerate(zip(first.tolist(), rows.first_keys(first), strict=True)):
+        kind = KIND_COUNTER if counter[i] else KIND_GAUGE
+        labels = cache.get((*key, kind))
+        if labels is None:
+            lab = _base_labels(ctx, rows, i)
+            lab["__name__"] = metric_name(key[2], key[3], kind)
+            labels = cache[(*key, kind)] = tuple(sorted(lab.items()))
+        sids[g] = out.series_id(labels)
+    out.add_columns(sids[inv], rows.ts, _np(rows.batch, "Value"))
+
+
+def _histogram_labels(ctx: _Ctx, rows: _Rows, i: int, bounds: tuple):
+    base = _base_labels(ctx, rows, i)
+    pname = metric_name(rows.names[i].as_py(), rows.units[i].as_py(), KIND_HISTOGRAM)
     base["__name__"] = pname + "_count"
     count = tuple(sorted(base.items()))
     base["__name__"] = pname + "_sum"
@@ -255,44 +280,75 @@ def _histogram_labels(
     return count, total, buckets, inf
 
 
+def _lists(batch: pa.RecordBatch | pa.Table, name: str, dtype: Any):
+    """A list column as (length of each row's list, start of each in ``flat``, flat values);
+    a null list is empty."""
+    col = _arr(batch, name)
+    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
+    lengths = lengths.astype(np.int64)
+    flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(dtype)
+    return lengths, np.cumsum(lengths) - lengths, flat
+
+
 def _add_histogram_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
-    rows = _Rows(batch)
-    fields = ("Count", "Sum", "BucketCounts", "ExplicitBounds")
-    counts, sums, bucket_counts, bounds = _cols(batch, *fields)
-    cache = ctx.series
-    add = ctx.out.add
-    for i in rows.recorded(ctx):
-        t = rows.ts[i]
-        rk = rows.res.keys[i]
-        bd = tuple(bounds[i] or ())
-        key = (rk, rows.attrs.keys[i], rows.names[i], rows.units[i], KIND_HISTOGRAM, bd)
-        hit = cache.get(key)
+    rows = _Rows(ctx, batch)
+    n = rows.n
+    if not n:
+        return
+    b = rows.batch
+    nb, bstart, bounds = _lists(b, "ExplicitBounds", np.float64)
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(nb * 8, out=offsets[1:])
+    bkeys = pa.Array.from_buffers(
+        pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(bounds.tobytes())]
+    )
+    inv, first = _groups(rows.series, _codes(bkeys))
+    # Per group: its series ids (count, sum, +Inf, and the buckets from bucket_at[group]).
+    cache, out = ctx.series, ctx.out
+    ng = len(first)
+    fixed = np.empty((ng, 3), np.int64)
+    bucket_at = np.empty(ng, np.int64)
+    bucket_sids: list[int] = []
+    for g, (i, key) in enumerate(zip(first.tolist(), rows.first_keys(first), strict=True)):
+        bd = tuple(bounds[bstart[i] : bstart[i] + nb[i]].tolist())
+        ckey = (*key, KIND_HISTOGRAM, bd)
+        hit = cache.get(ckey)
         if hit is None:
-            hit = cache[key] = _histogram_labels(
-                ctx, rk, rows.attrs, i, rows.names[i], rows.units[i], bd
-            )
+            hit = cache[ckey] = _histogram_labels(ctx, rows, i, bd)
         count_l, sum_l, bucket_l, inf_l = hit
-        add(count_l, t, float(counts[i]))
-        add(sum_l, t, float(sums[i]))
-        cum = 0
-        bc = bucket_counts[i] or []
-        nbc = len(bc)
-        for j, lab in enumerate(bucket_l):
-            cum += bc[j] if j < nbc else 0
-            add(lab, t, float(cum))
-        add(inf_l, t, float(counts[i]))
+        fixed[g] = (out.series_id(count_l), out.series_id(sum_l), out.series_id(inf_l))
+        bucket_at[g] = len(bucket_sids)
+        bucket_sids.extend(out.series_id(lab) for lab in bucket_l)
+    # Bucket j of a row: the cumulative count of its first j+1 bucket counts (counts past the
+    # row's list count as 0).
+    row = np.repeat(np.arange(n), nb)
+    j = np.arange(len(row)) - np.repeat(bstart, nb)
+    nbc, cstart, counts = _lists(b, "BucketCounts", np.uint64)
+    cum = np.zeros(len(counts) + 1, np.uint64)
+    np.cumsum(counts, out=cum[1:])
+    start = cstart[row]
+    bucket_val = (cum[start + np.minimum(j, nbc[row] - 1) + 1] - cum[start]).astype(np.float64)
+    count = _np(b, "Count")
+    sid = np.concatenate(
+        [fixed[inv, 0], fixed[inv, 1], fixed[inv, 2],
+         np.asarray(bucket_sids, np.int64)[bucket_at[inv[row]] + j]]
+    )  # fmt: skip
+    ts = np.concatenate([rows.ts, rows.ts, rows.ts, rows.ts[row]])
+    out.add_columns(sid, ts, np.concatenate([count, _np(b, "Sum"), count, bucket_val]))
 
 
 def _add_summary_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
-    rows = _Rows(batch)
-    counts, sums, qs, qv = _cols(
-        batch, "Count", "Sum", "ValueAtQuantiles.Quantile", "ValueAtQuantiles.Value"
+    rows = _Rows(ctx, batch)
+    counts, sums, qs, qv = (
+        _arr(rows.batch, c).to_pylist()
+        for c in ("Count", "Sum", "ValueAtQuantiles.Quantile", "ValueAtQuantiles.Value")
     )
+    names, units, ts = rows.names.to_pylist(), rows.units.to_pylist(), rows.ts.tolist()
     out = ctx.out
-    for i in rows.recorded(ctx):
-        t = rows.ts[i]
-        base = _base_labels(ctx, rows.res.keys[i], rows.attrs, i)
-        name = metric_name(rows.names[i], rows.units[i], KIND_SUMMARY)
+    for i in range(rows.n):
+        t = ts[i]
+        base = _base_labels(ctx, rows, i)
+        name = metric_name(names[i], units[i], KIND_SUMMARY)
         base["__name__"] = name + "_count"
         out.add(tuple(sorted(base.items())), t, float(counts[i]))
         base["__name__"] = name + "_sum"
@@ -316,16 +372,23 @@ _EXP_HISTOGRAM_FIELDS = (
 
 
 def _add_exp_histogram_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
-    rows = _Rows(batch)
-    cols = _cols(batch, *_EXP_HISTOGRAM_FIELDS)
+    rows = _Rows(ctx, batch)
+    cols = [_arr(rows.batch, c).to_pylist() for c in _EXP_HISTOGRAM_FIELDS]
+    ts = rows.ts.tolist()
+    keys = rows.first_keys(np.arange(rows.n))
     out = ctx.out
-    for i in rows.recorded(ctx):
+    for i in range(rows.n):
         h = encode_native_histogram(*(c[i] if c[i] is not None else [] for c in cols))
         if h is None:
             out.skip("exponential_histogram_scale")
             continue
-        labels = ctx.series_labels(rows, i, "native_histogram", KIND_HISTOGRAM)
-        out.add(labels, rows.ts[i], h)  # type: ignore[arg-type]
+        ckey = (*keys[i], "native_histogram")
+        labels = ctx.series.get(ckey)
+        if labels is None:
+            lab = _base_labels(ctx, rows, i)
+            lab["__name__"] = metric_name(keys[i][2], keys[i][3], KIND_HISTOGRAM)
+            labels = ctx.series[ckey] = tuple(sorted(lab.items()))
+        out.add(labels, ts[i], h)
 
 
 def _cumulative(batch: pa.RecordBatch | pa.Table, out: SeriesBatch) -> pa.RecordBatch | pa.Table:
@@ -356,6 +419,33 @@ def tables_to_series(
             gc.enable()
 
 
+def tables_batch_to_series(
+    items: Sequence[Mapping[str, pa.RecordBatch | pa.Table]],
+) -> list[SeriesBatch]:
+    """The table sets of one bytewax batch translated in one call (for ``op.flat_map_batch``):
+    delta→cumulative hands its rows on in one item per shard, and a call's fixed cost (Arrow
+    kernels, grouping) is then paid once per batch instead of once per shard. One
+    :class:`SeriesBatch` out, none when there is nothing in it."""
+    by_name: dict[str, list[pa.RecordBatch | pa.Table]] = {}
+    for tables in items:
+        for name, t in tables.items():
+            if t is not None and t.num_rows:
+                by_name.setdefault(name, []).append(t)
+    tables: dict[str, pa.RecordBatch | pa.Table] = {}
+    rest: list[dict[str, pa.RecordBatch | pa.Table]] = []
+    for name, ts in by_name.items():
+        try:
+            tables[name] = ts[0] if len(ts) == 1 else pa.concat_tables(
+                [t if isinstance(t, pa.Table) else pa.Table.from_batches([t]) for t in ts]
+            )  # fmt: skip
+        except pa.ArrowInvalid:  # schemas differ (not seen with one codec): one call each
+            rest.extend({name: t} for t in ts)
+    out = tables_to_series(tables)
+    for t in rest:
+        tables_to_series(t, out)
+    return [out] if out.num_samples or out.skipped else []
+
+
 def _tables_to_series(
     tables: Mapping[str, pa.RecordBatch | pa.Table], out: SeriesBatch
 ) -> SeriesBatch:
@@ -365,12 +455,9 @@ def _tables_to_series(
         if batch is None or batch.num_rows == 0:
             continue
         if table.endswith("_gauge"):
-            _add_scalar_rows(ctx, batch, [KIND_GAUGE] * batch.num_rows, _col(batch, "Value"))
+            _add_scalar_rows(ctx, batch, sums=False)
         elif table.endswith("_sum"):
-            batch = _cumulative(batch, out)
-            mono = _col(batch, "IsMonotonic")
-            kinds = [KIND_COUNTER if m else KIND_GAUGE for m in mono]
-            _add_scalar_rows(ctx, batch, kinds, _col(batch, "Value"))
+            _add_scalar_rows(ctx, _cumulative(batch, out), sums=True)
         elif table.endswith("_exponential_histogram"):
             _add_exp_histogram_rows(ctx, _cumulative(batch, out))
         elif table.endswith("_histogram"):

@@ -219,35 +219,69 @@ def _encode_samples_fixed(ts: np.ndarray, vals: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def encode_write_request(series: Iterable[tuple[bytes, list[tuple[int, float]]]]) -> bytes:
+def encode_write_request(series: Iterable[tuple[bytes, list[tuple[int, float | bytes]]]]) -> bytes:
     """A serialized WriteRequest from (encoded labels, samples) pairs."""
     series = list(series)
-    total = sum(len(s) for _, s in series)
-    if total < 64:
+    lengths = np.fromiter((len(s) for _, s in series), np.int64, len(series))
+    ends = np.cumsum(lengths)
+    values = [v for _, s in series for _, v in s]
+    obj = None
+    if any(isinstance(v, bytes) for v in values):
+        obj = np.empty(len(values), object)
+        obj[:] = [v if isinstance(v, bytes) else None for v in values]
+        values = [np.nan if isinstance(v, bytes) else v for v in values]
+    ts = np.fromiter((t for _, s in series for t, _ in s), np.int64, len(values))
+    return encode_runs(
+        [lab for lab, _ in series], ends - lengths, ends, ts, np.array(values, np.float64), obj
+    )
+
+
+def series_runs(sid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of the runs of equal series ids in ``sid`` (samples sorted by series)."""
+    starts = np.flatnonzero(np.diff(sid)) + 1
+    return np.concatenate(([0], starts)), np.concatenate((starts, [len(sid)]))
+
+
+def encode_runs(
+    labels: list[bytes],
+    starts: np.ndarray,
+    ends: np.ndarray,
+    ts: np.ndarray,
+    val: np.ndarray,
+    obj: np.ndarray | None = None,
+) -> bytes:
+    """A serialized WriteRequest: TimeSeries ``k`` has the encoded labels ``labels[k]`` and the
+    samples ``starts[k]:ends[k]`` of the columns (``obj[i]``, when not None, is a native
+    histogram). Every sample's bytes are made at once by numpy when the timestamps allow."""
+    a_, b_ = starts.tolist(), ends.tolist()
+    if obj is None and len(ts) and _TS_MIN <= int(ts.min()) and int(ts.max()) < _TS_MAX:
+        raw = _encode_samples_fixed(ts, val)
+        w = _SAMPLE_LEN
         return b"".join(
-            length_delimited(b"\x0a", lab + encode_samples(samples)) for lab, samples in series
-        )
-    ts = np.fromiter((t for _, s in series for t, _ in s), np.int64, total)
-    if (
-        int(ts.min()) < _TS_MIN
-        or int(ts.max()) >= _TS_MAX
-        or any(isinstance(v, bytes) for _, s in series for _, v in s)
-    ):
-        return b"".join(
-            length_delimited(b"\x0a", lab + encode_samples(samples)) for lab, samples in series
-        )
-    vals = np.fromiter((v for _, s in series for _, v in s), np.float64, total)
-    raw = _encode_samples_fixed(ts, vals)
-    parts = []
-    pos = 0
-    for lab, samples in series:
-        end = pos + len(samples) * _SAMPLE_LEN
-        parts.append(length_delimited(b"\x0a", lab + raw[pos:end]))
-        pos = end
-    return b"".join(parts)
+            [length_delimited(b"\x0a", lab + raw[a * w : b * w])
+             for lab, a, b in zip(labels, a_, b_, strict=True)]
+        )  # fmt: skip
+    values = val.tolist()
+    if obj is not None:
+        values = [v if o is None else o for v, o in zip(values, obj.tolist(), strict=True)]
+    tl = ts.tolist()
+    return b"".join(
+        length_delimited(b"\x0a", lab + encode_samples(zip(tl[a:b], values[a:b], strict=True)))
+        for lab, a, b in zip(labels, a_, b_, strict=True)
+    )
 
 
 # --- client -----------------------------------------------------------------------------------
+
+Chunk = tuple[list[Labels], np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
+"""Samples sorted by (series, timestamp): (labels by series id, sid, ts, val, obj)."""
+
+_NO_TS = np.iinfo(np.int64).min
+
+
+def _take(chunk: Chunk, idx: Any) -> Chunk:
+    labels, sid, ts, val, obj = chunk
+    return labels, sid[idx], ts[idx], val[idx], None if obj is None else obj[idx]
 
 
 class _Retryable(Exception):
@@ -319,49 +353,39 @@ class RemoteWriteClient:
             b = self._label_cache[labels] = encode_labels(labels)
         return b
 
-    def _prepare(self, batch: SeriesBatch) -> list[tuple[Labels, list[tuple[int, float]]]]:
-        """Sort samples, drop the ones older than what was already sent for the series."""
-        out = []
-        dropped = 0
-        for labels, samples in batch.series.items():
-            if len(samples) > 1:
-                samples = sorted(samples, key=lambda s: s[0])
-                if len({s[0] for s in samples}) != len(samples):
-                    # Same timestamp twice: Prometheus rejects the request; keep the last.
-                    collapsed = dict(samples)
-                    dropped_dups = len(samples) - len(collapsed)
-                    self.metrics.dropped(dropped_dups, "duplicate_timestamp")
-                    samples = sorted(collapsed.items())
-            if self.check_order:
-                last = self._last_sent.get(labels)
-                if last is not None and samples[0][0] < last:
-                    keep = [s for s in samples if s[0] >= last]
-                    dropped += len(samples) - len(keep)
-                    samples = keep
-                    if not samples:
-                        continue
-            out.append((labels, samples))
-        if dropped:
-            self.metrics.dropped(dropped, "out_of_order")
-            log.warning("remote-write %s: dropped %d out-of-order samples", self.target, dropped)
-        return out
-
-    def _chunks(self, series: list[tuple[Labels, list[tuple[int, float]]]]):
-        limit = self.cfg.max_samples_per_request
-        cur: list[tuple[Labels, list[tuple[int, float]]]] = []
-        n = 0
-        for labels, samples in series:
-            i = 0
-            while i < len(samples):
-                take = min(limit - n, len(samples) - i)
-                cur.append((labels, samples[i : i + take]))
-                n += take
-                i += take
-                if n >= limit:
-                    yield cur
-                    cur, n = [], 0
-        if cur:
-            yield cur
+    def _prepare(self, batch: SeriesBatch) -> Chunk | None:
+        """Sort samples by (series, timestamp), drop the ones older than what was already sent
+        for the series."""
+        labels = batch.labels
+        sid, ts, val, obj = batch.columns()
+        if not len(sid):
+            return None
+        chunk = (labels, sid, ts, val, obj)
+        d_sid = np.diff(sid)
+        if not ((d_sid > 0) | ((d_sid == 0) & (np.diff(ts) > 0))).all():  # as the buffer sends
+            chunk = _take(chunk, np.lexsort((ts, sid)))  # stable
+            _, sid, ts, _, _ = chunk
+        # Same timestamp twice: Prometheus rejects the request; keep the last one read.
+        last = np.ones(len(sid), bool)
+        last[:-1] = (sid[1:] != sid[:-1]) | (ts[1:] != ts[:-1])
+        if not last.all():
+            self.metrics.dropped(int(len(last) - last.sum()), "duplicate_timestamp")
+            chunk = _take(chunk, last)
+            _, sid, ts, _, _ = chunk
+        if self.check_order:
+            used = np.unique(sid)
+            floor = np.full(len(labels), _NO_TS)
+            got = (self._last_sent.get(labels[s]) for s in used.tolist())
+            floor[used] = np.fromiter((_NO_TS if t is None else t for t in got), np.int64)
+            keep = ts >= floor[sid]
+            dropped = int(len(keep) - keep.sum())
+            if dropped:
+                self.metrics.dropped(dropped, "out_of_order")
+                log.warning(
+                    "remote-write %s: dropped %d out-of-order samples", self.target, dropped
+                )
+                chunk = _take(chunk, keep)
+        return chunk if len(chunk[1]) else None
 
     def send(self, batch: SeriesBatch) -> int:
         """Send every sample of ``batch``; returns the number of samples accepted.
@@ -371,48 +395,49 @@ class RemoteWriteClient:
         """
         for reason, n in batch.skipped.items():
             self.metrics.dropped(n, reason)
-        total = batch.num_samples
-        self.metrics.received(total)
+        self.metrics.received(batch.num_samples)
         self._last_sent.expire(time.time())
-        series = self._prepare(batch)
-        sent = 0
-        for chunk in self._chunks(series):
-            sent += self._send_chunk(chunk)
-        return sent
-
-    def _send_chunk(self, chunk: list[tuple[Labels, list[tuple[int, float]]]]) -> int:
-        n = sum(len(s) for _, s in chunk)
-        body = cramjam.snappy.compress_raw(
-            encode_write_request((self._encoded_labels(lab), s) for lab, s in chunk)
+        chunk = self._prepare(batch)
+        if chunk is None:
+            return 0
+        limit = self.cfg.max_samples_per_request
+        return sum(
+            self._send_chunk(_take(chunk, slice(i, i + limit)))
+            for i in range(0, len(chunk[1]), limit)
         )
+
+    def _send_chunk(self, chunk: Chunk) -> int:
+        labels, sid, ts, val, obj = chunk
+        n = len(sid)
+        starts, ends = series_runs(sid)
+        run_sids = sid[starts].tolist()
+        lab = [self._encoded_labels(labels[s]) for s in run_sids]
+        body = cramjam.snappy.compress_raw(encode_runs(lab, starts, ends, ts, val, obj))
         status, text = self._post_with_retries(bytes(body), n)
         if status is None:
             return 0
         if 200 <= status < 300:
             self.metrics.sent(n)
             if self.check_order:
-                for labels, samples in chunk:
-                    self._last_sent.sent(labels, samples[-1][0])
+                for s, t in zip(run_sids, ts[ends - 1].tolist(), strict=True):
+                    self._last_sent.sent(labels[s], t)
             return n
         # Non-retryable 4xx.
-        if self.cfg.split_on_bad_request and (len(chunk) > 1 or len(chunk[0][1]) > 1):
+        if self.cfg.split_on_bad_request and n > 1:
             log.info(
                 "remote-write %s: %d on a request of %d series / %d samples, bisecting (%s)",
                 self.target,
                 status,
-                len(chunk),
+                len(starts),
                 n,
                 text.strip()[:200],
             )
-            if len(chunk) > 1:
-                mid = len(chunk) // 2
-                return self._send_chunk(chunk[:mid]) + self._send_chunk(chunk[mid:])
-            # One series: its older samples may be replays Prometheus already has (it accepts
-            # only the newest as a duplicate), so split the samples and keep the newer ones.
-            labels, samples = chunk[0]
-            mid = len(samples) // 2
-            return self._send_chunk([(labels, samples[:mid])]) + self._send_chunk(
-                [(labels, samples[mid:])]
+            # By series; within one series its older samples may be replays Prometheus already
+            # has (it accepts only the newest as a duplicate), so split the samples and keep
+            # the newer ones.
+            mid = int(starts[len(starts) // 2]) if len(starts) > 1 else n // 2
+            return self._send_chunk(_take(chunk, slice(0, mid))) + self._send_chunk(
+                _take(chunk, slice(mid, n))
             )
         log.warning(
             "remote-write %s: dropped %d samples, HTTP %d (not retried): %s",

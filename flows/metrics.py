@@ -55,11 +55,12 @@ from connectors.clickhouse_metrics_schema import prepare_metrics_tables
 from connectors.clickhouse_sink import ClickHouseSink, ClickHouseSinkConfig, StoredRange
 from connectors.dlq import DeadLetter
 from connectors.kafka_source import KafkaRange, NoIntents, PartitionedKafkaSource, RangeAcks
-from connectors.prom_translate import tables_to_series
+from connectors.prom_translate import tables_batch_to_series, translated_columns
 from connectors.remote_write_order import write_in_order
 from flows import exits_on_bad_config, lazy_flow
 from flows.pipeline import DeadLetterOutbox
 from flows.settings import MetricsFlowSettings, MetricsSinkConfig
+from operators.delta_cumulative import READ_COLUMNS as DELTA_READ_COLUMNS
 from operators.delta_cumulative import to_cumulative
 from otelwax.logs import instrument
 from otelwax.metric_schemas import METRIC_SCHEMAS
@@ -220,9 +221,11 @@ def build_from_settings(settings: MetricsFlowSettings) -> Dataflow:
     if sink is not None:
         op.output("clickhouse", chunks, sink)
     if rw is not None:
-        tables = op.map("tables", chunks, lambda r: r.tables)
-        series = op.map("to_series", to_cumulative(tables, settings.delta_to_cumulative),
-                        tables_to_series)  # fmt: skip
+        tables = op.map("tables", chunks,
+                        lambda r: translated_columns(r.tables, DELTA_READ_COLUMNS))  # fmt: skip
+        series = op.flat_map_batch("to_series",
+                                   to_cumulative(tables, settings.delta_to_cumulative),
+                                   tables_batch_to_series)  # fmt: skip
         write_in_order("remote_write", series, rw)
     # Logging is set up as the flow starts; records logged inside a step carry its step id.
     return instrument(flow, level=settings.log_level, fmt=settings.log_format)

@@ -41,7 +41,7 @@ from bytewax.dataflow import Dataflow, Stream
 
 from connectors.clickhouse_sink import StoredRows
 from connectors.kafka_source import KafkaRange, NoIntents, PartitionedKafkaSource
-from connectors.prom_translate import tables_to_series
+from connectors.prom_translate import tables_batch_to_series
 from connectors.remote_write_order import write_in_order
 from flows.metrics import metrics_sink
 from flows.settings import WindowFlowSettings
@@ -167,7 +167,7 @@ def write_windows(
     from bytewax.connectors.kafka import KafkaSink
 
     if settings.remote_write is not None:
-        series = op.map("to_series", out.metrics, tables_to_series)
+        series = op.flat_map_batch("to_series", out.metrics, tables_batch_to_series)
         write_in_order("remote_write", series, settings.remote_write, component)
     if settings.clickhouse is not None:
         flow_id = settings.flow_id

@@ -28,6 +28,7 @@ import gc
 import time
 import zlib
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from bytewax import operators as op
@@ -42,6 +43,7 @@ from otelwax.telemetry import ComponentMetrics
 __all__ = [
     "CUMULATIVE",
     "DELTA",
+    "READ_COLUMNS",
     "DeltaToCumulativeConfig",
     "delta_to_cumulative",
     "split_deltas",
@@ -82,21 +84,28 @@ def to_cumulative(tables: Stream[Tables], cfg: DeltaToCumulativeConfig) -> Strea
 
 
 _SERIES_COLUMNS = ["ResourceAttributes", "ScopeName", "MetricName", "MetricUnit", "Attributes"]
+READ_COLUMNS = frozenset(
+    [*_SERIES_COLUMNS, "IsMonotonic", "AggregationTemporality", "StartTimeUnix", "TimeUnix",
+     "Value", "Count", "Sum", "BucketCounts", "ExplicitBounds"]
+)  # fmt: skip
+"""The columns this module reads (and writes) of the sum and histogram tables."""
 
 
-def _series_keys(batch: pa.RecordBatch) -> list[str]:
+def _series_keys(batch: pa.RecordBatch) -> tuple[list[str], np.ndarray]:
     """The series of each row as one string, built by Arrow (a tuple of the maps' pairs per
-    row cost more than the rest of the branch); a sum's monotonicity is part of it."""
+    row cost more than the rest of the branch); a sum's monotonicity is part of it. Returns
+    the distinct keys and each row's index into them."""
     names = _SERIES_COLUMNS + (["IsMonotonic"] if "IsMonotonic" in batch.schema.names else [])
-    return row_keys(batch, names).to_pylist()
-
-
-def _shard_of(key: str, shards: int) -> str:
-    return str(zlib.crc32(key.encode()) % shards)
+    d = row_keys(batch, names).dictionary_encode()
+    return d.dictionary.to_pylist(), d.indices.to_numpy(zero_copy_only=False)
 
 
 def split_deltas(tables: Tables, shards: int) -> list[tuple[str, dict[str, tuple]]]:
-    """Delta sum/histogram rows grouped by shard: ``[(shard, {table: (batch, keys)})]``."""
+    """Delta sum/histogram rows grouped by shard: ``[(shard, {table: (batch, keys)})]``.
+
+    A series' shard is the crc32 of its key, computed once per distinct series of the batch;
+    the rows are put in shard order with one take and handed out as slices (rows of a shard
+    keep their order). Equal keys are one str object, whose hash is computed once."""
     out: dict[str, dict[str, tuple]] = {}
     for table in (SUM, HISTOGRAM):
         batch = tables.get(table)
@@ -106,15 +115,17 @@ def split_deltas(tables: Tables, shards: int) -> list[tuple[str, dict[str, tuple
         if not pc.any(mask).as_py():
             continue
         deltas = batch.filter(mask)
-        keys = _series_keys(deltas)
-        by_shard: dict[str, list[int]] = {}
-        for i, k in enumerate(keys):
-            by_shard.setdefault(_shard_of(k, shards), []).append(i)
-        for shard, idx in by_shard.items():
-            out.setdefault(shard, {})[table] = (
-                deltas.take(pa.array(idx, pa.int64())),
-                [keys[i] for i in idx],
-            )
+        distinct, of_row = _series_keys(deltas)
+        of_key = np.fromiter(
+            (zlib.crc32(k.encode()) % shards for k in distinct), np.int64, len(distinct)
+        )
+        shard = of_key[of_row]
+        order = np.argsort(shard, kind="stable")
+        rows = deltas.take(pa.array(order))
+        keys = [distinct[i] for i in of_row[order].tolist()]
+        bounds = np.flatnonzero(np.diff(shard[order])) + 1
+        for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), len(order)], strict=True):
+            out.setdefault(str(shard[order[a]]), {})[table] = (rows.slice(a, b - a), keys[a:b])
     return list(out.items())
 
 
