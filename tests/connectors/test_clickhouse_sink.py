@@ -344,51 +344,59 @@ def test_a_null_table_gets_its_rows_unsorted_and_its_views_get_them_all(
     assert acks.oldest("spans", 0) is None
 
 
+
 _STORE_IN_FRESH_PROCESS = """
 import json, sys
-from connectors.clickhouse import ClickHouseConfig
+from connectors.clickhouse import ClickHouseConfig, open_client
 from connectors.clickhouse_schema import TRACES_SORT_KEY
 from connectors.clickhouse_sink import ClickHouseSink, ClickHouseSinkConfig, StoredRange
 from otelwax.codec import decode_traces
 from tests.otlpgen import trace_payloads
 
-sink = ClickHouseSink(ClickHouseConfig(**json.loads(sys.argv[1])), ClickHouseSinkConfig(),
-                      sort_key=TRACES_SORT_KEY)
+conn = ClickHouseConfig(**json.loads(sys.argv[1]))
+sink = ClickHouseSink(conn, ClickHouseSinkConfig(), sort_key=TRACES_SORT_KEY)
 part = sink.build("clickhouse", 0, 1)
 batch = decode_traces(trace_payloads(3, seed=7)).batch
 part.write_batch([StoredRange("spans", 0, 0, 9, batch, 10)])
 part.close()
-print(json.dumps({"pandas": "pandas" in sys.modules}))
+loaded = {m: m in sys.modules for m in ("pandas", "pyarrow.dataset")}
+client = open_client(conn.model_copy(update={"create_schema": False}))
+db = conn.database
+rows = client.execute(f"SELECT count() FROM {db}.otel_traces")[0][0]
+marks = client.execute(
+    f"SELECT first_offset, last_offset, mark FROM {db}.otelwax_intents ORDER BY mark"
+)
+if conn.mode == "server":
+    client.execute(f"DROP DATABASE IF EXISTS {db}")
+client.close()
+print(json.dumps({"loaded": loaded, "rows": rows, "marks": marks}))
 """
 
 
-def test_a_sink_into_a_server_stores_its_rows_and_intents_without_loading_pandas(
-    clickhouse_server,
+@pytest.mark.parametrize("backend", ["chdb", "server"])
+def test_a_sink_stores_its_rows_and_intents_without_loading_what_it_does_not_use(
+    backend: str, tmp_path: Path, request
 ) -> None:
-    """A flow into a ClickHouse server has no use for pandas (~50 MiB of RSS, ~0.3 s of CPU
-    in its first insert): storing a range, intents included, must not load it."""
+    """A flow has no use for pandas (~50 MiB of RSS, ~0.3 s of CPU in the first insert into a
+    server) nor pyarrow.dataset (~12 MiB, chdb's reader of pyarrow objects): storing a range,
+    intents included, loads neither (chdb itself loads pandas)."""
     import json
     import subprocess
     import sys
 
-    from connectors.clickhouse import open_client
-
     root = Path(__file__).resolve().parents[2]
-    db = f"t_{uuid.uuid4().hex[:10]}"
-    conn = server_config(clickhouse_server, db, create_schema=True)
+    if backend == "server":
+        srv = request.getfixturevalue("clickhouse_server")
+        conn = server_config(srv, f"t_{uuid.uuid4().hex[:10]}", create_schema=True)
+    else:
+        conn = ClickHouseConfig(mode="embedded", path=str(tmp_path / "chdb"), create_schema=True)
     out = subprocess.run(
         [sys.executable, "-c", _STORE_IN_FRESH_PROCESS, conn.model_dump_json()],
         cwd=root, capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
-    client = open_client(conn.model_copy(update={"create_schema": False}))
-    try:
-        n = client.execute(f"SELECT count() FROM {db}.otel_traces")[0][0]
-        marks = client.execute(
-            f"SELECT first_offset, last_offset, mark FROM {db}.otelwax_intents ORDER BY mark"
-        )
-    finally:
-        client.execute(f"DROP DATABASE IF EXISTS {db}")
-        client.close()
-    assert n == decode_traces(trace_payloads(3, seed=7)).batch.num_rows
-    assert marks == [(0, 9, ""), (0, 9, "stored")]
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"pandas": False}
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["rows"] == decode_traces(trace_payloads(3, seed=7)).batch.num_rows
+    assert got["marks"] == [[0, 9, ""], [0, 9, "stored"]]
+    assert got["loaded"]["pyarrow.dataset"] is False
+    if backend == "server":
+        assert got["loaded"]["pandas"] is False
