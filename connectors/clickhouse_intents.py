@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from connectors.clickhouse import is_transient
 from connectors.clickhouse_schema import quote_ident
+from otelwax.arrowbufs import int_array, string_array
 from otelwax.resilience import CircuitBreaker, CircuitOpenError, RetryPolicy
 from otelwax.telemetry import ComponentMetrics
 
@@ -267,16 +268,16 @@ class IntentLog:
         n = len(ranges)
         batch = pa.record_batch(
             [
-                pa.array([self.flow] * n, pa.string()),
-                pa.array([r.topic for r in ranges], pa.string()),
-                pa.array([r.partition for r in ranges], pa.uint32()),
-                pa.array([r.first for r in ranges], pa.uint64()),
-                pa.array([r.last for r in ranges], pa.uint64()),
-                pa.array([target or self.target] * n, pa.string()),
-                pa.array([group] * n, pa.uint64()),
-                pa.array([r.records for r in ranges], pa.uint32()),
-                pa.array([r.topic_id for r in ranges], pa.string()),
-                pa.array([mark] * n, pa.string()),
+                string_array([self.flow] * n),
+                string_array([r.topic for r in ranges]),
+                int_array([r.partition for r in ranges], pa.uint32()),
+                int_array([r.first for r in ranges], pa.uint64()),
+                int_array([r.last for r in ranges], pa.uint64()),
+                string_array([target or self.target] * n),
+                int_array([group] * n, pa.uint64()),
+                int_array([r.records for r in ranges], pa.uint32()),
+                string_array([r.topic_id for r in ranges]),
+                string_array([mark] * n),
             ],
             schema=INTENT_SCHEMA,
         )

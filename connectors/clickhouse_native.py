@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 from connectors.clickhouse_json_schema import has_json_columns
 from connectors.clickhouse_types import ChType, parse_type
+from otelwax.arrowbufs import values_view
 from otelwax.codec import codec_name, native
 
 __all__ = ["TOKEN_COLUMN", "InsertPlan", "encode_native", "plan_columns"]
@@ -100,12 +101,12 @@ def nanoseconds(arr: pa.Array) -> np.ndarray:
     a = arr.cast(pa.int64()) if not pa.types.is_int64(arr.type) else arr
     if a.null_count:
         a = pc.fill_null(a, 0)
-    return a.to_numpy(zero_copy_only=False)
+    return values_view(a)
 
 
 def _offsets(arr: pa.Array) -> bytes:
     """Array/Map column sizes: cumulative end offsets as UInt64 (works on sliced arrays)."""
-    offs = arr.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
+    offs = values_view(arr.offsets).astype(np.int64)
     return (offs[1:] - offs[0]).astype("<u8").tobytes()
 
 
@@ -159,7 +160,7 @@ def _encoder(atype: pa.DataType, t: ChType) -> Callable[[pa.Array], list[Any]]:
             def enc_num(a: pa.Array) -> list[Any]:
                 if a.null_count:
                     a = pc.fill_null(a, 0)
-                return [a.to_numpy(zero_copy_only=False).astype(dt).tobytes()]
+                return [values_view(a).astype(dt).tobytes()]
 
             return enc_num
         raise _Incompatible(f"{atype} cannot be stored as {name}")

@@ -31,6 +31,7 @@ Building the dataflow does no I/O: clients are opened when bytewax builds the st
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import threading
@@ -484,6 +485,9 @@ def build_dataflow(
         stop_on_sigterm()
         start_progress_log(settings.progress_s)
         start_release(settings.source.release_memory_s)
+        # Start-up made ~60K long-lived objects (modules, configs, clients): out of the
+        # collector's sight from now on, so its full passes no longer walk them all.
+        gc.freeze()
         if port is not None:
             serve_flow_metrics(port, addr, settings.health)
 

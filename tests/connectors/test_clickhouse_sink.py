@@ -369,3 +369,60 @@ def test_lookup_dedup_on_chdb_stores_a_replayed_range_once(sink_for, chdb_client
     part.close()
     got = chdb_client.execute(f"SELECT count(), uniqExact(SpanId) FROM {db}.otel_traces")
     assert got == [(200, 200)]
+
+
+_STORE_IN_FRESH_PROCESS = """
+import json, sys
+from connectors.clickhouse import ClickHouseConfig, open_client
+from connectors.clickhouse_schema import TRACES_SORT_KEY
+from connectors.clickhouse_sink import ClickHouseSink, ClickHouseSinkConfig, StoredRange
+from otelwax.codec import decode_traces
+from tests.otlpgen import trace_payloads
+
+conn = ClickHouseConfig(**json.loads(sys.argv[1]))
+sink = ClickHouseSink(conn, ClickHouseSinkConfig(), sort_key=TRACES_SORT_KEY)
+part = sink.build("clickhouse", 0, 1)
+batch = decode_traces(trace_payloads(3, seed=7)).batch
+part.write_batch([StoredRange("spans", 0, 0, 9, batch, 10)])
+part.close()
+loaded = {m: m in sys.modules for m in ("pandas", "pyarrow.dataset")}
+client = open_client(conn.model_copy(update={"create_schema": False}))
+db = conn.database
+rows = client.execute(f"SELECT count() FROM {db}.otel_traces")[0][0]
+marks = client.execute(
+    f"SELECT first_offset, last_offset, mark FROM {db}.otelwax_intents ORDER BY mark"
+)
+if conn.mode == "server":
+    client.execute(f"DROP DATABASE IF EXISTS {db}")
+client.close()
+print(json.dumps({"loaded": loaded, "rows": rows, "marks": marks}))
+"""
+
+
+@pytest.mark.parametrize("backend", ["chdb", "server"])
+def test_a_sink_stores_its_rows_and_intents_without_loading_what_it_does_not_use(
+    backend: str, tmp_path: Path, request
+) -> None:
+    """A flow has no use for pandas (~50 MiB of RSS, ~0.3 s of CPU in the first insert into a
+    server) nor pyarrow.dataset (~12 MiB, chdb's reader of pyarrow objects): storing a range,
+    intents included, loads neither (chdb itself loads pandas)."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    if backend == "server":
+        srv = request.getfixturevalue("clickhouse_server")
+        conn = server_config(srv, f"t_{uuid.uuid4().hex[:10]}", create_schema=True)
+    else:
+        conn = ClickHouseConfig(mode="embedded", path=str(tmp_path / "chdb"), create_schema=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _STORE_IN_FRESH_PROCESS, conn.model_dump_json()],
+        cwd=root, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["rows"] == decode_traces(trace_payloads(3, seed=7)).batch.num_rows
+    assert got["marks"] == [[0, 9, ""], [0, 9, "stored"]]
+    assert got["loaded"]["pyarrow.dataset"] is False
+    if backend == "server":
+        assert got["loaded"]["pandas"] is False
