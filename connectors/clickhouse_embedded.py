@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -47,6 +48,14 @@ CHDB_SERVER_SETTINGS: dict[str, int] = {
     "merges_mutations_memory_usage_soft_limit": 256 << 20,
 }
 """Server settings of the embedded engine: every chdb setting otelwax changes, in one place."""
+
+MERGE_WAIT_BYTES = 64 << 20
+"""An insert of at least ``MERGE_WAIT_MIN_INSERT`` bytes of Arrow waits while chdb's running
+merges hold more than this (0: never), at most ``MERGE_WAIT_MAX_S``: such an insert takes
+~80-100 MiB of its own, and an insert beside a merge made a flow's memory peaks
+(bench/README.md, "flow memory, round 4")."""
+MERGE_WAIT_MIN_INSERT = 4 << 20
+MERGE_WAIT_MAX_S = 5.0
 
 
 class _ChdbEngine:
@@ -94,6 +103,19 @@ class _ChdbEngine:
                 raise _chdb_error(exc) from exc
             finally:
                 self.columns.after(sql)
+
+    def wait_for_merges(self) -> None:
+        """Return once running merges hold at most ``MERGE_WAIT_BYTES`` (or after
+        ``MERGE_WAIT_MAX_S``)."""
+        if MERGE_WAIT_BYTES <= 0:
+            return
+        deadline = time.monotonic() + MERGE_WAIT_MAX_S
+        while time.monotonic() < deadline:
+            res = self.query("SELECT toUInt64(sum(memory_usage)) AS m FROM system.merges")
+            used = _pylists(res)[0][0] if res is not None and res.num_rows else 0
+            if used <= MERGE_WAIT_BYTES:
+                return
+            time.sleep(0.05)
 
     def read_columns(self, table: str) -> dict[str, str]:
         db, _, name = table.rpartition(".")
@@ -185,6 +207,8 @@ class EmbeddedClient(InsertingClient):
         # reads the Arrow buffers directly (measured ~2x faster than an ArrowStream body at
         # 100K rows: bench/clickhouse_bench.py).
         otelwax_batch = batch  # noqa: F841
+        if batch.get_total_buffer_size() >= MERGE_WAIT_MIN_INSERT:
+            self._engine.wait_for_merges()
         sql = (
             f"INSERT INTO {quote_ident(db)}.{quote_ident(name)} ({collist})"
             f"{' SETTINGS ' + ', '.join(settings) if settings else ''} "
