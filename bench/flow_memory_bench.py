@@ -34,6 +34,7 @@ import argparse
 import ctypes
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -178,13 +179,17 @@ def probe(out_path: str, argv: list[str]) -> None:
     pageout_every = int(os.environ.get("PROBE_PAGEOUT_S", 0)) * 5  # in samples
     chdb_mem = {"v": 0}
 
-    def chdb_tracked() -> int:
+    purge_every = int(float(os.environ.get("PROBE_JE_PURGE_S", 0)) * 5)  # in samples
+
+    def chdb_tracked(purge: bool = False) -> int:
         from connectors.clickhouse_embedded import _ChdbEngine
 
         eng = _ChdbEngine._instance
         if eng is None or not eng.lock.acquire(timeout=0.05):
             return chdb_mem["v"]
         try:
+            if purge:  # chdb's jemalloc: hand its dirty pages back now
+                eng.session.query("SYSTEM JEMALLOC PURGE")
             res = eng.session.query(
                 "SELECT value FROM system.metrics WHERE metric = 'MemoryTracking'", "CSV"
             )
@@ -223,7 +228,9 @@ def probe(out_path: str, argv: list[str]) -> None:
                     "fetchq": sum(fetchq.values()),
                     "inflight": sum(a.inflight_bytes for a in list(acks)),
                     "buffered": sum(p._nbytes for p in list(parts)),
-                    "chdb": chdb_tracked() if n % 5 == 0 else chdb_mem["v"],
+                    "chdb": chdb_tracked(bool(purge_every and n % purge_every == 0))
+                    if n % 5 == 0 or (purge_every and n % purge_every == 0)
+                    else chdb_mem["v"],
                 }
                 fh.write(json.dumps(rec) + "\n")
                 fh.flush()
@@ -348,10 +355,13 @@ def run_one(
     series = [
         {k: (v if k in ("t", "cpu") else round(v / MIB)) for k, v in r.items()} for r in rows[::5]
     ]
+    drained = sorted(r["rss"] for r in busy) or [0]  # RSS over the drain: the steady state
     return {
         "wall_s": round(wall, 1),
         "drain_s": drain,
         "cpu_s": round(cpu, 2),
+        "rss_median_mib": round(statistics.median(drained) / MIB),
+        "rss_p90_mib": round(drained[int(0.9 * (len(drained) - 1))] / MIB),
         "peak": peak,
         "at_peak_rss": at_peak,
         "series_mib": series,
@@ -412,7 +422,10 @@ def main() -> int:
         name, _, rest = v.partition("=")
         cfg_part, _, env_part = rest.partition(";")
         overrides = [o for o in cfg_part.split("&") if o]
-        env = dict(e.split("=", 1) for e in env_part.split(",") if e)
+        # ENV=VALUE pairs split at commas before the next NAME=, so values may hold commas
+        # (JE_MALLOC_CONF=dirty_decay_ms:300,narenas:1)
+        pairs = re.split(r",(?=[A-Za-z_][A-Za-z0-9_]*=)", env_part)
+        env = dict(e.split("=", 1) for e in pairs if e)
         variants.append((name, overrides, env))  # env TREE=path: run that checkout
     topic = args.topic or f"membench_{uuid.uuid4().hex[:8]}"
     spans = 5_000_000 if args.backlog_5m else args.spans
@@ -446,7 +459,8 @@ def main() -> int:
                         at = {k: round(v / MIB) for k, v in at.items() if k not in ("t", "cpu")}
                         print(
                             f"{key:<24} {r['spans_per_s']:>7} sp/s {r['spans_per_cpu_s']:>7} "
-                            f"sp/cpu-s peak {mib}",
+                            f"sp/cpu-s RSS median/p90 {r['rss_median_mib']}/{r['rss_p90_mib']} "
+                            f"peak {mib}",
                             flush=True,
                         )
                         print(f"{'':<24} {'':>7}      at peak RSS {at}", flush=True)

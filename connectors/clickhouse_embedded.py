@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -48,6 +49,12 @@ CHDB_SERVER_SETTINGS: dict[str, int] = {
     "merges_mutations_memory_usage_soft_limit": 256 << 20,
 }
 """Server settings of the embedded engine: every chdb setting otelwax changes, in one place."""
+
+# ``ClickHouseConfig.merge_wait_mib``: an insert of at least MERGE_WAIT_MIN_INSERT bytes of
+# Arrow takes ~80-100 MiB in chdb of its own; beside a merge it made a flow's memory peaks
+# (bench/README.md, "flow memory, round 4").
+MERGE_WAIT_MIN_INSERT = 4 << 20
+MERGE_WAIT_MAX_S = 5.0
 
 
 class _ChdbEngine:
@@ -95,6 +102,17 @@ class _ChdbEngine:
                 raise _chdb_error(exc) from exc
             finally:
                 self.columns.after(sql)
+
+    def wait_for_merges(self, limit: int) -> None:
+        """Return once running merges hold at most ``limit`` bytes (or after
+        ``MERGE_WAIT_MAX_S``)."""
+        deadline = time.monotonic() + MERGE_WAIT_MAX_S
+        while time.monotonic() < deadline:
+            res = self.query("SELECT toUInt64(sum(memory_usage)) AS m FROM system.merges")
+            used = _pylists(res)[0][0] if res is not None and res.num_rows else 0
+            if used <= limit:
+                return
+            time.sleep(0.2)  # a look at system.merges costs ~3 ms of CPU
 
     def read_columns(self, table: str) -> dict[str, str]:
         db, _, name = table.rpartition(".")
@@ -210,6 +228,9 @@ class EmbeddedClient(InsertingClient):
         # reads the Arrow buffers directly (measured ~2x faster than an ArrowStream body at
         # 100K rows: bench/clickhouse_bench.py).
         otelwax_batch = _ArrowStream(batch)  # noqa: F841
+        wait = self.cfg.merge_wait_mib << 20
+        if wait and batch.get_total_buffer_size() >= MERGE_WAIT_MIN_INSERT:
+            self._engine.wait_for_merges(wait)
         sql = (
             f"INSERT INTO {quote_ident(db)}.{quote_ident(name)} ({collist})"
             f"{' SETTINGS ' + ', '.join(settings) if settings else ''} "

@@ -150,6 +150,8 @@ class _Writer:
                     self._error = exc
                     log.error("%s: %s; no further batches are stored", self._thread.name, exc)
                     self._on_error(exc)
+            # Stored and confirmed (the source reads more): not held until the next batch.
+            job = None
 
     def _check(self) -> None:
         if self._error is not None:

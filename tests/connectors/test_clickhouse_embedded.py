@@ -18,3 +18,41 @@ def test_embedded_engine_caps_its_caches_and_merge_memory(chdb_client) -> None:
     assert len(rows) == 5, rows
     assert all(0 < v <= 64 * MIB for k, v in rows.items() if k.endswith("cache_size")), rows
     assert rows["merges_mutations_memory_usage_soft_limit"] == 256 * MIB
+
+
+def test_an_insert_waits_while_merges_hold_more_than_the_limit(chdb_client, monkeypatch) -> None:
+    """With ``merge_wait_mib``, an insert does not run beside merges holding more than that
+    (an insert and a merge at once make a flow's memory peaks): it starts once they are done."""
+    import time
+
+    import pyarrow as pa
+
+    import connectors.clickhouse_embedded as embedded
+    from connectors.clickhouse import open_client
+
+    db = chdb_client.cfg.database
+    chdb_client.execute(f"CREATE TABLE {db}.big (k String, v String) ENGINE = MergeTree ORDER BY k")
+    chdb_client.execute(f"CREATE TABLE {db}.small (x UInt64) ENGINE = MergeTree ORDER BY x")
+    chdb_client.execute(f"SYSTEM STOP MERGES {db}.big")
+    for i in range(6):
+        chdb_client.execute(
+            f"INSERT INTO {db}.big SELECT toString(cityHash64(number, {i})), "
+            "randomPrintableASCII(100) FROM numbers(300000)"
+        )
+    monkeypatch.setattr(embedded, "MERGE_WAIT_MIN_INSERT", 0)
+    monkeypatch.setattr(embedded, "MERGE_WAIT_MAX_S", 120.0)
+
+    def merging() -> int:
+        sql = f"SELECT toUInt64(sum(memory_usage)) FROM system.merges WHERE database = '{db}'"
+        return chdb_client.execute(sql)[0][0]
+
+    chdb_client.execute(f"SYSTEM START MERGES {db}.big")
+    deadline = time.monotonic() + 60
+    while not merging() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert merging(), "no merge started"
+    waiting = open_client(chdb_client.cfg.model_copy(update={"merge_wait_mib": 1}))
+    waiting.insert_arrow(f"{db}.small", pa.record_batch([pa.array([1], pa.uint64())], ["x"]))
+    assert not merging(), "the insert ran beside the merge"
+    waiting.close()
+    assert chdb_client.execute(f"SELECT count() FROM {db}.small") == [(1,)]

@@ -4,6 +4,7 @@ source's RangeAcks only once stored, and a failing insert surfaces instead of va
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from pathlib import Path
 
@@ -93,6 +94,33 @@ def test_the_next_batch_waits_until_the_one_before_is_being_stored(sink_for, chd
     assert acks.oldest("spans", 0) is None
     n = chdb_client.execute(f"SELECT count() FROM {chdb_client.cfg.database}.otel_traces")[0][0]
     assert n == sum(r.batch.num_rows for r in ranges)
+
+
+def test_a_stored_batch_is_not_held_while_the_writer_waits_for_the_next(
+    sink_for, chdb_client
+) -> None:
+    """Once a batch is stored (and confirmed to the source, which then reads more), the
+    writer does not keep its rows alive until the next batch arrives (a range of ~30 MiB)."""
+    import gc
+    import weakref
+
+    acks = RangeAcks()
+    part = sink_for(acks).build("clickhouse", 0, 1)
+    ranges = _ranges(acks, 1)
+    part.write_batch(ranges)
+    sorted_rows = weakref.ref(ranges[0].batch)  # the presorted copy the writer inserts
+    del ranges
+    deadline = time.monotonic() + 30
+    while acks.oldest("spans", 0) is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert acks.oldest("spans", 0) is None, "not stored"
+    for _ in range(100):  # the writer drops its references right after confirming
+        gc.collect()
+        if sorted_rows() is None:
+            break
+        time.sleep(0.01)
+    assert sorted_rows() is None, "the stored rows are still held"
+    part.close()
 
 
 def test_a_failing_insert_is_raised_and_its_range_stays_unconfirmed(sink_for, chdb_client) -> None:
