@@ -128,9 +128,7 @@ class _Writer:
     """
 
     def __init__(
-        self,
-        store: Callable[[list[Any]], None],
-        name: str,
+        self, store: Callable[[list[Any]], None], name: str,
         on_error: Callable[[BaseException], None],
     ) -> None:
         self._store = store
