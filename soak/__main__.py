@@ -108,6 +108,12 @@ def run(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 30)
     names = fault_names(args.faults)
     out = args.out or ROOT / ".data" / "soak" / time.strftime("%Y%m%d-%H%M%S")
+    if out.is_dir() and any(out.iterdir()):
+        # Its Kafka, ClickHouse and recovery folders would be reused: the flows resume from the
+        # old run's snapshots and the reconciliation counts the old run's records as lost.
+        print(f"soak: run folder {out} is not empty (an earlier run's data): give a new --out "
+              "or remove it", flush=True)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     print(f"soak: seed {seed}, {args.duration:.0f}s, faults {names or 'none'} x{args.each}, "
           f"run folder {out}", flush=True)

@@ -28,3 +28,18 @@ def test_soak_smoke_nothing_acknowledged_is_lost_duplicated_or_stuck(tmp_path) -
     assert result["table"], "the soak printed no reconciliation"
     assert result["violations"] == [], proc.stdout[-6000:]
     assert proc.returncode == 0, proc.stdout[-6000:]
+
+
+def test_soak_refuses_a_run_folder_with_an_earlier_runs_data(tmp_path) -> None:
+    """Reusing a run folder would resume the flows from the old run's snapshots and count the
+    old run's records as lost: the soak says so in one line and starts nothing (exit 2)."""
+    out = tmp_path / "soak"
+    (out / "kafka").mkdir(parents=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "soak", "--duration", "1s", "--faults", "none", "--port-base",
+         "27500", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"run folder {out} is not empty" in proc.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["kafka"]
