@@ -15,7 +15,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["Labels", "SeriesBatch", "object_column"]
+__all__ = [
+    "Labels",
+    "SeriesBatch",
+    "joined_values",
+    "last_of_ties",
+    "object_column",
+    "split_values",
+]
 
 Labels = tuple[tuple[str, str], ...]
 """A series' label set, sorted by name."""
@@ -105,16 +112,9 @@ class SeriesBatch:
         """``(sid int64, ts int64, val float64, obj object | None)``, one entry per sample;
         ``obj[i]`` is the native histogram of sample ``i`` (None for a float sample)."""
         if self._pend:
-            sid, ts, val = zip(*self._pend, strict=True)
-            is_obj = [isinstance(v, bytes) for v in val]
-            obj = None
-            if any(is_obj):
-                obj = np.empty(len(val), object)
-                obj[:] = [v if o else None for v, o in zip(val, is_obj, strict=True)]
-                val = [np.nan if o else v for v, o in zip(val, is_obj, strict=True)]
-            self._parts.append(
-                (np.array(sid, np.int64), np.array(ts, np.int64), np.array(val, np.float64), obj)
-            )
+            sid, ts, values = zip(*self._pend, strict=True)
+            val, obj = split_values(values)
+            self._parts.append((np.array(sid, np.int64), np.array(ts, np.int64), val, obj))
             self._pend = []
         if len(self._parts) != 1:
             parts = self._parts
@@ -146,10 +146,7 @@ class SeriesBatch:
         for tests and small batches, not for the hot path)."""
         sid, ts, val, obj = self.columns()
         out: dict[Labels, list[tuple[int, float | bytes]]] = {}
-        values = val.tolist() if obj is None else [
-            v if o is None else o for v, o in zip(val.tolist(), obj.tolist(), strict=True)
-        ]  # fmt: skip
-        for s, t, v in zip(sid.tolist(), ts.tolist(), values, strict=True):
+        for s, t, v in zip(sid.tolist(), ts.tolist(), joined_values(val, obj), strict=True):
             out.setdefault(self.labels[s], []).append((t, v))
         return out
 
@@ -164,3 +161,31 @@ class SeriesBatch:
 def object_column(obj: np.ndarray | None, n: int) -> np.ndarray:
     """``obj``, or ``n`` Nones when there is no object column."""
     return np.full(n, None, object) if obj is None else obj
+
+
+def split_values(values: Sequence[float | bytes]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Sample values as the float column and, when some are native histograms (``bytes``),
+    the object column holding them (None elsewhere; NaN in the float column there)."""
+    is_obj = [isinstance(v, bytes) for v in values]
+    if not any(is_obj):
+        return np.array(values, np.float64), None
+    obj = np.empty(len(values), object)
+    obj[:] = [v if o else None for v, o in zip(values, is_obj, strict=True)]
+    val = [np.nan if o else v for v, o in zip(values, is_obj, strict=True)]
+    return np.array(val, np.float64), obj
+
+
+def joined_values(val: np.ndarray, obj: np.ndarray | None) -> list[float | bytes]:
+    """The inverse of :func:`split_values`: one Python value per sample."""
+    if obj is None:
+        return val.tolist()
+    return [v if o is None else o for v, o in zip(val.tolist(), obj.tolist(), strict=True)]
+
+
+def last_of_ties(sid: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """For samples sorted by (series, timestamp): a mask of the last sample of each run with
+    the same series and timestamp (the one read last wins; Prometheus refuses a request with
+    the same timestamp twice)."""
+    last = np.ones(len(sid), bool)
+    last[:-1] = (sid[1:] != sid[:-1]) | (ts[1:] != ts[:-1])
+    return last

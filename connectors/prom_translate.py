@@ -132,6 +132,18 @@ class _Ctx:
                 self.target_info[ti] = ts_ms
         return ji
 
+    def series_labels(
+        self, rows: _Rows, i: int, key: tuple[str, str, str, str], kind: str, name_kind: str
+    ) -> Labels:
+        """The label set of row ``i``'s one series; ``key`` is its (resource key, attributes
+        key, name, unit) and ``kind`` tells series of one name apart."""
+        labels = self.series.get((*key, kind))
+        if labels is None:
+            lab = _base_labels(self, rows, i)
+            lab["__name__"] = metric_name(key[2], key[3], name_kind)
+            labels = self.series[(*key, kind)] = tuple(sorted(lab.items()))
+        return labels
+
     def labels(self, key: str, col: _MapCol, i: int) -> dict[str, str]:
         lab = self.attrs.get(key)
         if lab is None:
@@ -250,16 +262,11 @@ def _add_scalar_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table, sums: bool) ->
     if sums:
         counter = _np(rows.batch, "IsMonotonic", np.int64)
     inv, first = _groups(rows.series, (counter, 2))
-    cache, out = ctx.series, ctx.out
+    out = ctx.out
     sids = np.empty(len(first), np.int64)
     for g, (i, key) in enumerate(zip(first.tolist(), rows.first_keys(first), strict=True)):
         kind = KIND_COUNTER if counter[i] else KIND_GAUGE
-        labels = cache.get((*key, kind))
-        if labels is None:
-            lab = _base_labels(ctx, rows, i)
-            lab["__name__"] = metric_name(key[2], key[3], kind)
-            labels = cache[(*key, kind)] = tuple(sorted(lab.items()))
-        sids[g] = out.series_id(labels)
+        sids[g] = out.series_id(ctx.series_labels(rows, i, key, kind, kind))
     out.add_columns(sids[inv], rows.ts, _np(rows.batch, "Value"))
 
 
@@ -382,12 +389,7 @@ def _add_exp_histogram_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None
         if h is None:
             out.skip("exponential_histogram_scale")
             continue
-        ckey = (*keys[i], "native_histogram")
-        labels = ctx.series.get(ckey)
-        if labels is None:
-            lab = _base_labels(ctx, rows, i)
-            lab["__name__"] = metric_name(keys[i][2], keys[i][3], KIND_HISTOGRAM)
-            labels = ctx.series[ckey] = tuple(sorted(lab.items()))
+        labels = ctx.series_labels(rows, i, keys[i], "native_histogram", KIND_HISTOGRAM)
         out.add(labels, ts[i], h)
 
 

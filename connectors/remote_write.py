@@ -48,6 +48,7 @@ import numpy as np
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from pydantic import Field
 
+from connectors.prom_series import joined_values, last_of_ties, split_values
 from connectors.prom_translate import Labels, SeriesBatch
 from otelwax.protowire import length_delimited, varint
 from otelwax.settings import StrictModel, secret_keys
@@ -224,16 +225,9 @@ def encode_write_request(series: Iterable[tuple[bytes, list[tuple[int, float | b
     series = list(series)
     lengths = np.fromiter((len(s) for _, s in series), np.int64, len(series))
     ends = np.cumsum(lengths)
-    values = [v for _, s in series for _, v in s]
-    obj = None
-    if any(isinstance(v, bytes) for v in values):
-        obj = np.empty(len(values), object)
-        obj[:] = [v if isinstance(v, bytes) else None for v in values]
-        values = [np.nan if isinstance(v, bytes) else v for v in values]
-    ts = np.fromiter((t for _, s in series for t, _ in s), np.int64, len(values))
-    return encode_runs(
-        [lab for lab, _ in series], ends - lengths, ends, ts, np.array(values, np.float64), obj
-    )
+    val, obj = split_values([v for _, s in series for _, v in s])
+    ts = np.fromiter((t for _, s in series for t, _ in s), np.int64, len(val))
+    return encode_runs([lab for lab, _ in series], ends - lengths, ends, ts, val, obj)
 
 
 def series_runs(sid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -261,9 +255,7 @@ def encode_runs(
             [length_delimited(b"\x0a", lab + raw[a * w : b * w])
              for lab, a, b in zip(labels, a_, b_, strict=True)]
         )  # fmt: skip
-    values = val.tolist()
-    if obj is not None:
-        values = [v if o is None else o for v, o in zip(values, obj.tolist(), strict=True)]
+    values = joined_values(val, obj)
     tl = ts.tolist()
     return b"".join(
         length_delimited(b"\x0a", lab + encode_samples(zip(tl[a:b], values[a:b], strict=True)))
@@ -365,9 +357,7 @@ class RemoteWriteClient:
         if not ((d_sid > 0) | ((d_sid == 0) & (np.diff(ts) > 0))).all():  # as the buffer sends
             chunk = _take(chunk, np.lexsort((ts, sid)))  # stable
             _, sid, ts, _, _ = chunk
-        # Same timestamp twice: Prometheus rejects the request; keep the last one read.
-        last = np.ones(len(sid), bool)
-        last[:-1] = (sid[1:] != sid[:-1]) | (ts[1:] != ts[:-1])
+        last = last_of_ties(sid, ts)
         if not last.all():
             self.metrics.dropped(int(len(last) - last.sum()), "duplicate_timestamp")
             chunk = _take(chunk, last)

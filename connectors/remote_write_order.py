@@ -47,7 +47,7 @@ from bytewax import operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
-from connectors.prom_series import Labels, SeriesBatch, object_column
+from connectors.prom_series import Labels, SeriesBatch, last_of_ties, object_column
 from connectors.remote_write import OrderConfig, RemoteWriteConfig, RemoteWriteSink, series_runs
 from otelwax.telemetry import ComponentMetrics
 
@@ -326,8 +326,7 @@ class SeriesOrder(StatefulBatchLogic[SeriesBatch, SeriesBatch, bytes]):
         h_sid, h_ts, h_val, h_obj, h_arr = self.held
         idx = idx[np.lexsort((h_ts[idx], h_sid[idx]))]  # stable: arrival order within ties
         sid, ts = h_sid[idx], h_ts[idx]
-        last = np.ones(len(idx), bool)
-        last[:-1] = (sid[1:] != sid[:-1]) | (ts[1:] != ts[:-1])
+        last = last_of_ties(sid, ts)
         self.metrics.dropped(int(len(idx) - last.sum()), "duplicate_timestamp")
         idx, sid, ts = idx[last], sid[last], ts[last]
         ends = np.flatnonzero(np.append(sid[1:] != sid[:-1], True))
