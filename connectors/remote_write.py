@@ -40,7 +40,9 @@ import random
 import struct
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import cramjam
@@ -282,6 +284,14 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
+@dataclass
+class _Rejected:
+    """What one ``send`` could not deliver, by (status, answer), for one log line each."""
+
+    counts: Counter[tuple[int, str]] = field(default_factory=Counter)
+    bisecting: bool = False
+
+
 class RemoteWriteClient:
     """Sends series to one remote-write endpoint, with batching, retries and counters."""
 
@@ -391,12 +401,21 @@ class RemoteWriteClient:
         if chunk is None:
             return 0
         limit = self.cfg.max_samples_per_request
-        return sum(
-            self._send_chunk(_take(chunk, slice(i, i + limit)))
+        rejected = _Rejected()
+        accepted = sum(
+            self._send_chunk(_take(chunk, slice(i, i + limit)), rejected)
             for i in range(0, len(chunk[1]), limit)
         )
+        for (status, text), n in rejected.counts.items():  # a line per answer, not per sample
+            log.warning(
+                "remote-write %s: dropped %d samples, HTTP %d (not retried): %s",
+                self.target, n, status, text,
+            )
+        return accepted
 
-    def _send_chunk(self, chunk: Chunk) -> int:
+    def _send_chunk(self, chunk: Chunk, rejected: _Rejected) -> int:
+        """Send one request; on a non-retryable 4xx bisect it, adding what is still rejected
+        to ``rejected`` (by status and answer) for the caller's one log line."""
         labels, sid, ts, val, obj = chunk
         n = len(sid)
         starts, ends = series_runs(sid)
@@ -414,28 +433,20 @@ class RemoteWriteClient:
             return n
         # Non-retryable 4xx.
         if self.cfg.split_on_bad_request and n > 1:
-            log.info(
-                "remote-write %s: %d on a request of %d series / %d samples, bisecting (%s)",
-                self.target,
-                status,
-                len(starts),
-                n,
-                text.strip()[:200],
-            )
+            if not rejected.bisecting:
+                rejected.bisecting = True
+                log.info(
+                    "remote-write %s: %d on a request of %d series / %d samples, bisecting "
+                    "(%s)", self.target, status, len(starts), n, text.strip()[:200],
+                )
             # By series; within one series its older samples may be replays Prometheus already
             # has (it accepts only the newest as a duplicate), so split the samples and keep
             # the newer ones.
             mid = int(starts[len(starts) // 2]) if len(starts) > 1 else n // 2
-            return self._send_chunk(_take(chunk, slice(0, mid))) + self._send_chunk(
-                _take(chunk, slice(mid, n))
+            return self._send_chunk(_take(chunk, slice(0, mid)), rejected) + self._send_chunk(
+                _take(chunk, slice(mid, n)), rejected
             )
-        log.warning(
-            "remote-write %s: dropped %d samples, HTTP %d (not retried): %s",
-            self.target,
-            n,
-            status,
-            text.strip()[:300],
-        )
+        rejected.counts[(status, text.strip()[:300])] += n
         self.metrics.dropped(n, f"http_{status}")
         return 0
 

@@ -120,6 +120,34 @@ def test_replayed_older_samples_do_not_block_newer_ones(prometheus_url: str) -> 
     assert list(res.values()) == [4.0]
 
 
+def test_a_replay_rejected_series_by_series_logs_one_line(prometheus_url: str, caplog) -> None:
+    """After a crash the flow re-sends what Prometheus already holds: every series of the
+    request is rejected and bisected down to one sample. The operator gets one INFO and one
+    WARNING line with the totals, not a line per rejected sample (160 lines per restart in the
+    soak before)."""
+    import logging
+
+    job = unique_job("rwquiet")
+    comp = unique_job("rwc")
+    now = int(time.time() * 1000)
+    cfg = RemoteWriteConfig(url=f"{prometheus_url}/api/v1/write", drop_out_of_order=False)
+    client = RemoteWriteClient(cfg, component=comp)
+    sent, replay = SeriesBatch(), SeriesBatch()
+    for s in range(20):
+        sent.add(_labels("rw_quiet", job, s=str(s)), now, 1.0)
+        replay.add(_labels("rw_quiet", job, s=str(s)), now - 10_000, 1.0)  # older: rejected
+    replay.add(_labels("rw_quiet_new", job), now, 5.0)
+    assert client.send(sent) == 20
+    with caplog.at_level(logging.INFO, logger="connectors.remote_write"):
+        assert client.send(replay) == 1
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records
+             if r.name == "connectors.remote_write"]
+    assert [lv for lv, _ in lines] == ["INFO", "WARNING"], lines
+    assert "dropped 20 samples" in lines[1][1] and "out of order" in lines[1][1], lines
+    assert _counter("dropped", comp, reason="http_400") == 20
+    assert prom_values(prometheus_url, f'rw_quiet_new{{job="{job}"}}')
+
+
 def test_out_of_order_samples_are_dropped_before_sending(prometheus_url: str) -> None:
     job = unique_job("rwo")
     comp = unique_job("rwc")
