@@ -44,6 +44,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--outage", type=seconds, default=15.0, help="how long a service stays down")
     ap.add_argument("--traces-per-s", type=float, default=50.0, help="SDK traces/s (4 spans)")
     ap.add_argument("--drain", type=seconds, default=180.0, help="bound on the final drain")
+    ap.add_argument("--idle-close", type=seconds, default=30.0,
+                    help="span metrics close their windows after this long without spans (the "
+                    "drain waits for it)")
     ap.add_argument("--stuck-after", type=seconds, default=120.0,
                     help="a stall longer than this is a stuck flow")
     ap.add_argument("--port-base", type=int, default=27000, help="private port range start")
@@ -77,9 +80,8 @@ def wait_http(url: str, timeout: float) -> bool:
 
 
 def start_stack(stack: Stack) -> None:
-    for svc in ("kafka", "clickhouse", "prometheus", "jaeger"):
-        log.info("starting %s", svc)
-        stack.service(svc, "start")
+    log.info("starting kafka, clickhouse, prometheus, jaeger")
+    stack.services(("kafka", "clickhouse", "prometheus", "jaeger"), "start")
     stack.write_config()
     stack.add_shim()
     if not wait_http(f"http://127.0.0.1:{stack.ports.shim_metrics}/healthz", 60):
@@ -119,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
           f"run folder {out}", flush=True)
     rng = random.Random(seed)
     ports = Ports(args.port_base)
-    stack = Stack(out, ports)
+    stack = Stack(out, ports, idle_close_s=args.idle_close)
     ledger = Ledger()
     gate = JaegerGate(ports.jaeger_gate, f"127.0.0.1:{ports.jaeger_otlp}")
     tgen = Telemetrygen(ROOT / ".cache" / "bin" / "telemetrygen", f"127.0.0.1:{ports.shim_grpc}",
@@ -158,8 +160,8 @@ def run(args: argparse.Namespace) -> int:
         load.stop()
         tgen.stop()
         drained = drain(mon, args.drain)
-        # Span metrics close their windows after idle_close_s (30 s) without spans.
-        time.sleep(35)
+        # Span metrics close their windows after idle_close_s without spans.
+        time.sleep(args.idle_close + 5)
         mon.sample()
         mon.stop()
         stack.stop_procs(list(FLOWS), timeout=60)

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,10 +115,13 @@ class Proc:
 class Stack:
     """Start, stop and supervise every component of one soak run."""
 
-    def __init__(self, run_dir: Path, ports: Ports, *, flow_snapshot_s: int = 5) -> None:
+    def __init__(
+        self, run_dir: Path, ports: Ports, *, flow_snapshot_s: int = 5, idle_close_s: float = 30.0
+    ) -> None:
         self.run_dir = run_dir
         self.ports = ports
         self.snapshot_s = flow_snapshot_s
+        self.idle_close_s = idle_close_s
         self.procs: dict[str, Proc] = {}
         self._stop = threading.Event()
         self._supervisor: threading.Thread | None = None
@@ -209,7 +213,10 @@ class Stack:
                     "remote_write": rw,
                     "metrics_port": p.metrics,
                 },
-                "spanmetrics": {"remote_write": rw, "metrics_port": p.spanmetrics},
+                "spanmetrics": {
+                    "remote_write": rw, "metrics_port": p.spanmetrics,
+                    "spanmetrics": {"idle_close_s": self.idle_close_s},
+                },
             },
         }
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -317,8 +324,16 @@ class Stack:
         self.stop_procs([n for n in self.procs if n != "shim"], timeout=30)
         self.stop_procs(["shim"], timeout=30)
         if services:
-            for svc in ("jaeger", "prometheus", "clickhouse", "kafka"):
-                try:
-                    self.service(svc, "stop")
-                except Exception as exc:  # keep stopping the others
-                    log.warning("stopping %s: %s", svc, exc)
+            self.services(("jaeger", "prometheus", "clickhouse", "kafka"), "stop", strict=False)
+
+    def services(self, names: tuple[str, ...], action: str, *, strict: bool = True) -> None:
+        """``action`` on independent services at once (each start or stop takes seconds).
+        ``strict``: raise the first failure; else log each and go on."""
+        with ThreadPoolExecutor(len(names)) as pool:
+            futures = {svc: pool.submit(self.service, svc, action) for svc in names}
+        for svc, fut in futures.items():
+            exc = fut.exception()
+            if exc is not None and strict:
+                raise exc
+            if exc is not None:
+                log.warning("%s %s: %s", action, svc, exc)

@@ -19,7 +19,8 @@ def test_soak_smoke_nothing_acknowledged_is_lost_duplicated_or_stuck(tmp_path) -
     out = tmp_path / "soak"
     proc = subprocess.run(
         [sys.executable, "-m", "soak", "--duration", "50s", "--faults", "smoke", "--each", "1",
-         "--outage", "10s", "--traces-per-s", "30", "--drain", "120s", "--seed", "12",
+         "--outage", "10s", "--traces-per-s", "30", "--drain", "120s", "--idle-close", "10s",
+         "--seed", "12",
          "--port-base", "27500", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
     )
