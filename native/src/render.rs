@@ -2,7 +2,7 @@
 //! hex ids and base64.
 
 use crate::cols::{MapCol, StrCol};
-use crate::wire::{utf8, Reader, Res, Val};
+use crate::wire::{is_utf8, utf8, Reader, Res, Val};
 
 /// Deepest message nesting level a payload may have (the request is level 1), like the
 /// protobuf runtime's default recursion limit: nested AnyValues beyond it make the payload an
@@ -147,11 +147,47 @@ pub fn render_value(val: &Parts<'_>, out: &mut Vec<u8>, level: u32) -> Res<()> {
 /// `level` is the KeyValue's message nesting level.
 #[inline]
 pub fn push_attr(kv: &[u8], map: &mut MapCol, level: u32) -> Res<()> {
+    if push_plain_attr(kv, map) {
+        return Ok(());
+    }
     let (k, v) = parse_kv(kv)?;
     map.keys.push(k);
     render_value(&v, &mut map.vals.data, level + 1)?;
     map.vals.finish();
     Ok(())
+}
+
+/// The shape nearly every attribute has: a valid key, then one value holding one scalar member
+/// (string, bool, int, double, bytes) or none. Renders it like `parse_kv` + `render_value`
+/// and returns true; anything else (repeated fields, unknown or nested members, invalid UTF-8)
+/// returns false with nothing written, for the general path to render or reject.
+#[inline(always)]
+fn push_plain_attr(kv: &[u8], map: &mut MapCol) -> bool {
+    let mut r = Reader::new(kv);
+    let (key, val) = match (r.next(), r.next()) {
+        (Ok(Some((1, Val::Bytes(k)))), Ok(Some((2, Val::Bytes(v))))) if r.at_end() => (k, v),
+        _ => return false,
+    };
+    if !is_utf8(key) {
+        return false;
+    }
+    let mut vr = Reader::new(val);
+    let out = &mut map.vals.data;
+    match vr.next() {
+        Ok(None) => {}
+        Ok(Some((f, v))) if vr.at_end() => match (f, v) {
+            (1, Val::Bytes(b)) if is_utf8(b) => out.extend_from_slice(b),
+            (2, Val::Varint(x)) => out.extend_from_slice(if x != 0 { b"true" } else { b"false" }),
+            (3, Val::Varint(x)) => push_i64(out, x as i64),
+            (4, Val::Fixed64(x)) => write_double(f64::from_bits(x), out),
+            (7, Val::Bytes(b)) => base64(b, out),
+            _ => return false,
+        },
+        _ => return false,
+    }
+    map.vals.finish();
+    map.keys.push(key);
+    true
 }
 
 /// Validates a KeyValue (for attribute lists we do not store) the way a full parse would.
@@ -511,10 +547,11 @@ pub fn push_id(col: &mut StrCol, id: &[u8], len: usize, what: &str) -> Res<()> {
     if id.len() != len {
         return Err(format!("{what} has {} bytes, expected {len}", id.len()));
     }
-    for &b in id {
-        col.data.extend_from_slice(&HEX_PAIRS[b as usize]);
+    let mut hex = [0u8; 64];
+    for (pair, &b) in hex.chunks_exact_mut(2).zip(id) {
+        pair.copy_from_slice(&HEX_PAIRS[b as usize]);
     }
-    col.finish();
+    col.push(&hex[..2 * len]);
     Ok(())
 }
 

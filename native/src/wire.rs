@@ -200,8 +200,13 @@ impl<'a> Reader<'a> {
 }
 
 #[inline]
+pub fn is_utf8(b: &[u8]) -> bool {
+    b.is_ascii() || std::str::from_utf8(b).is_ok()
+}
+
+#[inline]
 pub fn utf8(b: &[u8], what: &str) -> Res<()> {
-    if b.is_ascii() || std::str::from_utf8(b).is_ok() {
+    if is_utf8(b) {
         Ok(())
     } else {
         Err(format!("invalid UTF-8 in {what}"))
