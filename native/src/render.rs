@@ -547,12 +547,27 @@ pub fn push_id(col: &mut StrCol, id: &[u8], len: usize, what: &str) -> Res<()> {
     if id.len() != len {
         return Err(format!("{what} has {} bytes, expected {len}", id.len()));
     }
-    let mut hex = [0u8; 64];
-    for (pair, &b) in hex.chunks_exact_mut(2).zip(id) {
-        pair.copy_from_slice(&HEX_PAIRS[b as usize]);
+    match len {
+        16 => push_hex::<16>(col, id),
+        8 => push_hex::<8>(col, id),
+        _ => {
+            for &b in id {
+                col.data.extend_from_slice(&HEX_PAIRS[b as usize]);
+            }
+            col.finish();
+        }
     }
-    col.push(&hex[..2 * len]);
     Ok(())
+}
+
+/// Appends the hex of an `N`-byte id as one fixed-size copy.
+#[inline(always)]
+fn push_hex<const N: usize>(col: &mut StrCol, id: &[u8]) {
+    let mut hex = [[0u8; 2]; N];
+    for (h, &b) in hex.iter_mut().zip(id) {
+        *h = HEX_PAIRS[b as usize];
+    }
+    col.push(hex.as_flattened());
 }
 
 /// Parses a lowercase/uppercase hex id into bytes (empty string → empty bytes).

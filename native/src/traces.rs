@@ -4,7 +4,7 @@ use arrow_array::StructArray;
 
 use crate::cols::*;
 use crate::render::{push_attr, push_id};
-use crate::walk::{decode_request, envelope, parse_scope, ResourceScratch, Scope, Signal};
+use crate::walk::{decode_request, parse_scope, ResourceScratch, Scope, Signal};
 use crate::wire::{utf8, Reader, Res, Val};
 
 pub const SPAN_KINDS: [&str; 6] = [
@@ -278,14 +278,26 @@ impl Signal for Traces {
         &mut self.scratch
     }
 
+    /// One pass over the ScopeSpans message: spans are decoded where they lie (a first pass
+    /// collecting them touched every span's first cache line out of order, ~20 % of the decode
+    /// in stalls), and the scope/resource columns, which only the complete message settles
+    /// (a scope may follow its spans), are filled for those rows at the end.
     fn scope(&mut self, buf: &[u8], res: &ResourceScratch, _res_schema: &[u8]) -> Res<()> {
         let mut scope = Scope::default();
-        let mut spans: Vec<&[u8]> = Vec::new();
-        envelope(buf, "ScopeSpans.schema_url", &mut spans, |b| {
-            parse_scope(b, &mut scope, None)
-        })?;
-        for s in spans {
-            self.span(s)?;
+        let mut spans = 0usize;
+        let mut r = Reader::new(buf);
+        while let Some((f, v)) = r.next()? {
+            match (f, v) {
+                (1, Val::Bytes(b)) => parse_scope(b, &mut scope, None)?,
+                (2, Val::Bytes(b)) => {
+                    self.span(b)?;
+                    spans += 1;
+                }
+                (3, Val::Bytes(b)) => utf8(b, "ScopeSpans.schema_url")?,
+                _ => {}
+            }
+        }
+        for _ in 0..spans {
             res.emit(&mut self.res_attrs, &mut self.service)?;
             self.scope_name.push(scope.name);
             self.scope_version.push(scope.version);
