@@ -1,7 +1,7 @@
 //! AnyValue → string rendering (pdata `AsString` rules, see otelwax/codec/__init__.py),
 //! hex ids and base64.
 
-use crate::cols::{MapCol, StrCol};
+use crate::cols::{append, MapCol, StrCol};
 use crate::wire::{is_utf8, utf8, Reader, Res, Val};
 
 /// Deepest message nesting level a payload may have (the request is level 1), like the
@@ -183,9 +183,7 @@ fn push_plain_attr(kv: &[u8], map: &mut MapCol) -> bool {
     let out = &mut map.vals.data;
     match val {
         [] => {}
-        [0x0A, n, s @ ..] if s.len() == *n as usize && *n < 0x80 && is_utf8(s) => {
-            out.extend_from_slice(s)
-        }
+        [0x0A, n, s @ ..] if s.len() == *n as usize && *n < 0x80 && is_utf8(s) => append(out, s),
         [0x3A, n, b @ ..] if b.len() == *n as usize && *n < 0x80 => base64(b, out),
         [0x21, d @ ..] if d.len() == 8 => {
             write_double(f64::from_bits(u64::from_le_bytes(d.try_into().unwrap())), out)
