@@ -129,7 +129,34 @@ impl Traces {
         let mut status_msg: &[u8] = &[];
         let mut status_code: i64 = 0;
         let mut r = Reader::new(buf);
-        while let Some((f, v)) = r.next()? {
+        loop {
+            // The fields every span has, by their one-byte tags (one dispatch instead of the
+            // wire type's and then the field's); the rest through the generic reader below.
+            match r.peek() {
+                Some(0x4A) => {
+                    push_attr(r.after_tag_bytes()?, &mut self.span_attrs, 5)?;
+                    continue;
+                }
+                Some(0x0A) => {
+                    trace_id = r.after_tag_bytes()?;
+                    continue;
+                }
+                Some(0x12) => {
+                    span_id = r.after_tag_bytes()?;
+                    continue;
+                }
+                Some(0x39) => {
+                    start = r.after_tag_fixed64()?;
+                    continue;
+                }
+                Some(0x41) => {
+                    end = r.after_tag_fixed64()?;
+                    continue;
+                }
+                None => break,
+                _ => {}
+            }
+            let Some((f, v)) = r.next()? else { break };
             match (f, v) {
                 (1, Val::Bytes(b)) => trace_id = b,
                 (2, Val::Bytes(b)) => span_id = b,
