@@ -185,9 +185,10 @@ fn push_plain_attr(kv: &[u8], map: &mut MapCol) -> bool {
         [] => {}
         [0x0A, n, s @ ..] if s.len() == *n as usize && *n < 0x80 && is_utf8(s) => append(out, s),
         [0x3A, n, b @ ..] if b.len() == *n as usize && *n < 0x80 => base64(b, out),
-        [0x21, d @ ..] if d.len() == 8 => {
-            write_double(f64::from_bits(u64::from_le_bytes(d.try_into().unwrap())), out)
-        }
+        [0x21, d @ ..] if d.len() == 8 => write_double(
+            f64::from_bits(u64::from_le_bytes(d.try_into().unwrap())),
+            out,
+        ),
         [tag @ (0x10 | 0x18), v @ ..] => {
             let mut r = Reader::new(v);
             let x = match r.read_varint() {

@@ -131,64 +131,50 @@ impl Traces {
         let mut r = Reader::new(buf);
         loop {
             // The fields every span has, by their one-byte tags (one dispatch instead of the
-            // wire type's and then the field's); the rest through the generic reader below.
+            // wire type's and then the field's); the rest through the generic reader.
             match r.peek() {
-                Some(0x4A) => {
-                    push_attr(r.after_tag_bytes()?, &mut self.span_attrs, 5)?;
-                    continue;
-                }
-                Some(0x0A) => {
-                    trace_id = r.after_tag_bytes()?;
-                    continue;
-                }
-                Some(0x12) => {
-                    span_id = r.after_tag_bytes()?;
-                    continue;
-                }
-                Some(0x39) => {
-                    start = r.after_tag_fixed64()?;
-                    continue;
-                }
-                Some(0x41) => {
-                    end = r.after_tag_fixed64()?;
-                    continue;
-                }
+                Some(0x4A) => push_attr(r.after_tag_bytes()?, &mut self.span_attrs, 5)?,
+                Some(0x0A) => trace_id = r.after_tag_bytes()?,
+                Some(0x12) => span_id = r.after_tag_bytes()?,
+                Some(0x39) => start = r.after_tag_fixed64()?,
+                Some(0x41) => end = r.after_tag_fixed64()?,
                 None => break,
-                _ => {}
-            }
-            let Some((f, v)) = r.next()? else { break };
-            match (f, v) {
-                (1, Val::Bytes(b)) => trace_id = b,
-                (2, Val::Bytes(b)) => span_id = b,
-                (3, Val::Bytes(b)) => {
-                    utf8(b, "Span.trace_state")?;
-                    state = b;
-                }
-                (4, Val::Bytes(b)) => parent = b,
-                (5, Val::Bytes(b)) => {
-                    utf8(b, "Span.name")?;
-                    name = b;
-                }
-                (6, Val::Varint(x)) => kind = x as i32 as i64,
-                (7, Val::Fixed64(x)) => start = x,
-                (8, Val::Fixed64(x)) => end = x,
-                (9, Val::Bytes(kv)) => push_attr(kv, &mut self.span_attrs, 5)?,
-                (11, Val::Bytes(ev)) => self.event(ev)?,
-                (13, Val::Bytes(l)) => self.link(l)?,
-                (15, Val::Bytes(st)) => {
-                    let mut sr = Reader::new(st);
-                    while let Some((sf, sv)) = sr.next()? {
-                        match (sf, sv) {
-                            (2, Val::Bytes(b)) => {
-                                utf8(b, "Status.message")?;
-                                status_msg = b;
-                            }
-                            (3, Val::Varint(x)) => status_code = x as i32 as i64,
-                            _ => {}
+                _ => {
+                    let Some((f, v)) = r.next()? else { break };
+                    match (f, v) {
+                        (1, Val::Bytes(b)) => trace_id = b,
+                        (2, Val::Bytes(b)) => span_id = b,
+                        (3, Val::Bytes(b)) => {
+                            utf8(b, "Span.trace_state")?;
+                            state = b;
                         }
+                        (4, Val::Bytes(b)) => parent = b,
+                        (5, Val::Bytes(b)) => {
+                            utf8(b, "Span.name")?;
+                            name = b;
+                        }
+                        (6, Val::Varint(x)) => kind = x as i32 as i64,
+                        (7, Val::Fixed64(x)) => start = x,
+                        (8, Val::Fixed64(x)) => end = x,
+                        (9, Val::Bytes(kv)) => push_attr(kv, &mut self.span_attrs, 5)?,
+                        (11, Val::Bytes(ev)) => self.event(ev)?,
+                        (13, Val::Bytes(l)) => self.link(l)?,
+                        (15, Val::Bytes(st)) => {
+                            let mut sr = Reader::new(st);
+                            while let Some((sf, sv)) = sr.next()? {
+                                match (sf, sv) {
+                                    (2, Val::Bytes(b)) => {
+                                        utf8(b, "Status.message")?;
+                                        status_msg = b;
+                                    }
+                                    (3, Val::Varint(x)) => status_code = x as i32 as i64,
+                                    _ => {}
+                                }
+                            }
+                        }
+                        _ => {}
                     }
                 }
-                _ => {}
             }
         }
         push_id(&mut self.trace_id, trace_id, 16, "trace_id")?;
