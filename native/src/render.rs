@@ -1,8 +1,8 @@
 //! AnyValue → string rendering (pdata `AsString` rules, see otelwax/codec/__init__.py),
 //! hex ids and base64.
 
-use crate::cols::{MapCol, StrCol};
-use crate::wire::{utf8, Reader, Res, Val};
+use crate::cols::{append, MapCol, StrCol};
+use crate::wire::{is_utf8, utf8, Reader, Res, Val};
 
 /// Deepest message nesting level a payload may have (the request is level 1), like the
 /// protobuf runtime's default recursion limit: nested AnyValues beyond it make the payload an
@@ -147,11 +147,65 @@ pub fn render_value(val: &Parts<'_>, out: &mut Vec<u8>, level: u32) -> Res<()> {
 /// `level` is the KeyValue's message nesting level.
 #[inline]
 pub fn push_attr(kv: &[u8], map: &mut MapCol, level: u32) -> Res<()> {
+    if push_plain_attr(kv, map) {
+        return Ok(());
+    }
     let (k, v) = parse_kv(kv)?;
     map.keys.push(k);
     render_value(&v, &mut map.vals.data, level + 1)?;
     map.vals.finish();
     Ok(())
+}
+
+/// The shape nearly every attribute has: a valid key, then one value holding one scalar member
+/// (string, bool, int, double, bytes) or none, each tag and length in one byte (lengths below
+/// 128). Renders it like `parse_kv` + `render_value` and returns true; anything else (longer
+/// or repeated fields, unknown or nested members, invalid UTF-8) returns false with nothing
+/// written, for the general path to render or reject. The bytes are matched directly: through
+/// the generic reader this was a third of the decode.
+#[inline(always)]
+fn push_plain_attr(kv: &[u8], map: &mut MapCol) -> bool {
+    // KeyValue: 0x0A (key, bytes) len key, 0x12 (value, bytes) len AnyValue
+    let [0x0A, klen, rest @ ..] = kv else {
+        return false;
+    };
+    let klen = *klen as usize;
+    if klen >= 0x80 || rest.len() < klen + 2 {
+        return false;
+    }
+    let (key, rest) = rest.split_at(klen);
+    let [0x12, vlen, val @ ..] = rest else {
+        return false;
+    };
+    if *vlen >= 0x80 || val.len() != *vlen as usize || !is_utf8(key) {
+        return false;
+    }
+    let out = &mut map.vals.data;
+    match val {
+        [] => {}
+        [0x0A, n, s @ ..] if s.len() == *n as usize && *n < 0x80 && is_utf8(s) => append(out, s),
+        [0x3A, n, b @ ..] if b.len() == *n as usize && *n < 0x80 => base64(b, out),
+        [0x21, d @ ..] if d.len() == 8 => write_double(
+            f64::from_bits(u64::from_le_bytes(d.try_into().unwrap())),
+            out,
+        ),
+        [tag @ (0x10 | 0x18), v @ ..] => {
+            let mut r = Reader::new(v);
+            let x = match r.read_varint() {
+                Ok(x) if r.at_end() => x,
+                _ => return false,
+            };
+            if *tag == 0x10 {
+                out.extend_from_slice(if x != 0 { b"true" } else { b"false" });
+            } else {
+                push_i64(out, x as i64);
+            }
+        }
+        _ => return false,
+    }
+    map.vals.finish();
+    map.keys.push(key);
+    true
 }
 
 /// Validates a KeyValue (for attribute lists we do not store) the way a full parse would.
@@ -511,11 +565,27 @@ pub fn push_id(col: &mut StrCol, id: &[u8], len: usize, what: &str) -> Res<()> {
     if id.len() != len {
         return Err(format!("{what} has {} bytes, expected {len}", id.len()));
     }
-    for &b in id {
-        col.data.extend_from_slice(&HEX_PAIRS[b as usize]);
+    match len {
+        16 => push_hex::<16>(col, id),
+        8 => push_hex::<8>(col, id),
+        _ => {
+            for &b in id {
+                col.data.extend_from_slice(&HEX_PAIRS[b as usize]);
+            }
+            col.finish();
+        }
     }
-    col.finish();
     Ok(())
+}
+
+/// Appends the hex of an `N`-byte id as one fixed-size copy.
+#[inline(always)]
+fn push_hex<const N: usize>(col: &mut StrCol, id: &[u8]) {
+    let mut hex = [[0u8; 2]; N];
+    for (h, &b) in hex.iter_mut().zip(id) {
+        *h = HEX_PAIRS[b as usize];
+    }
+    col.push(hex.as_flattened());
 }
 
 /// Parses a lowercase/uppercase hex id into bytes (empty string → empty bytes).

@@ -4,7 +4,7 @@ use arrow_array::StructArray;
 
 use crate::cols::*;
 use crate::render::{push_attr, push_id};
-use crate::walk::{decode_request, envelope, parse_scope, ResourceScratch, Scope, Signal};
+use crate::walk::{decode_request, parse_scope, ResourceScratch, Scope, Signal};
 use crate::wire::{utf8, Reader, Res, Val};
 
 pub const SPAN_KINDS: [&str; 6] = [
@@ -129,39 +129,52 @@ impl Traces {
         let mut status_msg: &[u8] = &[];
         let mut status_code: i64 = 0;
         let mut r = Reader::new(buf);
-        while let Some((f, v)) = r.next()? {
-            match (f, v) {
-                (1, Val::Bytes(b)) => trace_id = b,
-                (2, Val::Bytes(b)) => span_id = b,
-                (3, Val::Bytes(b)) => {
-                    utf8(b, "Span.trace_state")?;
-                    state = b;
-                }
-                (4, Val::Bytes(b)) => parent = b,
-                (5, Val::Bytes(b)) => {
-                    utf8(b, "Span.name")?;
-                    name = b;
-                }
-                (6, Val::Varint(x)) => kind = x as i32 as i64,
-                (7, Val::Fixed64(x)) => start = x,
-                (8, Val::Fixed64(x)) => end = x,
-                (9, Val::Bytes(kv)) => push_attr(kv, &mut self.span_attrs, 5)?,
-                (11, Val::Bytes(ev)) => self.event(ev)?,
-                (13, Val::Bytes(l)) => self.link(l)?,
-                (15, Val::Bytes(st)) => {
-                    let mut sr = Reader::new(st);
-                    while let Some((sf, sv)) = sr.next()? {
-                        match (sf, sv) {
-                            (2, Val::Bytes(b)) => {
-                                utf8(b, "Status.message")?;
-                                status_msg = b;
-                            }
-                            (3, Val::Varint(x)) => status_code = x as i32 as i64,
-                            _ => {}
+        loop {
+            // The fields every span has, by their one-byte tags (one dispatch instead of the
+            // wire type's and then the field's); the rest through the generic reader.
+            match r.peek() {
+                Some(0x4A) => push_attr(r.after_tag_bytes()?, &mut self.span_attrs, 5)?,
+                Some(0x0A) => trace_id = r.after_tag_bytes()?,
+                Some(0x12) => span_id = r.after_tag_bytes()?,
+                Some(0x39) => start = r.after_tag_fixed64()?,
+                Some(0x41) => end = r.after_tag_fixed64()?,
+                None => break,
+                _ => {
+                    let Some((f, v)) = r.next()? else { break };
+                    match (f, v) {
+                        (1, Val::Bytes(b)) => trace_id = b,
+                        (2, Val::Bytes(b)) => span_id = b,
+                        (3, Val::Bytes(b)) => {
+                            utf8(b, "Span.trace_state")?;
+                            state = b;
                         }
+                        (4, Val::Bytes(b)) => parent = b,
+                        (5, Val::Bytes(b)) => {
+                            utf8(b, "Span.name")?;
+                            name = b;
+                        }
+                        (6, Val::Varint(x)) => kind = x as i32 as i64,
+                        (7, Val::Fixed64(x)) => start = x,
+                        (8, Val::Fixed64(x)) => end = x,
+                        (9, Val::Bytes(kv)) => push_attr(kv, &mut self.span_attrs, 5)?,
+                        (11, Val::Bytes(ev)) => self.event(ev)?,
+                        (13, Val::Bytes(l)) => self.link(l)?,
+                        (15, Val::Bytes(st)) => {
+                            let mut sr = Reader::new(st);
+                            while let Some((sf, sv)) = sr.next()? {
+                                match (sf, sv) {
+                                    (2, Val::Bytes(b)) => {
+                                        utf8(b, "Status.message")?;
+                                        status_msg = b;
+                                    }
+                                    (3, Val::Varint(x)) => status_code = x as i32 as i64,
+                                    _ => {}
+                                }
+                            }
+                        }
+                        _ => {}
                     }
                 }
-                _ => {}
             }
         }
         push_id(&mut self.trace_id, trace_id, 16, "trace_id")?;
@@ -278,14 +291,26 @@ impl Signal for Traces {
         &mut self.scratch
     }
 
+    /// One pass over the ScopeSpans message: spans are decoded where they lie (a first pass
+    /// collecting them touched every span's first cache line out of order, ~20 % of the decode
+    /// in stalls), and the scope/resource columns, which only the complete message settles
+    /// (a scope may follow its spans), are filled for those rows at the end.
     fn scope(&mut self, buf: &[u8], res: &ResourceScratch, _res_schema: &[u8]) -> Res<()> {
         let mut scope = Scope::default();
-        let mut spans: Vec<&[u8]> = Vec::new();
-        envelope(buf, "ScopeSpans.schema_url", &mut spans, |b| {
-            parse_scope(b, &mut scope, None)
-        })?;
-        for s in spans {
-            self.span(s)?;
+        let mut spans = 0usize;
+        let mut r = Reader::new(buf);
+        while let Some((f, v)) = r.next()? {
+            match (f, v) {
+                (1, Val::Bytes(b)) => parse_scope(b, &mut scope, None)?,
+                (2, Val::Bytes(b)) => {
+                    self.span(b)?;
+                    spans += 1;
+                }
+                (3, Val::Bytes(b)) => utf8(b, "ScopeSpans.schema_url")?,
+                _ => {}
+            }
+        }
+        for _ in 0..spans {
             res.emit(&mut self.res_attrs, &mut self.service)?;
             self.scope_name.push(scope.name);
             self.scope_version.push(scope.version);

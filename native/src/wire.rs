@@ -142,6 +142,31 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The next byte (a field's tag when it is one byte), not consumed.
+    #[inline(always)]
+    pub fn peek(&self) -> Option<u8> {
+        self.buf.get(self.pos).copied()
+    }
+
+    /// Skips a one-byte tag seen by `peek` and reads its length-delimited value.
+    #[inline(always)]
+    pub fn after_tag_bytes(&mut self) -> Res<&'a [u8]> {
+        self.pos += 1;
+        let n = self.varint()?;
+        let rem = self.buf.len() - self.pos;
+        if n > rem as u64 {
+            return Err(err_len(n as usize, rem));
+        }
+        self.take(n as usize)
+    }
+
+    /// Skips a one-byte tag seen by `peek` and reads its fixed64 value.
+    #[inline(always)]
+    pub fn after_tag_fixed64(&mut self) -> Res<u64> {
+        self.pos += 1;
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+
     #[inline]
     pub fn at_end(&self) -> bool {
         self.pos >= self.buf.len()
@@ -200,8 +225,13 @@ impl<'a> Reader<'a> {
 }
 
 #[inline]
+pub fn is_utf8(b: &[u8]) -> bool {
+    b.is_ascii() || std::str::from_utf8(b).is_ok()
+}
+
+#[inline]
 pub fn utf8(b: &[u8], what: &str) -> Res<()> {
-    if b.is_ascii() || std::str::from_utf8(b).is_ok() {
+    if is_utf8(b) {
         Ok(())
     } else {
         Err(format!("invalid UTF-8 in {what}"))

@@ -333,6 +333,58 @@ def _msg(num: int, body: bytes) -> bytes:
     return _varint((num << 3) | 2) + _varint(len(body)) + body
 
 
+def test_attribute_encodings_around_the_one_byte_shape_match_reference():
+    # The decoder reads "key, one scalar value, one-byte tags and lengths" directly and hands
+    # everything else to its general path: both sides of every edge must render the same.
+    def field(num: int, wt: int, body: bytes) -> bytes:
+        return _varint((num << 3) | wt) + (_varint(len(body)) if wt == 2 else b"") + body
+
+    def attr(key: bytes, *value_fields: bytes, extra: bytes = b"") -> bytes:
+        return _msg(1, key) + _msg(2, b"".join(value_fields)) + extra
+
+    values = [
+        b"",  # empty AnyValue
+        *(field(1, 2, b"s" * n) for n in (0, 1, 124, 125, 126, 127, 128)),
+        field(1, 2, "café".encode()),
+        field(1, 2, b"\xff"),  # invalid UTF-8
+        field(1, 2, b"a") + field(1, 2, b"b"),  # last member wins
+        field(3, 0, b"\x05") + field(1, 2, b"x"),  # int then string
+        *(field(2, 0, _varint(v)) for v in (0, 1, 2, 300)),
+        *(field(3, 0, _varint(v)) for v in (0, 127, 128, 2**63 - 1, 2**64 - 1)),
+        field(3, 0, b"\x80\x00"),  # padded varint
+        field(3, 0, b"\x80"),  # truncated varint
+        *(field(4, 1, struct.pack("<d", d)) for d in (0.5, -0.0, math.nan, 1e300)),
+        field(4, 1, b"\x00" * 7),  # truncated double
+        *(field(7, 2, bytes(range(n))) for n in (0, 1, 2, 3, 125, 126)),
+        field(5, 2, field(1, 2, field(1, 2, b"a"))),  # array
+        field(9, 0, b"\x01"),  # unknown member
+        field(1, 0, b"\x01"),  # string member with the wrong wire type
+    ]
+    keys = [b"", b"k", b"k" * 127, b"k" * 128, "ключ".encode(), b"\xfe"]
+    attrs = [attr(k, v) for k in keys for v in values]
+    attrs += [
+        _msg(2, field(1, 2, b"v")) + _msg(1, b"k"),  # value before key
+        _msg(1, b"k"),  # no value
+        attr(b"k", field(1, 2, b"v"), extra=_msg(2, field(3, 0, b"\x07"))),  # value repeated
+        attr(b"k", field(1, 2, b"v"), extra=field(5, 0, b"\x01")),  # unknown field after
+        _varint((1 << 3) | 2) + b"\x80\x01" + b"k" * 128 + _msg(2, b""),  # 2-byte key length
+    ]
+    span = _msg(1, TID) + _msg(2, SID)
+    payloads = []
+    for a in attrs:
+        payloads.append(_msg(1, _msg(2, _msg(2, span + _msg(9, a)))))  # span attribute
+        payloads.append(_msg(1, _msg(1, _msg(1, a)) + _msg(2, _msg(2, span))))  # resource
+    same_traces(payloads)
+
+
+def test_scope_after_its_spans_applies_to_them():
+    scope = _msg(1, b"late") + _msg(2, b"1.0")
+    spans = _msg(2, _msg(1, TID) + _msg(2, SID)) * 3
+    payload = _msg(1, _msg(2, spans + _msg(1, scope)) + _msg(2, _msg(2, _msg(1, TID))))
+    got = same_traces([payload])
+    assert got.batch.column("ScopeName").to_pylist() == ["late"] * 3 + [""]
+
+
 def test_random_bytes_never_crash():
     rng = random.Random(1234)
     payloads = [rng.randbytes(rng.randint(0, 200)) for _ in range(500)]
