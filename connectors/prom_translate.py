@@ -43,6 +43,7 @@ from connectors.prom_names import (
 )
 from connectors.prom_native_histogram import encode_native_histogram
 from connectors.prom_series import Labels, SeriesBatch
+from otelwax.arrowbufs import from_numpy, numbers, scalar
 from otelwax.rowkeys import map_keys
 
 __all__ = [
@@ -77,6 +78,7 @@ def translated_columns(
 
 
 _CACHE_MAX = 200_000
+_NS_PER_MS = scalar(1_000_000, pa.int64())
 
 
 class _Caches:
@@ -170,14 +172,14 @@ def _arr(batch: pa.RecordBatch | pa.Table, name: str) -> pa.Array:
 
 
 def _np(batch: pa.RecordBatch | pa.Table, name: str, dtype: Any = np.float64) -> np.ndarray:
-    return np.asarray(_arr(batch, name).to_numpy(zero_copy_only=False), dtype)
+    return numbers(batch.column(name), dtype)
 
 
 def _codes(arr: pa.Array | np.ndarray) -> tuple[np.ndarray, int]:
     """Dense integer codes of ``arr``'s values in order of first appearance (Arrow's hash
     kernel, no sort) and how many distinct there are."""
-    d = (pa.array(arr) if isinstance(arr, np.ndarray) else arr).dictionary_encode()
-    return d.indices.to_numpy(zero_copy_only=False).astype(np.int64), len(d.dictionary)
+    d = (from_numpy(arr) if isinstance(arr, np.ndarray) else arr).dictionary_encode()
+    return numbers(d.indices, np.int64), len(d.dictionary)
 
 
 def _first_rows(codes: np.ndarray) -> np.ndarray:
@@ -223,7 +225,9 @@ class _Rows:
     __slots__ = ("attrs", "batch", "n", "names", "res", "series", "ts", "units")
 
     def __init__(self, ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
-        unrecorded = pc.not_equal(pc.bit_wise_and(batch.column("Flags"), 1), 0)
+        flags = batch.column("Flags")
+        one, zero = scalar(1, flags.type), scalar(0, flags.type)
+        unrecorded = pc.not_equal(pc.bit_wise_and(flags, one), zero)
         n_skip = pc.sum(unrecorded).as_py() or 0
         if n_skip:
             ctx.out.skip("no_recorded_value", n_skip)
@@ -234,8 +238,8 @@ class _Rows:
         self.attrs = _MapCol(batch, "Attributes")
         self.names = _arr(batch, "MetricName")
         self.units = _arr(batch, "MetricUnit")
-        ts = pc.divide(_arr(batch, "TimeUnix").cast(pa.int64()), 1_000_000)
-        self.ts: np.ndarray = ts.to_numpy(zero_copy_only=False).astype(np.int64)
+        ts = pc.divide(_arr(batch, "TimeUnix").cast(pa.int64()), _NS_PER_MS)
+        self.ts: np.ndarray = numbers(ts, np.int64)
         if not self.n:
             self.series = (np.empty(0, np.int64), 0)
             return
@@ -249,7 +253,7 @@ class _Rows:
 
     def first_keys(self, first: np.ndarray) -> list[tuple[str, str, str, str]]:
         """(resource key, attributes key, name, unit) of the rows ``first``."""
-        idx = pa.array(first)
+        idx = from_numpy(first)
         cols = (self.res.keys, self.attrs.keys, self.names, self.units)
         return list(zip(*(c.take(idx).to_pylist() for c in cols), strict=True))
 
@@ -291,9 +295,8 @@ def _lists(batch: pa.RecordBatch | pa.Table, name: str, dtype: Any):
     """A list column as (length of each row's list, start of each in ``flat``, flat values);
     a null list is empty."""
     col = _arr(batch, name)
-    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
-    lengths = lengths.astype(np.int64)
-    flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(dtype)
+    lengths = numbers(pc.list_value_length(col), np.int64)
+    flat = numbers(pc.list_flatten(col), dtype)
     return lengths, np.cumsum(lengths) - lengths, flat
 
 
@@ -395,7 +398,8 @@ def _add_exp_histogram_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None
 
 def _cumulative(batch: pa.RecordBatch | pa.Table, out: SeriesBatch) -> pa.RecordBatch | pa.Table:
     """``batch`` without its delta-temporality rows, which are counted skipped."""
-    delta = pc.equal(batch.column("AggregationTemporality"), 1)
+    temporality = batch.column("AggregationTemporality")
+    delta = pc.equal(temporality, scalar(1, temporality.type))
     n_delta = pc.sum(delta).as_py() or 0
     if n_delta:
         out.skip("delta_temporality", n_delta)

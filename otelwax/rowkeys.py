@@ -16,12 +16,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from otelwax.arrowbufs import scalar
+
 __all__ = ["map_keys", "row_keys"]
+
+# Separators as Arrow scalars: a Python str handed to pyarrow.compute imports pandas.
+_NONE, _LEN, _ROW, _MAP, _ITEM, _TAG = (
+    scalar(s, pa.string()) for s in ("", ":", "\x1c", "\x1d", "\x1f", "\x1e")
+)
+
 
 def _prefixed(strings: pa.Array) -> pa.Array:
     """``<byte length>:<string>`` for each string."""
     lengths = pc.cast(pc.binary_length(strings), pa.string())
-    return pc.binary_join_element_wise(lengths, strings, ":")
+    return pc.binary_join_element_wise(lengths, strings, _LEN)
 
 
 def _has_separators(strings: pa.Array) -> bool:
@@ -43,20 +51,20 @@ def _map_parts(col: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array, pa.
     end = offsets[-1].as_py()
     k, v = col.values.slice(base, end - base).flatten()
     if base:
-        offsets = pc.subtract(offsets, base)
+        offsets = pc.subtract(offsets, offsets[0])
     return offsets, k, v
 
 
 def _map_key(offsets: pa.Array, k: pa.Array, v: pa.Array, prefixed: bool) -> pa.Array:
     if prefixed:
-        pairs = pc.binary_join_element_wise(_prefixed(k), _prefixed(v), "")
-        return pc.binary_join(pa.ListArray.from_arrays(offsets, pairs), "")
+        pairs = pc.binary_join_element_wise(_prefixed(k), _prefixed(v), _NONE)
+        return pc.binary_join(pa.ListArray.from_arrays(offsets, pairs), _NONE)
     # "<n>\x1d<k1>\x1f<k2>...\x1d<v1>\x1f<v2>...": the count keeps {} and {"": ""} apart.
     kl = pa.ListArray.from_arrays(offsets, k)
     vl = pa.ListArray.from_arrays(offsets, v)
     n = pc.cast(pc.list_value_length(kl), pa.string())
     return pc.binary_join_element_wise(
-        n, pc.binary_join(kl, "\x1f"), pc.binary_join(vl, "\x1f"), "\x1d"
+        n, pc.binary_join(kl, _ITEM), pc.binary_join(vl, _ITEM), _MAP
     )
 
 
@@ -64,7 +72,9 @@ def _map_raw(offsets: pa.Array, k: pa.Array, v: pa.Array) -> pa.Array:
     """Each row's keys and values glued together (to look for separators per row)."""
     kl = pa.ListArray.from_arrays(offsets, k)
     vl = pa.ListArray.from_arrays(offsets, v)
-    return pc.binary_join_element_wise(pc.binary_join(kl, ""), pc.binary_join(vl, ""), "")
+    return pc.binary_join_element_wise(
+        pc.binary_join(kl, _NONE), pc.binary_join(vl, _NONE), _NONE
+    )
 
 
 def _keys(
@@ -81,7 +91,7 @@ def _keys(
             parts = [_prefixed(p) for p in parts]
         if len(parts) == 1:
             return parts[0]
-        return pc.binary_join_element_wise(*parts, "" if prefixed else "\x1c")
+        return pc.binary_join_element_wise(*parts, _NONE if prefixed else _ROW)
 
     plain = build(False)
     suspects = [k for m in maps if m is not None for k in m[1:]]
@@ -92,7 +102,7 @@ def _keys(
     marked = functools.reduce(
         pc.or_, (pc.match_substring_regex(r, "[\x1c-\x1f]") for r in raw)
     )
-    tagged = pc.binary_join_element_wise("\x1e", build(True), "")
+    tagged = pc.binary_join_element_wise(_TAG, build(True), _NONE)
     return pc.if_else(marked, tagged, plain)
 
 
