@@ -44,7 +44,7 @@ from connectors.prom_names import (
 from connectors.prom_native_histogram import encode_native_histogram
 from connectors.prom_series import Labels, SeriesBatch
 from otelwax.arrowbufs import from_numpy, numbers, scalar
-from otelwax.rowkeys import map_keys
+from otelwax.rowkeys import codes, first_rows, group_rows, map_codes, map_keys
 
 __all__ = [
     "TRANSLATED_COLUMNS",
@@ -175,43 +175,23 @@ def _np(batch: pa.RecordBatch | pa.Table, name: str, dtype: Any = np.float64) ->
     return numbers(batch.column(name), dtype)
 
 
-def _codes(arr: pa.Array | np.ndarray) -> tuple[np.ndarray, int]:
-    """Dense integer codes of ``arr``'s values in order of first appearance (Arrow's hash
-    kernel, no sort) and how many distinct there are."""
-    d = (from_numpy(arr) if isinstance(arr, np.ndarray) else arr).dictionary_encode()
-    return numbers(d.indices, np.int64), len(d.dictionary)
-
-
-def _first_rows(codes: np.ndarray) -> np.ndarray:
-    """The first row of each code, for codes numbered in order of first appearance (a code
-    is new where it exceeds every code before it)."""
-    if not len(codes):
-        return codes
-    top = np.maximum.accumulate(codes)
-    return np.flatnonzero(np.concatenate(([True], top[1:] > top[:-1])))
-
-
-def _groups(*codes: tuple[np.ndarray, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Rows grouped by their tuple of codes: (group of each row, first row of each group)."""
-    inv = codes[0][0]
-    for c, m in codes[1:]:
-        inv = _codes(inv * m + c)[0]
-    return inv, _first_rows(inv)
-
-
 class _MapCol:
-    """A map column: one string key per row (built in C++ by ``otelwax.rowkeys``: hashing a
-    str is cached, hashing a tuple of pairs is not) and the row's pairs on demand (cache
-    misses only)."""
+    """A map column: its rows grouped by content (``codes``, dense), the string key of each
+    group (built in C++ by ``otelwax.rowkeys`` for one row per group: hashing a str is
+    cached, hashing a tuple of pairs is not) and the row's pairs on demand (cache misses
+    only)."""
 
-    __slots__ = ("col", "keys")
+    __slots__ = ("codes", "col", "distinct")
 
     def __init__(self, batch: pa.RecordBatch | pa.Table, name: str) -> None:
         self.col = _arr(batch, name)
-        self.keys: pa.Array = map_keys(self.col)
+        self.codes, _ = map_codes(self.col)
+        self.distinct: list[str] = map_keys(
+            self.col.take(from_numpy(first_rows(self.codes)))
+        ).to_pylist()
 
     def key(self, i: int) -> str:
-        return self.keys[i].as_py()
+        return self.distinct[self.codes[i]]
 
     def pairs(self, i: int) -> tuple[tuple[str, str], ...]:
         return tuple(self.col[i].as_py() or ())
@@ -243,19 +223,22 @@ class _Rows:
         if not self.n:
             self.series = (np.empty(0, np.int64), 0)
             return
-        rc = _codes(self.res.keys)
+        rc = (self.res.codes, len(self.res.distinct))
         newest = np.full(rc[1], np.iinfo(np.int64).min)
         np.maximum.at(newest, rc[0], self.ts)
-        for i, t in zip(_first_rows(rc[0]).tolist(), newest.tolist(), strict=True):
+        for i, t in zip(first_rows(rc[0]).tolist(), newest.tolist(), strict=True):
             ctx.resource(self.res.key(i), self.res, i, t)
-        inv, first = _groups(rc, _codes(self.attrs.keys), _codes(self.names), _codes(self.units))
+        ac = (self.attrs.codes, len(self.attrs.distinct))
+        inv, first = group_rows(rc, ac, codes(self.names), codes(self.units))
         self.series = (inv, len(first))
 
     def first_keys(self, first: np.ndarray) -> list[tuple[str, str, str, str]]:
         """(resource key, attributes key, name, unit) of the rows ``first``."""
         idx = from_numpy(first)
-        cols = (self.res.keys, self.attrs.keys, self.names, self.units)
-        return list(zip(*(c.take(idx).to_pylist() for c in cols), strict=True))
+        res = [self.res.distinct[c] for c in self.res.codes[first].tolist()]
+        attrs = [self.attrs.distinct[c] for c in self.attrs.codes[first].tolist()]
+        names, units = (c.take(idx).to_pylist() for c in (self.names, self.units))
+        return list(zip(res, attrs, names, units, strict=True))
 
 
 def _add_scalar_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table, sums: bool) -> None:
@@ -265,7 +248,7 @@ def _add_scalar_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table, sums: bool) ->
     counter = np.zeros(rows.n, np.int64)
     if sums:
         counter = _np(rows.batch, "IsMonotonic", np.int64)
-    inv, first = _groups(rows.series, (counter, 2))
+    inv, first = group_rows(rows.series, (counter, 2))
     out = ctx.out
     sids = np.empty(len(first), np.int64)
     for g, (i, key) in enumerate(zip(first.tolist(), rows.first_keys(first), strict=True)):
@@ -312,7 +295,7 @@ def _add_histogram_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
     bkeys = pa.Array.from_buffers(
         pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(bounds.tobytes())]
     )
-    inv, first = _groups(rows.series, _codes(bkeys))
+    inv, first = group_rows(rows.series, codes(bkeys))
     # Per group: its series ids (count, sum, +Inf, and the buckets from bucket_at[group]).
     cache, out = ctx.series, ctx.out
     ng = len(first)

@@ -37,7 +37,7 @@ from pydantic import Field
 
 from otelwax.arrowbufs import from_numpy, numbers, scalar
 from otelwax.metric_schemas import HISTOGRAM, SUM
-from otelwax.rowkeys import row_keys
+from otelwax.rowkeys import row_groups
 from otelwax.settings import StrictModel
 from otelwax.telemetry import ComponentMetrics
 
@@ -92,13 +92,12 @@ READ_COLUMNS = frozenset(
 """The columns this module reads (and writes) of the sum and histogram tables."""
 
 
-def _series_keys(batch: pa.RecordBatch) -> tuple[list[str], np.ndarray]:
-    """The series of each row as one string, built by Arrow (a tuple of the maps' pairs per
-    row cost more than the rest of the branch); a sum's monotonicity is part of it. Returns
-    the distinct keys and each row's index into them."""
+def _series_keys(batch: pa.RecordBatch, rows: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """The series of each of ``rows`` as one string built by Arrow (a tuple of the maps' pairs
+    per row cost more than the rest of the branch), for one row per series; a sum's
+    monotonicity is part of it. Returns the distinct keys and each row's index into them."""
     names = _SERIES_COLUMNS + (["IsMonotonic"] if "IsMonotonic" in batch.schema.names else [])
-    d = row_keys(batch, names).dictionary_encode()
-    return d.dictionary.to_pylist(), numbers(d.indices, np.int64)
+    return row_groups(batch, names, rows)
 
 
 def _is_delta(batch: pa.RecordBatch, delta: bool = True) -> pa.Array:
@@ -111,24 +110,23 @@ def split_deltas(tables: Tables, shards: int) -> list[tuple[str, dict[str, tuple
     where row ``i`` of ``batch`` is of the series ``keys[series[i]]``.
 
     A series' shard is the crc32 of its key, computed once per distinct series of the batch;
-    the rows are put in shard order with one take and handed out as slices (rows of a shard
-    keep their order)."""
+    the delta rows are put in shard order with one take and handed out as slices (rows of a
+    shard keep their order)."""
     out: dict[str, dict[str, tuple]] = {}
     for table in (SUM, HISTOGRAM):
         batch = tables.get(table)
         if batch is None or batch.num_rows == 0:
             continue
-        mask = _is_delta(batch)
-        if not pc.any(mask).as_py():
+        deltas = np.flatnonzero(numbers(_is_delta(batch), np.bool_))
+        if not len(deltas):
             continue
-        deltas = batch.filter(mask)
-        distinct, of_row = _series_keys(deltas)
+        distinct, of_row = _series_keys(batch, deltas)
         of_key = np.fromiter(
             (zlib.crc32(k.encode()) % shards for k in distinct), np.int64, len(distinct)
         )
         shard = of_key[of_row]
         order = np.argsort(shard, kind="stable")
-        rows = deltas.take(from_numpy(order))
+        rows = batch.take(from_numpy(deltas[order]))
         series = of_row[order]
         bounds = np.flatnonzero(np.diff(shard[order])) + 1
         for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), len(order)], strict=True):
@@ -144,7 +142,9 @@ def without_deltas(tables: Tables) -> Tables:
     for table in (SUM, HISTOGRAM):
         batch = out.get(table)
         if batch is not None and batch.num_rows:
-            out[table] = batch.filter(_is_delta(batch, False))
+            keep = _is_delta(batch, False)
+            if keep.null_count or not pc.all(keep).as_py():  # no delta rows: no copy
+                out[table] = batch.filter(keep)
     return out
 
 
@@ -154,6 +154,7 @@ _META = ("\0otelwax",)
 """State key of ``[next sweep (time.time), {series key: last update (time.time)}]``."""
 # Late points are merged, not dropped: counted as "received" by their own component name.
 _late_merged = ComponentMetrics("delta_to_cumulative_late_merged", "datapoints")
+_NS = pa.timestamp("ns")
 
 
 def delta_to_cumulative(
@@ -203,9 +204,12 @@ def _delta_to_cumulative(
     seen = state[_META][1]
     now = time.time()
     for table, (batch, keys, series) in value.items():
-        # Rows leave in time order; each series' rows (in that order) are one slice of `pos`.
+        # Rows are added up in time order (each series' rows one slice of `pos`) and leave in
+        # their own order (`back`), so the batch keeps its other columns as they are.
         times = numbers(batch.column("TimeUnix"), np.int64)
         order = np.argsort(times, kind="stable")
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
         t_in = times[order]
         run = _Run(t_in, numbers(batch.column("StartTimeUnix"), np.int64)[order])
         of_row = series[order]
@@ -213,25 +217,25 @@ def _delta_to_cumulative(
         cuts = (np.flatnonzero(np.diff(of_row[pos])) + 1).tolist()
         firsts = [0, *cuts]
         ends = [*cuts, len(pos)]
-        rows = batch.take(from_numpy(order))
+        rows = batch
         if table == SUM:
             totals = _SumTotals(numbers(batch.column("Value"), np.float64)[order])
             for a, b in zip(firsts, ends, strict=True):
                 k = keys[of_row[pos[a]]]
                 seen[k] = now
                 late += totals.add(state, k, pos[a:b], run)
-            rows = _set(rows, "Value", from_numpy(totals.out))
+            rows = _set(rows, "Value", from_numpy(totals.out[back]))
         else:
             totals = _HistogramTotals(batch, order)
             for a, b in zip(firsts, ends, strict=True):
                 k = keys[of_row[pos[a]]]
                 seen[k] = now
                 late += totals.add(state, k, pos[a:b], run)
-            rows = _set(rows, "Count", from_numpy(totals.count))
-            rows = _set(rows, "Sum", from_numpy(totals.sum))
+            rows = _set(rows, "Count", from_numpy(totals.count[back]))
+            rows = _set(rows, "Sum", from_numpy(totals.sum[back]))
             rows = _set(rows, "BucketCounts", totals.bucket_counts())
-        rows = _set(rows, "StartTimeUnix", from_numpy(run.start).cast(pa.timestamp("ns")))
-        rows = _set(rows, "TimeUnix", from_numpy(run.time).cast(pa.timestamp("ns")))
+        rows = _set(rows, "StartTimeUnix", from_numpy(run.start[back], _NS))
+        rows = _set(rows, "TimeUnix", from_numpy(run.time[back], _NS))
         temporality = np.full(len(order), CUMULATIVE, np.int32)
         rows = _set(rows, "AggregationTemporality", from_numpy(temporality))
         out[table] = rows
@@ -316,13 +320,15 @@ class _HistogramTotals:
         self.n_buckets, self.buckets_at, self.buckets = _lists(batch, "BucketCounts", order)
         self.count = np.empty(len(order), np.uint64)
         self.sum = np.empty(len(order), np.float64)
-        self.out_at = np.cumsum(self.n_buckets) - self.n_buckets
-        self.out_buckets = np.empty(int(self.n_buckets.sum()), np.uint64)
+        # The output lists are in the batch's row order, their values written in time order.
+        self.offsets = np.zeros(len(order) + 1, np.int32)
+        self.offsets[1:][order] = self.n_buckets
+        np.cumsum(self.offsets, out=self.offsets)
+        self.out_at = self.offsets[:-1][order]
+        self.out_buckets = np.empty(int(self.offsets[-1]), np.uint64)
 
     def bucket_counts(self) -> pa.Array:
-        offsets = np.zeros(len(self.n_buckets) + 1, np.int32)
-        np.cumsum(self.n_buckets, out=offsets[1:])
-        return pa.ListArray.from_arrays(from_numpy(offsets), from_numpy(self.out_buckets))
+        return pa.ListArray.from_arrays(from_numpy(self.offsets), from_numpy(self.out_buckets))
 
     def _matrix(self, flat: np.ndarray, at: np.ndarray, starts: np.ndarray, n: int) -> np.ndarray:
         return flat[starts[at][:, None] + np.arange(n)]

@@ -57,13 +57,15 @@ def values_view(a: pa.Array) -> np.ndarray:
     return np.frombuffer(a.buffers()[1], dtype=dt, count=len(a), offset=a.offset * dt.itemsize)
 
 
-def from_numpy(values: np.ndarray) -> pa.Array:
+def from_numpy(values: np.ndarray, type: pa.DataType | None = None) -> pa.Array:
     """An integer or floating-point array of ``values`` (1-d, no nulls; copied only when not
-    contiguous)."""
+    contiguous), of ``type`` when given (same width: ``pa.timestamp("ns")`` for int64)."""
     values = np.ascontiguousarray(values)
-    return pa.Array.from_buffers(
-        pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)]
-    )
+    if type is None:
+        type = pa.from_numpy_dtype(values.dtype)
+    elif _dtype(type).itemsize != values.dtype.itemsize:
+        raise TypeError(f"{values.dtype} values cannot be read as {type}")
+    return pa.Array.from_buffers(type, len(values), [None, pa.py_buffer(values)])
 
 
 def scalar(value: int | float | str, type: pa.DataType) -> pa.Scalar:

@@ -1,5 +1,5 @@
 """Row identity strings built by Arrow compute (C++), for grouping rows by their content
-without a Python object per map entry.
+without a Python object per map entry, and integer codes that group rows within one call.
 
 A row's key depends on its own values only (keys made in different calls compare) and two
 rows get the same key only when their values are equal. Strings are joined with the ASCII
@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from otelwax.arrowbufs import scalar
+from otelwax.arrowbufs import from_numpy, numbers, scalar, values_view
 
-__all__ = ["map_keys", "row_keys"]
+__all__ = ["codes", "first_rows", "group_rows", "map_codes", "map_keys", "row_groups", "row_keys"]
 
 # Separators as Arrow scalars: a Python str handed to pyarrow.compute imports pandas.
 _NONE, _LEN, _ROW, _MAP, _ITEM, _TAG = (
@@ -128,3 +128,60 @@ def row_keys(batch: pa.RecordBatch | pa.Table, names: list[str]) -> pa.Array:
             maps.append(None)
             strings.append(col if pa.types.is_string(col.type) else pc.cast(col, pa.string()))
     return _keys(maps, strings)
+
+
+def codes(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, int]:
+    """Dense integer codes of ``arr``'s values in order of first appearance (Arrow's hash
+    kernel, no sort; a null is a value of its own) and how many distinct there are."""
+    d = arr.dictionary_encode(null_encoding="encode")
+    if isinstance(d, pa.ChunkedArray):
+        d = d.combine_chunks()
+    return numbers(d.indices, np.int64), len(d.dictionary)
+
+
+def first_rows(codes: np.ndarray) -> np.ndarray:
+    """The first row of each code, for codes numbered in order of first appearance (a code
+    is new where it exceeds every code before it)."""
+    if not len(codes):
+        return codes
+    top = np.maximum.accumulate(codes)
+    return np.flatnonzero(np.concatenate(([True], top[1:] > top[:-1])))
+
+
+def group_rows(*parts: tuple[np.ndarray, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows grouped by their tuple of ``(codes, how many)``: (group of each row, numbered in
+    order of first appearance; first row of each group)."""
+    inv = parts[0][0]
+    for c, m in parts[1:]:
+        inv = codes(from_numpy(inv * m + c))[0]
+    return inv, first_rows(inv)
+
+
+def map_codes(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, int]:
+    """:func:`codes` of a ``map<string, string>`` column: equal codes for rows with the same
+    pairs in the same order."""
+    offsets, k, v = _map_parts(col)
+    pairs = np.empty(2 * len(k), np.int32)
+    pairs[0::2] = codes(k)[0]
+    pairs[1::2] = codes(v)[0]
+    ends = values_view(offsets).astype(np.int32) * 8  # bytes: two int32 codes per pair
+    rows = pa.Array.from_buffers(
+        pa.binary(), len(ends) - 1, [None, pa.py_buffer(ends), pa.py_buffer(pairs)]
+    )
+    return codes(rows)
+
+
+def row_groups(
+    batch: pa.RecordBatch | pa.Table, names: list[str], rows: np.ndarray | None = None
+) -> tuple[list[str], np.ndarray]:
+    """The distinct :func:`row_keys` of ``batch`` (of its ``rows`` when given, an index
+    array) in order of first appearance, and each row's index into them; the strings are
+    built for one row per group."""
+    parts = []
+    for name in names:
+        col = batch.column(name)
+        c, m = map_codes(col) if pa.types.is_map(col.type) else codes(col)
+        parts.append((c if rows is None else c[rows], m))
+    group, first = group_rows(*parts)
+    at = first if rows is None else rows[first]
+    return row_keys(batch.take(from_numpy(at)), names).to_pylist(), group

@@ -31,6 +31,10 @@ def test_arrays_and_scalars_from_numpy_and_python_values_equal_pyarrows() -> Non
     for a in (np.arange(5, dtype=np.int64), np.array([0.5, -1.0]), np.arange(6, dtype=np.uint8)):
         assert from_numpy(a).equals(pa.array(a))
     assert from_numpy(np.arange(10)[::3]).to_pylist() == [0, 3, 6, 9]
+    ts = from_numpy(np.array([1, 2], np.int64), pa.timestamp("ns"))
+    assert ts.equals(pa.array([1, 2], pa.int64()).cast(pa.timestamp("ns")))
+    with pytest.raises(TypeError):
+        from_numpy(np.array([1], np.int32), pa.timestamp("ns"))
     values = ((7, pa.int32()), (10**6, pa.int64()), (2.5, pa.float64()), ("\x1f", pa.string()))
     for v, t in values:
         assert scalar(v, t).equals(pa.scalar(v, t))
