@@ -159,16 +159,40 @@ def group_rows(*parts: tuple[np.ndarray, int]) -> tuple[np.ndarray, np.ndarray]:
 
 def map_codes(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, int]:
     """:func:`codes` of a ``map<string, string>`` column: equal codes for rows with the same
-    pairs in the same order."""
+    pairs in the same order. A row is hashed as three byte strings read in place: its keys'
+    bytes, its values' bytes and the lengths of both (equal lengths make equal bytes equal
+    pairs), three hash lookups per row instead of two per pair."""
     offsets, k, v = _map_parts(col)
-    pairs = np.empty(2 * len(k), np.int32)
-    pairs[0::2] = codes(k)[0]
-    pairs[1::2] = codes(v)[0]
-    ends = values_view(offsets).astype(np.int32) * 8  # bytes: two int32 codes per pair
-    rows = pa.Array.from_buffers(
-        pa.binary(), len(ends) - 1, [None, pa.py_buffer(ends), pa.py_buffer(pairs)]
+    ends = values_view(offsets).astype(np.int32)
+    if k.null_count or v.null_count or not (k.type == v.type == pa.string()):
+        pairs = np.empty(2 * len(k), np.int32)
+        pairs[0::2] = codes(k)[0]
+        pairs[1::2] = codes(v)[0]
+        group, first = group_rows(codes(_binary(ends * 8, pa.py_buffer(pairs))))
+        return group, len(first)
+    ko, vo = _string_offsets(k), _string_offsets(v)
+    lengths = np.empty(2 * len(k), np.int32)
+    lengths[0::2] = np.diff(ko)
+    lengths[1::2] = np.diff(vo)
+    group, first = group_rows(
+        codes(_binary(ko[ends], k.buffers()[2])),
+        codes(_binary(vo[ends], v.buffers()[2])),
+        codes(_binary(ends * 8, pa.py_buffer(lengths))),
     )
-    return codes(rows)
+    return group, len(first)
+
+
+def _string_offsets(strings: pa.Array) -> np.ndarray:
+    return np.frombuffer(
+        strings.buffers()[1], np.int32, count=len(strings) + 1, offset=strings.offset * 4
+    )
+
+
+def _binary(offsets: np.ndarray, data: pa.Buffer | None) -> pa.Array:
+    """A binary array over ``data`` (not copied) cut at ``offsets``."""
+    offsets = np.ascontiguousarray(offsets, np.int32)
+    data = data if data is not None else pa.py_buffer(b"")
+    return pa.Array.from_buffers(pa.binary(), len(offsets) - 1, [None, pa.py_buffer(offsets), data])
 
 
 def row_groups(
