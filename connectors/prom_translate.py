@@ -43,7 +43,8 @@ from connectors.prom_names import (
 )
 from connectors.prom_native_histogram import encode_native_histogram
 from connectors.prom_series import Labels, SeriesBatch
-from otelwax.rowkeys import map_keys
+from otelwax.arrowbufs import from_numpy, numbers, scalar
+from otelwax.rowkeys import codes, first_rows, group_rows, map_codes, map_keys
 
 __all__ = [
     "TRANSLATED_COLUMNS",
@@ -77,6 +78,7 @@ def translated_columns(
 
 
 _CACHE_MAX = 200_000
+_NS_PER_MS = scalar(1_000_000, pa.int64())
 
 
 class _Caches:
@@ -170,46 +172,26 @@ def _arr(batch: pa.RecordBatch | pa.Table, name: str) -> pa.Array:
 
 
 def _np(batch: pa.RecordBatch | pa.Table, name: str, dtype: Any = np.float64) -> np.ndarray:
-    return np.asarray(_arr(batch, name).to_numpy(zero_copy_only=False), dtype)
-
-
-def _codes(arr: pa.Array | np.ndarray) -> tuple[np.ndarray, int]:
-    """Dense integer codes of ``arr``'s values in order of first appearance (Arrow's hash
-    kernel, no sort) and how many distinct there are."""
-    d = (pa.array(arr) if isinstance(arr, np.ndarray) else arr).dictionary_encode()
-    return d.indices.to_numpy(zero_copy_only=False).astype(np.int64), len(d.dictionary)
-
-
-def _first_rows(codes: np.ndarray) -> np.ndarray:
-    """The first row of each code, for codes numbered in order of first appearance (a code
-    is new where it exceeds every code before it)."""
-    if not len(codes):
-        return codes
-    top = np.maximum.accumulate(codes)
-    return np.flatnonzero(np.concatenate(([True], top[1:] > top[:-1])))
-
-
-def _groups(*codes: tuple[np.ndarray, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Rows grouped by their tuple of codes: (group of each row, first row of each group)."""
-    inv = codes[0][0]
-    for c, m in codes[1:]:
-        inv = _codes(inv * m + c)[0]
-    return inv, _first_rows(inv)
+    return numbers(batch.column(name), dtype)
 
 
 class _MapCol:
-    """A map column: one string key per row (built in C++ by ``otelwax.rowkeys``: hashing a
-    str is cached, hashing a tuple of pairs is not) and the row's pairs on demand (cache
-    misses only)."""
+    """A map column: its rows grouped by content (``codes``, dense), the string key of each
+    group (built in C++ by ``otelwax.rowkeys`` for one row per group: hashing a str is
+    cached, hashing a tuple of pairs is not) and the row's pairs on demand (cache misses
+    only)."""
 
-    __slots__ = ("col", "keys")
+    __slots__ = ("codes", "col", "distinct")
 
     def __init__(self, batch: pa.RecordBatch | pa.Table, name: str) -> None:
         self.col = _arr(batch, name)
-        self.keys: pa.Array = map_keys(self.col)
+        self.codes, _ = map_codes(self.col)
+        self.distinct: list[str] = map_keys(
+            self.col.take(from_numpy(first_rows(self.codes)))
+        ).to_pylist()
 
     def key(self, i: int) -> str:
-        return self.keys[i].as_py()
+        return self.distinct[self.codes[i]]
 
     def pairs(self, i: int) -> tuple[tuple[str, str], ...]:
         return tuple(self.col[i].as_py() or ())
@@ -223,7 +205,9 @@ class _Rows:
     __slots__ = ("attrs", "batch", "n", "names", "res", "series", "ts", "units")
 
     def __init__(self, ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
-        unrecorded = pc.not_equal(pc.bit_wise_and(batch.column("Flags"), 1), 0)
+        flags = batch.column("Flags")
+        one, zero = scalar(1, flags.type), scalar(0, flags.type)
+        unrecorded = pc.not_equal(pc.bit_wise_and(flags, one), zero)
         n_skip = pc.sum(unrecorded).as_py() or 0
         if n_skip:
             ctx.out.skip("no_recorded_value", n_skip)
@@ -234,24 +218,27 @@ class _Rows:
         self.attrs = _MapCol(batch, "Attributes")
         self.names = _arr(batch, "MetricName")
         self.units = _arr(batch, "MetricUnit")
-        ts = pc.divide(_arr(batch, "TimeUnix").cast(pa.int64()), 1_000_000)
-        self.ts: np.ndarray = ts.to_numpy(zero_copy_only=False).astype(np.int64)
+        ts = pc.divide(_arr(batch, "TimeUnix").cast(pa.int64()), _NS_PER_MS)
+        self.ts: np.ndarray = numbers(ts, np.int64)
         if not self.n:
             self.series = (np.empty(0, np.int64), 0)
             return
-        rc = _codes(self.res.keys)
+        rc = (self.res.codes, len(self.res.distinct))
         newest = np.full(rc[1], np.iinfo(np.int64).min)
         np.maximum.at(newest, rc[0], self.ts)
-        for i, t in zip(_first_rows(rc[0]).tolist(), newest.tolist(), strict=True):
+        for i, t in zip(first_rows(rc[0]).tolist(), newest.tolist(), strict=True):
             ctx.resource(self.res.key(i), self.res, i, t)
-        inv, first = _groups(rc, _codes(self.attrs.keys), _codes(self.names), _codes(self.units))
+        ac = (self.attrs.codes, len(self.attrs.distinct))
+        inv, first = group_rows(rc, ac, codes(self.names), codes(self.units))
         self.series = (inv, len(first))
 
     def first_keys(self, first: np.ndarray) -> list[tuple[str, str, str, str]]:
         """(resource key, attributes key, name, unit) of the rows ``first``."""
-        idx = pa.array(first)
-        cols = (self.res.keys, self.attrs.keys, self.names, self.units)
-        return list(zip(*(c.take(idx).to_pylist() for c in cols), strict=True))
+        idx = from_numpy(first)
+        res = [self.res.distinct[c] for c in self.res.codes[first].tolist()]
+        attrs = [self.attrs.distinct[c] for c in self.attrs.codes[first].tolist()]
+        names, units = (c.take(idx).to_pylist() for c in (self.names, self.units))
+        return list(zip(res, attrs, names, units, strict=True))
 
 
 def _add_scalar_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table, sums: bool) -> None:
@@ -261,7 +248,7 @@ def _add_scalar_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table, sums: bool) ->
     counter = np.zeros(rows.n, np.int64)
     if sums:
         counter = _np(rows.batch, "IsMonotonic", np.int64)
-    inv, first = _groups(rows.series, (counter, 2))
+    inv, first = group_rows(rows.series, (counter, 2))
     out = ctx.out
     sids = np.empty(len(first), np.int64)
     for g, (i, key) in enumerate(zip(first.tolist(), rows.first_keys(first), strict=True)):
@@ -291,9 +278,8 @@ def _lists(batch: pa.RecordBatch | pa.Table, name: str, dtype: Any):
     """A list column as (length of each row's list, start of each in ``flat``, flat values);
     a null list is empty."""
     col = _arr(batch, name)
-    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
-    lengths = lengths.astype(np.int64)
-    flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(dtype)
+    lengths = numbers(pc.list_value_length(col), np.int64)
+    flat = numbers(pc.list_flatten(col), dtype)
     return lengths, np.cumsum(lengths) - lengths, flat
 
 
@@ -309,7 +295,7 @@ def _add_histogram_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
     bkeys = pa.Array.from_buffers(
         pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(bounds.tobytes())]
     )
-    inv, first = _groups(rows.series, _codes(bkeys))
+    inv, first = group_rows(rows.series, codes(bkeys))
     # Per group: its series ids (count, sum, +Inf, and the buckets from bucket_at[group]).
     cache, out = ctx.series, ctx.out
     ng = len(first)
@@ -395,7 +381,8 @@ def _add_exp_histogram_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None
 
 def _cumulative(batch: pa.RecordBatch | pa.Table, out: SeriesBatch) -> pa.RecordBatch | pa.Table:
     """``batch`` without its delta-temporality rows, which are counted skipped."""
-    delta = pc.equal(batch.column("AggregationTemporality"), 1)
+    temporality = batch.column("AggregationTemporality")
+    delta = pc.equal(temporality, scalar(1, temporality.type))
     n_delta = pc.sum(delta).as_py() or 0
     if n_delta:
         out.skip("delta_temporality", n_delta)

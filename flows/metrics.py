@@ -42,6 +42,7 @@ Importing this module does no network I/O: ``flow`` is built from ``$OTELWAX_CON
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from typing import Any
@@ -195,6 +196,9 @@ def build_from_settings(settings: MetricsFlowSettings) -> Dataflow:
     def on_start() -> None:
         stop_on_sigterm()
         start_progress_log(settings.progress_s)
+        # Start-up made the long-lived objects (modules, configs, clients): out of the
+        # collector's sight from now on, so its full passes no longer walk them all.
+        gc.freeze()
         if port:
             serve_flow_metrics(port, addr, settings.health)
 

@@ -79,3 +79,57 @@ def test_delta_histograms_add_bucket_by_bucket() -> None:
     rows = pa.Table.from_batches([b for o in out for n, b in o.items() if n == HISTOGRAM])
     last = rows.sort_by("TimeUnix").to_pylist()[-1]
     assert (last["Count"], last["Sum"], last["BucketCounts"]) == (18, 18.0, [3, 6, 9])
+
+
+def test_late_points_are_merged_and_changed_bounds_start_over() -> None:
+    """Within a batch and across batches: a point not newer than its series' last one still
+    adds up and is reported 1 ms after it; a histogram point with other bounds or another
+    number of buckets starts its series over; points of other series in between change
+    nothing."""
+    t = time.time_ns() - 60 * 10**9
+    s = 10**9
+    ms = 1_000_000
+
+    def sums(points: list[tuple[int, float]], attrs: dict) -> bytes:
+        pts = [(tt, v, attrs) for tt, v in points]
+        return metrics_request({"service.name": "late"}, [counter("c", pts, delta=True)])
+
+    def hist(tt: int, counts: list[int], bounds: list[float]) -> bytes:
+        p = [(tt, counts, float(sum(counts)), {})]
+        return metrics_request({"service.name": "late"}, [histogram("h", p, bounds, delta=True)])
+
+    batches = [
+        [sums([(t + 2 * s, 1.0), (t + s, 2.0), (t + 2 * s, 4.0)], {"a": "1"}),
+         sums([(t + s, 100.0)], {"a": "2"}),
+         hist(t, [1, 1, 1], [1.0, 2.0]), hist(t + s, [1, 1, 1], [1.0, 2.0]),
+         hist(t + 2 * s, [5, 5, 5], [1.0, 3.0])],
+        [sums([(t + s, 8.0), (t + 5 * s, 16.0)], {"a": "1"}),
+         hist(t + 3 * s, [1, 1, 1], [1.0, 3.0]), hist(t + 4 * s, [2, 2], [1.0]),
+         hist(t + 4 * s, [1, 1], [1.0])],
+    ]  # fmt: skip
+    out = _run([decode_metrics(b).tables for b in batches], 2)
+    got = pa.Table.from_batches([b for o in out for n, b in o.items() if n == SUM])
+    rows = [(r["Attributes"], r["TimeUnix"].value - t, r["Value"]) for r in got.to_pylist()]
+    a1, a2 = [("a", "1")], [("a", "2")]
+    assert sorted(rows) == sorted([
+        (a1, s, 2.0), (a1, 2 * s, 3.0), (a1, 2 * s + ms, 7.0), (a2, s, 100.0),
+        (a1, 2 * s + 2 * ms, 15.0), (a1, 5 * s, 31.0),
+    ])  # fmt: skip
+    assert set(got.column("StartTimeUnix").to_pylist()) == {_ts(t)}  # the first point's
+    got = pa.Table.from_batches([b for o in out for n, b in o.items() if n == HISTOGRAM])
+    rows = [
+        (r["TimeUnix"].value - t, r["StartTimeUnix"].value - t, r["Count"], r["BucketCounts"])
+        for r in got.to_pylist()
+    ]
+    assert sorted(rows) == [
+        (0, -s, 3, [1, 1, 1]),
+        (s, -s, 6, [2, 2, 2]),
+        (2 * s, s, 15, [5, 5, 5]),  # other bounds: starts over
+        (3 * s, s, 18, [6, 6, 6]),
+        (4 * s, 3 * s, 4, [2, 2]),  # fewer buckets: starts over
+        (4 * s + ms, 3 * s, 6, [3, 3]),  # same time: late, 1 ms later
+    ]
+
+
+def _ts(ns: int):
+    return pa.scalar(ns, pa.timestamp("ns")).as_py()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
-from otelwax.rowkeys import map_keys, row_keys
+from otelwax.rowkeys import first_rows, map_codes, map_keys, row_groups, row_keys
 
 _MAP = pa.map_(pa.string(), pa.string())
 _MAPS = [[], [("", "")], [("a", "x\x1fy")], [("a\x1fx", "y")], [("a", "x")],
@@ -27,3 +28,24 @@ def test_a_rows_key_does_not_depend_on_the_other_rows_of_its_batch() -> None:
     copied = [row_keys(pa.record_batch({"m": pa.array([m], _MAP), "s": [s]}), ["s", "m"])
               .to_pylist()[0] for s, m in zip(_STRS, _MAPS, strict=True)]  # fmt: skip
     assert whole == alone == copied
+
+
+def test_row_groups_are_the_rows_with_equal_keys_and_name_them_by_their_key() -> None:
+    """Grouping by codes puts two rows together exactly when their keys are equal, and each
+    group's string is the key of its rows (so it can name state kept across batches)."""
+    maps = (_MAPS + _MAPS[::-1]) * 2
+    strs = (_STRS + _STRS) * 2
+    flags = [i % 3 == 0 for i in range(len(maps))]
+    batch = pa.record_batch({"m": pa.array(maps, _MAP), "s": pa.array(strs), "b": flags})
+    names = ["m", "s", "b"]
+    keys = row_keys(batch, names).to_pylist()
+    distinct, of_row = row_groups(batch, names)
+    assert [distinct[g] for g in of_row.tolist()] == keys
+    assert len(distinct) == len(set(keys))
+    rows = np.array([0, 3, 9, 12, 30, 31])
+    distinct, of_row = row_groups(batch, names, rows)
+    assert [distinct[g] for g in of_row.tolist()] == [keys[i] for i in rows.tolist()]
+    col_codes, n = map_codes(batch.column("m").slice(9))
+    assert n == len(set(map(tuple, maps[9:])))
+    firsts = [tuple(maps[9:][i]) for i in first_rows(col_codes).tolist()]
+    assert firsts == list(dict.fromkeys(map(tuple, maps[9:])))
