@@ -152,12 +152,22 @@ class _ChdbEngine:
 
 
 def _chdb_params(params: dict[str, Any] | None) -> dict[str, Any] | None:
-    """chdb sends a parameter as its Python ``str``: a list becomes ``[a,b]``, which no
-    ``Array(String)`` parses. A list goes as its escaped literal text, which ClickHouse parses
-    as the parameter's type (still a value, never SQL)."""
+    """chdb hands a parameter's text to ClickHouse, which parses it with escapes (as an HTTP
+    ``param_``): a string goes escaped (a backslash, tab or newline as given would be misread
+    or refused). A list would go as its Python ``str`` (``[a,b]``), which no
+    ``Array(String)`` parses: it goes as its escaped literal text, which ClickHouse parses as
+    the parameter's type (still a value, never SQL)."""
     if not params:
         return params
-    return {k: sql_literal(v) if isinstance(v, list | tuple) else v for k, v in params.items()}
+    return {k: _param_text(v) for k, v in params.items()}
+
+
+def _param_text(v: Any) -> Any:
+    if isinstance(v, list | tuple):
+        return sql_literal(v)
+    if isinstance(v, str):
+        return v.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+    return v
 
 
 def _chdb_error(exc: Exception) -> ClickHouseError:
