@@ -240,6 +240,9 @@ class _OneThreadClient:
     def insert_arrow(self, table: str, batch: pa.RecordBatch, **kw: Any) -> int:
         return self._run(self._client.insert_arrow, table, batch, **kw)
 
+    def insert_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+        self._run(self._client.insert_rows, table, rows)
+
     def table_columns(self, table: str) -> dict[str, str]:
         return self._run(self._client.table_columns, table)
 
