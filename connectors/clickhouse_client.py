@@ -4,6 +4,7 @@ and which errors are transient, table names and ``{name:Type}`` query parameters
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import time
 from collections.abc import Callable
@@ -78,6 +79,12 @@ class ClickHouseClient(Protocol):
         the count of the rows stored under it, which reads the whole token column."""
         ...
 
+    def insert_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+        """Insert a few rows (dicts with the same keys: the columns) as one block, returning
+        once they are stored: small bookkeeping inserts (the intents), which ``insert_arrow``
+        would slow down with its per-insert set-up."""
+        ...
+
     def table_columns(self, table: str) -> dict[str, str]:
         """Insertable columns of ``table`` (``name -> type``); {} when it does not exist."""
         ...
@@ -104,6 +111,18 @@ def table_engine(client: Any, database: str, table: str) -> str:
         {"db": database, "t": table},
     )
     return str(rows[0][0]) if rows else ""
+
+
+def json_rows_insert(
+    qualified_table: str, rows: list[dict[str, Any]], settings: str = ""
+) -> tuple[str, str]:
+    """``(statement, body)`` of an insert of ``rows`` as ``JSONEachRow`` (``settings``: an
+    inline ``SETTINGS`` clause): the values are data after ``FORMAT``, never SQL
+    (``json.dumps`` escapes them)."""
+    cols = ", ".join(quote_ident(c) for c in rows[0])
+    body = "\n".join(json.dumps(r) for r in rows)
+    clause = f" SETTINGS {settings}" if settings else ""
+    return f"INSERT INTO {qualified_table} ({cols}){clause} FORMAT JSONEachRow", body
 
 
 def check_token(token: str | None) -> None:

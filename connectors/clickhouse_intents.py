@@ -26,42 +26,48 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from types import SimpleNamespace
+from dataclasses import dataclass
 from typing import Any, TypeVar
-
-import pyarrow as pa
 
 from connectors.clickhouse import is_transient
 from connectors.clickhouse_schema import quote_ident
-from otelwax.arrowbufs import int_array, string_array
 from otelwax.resilience import CircuitBreaker, CircuitOpenError, RetryPolicy
 from otelwax.telemetry import ComponentMetrics
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Blocking", "IntentLog", "check_dedup_window", "dedup_window_problem", "intents_ddl"]
+__all__ = [
+    "Blocking",
+    "IntentLog",
+    "RangeRef",
+    "check_dedup_window",
+    "dedup_window_problem",
+    "intents_ddl",
+]
 
 T = TypeVar("T")
 
 MARK_STORED = "stored"
 MARK_RESET = "reset"
 
-INTENT_SCHEMA = pa.schema(
-    [
-        pa.field("flow", pa.string(), nullable=False),
-        pa.field("topic", pa.string(), nullable=False),
-        pa.field("kafka_partition", pa.uint32(), nullable=False),
-        pa.field("first_offset", pa.uint64(), nullable=False),
-        pa.field("last_offset", pa.uint64(), nullable=False),
-        pa.field("target", pa.string(), nullable=False),
-        pa.field("group_id", pa.uint64(), nullable=False),
-        pa.field("records", pa.uint32(), nullable=False),
-        pa.field("topic_id", pa.string(), nullable=False),
-        pa.field("mark", pa.string(), nullable=False),
-    ]
-)
 ADDED_COLUMNS = {"topic_id": "String DEFAULT ''", "mark": "String DEFAULT ''"}
 """Columns newer than the first intent table, added in place to existing tables."""
+
+
+@dataclass(frozen=True, slots=True)
+class RangeRef:
+    """What the intents note of a range (a ``StoredRange`` without its rows)."""
+
+    topic: str
+    partition: int
+    first: int
+    last: int
+    records: int = 0
+    topic_id: str = ""
+
+    @classmethod
+    def of(cls, r: Any) -> RangeRef:
+        return cls(r.topic, r.partition, r.first, r.last, r.records, r.topic_id)
 
 
 class Blocking:
@@ -258,44 +264,41 @@ class IntentLog:
             return None
         return str(rows[0][0]), int(rows[0][1]) if int(rows[0][2]) else None
 
-    def record(self, ranges: Sequence[Any], target: str | None = None, mark: str = "") -> None:
+    def record(
+        self,
+        ranges: Sequence[Any],
+        target: str | None = None,
+        mark: str = "",
+        stored: Sequence[Any] = (),
+    ) -> None:
         """Durably note that these ranges are about to be inserted into ``target`` (or, with
-        ``mark``, that they were stored). ``ranges`` have ``topic``, ``partition``,
-        ``first``, ``last``, ``records`` and ``topic_id`` (``StoredRange``)."""
-        if not ranges:
+        ``mark``, that they were stored), and in the same insert mark ``stored`` stored.
+        Ranges have ``topic``, ``partition``, ``first``, ``last``, ``records`` and
+        ``topic_id`` (``StoredRange``, ``RangeRef``). One insert (one MergeTree part, its
+        cost whatever the rows) for all of them, as a small JSON body."""
+        if not ranges and not stored:
             return
         group = time.time_ns()
-        n = len(ranges)
-        batch = pa.record_batch(
-            [
-                string_array([self.flow] * n),
-                string_array([r.topic for r in ranges]),
-                int_array([r.partition for r in ranges], pa.uint32()),
-                int_array([r.first for r in ranges], pa.uint64()),
-                int_array([r.last for r in ranges], pa.uint64()),
-                string_array([target or self.target] * n),
-                int_array([group] * n, pa.uint64()),
-                int_array([r.records for r in ranges], pa.uint32()),
-                string_array([r.topic_id for r in ranges]),
-                string_array([mark] * n),
-            ],
-            schema=INTENT_SCHEMA,
-        )
-        self._blocking.call(lambda: self.client.insert_arrow(self.table, batch))
+        rows = [self._row(r, group, target, mark) for r in ranges]
+        rows += [self._row(r, group, None, MARK_STORED) for r in stored]
+        self._blocking.call(lambda: self.client.insert_rows(self.table, rows))
         if not mark:
-            self.metrics.sent(n)
+            self.metrics.sent(len(ranges))
+
+    def _row(self, r: Any, group: int, target: str | None, mark: str) -> dict[str, Any]:
+        return {
+            "flow": self.flow, "topic": r.topic, "kafka_partition": r.partition,
+            "first_offset": r.first, "last_offset": r.last, "target": target or self.target,
+            "group_id": group, "records": r.records, "topic_id": r.topic_id, "mark": mark,
+        }  # fmt: skip
 
     def confirm(self, ranges: Sequence[Any]) -> None:
         """Mark ranges whose insert returned as stored."""
-        self.record(ranges, mark=MARK_STORED)
+        self.record((), stored=ranges)
 
     def reset(self, topic: str, partition: int, topic_id: str, offset: int) -> None:
         """Start the partition afresh at ``offset``: earlier rows no longer count."""
-        at = SimpleNamespace(
-            topic=topic, partition=partition, first=offset, last=offset, records=0,
-            topic_id=topic_id,
-        )  # fmt: skip
-        self.record([at], mark=MARK_RESET)
+        self.record([RangeRef(topic, partition, offset, offset, 0, topic_id)], mark=MARK_RESET)
 
 
 # --- the deduplication window ---------------------------------------------------------------

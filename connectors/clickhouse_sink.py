@@ -12,8 +12,10 @@ Protocol (per worker, items in the order their source emitted them):
    group is recorded only after every insert of the previous group succeeded, so all ranges
    before the latest group of a partition are known to be stored (the source starts there when
    that is past its snapshot).
-3. **Mark** the batch's ranges stored once their inserts returned (one insert). A replayed
-   range with a mark is not inserted again: the window counts inserts, not time, and a quiet
+3. **Mark** the batch's ranges stored once their inserts returned: with overlap, in the
+   insert of the next batch's intents (before any insert of that batch) when one comes within
+   ``MARK_DELAY_S``, else in an insert of their own; at close in any case. A replayed range
+   with a mark is not inserted again: the window counts inserts, not time, and a quiet
    partition's token is long forgotten when its range is replayed. The window only covers a
    crash between the insert and the mark, so it must exceed the inserts the table receives
    from all writers until a restarted flow replays (the default 1000 does for minutes of
@@ -41,7 +43,6 @@ tokens, after a crash.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -54,8 +55,9 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from pydantic import Field
 
 from connectors.clickhouse_client import table_engine
-from connectors.clickhouse_intents import Blocking, IntentLog, check_dedup_window
+from connectors.clickhouse_intents import Blocking, IntentLog, RangeRef, check_dedup_window
 from connectors.clickhouse_migrate import MIGRATE_HINT
+from connectors.clickhouse_writer import OrderedWriter
 from connectors.kafka_source import range_token
 from otelwax.logs import carry_step
 from otelwax.schemas import LOGS_SCHEMA, TRACES_SCHEMA
@@ -116,56 +118,6 @@ class ClickHouseSinkConfig(StrictModel):
 # --- the sink ---------------------------------------------------------------------------------
 
 
-class _Writer:
-    """Runs ``store`` on batches in submission order on one background thread.
-
-    ``submit`` returns once the writer has taken the batch (the worker decodes the next one
-    while it is stored; a third, queued, would only add a decoded range to the RSS), so it blocks,
-    holding the worker and its Kafka partitions back, while the store is behind. The first error
-    stops storing: it is logged, handed to ``on_error`` (the sources stop: a paused source
-    would otherwise wait forever), and raised by the next ``submit`` or by ``close``. Log lines
-    keep the step id of the submitting step.
-    """
-
-    def __init__(
-        self, store: Callable[[list[Any]], None], name: str,
-        on_error: Callable[[BaseException], None],
-    ) -> None:
-        self._store = store
-        self._on_error = on_error
-        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=1)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (job := self._queue.get()) is not None:
-            self._queue.task_done()  # taken: the submitter may go on
-            if self._error is None:
-                try:
-                    job()
-                except BaseException as exc:
-                    self._error = exc
-                    log.error("%s: %s; no further batches are stored", self._thread.name, exc)
-                    self._on_error(exc)
-            # Stored and confirmed (the source reads more): not held until the next batch.
-            job = None
-
-    def _check(self) -> None:
-        if self._error is not None:
-            raise RuntimeError(f"{self._thread.name}: {self._error}") from self._error
-
-    def submit(self, items: list[Any]) -> None:
-        self._check()
-        self._queue.put(carry_step(lambda: self._store(items)))
-        self._queue.join()
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        self._check()
-
-
 @dataclass(slots=True)
 class StoredRange:
     """What reaches the sink: one Kafka range's rows after decode and operators."""
@@ -209,6 +161,10 @@ class StoredRows:
 # Engines that keep no row order (a Null table only feeds its materialized views): presorting
 # for them is wasted work.
 UNORDERED_ENGINES = frozenset({"Null"})
+# A batch's stored marks go with the next batch's intents (one insert, one MergeTree part per
+# range instead of two) when it comes within this delay; else on their own. A crash before
+# they are written replays ranges stored under tokens the dedup window still holds.
+MARK_DELAY_S = 0.5
 NOT_REACHABLE = "clickhouse not reachable (%s); retrying in %.1f s (is it up? see clickhouse.*)"
 
 
@@ -239,6 +195,9 @@ class _OneThreadClient:
 
     def insert_arrow(self, table: str, batch: pa.RecordBatch, **kw: Any) -> int:
         return self._run(self._client.insert_arrow, table, batch, **kw)
+
+    def insert_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+        self._run(self._client.insert_rows, table, rows)
 
     def table_columns(self, table: str) -> dict[str, str]:
         return self._run(self._client.table_columns, table)
@@ -317,9 +276,12 @@ class _SinkPartition(StatelessSinkPartition[StoredRange | StoredRows]):
                 self._sort_keys = [(k, "ascending") for k in sink.sort_key]
         self._acks = sink.acks
         self._writer = None
+        self._unmarked: list[RangeRef] = []  # stored, marked with the next intents (overlap)
         if self._acks is not None and self._cfg.overlap:
             name = f"clickhouse-writer-{worker_index}"
-            self._writer = _Writer(self._write, name, self._acks.fail)
+            self._writer = OrderedWriter(
+                self._write, name, self._acks.fail, self._mark_stored, MARK_DELAY_S
+            )
         log.info(
             "clickhouse sink (worker %d): %s, dedup by %s%s%s",
             worker_index,
@@ -419,13 +381,22 @@ class _SinkPartition(StatelessSinkPartition[StoredRange | StoredRows]):
             while j < len(items) and not items[j].replay:
                 j += 1
             if j > i:
-                self._intents.record(items[i:j])
+                self._intents.record(items[i:j], stored=self._unmarked)
+                self._unmarked = []
             else:
                 j = i + 1  # a replayed range: its intent is already recorded
             for r in items[i:j]:
                 self._store(r, _key(r) in stored)
             i = j
-        self._intents.confirm([r for r in items if _key(r) not in stored])
+        self._unmarked += [RangeRef.of(r) for r in items if _key(r) not in stored]
+        if self._writer is None:
+            self._mark_stored()
+
+    def _mark_stored(self) -> None:
+        """Write the stored marks no intents took along (the writer: when no batch followed
+        within MARK_DELAY_S, and at close)."""
+        self._intents.confirm(self._unmarked)
+        self._unmarked = []
 
     def _stored_replays(self, items: list[StoredRange]) -> set[tuple[str, int, int, int]]:
         """Replayed ranges of ``items`` whose insert returned before (one query per partition;

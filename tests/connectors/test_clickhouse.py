@@ -359,10 +359,14 @@ def test_server_long_strings_and_logs(ch_server) -> None:
     assert sorted(got) == sorted((b, batch.num_rows // 4) for b in set(bodies))
 
 
-def test_server_params_are_escaped(ch_server) -> None:
-    evil = "x' OR 1=1 --\\"
-    assert ch_server.execute("SELECT {v:String}", {"v": evil}) == [(evil,)]
-    assert ch_server.execute("SELECT length({a:Array(String)})", {"a": ["a", "b'"]}) == [(2,)]
+@pytest.mark.parametrize("backend", ["server", "chdb"])
+def test_params_are_escaped(backend: str, request) -> None:
+    """A string parameter comes back as given: quotes, backslashes, tabs and newlines (chdb
+    parses a parameter's text with escapes: ``a\\b`` was read as ``a`` + backspace)."""
+    client = request.getfixturevalue("ch_server" if backend == "server" else "chdb_client")
+    for evil in ("x' OR 1=1 --\\", "a\\b\\nc", "tab\there\nline \"q\" ü"):
+        assert client.execute("SELECT {v:String}", {"v": evil}) == [(evil,)], evil
+    assert client.execute("SELECT length({a:Array(String)})", {"a": ["a", "b'"]}) == [(2,)]
 
 
 def test_cli_init_and_check(clickhouse_server, ch_server, capsys: pytest.CaptureFixture) -> None:

@@ -454,3 +454,77 @@ def test_a_sink_stores_its_rows_and_intents_without_loading_what_it_does_not_use
     assert got["loaded"]["pyarrow.dataset"] is False
     if backend == "server":
         assert got["loaded"]["pandas"] is False
+
+
+def _intent_inserts(client, db: str) -> tuple[int, set[tuple[int, int]]]:
+    """Inserts into the intents table (one group id each) and the ranges marked stored."""
+    rows = client.execute(
+        f"SELECT group_id, first_offset, last_offset, mark FROM {db}.otelwax_intents"
+    )
+    return len({r[0] for r in rows}), {(r[1], r[2]) for r in rows if r[3] == "stored"}
+
+
+def test_a_backlog_costs_one_intent_insert_per_range(sink_for, chdb_client) -> None:
+    """Each one-row insert into the intents table is a MergeTree part (~5-10 ms of CPU on
+    chdb): a batch's stored marks ride with the next batch's intents, so a backlog of N
+    ranges makes N + 1 inserts rather than 2N, and close writes the last marks."""
+    acks = RangeAcks()
+    part = sink_for(acks).build("clickhouse", 0, 1)
+    ranges = _ranges(acks, 6)
+    for r in ranges:
+        part.write_batch([r])
+    part.close()
+    inserts, marked = _intent_inserts(chdb_client, chdb_client.cfg.database)
+    assert marked == {(r.first, r.last) for r in ranges}
+    assert inserts < 2 * len(ranges), inserts  # N + 1 unless the test thread stalled
+
+
+def test_the_last_batchs_marks_are_written_when_no_next_batch_comes(
+    sink_for, chdb_client
+) -> None:
+    """A worker with nothing more to store (a quiet topic) still marks its last batch stored
+    soon, without waiting for a next batch or the flow's end."""
+    acks = RangeAcks()
+    sink = sink_for(acks)
+    part = sink.build("clickhouse", 0, 1)
+    ranges = _ranges(acks, 2)
+    part.write_batch(ranges)
+    intents = sink.intent_log(sink.client())
+    deadline = time.monotonic() + 20
+    while intents.stored_from("spans", 0, 0) != {(0, 9), (10, 19)}:
+        assert time.monotonic() < deadline, intents.stored_from("spans", 0, 0)
+        time.sleep(0.05)
+    assert intents.pending_from("spans", 0) == 20
+    part.close()
+
+
+def test_a_crash_before_the_marks_are_written_stores_nothing_twice(
+    sink_for, chdb_client
+) -> None:
+    """Partition 0 stores a range, then partition 1 makes more inserts than the table's dedup
+    window remembers and the flow dies before closing. Partition 0's mark must have been
+    written before those inserts (it rides with partition 1's first intents, not with
+    partition 0's next one, which never comes): its replay is then skipped as stored."""
+    conn = sink_for(None).connection.model_copy(
+        update={"tables": TableOptions(dedup_window=3)}
+    )
+    acks = RangeAcks()
+    sink = ClickHouseSink(conn, ClickHouseSinkConfig(), acks=acks, sort_key=TRACES_SORT_KEY)
+    part = sink.build("clickhouse", 0, 1)
+    acks.emitted("spans", 0, 0, 1000)
+    quiet = decode_traces(trace_payloads(3, seed=7)).batch
+    part.write_batch([StoredRange("spans", 0, 0, 9, quiet, 10)])
+    for i in range(6):  # twice the window: partition 0's token is forgotten
+        acks.emitted("spans", 1, i * 10, 1000)
+        batch = decode_traces(trace_payloads(2, seed=200 + i)).batch
+        part.write_batch([StoredRange("spans", 1, i * 10, i * 10 + 9, batch, 10)])
+    # No close: the process dies here (what the writer still holds is lost).
+    again = ClickHouseSink(conn, ClickHouseSinkConfig(), sort_key=TRACES_SORT_KEY)
+    replay = StoredRange("spans", 0, 0, 9, quiet, 10, replay=True)
+    fresh = again.build("clickhouse", 1, 2)
+    fresh.write_batch([replay])
+    fresh.close()
+    db = conn.database
+    n, uniq = chdb_client.execute(f"SELECT count(), uniqExact(SpanId) FROM {db}.otel_traces")[0]
+    assert n == uniq, (n, uniq)
+    part.close()
