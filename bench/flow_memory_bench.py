@@ -250,6 +250,8 @@ def probe(out_path: str, argv: list[str]) -> None:
         real_settings = schema._settings
         schema._settings = lambda *a, **kw: f"{real_settings(*a, **kw)}, {extra}"  # type: ignore[assignment]
     pageout_every = int(os.environ.get("PROBE_PAGEOUT_S", 0)) * 5  # in samples
+    # Once, this many seconds in: page out every file mapped read-only (not only chdb's)
+    pageout_all_at = float(os.environ.get("PROBE_PAGEOUT_ALL_AT", 0)) or None
     chdb_mem = {"v": 0}
     je = {"je_resident": 0, "je_allocated": 0, "je_metadata": 0, "je_retained": 0}
 
@@ -293,6 +295,7 @@ def probe(out_path: str, argv: list[str]) -> None:
     detail: dict = {"rss": 0, "at": -10.0}
 
     def sample() -> None:
+        nonlocal pageout_all_at
         with open(out_path, "w") as fh, open(out_path + ".detail", "w") as dfh:
             n = 0
             while not stop.wait(0.2):
@@ -305,6 +308,15 @@ def probe(out_path: str, argv: list[str]) -> None:
                     from otelwax.memory import page_out_file
 
                     page_out_file(sys.modules["chdb._chdb"].__file__)
+                if pageout_all_at is not None and time.monotonic() - t0 >= pageout_all_at:
+                    from otelwax.memory import page_out_file
+
+                    pageout_all_at = None
+                    with open("/proc/self/maps") as mf:
+                        files = {ln.split()[5] for ln in mf if len(ln.split()) == 6}
+                    for f in files:
+                        if f.startswith("/"):
+                            page_out_file(f)
                 s = _smaps()
                 mi = libc.mallinfo2()
                 rec = {
