@@ -378,6 +378,18 @@ def produce(topic: str, spans: int, pool: int) -> int:
     return n_req * 100
 
 
+def _records(topic: str) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"membench-count-{uuid.uuid4()}"})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        marks = [c.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in parts]
+        return sum(hi - lo for lo, hi in marks)
+    finally:
+        c.close()
+
+
 def _set(cfg: dict, dotted: str, value: str) -> None:
     keys = dotted.split(".")
     d = cfg
@@ -547,6 +559,8 @@ def main() -> int:
         t = time.monotonic()
         spans = produce(topic, spans, args.pool)
         print(f"produced {spans} spans into {topic} in {time.monotonic() - t:.0f} s", flush=True)
+    else:  # a reused topic: its records (100 spans each), not --spans, are what a run drains
+        spans = 100 * _records(topic)
     if "server" in args.target:  # started if not running (as traces_flow_bench.py does)
         subprocess.run(
             [str(ROOT / "scripts/services/clickhouse.sh"), "start"], check=True, capture_output=True
