@@ -70,7 +70,7 @@ class _ChdbEngine:
         # doubled query CPU; 300 ms kept ~930 MiB at full speed (bench/traces_flow_bench.py).
         # Allocations of 1 MiB and more go to jemalloc's "oversize" arena, which purges on free
         # (chdb's build sets 64 MiB): ~40-50 MiB of an insert's buffers no longer stay resident
-        # until the next insert, at no measured CPU cost (bench/README.md, flow memory round 5).
+        # until the next insert; CPU per span within the noise (bench/README.md, memory round 5).
         # Read once when chdb loads; a value set by the user wins.
         os.environ.setdefault("JE_MALLOC_CONF", CHDB_MALLOC_CONF)
         from chdb import _chdb, session
