@@ -109,6 +109,79 @@ def _dump_anon_mappings(path: str) -> None:
     libc.fclose(ctypes.c_void_p(f))
 
 
+_JE_LINE = re.compile(
+    r"Allocated: (\d+), active: (\d+), metadata: (\d+).*?resident: (\d+), mapped: (\d+), "
+    r"retained: (\d+)"
+)
+
+
+def _thread_sps() -> dict[int, str]:
+    """Each thread's stack pointer (``/proc/self/task/*/syscall``, 0 if running) -> its name."""
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/syscall") as fh:
+                f = fh.read().split()
+            with open(f"/proc/self/task/{tid}/comm") as fh:
+                name = fh.read().strip()
+        except OSError:
+            continue
+        if len(f) >= 3 and f[0] != "running":
+            out[int(f[-2], 16)] = name
+    return out
+
+
+def _by_mapping(lib: str) -> dict[str, int]:
+    """Resident bytes by kind of mapping (``/proc/self/smaps``): the chdb library's file pages
+    and its anonymous (relocated, written) pages, other files, the brk heap, thread stacks
+    (mappings holding a thread's stack pointer), other anonymous mappings (allocators)."""
+    sps = sorted(_thread_sps())
+    out = dict.fromkeys(
+        ("lib_file", "lib_anon", "files", "heap", "stacks", "anon_other", "n_anon_maps"), 0
+    )
+    cur, per_file = None, {}
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                lo, hi = (int(a, 16) for a in head[0].split("-"))
+                name = " ".join(head[5:])
+                cur = {"name": name, "lo": lo, "hi": hi}
+            elif cur is not None and head[0] == "Rss:":
+                cur["rss"] = int(head[1]) << 10
+            elif cur is not None and head[0] == "Anonymous:":
+                rss, anon, name = cur["rss"], int(head[1]) << 10, cur["name"]
+                if name == lib:
+                    out["lib_file"] += rss - anon
+                    out["lib_anon"] += anon
+                elif name == "[heap]":
+                    out["heap"] += rss
+                elif any(cur["lo"] <= sp < cur["hi"] for sp in sps) or name == "[stack]":
+                    out["stacks"] += rss
+                elif name.startswith("/"):
+                    out["files"] += rss - anon
+                    out["anon_other"] += anon
+                    base = os.path.basename(name)
+                    per_file[base] = per_file.get(base, 0) + rss - anon
+                else:
+                    out["anon_other"] += rss
+                    out["n_anon_maps"] += 1 if rss else 0
+                cur = None
+    names: dict[str, int] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as fh:
+                name = fh.read().strip()
+        except OSError:
+            continue
+        names[name] = names.get(name, 0) + 1
+    out["threads"] = sum(names.values())
+    out["thread_names"] = names  # type: ignore[assignment]
+    top = sorted(per_file.items(), key=lambda kv: -kv[1])[:6]
+    out["top_files_mib"] = {k: round(v / MIB) for k, v in top}  # type: ignore[assignment]
+    return out
+
+
 def probe(out_path: str, argv: list[str]) -> None:
     """Run ``bytewax.run argv`` in this process with a sampler thread writing JSON lines."""
     import runpy
@@ -177,15 +250,19 @@ def probe(out_path: str, argv: list[str]) -> None:
         real_settings = schema._settings
         schema._settings = lambda *a, **kw: f"{real_settings(*a, **kw)}, {extra}"  # type: ignore[assignment]
     pageout_every = int(os.environ.get("PROBE_PAGEOUT_S", 0)) * 5  # in samples
+    # Once, this many seconds in: page out every file mapped read-only (not only chdb's)
+    pageout_all_at = float(os.environ.get("PROBE_PAGEOUT_ALL_AT", 0)) or None
     chdb_mem = {"v": 0}
+    je = {"je_resident": 0, "je_allocated": 0, "je_metadata": 0, "je_retained": 0}
 
-    purge_every = int(float(os.environ.get("PROBE_JE_PURGE_S", 0)) * 5)  # in samples
+    purge_s = float(os.environ.get("PROBE_JE_PURGE_S", 0))
 
     def chdb_tracked(purge: bool = False) -> int:
         from connectors.clickhouse_embedded import _ChdbEngine
 
         eng = _ChdbEngine._instance
-        if eng is None or not eng.lock.acquire(timeout=0.05):
+        # Waits for a running insert (holding the lock): a look between inserts, not a stale one
+        if eng is None or not eng.lock.acquire(timeout=5):
             return chdb_mem["v"]
         try:
             if purge:  # chdb's jemalloc: hand its dirty pages back now
@@ -194,14 +271,32 @@ def probe(out_path: str, argv: list[str]) -> None:
                 "SELECT value FROM system.metrics WHERE metric = 'MemoryTracking'", "CSV"
             )
             chdb_mem["v"] = int(str(res).strip() or 0)
+            stats = eng.session.query("SELECT stats FROM system.jemalloc_stats", "TSV")
+            m = _JE_LINE.search(str(stats))
+            if m:
+                al, _ac, md, rs, _mp, rt = (int(x) for x in m.groups())
+                je.update(je_resident=rs, je_allocated=al, je_metadata=md, je_retained=rt)
         except Exception:
             pass
         finally:
             eng.lock.release()
         return chdb_mem["v"]
 
+    def chdb_poll() -> None:  # chdb's own numbers, once a second (or at the purge interval)
+        every = min(purge_s, 1.0) if purge_s else 1.0
+        last_purge = time.monotonic()
+        while not stop.wait(every):
+            purge = bool(purge_s) and time.monotonic() - last_purge >= purge_s - 0.01
+            if purge:
+                last_purge = time.monotonic()
+            chdb_tracked(purge)
+
+    threading.Thread(target=chdb_poll, daemon=True).start()
+    detail: dict = {"rss": 0, "at": -10.0}
+
     def sample() -> None:
-        with open(out_path, "w") as fh:
+        nonlocal pageout_all_at
+        with open(out_path, "w") as fh, open(out_path + ".detail", "w") as dfh:
             n = 0
             while not stop.wait(0.2):
                 n += 1
@@ -213,6 +308,15 @@ def probe(out_path: str, argv: list[str]) -> None:
                     from otelwax.memory import page_out_file
 
                     page_out_file(sys.modules["chdb._chdb"].__file__)
+                if pageout_all_at is not None and time.monotonic() - t0 >= pageout_all_at:
+                    from otelwax.memory import page_out_file
+
+                    pageout_all_at = None
+                    with open("/proc/self/maps") as mf:
+                        files = {ln.split()[5] for ln in mf if len(ln.split()) == 6}
+                    for f in files:
+                        if f.startswith("/"):
+                            page_out_file(f)
                 s = _smaps()
                 mi = libc.mallinfo2()
                 rec = {
@@ -228,12 +332,18 @@ def probe(out_path: str, argv: list[str]) -> None:
                     "fetchq": sum(fetchq.values()),
                     "inflight": sum(a.inflight_bytes for a in list(acks)),
                     "buffered": sum(p._nbytes for p in list(parts)),
-                    "chdb": chdb_tracked(bool(purge_every and n % purge_every == 0))
-                    if n % 5 == 0 or (purge_every and n % purge_every == 0)
-                    else chdb_mem["v"],
+                    "chdb": chdb_mem["v"],
                 }
+                rec.update(je)
                 fh.write(json.dumps(rec) + "\n")
                 fh.flush()
+                # By mapping at each new peak (at most once a second: smaps costs ~10 ms)
+                if rec["rss"] > detail["rss"] + (4 << 20) and rec["t"] - detail["at"] >= 1:
+                    lib = sys.modules.get("chdb._chdb")
+                    lib = os.path.realpath(lib.__file__) if lib else ""
+                    detail.update(rss=rec["rss"], at=rec["t"])
+                    dfh.write(json.dumps({**rec, **_by_mapping(lib)}) + "\n")
+                    dfh.flush()
 
     threading.Thread(target=sample, daemon=True).start()
     sys.argv = ["bytewax.run", *argv]
@@ -266,6 +376,18 @@ def produce(topic: str, spans: int, pool: int) -> int:
                 p.poll(0.05)
     p.flush(120)
     return n_req * 100
+
+
+def _records(topic: str) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"membench-count-{uuid.uuid4()}"})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        marks = [c.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in parts]
+        return sum(hi - lo for lo, hi in marks)
+    finally:
+        c.close()
 
 
 def _set(cfg: dict, dotted: str, value: str) -> None:
@@ -356,6 +478,8 @@ def run_one(
         {k: (v if k in ("t", "cpu") else round(v / MIB)) for k, v in r.items()} for r in rows[::5]
     ]
     drained = sorted(r["rss"] for r in busy) or [0]  # RSS over the drain: the steady state
+    dpath = Path(str(samples) + ".detail")
+    details = [json.loads(x) for x in dpath.read_text().splitlines() if x.strip()]
     return {
         "wall_s": round(wall, 1),
         "drain_s": drain,
@@ -364,6 +488,7 @@ def run_one(
         "rss_p90_mib": round(drained[int(0.9 * (len(drained) - 1))] / MIB),
         "peak": peak,
         "at_peak_rss": at_peak,
+        "peak_by_mapping": details[-1] if details else {},
         "series_mib": series,
     }
 
@@ -434,6 +559,8 @@ def main() -> int:
         t = time.monotonic()
         spans = produce(topic, spans, args.pool)
         print(f"produced {spans} spans into {topic} in {time.monotonic() - t:.0f} s", flush=True)
+    else:  # a reused topic: its records (100 spans each), not --spans, are what a run drains
+        spans = 100 * _records(topic)
     if "server" in args.target:  # started if not running (as traces_flow_bench.py does)
         subprocess.run(
             [str(ROOT / "scripts/services/clickhouse.sh"), "start"], check=True, capture_output=True
@@ -464,6 +591,18 @@ def main() -> int:
                             flush=True,
                         )
                         print(f"{'':<24} {'':>7}      at peak RSS {at}", flush=True)
+                        bm = r["peak_by_mapping"]
+                        bm = {
+                            k: (v if k in ("t", "threads", "n_anon_maps") else round(v / MIB))
+                            for k, v in bm.items()
+                            if k not in ("cpu", "pss", "fetchq", "inflight", "buffered")
+                            and k not in ("top_files_mib", "thread_names")
+                        }
+                        print(f"{'':<24} {'':>7}      by mapping {bm}", flush=True)
+                        top = r["peak_by_mapping"].get("top_files_mib")
+                        print(f"{'':<24} {'':>7}      file pages at the peak {top}", flush=True)
+                        names = r["peak_by_mapping"].get("thread_names")
+                        print(f"{'':<24} {'':>7}      threads at the peak {names}", flush=True)
     finally:
         if not args.topic and not args.keep_topic:
             delete_topics(BOOTSTRAP, [topic, f"dlq_{topic}"])

@@ -36,8 +36,9 @@ __all__ = ["CHDB_MALLOC_CONF", "CHDB_SERVER_SETTINGS", "EmbeddedClient"]
 
 log = logging.getLogger(__name__)
 
-CHDB_MALLOC_CONF = "dirty_decay_ms:300,muzzy_decay_ms:0"
-"""``JE_MALLOC_CONF`` for chdb's allocator unless set: return freed pages to the OS soon."""
+CHDB_MALLOC_CONF = "dirty_decay_ms:300,muzzy_decay_ms:0,oversize_threshold:1048576"
+"""``JE_MALLOC_CONF`` for chdb's allocator unless set: return freed pages to the OS soon, and
+those of allocations of 1 MiB and more (an insert's column data) at once."""
 
 CHDB_SERVER_SETTINGS: dict[str, int] = {
     # chdb sizes these caches for a server of its own (5 GiB each); a flow inserts and runs
@@ -68,6 +69,9 @@ class _ChdbEngine:
         # chdb's jemalloc keeps freed pages for 10 s by default: a flow peaked at ~1 GiB RSS.
         # Decay 0 gave ~800 MiB but page faults cost a third of the flow's throughput and
         # doubled query CPU; 300 ms kept ~930 MiB at full speed (bench/traces_flow_bench.py).
+        # Allocations of 1 MiB and more go to jemalloc's "oversize" arena, which purges on free
+        # (chdb's build sets 64 MiB): ~40-50 MiB of an insert's buffers no longer stay resident
+        # until the next insert; CPU per span within the noise (bench/README.md, memory round 5).
         # Read once when chdb loads; a value set by the user wins.
         os.environ.setdefault("JE_MALLOC_CONF", CHDB_MALLOC_CONF)
         from chdb import _chdb, session
