@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["from_numpy", "int_array", "numbers", "scalar", "string_array", "values_view"]
+__all__ = ["from_numpy", "numbers", "scalar", "string_array", "values_view"]
 
 
 def string_array(values: Sequence[str]) -> pa.Array:
@@ -39,15 +39,6 @@ def _dtype(type: pa.DataType) -> np.dtype:
     if pa.types.is_floating(type):
         return np.dtype(f"f{type.bit_width // 8}")
     raise TypeError(f"no numpy view of {type} values")
-
-
-def int_array(values: Sequence[int], type: pa.DataType) -> pa.Array:
-    """An integer array of ``type`` (e.g. ``pa.uint64()``) of ``values`` (no nulls); a value
-    out of the type's range raises ``OverflowError``."""
-    if not pa.types.is_integer(type):
-        raise TypeError(f"int_array needs an integer type, not {type}")
-    arr = np.array(values, dtype=_dtype(type))
-    return pa.Array.from_buffers(type, len(arr), [None, pa.py_buffer(arr)])
 
 
 def values_view(a: pa.Array) -> np.ndarray:
