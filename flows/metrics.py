@@ -42,7 +42,6 @@ Importing this module does no network I/O: ``flow`` is built from ``$OTELWAX_CON
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 from typing import Any
@@ -64,6 +63,7 @@ from flows.settings import MetricsFlowSettings, MetricsSinkConfig
 from operators.delta_cumulative import READ_COLUMNS as DELTA_READ_COLUMNS
 from operators.delta_cumulative import to_cumulative
 from otelwax.logs import instrument
+from otelwax.memory import freeze_startup_objects
 from otelwax.metric_schemas import METRIC_SCHEMAS
 from otelwax.telemetry import (
     ComponentMetrics,
@@ -196,9 +196,7 @@ def build_from_settings(settings: MetricsFlowSettings) -> Dataflow:
     def on_start() -> None:
         stop_on_sigterm()
         start_progress_log(settings.progress_s)
-        # Start-up made the long-lived objects (modules, configs, clients): out of the
-        # collector's sight from now on, so its full passes no longer walk them all.
-        gc.freeze()
+        freeze_startup_objects()
         if port:
             serve_flow_metrics(port, addr, settings.health)
 

@@ -31,7 +31,6 @@ Building the dataflow does no I/O: clients are opened when bytewax builds the st
 
 from __future__ import annotations
 
-import gc
 import logging
 import re
 import threading
@@ -50,7 +49,7 @@ from connectors.clickhouse_sink import ClickHouseSink, StoredRange
 from connectors.dlq import DeadLetter, DeadLetterError, DeadLetterProducer, row_letters
 from connectors.kafka_source import KafkaRange, PartitionedKafkaSource, RangeAcks
 from otelwax.logs import current_step, instrument
-from otelwax.memory import start_release
+from otelwax.memory import freeze_startup_objects, start_release
 from otelwax.schemas import LOGS_SCHEMA, TRACES_SCHEMA
 from otelwax.telemetry import (
     ComponentMetrics,
@@ -485,9 +484,7 @@ def build_dataflow(
         stop_on_sigterm()
         start_progress_log(settings.progress_s)
         start_release(settings.source.release_memory_s)
-        # Start-up made ~60K long-lived objects (modules, configs, clients): out of the
-        # collector's sight from now on, so its full passes no longer walk them all.
-        gc.freeze()
+        freeze_startup_objects()
         if port is not None:
             serve_flow_metrics(port, addr, settings.health)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
 import threading
@@ -30,7 +31,7 @@ import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MMAP_THRESHOLD", "page_out_file", "start_release"]
+__all__ = ["MMAP_THRESHOLD", "freeze_startup_objects", "page_out_file", "start_release"]
 
 MMAP_THRESHOLD = 1 << 20
 """Allocations of this size and more get their own mapping (returned to the OS on free)."""
@@ -49,6 +50,13 @@ def _libc() -> ctypes.CDLL | None:
         return libc
     except (OSError, AttributeError):
         return None
+
+
+def freeze_startup_objects() -> None:
+    """Once a flow has started: start-up made tens of thousands of long-lived objects
+    (modules, configs, clients); moved out of the collector's sight, its full passes no longer
+    walk them all (``gc.freeze``)."""
+    gc.freeze()
 
 
 def start_release(interval_s: float) -> bool:
