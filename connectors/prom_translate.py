@@ -43,7 +43,7 @@ from connectors.prom_names import (
 )
 from connectors.prom_native_histogram import encode_native_histogram
 from connectors.prom_series import Labels, SeriesBatch
-from otelwax.arrowbufs import from_numpy, numbers, scalar
+from otelwax.arrowbufs import from_numpy, list_parts, numbers, scalar
 from otelwax.rowkeys import codes, first_rows, group_rows, map_codes, map_keys
 
 __all__ = [
@@ -274,22 +274,13 @@ def _histogram_labels(ctx: _Ctx, rows: _Rows, i: int, bounds: tuple):
     return count, total, buckets, inf
 
 
-def _lists(batch: pa.RecordBatch | pa.Table, name: str, dtype: Any):
-    """A list column as (length of each row's list, start of each in ``flat``, flat values);
-    a null list is empty."""
-    col = _arr(batch, name)
-    lengths = numbers(pc.list_value_length(col), np.int64)
-    flat = numbers(pc.list_flatten(col), dtype)
-    return lengths, np.cumsum(lengths) - lengths, flat
-
-
 def _add_histogram_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
     rows = _Rows(ctx, batch)
     n = rows.n
     if not n:
         return
     b = rows.batch
-    nb, bstart, bounds = _lists(b, "ExplicitBounds", np.float64)
+    nb, bstart, bounds = list_parts(_arr(b, "ExplicitBounds"), np.float64)
     offsets = np.zeros(n + 1, np.int32)
     np.cumsum(nb * 8, out=offsets[1:])
     bkeys = pa.Array.from_buffers(
@@ -316,7 +307,7 @@ def _add_histogram_rows(ctx: _Ctx, batch: pa.RecordBatch | pa.Table) -> None:
     # row's list count as 0).
     row = np.repeat(np.arange(n), nb)
     j = np.arange(len(row)) - np.repeat(bstart, nb)
-    nbc, cstart, counts = _lists(b, "BucketCounts", np.uint64)
+    nbc, cstart, counts = list_parts(_arr(b, "BucketCounts"), np.uint64)
     cum = np.zeros(len(counts) + 1, np.uint64)
     np.cumsum(counts, out=cum[1:])
     start = cstart[row]

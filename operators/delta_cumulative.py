@@ -35,7 +35,7 @@ from bytewax import operators as op
 from bytewax.dataflow import Stream
 from pydantic import Field
 
-from otelwax.arrowbufs import from_numpy, numbers, scalar
+from otelwax.arrowbufs import from_numpy, list_parts, numbers, scalar
 from otelwax.metric_schemas import HISTOGRAM, SUM
 from otelwax.rowkeys import row_groups
 from otelwax.settings import StrictModel
@@ -390,12 +390,11 @@ class _HistogramTotals:
 def _lists(
     batch: pa.RecordBatch, name: str, order: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A list column as (length of each row's list, start of each in ``flat``, flat values),
-    rows in ``order``; a null list is empty."""
-    col = batch.column(name)
-    lengths = numbers(pc.list_value_length(col), np.int64)
-    flat = numbers(pc.list_flatten(col), np.float64 if name == "ExplicitBounds" else np.uint64)
-    return lengths[order], (np.cumsum(lengths) - lengths)[order], flat
+    """:func:`~otelwax.arrowbufs.list_parts` of column ``name``, lengths and starts of the
+    rows in ``order``."""
+    dtype = np.float64 if name == "ExplicitBounds" else np.uint64
+    lengths, starts, flat = list_parts(batch.column(name), dtype)
+    return lengths[order], starts[order], flat
 
 
 def _set(batch: pa.RecordBatch, name: str, arr: pa.Array) -> pa.RecordBatch:

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-__all__ = ["from_numpy", "numbers", "scalar", "string_array", "values_view"]
+__all__ = ["from_numpy", "list_parts", "numbers", "scalar", "string_array", "values_view"]
 
 
 def string_array(values: Sequence[str]) -> pa.Array:
@@ -77,3 +78,13 @@ def numbers(a: pa.Array | pa.ChunkedArray, dtype: np.dtype | type) -> np.ndarray
     if a.null_count:
         a = a.fill_null(scalar(0, a.type))
     return values_view(a).astype(dtype, copy=False)
+
+
+def list_parts(col: pa.Array | pa.ChunkedArray, dtype: np.dtype | type) -> tuple[
+    np.ndarray, np.ndarray, np.ndarray
+]:
+    """A list column as (length of each row's list, start of each in ``flat``, the flat
+    values as ``dtype``); a null list is empty."""
+    lengths = numbers(pc.list_value_length(col), np.int64)
+    flat = numbers(pc.list_flatten(col), dtype)
+    return lengths, np.cumsum(lengths) - lengths, flat
