@@ -113,18 +113,6 @@ def table_engine(client: Any, database: str, table: str) -> str:
     return str(rows[0][0]) if rows else ""
 
 
-def json_rows_insert(
-    qualified_table: str, rows: list[dict[str, Any]], settings: str = ""
-) -> tuple[str, str]:
-    """``(statement, body)`` of an insert of ``rows`` as ``JSONEachRow`` (``settings``: an
-    inline ``SETTINGS`` clause): the values are data after ``FORMAT``, never SQL
-    (``json.dumps`` escapes them)."""
-    cols = ", ".join(quote_ident(c) for c in rows[0])
-    body = "\n".join(json.dumps(r) for r in rows)
-    clause = f" SETTINGS {settings}" if settings else ""
-    return f"INSERT INTO {qualified_table} ({cols}){clause} FORMAT JSONEachRow", body
-
-
 def check_token(token: str | None) -> None:
     if token is not None and not TOKEN_RE.match(token):
         raise ValueError(f"dedup token {token!r} must match {TOKEN_RE.pattern}")
@@ -236,4 +224,24 @@ class InsertingClient:
     def _insert(
         self, db: str, name: str, batch: pa.RecordBatch, token: str | None, fresh: bool
     ) -> int:
+        raise NotImplementedError
+
+    JSON_INSERT_CLAUSE = ""
+    """An inline ``SETTINGS`` clause for :meth:`insert_rows`' statement ("" = none)."""
+
+    def insert_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+        """Insert a few rows (dicts with the same keys: the columns) as one ``JSONEachRow``
+        body: small bookkeeping inserts (the intents), which ``insert_arrow`` would slow down
+        with its per-insert set-up. The values are data after ``FORMAT``, never SQL
+        (``json.dumps`` escapes them)."""
+        if not rows:
+            return
+        db, name = split_table(table, self.cfg.database)
+        cols = ", ".join(quote_ident(c) for c in rows[0])
+        clause = f" SETTINGS {self.JSON_INSERT_CLAUSE}" if self.JSON_INSERT_CLAUSE else ""
+        qt = f"{quote_ident(db)}.{quote_ident(name)}"
+        sql = f"INSERT INTO {qt} ({cols}){clause} FORMAT JSONEachRow"
+        self._insert_json(qt, sql, "\n".join(json.dumps(r) for r in rows))
+
+    def _insert_json(self, qt: str, sql: str, body: str) -> None:
         raise NotImplementedError

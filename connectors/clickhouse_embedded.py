@@ -23,7 +23,6 @@ from connectors.clickhouse_client import (
     ClickHouseError,
     InsertingClient,
     TableColumns,
-    json_rows_insert,
     split_table,
     sql_literal,
 )
@@ -189,8 +188,6 @@ def _pylists(res: pa.Table | None) -> list[list]:
     return [c.to_pylist() for c in res.columns]
 
 
-_SYNC = "async_insert = 0"
-
 
 class _ArrowStream:
     """A batch as an Arrow C stream only. chdb's ``Python()`` reads such an object through
@@ -231,14 +228,12 @@ class EmbeddedClient(InsertingClient):
     def supports_dedup_token(self, table: str | None = None) -> bool:
         return True
 
-    def insert_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
-        """A few rows as an inline ``JSONEachRow`` body: one row into the intents table costs
-        ~5 ms of CPU this way, ~9 ms through ``Python()`` (its set-up, not the row). Not an
-        async insert (chdb's default): that would batch it with others behind a timer."""
-        if not rows:
-            return
-        db, name = split_table(table, self.cfg.database)
-        sql, body = json_rows_insert(f"{quote_ident(db)}.{quote_ident(name)}", rows, _SYNC)
+    # Not an async insert (chdb's default): that would batch it with others behind a timer.
+    JSON_INSERT_CLAUSE = "async_insert = 0"
+
+    def _insert_json(self, qt: str, sql: str, body: str) -> None:
+        """One intent row costs ~5 ms of CPU as an inline body, ~9 ms through ``Python()``
+        (its set-up, not the row)."""
         with self._engine.lock:
             try:
                 self._engine.session.query(f"{sql}\n{body}")
