@@ -19,8 +19,9 @@ under its own ``insert_deduplication_token`` as the sink sends one, blocks of ``
 rows (the flow's 16 MiB range holds ~36K spans); the file cases of a bigger block read several
 block files in one insert (ClickHouse squashes them into one block). CPU = ``getrusage`` of
 the process (every thread) from the first insert to: *stored* = the last insert returned;
-*one part* = no merge running for ``--quiet-s`` and ``OPTIMIZE TABLE ... FINAL`` on every
-MergeTree table of the case (merges included, as ``bench/mergetree_bench.py``'s "one part").
+*one part* = no merge running for ``--quiet-s``, then ``OPTIMIZE TABLE ... FINAL`` on each
+MergeTree table of the case that still holds more than one part in a partition (merges
+included, as ``bench/mergetree_bench.py``'s "one part", which also rewrites a lone part).
 
 Variants of the default schema (DDL from ``init_schema`` / ``metrics_ddl``, rewritten from
 ``SHOW CREATE``): ``null`` (``ENGINE = Null`` copy, no view), ``lz4`` (no CODEC clauses: the
@@ -32,8 +33,9 @@ server (a private 18.16 instance started here on ``--server-ports`` unless ``--s
 names a running one and ``--server-pid`` its process) and count the SERVER process's CPU
 (/proc/<pid>/stat) per span into a Null copy and into the default (legacy) schema.
 
-    python bench/clickhouse_floor.py              # a few minutes
-    python bench/clickhouse_floor.py --quick      # seconds
+    python bench/clickhouse_floor.py              # the main cases, ~5 minutes (loaded box: ~10)
+    python bench/clickhouse_floor.py --all --repeat 3   # every variant, ~30 minutes
+    python bench/clickhouse_floor.py --quick      # ~1 minute, one repeat of small inputs
 
 Not a test: no thresholds. Prints a table, writes ``bench/results/clickhouse_floor.json``.
 """
@@ -164,7 +166,8 @@ def run_case(client, db: str, merged: list[str], inserts: list[Callable[[], None
     c1 = clock()
     parts = to_one_part(client, db, merged, quiet_s)
     c2 = clock()
-    return {"stored_s": c1 - c0, "one_part_s": c2 - c0 if merged else None, "parts": parts}
+    return {"stored_s": c1 - c0, "one_part_s": c2 - c0 if merged else None, "parts": parts,
+            "load": os.getloadavg()[0]}  # fmt: skip
 
 
 # --- inputs -------------------------------------------------------------------------------
@@ -310,31 +313,32 @@ def chdb_case(client, sig: Signal, op: str, variant: str, fmt: str, k: int,  # t
     return {**res, "rows": sum(r for _, r in groups), "inserts": len(inserts)}
 
 
-TRACE_CASES = [  # (op, variant, format)
-    ("parse", "", "native_lc"),
-    ("parse", "", "native_plain"),
-    ("parse", "", "rowbinary"),
-    ("insert", "null", "native_lc"),
-    ("insert", "null", "native_plain"),
-    ("insert", "null", "rowbinary"),
-    ("insert", "null", "arrow"),
-    ("insert", "null_no_lc", "native_plain"),
-    ("insert", "default", "native_lc"),
-    ("insert", "default", "arrow"),
-    ("insert", "lz4", "native_lc"),
-    ("insert", "no_skip", "native_lc"),
-    ("insert", "no_lc", "native_plain"),
-    ("insert", "bare", "native_lc"),
+# (op, variant, format, in the default set: the rest run with --all)
+TRACE_CASES = [
+    ("parse", "", "native_lc", True),
+    ("parse", "", "native_plain", False),
+    ("parse", "", "rowbinary", False),
+    ("insert", "null", "native_lc", True),
+    ("insert", "null", "native_plain", True),
+    ("insert", "null", "rowbinary", False),
+    ("insert", "null", "arrow", True),
+    ("insert", "null_no_lc", "native_plain", False),
+    ("insert", "default", "native_lc", True),
+    ("insert", "default", "arrow", True),
+    ("insert", "lz4", "native_lc", False),
+    ("insert", "no_skip", "native_lc", False),
+    ("insert", "no_lc", "native_plain", False),
+    ("insert", "bare", "native_lc", True),
 ]
 METRIC_CASES = [
-    ("parse", "", "native_lc"),
-    ("insert", "null", "native_lc"),
-    ("insert", "null", "arrow"),
-    ("insert", "default", "native_lc"),
-    ("insert", "default", "arrow"),
-    ("insert", "lz4", "native_lc"),
-    ("insert", "no_skip", "native_lc"),
-    ("insert", "bare", "native_lc"),
+    ("parse", "", "native_lc", True),
+    ("insert", "null", "native_lc", True),
+    ("insert", "null", "arrow", True),
+    ("insert", "default", "native_lc", True),
+    ("insert", "default", "arrow", True),
+    ("insert", "lz4", "native_lc", False),
+    ("insert", "no_skip", "native_lc", False),
+    ("insert", "bare", "native_lc", True),
 ]
 
 
@@ -405,19 +409,21 @@ def summarize(name: str, unit: str, k_rows: int, runs: list[dict], key: str) -> 
             "median": round(statistics.median(vals), 3), "min": round(min(vals), 3),
             "max": round(max(vals), 3), "runs": [round(v, 3) for v in vals],
             "rows": runs[0]["rows"], "inserts": runs[0]["inserts"],
+            "load": [round(r["load"], 1) for r in runs],
             "parts_after": runs[0]["parts"]}  # fmt: skip
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cpu", type=int, default=0, help="core to pin this process to")
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--spans", type=int, default=1_000_000, help="spans per parse / Null case")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--all", action="store_true", help="every case (lz4, no_skip, no_lc, ...)")
+    ap.add_argument("--spans", type=int, default=504_000, help="spans per parse / Null case")
     ap.add_argument("--mt-spans", type=int, default=432_000, help="spans per MergeTree case")
     ap.add_argument("--pool-spans", type=int, default=216_000, help="distinct spans prepared")
     ap.add_argument("--block", type=int, default=36_000, help="spans per block (one range)")
     ap.add_argument("--big", type=int, default=6, help="blocks per insert of the big size")
-    ap.add_argument("--points", type=int, default=1_000_000, help="data points per Null case")
+    ap.add_argument("--points", type=int, default=500_000, help="data points per Null case")
     ap.add_argument("--mt-points", type=int, default=480_000, help="per MergeTree case")
     ap.add_argument("--pool-points", type=int, default=160_000)
     ap.add_argument("--metric-block", type=int, default=40_000, help="data points per block")
@@ -468,9 +474,10 @@ def main() -> int:
               f"({sum(f.stat().st_size for f in shm.rglob('*')) >> 20} MiB); "
               f"metrics tables {mtables}", flush=True)  # fmt: skip
         bigs = {"traces": args.big, "metrics": args.metric_big}
-        plan = [(sig, c, k) for sig, cases in zip(sigs, (TRACE_CASES, METRIC_CASES), strict=True)
+        plan = [(sig, c[:3], k) for sig, cases in zip(sigs, (TRACE_CASES, METRIC_CASES),
+                                                      strict=True)
                 for c in cases for k in (1, bigs[sig.name])
-                if only.search(case_name(sig.name, *c))]  # fmt: skip
+                if (c[3] or args.all) and only.search(case_name(sig.name, *c[:3]))]  # fmt: skip
         runs: dict[tuple[str, int], list[dict]] = {}
         for i in range(args.repeat):
             for sig, (op, variant, fmt), k in plan:
@@ -481,7 +488,7 @@ def main() -> int:
                        if r["one_part_s"] else "")  # fmt: skip
                 print(f"[{i}] {name:<40} x{k}: {r['stored_s'] / r['rows'] * 1e6:.2f} us/"
                       f"{sig.unit} stored{one} ({r['rows']} rows, {r['inserts']} inserts, "
-                      f"{r['parts']} parts)", flush=True)  # fmt: skip
+                      f"{r['parts']} parts, load {r['load']:.1f})", flush=True)  # fmt: skip
         if not args.no_server and only.search("server traces"):
             runs.update(server_runs(args, sigs[0]))
         for (name, rows), rs in runs.items():
@@ -532,7 +539,8 @@ def server_runs(args: argparse.Namespace, sig: Signal) -> dict[tuple[str, int], 
                                if r["one_part_s"] else "")  # fmt: skip
                         per = {key: r[key] / r["rows"] * 1e6 for key in ("stored_s", "client_s")}
                         print(f"[{i}] {name:<40} x{k}: server {per['stored_s']:.2f} us/span "
-                              f"stored{one}; client {per['client_s']:.2f} ({r['parts']} parts)",
+                              f"stored{one}; client {per['client_s']:.2f} ({r['parts']} parts, "
+                              f"load {r['load']:.1f})",
                               flush=True)  # fmt: skip
         finally:
             admin.execute("DROP DATABASE IF EXISTS floor_tmpl")
