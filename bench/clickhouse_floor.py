@@ -428,6 +428,7 @@ def main() -> int:
     ap.add_argument("--pool-points", type=int, default=160_000)
     ap.add_argument("--metric-block", type=int, default=40_000, help="data points per block")
     ap.add_argument("--metric-big", type=int, default=4)
+    ap.add_argument("--merge-wait-mib", type=int, help="the arrow cases' client setting")
     ap.add_argument("--quiet-s", type=float, default=1.0, help="no merge this long = done")
     ap.add_argument("--only", default="", help="regex: cases to run (e.g. 'traces insert')")
     ap.add_argument("--no-server", action="store_true")
@@ -450,6 +451,8 @@ def main() -> int:
     shm = Path(tempfile.mkdtemp(prefix="otelwax-floor-", dir="/dev/shm"))
     chdb_dir = tempfile.mkdtemp(prefix="otelwax-floor-chdb-")
     cfg = ClickHouseConfig(path=chdb_dir, database="tmpl_traces")
+    if args.merge_wait_mib is not None:
+        cfg = cfg.model_copy(update={"merge_wait_mib": args.merge_wait_mib})
     client = open_client(cfg)
     results: list[dict] = []
     try:
