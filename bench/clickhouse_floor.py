@@ -180,7 +180,6 @@ class Inputs:
         self.dir = shm / name
         self.dir.mkdir()
         self.batches: list[dict[str, pa.RecordBatch]] = []  # per block: table -> batch
-        self.rows = 0  # rows per block, all tables
 
     def path(self, fmt: str, table: str, i: int) -> Path:
         return self.dir / f"{table}.{i}.{fmt}"
@@ -202,11 +201,9 @@ class Inputs:
                     )
 
     def file_source(self, fmt: str, table: str, first: int, count: int, cols: dict) -> str:
-        """``file(...)`` over ``count`` block files from ``first``."""
-        if count == 1:
-            p = str(self.path(fmt, table, first))
-        else:
-            p = str(self.path(fmt, table, 0)).replace(".0.", f".{{{first}..{first + count - 1}}}.")
+        """``file(...)`` over ``count`` block files from ``first`` (one sorted run each)."""
+        blocks = str(first) if count == 1 else f"{{{first}..{first + count - 1}}}"
+        p = self.dir / f"{table}.{blocks}.{fmt}"
         if fmt == "rowbinary":
             struct = ", ".join(f"`{n}` {ty}" for n, ty in plain(cols).items())
             return f"file('{p}', 'RowBinary', '{struct}')"
