@@ -121,7 +121,7 @@ def _events(client) -> dict[str, int]:  # type: ignore[no-untyped-def]
     return {k: int(v) for k, v in rows}
 
 
-def _quiesce(client, quiet_s: float, limit_s: float) -> None:  # type: ignore[no-untyped-def]
+def quiesce(client, quiet_s: float, limit_s: float) -> None:  # type: ignore[no-untyped-def]
     """Return once no merge has been running for ``quiet_s`` (at most ``limit_s``)."""
     deadline = time.monotonic() + limit_s
     idle_since = time.monotonic()
@@ -195,7 +195,7 @@ def run_in_flow(spec_path: str, argv: list[str]) -> None:
             if exc.code:
                 raise
         c1, t1 = _cpu(), time.monotonic()
-        _quiesce(client, spec["quiet_s"], 300)
+        quiesce(client, spec["quiet_s"], 300)
         c2, t2 = _cpu(), time.monotonic()
         # Merges during a run depend on timing (a slower run merges further), so every
         # variant is also brought to one part per partition: the whole merge bill.
