@@ -309,18 +309,20 @@ class StringArena:
         try:
             if self._want > len(self._buf):  # a new object: views of the old one stay valid
                 self._buf = bytearray(self._want)
-            buf, at = self._buf, 0
+            buf, at, total = self._buf, 0, 0
 
             def strings(arr: pa.Array) -> Any:
-                nonlocal at
+                nonlocal at, total
                 size = native.native_strings_into(arr, buf, at)
-                if at + size > len(buf):  # sized for next time, with room for bigger blocks
-                    self._want = max(self._want, at + size + (at + size) // 8)
+                total += size
+                if at + size > len(buf):
                     return native.native_strings(arr)
                 at += size
                 return memoryview(buf)[at - size : at]
 
             yield strings
+            # the next block fits if it is up to 1/8 bigger than the largest so far
+            self._want = max(self._want, total + total // 8)
         finally:
             self._lock.release()
 
