@@ -1,10 +1,13 @@
 """Arrow batches encoded as ClickHouse ``Native`` blocks, vectorized (numpy and Arrow compute,
 no Python objects per row): ``plan_columns`` matches a batch schema to a table's columns,
-``encode_native`` writes one block for the HTTP interface."""
+``encode_native`` writes one block for the HTTP interface; a ``StringArena`` holds its String
+columns from one block to the next."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +20,7 @@ from connectors.clickhouse_types import ChType, parse_type
 from otelwax.arrowbufs import values_view
 from otelwax.codec import codec_name, native
 
-__all__ = ["TOKEN_COLUMN", "InsertPlan", "encode_native", "plan_columns"]
+__all__ = ["TOKEN_COLUMN", "InsertPlan", "StringArena", "encode_native", "plan_columns"]
 
 
 class _Incompatible(TypeError):
@@ -121,7 +124,9 @@ def map_parts(arr: pa.Array) -> tuple[pa.Array, pa.Array]:
 
 
 def _encoder(atype: pa.DataType, t: ChType) -> Callable[[pa.Array], list[Any]]:
-    """Function that encodes an Arrow array of ``atype`` as ClickHouse type ``t`` (Native)."""
+    """Function that encodes an Arrow array of ``atype`` as ClickHouse type ``t`` (Native): its
+    pieces, bytes-like except a String column's, which stays the Arrow array for
+    ``native_parts`` to encode (into a ``StringArena`` when it has one)."""
     name = t.name
     if name == "LowCardinality":
         return _encoder(atype, t.args[0])
@@ -130,7 +135,7 @@ def _encoder(atype: pa.DataType, t: ChType) -> Callable[[pa.Array], list[Any]]:
         return lambda a: [bytes(len(a)), *inner(a)]
     if name == "String":
         if pa.types.is_string(atype) or pa.types.is_large_string(atype):
-            return lambda a: [_enc_strings(a)]
+            return lambda a: [a]
         raise _Incompatible(f"{atype} cannot be stored as String")
     if pa.types.is_timestamp(atype):
         if name == "DateTime":
@@ -278,14 +283,65 @@ def plan_columns(schema: pa.Schema, table_cols: dict[str, str]) -> InsertPlan:
     return InsertPlan(tuple(cols), tuple(problems), token, json)
 
 
+class StringArena:
+    """One buffer, reused block after block, that the native codec writes a block's String
+    columns into (most of a block's bytes). A fresh ``bytes`` per column cost a zero-fill and,
+    being a new mapping (glibc's mmap threshold is 1 MiB, ``otelwax.memory``), a page fault per
+    4 KiB on first write, then an unmap. The buffer grows to the largest block seen; a column
+    that does not fit yet gets its own ``bytes``. One block at a time: the pieces of a block
+    are views of the buffer, valid until the next ``block()``."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._want = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def block(self) -> Iterator[Callable[[pa.Array], Any] | None]:
+        """The String encoder for one block whose pieces are used (sent) inside the ``with``;
+        None when the arena is in use by another thread or the reference encoder runs."""
+        if not (native.NATIVE_STRINGS_INTO and codec_name() == "native"):
+            yield None
+            return
+        if not self._lock.acquire(blocking=False):
+            yield None
+            return
+        try:
+            if self._want > len(self._buf):  # a new object: views of the old one stay valid
+                self._buf = bytearray(self._want)
+            buf, at, total = self._buf, 0, 0
+
+            def strings(arr: pa.Array) -> Any:
+                nonlocal at, total
+                size = native.native_strings_into(arr, buf, at)
+                total += size
+                if at + size > len(buf):
+                    return native.native_strings(arr)
+                at += size
+                return memoryview(buf)[at - size : at]
+
+            yield strings
+            # the next block fits if it is up to 1/8 bigger than the largest so far
+            self._want = max(self._want, total + total // 8)
+        finally:
+            self._lock.release()
+
+
 def encode_native(batch: pa.RecordBatch, plan: InsertPlan, token: str = "") -> bytes:
     """One ClickHouse ``Native`` block (HTTP flavour: no block info) holding the planned columns."""
     return b"".join(native_parts(batch, plan, token))
 
 
-def native_parts(batch: pa.RecordBatch, plan: InsertPlan, token: str = "") -> list[Any]:
+def native_parts(
+    batch: pa.RecordBatch,
+    plan: InsertPlan,
+    token: str = "",
+    strings: Callable[[pa.Array], Any] | None = None,
+) -> list[Any]:
     """``encode_native``'s block as the bytes-like pieces it is made of, in order (a request
-    body sent piece by piece needs no copy of the whole block)."""
+    body sent piece by piece needs no copy of the whole block); String columns written by
+    ``strings`` (a ``StringArena.block()``) when given."""
+    strings = strings or _enc_strings
     n = batch.num_rows
     parts: list[Any] = [_varint(len(plan.cols)), _varint(n)]
     for c in plan.cols:
@@ -295,5 +351,6 @@ def native_parts(batch: pa.RecordBatch, plan: InsertPlan, token: str = "") -> li
             tok = token.encode()
             parts.append((_varint(len(tok)) + tok) * n)
         else:
-            parts.extend(c.encode(batch.column(c.source)))
+            for p in c.encode(batch.column(c.source)):
+                parts.append(strings(p) if isinstance(p, pa.Array) else p)
     return parts

@@ -49,7 +49,12 @@ from connectors.clickhouse_sink import ClickHouseSink, StoredRange
 from connectors.dlq import DeadLetter, DeadLetterError, DeadLetterProducer, row_letters
 from connectors.kafka_source import KafkaRange, PartitionedKafkaSource, RangeAcks
 from otelwax.logs import current_step, instrument
-from otelwax.memory import freeze_startup_objects, start_release
+from otelwax.memory import (
+    MMAP_THRESHOLD,
+    SERVER_MMAP_THRESHOLD,
+    freeze_startup_objects,
+    start_release,
+)
 from otelwax.schemas import LOGS_SCHEMA, TRACES_SCHEMA
 from otelwax.telemetry import (
     ComponentMetrics,
@@ -483,7 +488,10 @@ def build_dataflow(
     def on_start() -> None:
         stop_on_sigterm()
         start_progress_log(settings.progress_s)
-        start_release(settings.source.release_memory_s)
+        server = settings.clickhouse.mode == "server"
+        start_release(
+            settings.source.release_memory_s, SERVER_MMAP_THRESHOLD if server else MMAP_THRESHOLD
+        )
         freeze_startup_objects()
         if port is not None:
             serve_flow_metrics(port, addr, settings.health)

@@ -7,6 +7,8 @@
 //!   encode_traces(schema_capsule, array_capsule) -> bytes   (ExportTraceServiceRequest)
 //!   split_traces(payload, limit, validate) -> ([(key, value)], spans, rejected)  (ingest)
 //!   native_strings(schema_capsule, array_capsule) -> bytes  (ClickHouse Native String column)
+//!   native_strings_into(schema_capsule, array_capsule, out: bytearray, at) -> size  (the same
+//!     body written into out[at:at + size] when it fits; out is left alone when it does not)
 //! The batch is handed over through the Arrow C data interface (no copy) with the exact
 //! otelwax.schemas schema; errors is a list of (index, reason) and rows the row count each
 //! payload contributed. encode_traces takes the capsules of `batch.__arrow_c_array__()`.
@@ -40,7 +42,7 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyCapsule, PyDict, PyList, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyCapsule, PyDict, PyList, PyTuple};
 use std::collections::HashMap;
 
 pub type DecodeOut<O> = (O, Vec<(usize, String)>, Vec<usize>);
@@ -240,6 +242,27 @@ fn native_strings<'py>(
     })
 }
 
+/// `native_strings`' body written into `out[at..]` of a caller's reusable buffer (no fresh,
+/// zero-filled bytes per column), if it fits; returns its size either way.
+#[pyfunction]
+fn native_strings_into<'py>(
+    schema: Bound<'py, PyCapsule>,
+    array: Bound<'py, PyCapsule>,
+    out: Bound<'py, PyByteArray>,
+    at: usize,
+) -> PyResult<usize> {
+    let arr = arrow_array::make_array(import_array(&schema, &array)?);
+    let s = chnative::Strings::of(arr.as_ref()).map_err(PyValueError::new_err)?;
+    let size = s.encoded_len();
+    // SAFETY: the GIL is held from here to the end of the write and nothing in between runs
+    // Python code, so the bytearray cannot be resized or freed while it is borrowed.
+    let buf = unsafe { out.as_bytes_mut() };
+    if let Some(dst) = buf.get_mut(at..).and_then(|b| b.get_mut(..size)) {
+        s.write(dst);
+    }
+    Ok(size)
+}
+
 /// Encodes otel_traces rows (Arrow PyCapsules of a struct array / record batch) as one
 /// serialized ExportTraceServiceRequest.
 #[pyfunction]
@@ -324,6 +347,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_traces, m)?)?;
     m.add_function(wrap_pyfunction!(split_traces, m)?)?;
     m.add_function(wrap_pyfunction!(native_strings, m)?)?;
+    m.add_function(wrap_pyfunction!(native_strings_into, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -41,6 +41,7 @@ __all__ = [
     "decode_traces",
     "encode_traces",
     "native_strings",
+    "native_strings_into",
 ]
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ except ImportError as exc:  # not built (no Rust toolchain at install time)
 AVAILABLE: bool = _native is not None
 NATIVE_STRINGS: bool = hasattr(_native, "native_strings")
 """Whether the built extension has ``native_strings`` (an older build may not)."""
+NATIVE_STRINGS_INTO: bool = hasattr(_native, "native_strings_into")
 
 
 def _mod() -> ModuleType:
@@ -117,3 +119,10 @@ def native_strings(arr: pa.Array) -> bytes:
     row the byte length as a LEB128 varint, then the bytes; nulls as empty strings."""
     schema_capsule, array_capsule = arr.__arrow_c_array__()
     return _mod().native_strings(schema_capsule, array_capsule)
+
+
+def native_strings_into(arr: pa.Array, out: bytearray, at: int) -> int:
+    """:func:`native_strings`' body written into ``out[at:at + size]`` if it fits (``out`` is
+    left alone if not); returns ``size`` either way."""
+    schema_capsule, array_capsule = arr.__arrow_c_array__()
+    return _mod().native_strings_into(schema_capsule, array_capsule, out, at)

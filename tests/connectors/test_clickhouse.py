@@ -16,6 +16,7 @@ from connectors.clickhouse import (
     check_table,
     init_schema,
     parse_type,
+    plan_columns,
 )
 from connectors.clickhouse_schema import TableOptions, logs_ddl, quote_ident, traces_ddl
 from otelwax.codec.pydecode import decode_logs, decode_traces
@@ -286,13 +287,19 @@ def test_server_legacy_insert_and_read_back(ch_server, fmt: str) -> None:
     ).batch
     batch = batch.slice(3, 150)  # sliced buffers must encode correctly too
     assert ch_server.insert_arrow(cfg.traces_table, batch) == 150
+    _assert_server_holds(ch_server, batch)
+
+
+def _assert_server_holds(ch_server, batch: pa.RecordBatch) -> None:
+    """The legacy traces table holds exactly ``batch``'s spans, field by field."""
+    cfg = ch_server.cfg
     rows = ch_server._driver.execute(
         f"SELECT * FROM {cfg.database}.{cfg.traces_table} ORDER BY SpanId", with_column_types=True
     )
     names = [c[0] for c in rows[1]]
     got = [dict(zip(names, r, strict=True)) for r in rows[0]]
     want = batch.take(pc.sort_indices(batch.column("SpanId"))).to_pylist()
-    assert len(got) == len(want) == 150
+    assert len(got) == len(want) == batch.num_rows
     for g, e in zip(got, want, strict=True):
         assert g["TimestampNs"] == e["Timestamp"].value
         assert int(g["Timestamp"].timestamp()) == e["Timestamp"].value // 10**9
@@ -322,6 +329,40 @@ def test_server_legacy_insert_and_read_back(ch_server, fmt: str) -> None:
             list(zip(k, v, strict=True))
             for k, v in zip(g["Links.Attributes.keys"], g["Links.Attributes.values"], strict=True)
         ] == e["Links.Attributes"]
+
+
+def test_server_inserts_in_turn_and_at_once_store_exactly_their_rows(ch_server) -> None:
+    """A server client writes the String columns of each insert into one buffer it reuses
+    (``StringArena``): inserts that grow, shrink, and two threads inserting at once through
+    the same client each store exactly their own rows."""
+    from otelwax.codec import decode_traces as decode
+
+    cfg = ch_server.cfg
+    init_schema(ch_server, cfg)
+    full = decode(
+        trace_payloads(12, links_per_span=1, events_per_span=2, all_value_types=True, unicode=True)
+    ).batch
+    assert full.num_rows >= 1000
+    in_turn = [full.slice(0, 40), full.slice(40, 300), full.slice(340, 25), full.slice(365, 200)]
+    for b in in_turn:
+        assert ch_server.insert_arrow(cfg.traces_table, b) == b.num_rows
+    rest = [full.slice(o, 50) for o in range(565, full.num_rows, 50)]
+    errors: list[BaseException] = []
+
+    def insert(batches: list[pa.RecordBatch]) -> None:
+        try:
+            for b in batches:
+                ch_server.insert_arrow(cfg.traces_table, b)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=insert, args=(rest[k::2],)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    _assert_server_holds(ch_server, full)
 
 
 def test_server_emulated_dedup_token(ch_server) -> None:
@@ -663,3 +704,36 @@ def test_the_native_string_encoder_writes_what_the_arrow_reference_writes(arr) -
 
     assert native.NATIVE_STRINGS, "otelwax._native lacks native_strings: rebuild native/"
     assert bytes(_enc_strings(arr)) == bytes(enc_strings_arrow(arr))
+    out = bytearray(b"\xee" * (len(want := bytes(enc_strings_arrow(arr))) + 7))
+    assert native.native_strings_into(arr, out, 3) == len(want)
+    assert out[3 : 3 + len(want)] == want and out[:3] + out[3 + len(want) :] == b"\xee" * 7
+    if want:  # one byte short: told the size, nothing written
+        short = bytearray(len(want) - 1)
+        assert native.native_strings_into(arr, short, 0) == len(want)
+        assert short == bytes(len(want) - 1)
+
+
+def test_blocks_encoded_through_a_string_arena_are_the_reference_blocks(ch_server) -> None:
+    """A ``StringArena`` reused block after block (growing, shrinking, or busy in another
+    block) gives the same Native block as the reference encoder, here for the server's
+    legacy traces table (Strings, Arrays of Strings, nested Arrays, the token column)."""
+    from connectors.clickhouse_native import StringArena, enc_strings_arrow, native_parts
+    from otelwax.codec import decode_traces as decode
+
+    cfg = ch_server.cfg
+    init_schema(ch_server, cfg)
+    full = decode(
+        trace_payloads(6, links_per_span=1, events_per_span=2, all_value_types=True, unicode=True)
+    ).batch
+    plan = plan_columns(full.schema, ch_server.table_columns(f"{cfg.database}.{cfg.traces_table}"))
+    assert plan.problems == () and plan.token_column
+    arena = StringArena()
+    for off, n in ((0, 30), (30, 400), (430, 10), (440, 150), (5, 400)):
+        b = full.slice(off, n)
+        with arena.block() as strings:
+            assert strings is not None
+            got = b"".join(native_parts(b, plan, "tok", strings))
+            with arena.block() as busy:  # one block at a time: another gets its own bytes
+                assert busy is None
+                assert b"".join(native_parts(b, plan, "tok", busy)) == got
+        assert got == b"".join(native_parts(b, plan, "tok", enc_strings_arrow))
