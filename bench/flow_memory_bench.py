@@ -85,6 +85,28 @@ def _cpu_s() -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _cpu_by_thread(seen: dict[str, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds by kind of thread: ``cpu_rdk`` librdkafka's, ``cpu_py`` Python's (the
+    bytewax worker, the sink's writer), ``cpu_chdb`` the rest (chdb's pools, jemalloc).
+    ``seen`` keeps each thread's last count, so threads that ended still count (up to their
+    last look)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as fh:
+                name = fh.read().strip()
+            with open(f"/proc/self/task/{tid}/stat") as fh:
+                fields = fh.read().rpartition(")")[2].split()
+        except OSError:  # ended meanwhile
+            continue
+        kind = "rdk" if name.startswith("rdk:") else "py" if name.startswith("python") else "chdb"
+        seen[tid] = (kind, (int(fields[11]) + int(fields[12])) / tick)
+    out = {"cpu_rdk": 0.0, "cpu_py": 0.0, "cpu_chdb": 0.0}
+    for kind, cpu in seen.values():
+        out[f"cpu_{kind}"] += cpu
+    return out
+
+
 def _dump_anon_mappings(path: str) -> None:
     """The 40 largest resident mappings (anonymous and file) of this process, with glibc's
     arena statistics (``malloc_info``), to ``path``."""
@@ -205,6 +227,17 @@ def probe(out_path: str, argv: list[str]) -> None:
         acks.add(self)
 
     RangeAcks.__init__ = acks_init  # type: ignore[method-assign]
+    # Ranges emitted: an insert each, so smaller ranges (a slower, loaded run cuts them by
+    # age) cost CPU per span of their own; reported to tell that from the variant's cost.
+    emitted = RangeAcks.emitted
+    n_ranges = [0, 0]  # all, and those cut at >= 15 MiB (source.batch.max_bytes: 16 MiB)
+
+    def count_emitted(self: RangeAcks, *a, **kw) -> None:  # type: ignore[no-untyped-def]
+        n_ranges[0] += 1
+        n_ranges[1] += a[3] >= 15 * MIB  # (topic, partition, first, nbytes, last)
+        emitted(self, *a, **kw)
+
+    RangeAcks.emitted = count_emitted  # type: ignore[method-assign]
     init_part = ks._RangePartition.__init__
 
     def part_init(self, *a, **kw) -> None:  # type: ignore[no-untyped-def]
@@ -298,8 +331,12 @@ def probe(out_path: str, argv: list[str]) -> None:
         nonlocal pageout_all_at
         with open(out_path, "w") as fh, open(out_path + ".detail", "w") as dfh:
             n = 0
+            threads: dict[str, tuple[str, float]] = {}
+            by_thread = _cpu_by_thread(threads)
             while not stop.wait(0.2):
                 n += 1
+                if n % 5 == 0:  # once a second: ~50 threads, two reads each
+                    by_thread = _cpu_by_thread(threads)
                 if trim:
                     libc.malloc_trim(0)
                 if release:
@@ -333,6 +370,9 @@ def probe(out_path: str, argv: list[str]) -> None:
                     "inflight": sum(a.inflight_bytes for a in list(acks)),
                     "buffered": sum(p._nbytes for p in list(parts)),
                     "chdb": chdb_mem["v"],
+                    "ranges": n_ranges[0],
+                    "ranges_full": n_ranges[1],
+                    **by_thread,
                 }
                 rec.update(je)
                 fh.write(json.dumps(rec) + "\n")
@@ -468,15 +508,15 @@ def run_one(
     if rc:
         raise RuntimeError(f"flow exited with {rc}:\n{text[-3000:]}")
     rows = [json.loads(x) for x in samples.read_text().splitlines() if x.strip()]
-    peak = {k: max((r[k] for r in rows), default=0) for k in rows[0] if k not in ("t", "cpu")}
+    keys = [k for k in rows[0] if k not in ("t", "cpu") and not k.startswith("cpu_")]
+    peak = {k: max((r[k] for r in rows), default=0) for k in keys}
     at_peak = max(rows, key=lambda r: r["rss"])
     busy = [r for r in rows if r["buffered"] or r["inflight"] or r["fetchq"]]
     drain = (busy[-1]["t"] - busy[0]["t"]) if len(busy) > 1 else wall
     # CPU of the whole process (all threads) while it drained: startup and imports excluded.
     cpu = (busy[-1]["cpu"] - busy[0]["cpu"]) if len(busy) > 1 else rows[-1]["cpu"]
-    series = [
-        {k: (v if k in ("t", "cpu") else round(v / MIB)) for k, v in r.items()} for r in rows[::5]
-    ]
+    raw = ("t", "cpu", "ranges", "ranges_full", "cpu_rdk", "cpu_py", "cpu_chdb")  # not bytes
+    series = [{k: (v if k in raw else round(v / MIB)) for k, v in r.items()} for r in rows[::5]]
     drained = sorted(r["rss"] for r in busy) or [0]  # RSS over the drain: the steady state
     dpath = Path(str(samples) + ".detail")
     details = [json.loads(x) for x in dpath.read_text().splitlines() if x.strip()]
@@ -484,6 +524,11 @@ def run_one(
         "wall_s": round(wall, 1),
         "drain_s": drain,
         "cpu_s": round(cpu, 2),
+        # over the drain, by kind of thread (see _cpu_by_thread; 0 from older probes)
+        "cpu_by_thread": {
+            k: round(busy[-1].get(k, 0) - busy[0].get(k, 0), 2) if len(busy) > 1 else 0
+            for k in ("cpu_rdk", "cpu_py", "cpu_chdb")
+        },
         "rss_median_mib": round(statistics.median(drained) / MIB),
         "rss_p90_mib": round(drained[int(0.9 * (len(drained) - 1))] / MIB),
         "peak": peak,
@@ -581,9 +626,16 @@ def main() -> int:
                         r["spans_per_cpu_s"] = round(spans / max(r["cpu_s"], 0.01))
                         key = f"{target} {name}"
                         results.setdefault(key, []).append(r)
-                        mib = {k: round(v / MIB) for k, v in r["peak"].items()}
+                        mib = {
+                            k: (v if k.startswith("ranges") else round(v / MIB))
+                            for k, v in r["peak"].items()
+                        }
                         at = r["at_peak_rss"]
-                        at = {k: round(v / MIB) for k, v in at.items() if k not in ("t", "cpu")}
+                        at = {
+                            k: round(v / MIB)
+                            for k, v in at.items()
+                            if k not in ("t", "cpu") and not k.startswith(("ranges", "cpu_"))
+                        }
                         print(
                             f"{key:<24} {r['spans_per_s']:>7} sp/s {r['spans_per_cpu_s']:>7} "
                             f"sp/cpu-s RSS median/p90 {r['rss_median_mib']}/{r['rss_p90_mib']} "
@@ -596,6 +648,7 @@ def main() -> int:
                             k: (v if k in ("t", "threads", "n_anon_maps") else round(v / MIB))
                             for k, v in bm.items()
                             if k not in ("cpu", "pss", "fetchq", "inflight", "buffered")
+                            and not k.startswith(("ranges", "cpu_"))
                             and k not in ("top_files_mib", "thread_names")
                         }
                         print(f"{'':<24} {'':>7}      by mapping {bm}", flush=True)

@@ -75,6 +75,28 @@ CONSUMER_LAG = Gauge(
 )
 
 
+_MIN_FETCH_BYTES = 128 * 1024
+_CONSUMER_MESSAGE_MAX_BYTES = 1_000_000
+"""librdkafka's ``message.max.bytes``, below which it refuses ``fetch.max.bytes``."""
+
+
+def prefetch_conf(prefetch_bytes: int) -> dict[str, int]:
+    """librdkafka's prefetch of one partition (one consumer per partition) for
+    ``source.prefetch_bytes``: its queue plus one fetch in flight (bounds RSS).
+
+    The queue (``queued.max.messages.kbytes``) counts decompressed records, a fetch's limit
+    (``max.partition.fetch.bytes``) compressed bytes: with lz4 (~3x on spans) a fetch of half
+    the queue held 1.5 x the queue again once decompressed. A fetch of an eighth keeps the
+    queue the bound (~1.4 x prefetch_bytes at 3x). A record batch bigger than the fetch is
+    still returned whole (Kafka >= 0.10.1, KIP-74). ``source.extra`` overrides these."""
+    fetch = max(prefetch_bytes // 8, _MIN_FETCH_BYTES)
+    return {
+        "queued.max.messages.kbytes": max(prefetch_bytes // 1024, 1),
+        "max.partition.fetch.bytes": fetch,
+        "fetch.max.bytes": max(fetch, _CONSUMER_MESSAGE_MAX_BYTES),
+    }
+
+
 class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
     def __init__(
         self,
@@ -106,11 +128,7 @@ class _RangePartition(StatefulSourcePartition[KafkaRange, int]):
                 "enable.auto.offset.store": False,
                 "enable.partition.eof": True,
                 "auto.offset.reset": "earliest",
-                # librdkafka's prefetch of this partition (one consumer per partition): its
-                # queue plus one fetch in flight, ~1.5 x prefetch_bytes (bounds RSS)
-                "queued.max.messages.kbytes": max(cfg.prefetch_bytes // 1024, 1),
-                "fetch.max.bytes": max(cfg.prefetch_bytes, 1_048_576),
-                "max.partition.fetch.bytes": max(cfg.prefetch_bytes // 2, 1_048_576),
+                **prefetch_conf(cfg.prefetch_bytes),
                 # librdkafka waits this long (default 1 s) to fetch again once the prefetch
                 # queue was full: with a backlog every partition stalled a second per range.
                 "fetch.queue.backoff.ms": 5,

@@ -54,9 +54,10 @@ class KafkaSourceConfig(StrictModel):
         4 * 1024 * 1024,
         ge=1024 * 1024,
         le=256 * 1024 * 1024,
-        description="bytes librdkafka fetches ahead per partition (its queue; one fetch of up "
-        "to half of it may be on the way besides): memory grows with it times the partitions "
-        "a process reads (a flow into a ClickHouse server defaults to 2 MiB)",
+        description="bytes librdkafka fetches ahead per partition (its queue, decompressed "
+        "records; one fetch of an eighth of it, compressed, may be on the way besides): memory "
+        "grows with it times the partitions a process reads (a flow into a ClickHouse server "
+        "defaults to 2 MiB)",
     )
     max_inflight_bytes: int = Field(
         48 * 1024 * 1024,

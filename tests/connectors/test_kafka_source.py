@@ -10,7 +10,8 @@ import pytest
 
 from connectors.kafka import KafkaConfig
 from connectors.kafka_source import KafkaSourceConfig, PartitionedKafkaSource, RangeAcks
-from tests.flows.conftest import produce
+from tests import otlpgen
+from tests.flows.conftest import produce, shim_producer_conf
 
 
 def _drain(part, want: int, timeout: float = 20.0) -> list:
@@ -293,6 +294,26 @@ def test_librdkafka_prefetches_at_most_prefetch_bytes(kafka_bootstrap: str, make
         time.sleep(3)  # librdkafka fetches in the background up to its limits
         local = sum(len(m.value() or b"") for m in p._consumer.consume(10_000, 0))
         assert 0 < local <= 3 << 20, local
+    finally:
+        p.close()
+
+
+def test_librdkafka_holds_lz4_spans_within_twice_prefetch_bytes(
+    kafka_bootstrap: str, make_topic
+) -> None:
+    """Its queue counts decompressed records but a fetch's limit compressed bytes: one fetch
+    of half the queue held ~4x prefetch_bytes locally once lz4 spans (~4x) were unpacked
+    (5.5 MiB for 1 MiB). With 10 MB of spans waiting as the shim writes them, what librdkafka
+    holds stays within twice prefetch_bytes."""
+    topic = make_topic("prefetch_lz4", partitions=1)
+    payloads = otlpgen.trace_payloads(50, seed=21)  # 100 spans, ~42 KB each
+    conf = shim_producer_conf(kafka_bootstrap)
+    produce(kafka_bootstrap, topic, payloads * 5, partition=0, conf=conf)
+    p = _source(kafka_bootstrap, topic, None, prefetch_bytes=1 << 20).build_part("kafka", "0", None)
+    try:
+        time.sleep(3)  # librdkafka fetches in the background up to its limits
+        local = sum(len(m.value() or b"") for m in p._consumer.consume(10_000, 0))
+        assert 1 << 20 <= local <= 2 << 20, local
     finally:
         p.close()
 

@@ -35,12 +35,15 @@ def produce(
     keys: Sequence[bytes | None] | None = None,
     partition: int | None = None,
     timestamps: Sequence[int] | None = None,
+    conf: dict[str, Any] | None = None,
 ) -> None:
     """Write records the way the shim does (value = OTLP request, key = trace id hex);
-    ``timestamps``: each record's Kafka timestamp (ms) instead of the time of sending."""
+    ``timestamps``: each record's Kafka timestamp (ms) instead of the time of sending;
+    ``conf``: producer properties on top (e.g. the shim's own, :func:`shim_producer_conf`)."""
     from confluent_kafka import Producer
 
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    base = {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True}
+    p = Producer({**base, **(conf or {})})
     for i, v in enumerate(values):
         kw: dict[str, Any] = {}
         if partition is not None:
@@ -55,6 +58,16 @@ def produce(
             except BufferError:
                 p.poll(0.1)
     assert p.flush(30) == 0
+
+
+def shim_producer_conf(bootstrap: str) -> dict[str, Any]:
+    """The ingest shim's librdkafka producer properties at its defaults (lz4 record batches
+    of up to 1 MB)."""
+    from connectors.kafka import KafkaConfig
+    from connectors.kafka_producer import AsyncProducer, ProducerConfig
+
+    kafka = KafkaConfig(bootstrap_servers=bootstrap)
+    return AsyncProducer(kafka, ProducerConfig()).librdkafka_conf()
 
 
 def consume_all(bootstrap: str, topic: str, timeout: float = 15.0) -> list[Any]:

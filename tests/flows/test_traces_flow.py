@@ -11,9 +11,16 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from connectors.dlq import H_ERROR, H_OFFSET, H_PARTITION, H_TOPIC
+from connectors.kafka_source import KafkaSourceConfig, prefetch_conf
 from tests import otlpgen
 from tests.conftest import free_port
-from tests.flows.conftest import chdb_rows, consume_all, produce, scrape_metrics
+from tests.flows.conftest import (
+    chdb_rows,
+    consume_all,
+    produce,
+    scrape_metrics,
+    shim_producer_conf,
+)
 
 SMALL = {"n_resources": 2, "spans_per_resource": 10}  # 20 spans per request
 
@@ -73,6 +80,34 @@ def test_every_span_stored_once_with_equal_fields(flow_run) -> None:
     # Every range was recorded as an intent before its insert.
     (n_intents,) = chdb_rows(path, "SELECT count() FROM otel.otelwax_intents")[0]
     assert n_intents >= 3
+
+
+def test_an_lz4_record_batch_bigger_than_a_fetch_is_stored_with_the_rest(flow_run) -> None:
+    """A partition's fetch is an eighth of source.prefetch_bytes (512 KiB of compressed
+    records by default) while the shim writes lz4 record batches of up to 1 MB. One that does
+    not compress (100 spans carrying 850 KB of random bytes) is bigger than a fetch: the broker
+    returns it whole, and every span before, in and after it is stored; the flow ends."""
+    run = flow_run(partitions=1)
+    req = otlpgen.trace_request(seed=41, n_resources=1, spans_per_resource=100)
+    rng = random.Random(41)
+    for span in req.resource_spans[0].scope_spans[0].spans:
+        span.attributes.append(otlpgen.kv("blob", rng.randbytes(8_500)))
+    big = req.SerializeToString()
+    fetch = prefetch_conf(KafkaSourceConfig(topic="t").prefetch_bytes)
+    # lz4 keeps random bytes as they are: the compressed batch is > 850 KB
+    assert fetch["max.partition.fetch.bytes"] < 100 * 8_500 < len(big) < 1_000_000
+    small = otlpgen.trace_payloads(40, seed=42, **SMALL)
+    produce(
+        run.bootstrap,
+        run.topic,
+        [*small[:20], big, *small[20:]],
+        conf=shim_producer_conf(run.bootstrap),
+    )
+    run.run_to_end(timeout=90)
+
+    path = run.settings["clickhouse"]["path"]
+    rows = chdb_rows(path, "SELECT count(), uniqExact(SpanId) FROM otel.otel_traces")
+    assert rows == [(40 * 20 + 100, 40 * 20 + 100)], run.log_text()
 
 
 def test_poison_records_go_to_the_dlq_and_good_ones_are_stored(flow_run) -> None:
