@@ -45,7 +45,7 @@ from connectors.kafka_ranges import (
     plan_start,
     range_token,
 )
-from connectors.kafka_source_config import KafkaSourceConfig, RangeCutConfig
+from connectors.kafka_source_config import KafkaSourceConfig, RangeCutConfig, prefetch_conf
 from otelwax.health import HEALTH
 from otelwax.telemetry import ComponentMetrics
 
@@ -73,28 +73,6 @@ CONSUMER_LAG = Gauge(
     "Messages between the partition's high watermark and the next offset to read",
     ["topic", "partition"],
 )
-
-
-_MIN_FETCH_BYTES = 128 * 1024
-_CONSUMER_MESSAGE_MAX_BYTES = 1_000_000
-"""librdkafka's ``message.max.bytes``, below which it refuses ``fetch.max.bytes``."""
-
-
-def prefetch_conf(prefetch_bytes: int) -> dict[str, int]:
-    """librdkafka's prefetch of one partition (one consumer per partition) for
-    ``source.prefetch_bytes``: its queue plus one fetch in flight (bounds RSS).
-
-    The queue (``queued.max.messages.kbytes``) counts decompressed records, a fetch's limit
-    (``max.partition.fetch.bytes``) compressed bytes: with lz4 (~3x on spans) a fetch of half
-    the queue held 1.5 x the queue again once decompressed. A fetch of an eighth keeps the
-    queue the bound (~1.4 x prefetch_bytes at 3x). A record batch bigger than the fetch is
-    still returned whole (Kafka >= 0.10.1, KIP-74). ``source.extra`` overrides these."""
-    fetch = max(prefetch_bytes // 8, _MIN_FETCH_BYTES)
-    return {
-        "queued.max.messages.kbytes": max(prefetch_bytes // 1024, 1),
-        "max.partition.fetch.bytes": fetch,
-        "fetch.max.bytes": max(fetch, _CONSUMER_MESSAGE_MAX_BYTES),
-    }
 
 
 class _RangePartition(StatefulSourcePartition[KafkaRange, int]):

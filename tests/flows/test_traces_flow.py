@@ -11,7 +11,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from connectors.dlq import H_ERROR, H_OFFSET, H_PARTITION, H_TOPIC
-from connectors.kafka_source import KafkaSourceConfig, prefetch_conf
+from connectors.kafka_source_config import KafkaSourceConfig, prefetch_conf
 from tests import otlpgen
 from tests.conftest import free_port
 from tests.flows.conftest import (
