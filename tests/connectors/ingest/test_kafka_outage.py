@@ -51,6 +51,7 @@ def own_kafka() -> Iterator[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # make test-all; make soak injects kafka_restart (CI time)
 def test_kafka_outage_backpressure_and_no_loss(own_kafka: str, tmp_path: Path) -> None:
     from connectors.kafka import create_topics
 
