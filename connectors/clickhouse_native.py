@@ -286,10 +286,11 @@ def plan_columns(schema: pa.Schema, table_cols: dict[str, str]) -> InsertPlan:
 class StringArena:
     """One buffer, reused block after block, that the native codec writes a block's String
     columns into (most of a block's bytes). A fresh ``bytes`` per column cost a zero-fill and,
-    being a new mapping (glibc's mmap threshold is 1 MiB, ``otelwax.memory``), a page fault per
-    4 KiB on first write, then an unmap. The buffer grows to the largest block seen; a column
-    that does not fit yet gets its own ``bytes``. One block at a time: the pieces of a block
-    are views of the buffer, valid until the next ``block()``."""
+    at or above glibc's mmap threshold (``otelwax.memory``: 1 MiB, 2 MiB in a flow into a
+    server), a new mapping: a page fault per 4 KiB on first write, then an unmap. The buffer
+    grows to the largest block seen; a column that does not fit yet gets its own ``bytes``.
+    One block at a time: the pieces of a block are views of the buffer, valid until the next
+    ``block()``."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
